@@ -1,0 +1,58 @@
+# dicomflow — the two commands a newcomer needs are `make up` and `make test`.
+# Each installs what it needs (Debian packages, a virtualenv from PyPI) by itself.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test test-unit test-integration test-e2e lint typecheck schemas bench deps postgres clean help
+
+help:
+	@echo "make up     run the whole stack on embedded defaults (API on http://127.0.0.1:8000)"
+	@echo "make test   lint, type-check and run every test layer"
+	@echo "make bench  end-to-end throughput against reference tools on the same files"
+
+$(STAMP): pyproject.toml
+	bash deploy/dev/system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv==0.13.9
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+postgres:
+	bash deploy/dev/ensure-postgres.sh
+
+up: deps postgres
+	$(BIN)/dicomflow up
+
+lint: deps
+	$(BIN)/ruff check libs services tests load_test
+	$(BIN)/ruff format --check libs services tests load_test
+
+typecheck: deps
+	$(BIN)/mypy libs services
+
+test: deps postgres lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15 tests
+
+test-unit: deps
+	$(BIN)/pytest -q tests/unit
+
+test-integration: deps postgres
+	$(BIN)/pytest -q tests/integration
+
+test-e2e: deps postgres
+	$(BIN)/pytest -q tests/e2e
+
+schemas: deps
+	$(BIN)/python -m libs.schemas_gen
+
+bench: deps postgres
+	$(BIN)/python -m load_test.bench.pipeline
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

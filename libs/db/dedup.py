@@ -1,0 +1,52 @@
+"""Dedup claims: the first discovered file to claim a SOPInstanceUID owns it.
+
+The claim is keyed by the discovered file (ledger id), so a redelivered or
+re-emitted discovery of the first copy is recognised as that first copy again,
+never as its own duplicate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from libs.db import Conn
+
+Verdict = Literal["new", "same_content_other_uid", "duplicate", "conflict"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    verdict: Verdict
+    related_sop_instance_uid: str | None = None
+
+
+async def claim(conn: Conn, *, sop_instance_uid: str, content_sha256: str, file_id: int) -> Claim:
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            """
+            INSERT INTO dedup_claims (sop_instance_uid, content_sha256, file_id)
+            VALUES ($1, $2, $3)
+            ON CONFLICT (sop_instance_uid)
+                DO UPDATE SET sop_instance_uid = EXCLUDED.sop_instance_uid
+            RETURNING content_sha256, file_id
+            """,
+            sop_instance_uid,
+            content_sha256,
+            file_id,
+        )
+        assert row is not None
+        if row["content_sha256"] != content_sha256:
+            return Claim("conflict", sop_instance_uid)
+        if row["file_id"] != file_id:
+            return Claim("duplicate", sop_instance_uid)
+        other = await conn.fetchval(
+            """SELECT sop_instance_uid FROM dedup_claims
+                WHERE content_sha256 = $1 AND sop_instance_uid <> $2
+                ORDER BY claimed_at, sop_instance_uid LIMIT 1""",
+            content_sha256,
+            sop_instance_uid,
+        )
+        if other is not None:
+            return Claim("same_content_other_uid", other)
+        return Claim("new")

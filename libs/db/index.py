@@ -1,0 +1,269 @@
+"""The index: idempotent upserts of patients, studies, series, instances and their sources.
+
+An instance is inserted once (by SOPInstanceUID); only a real insert changes the
+study's counters and bumps its `revision`, so redelivery never counts twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from libs.db import Conn, ledger
+from libs.dicom.names import search_key
+from libs.events import DicomHeader, InstanceDuplicated, InstanceStored, PatientAttrs
+from libs.storage.base import study_prefix
+
+STAGE = "indexer"
+
+
+def parse_da(value: str) -> date | None:
+    """DICOM DA (YYYYMMDD) to a date; anything else (empty, partial, invalid) is None."""
+    value = value.strip().replace("-", "").replace(".", "")
+    if len(value) != 8 or not value.isdigit():
+        return None
+    try:
+        return date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    except ValueError:
+        return None
+
+
+def format_da(value: date | None) -> str:
+    return value.strftime("%Y%m%d") if value else ""
+
+
+def patient_key(p: PatientAttrs) -> str:
+    """Patients are identified by (issuer, id); without an id, by name and birth date."""
+    if p.patient_id.strip():
+        return f"id:{p.issuer_of_patient_id.strip()}\x1f{p.patient_id.strip()}"
+    return f"name:{p.patient_name.strip()}\x1f{p.birth_date.strip()}"
+
+
+@dataclass(frozen=True)
+class StudySnapshot:
+    """A study as the index holds it now; becomes a `dicom.metadata.v1` event."""
+
+    study_uid: str
+    revision: int
+    stable: bool
+    patient: PatientAttrs
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_description: str
+    modalities: list[str]
+    series_count: int
+    instance_count: int
+    size_bytes: int
+    storage_prefix: str
+
+
+async def _upsert_hierarchy(conn: Conn, h: DicomHeader) -> None:
+    p = h.patient
+    patient_pk = await conn.fetchval(
+        """INSERT INTO patients (patient_key, patient_id, issuer, patient_name, name_search,
+                                 birth_date, sex)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (patient_key) DO UPDATE
+              SET patient_name = EXCLUDED.patient_name, name_search = EXCLUDED.name_search,
+                  birth_date = coalesce(EXCLUDED.birth_date, patients.birth_date),
+                  sex = CASE WHEN EXCLUDED.sex <> '' THEN EXCLUDED.sex ELSE patients.sex END,
+                  updated_at = now()
+           RETURNING id""",
+        patient_key(p),
+        p.patient_id,
+        p.issuer_of_patient_id,
+        p.patient_name,
+        search_key(p.patient_name),
+        parse_da(p.birth_date),
+        p.sex,
+    )
+    s = h.study
+    await conn.execute(
+        """INSERT INTO studies (study_uid, patient_pk, study_date, study_time, accession_number,
+                                study_description, study_id, referring_physician, storage_prefix)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (study_uid) DO NOTHING""",
+        s.study_uid,
+        patient_pk,
+        parse_da(s.study_date),
+        s.study_time,
+        s.accession_number,
+        s.study_description,
+        s.study_id,
+        s.referring_physician,
+        study_prefix(s.study_uid),
+    )
+    se = h.series
+    await conn.execute(
+        """INSERT INTO series (series_uid, study_uid, modality, series_number,
+                               series_description, body_part)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (series_uid) DO NOTHING""",
+        se.series_uid,
+        s.study_uid,
+        se.modality,
+        se.series_number,
+        se.series_description,
+        se.body_part,
+    )
+
+
+async def index_instance(conn: Conn, ev: InstanceStored) -> None:
+    """Index a stored instance (or record a conflict); idempotent."""
+    h, i = ev.header, ev.header.instance
+    async with conn.transaction():
+        await _record_source(conn, ev)
+        if ev.disposition == "conflict":
+            await conn.execute(
+                """INSERT INTO conflicts (sop_instance_uid, content_sha256, study_uid, storage_url,
+                                          file_id, source, uri)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
+                i.sop_instance_uid,
+                ev.hashes.content_sha256,
+                h.study.study_uid,
+                ev.storage_url,
+                ev.file.file_id,
+                ev.source,
+                ev.file.uri,
+            )
+            await _outcome(conn, ev, "conflict", "same SOPInstanceUID, different content")
+            return
+        await _upsert_hierarchy(conn, h)
+        inserted = await conn.fetchval(
+            """INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,
+                   instance_number, transfer_syntax_uid, specific_character_set, rows, columns,
+                   number_of_frames, size_bytes, file_sha256, content_sha256, storage_url,
+                   same_content_as, first_file_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+               ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING true""",
+            i.sop_instance_uid,
+            h.series.series_uid,
+            h.study.study_uid,
+            i.sop_class_uid,
+            i.instance_number,
+            i.transfer_syntax_uid,
+            i.specific_character_set,
+            i.rows,
+            i.columns,
+            i.number_of_frames,
+            ev.file.size,
+            ev.hashes.file_sha256,
+            ev.hashes.content_sha256,
+            ev.storage_url,
+            ev.related_sop_instance_uid,
+            ev.file.file_id,
+        )
+        if inserted:
+            await _count_instance(conn, h, ev.file.size)
+        reason = "same_content_other_uid" if ev.disposition == "same_content_other_uid" else None
+        await _outcome(conn, ev, "indexed", reason)
+
+
+async def _count_instance(conn: Conn, h: DicomHeader, size: int) -> None:
+    await conn.execute(
+        """UPDATE series SET instance_count = instance_count + 1, size_bytes = size_bytes + $2
+            WHERE series_uid = $1""",
+        h.series.series_uid,
+        size,
+    )
+    await conn.execute(
+        """UPDATE studies
+              SET instance_count = instance_count + 1, size_bytes = size_bytes + $2,
+                  series_count = (SELECT count(*) FROM series WHERE study_uid = $1),
+                  modalities = CASE WHEN $3 = '' OR $3 = ANY (modalities) THEN modalities
+                                    ELSE array_append(modalities, $3) END,
+                  revision = revision + 1, stable = false, last_instance_at = now(),
+                  updated_at = now()
+            WHERE study_uid = $1""",
+        h.study.study_uid,
+        size,
+        h.series.modality,
+    )
+
+
+async def record_duplicate(conn: Conn, ev: InstanceDuplicated) -> None:
+    async with conn.transaction():
+        await _record_source(conn, ev)
+        await _outcome(conn, ev, "duplicate", None)
+
+
+async def _record_source(conn: Conn, ev: InstanceStored | InstanceDuplicated) -> None:
+    await conn.execute(
+        """INSERT INTO instance_sources (sop_instance_uid, source, uri, file_id, content_sha256)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (sop_instance_uid, source, uri)
+           DO UPDATE SET file_id = EXCLUDED.file_id, content_sha256 = EXCLUDED.content_sha256,
+                         seen_at = now()""",
+        ev.header.instance.sop_instance_uid,
+        ev.source,
+        ev.file.uri,
+        ev.file.file_id,
+        ev.hashes.content_sha256,
+    )
+
+
+async def _outcome(
+    conn: Conn,
+    ev: InstanceStored | InstanceDuplicated,
+    status: str,
+    reason: str | None,
+) -> None:
+    await ledger.mark_outcome(
+        conn,
+        ev.file.file_id,
+        status,
+        stage=STAGE,
+        reason=reason,
+        sop_instance_uid=ev.header.instance.sop_instance_uid,
+        study_uid=ev.header.study.study_uid,
+    )
+
+
+async def study_snapshot(conn: Conn, study_uid: str) -> StudySnapshot | None:
+    row = await conn.fetchrow(
+        """SELECT s.*, p.patient_id, p.issuer, p.patient_name, p.birth_date, p.sex
+             FROM studies s JOIN patients p ON p.id = s.patient_pk WHERE s.study_uid = $1""",
+        study_uid,
+    )
+    return _snapshot(row) if row else None
+
+
+def _snapshot(row: Any) -> StudySnapshot:
+    return StudySnapshot(
+        study_uid=row["study_uid"],
+        revision=row["revision"],
+        stable=row["stable"],
+        patient=PatientAttrs(
+            patient_id=row["patient_id"],
+            issuer_of_patient_id=row["issuer"],
+            patient_name=row["patient_name"],
+            birth_date=format_da(row["birth_date"]),
+            sex=row["sex"],
+        ),
+        study_date=format_da(row["study_date"]),
+        study_time=row["study_time"],
+        accession_number=row["accession_number"],
+        study_description=row["study_description"],
+        modalities=list(row["modalities"]),
+        series_count=row["series_count"],
+        instance_count=row["instance_count"],
+        size_bytes=row["size_bytes"],
+        storage_prefix=row["storage_prefix"],
+    )
+
+
+async def mark_stable(conn: Conn, *, quiet_seconds: float, limit: int) -> list[StudySnapshot]:
+    """Studies with no new instance for `quiet_seconds` become stable (a new revision).
+    Call inside a transaction that commits only after their events are acknowledged."""
+    uids = await conn.fetch(
+        """UPDATE studies SET stable = true, revision = revision + 1, updated_at = now()
+            WHERE study_uid IN (SELECT study_uid FROM studies
+                                 WHERE NOT stable
+                                   AND last_instance_at < now() - make_interval(secs => $1)
+                                 ORDER BY last_instance_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+           RETURNING study_uid""",
+        quiet_seconds,
+        limit,
+    )
+    snapshots = [await study_snapshot(conn, r["study_uid"]) for r in uids]
+    return [s for s in snapshots if s is not None]

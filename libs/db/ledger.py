@@ -1,0 +1,144 @@
+"""The ingest ledger: every discovered file, until it reaches a final outcome.
+
+Task counters are computed from it, a task completes when none of its files is
+pending, and reconciliation re-emits what is pending but lost in transit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from libs.db import Conn
+from libs.events import FileDiscovered, FileRef
+
+FINAL = ("indexed", "duplicate", "conflict", "failed")
+
+
+@dataclass(frozen=True)
+class NewFile:
+    source: str
+    uri: str
+    origin: str
+    size: int
+    correlation_id: str
+    task_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    id: int
+    source: str
+    uri: str
+    origin: str
+    size: int
+    correlation_id: str
+    task_id: str | None
+
+
+def discovered_event(row: LedgerRow) -> FileDiscovered:
+    """The discovery event for a ledger row (first emission and re-emission alike)."""
+    return FileDiscovered(
+        correlation_id=row.correlation_id,
+        source=row.source,
+        file=FileRef(file_id=row.id, uri=row.uri, size=row.size, task_id=row.task_id),
+        origin=row.origin,
+    )
+
+
+async def record_discovered(conn: Conn, files: Sequence[NewFile]) -> list[LedgerRow]:
+    """Insert ledger rows; a task's file already recorded (a resumed scan) is skipped."""
+    if not files:
+        return []
+    rows = await conn.fetch(
+        """
+        INSERT INTO ingest_files (source, uri, origin, size, correlation_id, task_id)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                             $6::uuid[])
+        ON CONFLICT (task_id, uri) WHERE task_id IS NOT NULL DO NOTHING
+        RETURNING id, source, uri, origin, size, correlation_id, task_id::text
+        """,
+        [f.source for f in files],
+        [f.uri for f in files],
+        [f.origin for f in files],
+        [f.size for f in files],
+        [f.correlation_id for f in files],
+        [f.task_id for f in files],
+    )
+    return [LedgerRow(**dict(r)) for r in rows]
+
+
+async def mark_outcome(
+    conn: Conn,
+    file_id: int,
+    status: str,
+    *,
+    stage: str,
+    reason: str | None = None,
+    sop_instance_uid: str | None = None,
+    study_uid: str | None = None,
+) -> bool:
+    """Record a file's final outcome once (later calls are no-ops); completes its task
+    when it was the last pending file. Returns True if this call recorded it."""
+    assert status in FINAL
+    async with conn.transaction():
+        task_id = await conn.fetchval("SELECT task_id FROM ingest_files WHERE id = $1", file_id)
+        if task_id is not None:
+            # Serialise outcomes per task, so the last one always sees the others committed.
+            await conn.execute("SELECT 1 FROM import_tasks WHERE id = $1 FOR UPDATE", task_id)
+        done = await conn.fetchval(
+            """
+            UPDATE ingest_files
+               SET status = $2, stage = $3, reason = $4, sop_instance_uid = $5, study_uid = $6,
+                   updated_at = now(), finished_at = now()
+             WHERE id = $1 AND status = 'pending'
+            RETURNING true
+            """,
+            file_id,
+            status,
+            stage,
+            reason,
+            sop_instance_uid,
+            study_uid,
+        )
+        if task_id is not None:
+            await complete_task_if_done(conn, str(task_id))
+    return bool(done)
+
+
+async def complete_task_if_done(conn: Conn, task_id: str) -> bool:
+    done = await conn.fetchval(
+        """
+        UPDATE import_tasks SET status = 'completed', completed_at = now(), updated_at = now()
+         WHERE id = $1 AND status = 'running' AND scan_completed
+           AND NOT EXISTS (SELECT 1 FROM ingest_files WHERE task_id = $1 AND status = 'pending')
+        RETURNING true
+        """,
+        task_id,
+    )
+    return bool(done)
+
+
+async def stale_pending(conn: Conn, *, older_than_seconds: float, limit: int) -> list[LedgerRow]:
+    """Pending files not touched for a while, oldest first; marks them re-emitted."""
+    rows = await conn.fetch(
+        """
+        UPDATE ingest_files SET emitted = emitted + 1, updated_at = now()
+         WHERE id IN (SELECT id FROM ingest_files
+                       WHERE status = 'pending'
+                         AND updated_at < now() - make_interval(secs => $1)
+                       ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+        RETURNING id, source, uri, origin, size, correlation_id, task_id::text
+        """,
+        older_than_seconds,
+        limit,
+    )
+    return [LedgerRow(**dict(r)) for r in rows]
+
+
+async def seconds_since_last_outcome(conn: Conn) -> float | None:
+    """How long since any file reached an outcome (None: never)."""
+    value = await conn.fetchval(
+        "SELECT extract(epoch FROM now() - max(finished_at)) FROM ingest_files"
+    )
+    return None if value is None else float(value)

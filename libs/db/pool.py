@@ -1,0 +1,55 @@
+"""asyncpg pool: the database is created if missing, and a missing server is a clear error."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from libs.logging import get_logger
+from libs.settings import redact_url
+
+log = get_logger(__name__)
+
+
+class DatabaseUnavailable(RuntimeError):
+    pass
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database named in `url` when the server has no such database yet."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or "postgres"
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    try:
+        conn = await asyncpg.connect(admin_url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot reach PostgreSQL at {redact_url(url)}: {exc}. "
+            "Is the server running? Set DATABASE_URL to point at it."
+        ) from exc
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            quoted = '"' + name.replace('"', '""') + '"'
+            try:
+                await conn.execute(f"CREATE DATABASE {quoted}")
+                log.info("database created", database=name)
+            except asyncpg.DuplicateDatabaseError:
+                pass  # created concurrently by another service
+    finally:
+        await conn.close()
+
+
+async def create_pool(url: str, *, size: int = 4) -> asyncpg.Pool:
+    await ensure_database(url)
+    pool = await asyncpg.create_pool(
+        url, min_size=1, max_size=size, init=_init_connection, command_timeout=60
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,169 @@
+"""Study search and study detail over the index (patients, studies, series).
+
+The WHERE clause is assembled from fixed SQL fragments only; every value a caller
+gives travels as a `$n` parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import asyncpg
+
+from libs.dicom.names import search_patterns
+
+
+@dataclass(frozen=True)
+class StudyFilter:
+    """Every field is optional; the ones given are combined with AND."""
+
+    patient_name: str | None = None  # matched on name_search: prefix or word start
+    patient_id: str | None = None
+    birth_date: date | None = None
+    sex: str | None = None
+    year: int | None = None
+    study_date_from: date | None = None  # inclusive
+    study_date_to: date | None = None  # inclusive
+    accession_number: str | None = None
+    modality: str | None = None
+
+
+@dataclass(frozen=True)
+class PatientRow:
+    patient_id: str
+    patient_name: str
+    birth_date: date | None
+    sex: str
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    study_uid: str
+    study_date: date | None
+    study_time: str
+    accession_number: str
+    study_description: str
+    modalities: list[str]
+    series_count: int
+    instance_count: int
+    size_bytes: int
+    stable: bool
+    revision: int
+    patient: PatientRow
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    series_uid: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    body_part: str
+    instance_count: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class StudyDetail:
+    study: StudyRow
+    series: list[SeriesRow]
+
+
+_STUDY_COLUMNS = """s.study_uid, s.study_date, s.study_time, s.accession_number,
+    s.study_description, s.modalities, s.series_count, s.instance_count, s.size_bytes,
+    s.stable, s.revision, p.patient_id, p.patient_name, p.birth_date, p.sex"""
+_FROM = "FROM studies s JOIN patients p ON p.id = s.patient_pk"
+
+
+class _Where:
+    """Collects fixed fragments; each `{}` in a fragment becomes the next `$n`."""
+
+    def __init__(self) -> None:
+        self.clauses: list[str] = []
+        self.args: list[Any] = []
+
+    def add(self, fragment: str, *values: Any) -> None:
+        marks = []
+        for value in values:
+            self.args.append(value)
+            marks.append(f"${len(self.args)}")
+        self.clauses.append("(" + fragment.format(*marks) + ")")
+
+    def sql(self) -> str:
+        return "WHERE " + " AND ".join(self.clauses) if self.clauses else ""
+
+
+def _where(f: StudyFilter) -> _Where:
+    w = _Where()
+    if f.patient_name is not None:
+        prefix, word_start = search_patterns(f.patient_name)
+        w.add(
+            r"p.name_search LIKE {} ESCAPE '\' OR p.name_search LIKE {} ESCAPE '\'",
+            prefix,
+            word_start,
+        )
+    if f.patient_id is not None:
+        w.add("p.patient_id = {}", f.patient_id)
+    if f.birth_date is not None:
+        w.add("p.birth_date = {}", f.birth_date)
+    if f.sex is not None:
+        w.add("p.sex = {}", f.sex)
+    if f.year is not None:  # a range, so the index on study_date is used
+        w.add(
+            "s.study_date >= {} AND s.study_date < {}", date(f.year, 1, 1), date(f.year + 1, 1, 1)
+        )
+    if f.study_date_from is not None:
+        w.add("s.study_date >= {}", f.study_date_from)
+    if f.study_date_to is not None:
+        w.add("s.study_date <= {}", f.study_date_to)
+    if f.accession_number is not None:
+        w.add("s.accession_number = {}", f.accession_number)
+    if f.modality is not None:  # containment, so the GIN index on modalities is used
+        w.add("s.modalities @> ARRAY[{}]::text[]", f.modality)
+    return w
+
+
+def _study(row: asyncpg.Record) -> StudyRow:
+    values = dict(row)
+    patient = PatientRow(
+        patient_id=values.pop("patient_id"),
+        patient_name=values.pop("patient_name"),
+        birth_date=values.pop("birth_date"),
+        sex=values.pop("sex"),
+    )
+    values["modalities"] = list(values["modalities"])
+    return StudyRow(**values, patient=patient)
+
+
+async def search_studies(
+    conn: asyncpg.Connection, f: StudyFilter, *, limit: int, offset: int
+) -> tuple[int, list[StudyRow]]:
+    """(total matching, one page) ordered by study date, newest first, then study UID."""
+    w = _where(f)
+    total = await conn.fetchval(f"SELECT count(*) {_FROM} {w.sql()}", *w.args)
+    n = len(w.args)
+    rows = await conn.fetch(
+        f"""SELECT {_STUDY_COLUMNS} {_FROM} {w.sql()}
+             ORDER BY s.study_date DESC NULLS LAST, s.study_uid
+             LIMIT ${n + 1} OFFSET ${n + 2}""",
+        *w.args,
+        limit,
+        offset,
+    )
+    return int(total), [_study(r) for r in rows]
+
+
+async def get_study(conn: asyncpg.Connection, study_uid: str) -> StudyDetail | None:
+    row = await conn.fetchrow(f"SELECT {_STUDY_COLUMNS} {_FROM} WHERE s.study_uid = $1", study_uid)
+    if row is None:
+        return None
+    series = await conn.fetch(
+        """SELECT series_uid, modality, series_number, series_description, body_part,
+                  instance_count, size_bytes
+             FROM series WHERE study_uid = $1
+            ORDER BY series_number NULLS LAST, series_uid""",
+        study_uid,
+    )
+    return StudyDetail(study=_study(row), series=[SeriesRow(**dict(r)) for r in series])

@@ -1,0 +1,176 @@
+"""Import tasks: created by the API, scanned under a lease by a watcher, completed by the
+ledger when every file they found has reached a final outcome."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from libs.db import Conn
+
+FAILED_REASONS_SHOWN = 100
+
+
+@dataclass(frozen=True)
+class TaskCounters:
+    files_scanned: int = 0
+    pending: int = 0
+    new_instances: int = 0
+    flagged_same_content: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    failed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    kind: str
+    source_path: str
+    description: str
+    status: str
+    error: str | None
+    scan_completed: bool
+    created_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+
+
+_COLUMNS = (
+    "id::text, kind, source_path, description, status, error, scan_completed, created_by,"
+    " created_at, started_at, completed_at, updated_at"
+)
+
+
+async def create_task(
+    conn: Conn,
+    *,
+    source_path: str,
+    description: str = "",
+    created_by: str | None = None,
+    kind: str = "folder",
+) -> Task:
+    row = await conn.fetchrow(
+        f"""INSERT INTO import_tasks (id, kind, source_path, description, created_by)
+            VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}""",
+        uuid.uuid4(),
+        kind,
+        source_path,
+        description,
+        created_by,
+    )
+    assert row is not None
+    return Task(**dict(row))
+
+
+async def get_task(conn: Conn, task_id: str) -> Task | None:
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        return None
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM import_tasks WHERE id = $1", task_id)
+    return Task(**dict(row)) if row else None
+
+
+async def list_tasks(
+    conn: Conn, *, limit: int = 50, offset: int = 0, status: str | None = None
+) -> list[Task]:
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM import_tasks
+             WHERE ($3::text IS NULL OR status = $3)
+             ORDER BY created_at DESC LIMIT $1 OFFSET $2""",
+        limit,
+        offset,
+        status,
+    )
+    return [Task(**dict(r)) for r in rows]
+
+
+async def task_counters(conn: Conn, task_id: str) -> TaskCounters:
+    rows = await conn.fetch(
+        """SELECT status, reason = 'same_content_other_uid' AS flagged, count(*) AS n
+             FROM ingest_files WHERE task_id = $1 GROUP BY 1, 2""",
+        task_id,
+    )
+    by: dict[str, int] = {}
+    flagged = 0
+    for r in rows:
+        by[r["status"]] = by.get(r["status"], 0) + r["n"]
+        if r["status"] == "indexed" and r["flagged"]:
+            flagged += r["n"]
+    failures = await conn.fetch(
+        """SELECT uri, origin, stage, reason FROM ingest_files
+            WHERE task_id = $1 AND status = 'failed' ORDER BY id LIMIT $2""",
+        task_id,
+        FAILED_REASONS_SHOWN,
+    )
+    return TaskCounters(
+        files_scanned=sum(by.values()),
+        pending=by.get("pending", 0),
+        new_instances=by.get("indexed", 0),
+        flagged_same_content=flagged,
+        duplicates=by.get("duplicate", 0),
+        conflicts=by.get("conflict", 0),
+        failed=by.get("failed", 0),
+        failures=[dict(r) for r in failures],
+    )
+
+
+async def lease_next_scan(conn: Conn, *, owner: str, lease_seconds: float) -> Task | None:
+    """Take the oldest task whose scan is not finished and not leased by a live scanner."""
+    row = await conn.fetchrow(
+        f"""UPDATE import_tasks
+               SET status = 'running', lease_owner = $1,
+                   lease_until = now() + make_interval(secs => $2),
+                   started_at = coalesce(started_at, now()), updated_at = now()
+             WHERE id = (SELECT id FROM import_tasks
+                          WHERE NOT scan_completed AND status IN ('pending', 'running')
+                            AND (lease_until IS NULL OR lease_until < now())
+                          ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING {_COLUMNS}""",
+        owner,
+        lease_seconds,
+    )
+    return Task(**dict(row)) if row else None
+
+
+async def renew_lease(conn: Conn, task_id: str, *, owner: str, lease_seconds: float) -> bool:
+    return bool(
+        await conn.fetchval(
+            """UPDATE import_tasks SET lease_until = now() + make_interval(secs => $3)
+                WHERE id = $1 AND lease_owner = $2 RETURNING true""",
+            task_id,
+            owner,
+            lease_seconds,
+        )
+    )
+
+
+async def finish_scan(conn: Conn, task_id: str) -> None:
+    await conn.execute(
+        """UPDATE import_tasks SET scan_completed = true, lease_owner = NULL, lease_until = NULL,
+                  updated_at = now() WHERE id = $1""",
+        task_id,
+    )
+
+
+async def fail_task(conn: Conn, task_id: str, error: str) -> None:
+    await conn.execute(
+        """UPDATE import_tasks SET status = 'failed', error = $2, scan_completed = true,
+                  lease_owner = NULL, lease_until = NULL, completed_at = now(), updated_at = now()
+            WHERE id = $1""",
+        task_id,
+        error,
+    )
+
+
+async def running_task_ids(conn: Conn) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT id::text FROM import_tasks WHERE status = 'running' AND scan_completed"
+    )
+    return [r["id"] for r in rows]

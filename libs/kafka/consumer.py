@@ -1,0 +1,271 @@
+"""The consuming half of every stage: at-least-once, manual commits, bounded retries, DLQ.
+
+One loop per stage: fetch a batch, run each message through its handler
+(retrying with backoff), send the events the handler returns, wait for every
+acknowledgement (including DLQ sends), and only then commit the batch's
+offsets. A crash anywhere before the commit means redelivery, so every
+handler's effects must be idempotent.
+
+Failures are sorted three ways:
+- `PermanentError` (bad input): to `<topic>.dlq` at once, with the reason.
+- an unreachable dependency (database, broker): retried without limit, since
+  dead-lettering every message during an outage would lose the work; the
+  service reports not-ready meanwhile.
+- anything else: retried `max_retries` times with exponential backoff, then DLQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+from pydantic import BaseModel, ValidationError
+
+from libs.errors import PermanentError
+from libs.events import DeadLetter, Event
+from libs.kafka.producer import Producer
+from libs.logging import get_logger
+from libs.metrics import ConsumerMetrics
+from libs.topics import dlq_topic
+
+log = get_logger(__name__)
+
+E = TypeVar("E", bound=BaseModel)
+Handler = Callable[[E], Awaitable[Sequence[Event]]]
+
+UNREACHABLE = (
+    ConnectionError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    KafkaConnectionError,
+)
+MAX_OUTAGE_BACKOFF = 10.0
+
+
+class StopRequested(Exception):
+    """Raised inside the loop when shutdown interrupts an outage retry."""
+
+
+@dataclass(frozen=True)
+class Route(Generic[E]):
+    """How one topic is handled: the event model its messages must match, and the handler."""
+
+    model: type[E]
+    handler: Handler[E]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3
+    backoff_seconds: float = 0.2
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.backoff_seconds * 2 ** (attempt - 1), MAX_OUTAGE_BACKOFF))
+
+
+class StageConsumer:
+    def __init__(
+        self,
+        *,
+        stage: str,
+        group_id: str,
+        routes: Mapping[str, Route[Any]],
+        bootstrap_servers: str,
+        producer: Producer,
+        metrics: ConsumerMetrics,
+        stopping: asyncio.Event,
+        retry: RetryPolicy,
+        batch_size: int = 200,
+        concurrency: int = 1,
+        dead_letters: bool = True,
+    ) -> None:
+        self.stage = stage
+        self._routes = dict(routes)
+        self._producer = producer
+        self._metrics = metrics
+        self._stopping = stopping
+        self._retry = retry
+        self._batch_size = batch_size
+        self._dead_letters = dead_letters  # False for consumers of DLQs: log and skip instead
+        self._slots = asyncio.Semaphore(concurrency)
+        self.healthy = False
+        self._consumer = AIOKafkaConsumer(
+            *self._routes,
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=f"dicomflow-{stage}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=600_000,
+            session_timeout_ms=30_000,
+            heartbeat_interval_ms=3_000,
+        )
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self.healthy = True
+
+    async def stop(self) -> None:
+        self.healthy = False
+        await self._consumer.stop()
+
+    async def run(self) -> None:
+        """Consume until `stopping` is set; the batch in flight is finished and committed."""
+        try:
+            while not self._stopping.is_set():
+                batch = await self._consumer.getmany(timeout_ms=500, max_records=self._batch_size)
+                if not batch:
+                    self._record_idle_lag()
+                    continue
+                try:
+                    await self._process(batch)
+                except (KafkaError, *UNREACHABLE) as exc:
+                    # Sends not acknowledged or a commit lost: replay the batch (effects are
+                    # idempotent, so doing them again is safe).
+                    self.healthy = False
+                    log.warning("batch not completed, replaying", error=repr(exc))
+                    for tp, records in batch.items():
+                        self._consumer.seek(tp, records[0].offset)
+                    await self._sleep(1.0)
+        except StopRequested:
+            log.info("stopped during a retry; the batch will be redelivered")
+
+    async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        records = [r for rs in batch.values() for r in rs]
+        pending = await asyncio.gather(*(self._guarded(r) for r in records))
+        acks = [f for futures in pending for f in futures]
+        if acks:
+            await asyncio.gather(*acks)
+        offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # Partitions were reassigned meanwhile; their new owner redelivers.
+            log.warning("commit failed after rebalance", error=str(exc))
+        self.healthy = True
+        for tp, rs in batch.items():
+            lag = (self._consumer.highwater(tp) or 0) - (rs[-1].offset + 1)
+            self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+
+    def _record_idle_lag(self) -> None:
+        for tp in self._consumer.assignment():
+            self._metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
+
+    async def _guarded(self, record: ConsumerRecord) -> list[asyncio.Future[object]]:
+        async with self._slots:
+            return await self._handle(record)
+
+    async def _handle(self, record: ConsumerRecord) -> list[asyncio.Future[object]]:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            service=self.stage,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        started = time.perf_counter()
+        route = self._routes[record.topic]
+        try:
+            event = route.model.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            reason = f"invalid {route.model.__name__} event: {_first_errors(exc)}"
+            self._metrics.messages.labels(record.topic, "invalid").inc()
+            return await self._dead_letter(record, reason, "ValidationError", 1, None)
+        structlog.contextvars.bind_contextvars(correlation_id=_correlation_id(event))
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                out = await route.handler(event)
+                futures = [await self._producer.send(e) for e in out]
+            except PermanentError as exc:
+                return await self._dead_letter(record, str(exc), type(exc).__name__, attempt, event)
+            except UNREACHABLE as exc:
+                self.healthy = False
+                self._metrics.retries.labels(record.topic, "unreachable").inc()
+                log.warning("dependency unreachable, retrying", error=repr(exc), attempt=attempt)
+                await self._sleep(self._retry.delay(attempt))
+                continue
+            except Exception as exc:
+                if attempt > self._retry.max_retries:
+                    log.exception("handler failed, giving up")
+                    reason = f"{type(exc).__name__}: {exc}"
+                    return await self._dead_letter(
+                        record, reason, type(exc).__name__, attempt, event
+                    )
+                self._metrics.retries.labels(record.topic, "error").inc()
+                log.warning("handler failed, retrying", error=repr(exc), attempt=attempt)
+                await self._sleep(self._retry.delay(attempt))
+                continue
+            elapsed = time.perf_counter() - started
+            self._metrics.handler_seconds.labels(record.topic).observe(elapsed)
+            self._metrics.messages.labels(record.topic, "ok").inc()
+            log.info("handled", emitted=[type(e).TOPIC for e in out], ms=round(elapsed * 1000, 2))
+            return futures
+
+    async def _dead_letter(
+        self,
+        record: ConsumerRecord,
+        reason: str,
+        error_type: str,
+        attempts: int,
+        event: BaseModel | None,
+    ) -> list[asyncio.Future[object]]:
+        self._metrics.messages.labels(record.topic, "dlq").inc()
+        log.warning("dead-lettered", reason=reason, attempts=attempts)
+        if not self._dead_letters:
+            return []
+        letter = DeadLetter(
+            original_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode(errors="replace") if record.key else None,
+            payload=record.value.decode(errors="replace") if record.value else "",
+            headers={k: v.decode(errors="replace") for k, v in (record.headers or ())},
+            error=reason,
+            error_type=error_type,
+            stage=self.stage,
+            attempts=attempts,
+            correlation_id=_correlation_id(event),
+            file_id=_file_id(event),
+        )
+        headers = [("error_type", error_type.encode()), ("stage", self.stage.encode())]
+        if letter.correlation_id:
+            headers.append(("correlation_id", letter.correlation_id.encode()))
+        future = await self._producer.send_raw(
+            dlq_topic(record.topic), letter.model_dump_json().encode(), record.key, headers
+        )
+        self._metrics.dlq.labels(record.topic).inc()
+        return [future]
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return
+        raise StopRequested
+
+
+def _correlation_id(event: BaseModel | None) -> str | None:
+    value = getattr(event, "correlation_id", None)
+    return value if isinstance(value, str) else None
+
+
+def _file_id(event: BaseModel | None) -> int | None:
+    file = getattr(event, "file", None)
+    return getattr(file, "file_id", None)
+
+
+def _first_errors(exc: ValidationError, limit: int = 3) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:limit]]
+    return "; ".join(parts)

@@ -1,0 +1,73 @@
+"""The producer every stage shares: acks=all, idempotence where the broker allows it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+
+from libs.events import Event
+from libs.logging import get_logger
+from libs.metrics import ProducerMetrics
+
+log = get_logger(__name__)
+
+
+def event_headers(event: Event) -> list[tuple[str, bytes]]:
+    return [
+        ("correlation_id", event.correlation_id.encode()),
+        ("event_type", type(event).__name__.encode()),
+        ("schema_version", str(event.schema_version).encode()),
+        ("event_id", event.event_id.encode()),
+    ]
+
+
+class Producer:
+    def __init__(
+        self, bootstrap_servers: str, *, idempotence: bool, metrics: ProducerMetrics, client_id: str
+    ) -> None:
+        self._metrics = metrics
+        if not idempotence:
+            log.info(
+                "kafka idempotent producer off",
+                reason="KAFKA_ENABLE_IDEMPOTENCE=false (the embedded Tansu broker refuses it)",
+            )
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=idempotence,
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=30_000,
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, event: Event) -> asyncio.Future[object]:
+        """Queue an event; the returned future resolves when the broker acknowledged it."""
+        return await self.send_raw(
+            type(event).TOPIC, event.model_dump_json().encode(), event.key(), event_headers(event)
+        )
+
+    async def send_raw(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> asyncio.Future[object]:
+        fut = await self._producer.send(topic, value=value, key=key, headers=list(headers))
+        self._metrics.produced.labels(topic).inc()
+        return fut  # type: ignore[no-any-return]
+
+    async def publish(self, *events: Event) -> None:
+        """Send and wait for every acknowledgement."""
+        futures = [await self.send(e) for e in events]
+        if futures:
+            await asyncio.gather(*futures)

@@ -1,0 +1,5 @@
+"""Object storage for DICOM bytes, chosen by URL scheme (`file://`, later `gs://`)."""
+
+from libs.storage.base import ObjectStore, StoredObject, conflict_key, instance_key, open_store
+
+__all__ = ["ObjectStore", "StoredObject", "conflict_key", "instance_key", "open_store"]

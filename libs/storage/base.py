@@ -1,0 +1,98 @@
+"""The storage port, canonical key layout, and the backend registry."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from libs.dicom.uids import require_uid
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    url: str
+    size: int
+    sha256: str
+    created: bool  # False when an identical object was already there (redelivery)
+
+
+class ObjectStore(Protocol):
+    """Where verified copies of instances live. Writes are atomic and idempotent."""
+
+    url: str
+
+    async def put_file(self, key: str, source: Path, *, expected_sha256: str) -> StoredObject:
+        """Copy `source` to `key`; the copy's SHA-256 must equal `expected_sha256`.
+
+        An identical object already at `key` is success (created=False); a different one
+        is never overwritten (PermanentError).
+        """
+        ...
+
+    async def size(self, key: str) -> int | None:
+        """Size in bytes, or None when there is no object at `key`."""
+        ...
+
+    def read(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """Stream an object's bytes."""
+        ...
+
+    def url_for(self, key: str) -> str: ...
+
+
+def check_key(key: str) -> str:
+    """A key is relative, '/'-separated, each part a plain name: no '..', no absolute paths."""
+    parts = key.split("/")
+    if not parts or not all(_KEY_PART.match(p) and p not in {".", ".."} for p in parts):
+        raise ValueError(f"unsafe storage key: {key!r}")
+    return key
+
+
+def instance_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """`studies/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`, every UID validated first."""
+    return "/".join(
+        (
+            "studies",
+            require_uid(study_uid, "StudyInstanceUID"),
+            require_uid(series_uid, "SeriesInstanceUID"),
+            require_uid(sop_uid, "SOPInstanceUID") + ".dcm",
+        )
+    )
+
+
+def study_prefix(study_uid: str) -> str:
+    return f"studies/{require_uid(study_uid, 'StudyInstanceUID')}/"
+
+
+def conflict_key(sop_uid: str, content_sha256: str) -> str:
+    """Conflicting copies are kept aside, never over the original."""
+    if not re.fullmatch(r"[0-9a-f]{64}", content_sha256):
+        raise ValueError("content hash must be 64 lowercase hex digits")
+    return f"conflicts/{require_uid(sop_uid, 'SOPInstanceUID')}/{content_sha256}.dcm"
+
+
+_BACKENDS: dict[str, Callable[[str], ObjectStore]] = {}
+
+
+def register_backend(scheme: str, factory: Callable[[str], ObjectStore]) -> None:
+    _BACKENDS[scheme] = factory
+
+
+def open_store(url: str) -> ObjectStore:
+    """The backend for a storage URL, by scheme."""
+    # Import for their registration side effect; kept here so callers need one import.
+    from libs.storage import local, memory  # noqa: F401
+
+    scheme = urlsplit(url).scheme
+    try:
+        factory = _BACKENDS[scheme]
+    except KeyError:
+        known = ", ".join(f"{s}://" for s in sorted(_BACKENDS))
+        raise ValueError(f"unsupported STORAGE_URL scheme {scheme!r} (known: {known})") from None
+    return factory(url)

@@ -1,0 +1,110 @@
+"""Local-disk storage: temp file, fsync, rename; the copy's SHA-256 is verified before rename."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import unquote_to_bytes, urlsplit
+
+from libs.errors import PermanentError
+from libs.storage.base import StoredObject, check_key, register_backend
+
+CHUNK = 1 << 20
+
+
+def path_from_file_url(url: str) -> Path:
+    """`file:///abs/path` or `file://./relative` (relative to the working directory)."""
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        raise ValueError(f"not a file:// URL: {url!r}")
+    raw = parts.netloc + parts.path if parts.netloc in {".", ".."} else parts.path
+    # Bytes first: file names need not be UTF-8 (fsdecode keeps them round-trippable).
+    return Path(os.fsdecode(unquote_to_bytes(raw))).resolve()
+
+
+def file_url(path: Path) -> str:
+    return path.resolve().as_uri()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LocalStore:
+    def __init__(self, url: str) -> None:
+        self.root = path_from_file_url(url)
+        self.url = file_url(self.root)
+
+    def path_for(self, key: str) -> Path:
+        path = (self.root / check_key(key)).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"storage key escapes the root: {key!r}")
+        return path
+
+    def url_for(self, key: str) -> str:
+        return file_url(self.path_for(key))
+
+    async def put_file(self, key: str, source: Path, *, expected_sha256: str) -> StoredObject:
+        return await asyncio.to_thread(self._put_file, key, source, expected_sha256)
+
+    def _put_file(self, key: str, source: Path, expected: str) -> StoredObject:
+        target = self.path_for(key)
+        if target.exists():
+            existing = sha256_file(target)
+            if existing != expected:
+                raise PermanentError(
+                    f"refusing to overwrite {key}: it holds different content ({existing[:12]}…)"
+                )
+            return StoredObject(self.url_for(key), target.stat().st_size, existing, created=False)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with source.open("rb") as src, tmp.open("xb") as dst:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                    size += len(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            if digest.hexdigest() != expected:
+                raise PermanentError(
+                    f"source changed since it was extracted: SHA-256 {digest.hexdigest()[:12]}… "
+                    f"!= {expected[:12]}…"
+                )
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return StoredObject(self.url_for(key), size, expected, created=True)
+
+    async def size(self, key: str) -> int | None:
+        try:
+            return self.path_for(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    async def read(self, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        with self.path_for(key).open("rb") as f:
+            while chunk := await asyncio.to_thread(f.read, chunk_size):
+                yield chunk
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+register_backend("file", LocalStore)

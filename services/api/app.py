@@ -1,0 +1,42 @@
+"""The API application: routes, auth, audit and metrics around injected ports."""
+
+from __future__ import annotations
+
+import asyncpg
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from libs.ops import Readiness, ops_router
+from services.api.auth import Authenticator
+from services.api.config import ApiLimits
+from services.api.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
+from services.api.routes.apikeys import apikeys_router
+from services.api.routes.imports import Publish, imports_router
+from services.api.routes.studies import studies_router
+
+DESCRIPTION = """Search the DICOM index, follow imports, manage API keys.
+
+Every `/v1` endpoint needs `Authorization: Bearer <API key>`. Roles: `clinician` reads
+studies; `ops` reads studies and manages imports; `admin` may do everything. Every
+call to `/v1` is written to the audit log."""
+
+
+def create_app(
+    pool: asyncpg.Pool,
+    publish: Publish,
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    *,
+    limits: ApiLimits | None = None,
+) -> FastAPI:
+    limits = limits or ApiLimits()
+    auth = Authenticator(pool)
+    app = FastAPI(title="dicomflow API", version="1", description=DESCRIPTION)
+    app.include_router(studies_router(pool, auth, limits))
+    app.include_router(imports_router(pool, publish, auth, limits))
+    app.include_router(apikeys_router(pool, auth))
+    app.include_router(ops_router("api", readiness, registry))
+    # Added last = outermost: metrics see every request, the audit sees the final status.
+    app.add_middleware(AuditMiddleware, pool=pool)
+    app.add_middleware(MetricsMiddleware, metrics=ApiMetrics.create(registry))
+    return app

@@ -1,0 +1,62 @@
+"""API settings (env prefix `API_`). `API_HOST`/`API_PORT` serve the API and its ops routes
+(/health /ready /metrics) on one port, so they also set `ops_host`/`ops_port`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from libs.settings import ServiceSettings
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+HARD_MAX_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """What the routes need from the settings."""
+
+    default_page_size: int = 50
+    max_page_size: int = HARD_MAX_PAGE_SIZE
+    publish_timeout_seconds: float = 10.0
+
+
+class ApiSettings(ServiceSettings):
+    """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
+    API_PUBLISH_TIMEOUT_SECONDS."""
+
+    model_config = SettingsConfigDict(env_prefix="API_", frozen=True, extra="ignore")
+
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="0 = any free port")
+    default_page_size: int = Field(default=50, ge=1, le=HARD_MAX_PAGE_SIZE)
+    max_page_size: int = Field(default=HARD_MAX_PAGE_SIZE, ge=1, le=HARD_MAX_PAGE_SIZE)
+    publish_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long POST /v1/imports waits for the broker's ack"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ops_on_api_port(cls, data: Any) -> Any:
+        """The ops routes are part of the API app: one host and port for both."""
+        if isinstance(data, dict):
+            data = {**data, "ops_host": data.get("host", DEFAULT_HOST),
+                    "ops_port": data.get("port", DEFAULT_PORT)}
+        return data
+
+    @model_validator(mode="after")
+    def _page_sizes(self) -> ApiSettings:
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("API_DEFAULT_PAGE_SIZE must not exceed API_MAX_PAGE_SIZE")
+        return self
+
+    def limits(self) -> ApiLimits:
+        return ApiLimits(
+            default_page_size=self.default_page_size,
+            max_page_size=self.max_page_size,
+            publish_timeout_seconds=self.publish_timeout_seconds,
+        )

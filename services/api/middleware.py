@@ -1,0 +1,145 @@
+"""Two small ASGI middlewares: request metrics (outermost; also turns an unhandled error into
+a JSON 500 without a stack trace) and the audit log (a row per audited request)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.datastructures import QueryParams
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from libs.db.audit import AuditEntry, write_audit
+from libs.logging import get_logger
+from libs.metrics import LATENCY_BUCKETS, metric_prefix
+from services.api.auth import AUDIT_STATE, AuditContext
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ApiMetrics:
+    requests: Counter
+    seconds: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ApiMetrics:
+        p = metric_prefix("api")
+        return cls(
+            requests=Counter(
+                f"{p}_requests_total", "HTTP requests, by route template, method and status.",
+                ["route", "method", "status"], registry=registry,
+            ),
+            seconds=Histogram(
+                f"{p}_request_seconds", "Time to answer one HTTP request.",
+                ["route", "method"], buckets=LATENCY_BUCKETS, registry=registry,
+            ),
+        )
+
+
+def _route(scope: Scope) -> str:
+    """The route template (`/v1/studies/{study_uid}`), never the raw path: bounded labels."""
+    route = scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        started = False
+
+        async def send_status(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except Exception:
+            log.exception("unhandled error", method=scope["method"], route=_route(scope))
+            if started:
+                raise
+            await JSONResponse({"detail": "internal server error"}, 500)(scope, receive, send)
+        finally:
+            route, method = _route(scope), scope["method"]
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.seconds.labels(route, method).observe(time.perf_counter() - start)
+
+
+def _query(scope: Scope) -> dict[str, Any]:
+    params = QueryParams(scope.get("query_string", b""))
+    return {k: (v[0] if len(v) == 1 else v) for k in params for v in [params.getlist(k)]}
+
+
+def _entry(scope: Scope, audit: AuditContext, status: int) -> AuditEntry:
+    client = scope.get("client")
+    return AuditEntry(
+        action=audit.action,
+        method=scope["method"],
+        path=scope["path"],
+        status_code=status,
+        api_key_id=audit.key.id if audit.key else None,
+        role=audit.key.role if audit.key else None,
+        query=_query(scope),
+        result_count=audit.result_count,
+        client=client[0] if client else None,
+    )
+
+
+class AuditMiddleware:
+    """Writes the audit row before the response starts; no audit row, no response (503)."""
+
+    def __init__(self, app: ASGIApp, pool: asyncpg.Pool) -> None:
+        self.app = app
+        self.pool = pool
+
+    async def _write(self, scope: Scope, status: int) -> bool:
+        audit = scope.get("state", {}).get(AUDIT_STATE)
+        if not isinstance(audit, AuditContext):
+            return True  # not an audited route (ops routes, docs, unknown paths)
+        try:
+            async with self.pool.acquire() as conn:
+                await write_audit(conn, _entry(scope, audit, status))
+        except Exception:
+            log.exception("audit write failed", action=audit.action, status=status)
+            return False
+        return True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        blocked = False
+        started = False
+
+        async def send_audited(message: Message) -> None:
+            nonlocal blocked, started
+            if message["type"] == "http.response.start":
+                started = True
+                if not await self._write(scope, message["status"]):
+                    blocked = True
+                    unavailable = JSONResponse({"detail": "audit log unavailable"}, 503)
+                    await unavailable(scope, receive, send)
+                    return
+            if not blocked:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_audited)
+        except Exception:
+            if not started:
+                await self._write(scope, 500)
+            raise

@@ -1,0 +1,51 @@
+"""Study search and study detail (permission `read`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+import asyncpg
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+
+from libs.db import search
+from services.api.auth import Authenticator, Caller
+from services.api.config import ApiLimits
+from services.api.routes import page_limit
+from services.api.schemas import UID_PATTERN, StudyDetailOut, StudyPage, StudyQuery
+
+StudyUid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64, description="StudyInstanceUID")]
+
+
+def studies_router(pool: asyncpg.Pool, auth: Authenticator, limits: ApiLimits) -> APIRouter:
+    router = APIRouter(prefix="/v1/studies", tags=["studies"])
+    searcher = Depends(auth.require("read", "study.search"))
+    reader = Depends(auth.require("read", "study.read"))
+
+    @router.get("", response_model=StudyPage)
+    async def search_studies(
+        query: Annotated[StudyQuery, Query()], caller: Annotated[Caller, searcher]
+    ) -> StudyPage:
+        """Studies matching every filter given, newest first."""
+        limit = page_limit(query.limit, limits)
+        criteria = search.StudyFilter(**query.model_dump(exclude={"limit", "offset"}))
+        async with pool.acquire() as conn:
+            total, rows = await search.search_studies(conn, criteria, limit=limit, offset=query.offset)
+        caller.saw(len(rows))
+        items = [asdict(r) for r in rows]
+        return StudyPage.model_validate(
+            {"total": total, "limit": limit, "offset": query.offset, "items": items}
+        )
+
+    @router.get("/{study_uid}", response_model=StudyDetailOut)
+    async def read_study(study_uid: StudyUid, caller: Annotated[Caller, reader]) -> StudyDetailOut:
+        """One study with its series."""
+        async with pool.acquire() as conn:
+            detail = await search.get_study(conn, study_uid)
+        caller.saw(1 if detail else 0)
+        if detail is None:
+            raise HTTPException(status_code=404, detail="study not found")
+        series = [asdict(s) for s in detail.series]
+        return StudyDetailOut.model_validate({**asdict(detail.study), "series": series})
+
+    return router

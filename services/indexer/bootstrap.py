@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from functools import partial
+
+import asyncpg
+
+from libs.db import index as repo
+from libs.db import ledger
+from libs.events import DeadLetter, InstanceDuplicated, InstanceStored
+from libs.kafka.consumer import Route
+from libs.logging import get_logger
+from libs.runtime import Runtime
+from libs.topics import dlq_topic
+from services.indexer.config import IndexerSettings
+from services.indexer.handlers import (
+    handle_dead_letter,
+    handle_duplicate,
+    handle_stored,
+    metadata_event,
+)
+
+log = get_logger(__name__)
+
+# Every topic whose dead letters mean "this file failed" (the ledger's final outcome).
+OUTCOME_DLQS = (
+    "dicom.discovered.v1",
+    "dicom.extracted.v1",
+    "dicom.unique.v1",
+    "dicom.stored.v1",
+    "dicom.duplicate.v1",
+)
+
+
+class PgIndex:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def index(self, event: InstanceStored) -> repo.StudySnapshot | None:
+        async with self.pool.acquire() as conn:
+            await repo.index_instance(conn, event)
+            if event.disposition == "conflict":
+                return None
+            return await repo.study_snapshot(conn, event.header.study.study_uid)
+
+    async def duplicate(self, event: InstanceDuplicated) -> None:
+        async with self.pool.acquire() as conn:
+            await repo.record_duplicate(conn, event)
+
+    async def failed(self, file_id: int, stage: str, reason: str) -> None:
+        async with self.pool.acquire() as conn:
+            await ledger.mark_outcome(conn, file_id, "failed", stage=stage, reason=reason)
+
+
+async def wire(rt: Runtime) -> None:
+    settings = rt.settings
+    assert isinstance(settings, IndexerSettings)
+    pool = await rt.pool()
+    index = PgIndex(pool)
+    await rt.consumer(
+        {
+            InstanceStored.TOPIC: Route(InstanceStored, partial(handle_stored, index=index)),
+            InstanceDuplicated.TOPIC: Route(
+                InstanceDuplicated, partial(handle_duplicate, index=index)
+            ),
+        }
+    )
+    await rt.consumer(
+        {
+            dlq_topic(t): Route(DeadLetter, partial(handle_dead_letter, index=index))
+            for t in OUTCOME_DLQS
+        },
+        group_id="dicomflow-indexer-outcomes",
+        dead_letters=False,
+    )
+    producer = await rt.producer()
+
+    async def announce_stable() -> None:
+        """Survives restarts: stability is derived from `last_instance_at` in PostgreSQL."""
+        while await rt.sleep(settings.stable_check_seconds):
+            async with pool.acquire() as conn, conn.transaction():
+                snapshots = await repo.mark_stable(
+                    conn, quiet_seconds=settings.study_stable_seconds, limit=200
+                )
+                # Commit only once the events are acknowledged: no stable study goes unannounced.
+                await producer.publish(*(metadata_event(s, []) for s in snapshots))
+            if snapshots:
+                log.info("studies stable", count=len(snapshots))
+
+    rt.add_worker("stable", announce_stable)

@@ -1,0 +1,9 @@
+import asyncio
+
+from libs.runtime import serve
+from libs.settings import load_settings
+from services.nas_watcher.bootstrap import wire
+from services.nas_watcher.config import NasWatcherSettings
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(serve("nas-watcher", load_settings(NasWatcherSettings), wire)))

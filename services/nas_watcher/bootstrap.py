@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+import zlib
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import asyncpg
+
+from libs.db import ledger, nas, tasks
+from libs.db.ledger import LedgerRow, NewFile
+from libs.events import Event, ImportRequested
+from libs.kafka.consumer import Route
+from libs.logging import get_logger
+from libs.runtime import Runtime
+from services.nas_watcher.config import NasWatcherSettings
+from services.nas_watcher.handlers import (
+    Publish,
+    handle_import_requested,
+    scan_root,
+    scan_task,
+)
+from services.nas_watcher.scanner import FileStat
+
+log = get_logger(__name__)
+
+
+class PgScanStore:
+    def __init__(self, pool: asyncpg.Pool, owner: str, lease_seconds: float) -> None:
+        self.pool = pool
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+
+    async def seen(self, directory: str) -> dict[str, tuple[int, int]]:
+        async with self.pool.acquire() as conn:
+            return await nas.seen_in_dir(conn, directory)
+
+    async def record_watched(
+        self, directory: str, files: Sequence[FileStat], new: Sequence[NewFile]
+    ) -> list[LedgerRow]:
+        async with self.pool.acquire() as conn:
+            return await nas.record_watched(
+                conn,
+                directory,
+                [f.name for f in files],
+                [f.size for f in files],
+                [f.mtime_ns for f in files],
+                new,
+            )
+
+    async def record_task_files(self, new: Sequence[NewFile]) -> list[LedgerRow]:
+        async with self.pool.acquire() as conn:
+            return await ledger.record_discovered(conn, new)
+
+    async def renew(self, task_id: str) -> bool:
+        async with self.pool.acquire() as conn:
+            return await tasks.renew_lease(
+                conn, task_id, owner=self.owner, lease_seconds=self.lease_seconds
+            )
+
+    async def finish(self, task_id: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM import_tasks WHERE id = $1 FOR UPDATE", task_id)
+            await tasks.finish_scan(conn, task_id)
+            await ledger.complete_task_if_done(conn, task_id)
+
+    async def fail(self, task_id: str, error: str) -> None:
+        log.warning("import task failed", task_id=task_id, error=error)
+        async with self.pool.acquire() as conn:
+            await tasks.fail_task(conn, task_id, error)
+
+
+async def wire(rt: Runtime) -> None:
+    settings = rt.settings
+    assert isinstance(settings, NasWatcherSettings)
+    pool = await rt.pool()
+    producer = await rt.producer()
+    owner = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+    store = PgScanStore(pool, owner, settings.task_lease_seconds)
+    wake = asyncio.Event()
+
+    async def publish(events: Sequence[Event]) -> None:
+        await producer.publish(*events)
+
+    async def watch() -> None:
+        while True:
+            for root in settings.roots:
+                await _scan_root_once(pool, root, store, publish, settings.settle_seconds)
+            if not await rt.sleep(settings.scan_interval_seconds):
+                return
+
+    async def run_tasks() -> None:
+        while not rt.stopping.is_set():
+            async with pool.acquire() as conn:
+                task = await tasks.lease_next_scan(
+                    conn, owner=owner, lease_seconds=settings.task_lease_seconds
+                )
+            if task is None:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=2.0)
+                continue
+            log.info("import scan started", task_id=task.id, source_path=task.source_path)
+            await scan_task(
+                task,
+                store=store,
+                publish=publish,
+                allowed_roots=settings.allowed_import_roots(),
+                settle_seconds=settings.settle_seconds,
+                batch_size=settings.batch_size,
+            )
+            log.info("import scan finished", task_id=task.id)
+
+    if settings.watch:
+        rt.add_worker("watch", watch)
+    rt.add_worker("tasks", run_tasks)
+    await rt.consumer(
+        {ImportRequested.TOPIC: Route(ImportRequested, partial(handle_import_requested, wake=wake))}
+    )
+
+
+async def _scan_root_once(
+    pool: asyncpg.Pool, root: Path, store: PgScanStore, publish: Publish, settle: float
+) -> None:
+    """One scanner per root across replicas: a session advisory lock keyed by the root."""
+    path = root.absolute()
+    if not path.is_dir():
+        log.warning("watched root missing", root=str(path))
+        return
+    lock = zlib.crc32(str(path).encode())
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock(1, $1)", lock):
+            return
+        try:
+            report = await scan_root(path, store=store, publish=publish, settle_seconds=settle)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(1, $1)", lock)
+    if report.emitted or report.problems.unreadable_dirs:
+        log.info(
+            "scan done",
+            root=str(path),
+            files=report.files_seen,
+            emitted=report.emitted,
+            unsettled=report.unsettled,
+            unreadable=len(report.problems.unreadable_dirs),
+        )

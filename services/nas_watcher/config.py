@@ -1,0 +1,42 @@
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from libs.settings import ServiceSettings
+
+PathList = Annotated[list[Path], NoDecode]
+
+
+class NasWatcherSettings(ServiceSettings):
+    """Env prefix `NAS_`."""
+
+    model_config = SettingsConfigDict(env_prefix="NAS_", frozen=True, extra="ignore")
+
+    ops_port: int = 8101
+    roots: PathList = Field(
+        default_factory=lambda: [Path("./var/nas")],
+        description="Folders watched continuously, comma-separated.",
+    )
+    import_roots: PathList = Field(
+        default_factory=list,
+        description="Folders an import task may read from (default: the watched roots).",
+    )
+    scan_interval_seconds: float = Field(default=30.0, gt=0)
+    settle_seconds: float = Field(
+        default=2.0, ge=0, description="A file modified more recently may still be being written."
+    )
+    watch: bool = Field(default=True, description="Scan the roots periodically.")
+    task_lease_seconds: float = Field(default=60.0, gt=0)
+    batch_size: int = 500
+
+    @field_validator("roots", "import_roots", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(p.strip()).absolute() for p in value.split(",") if p.strip()]
+        return value
+
+    def allowed_import_roots(self) -> list[Path]:
+        return [p.absolute() for p in (self.import_roots or self.roots)]

@@ -1,0 +1,9 @@
+import asyncio
+
+from libs.runtime import serve
+from libs.settings import load_settings
+from services.reconciler.bootstrap import wire
+from services.reconciler.config import ReconcilerSettings
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(serve("reconciler", load_settings(ReconcilerSettings), wire)))

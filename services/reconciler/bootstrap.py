@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from libs.db import ledger, tasks
+from libs.db.ledger import LedgerRow
+from libs.events import Event
+from libs.kafka.admin import ensure_topics
+from libs.logging import get_logger
+from libs.runtime import Runtime
+from services.reconciler.config import ReconcilerSettings
+from services.reconciler.handlers import reconcile_once
+
+log = get_logger(__name__)
+
+
+class PgLedger:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def seconds_since_last_outcome(self) -> float | None:
+        async with self.pool.acquire() as conn:
+            return await ledger.seconds_since_last_outcome(conn)
+
+    async def has_pending_older_than(self, seconds: float) -> bool:
+        async with self.pool.acquire() as conn:
+            return bool(
+                await conn.fetchval(
+                    """SELECT EXISTS (SELECT 1 FROM ingest_files WHERE status = 'pending'
+                           AND updated_at < now() - make_interval(secs => $1))""",
+                    seconds,
+                )
+            )
+
+    async def take_stale(self, older_than_seconds: float, limit: int) -> list[LedgerRow]:
+        async with self.pool.acquire() as conn:
+            return await ledger.stale_pending(
+                conn, older_than_seconds=older_than_seconds, limit=limit
+            )
+
+    async def complete_finished_tasks(self) -> int:
+        done = 0
+        async with self.pool.acquire() as conn:
+            for task_id in await tasks.running_task_ids(conn):
+                async with conn.transaction():
+                    await conn.execute(
+                        "SELECT 1 FROM import_tasks WHERE id = $1 FOR UPDATE", task_id
+                    )
+                    done += await ledger.complete_task_if_done(conn, task_id)
+        return done
+
+
+async def wire(rt: Runtime) -> None:
+    settings = rt.settings
+    assert isinstance(settings, ReconcilerSettings)
+    pool = await rt.pool()
+    producer = await rt.producer()
+    port = PgLedger(pool)
+
+    async def publish(events: Sequence[Event]) -> None:
+        await producer.publish(*events)
+
+    async def loop() -> None:
+        while await rt.sleep(settings.interval_seconds):
+            try:
+                # A restarted in-memory broker has no topics: declare them again.
+                await ensure_topics(
+                    settings.kafka_bootstrap_servers,
+                    partitions=settings.kafka_topic_partitions,
+                    replication_factor=settings.kafka_replication_factor,
+                )
+                report = await reconcile_once(
+                    ledger=port,
+                    publish=publish,
+                    idle_seconds=settings.idle_seconds,
+                    stale_seconds=settings.stale_seconds,
+                    batch_size=settings.batch_size,
+                )
+            except Exception as exc:  # keep reconciling through outages; next round retries
+                log.warning("reconcile round failed", error=repr(exc))
+                continue
+            if report.reemitted or report.tasks_completed:
+                log.info(
+                    "reconciled",
+                    reemitted=report.reemitted,
+                    tasks_completed=report.tasks_completed,
+                )
+
+    rt.add_worker("reconcile", loop)

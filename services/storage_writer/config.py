@@ -1,0 +1,12 @@
+from pydantic_settings import SettingsConfigDict
+
+from libs.settings import ServiceSettings
+
+
+class StorageWriterSettings(ServiceSettings):
+    """Env prefix `STORAGE_WRITER_`; the destination is the shared `STORAGE_URL`."""
+
+    model_config = SettingsConfigDict(env_prefix="STORAGE_WRITER_", frozen=True, extra="ignore")
+
+    ops_port: int = 8104
+    concurrency: int = 4

@@ -1,0 +1,80 @@
+"""Shared fixtures: a fresh PostgreSQL database and a fresh Kafka-protocol broker per test.
+
+The real dependencies are required: when PostgreSQL or the broker binary is missing the
+tests fail with the reason (they never skip), in CI and locally alike.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from libs.broker import broker_argv, free_port, wait_for_port
+from libs.db.migrations import migrate
+from libs.db.pool import create_pool
+
+PG_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture
+async def database_url() -> AsyncIterator[str]:
+    name = f"dicomflow_test_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_SERVER}/{name}"
+    conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, size=4)
+    await migrate(pool)
+    yield pool
+    await pool.close()
+
+
+@dataclass
+class Broker:
+    """A Tansu broker on its own port; `restart()` loses everything, like the real one."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            broker_argv(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port("127.0.0.1", self.port)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    b = Broker(free_port())
+    b.start()
+    yield b
+    b.stop()
