@@ -96,6 +96,7 @@ class Runtime:
             batch_size=s.batch_size,
             concurrency=s.concurrency,
             dead_letters=dead_letters,
+            session_timeout_ms=s.kafka_session_timeout_ms,
         )
         await consumer.start()
         self.resources.push_async_callback(consumer.stop)

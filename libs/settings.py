@@ -31,6 +31,12 @@ class ServiceSettings(BaseSettings):
         validation_alias="KAFKA_ENABLE_IDEMPOTENCE",
         description="Idempotent producer; off for brokers that refuse InitProducerId (Tansu).",
     )
+    kafka_session_timeout_ms: int = Field(
+        default=30_000,
+        ge=1000,
+        validation_alias="KAFKA_SESSION_TIMEOUT_MS",
+        description="Consumer-group session; Tansu delays joins by about this, so dev uses 3000.",
+    )
     kafka_topic_partitions: int = Field(default=6, ge=1, validation_alias="KAFKA_TOPIC_PARTITIONS")
     kafka_replication_factor: int = Field(
         default=1, ge=1, validation_alias="KAFKA_REPLICATION_FACTOR"

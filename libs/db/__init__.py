@@ -1,9 +1,14 @@
 """PostgreSQL access: the pool, migrations, and one repository module per concern."""
 
-from typing import Any, TypeAlias
+from __future__ import annotations
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-# Repositories accept a plain connection or one borrowed from the pool.
-Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
+
+    # Repositories accept a plain connection or one borrowed from the pool.
+    Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+else:
+    Conn = Any

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
+from libs.db import Conn
 
 ROLES = ("clinician", "ops", "admin")
 KEY_PREFIX = "dfk_"
@@ -53,7 +53,7 @@ def looks_like_key(plaintext: str) -> bool:
     )
 
 
-async def create_key(conn: asyncpg.Connection, role: str, name: str = "") -> tuple[int, str]:
+async def create_key(conn: Conn, role: str, name: str = "") -> tuple[int, str]:
     """Create a key; returns its id and the plaintext, which is never stored nor shown again."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
@@ -69,7 +69,7 @@ async def create_key(conn: asyncpg.Connection, role: str, name: str = "") -> tup
     return int(key_id), plaintext
 
 
-async def verify_key(conn: asyncpg.Connection, plaintext: str) -> ApiKey | None:
+async def verify_key(conn: Conn, plaintext: str) -> ApiKey | None:
     """The active key with this plaintext, or None (unknown, malformed or revoked)."""
     if not looks_like_key(plaintext):
         return None
@@ -96,7 +96,7 @@ async def verify_key(conn: asyncpg.Connection, plaintext: str) -> ApiKey | None:
     return ApiKey(**values)
 
 
-async def revoke_key(conn: asyncpg.Connection, key_id: int) -> bool:
+async def revoke_key(conn: Conn, key_id: int) -> bool:
     """Revoke a key; False when there is no such active key."""
     return bool(
         await conn.fetchval(
@@ -107,11 +107,11 @@ async def revoke_key(conn: asyncpg.Connection, key_id: int) -> bool:
     )
 
 
-async def get_key(conn: asyncpg.Connection, key_id: int) -> ApiKey | None:
+async def get_key(conn: Conn, key_id: int) -> ApiKey | None:
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
     return ApiKey(**dict(row)) if row else None
 
 
-async def list_keys(conn: asyncpg.Connection) -> list[ApiKey]:
+async def list_keys(conn: Conn) -> list[ApiKey]:
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY id")
     return [ApiKey(**dict(r)) for r in rows]

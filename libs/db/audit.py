@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
+from libs.db import Conn
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class AuditEntry:
     client: str | None = None
 
 
-async def write_audit(conn: asyncpg.Connection, entry: AuditEntry) -> None:
+async def write_audit(conn: Conn, entry: AuditEntry) -> None:
     await conn.execute(
         """INSERT INTO audit_log (api_key_id, role, action, method, path, query, status_code,
                                   result_count, client)

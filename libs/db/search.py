@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-import asyncpg
-
+from libs.db import Conn
 from libs.dicom.names import search_patterns
 
 
@@ -125,7 +124,7 @@ def _where(f: StudyFilter) -> _Where:
     return w
 
 
-def _study(row: asyncpg.Record) -> StudyRow:
+def _study(row: Any) -> StudyRow:
     values = dict(row)
     patient = PatientRow(
         patient_id=values.pop("patient_id"),
@@ -138,7 +137,7 @@ def _study(row: asyncpg.Record) -> StudyRow:
 
 
 async def search_studies(
-    conn: asyncpg.Connection, f: StudyFilter, *, limit: int, offset: int
+    conn: Conn, f: StudyFilter, *, limit: int, offset: int
 ) -> tuple[int, list[StudyRow]]:
     """(total matching, one page) ordered by study date, newest first, then study UID."""
     w = _where(f)
@@ -155,7 +154,7 @@ async def search_studies(
     return int(total), [_study(r) for r in rows]
 
 
-async def get_study(conn: asyncpg.Connection, study_uid: str) -> StudyDetail | None:
+async def get_study(conn: Conn, study_uid: str) -> StudyDetail | None:
     row = await conn.fetchrow(f"SELECT {_STUDY_COLUMNS} {_FROM} WHERE s.study_uid = $1", study_uid)
     if row is None:
         return None

@@ -88,6 +88,7 @@ class StageConsumer:
         batch_size: int = 200,
         concurrency: int = 1,
         dead_letters: bool = True,
+        session_timeout_ms: int = 30_000,
     ) -> None:
         self.stage = stage
         self._routes = dict(routes)
@@ -107,8 +108,9 @@ class StageConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_interval_ms=600_000,
-            session_timeout_ms=30_000,
-            heartbeat_interval_ms=3_000,
+            session_timeout_ms=session_timeout_ms,
+            rebalance_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(250, session_timeout_ms // 4),
         )
 
     async def start(self) -> None:

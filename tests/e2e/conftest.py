@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from stack_harness import PIPELINE, Stack, stack_env
+
+from libs.db.apikeys import create_key
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, database_url: str, pool: asyncpg.Pool, broker: object
+) -> AsyncIterator[Stack]:
+    env, ports = stack_env(tmp_path, database_url, broker.bootstrap)  # type: ignore[attr-defined]
+    s = Stack(root=tmp_path, env=env, ports=ports)
+    async with pool.acquire() as conn:
+        _, s.key = await create_key(conn, "admin", "e2e")
+    for name in [*PIPELINE, "api"]:
+        s.start(name)
+    try:
+        await s.wait_ready([*PIPELINE, "api"])
+        yield s
+    finally:
+        s.stop_all()

@@ -1,0 +1,137 @@
+"""The bus against a real Kafka-protocol broker: manual commits, retries, DLQ, poison."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
+
+from libs.errors import PermanentError
+from libs.events import DeadLetter, Event, ImportRequested
+from libs.kafka.admin import ensure_topics
+from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
+from libs.kafka.producer import Producer
+from libs.metrics import ConsumerMetrics, ProducerMetrics
+from libs.topics import dlq_topic
+
+TOPIC = ImportRequested.TOPIC
+
+
+def request(n: int) -> ImportRequested:
+    return ImportRequested(correlation_id=f"c{n}", source="test", task_id=f"t{n}", source_path="/x")
+
+
+async def drain(bootstrap: str, topic: str, count: int, timeout: float = 20) -> list[bytes]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            out += [m.value for ms in batch.values() for m in ms]
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def run_stage(
+    bootstrap: str, handler: object, *, group: str = "g", until: asyncio.Event
+) -> tuple[StageConsumer, Producer, asyncio.Task[None]]:
+    registry = CollectorRegistry()
+    producer = Producer(
+        bootstrap, idempotence=False, metrics=ProducerMetrics.create("t", registry), client_id="t"
+    )
+    await producer.start()
+    consumer = StageConsumer(
+        stage="test-stage",
+        group_id=group,
+        routes={TOPIC: Route(ImportRequested, handler)},  # type: ignore[arg-type]
+        bootstrap_servers=bootstrap,
+        producer=producer,
+        metrics=ConsumerMetrics.create("t", registry),
+        stopping=until,
+        retry=RetryPolicy(max_retries=2, backoff_seconds=0.01),
+        session_timeout_ms=3000,
+    )
+    await consumer.start()
+    return consumer, producer, asyncio.create_task(consumer.run())
+
+
+async def test_retries_then_dead_letters_and_keeps_going(broker: object) -> None:
+    bootstrap = broker.bootstrap  # type: ignore[attr-defined]
+    await ensure_topics(bootstrap, partitions=1, replication_factor=1)
+    attempts: dict[str, int] = {}
+    handled: list[str] = []
+
+    async def handler(event: ImportRequested) -> Sequence[Event]:
+        attempts[event.task_id] = attempts.get(event.task_id, 0) + 1
+        if event.task_id == "t1":
+            raise RuntimeError("boom")
+        if event.task_id == "t2":
+            raise PermanentError("not a DICOM file")
+        handled.append(event.task_id)
+        return []
+
+    stop = asyncio.Event()
+    consumer, producer, task = await run_stage(bootstrap, handler, until=stop)
+    await producer.publish(request(0), request(1), request(2), request(3))
+    await producer.send_raw(TOPIC, b"{not json", b"k")
+    await producer.publish(request(4))
+    letters = [DeadLetter.model_validate_json(v) for v in await drain(bootstrap, dlq_topic(TOPIC), 3)]
+    stop.set()
+    await task
+    await consumer.stop()
+    await producer.stop()
+
+    assert handled == ["t0", "t3", "t4"]
+    assert attempts["t1"] == 3  # first try + max_retries
+    assert attempts["t2"] == 1  # permanent: no retry
+    by_error = {letter.error_type: letter for letter in letters}
+    assert by_error["RuntimeError"].attempts == 3
+    assert "boom" in by_error["RuntimeError"].error
+    assert by_error["RuntimeError"].correlation_id == "c1"
+    assert by_error["PermanentError"].error == "not a DICOM file"
+    assert by_error["ValidationError"].payload == "{not json"
+    assert all(letter.stage == "test-stage" and letter.original_topic == TOPIC for letter in letters)
+
+
+async def test_commits_only_after_the_handler(broker: object) -> None:
+    """A message whose handler never finished is delivered again to the next consumer."""
+    bootstrap = broker.bootstrap  # type: ignore[attr-defined]
+    await ensure_topics(bootstrap, partitions=1, replication_factor=1)
+    started = asyncio.Event()
+
+    async def stuck(event: ImportRequested) -> Sequence[Event]:
+        started.set()
+        await asyncio.sleep(3600)
+        return []
+
+    stop = asyncio.Event()
+    consumer, producer, task = await run_stage(bootstrap, stuck, group="g2", until=stop)
+    await producer.publish(request(7))
+    await asyncio.wait_for(started.wait(), 20)
+    task.cancel()  # the process "dies" mid-message: nothing committed
+    await consumer.stop()
+
+    seen: list[str] = []
+    got = asyncio.Event()
+
+    async def record(event: ImportRequested) -> Sequence[Event]:
+        seen.append(event.task_id)
+        got.set()
+        return []
+
+    stop2 = asyncio.Event()
+    consumer2, _, task2 = await run_stage(bootstrap, record, group="g2", until=stop2)
+    await asyncio.wait_for(got.wait(), 30)
+    stop2.set()
+    await task2
+    await consumer2.stop()
+    await producer.stop()
+    assert seen == ["t7"]
