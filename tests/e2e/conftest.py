@@ -5,7 +5,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from stack_harness import PIPELINE, Stack, stack_env
+from load_test.stack import PIPELINE, Stack, stack_env
 
 from libs.db.apikeys import create_key
 
@@ -14,9 +14,14 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 async def stack(
-    tmp_path: Path, database_url: str, pool: asyncpg.Pool, broker: object
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str, pool: asyncpg.Pool,
+    broker: object,
 ) -> AsyncIterator[Stack]:
+    """Overrides per test: `@pytest.mark.stack_env(NAS_WATCH="true")`."""
     env, ports = stack_env(tmp_path, database_url, broker.bootstrap)  # type: ignore[attr-defined]
+    marker = request.node.get_closest_marker("stack_env")
+    if marker:
+        env.update(marker.kwargs)
     s = Stack(root=tmp_path, env=env, ports=ports)
     async with pool.acquire() as conn:
         _, s.key = await create_key(conn, "admin", "e2e")

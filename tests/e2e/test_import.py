@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import asyncpg
-from stack_harness import Stack
+from load_test.stack import Stack
 from trees import build_tree
 
 from libs.storage.local import path_from_file_url

@@ -1,5 +1,5 @@
-"""The stack as separate processes (exactly what `dicomflow up` runs), on a fresh database,
-a fresh broker and free ports, driven through its API."""
+"""The stack as separate processes (exactly what `dicomflow up` runs), on a given database,
+broker and free ports, driven through its API. Used by the e2e tests and `make bench`."""
 
 from __future__ import annotations
 
@@ -100,6 +100,11 @@ class Stack:
             base_url=self.api, headers={"Authorization": f"Bearer {self.key}"}, timeout=30
         )
 
+    async def task(self, task_id: str) -> dict[str, Any]:
+        async with self.client() as c:
+            body: dict[str, Any] = (await c.get(f"/v1/imports/{task_id}")).json()
+            return body
+
     async def start_import(self, path: Path) -> str:
         async with self.client() as c:
             r = await c.post("/v1/imports", json={"source_path": str(path), "description": "test"})
@@ -133,6 +138,7 @@ def stack_env(root: Path, database_url: str, bootstrap: str) -> tuple[dict[str, 
         "NAS_WATCH": "false",
         "NAS_SCAN_INTERVAL_SECONDS": "1",
         "NAS_SETTLE_SECONDS": "0",
+        "NAS_BATCH_SIZE": "25",
         "STUDY_STABLE_SECONDS": "2",
         "INDEXER_STABLE_CHECK_SECONDS": "0.5",
         "RECONCILER_INTERVAL_SECONDS": "1",

@@ -1,0 +1,64 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from services.nas_watcher import scanner
+from services.nas_watcher.scanner import FileStat, ScanProblems, is_settled, walk
+
+
+def tree(root: Path) -> None:
+    for rel in ["2024-01/P1/S1/a.dcm", "2024-01/P1/S1/b.dcm", "flat.dcm", "deep/x/y/z/c.dcm"]:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 10)
+    (root / ".hidden.dcm").write_bytes(b"x")
+    (root / "DICOMDIR").write_bytes(b"x")
+    (root / "copy.dcm.part").write_bytes(b"x")
+
+
+def names(root: Path) -> set[str]:
+    return {
+        os.path.relpath(os.path.join(d, f.name), root) for d, files in walk(root) for f in files
+    }
+
+
+def test_any_layout_and_skips_non_instances(tmp_path: Path) -> None:
+    tree(tmp_path)
+    assert names(tmp_path) == {
+        "2024-01/P1/S1/a.dcm", "2024-01/P1/S1/b.dcm", "flat.dcm", "deep/x/y/z/c.dcm",
+    }
+
+
+def test_symlink_loops_do_not_stop_the_scan(tmp_path: Path) -> None:
+    tree(tmp_path)
+    (tmp_path / "deep" / "x" / "loop").symlink_to(tmp_path)
+    (tmp_path / "broken").symlink_to(tmp_path / "missing")
+    problems = ScanProblems()
+    found = {f.name for _, files in walk(tmp_path, problems) for f in files}
+    assert found == {"a.dcm", "b.dcm", "flat.dcm", "c.dcm"}
+    assert problems.loops
+
+
+def test_unreadable_folders_are_reported_and_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree(tmp_path)
+    real = os.scandir
+
+    def scandir(path: str) -> object:
+        if path.endswith("2024-01"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(scanner.os, "scandir", scandir)
+    problems = ScanProblems()
+    found = {f.name for _, files in walk(tmp_path, problems) for f in files}
+    assert found == {"flat.dcm", "c.dcm"}
+    assert problems.unreadable_dirs[0].endswith("2024-01")
+
+
+def test_files_being_written_are_not_settled() -> None:
+    now = 10**18
+    assert not is_settled(FileStat("a", 1, now - 10**9), now, settle_seconds=2)
+    assert is_settled(FileStat("a", 1, now - 3 * 10**9), now, settle_seconds=2)

@@ -1,0 +1,73 @@
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from libs.errors import PermanentError
+from libs.storage import conflict_key, instance_key, open_store
+from libs.storage.local import LocalStore, path_from_file_url
+
+
+def write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_copies_verifies_and_is_idempotent(tmp_path: Path) -> None:
+    store = open_store((tmp_path / "store").as_uri())
+    src = tmp_path / "a.dcm"
+    digest = write(src, b"DICM" * 1000)
+    key = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    first = await store.put_file(key, src, expected_sha256=digest)
+    again = await store.put_file(key, src, expected_sha256=digest)
+    assert first.created and not again.created
+    assert path_from_file_url(first.url).read_bytes() == src.read_bytes()
+    assert await store.size(key) == 4000
+    assert b"".join([c async for c in store.read(key, 1000)]) == src.read_bytes()
+    assert not list((tmp_path / "store").rglob("*.tmp"))
+
+
+async def test_never_overwrites_different_content(tmp_path: Path) -> None:
+    store = LocalStore((tmp_path / "s").as_uri())
+    a, b = tmp_path / "a", tmp_path / "b"
+    key = "studies/1/2/3.dcm"
+    await store.put_file(key, a, expected_sha256=write(a, b"one"))
+    with pytest.raises(PermanentError, match="refusing to overwrite"):
+        await store.put_file(key, b, expected_sha256=write(b, b"two"))
+    assert store.path_for(key).read_bytes() == b"one"
+
+
+async def test_rejects_a_source_that_changed(tmp_path: Path) -> None:
+    store = LocalStore((tmp_path / "s").as_uri())
+    src = tmp_path / "a"
+    src.write_bytes(b"now")
+    with pytest.raises(PermanentError, match="changed since it was extracted"):
+        await store.put_file("studies/1/2/3.dcm", src, expected_sha256="0" * 64)
+    assert not store.path_for("studies/1/2/3.dcm").exists()
+    assert not list((tmp_path / "s").rglob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "key", ["../etc/passwd", "/abs/path", "studies/../../x", "a//b", "studies/.hidden", ""]
+)
+def test_keys_cannot_escape_the_root(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ValueError, match="unsafe storage key"):
+        LocalStore((tmp_path / "s").as_uri()).path_for(key)
+
+
+@pytest.mark.parametrize("bad", ["../1.2", "1.2/3", "1..2", "abc", "1.2.3" + ".4" * 40, ""])
+def test_uids_are_validated_before_becoming_paths(bad: str) -> None:
+    with pytest.raises(PermanentError):
+        instance_key("1.2.3", "1.2.3.4", bad)
+    with pytest.raises((PermanentError, ValueError)):
+        conflict_key(bad, "a" * 64)
+
+
+def test_file_urls_round_trip_odd_names(tmp_path: Path) -> None:
+    odd = tmp_path / "dir with space" / "ünï cödé #1%.dcm"
+    assert path_from_file_url(odd.as_uri()) == odd
+
+
+def test_unknown_scheme_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unsupported STORAGE_URL scheme 's3'"):
+        open_store("s3://bucket/x")
