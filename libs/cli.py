@@ -9,6 +9,7 @@ import runpy
 import sys
 from pathlib import Path
 
+from libs.db.apikeys import ROLES
 from libs.settings import ServiceSettings, load_settings
 
 SERVICES: dict[str, str] = {
@@ -20,7 +21,6 @@ SERVICES: dict[str, str] = {
     "reconciler": "services.reconciler",
     "api": "services.api",
 }
-ROLES = ("clinician", "ops", "admin")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,33 +92,48 @@ async def list_tasks(
 
 
 async def task_counters(conn: Conn, task_id: str) -> TaskCounters:
+    return (await counters_for(conn, [task_id]))[task_id]
+
+
+async def counters_for(conn: Conn, task_ids: list[str]) -> dict[str, TaskCounters]:
+    """Counters of many tasks in two queries (a listing page must not cost two per task)."""
     rows = await conn.fetch(
-        """SELECT status, reason = 'same_content_other_uid' AS flagged, count(*) AS n
-             FROM ingest_files WHERE task_id = $1 GROUP BY 1, 2""",
-        task_id,
+        """SELECT task_id::text AS task_id, status,
+                  reason = 'same_content_other_uid' AS flagged, count(*) AS n
+             FROM ingest_files WHERE task_id = ANY($1::uuid[]) GROUP BY 1, 2, 3""",
+        task_ids,
     )
-    by: dict[str, int] = {}
-    flagged = 0
-    for r in rows:
-        by[r["status"]] = by.get(r["status"], 0) + r["n"]
-        if r["status"] == "indexed" and r["flagged"]:
-            flagged += r["n"]
     failures = await conn.fetch(
-        """SELECT uri, origin, stage, reason FROM ingest_files
-            WHERE task_id = $1 AND status = 'failed' ORDER BY id LIMIT $2""",
-        task_id,
-        FAILED_REASONS_SHOWN,
+        """SELECT task_id, uri, origin, stage, reason FROM (
+               SELECT task_id::text AS task_id, uri, origin, stage, reason,
+                      row_number() OVER (PARTITION BY task_id ORDER BY id) AS n
+                 FROM ingest_files WHERE task_id = ANY($1::uuid[]) AND status = 'failed') f
+            WHERE n <= $2 ORDER BY task_id, n""",
+        task_ids, FAILED_REASONS_SHOWN,
     )
-    return TaskCounters(
-        files_scanned=sum(by.values()),
-        pending=by.get("pending", 0),
-        new_instances=by.get("indexed", 0),
-        flagged_same_content=flagged,
-        duplicates=by.get("duplicate", 0),
-        conflicts=by.get("conflict", 0),
-        failed=by.get("failed", 0),
-        failures=[dict(r) for r in failures],
-    )
+    by: dict[str, dict[str, int]] = {t: {} for t in task_ids}
+    flagged: dict[str, int] = dict.fromkeys(task_ids, 0)
+    for r in rows:
+        counts = by[r["task_id"]]
+        counts[r["status"]] = counts.get(r["status"], 0) + r["n"]
+        if r["status"] == "indexed" and r["flagged"]:
+            flagged[r["task_id"]] += r["n"]
+    failed: dict[str, list[dict[str, Any]]] = {t: [] for t in task_ids}
+    for r in failures:
+        failed[r["task_id"]].append({k: r[k] for k in ("uri", "origin", "stage", "reason")})
+    return {
+        t: TaskCounters(
+            files_scanned=sum(c.values()),
+            pending=c.get("pending", 0),
+            new_instances=c.get("indexed", 0),
+            flagged_same_content=flagged[t],
+            duplicates=c.get("duplicate", 0),
+            conflicts=c.get("conflict", 0),
+            failed=c.get("failed", 0),
+            failures=failed[t],
+        )
+        for t, c in by.items()
+    }
 
 
 async def lease_next_scan(conn: Conn, *, owner: str, lease_seconds: float) -> Task | None:

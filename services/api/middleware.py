@@ -42,9 +42,11 @@ class ApiMetrics:
 
 
 def _route(scope: Scope) -> str:
-    """The route template (`/v1/studies/{study_uid}`), never the raw path: bounded labels."""
+    """The route template (`/v1/studies/{study_uid}`), never the raw path, so labels stay
+    bounded; `other` for unknown paths, redirects and FastAPI's own /docs and /openapi.json
+    (which do not set the route in this FastAPI version)."""
     route = scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
+    return str(getattr(route, "path", "other"))
 
 
 class MetricsMiddleware:

@@ -15,15 +15,14 @@ from services.api.config import HARD_MAX_PAGE_SIZE
 Role = Literal["clinician", "ops", "admin"]
 TaskStatus = Literal["pending", "running", "completed", "failed"]
 MAX_OFFSET = 1_000_000
-UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
-_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{8})$")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}")  # ASCII digits only
 
 
 def _date(value: Any) -> Any:
     """YYYY-MM-DD or YYYYMMDD (DICOM DA) to a date; nothing else (no times, no week dates)."""
     if not isinstance(value, str):
         return value
-    if not _DATE.match(value):
+    if not _DATE.fullmatch(value):
         raise PydanticCustomError("date_format", "Input should be a date as YYYY-MM-DD or YYYYMMDD")
     try:
         return date.fromisoformat(value)
@@ -77,7 +76,8 @@ class StudyQuery(BaseModel):
 
     @model_validator(mode="after")
     def _date_range(self) -> StudyQuery:
-        if self.study_date_from and self.study_date_to and self.study_date_from > self.study_date_to:
+        start, end = self.study_date_from, self.study_date_to
+        if start and end and start > end:
             raise ValueError("study_date_from must not be after study_date_to")
         return self
 
@@ -170,8 +170,6 @@ class FailureOut(BaseModel):
 
 
 class CountersOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
     files_scanned: int
     pending: int
     new_instances: int

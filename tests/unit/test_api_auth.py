@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from typing import get_args
 
 import pytest
 from fastapi.exceptions import RequestValidationError
 
-from libs.db.apikeys import KEY_LENGTH, hash_key, looks_like_key, new_plaintext
+from libs.db.apikeys import KEY_LENGTH, ROLES, hash_key, looks_like_key, new_plaintext
 from services.api.auth import GRANTS, allowed
 from services.api.config import ApiLimits, ApiSettings
 from services.api.routes import page_limit
+from services.api.schemas import Role
 
 
 @pytest.mark.parametrize(
@@ -25,6 +27,10 @@ from services.api.routes import page_limit
 )
 def test_role_grants(role, read, imports, keys):
     assert [allowed(role, p) for p in ("read", "imports", "keys")] == [read, imports, keys]
+
+
+def test_roles_agree_everywhere():
+    assert set(get_args(Role)) == set(ROLES) == set(GRANTS)
 
 
 def test_admin_holds_every_permission():

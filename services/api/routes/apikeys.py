@@ -1,7 +1,5 @@
 """API key administration (permission `keys`: admin only)."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import asyncpg

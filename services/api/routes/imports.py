@@ -1,7 +1,5 @@
 """Import tasks (permission `imports`): create one, follow its progress, list them."""
 
-from __future__ import annotations
-
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
@@ -11,7 +9,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from libs.db import tasks
+from libs.db import Conn, tasks
 from libs.events import ImportRequested
 from libs.logging import get_logger
 from services.api.auth import Authenticator, Caller
@@ -23,17 +21,21 @@ log = get_logger(__name__)
 Publish = Callable[[ImportRequested], Awaitable[None]]
 
 
-async def _task_out(conn: asyncpg.Connection, task: tasks.Task) -> TaskOut:
-    counters = await tasks.task_counters(conn, task.id)
+async def _task_out(conn: Conn, task: tasks.Task) -> TaskOut:
+    return _with_counters(task, await tasks.task_counters(conn, task.id))
+
+
+def _with_counters(task: tasks.Task, counters: tasks.TaskCounters) -> TaskOut:
     fields = asdict(task)
-    return TaskOut.model_validate({**fields, "task_id": fields.pop("id"), "counters": counters},
-                                  from_attributes=True)
+    fields["task_id"] = fields.pop("id")
+    return TaskOut.model_validate({**fields, "counters": asdict(counters)})
 
 
-async def _announce(publish: Publish, event: ImportRequested, timeout: float) -> None:
+async def _announce(publish: Publish, event: ImportRequested, limits: ApiLimits) -> None:
     """Best effort: the task row is the source of truth and the watcher polls pending tasks."""
     try:
-        await asyncio.wait_for(publish(event), timeout=timeout)
+        async with asyncio.timeout(limits.publish_timeout_seconds):
+            await publish(event)
     except Exception as exc:
         log.warning("import.requested not published; the watcher will find the task by polling",
                     task_id=event.task_id, error=repr(exc))
@@ -48,7 +50,9 @@ def imports_router(
     lister = Depends(auth.require("imports", "import.list"))
 
     @router.post("", status_code=202, response_model=ImportAccepted)
-    async def create_import(body: ImportCreate, caller: Annotated[Caller, creator]) -> ImportAccepted:
+    async def create_import(
+        body: ImportCreate, caller: Annotated[Caller, creator]
+    ) -> ImportAccepted:
         """Create an import task for a folder; the watcher scans it."""
         async with pool.acquire() as conn:
             task = await tasks.create_task(conn, source_path=body.source_path,
@@ -57,7 +61,7 @@ def imports_router(
         caller.saw(1)
         event = ImportRequested(correlation_id=task.id, source="api", task_id=task.id,
                                 source_path=task.source_path)
-        await _announce(publish, event, limits.publish_timeout_seconds)
+        await _announce(publish, event, limits)
         return ImportAccepted(task_id=task.id)
 
     @router.get("/{task_id}", response_model=TaskOut)
@@ -79,7 +83,8 @@ def imports_router(
         async with pool.acquire() as conn:
             found = await tasks.list_tasks(conn, limit=limit, offset=query.offset,
                                            status=query.status)
-            items = [await _task_out(conn, t) for t in found]
+            counters = await tasks.counters_for(conn, [t.id for t in found])
+        items = [_with_counters(t, counters[t.id]) for t in found]
         caller.saw(len(items))
         return TaskPage(limit=limit, offset=query.offset, items=items)
 

@@ -1,7 +1,5 @@
 """Study search and study detail (permission `read`)."""
 
-from __future__ import annotations
-
 from dataclasses import asdict
 from typing import Annotated
 
@@ -9,12 +7,15 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from libs.db import search
+from libs.dicom.uids import UID_MAX_LENGTH, UID_RE
 from services.api.auth import Authenticator, Caller
 from services.api.config import ApiLimits
 from services.api.routes import page_limit
-from services.api.schemas import UID_PATTERN, StudyDetailOut, StudyPage, StudyQuery
+from services.api.schemas import StudyDetailOut, StudyPage, StudyQuery
 
-StudyUid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64, description="StudyInstanceUID")]
+StudyUid = Annotated[
+    str, Path(pattern=UID_RE.pattern, max_length=UID_MAX_LENGTH, description="StudyInstanceUID")
+]
 
 
 def studies_router(pool: asyncpg.Pool, auth: Authenticator, limits: ApiLimits) -> APIRouter:
@@ -30,7 +31,9 @@ def studies_router(pool: asyncpg.Pool, auth: Authenticator, limits: ApiLimits) -
         limit = page_limit(query.limit, limits)
         criteria = search.StudyFilter(**query.model_dump(exclude={"limit", "offset"}))
         async with pool.acquire() as conn:
-            total, rows = await search.search_studies(conn, criteria, limit=limit, offset=query.offset)
+            total, rows = await search.search_studies(
+                conn, criteria, limit=limit, offset=query.offset
+            )
         caller.saw(len(rows))
         items = [asdict(r) for r in rows]
         return StudyPage.model_validate(
