@@ -42,7 +42,7 @@ class ServiceSettings(BaseSettings):
         default=1, ge=1, validation_alias="KAFKA_REPLICATION_FACTOR"
     )
     database_url: str = Field(default=DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
-    database_pool_size: int = Field(default=4, ge=1, validation_alias="DATABASE_POOL_SIZE")
+    database_pool_size: int = Field(default=4, ge=1, description="Connections per process")
     storage_url: str = Field(default="file://./var/storage", validation_alias="STORAGE_URL")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     ops_host: str = "127.0.0.1"
@@ -69,7 +69,7 @@ class ServiceSettings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """The settings as they may be logged: passwords in URLs masked."""
-        out = self.model_dump()
+        out = self.model_dump(mode="json")
         for name, value in out.items():
             if isinstance(value, str) and "://" in value:
                 out[name] = redact_url(value)

@@ -59,7 +59,9 @@ async def up(var: Path, *, only: list[str]) -> int:
         port = int(os.environ.get("DICOMFLOW_BROKER_PORT", EMBEDDED_BROKER_PORT))
         env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
         env["KAFKA_ENABLE_IDEMPOTENCE"] = "false"
-        env.setdefault("KAFKA_SESSION_TIMEOUT_MS", os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "3000"))
+        env.setdefault(
+            "KAFKA_SESSION_TIMEOUT_MS", os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "3000")
+        )
         say(f"embedded Tansu broker on 127.0.0.1:{port} (in memory; idempotent producer off)")
         specs.append(ProcSpec("broker", broker_argv(port), infrastructure=True))
     if not os.environ.get("STORAGE_URL"):

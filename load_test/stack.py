@@ -57,13 +57,21 @@ class Stack:
         )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Send `sig` and wait for the process to end."""
         proc = self.procs[name]
         proc.send_signal(sig)
         return proc.wait(timeout=60)
 
+    def pause(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGCONT)
+
     def stop_all(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a paused process cannot drain
                 proc.send_signal(signal.SIGTERM)
         for name, proc in self.procs.items():
             try:
@@ -81,19 +89,27 @@ class Stack:
                 while True:
                     proc = self.procs[name]
                     if proc.poll() is not None:
-                        raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
+                        raise AssertionError(
+                            f"{name} exited with {proc.returncode}:\n{self.tail(name)}"
+                        )
                     try:
                         if (await client.get(url, timeout=2)).status_code == 200:
                             break
                     except httpx.HTTPError:
                         pass
                     if time.monotonic() > deadline:
-                        raise AssertionError(f"{name} not ready after {timeout}s:\n{self.tail(name)}")
+                        raise AssertionError(
+                            f"{name} not ready after {timeout}s:\n{self.tail(name)}"
+                        )
                     await asyncio.sleep(0.2)
 
     def tail(self, name: str, lines: int = 40) -> str:
         path = self.log_path(name)
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -124,7 +140,9 @@ class Stack:
                 await asyncio.sleep(0.25)
 
 
-def stack_env(root: Path, database_url: str, bootstrap: str) -> tuple[dict[str, str], dict[str, int]]:
+def stack_env(
+    root: Path, database_url: str, bootstrap: str
+) -> tuple[dict[str, str], dict[str, int]]:
     ports = {name: free_port() for name in [*PIPELINE, "api"]}
     env = {
         "DATABASE_URL": database_url,

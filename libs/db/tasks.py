@@ -109,7 +109,8 @@ async def counters_for(conn: Conn, task_ids: list[str]) -> dict[str, TaskCounter
                       row_number() OVER (PARTITION BY task_id ORDER BY id) AS n
                  FROM ingest_files WHERE task_id = ANY($1::uuid[]) AND status = 'failed') f
             WHERE n <= $2 ORDER BY task_id, n""",
-        task_ids, FAILED_REASONS_SHOWN,
+        task_ids,
+        FAILED_REASONS_SHOWN,
     )
     by: dict[str, dict[str, int]] = {t: {} for t in task_ids}
     flagged: dict[str, int] = dict.fromkeys(task_ids, 0)

@@ -143,8 +143,7 @@ class StageConsumer:
             log.info("stopped during a retry; the batch will be redelivered")
 
     async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        records = [r for rs in batch.values() for r in rs]
-        pending = await asyncio.gather(*(self._guarded(r) for r in records))
+        pending = await asyncio.gather(*(self._in_order(rs) for rs in _by_key(batch)))
         acks = [f for futures in pending for f in futures]
         if acks:
             await asyncio.gather(*acks)
@@ -163,9 +162,13 @@ class StageConsumer:
         for tp in self._consumer.assignment():
             self._metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
 
-    async def _guarded(self, record: ConsumerRecord) -> list[asyncio.Future[object]]:
-        async with self._slots:
-            return await self._handle(record)
+    async def _in_order(self, records: list[ConsumerRecord]) -> list[asyncio.Future[object]]:
+        """One key's messages, one after the other; other keys run meanwhile (bounded)."""
+        futures: list[asyncio.Future[object]] = []
+        for record in records:
+            async with self._slots:
+                futures += await self._handle(record)
+        return futures
 
     async def _handle(self, record: ConsumerRecord) -> list[asyncio.Future[object]]:
         structlog.contextvars.clear_contextvars()
@@ -256,6 +259,20 @@ class StageConsumer:
         except TimeoutError:
             return
         raise StopRequested
+
+
+def _by_key(batch: dict[TopicPartition, list[ConsumerRecord]]) -> list[list[ConsumerRecord]]:
+    """Group a batch so that messages sharing a key (a study) keep their order.
+    Messages without a key are independent of each other."""
+    groups: dict[tuple[TopicPartition, bytes], list[ConsumerRecord]] = {}
+    single: list[list[ConsumerRecord]] = []
+    for tp, records in batch.items():
+        for r in records:
+            if r.key is None:
+                single.append([r])
+            else:
+                groups.setdefault((tp, r.key), []).append(r)
+    return [*groups.values(), *single]
 
 
 def _correlation_id(event: BaseModel | None) -> str | None:

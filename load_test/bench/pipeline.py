@@ -59,14 +59,14 @@ def references(files: list[Path], total: int) -> dict[str, dict[str, float]]:
     out = {}
     t = time.perf_counter()
     for i in range(0, len(files), 500):
-        subprocess.run(["cat", *map(str, files[i : i + 500])], stdout=subprocess.DEVNULL,
-                       check=True)
+        subprocess.run(
+            ["cat", *map(str, files[i : i + 500])], stdout=subprocess.DEVNULL, check=True
+        )
     out["cat"] = rate("cat (read every byte)", files, time.perf_counter() - t, total)
     t = time.perf_counter()
     for f in files:
         dcmread(f, stop_before_pixels=True)
-    out["parse"] = rate("pydicom header parse (1 process)", files, time.perf_counter() - t,
-                        total)
+    out["parse"] = rate("pydicom header parse (1 process)", files, time.perf_counter() - t, total)
     t = time.perf_counter()
     for f in files:
         hashlib.sha256(f.read_bytes()).hexdigest()
@@ -101,15 +101,18 @@ async def pipeline(work: Path, files: list[Path], total: int) -> dict[str, float
     async with pool.acquire() as conn:
         _, key = await create_key(conn, "admin", "bench")
     port = free_port()
-    broker = subprocess.Popen(broker_argv(port), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    broker = subprocess.Popen(
+        broker_argv(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for_port("127.0.0.1", port)
     state = work / "state"
     shutil.rmtree(state, ignore_errors=True)
     env, ports = stack_env(state, url, f"127.0.0.1:{port}")
     env.update(
         NAS_IMPORT_ROOTS=str(work / "corpus"),
-        NAS_BATCH_SIZE="500", KAFKA_TOPIC_PARTITIONS="6", LOG_LEVEL="WARNING",
+        NAS_BATCH_SIZE="500",
+        KAFKA_TOPIC_PARTITIONS="6",
+        LOG_LEVEL="WARNING",
         EXTRACTOR_WORKERS=os.environ.get("EXTRACTOR_WORKERS", "2"),
     )
     stack = Stack(root=state, env=env, ports=ports, key=key)
@@ -123,7 +126,7 @@ async def pipeline(work: Path, files: list[Path], total: int) -> dict[str, float
         seconds = time.perf_counter() - t
         assert task["status"] == "completed", task
         counters = task["counters"]
-        print(f"  task counters: {({k: v for k, v in counters.items() if k != 'failures'})}")
+        print(f"  task counters: { ({k: v for k, v in counters.items() if k != 'failures'}) }")
         result = rate("dicomflow end to end (import API)", files, seconds, total)
         print("\n  peak RSS per service (MB):")
         for name, proc in stack.procs.items():
@@ -157,8 +160,10 @@ def main() -> None:
     print("\nratios (dicomflow end to end / reference):")
     for name, r in ref.items():
         print(f"  vs {name:<6} {got['inst_s'] / r['inst_s']:.2f}x")
-    print(f"\ntarget: >= 500 inst/s and >= 250 MB/s; got {got['inst_s']:.0f} inst/s, "
-          f"{got['mb_s']:.0f} MB/s")
+    print(
+        f"\ntarget: >= 500 inst/s and >= 250 MB/s; got {got['inst_s']:.0f} inst/s, "
+        f"{got['mb_s']:.0f} MB/s"
+    )
 
 
 if __name__ == "__main__":

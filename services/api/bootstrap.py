@@ -13,6 +13,4 @@ async def wire(rt: Runtime) -> None:
         raise TypeError("the API needs ApiSettings")
     pool = await rt.pool()
     producer = await rt.producer()
-    rt.app = create_app(
-        pool, producer.publish, rt.registry, rt.readiness, limits=settings.limits()
-    )
+    rt.app = create_app(pool, producer.publish, rt.registry, rt.readiness, limits=settings.limits())

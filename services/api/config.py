@@ -44,8 +44,11 @@ class ApiSettings(ServiceSettings):
     def _ops_on_api_port(cls, data: Any) -> Any:
         """The ops routes are part of the API app: one host and port for both."""
         if isinstance(data, dict):
-            data = {**data, "ops_host": data.get("host", DEFAULT_HOST),
-                    "ops_port": data.get("port", DEFAULT_PORT)}
+            data = {
+                **data,
+                "ops_host": data.get("host", DEFAULT_HOST),
+                "ops_port": data.get("port", DEFAULT_PORT),
+            }
         return data
 
     @model_validator(mode="after")

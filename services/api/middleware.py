@@ -31,12 +31,17 @@ class ApiMetrics:
         p = metric_prefix("api")
         return cls(
             requests=Counter(
-                f"{p}_requests_total", "HTTP requests, by route template, method and status.",
-                ["route", "method", "status"], registry=registry,
+                f"{p}_requests_total",
+                "HTTP requests, by route template, method and status.",
+                ["route", "method", "status"],
+                registry=registry,
             ),
             seconds=Histogram(
-                f"{p}_request_seconds", "Time to answer one HTTP request.",
-                ["route", "method"], buckets=LATENCY_BUCKETS, registry=registry,
+                f"{p}_request_seconds",
+                "Time to answer one HTTP request.",
+                ["route", "method"],
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
             ),
         )
 

@@ -135,7 +135,8 @@ class ImportCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source_path: str = Field(
-        min_length=1, max_length=4096,
+        min_length=1,
+        max_length=4096,
         description="Absolute path of a folder under one of the watcher's allowed roots.",
     )
     description: str = Field(default="", max_length=1000)

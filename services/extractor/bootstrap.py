@@ -4,7 +4,6 @@ from functools import partial
 
 from libs.dicom.extract import extract_file
 from libs.dicom.isolation import IsolatedExecutor
-
 from libs.events import DicomHeader, FileDiscovered, Hashes
 from libs.kafka.consumer import Route
 from libs.runtime import Runtime

@@ -77,12 +77,16 @@ async def wire(rt: Runtime) -> None:
     async def announce_stable() -> None:
         """Survives restarts: stability is derived from `last_instance_at` in PostgreSQL."""
         while await rt.sleep(settings.stable_check_seconds):
-            async with pool.acquire() as conn, conn.transaction():
-                snapshots = await repo.mark_stable(
-                    conn, quiet_seconds=settings.study_stable_seconds, limit=200
-                )
-                # Commit only once the events are acknowledged: no stable study goes unannounced.
-                await producer.publish(*(metadata_event(s, []) for s in snapshots))
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    snapshots = await repo.mark_stable(
+                        conn, quiet_seconds=settings.study_stable_seconds, limit=200
+                    )
+                    # Commit only once the events are acknowledged: none goes unannounced.
+                    await producer.publish(*(metadata_event(s, []) for s in snapshots))
+            except Exception as exc:  # rolled back; the same studies are tried next round
+                log.warning("stable announcement failed", error=repr(exc))
+                continue
             if snapshots:
                 log.info("studies stable", count=len(snapshots))
 

@@ -10,6 +10,8 @@ class IndexerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INDEXER_", frozen=True, extra="ignore")
 
     ops_port: int = 8105
+    concurrency: int = 4
+    database_pool_size: int = 8
     study_stable_seconds: float = Field(
         default=60.0,
         gt=0,

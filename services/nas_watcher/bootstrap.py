@@ -89,7 +89,10 @@ async def wire(rt: Runtime) -> None:
     async def watch() -> None:
         while True:
             for root in settings.roots:
-                await _scan_root_once(pool, root, store, publish, settings.settle_seconds)
+                try:
+                    await _scan_root_once(pool, root, store, publish, settings.settle_seconds)
+                except Exception as exc:  # a failed round is retried at the next interval
+                    log.warning("scan failed", root=str(root), error=repr(exc))
             if not await rt.sleep(settings.scan_interval_seconds):
                 return
 
@@ -105,14 +108,19 @@ async def wire(rt: Runtime) -> None:
                     await asyncio.wait_for(wake.wait(), timeout=2.0)
                 continue
             log.info("import scan started", task_id=task.id, source_path=task.source_path)
-            await scan_task(
-                task,
-                store=store,
-                publish=publish,
-                allowed_roots=settings.allowed_import_roots(),
-                settle_seconds=settings.settle_seconds,
-                batch_size=settings.batch_size,
-            )
+            try:
+                await scan_task(
+                    task,
+                    store=store,
+                    publish=publish,
+                    allowed_roots=settings.allowed_import_roots(),
+                    settle_seconds=settings.settle_seconds,
+                    batch_size=settings.batch_size,
+                )
+            except Exception as exc:  # the lease expires and the scan resumes (idempotently)
+                log.warning("import scan interrupted", task_id=task.id, error=repr(exc))
+                await rt.sleep(2.0)
+                continue
             log.info("import scan finished", task_id=task.id)
 
     if settings.watch:
@@ -131,7 +139,7 @@ async def _scan_root_once(
     if not path.is_dir():
         log.warning("watched root missing", root=str(path))
         return
-    lock = zlib.crc32(str(path).encode())
+    lock = zlib.crc32(str(path).encode()) & 0x7FFFFFFF  # advisory keys are int4
     async with pool.acquire() as conn:
         if not await conn.fetchval("SELECT pg_try_advisory_lock(1, $1)", lock):
             return

@@ -5,16 +5,19 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from load_test.stack import PIPELINE, Stack, stack_env
 
 from libs.db.apikeys import create_key
+from load_test.stack import PIPELINE, Stack, stack_env
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 async def stack(
-    request: pytest.FixtureRequest, tmp_path: Path, database_url: str, pool: asyncpg.Pool,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    database_url: str,
+    pool: asyncpg.Pool,
     broker: object,
 ) -> AsyncIterator[Stack]:
     """Overrides per test: `@pytest.mark.stack_env(NAS_WATCH="true")`."""

@@ -6,10 +6,10 @@ import hashlib
 from pathlib import Path
 
 import asyncpg
-from load_test.stack import Stack
 from trees import build_tree
 
 from libs.storage.local import path_from_file_url
+from load_test.stack import Stack
 
 
 def sha(path: Path) -> str:
@@ -38,7 +38,8 @@ async def test_import_counts_search_and_bytes(stack: Stack, pool: asyncpg.Pool) 
 
     # Every stored instance is byte-identical to the source file that claimed it.
     rows = await pool.fetch(
-        """SELECT i.storage_url, f.uri FROM instances i JOIN ingest_files f ON f.id = i.first_file_id"""
+        "SELECT i.storage_url, f.uri FROM instances i"
+        " JOIN ingest_files f ON f.id = i.first_file_id"
     )
     assert len(rows) == expected.new
     for r in rows:

@@ -11,8 +11,9 @@ import time
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from load_test.stack import PIPELINE, Stack
 from trees import build_tree
+
+from load_test.stack import PIPELINE, Stack
 
 
 async def counts(pool: asyncpg.Pool) -> tuple[int, int, int]:
@@ -34,14 +35,14 @@ async def test_kill_9_each_stage_mid_import(stack: Stack, pool: asyncpg.Pool) ->
         total_new += expected.new
         total_conflicts += expected.conflicts
         if stage != "nas-watcher":
-            stack.kill(stage, signal.SIGSTOP)  # let its input pile up
+            stack.pause(stage)  # let its input pile up
         task_id = await stack.start_import(tree)
         if stage != "nas-watcher":
             deadline = time.monotonic() + 60
             while (await stack.task(task_id))["counters"]["files_scanned"] < expected.files:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
-            stack.kill(stage, signal.SIGCONT)
+            stack.resume(stage)
         await asyncio.sleep(0.3)
         mid_import += (await stack.task(task_id))["status"] != "completed"
         stack.kill(stage, signal.SIGKILL)
@@ -62,14 +63,14 @@ async def test_broker_restart_loses_nothing(
 ) -> None:
     tree = stack.root / "imports" / "broker"
     expected = build_tree(tree, patients=3, per_series=60)
-    stack.kill("indexer", signal.SIGSTOP)
+    stack.pause("indexer")
     task_id = await stack.start_import(tree)
     deadline = time.monotonic() + 60
     while (await stack.task(task_id))["counters"]["files_scanned"] < expected.files:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
     broker.restart()  # type: ignore[attr-defined]  # the in-memory broker forgets everything
-    stack.kill("indexer", signal.SIGCONT)
+    stack.resume("indexer")
     task = await stack.wait_task(task_id, timeout=240)
     assert task["status"] == "completed", task
     assert {k: task["counters"][k] for k in expected.counters()} == expected.counters()
@@ -95,8 +96,11 @@ async def test_poison_messages_are_dead_lettered_and_stages_keep_going(
 
     letters = {}
     consumer = AIOKafkaConsumer(
-        "dicom.discovered.v1.dlq", "dicom.extracted.v1.dlq", bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest", group_id=None,
+        "dicom.discovered.v1.dlq",
+        "dicom.extracted.v1.dlq",
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
     )
     await consumer.start()
     deadline = time.monotonic() + 30
@@ -117,8 +121,7 @@ async def test_poison_messages_are_dead_lettered_and_stages_keep_going(
 async def test_watched_folder_is_ingested_once_and_rescans_emit_nothing(
     stack: Stack, pool: asyncpg.Pool
 ) -> None:
-    expected = build_tree(stack.root / "nas" / "incoming", patients=2, per_series=15,
-                          extras=False)
+    expected = build_tree(stack.root / "nas" / "incoming", patients=2, per_series=15, extras=False)
     deadline = time.monotonic() + 90
     while await pool.fetchval("SELECT count(*) FROM instances") < expected.new:
         assert time.monotonic() < deadline, stack.tail("nas-watcher")
@@ -130,9 +133,7 @@ async def test_watched_folder_is_ingested_once_and_rescans_emit_nothing(
     some.write_bytes(some.read_bytes())
     os.utime(some, (time.time() - 10, time.time() - 10))
     deadline = time.monotonic() + 30
-    while await pool.fetchval(
-        "SELECT count(*) FROM ingest_files WHERE status = 'duplicate'"
-    ) < 1:
+    while await pool.fetchval("SELECT count(*) FROM ingest_files WHERE status = 'duplicate'") < 1:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.2)
     assert await pool.fetchval("SELECT count(*) FROM ingest_files") == expected.files + 1

@@ -46,7 +46,11 @@ class Expected:
 
 
 def build_tree(
-    root: Path, *, series_per_study: int = 2, per_series: int = 40, patients: int = 4,
+    root: Path,
+    *,
+    series_per_study: int = 2,
+    per_series: int = 40,
+    patients: int = 4,
     extras: bool = True,
 ) -> Expected:
     """`patients` studies (one per patient) × `series_per_study` × `per_series` instances,
@@ -54,6 +58,7 @@ def build_tree(
     instance, a zero-byte, a text and a truncated file."""
     exp = Expected()
     originals: list[Path] = []
+    seed0 = uuid.uuid4().int % 2**40  # each tree's pixels differ from every other tree's
     for p in range(patients):
         name, charset = PATIENTS[p % len(PATIENTS)]
         pid = f"PID{uuid.uuid4().hex[:8]}"
@@ -66,12 +71,23 @@ def build_tree(
             folder = root / (f"2024-0{p % 9 + 1}" if p % 2 == 0 else "") / pid / f"S{s}"
             for i in range(per_series):
                 ds = make_dataset(
-                    patient_id=pid, patient_name=name, birth_date="19700101", sex="M",
-                    study_uid=study, series_uid=series, sop_uid=uid(), modality=modality,
-                    rows=32, columns=32, study_date=f"2024{p % 9 + 1:02d}15",
-                    accession=f"ACC{p}", study_description=f"Study {p}",
-                    series_number=s + 1, instance_number=i + 1, charset=charset,
-                    pixel_seed=p * 100_000 + s * 1000 + i,
+                    patient_id=pid,
+                    patient_name=name,
+                    birth_date="19700101",
+                    sex="M",
+                    study_uid=study,
+                    series_uid=series,
+                    sop_uid=uid(),
+                    modality=modality,
+                    rows=32,
+                    columns=32,
+                    study_date=f"2024{p % 9 + 1:02d}15",
+                    accession=f"ACC{p}",
+                    study_description=f"Study {p}",
+                    series_number=s + 1,
+                    instance_number=i + 1,
+                    charset=charset,
+                    pixel_seed=seed0 + p * 100_000 + s * 1000 + i,
                 )
                 path = folder / f"IMG{i:04d}.dcm"
                 write_instance(path, ds)

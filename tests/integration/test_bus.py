@@ -83,7 +83,9 @@ async def test_retries_then_dead_letters_and_keeps_going(broker: object) -> None
     await producer.publish(request(0), request(1), request(2), request(3))
     await producer.send_raw(TOPIC, b"{not json", b"k")
     await producer.publish(request(4))
-    letters = [DeadLetter.model_validate_json(v) for v in await drain(bootstrap, dlq_topic(TOPIC), 3)]
+    letters = [
+        DeadLetter.model_validate_json(v) for v in await drain(bootstrap, dlq_topic(TOPIC), 3)
+    ]
     stop.set()
     await task
     await consumer.stop()
@@ -98,7 +100,9 @@ async def test_retries_then_dead_letters_and_keeps_going(broker: object) -> None
     assert by_error["RuntimeError"].correlation_id == "c1"
     assert by_error["PermanentError"].error == "not a DICOM file"
     assert by_error["ValidationError"].payload == "{not json"
-    assert all(letter.stage == "test-stage" and letter.original_topic == TOPIC for letter in letters)
+    assert all(
+        letter.stage == "test-stage" and letter.original_topic == TOPIC for letter in letters
+    )
 
 
 async def test_commits_only_after_the_handler(broker: object) -> None:

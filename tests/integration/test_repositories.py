@@ -21,21 +21,31 @@ from libs.events import (
 )
 
 
-def header(sop: str, *, study: str = "1.2.3", series: str = "1.2.3.1", modality: str = "CT"
-           ) -> DicomHeader:
+def header(
+    sop: str, *, study: str = "1.2.3", series: str = "1.2.3.1", modality: str = "CT"
+) -> DicomHeader:
     return DicomHeader(
-        patient=PatientAttrs(patient_id="P1", patient_name="Иванов^Иван", birth_date="19800229",
-                             sex="M"),
+        patient=PatientAttrs(
+            patient_id="P1", patient_name="Иванов^Иван", birth_date="19800229", sex="M"
+        ),
         study=StudyAttrs(study_uid=study, study_date="20240115", accession_number="A1"),
         series=SeriesAttrs(series_uid=series, modality=modality, series_number=1),
         instance=InstanceAttrs(sop_instance_uid=sop),
     )
 
 
-def stored(file_id: int, sop: str, *, size: int = 100, content: str = "c" * 64,
-           disposition: str = "new", **kw: str) -> InstanceStored:
+def stored(
+    file_id: int,
+    sop: str,
+    *,
+    size: int = 100,
+    content: str = "c" * 64,
+    disposition: str = "new",
+    **kw: str,
+) -> InstanceStored:
     return InstanceStored(
-        correlation_id=f"corr{file_id}", source="nas",
+        correlation_id=f"corr{file_id}",
+        source="nas",
         file=FileRef(file_id=file_id, uri=f"file:///nas/{file_id}.dcm", size=size),
         header=header(sop, **kw),
         hashes=Hashes(file_sha256="f" * 64, content_sha256=content, has_pixels=True),
@@ -54,9 +64,11 @@ async def files(pool: asyncpg.Pool, n: int, task_id: str | None = None) -> list[
 
 async def test_dedup_claim_verdicts(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
+
         async def claim(sop: str, content: str, file_id: int) -> dedup.Claim:
-            return await dedup.claim(conn, sop_instance_uid=sop, content_sha256=content,
-                                     file_id=file_id)
+            return await dedup.claim(
+                conn, sop_instance_uid=sop, content_sha256=content, file_id=file_id
+            )
 
         assert (await claim("1.1", "a" * 64, 1)).verdict == "new"
         # Redelivery of the first copy's own discovery: still the first copy, never a duplicate.
@@ -66,17 +78,24 @@ async def test_dedup_claim_verdicts(pool: asyncpg.Pool) -> None:
         assert conflict.verdict == "conflict"
         flagged = await claim("1.2", "a" * 64, 4)
         assert (flagged.verdict, flagged.related_sop_instance_uid) == (
-            "same_content_other_uid", "1.1")
+            "same_content_other_uid",
+            "1.1",
+        )
         # The original claim is untouched by the conflict.
-        assert await conn.fetchval(
-            "SELECT content_sha256 FROM dedup_claims WHERE sop_instance_uid = '1.1'") == "a" * 64
+        assert (
+            await conn.fetchval(
+                "SELECT content_sha256 FROM dedup_claims WHERE sop_instance_uid = '1.1'"
+            )
+            == "a" * 64
+        )
 
 
 async def test_concurrent_claims_have_exactly_one_winner(pool: asyncpg.Pool) -> None:
     async def claim(file_id: int) -> str:
         async with pool.acquire() as conn:
-            c = await dedup.claim(conn, sop_instance_uid="9.9", content_sha256="d" * 64,
-                                  file_id=file_id)
+            c = await dedup.claim(
+                conn, sop_instance_uid="9.9", content_sha256="d" * 64, file_id=file_id
+            )
             return c.verdict
 
     verdicts = await asyncio.gather(*(claim(i) for i in range(1, 9)))
@@ -92,24 +111,31 @@ async def test_indexing_is_idempotent_and_revisions_are_monotonic(pool: asyncpg.
         assert snap is not None
         assert (snap.instance_count, snap.size_bytes, snap.revision) == (1, 100, 1)
         await index.index_instance(
-            conn, stored(ids[1], "1.2.3.2.1", size=50, series="1.2.3.2", modality="MR"))
+            conn, stored(ids[1], "1.2.3.2.1", size=50, series="1.2.3.2", modality="MR")
+        )
         snap = await index.study_snapshot(conn, "1.2.3")
         assert snap is not None
         assert (snap.instance_count, snap.series_count, snap.size_bytes) == (2, 2, 150)
         assert snap.revision == 2 and snap.modalities == ["CT", "MR"]
         assert snap.patient.birth_date == "19800229" and not snap.stable
-        assert await conn.fetchval(
-            "SELECT name_search FROM patients") == "иванов иван"
-        await index.record_duplicate(conn, InstanceDuplicated(
-            correlation_id="d", source="nas",
-            file=FileRef(file_id=ids[2], uri="file:///nas/copy.dcm", size=100),
-            header=header("1.2.3.1.1"),
-            hashes=Hashes(file_sha256="f" * 64, content_sha256="c" * 64, has_pixels=True)))
+        assert await conn.fetchval("SELECT name_search FROM patients") == "иванов иван"
+        await index.record_duplicate(
+            conn,
+            InstanceDuplicated(
+                correlation_id="d",
+                source="nas",
+                file=FileRef(file_id=ids[2], uri="file:///nas/copy.dcm", size=100),
+                header=header("1.2.3.1.1"),
+                hashes=Hashes(file_sha256="f" * 64, content_sha256="c" * 64, has_pixels=True),
+            ),
+        )
         sources = await conn.fetchval(
-            "SELECT count(*) FROM instance_sources WHERE sop_instance_uid = '1.2.3.1.1'")
+            "SELECT count(*) FROM instance_sources WHERE sop_instance_uid = '1.2.3.1.1'"
+        )
         assert sources == 2
-        statuses = [r["status"] for r in await conn.fetch(
-            "SELECT status FROM ingest_files ORDER BY id")]
+        statuses = [
+            r["status"] for r in await conn.fetch("SELECT status FROM ingest_files ORDER BY id")
+        ]
         assert statuses == ["indexed", "indexed", "duplicate"]
 
 

@@ -47,8 +47,16 @@ def test_new_keys_are_well_formed_and_distinct():
 
 @pytest.mark.parametrize(
     "candidate",
-    ["", "dfk_", "dfk_short", "xyz_" + "a" * 43, "dfk_" + "a" * 44, "dfk_" + "a" * 42 + "/",
-     "dfk_" + "é" * 43, "dfk_" + "a" * 42 + "\x00"],
+    [
+        "",
+        "dfk_",
+        "dfk_short",
+        "xyz_" + "a" * 43,
+        "dfk_" + "a" * 44,
+        "dfk_" + "a" * 42 + "/",
+        "dfk_" + "é" * 43,
+        "dfk_" + "a" * 42 + "\x00",
+    ],
 )
 def test_malformed_keys_never_reach_the_database(candidate):
     assert not looks_like_key(candidate)

@@ -107,8 +107,9 @@ async def test_import_task_emits_every_file_once_even_when_resumed(tmp_path: Pat
     store, published = FakeStore(), Published()
     roots = [tmp_path / "imports"]
     t = task(tmp_path / "imports" / "batch")
-    await scan_task(t, store=store, publish=published, allowed_roots=roots, settle_seconds=0,
-                    batch_size=3)
+    await scan_task(
+        t, store=store, publish=published, allowed_roots=roots, settle_seconds=0, batch_size=3
+    )
     await scan_task(t, store=store, publish=published, allowed_roots=roots, settle_seconds=0)
     assert len(published) == 7
     assert store.finished == ["t1", "t1"]
@@ -118,11 +119,21 @@ async def test_import_task_emits_every_file_once_even_when_resumed(tmp_path: Pat
 async def test_import_outside_the_allowed_roots_fails_the_task(tmp_path: Path) -> None:
     store, published = FakeStore(), Published()
     for path in [tmp_path / "elsewhere", tmp_path / "imports" / ".." / "elsewhere"]:
-        await scan_task(task(path), store=store, publish=published,
-                        allowed_roots=[tmp_path / "imports"], settle_seconds=0)
+        await scan_task(
+            task(path),
+            store=store,
+            publish=published,
+            allowed_roots=[tmp_path / "imports"],
+            settle_seconds=0,
+        )
         assert "outside the allowed import roots" in store.failed["t1"]
     (tmp_path / "imports").mkdir()
-    await scan_task(task(tmp_path / "imports" / "missing"), store=store, publish=published,
-                    allowed_roots=[tmp_path / "imports"], settle_seconds=0)
+    await scan_task(
+        task(tmp_path / "imports" / "missing"),
+        store=store,
+        publish=published,
+        allowed_roots=[tmp_path / "imports"],
+        settle_seconds=0,
+    )
     assert "does not exist" in store.failed["t1"]
     assert published == []

@@ -26,7 +26,10 @@ def names(root: Path) -> set[str]:
 def test_any_layout_and_skips_non_instances(tmp_path: Path) -> None:
     tree(tmp_path)
     assert names(tmp_path) == {
-        "2024-01/P1/S1/a.dcm", "2024-01/P1/S1/b.dcm", "flat.dcm", "deep/x/y/z/c.dcm",
+        "2024-01/P1/S1/a.dcm",
+        "2024-01/P1/S1/b.dcm",
+        "flat.dcm",
+        "deep/x/y/z/c.dcm",
     }
 
 

@@ -12,11 +12,15 @@ def page_limit(limit: int | None, limits: ApiLimits) -> int:
     if limit is None:
         return limits.default_page_size
     if limit > limits.max_page_size:
-        raise RequestValidationError([{
-            "type": "less_than_equal",
-            "loc": ("query", "limit"),
-            "msg": f"Input should be less than or equal to {limits.max_page_size}",
-            "input": limit,
-            "ctx": {"le": limits.max_page_size},
-        }])
+        raise RequestValidationError(
+            [
+                {
+                    "type": "less_than_equal",
+                    "loc": ("query", "limit"),
+                    "msg": f"Input should be less than or equal to {limits.max_page_size}",
+                    "input": limit,
+                    "ctx": {"le": limits.max_page_size},
+                }
+            ]
+        )
     return limit

@@ -37,8 +37,11 @@ async def _announce(publish: Publish, event: ImportRequested, limits: ApiLimits)
         async with asyncio.timeout(limits.publish_timeout_seconds):
             await publish(event)
     except Exception as exc:
-        log.warning("import.requested not published; the watcher will find the task by polling",
-                    task_id=event.task_id, error=repr(exc))
+        log.warning(
+            "import.requested not published; the watcher will find the task by polling",
+            task_id=event.task_id,
+            error=repr(exc),
+        )
 
 
 def imports_router(
@@ -55,12 +58,16 @@ def imports_router(
     ) -> ImportAccepted:
         """Create an import task for a folder; the watcher scans it."""
         async with pool.acquire() as conn:
-            task = await tasks.create_task(conn, source_path=body.source_path,
-                                           description=body.description,
-                                           created_by=caller.created_by)
+            task = await tasks.create_task(
+                conn,
+                source_path=body.source_path,
+                description=body.description,
+                created_by=caller.created_by,
+            )
         caller.saw(1)
-        event = ImportRequested(correlation_id=task.id, source="api", task_id=task.id,
-                                source_path=task.source_path)
+        event = ImportRequested(
+            correlation_id=task.id, source="api", task_id=task.id, source_path=task.source_path
+        )
         await _announce(publish, event, limits)
         return ImportAccepted(task_id=task.id)
 
@@ -81,8 +88,9 @@ def imports_router(
         """Tasks, newest first, each with its counters."""
         limit = page_limit(query.limit, limits)
         async with pool.acquire() as conn:
-            found = await tasks.list_tasks(conn, limit=limit, offset=query.offset,
-                                           status=query.status)
+            found = await tasks.list_tasks(
+                conn, limit=limit, offset=query.offset, status=query.status
+            )
             counters = await tasks.counters_for(conn, [t.id for t in found])
         items = [_with_counters(t, counters[t.id]) for t in found]
         caller.saw(len(items))

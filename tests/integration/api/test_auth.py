@@ -71,14 +71,17 @@ async def test_denials_are_audited(client, keys, audit_rows, pool):
         "SELECT id FROM api_keys WHERE key_hash = $1", apikeys.hash_key(keys.plain["clinician"])
     )
     assert (forbidden["api_key_id"], forbidden["role"], forbidden["status_code"]) == (
-        clinician_id, "clinician", 403
+        clinician_id,
+        "clinician",
+        403,
     )
     assert await pool.fetchval("SELECT count(*) FROM import_tasks WHERE source_path = '/x'") == 0
 
 
 async def test_created_key_is_shown_once_and_stored_hashed(client, keys, pool, audit_rows):
     response = await client.post(
-        "/v1/apikeys", json={"role": "clinician", "name": "radiology"},
+        "/v1/apikeys",
+        json={"role": "clinician", "name": "radiology"},
         headers=keys.headers("admin"),
     )
     assert response.status_code == 201
@@ -86,7 +89,9 @@ async def test_created_key_is_shown_once_and_stored_hashed(client, keys, pool, a
     plaintext = created["key"]
     assert plaintext.startswith("dfk_") and len(plaintext) == 47
     assert (created["role"], created["name"], created["key_prefix"]) == (
-        "clinician", "radiology", plaintext[:8]
+        "clinician",
+        "radiology",
+        plaintext[:8],
     )
     row = await pool.fetchrow("SELECT * FROM api_keys WHERE id = $1", created["id"])
     assert row["key_hash"] == hashlib.sha256(plaintext.encode()).hexdigest()

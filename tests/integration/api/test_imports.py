@@ -29,7 +29,9 @@ async def test_create_returns_202_and_publishes_the_task(client, keys, publisher
     assert event.source_path == "/nas/import/batch-1"
     row = await pool.fetchrow("SELECT * FROM import_tasks WHERE id = $1", uuid.UUID(task_id))
     assert (row["status"], row["source_path"], row["description"]) == (
-        "pending", "/nas/import/batch-1", "ward 3 archive"
+        "pending",
+        "/nas/import/batch-1",
+        "ward 3 archive",
     )
     ops_key = await pool.fetchval(
         "SELECT id FROM api_keys WHERE key_prefix = $1 ORDER BY id DESC LIMIT 1",
@@ -77,30 +79,56 @@ async def _ledger(pool: asyncpg.Pool, task_id: str, rows: list[tuple[str, str | 
             """INSERT INTO ingest_files (task_id, source, uri, size, correlation_id, status,
                                          reason, stage)
                VALUES ($1, 'nas', $2, 10, $6, $3, $4, $5)""",
-            uuid.UUID(task_id), f"file:///nas/import/batch-1/{n}.dcm", status, reason,
-            "extractor" if status == "failed" else None, task_id,
+            uuid.UUID(task_id),
+            f"file:///nas/import/batch-1/{n}.dcm",
+            status,
+            reason,
+            "extractor" if status == "failed" else None,
+            task_id,
         )
 
 
 async def test_status_has_counters_from_the_ledger(client, keys, pool):
     task_id = (await _create(client, keys)).json()["task_id"]
-    await _ledger(pool, task_id, [
-        ("indexed", None), ("indexed", None), ("indexed", "same_content_other_uid"),
-        ("duplicate", None), ("conflict", "same SOPInstanceUID, different content"),
-        ("failed", "not a DICOM file"), ("pending", None), ("pending", None),
-    ])
+    await _ledger(
+        pool,
+        task_id,
+        [
+            ("indexed", None),
+            ("indexed", None),
+            ("indexed", "same_content_other_uid"),
+            ("duplicate", None),
+            ("conflict", "same SOPInstanceUID, different content"),
+            ("failed", "not a DICOM file"),
+            ("pending", None),
+            ("pending", None),
+        ],
+    )
     response = await client.get(f"/v1/imports/{task_id}", headers=keys.headers("ops"))
     assert response.status_code == 200
     body = response.json()
     assert body["task_id"] == task_id
     assert (body["status"], body["source_path"], body["scan_completed"]) == (
-        "pending", "/nas/import/batch-1", False
+        "pending",
+        "/nas/import/batch-1",
+        False,
     )
     assert body["counters"] == {
-        "files_scanned": 8, "pending": 2, "new_instances": 3, "flagged_same_content": 1,
-        "duplicates": 1, "conflicts": 1, "failed": 1,
-        "failures": [{"uri": "file:///nas/import/batch-1/5.dcm", "origin": "",
-                      "stage": "extractor", "reason": "not a DICOM file"}],
+        "files_scanned": 8,
+        "pending": 2,
+        "new_instances": 3,
+        "flagged_same_content": 1,
+        "duplicates": 1,
+        "conflicts": 1,
+        "failed": 1,
+        "failures": [
+            {
+                "uri": "file:///nas/import/batch-1/5.dcm",
+                "origin": "",
+                "stage": "extractor",
+                "reason": "not a DICOM file",
+            }
+        ],
     }
 
 
@@ -124,12 +152,14 @@ async def test_list_filters_by_status_and_pages(client, keys, pool):
     items = {t["task_id"]: t for t in listed.json()["items"]}
     assert set(created) <= set(items)
     assert items[created[2]]["counters"]["new_instances"] == 1
-    failed = await client.get("/v1/imports", params={"status": "failed"},
-                              headers=keys.headers("ops"))
+    failed = await client.get(
+        "/v1/imports", params={"status": "failed"}, headers=keys.headers("ops")
+    )
     assert [t["task_id"] for t in failed.json()["items"]] == [created[0]]
     assert failed.json()["items"][0]["error"] == "outside roots"
-    page = await client.get("/v1/imports", params={"limit": 2, "offset": 1},
-                            headers=keys.headers("ops"))
+    page = await client.get(
+        "/v1/imports", params={"limit": 2, "offset": 1}, headers=keys.headers("ops")
+    )
     assert (page.json()["limit"], page.json()["offset"], len(page.json()["items"])) == (2, 1, 2)
     bad = await client.get("/v1/imports", params={"status": "done"}, headers=keys.headers("ops"))
     assert bad.status_code == 422
@@ -142,5 +172,7 @@ async def test_import_calls_are_audited(client, keys, audit_rows):
     assert (create["role"], create["status_code"], create["result_count"]) == ("ops", 202, 1)
     [*_, read] = await audit_rows("import.read")
     assert (read["role"], read["path"], read["status_code"]) == (
-        "admin", f"/v1/imports/{task_id}", 200
+        "admin",
+        f"/v1/imports/{task_id}",
+        200,
     )

@@ -44,7 +44,12 @@ async def _seed(conn: asyncpg.Connection) -> None:
             """INSERT INTO patients (patient_key, patient_id, patient_name, name_search,
                                      birth_date, sex)
                VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
-            key, pid, name, search_key(name), birth, sex,
+            key,
+            pid,
+            name,
+            search_key(name),
+            birth,
+            sex,
         )
     for uid, key, day, accession, modalities in STUDIES:
         series_count, instances, size = (2, 15, 1500) if uid == "1.2.3.1" else (1, 1, 100)
@@ -53,7 +58,14 @@ async def _seed(conn: asyncpg.Connection) -> None:
                    accession_number, study_description, modalities, series_count,
                    instance_count, size_bytes, storage_prefix, revision, stable)
                VALUES ($1, $2, $3, '101500', $4, 'synthetic', $5, $6, $7, $8, $9, 3, true)""",
-            uid, pk[key], day, accession, modalities, series_count, instances, size,
+            uid,
+            pk[key],
+            day,
+            accession,
+            modalities,
+            series_count,
+            instances,
+            size,
             f"studies/{uid}",
         )
     for series_uid, modality, number, count, size, description, body in SERIES:
@@ -61,7 +73,13 @@ async def _seed(conn: asyncpg.Connection) -> None:
             """INSERT INTO series (series_uid, study_uid, modality, series_number,
                    series_description, body_part, instance_count, size_bytes)
                VALUES ($1, '1.2.3.1', $2, $3, $4, $5, $6, $7)""",
-            series_uid, modality, number, description, body, count, size,
+            series_uid,
+            modality,
+            number,
+            description,
+            body,
+            count,
+            size,
         )
 
 
@@ -139,8 +157,7 @@ async def test_patient_name(client, keys, query, expected):
         ({"study_date_from": "2023-11-01"}, ["1.2.3.1", "1.2.3.3", "1.2.3.2"]),
         ({"study_date_to": "20231101"}, ["1.2.3.2", "1.2.3.5", "1.2.3.6"]),
         ({"study_date_from": "2023-11-01", "study_date_to": "2023-11-01"}, ["1.2.3.2"]),
-        ({"study_date_from": "2022-01-01", "study_date_to": "2023-12-31"},
-         ["1.2.3.2", "1.2.3.5"]),
+        ({"study_date_from": "2022-01-01", "study_date_to": "2023-12-31"}, ["1.2.3.2", "1.2.3.5"]),
         ({"accession_number": "A3"}, ["1.2.3.3"]),
         ({"modality": "MR"}, ["1.2.3.1", "1.2.3.3"]),
         ({"modality": "mr"}, ["1.2.3.1", "1.2.3.3"]),
@@ -167,23 +184,27 @@ async def test_paging_keeps_total_and_order(client, keys):
 
 async def test_result_fields_counts_and_sizes(client, keys):
     body = await _search(client, keys, accession_number="A1")
-    assert body["items"] == [{
-        "study_uid": "1.2.3.1",
-        "study_date": "2024-03-15",
-        "study_time": "101500",
-        "accession_number": "A1",
-        "study_description": "synthetic",
-        "modalities": ["CT", "MR"],
-        "series_count": 2,
-        "instance_count": 15,
-        "size_bytes": 1500,
-        "stable": True,
-        "revision": 3,
-        "patient": {
-            "patient_id": "P1", "patient_name": "Иванов^Иван",
-            "birth_date": "1970-01-02", "sex": "M",
-        },
-    }]
+    assert body["items"] == [
+        {
+            "study_uid": "1.2.3.1",
+            "study_date": "2024-03-15",
+            "study_time": "101500",
+            "accession_number": "A1",
+            "study_description": "synthetic",
+            "modalities": ["CT", "MR"],
+            "series_count": 2,
+            "instance_count": 15,
+            "size_bytes": 1500,
+            "stable": True,
+            "revision": 3,
+            "patient": {
+                "patient_id": "P1",
+                "patient_name": "Иванов^Иван",
+                "birth_date": "1970-01-02",
+                "sex": "M",
+            },
+        }
+    ]
     unknown_date = await _search(client, keys, accession_number="A4")
     assert unknown_date["items"][0]["study_date"] is None
     assert unknown_date["items"][0]["patient"]["birth_date"] is None
@@ -197,12 +218,24 @@ async def test_study_detail_lists_series_by_number(client, keys):
     assert body["instance_count"] == 15
     assert body["patient"]["patient_name"] == "Иванов^Иван"
     assert body["series"] == [
-        {"series_uid": "1.2.3.1.1", "modality": "CT", "series_number": 1,
-         "series_description": "Topogram", "body_part": "CHEST", "instance_count": 10,
-         "size_bytes": 1000},
-        {"series_uid": "1.2.3.1.2", "modality": "MR", "series_number": 2,
-         "series_description": "T1 axial", "body_part": "HEAD", "instance_count": 5,
-         "size_bytes": 500},
+        {
+            "series_uid": "1.2.3.1.1",
+            "modality": "CT",
+            "series_number": 1,
+            "series_description": "Topogram",
+            "body_part": "CHEST",
+            "instance_count": 10,
+            "size_bytes": 1000,
+        },
+        {
+            "series_uid": "1.2.3.1.2",
+            "modality": "MR",
+            "series_number": 2,
+            "series_description": "T1 axial",
+            "body_part": "HEAD",
+            "instance_count": 5,
+            "size_bytes": 500,
+        },
     ]
     empty = await client.get("/v1/studies/1.2.3.2", headers=keys.headers("clinician"))
     assert empty.json()["series"] == []
@@ -232,8 +265,10 @@ async def test_malformed_study_uid_is_422(client, keys, uid):
         ({"birth_date": "19700102\n"}, "YYYY-MM-DD or YYYYMMDD"),
         ({"birth_date": "\u0661\u0669\u0667\u0660-01-02"}, "YYYY-MM-DD or YYYYMMDD"),
         ({"study_date_from": "yesterday"}, "YYYY-MM-DD or YYYYMMDD"),
-        ({"study_date_from": "2024-02-01", "study_date_to": "2024-01-01"},
-         "study_date_from must not be after study_date_to"),
+        (
+            {"study_date_from": "2024-02-01", "study_date_to": "2024-01-01"},
+            "study_date_from must not be after study_date_to",
+        ),
         ({"sex": "X"}, "'M', 'F' or 'O'"),
         ({"year": "twenty"}, "valid integer"),
         ({"year": "0"}, "greater than or equal to 1"),
