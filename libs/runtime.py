@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
@@ -134,6 +135,8 @@ async def serve(
     rt = Runtime(name, settings)
     log.info("starting", settings=settings.redacted())
     loop = asyncio.get_running_loop()
+    # Blocking file I/O (fsync above all) runs in threads: enough for every message in flight.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=max(8, 2 * settings.concurrency)))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, rt.stopping.set)
 

@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import httpx
 
 from libs.broker import broker_argv, free_port, wait_for_port
 from libs.db.apikeys import create_key
@@ -81,6 +82,45 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def process_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command, CPU seconds so far) for every process on the machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, rest = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        fields = rest.split()
+        table[int(stat.parent.name)] = (
+            int(fields[1]), head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / ticks
+        )
+    return table
+
+
+def cpu_by_owner(stack: Stack, broker_pid: int) -> dict[str, float]:
+    """CPU seconds so far, per service (with its children), broker, PostgreSQL and the rest."""
+    table = process_table()
+    roots = {p.pid: name for name, p in stack.procs.items()} | {broker_pid: "broker (tansu)"}
+    roots[os.getpid()] = "bench (this script)"
+
+    def owner(pid: int) -> str:
+        seen = 0
+        while pid in table and seen < 50:
+            if pid in roots:
+                return roots[pid]
+            if table[pid][1] == "postgres":
+                return "postgresql"
+            pid, seen = table[pid][0], seen + 1
+        return "other"
+
+    out: dict[str, float] = {}
+    for pid, (_, _, cpu) in table.items():
+        key = owner(pid)
+        out[key] = out.get(key, 0.0) + cpu
+    return out
+
+
 def children_rss_mb(pid: int) -> float:
     """Peak RSS of a service's worker processes (the extractor's parsers)."""
     total = 0.0
@@ -91,6 +131,29 @@ def children_rss_mb(pid: int) -> float:
             except OSError:
                 continue
     return total
+
+
+async def handled(stack: Stack, name: str, what: str = "messages_total") -> float:
+    """Messages a stage has handled (or, for the watcher, emitted) so far, from its /metrics."""
+    metric = f"dicomflow_{name.replace('-', '_')}_{what}"
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{stack.ports[name]}/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(metric + "{"))
+
+
+async def timeline(stack: Stack, total: int, t0: float, out: dict[str, list[float]]) -> None:
+    """When each stage reached 25/50/75/100% of the files: shows where the work piles up."""
+    stages = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer"]
+    marks = [0.25, 0.5, 0.75, 1.0]
+    while True:
+        for name in stages:
+            what = "events_produced_total" if name == "nas-watcher" else "messages_total"
+            done = await handled(stack, name, what)
+            reached = out.setdefault(name, [])
+            while len(reached) < len(marks) and done >= marks[len(reached)] * total:
+                reached.append(time.perf_counter() - t0)
+        await asyncio.sleep(0.5)
 
 
 async def pipeline(work: Path, files: list[Path], total: int) -> dict[str, float]:
@@ -120,19 +183,32 @@ async def pipeline(work: Path, files: list[Path], total: int) -> dict[str, float
         stack.start(name)
     try:
         await stack.wait_ready([*PIPELINE, "api"])
+        cpu0 = cpu_by_owner(stack, broker.pid)
         t = time.perf_counter()
         task_id = await stack.start_import(work / "corpus")
+        marks: dict[str, list[float]] = {}
+        watcher = asyncio.create_task(timeline(stack, len(files), t, marks))
         task = await stack.wait_task(task_id, timeout=1800)
         seconds = time.perf_counter() - t
+        watcher.cancel()
         assert task["status"] == "completed", task
         counters = task["counters"]
         print(f"  task counters: { ({k: v for k, v in counters.items() if k != 'failures'}) }")
         result = rate("dicomflow end to end (import API)", files, seconds, total)
+        print("\n  seconds until each stage had handled 25% / 50% / 75% / 100% of the files:")
+        for name, reached in marks.items():
+            print(f"    {name:<16} " + " ".join(f"{x:>6.2f}" for x in reached))
+        cpu1 = cpu_by_owner(stack, broker.pid)
         print("\n  peak RSS per service (MB):")
         for name, proc in stack.procs.items():
             extra = children_rss_mb(proc.pid)
             note = f" (+{extra:.0f} in parser processes)" if extra else ""
-            print(f"    {name:<16} {peak_rss_mb(proc.pid):>6.0f}{note}")
+            print(f"    {name:<20} {peak_rss_mb(proc.pid):>6.0f}{note}")
+        print(f"\n  CPU seconds during the import ({seconds:.1f}s wall x {os.cpu_count()} cores):")
+        for name, cpu in sorted(cpu1.items(), key=lambda kv: -(kv[1] - cpu0.get(kv[0], 0))):
+            used = cpu - cpu0.get(name, 0.0)
+            if used >= 0.05:
+                print(f"    {name:<20} {used:>6.2f}  ({1000 * used / len(files):.2f} ms/instance)")
         return result
     finally:
         stack.stop_all()

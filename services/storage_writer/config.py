@@ -9,4 +9,4 @@ class StorageWriterSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="STORAGE_WRITER_", frozen=True, extra="ignore")
 
     ops_port: int = 8104
-    concurrency: int = 4
+    concurrency: int = 16

@@ -1,0 +1,37 @@
+"""The malformed and CVE-targeted corpus through the running pipeline: every file reaches a
+final outcome (indexed, or dead-lettered with a reason); no service crashes or hangs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from load_test.stack import PIPELINE, Stack
+
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-fuzz-corpus-v3"
+
+
+@pytest.mark.stack_env(NAS_IMPORT_ROOTS=str(CORPUS))
+async def test_every_hostile_file_reaches_a_final_outcome(stack: Stack) -> None:
+    assert CORPUS.is_dir(), f"the shared fuzz corpus is missing at {CORPUS}"
+    files = [p for p in CORPUS.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    task = await stack.wait_task(await stack.start_import(CORPUS), timeout=300)
+    counters = task["counters"]
+    assert task["status"] == "completed", task
+    assert counters["files_scanned"] == len(files)
+    assert counters["pending"] == 0
+    finished = sum(counters[k] for k in ("new_instances", "duplicates", "conflicts", "failed"))
+    assert finished == len(files)
+    assert counters["failed"] > 0 and counters["new_instances"] > 0
+    assert all(f["reason"] and f["stage"] for f in counters["failures"])
+    print(f"\nfuzz corpus: {({k: v for k, v in counters.items() if k != 'failures'})}")
+    # Nothing crashed: every stage is still the process we started, and ready.
+    for name in PIPELINE:
+        assert stack.procs[name].poll() is None, f"{name} died:\n{stack.tail(name)}"
+    async with httpx.AsyncClient() as client:
+        for name in PIPELINE:
+            r = await client.get(f"http://127.0.0.1:{stack.ports[name]}/ready")
+            assert r.status_code == 200, (name, r.text)
+    # Nothing was written outside the storage root.
+    assert not any(p.is_file() for p in (stack.root / "imports").rglob("*"))
