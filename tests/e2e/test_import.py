@@ -38,8 +38,7 @@ async def test_import_counts_search_and_bytes(stack: Stack, pool: asyncpg.Pool) 
 
     # Every stored instance is byte-identical to the source file that claimed it.
     rows = await pool.fetch(
-        "SELECT i.storage_url, f.uri FROM instances i"
-        " JOIN ingest_files f ON f.id = i.first_file_id"
+        "SELECT i.storage_url, f.uri FROM instances i JOIN ingest_files f ON f.id = i.first_file_id"
     )
     assert len(rows) == expected.new
     for r in rows:

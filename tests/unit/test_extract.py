@@ -220,7 +220,7 @@ def test_synthetic_hashes(tmp_path: Path) -> None:
 def test_same_pixels_same_content_hash(tmp_path: Path) -> None:
     a, _ = synthetic(tmp_path, "a.dcm", sop_uid="1.2.3", patient_name="A^B")
     b, _ = synthetic(tmp_path, "b.dcm", sop_uid="1.2.4", patient_name="C^D")
-    (ha, xa), (hb, xb) = extract_file(str(a)), extract_file(str(b))
+    (_, xa), (_, xb) = extract_file(str(a)), extract_file(str(b))
     assert xa.content_sha256 == xb.content_sha256
     assert xa.file_sha256 != xb.file_sha256
 
@@ -295,7 +295,7 @@ def test_big_file_streams_in_chunks(tmp_path: Path) -> None:
 
 def test_empty_file(tmp_path: Path) -> None:
     (tmp_path / "e.dcm").write_bytes(b"")
-    with pytest.raises(NotDicomError, match="^empty file$"):
+    with pytest.raises(NotDicomError, match=r"^empty file$"):
         extract_file(str(tmp_path / "e.dcm"))
 
 
@@ -310,7 +310,7 @@ def test_empty_file(tmp_path: Path) -> None:
 )
 def test_not_dicom(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "x.dcm").write_bytes(content)
-    with pytest.raises(NotDicomError, match="^not a DICOM file: no DICM preamble$"):
+    with pytest.raises(NotDicomError, match=r"^not a DICOM file: no DICM preamble$"):
         extract_file(str(tmp_path / "x.dcm"))
 
 
@@ -327,7 +327,7 @@ def test_only_preamble(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["MR_truncated.dcm", "rtplan_truncated.dcm"])
 def test_pydicom_truncated_files(name: str) -> None:
-    with pytest.raises(DicomParseError, match="^truncated: "):
+    with pytest.raises(DicomParseError, match=r"^truncated: "):
         extract_file(str(pydicom_file(name)))
 
 
@@ -341,7 +341,7 @@ def test_truncated_pixel_data(tmp_path: Path) -> None:
 def test_truncated_encapsulated_pixel_data(tmp_path: Path) -> None:
     data = pydicom_file("JPEG-lossy.dcm").read_bytes()
     (tmp_path / "a.dcm").write_bytes(data[:-100])
-    with pytest.raises(DicomParseError, match="^truncated: "):
+    with pytest.raises(DicomParseError, match=r"^truncated: "):
         extract_file(str(tmp_path / "a.dcm"))
     (tmp_path / "b.dcm").write_bytes(data[:-8])  # only the sequence delimiter is missing
     with pytest.raises(DicomParseError, match="no sequence delimiter"):
@@ -362,7 +362,7 @@ def test_every_cut_is_an_error_or_a_complete_dataset(tmp_path: Path) -> None:
     for n in range(1, header_end + 40):
         cut.write_bytes(data[:n])
         try:
-            header, hashes = extract_file(str(cut))
+            _, hashes = extract_file(str(cut))
         except PermanentError as exc:
             assert str(exc)
             outcomes[type(exc).__name__] = outcomes.get(type(exc).__name__, 0) + 1
@@ -379,7 +379,7 @@ def test_truncated_inside_an_element_header(tmp_path: Path) -> None:
     data = path.read_bytes()
     pixel_tag = data.rindex(b"\xe0\x7f\x10\x00")
     path.write_bytes(data[: pixel_tag + 6])
-    with pytest.raises(DicomParseError, match="^truncated: "):
+    with pytest.raises(DicomParseError, match=r"^truncated: "):
         extract_file(str(path))
 
 
@@ -397,7 +397,7 @@ def test_missing_uid(tmp_path: Path, keyword: str, message: str) -> None:
     )
     delattr(ds, keyword)
     write_instance(tmp_path / "a.dcm", ds)
-    with pytest.raises(DicomParseError, match=f"^{message}$"):
+    with pytest.raises(DicomParseError, match=rf"^{message}$"):
         extract_file(str(tmp_path / "a.dcm"))
 
 
@@ -409,7 +409,7 @@ def test_invalid_uid(tmp_path: Path, bad: str) -> None:
     )
     ds[0x00080018] = DataElement(0x00080018, "LO", bad)
     write_instance(tmp_path / "a.dcm", ds)
-    with pytest.raises(DicomParseError, match="^invalid SOPInstanceUID: "):
+    with pytest.raises(DicomParseError, match=r"^invalid SOPInstanceUID: "):
         extract_file(str(tmp_path / "a.dcm"))
 
 
@@ -426,7 +426,7 @@ def test_stray_item_delimiter_at_top_level(tmp_path: Path) -> None:
     data = path.read_bytes()
     at = data.index(b"\x08\x00\x60\x00")  # Modality, in the middle of the dataset
     path.write_bytes(data[:at] + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + data[at:])
-    with pytest.raises(DicomParseError, match="^malformed: the dataset ends at offset"):
+    with pytest.raises(DicomParseError, match=r"^malformed: the dataset ends at offset"):
         extract_file(str(path))
 
 

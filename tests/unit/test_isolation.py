@@ -66,7 +66,7 @@ async def test_extract_file_runs_isolated(executor: IsolatedExecutor, tmp_path: 
 
 async def test_timeout(executor: IsolatedExecutor) -> None:
     started = time.monotonic()
-    with pytest.raises(WorkerTimeout, match=f"^parsing took longer than {TIMEOUT_S:g} s$"):
+    with pytest.raises(WorkerTimeout, match=rf"^parsing took longer than {TIMEOUT_S:g} s$"):
         await executor.run(time.sleep, 60)
     assert time.monotonic() - started < TIMEOUT_S + 3
     assert isinstance(WorkerTimeout("x"), PermanentError)
@@ -75,7 +75,7 @@ async def test_timeout(executor: IsolatedExecutor) -> None:
 
 
 async def test_memory_limit(executor: IsolatedExecutor) -> None:
-    with pytest.raises(PermanentError, match="^file needs more than 512 MB to parse$") as info:
+    with pytest.raises(PermanentError, match=r"^file needs more than 512 MB to parse$") as info:
         await executor.run(bytearray, 2**31)
     assert type(info.value) is PermanentError
     await still_works(executor)

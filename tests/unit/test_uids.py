@@ -58,9 +58,9 @@ def test_pattern_and_limit_are_exported() -> None:
 
 
 def test_missing_uid_message_names_the_attribute() -> None:
-    with pytest.raises(PermanentError, match="^missing SeriesInstanceUID$"):
+    with pytest.raises(PermanentError, match=r"^missing SeriesInstanceUID$"):
         require_uid("", "SeriesInstanceUID")
-    with pytest.raises(PermanentError, match="^missing SeriesInstanceUID$"):
+    with pytest.raises(PermanentError, match=r"^missing SeriesInstanceUID$"):
         require_uid(None, "SeriesInstanceUID")
 
 

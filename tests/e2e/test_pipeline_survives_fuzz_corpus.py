@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from load_test.stack import PIPELINE, Stack
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-fuzz-corpus-v3"
@@ -25,7 +26,7 @@ async def test_every_hostile_file_reaches_a_final_outcome(stack: Stack) -> None:
     assert finished == len(files)
     assert counters["failed"] > 0 and counters["new_instances"] > 0
     assert all(f["reason"] and f["stage"] for f in counters["failures"])
-    print(f"\nfuzz corpus: {({k: v for k, v in counters.items() if k != 'failures'})}")
+    print(f"\nfuzz corpus: { ({k: v for k, v in counters.items() if k != 'failures'}) }")
     # Nothing crashed: every stage is still the process we started, and ready.
     for name in PIPELINE:
         assert stack.procs[name].poll() is None, f"{name} died:\n{stack.tail(name)}"

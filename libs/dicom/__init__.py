@@ -1,0 +1,1 @@
+"""DICOM helpers shared by the services: UIDs, name search keys, header extraction."""

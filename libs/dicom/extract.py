@@ -1,0 +1,214 @@
+"""Read one file's DICOM header and hash it, safely, without decoding pixels.
+
+`extract_file` is synchronous and pure (it reads only the file it is given) so it
+can run in an isolated worker process (see `isolation.py`). It is written for
+hostile input: every way pydicom can fail becomes a `NotDicomError` or a
+`DicomParseError` whose message says what is wrong, in words.
+
+How the two hashes are made (the contract is in `libs.events.Hashes`):
+- The header is parsed by `dcmread(stop_before_pixels=True)`, which leaves the file
+  positioned at the Pixel Data element's tag. That position is verified (the tag
+  is read back), then the element header is decoded here, honouring the encoding
+  pydicom actually used (explicit/implicit VR, little/big endian).
+- One streaming pass over the file in 1 MiB chunks feeds `file_sha256` with every
+  byte and `content_sha256` with the bytes inside the "content ranges": the Pixel
+  Data value as stored (native), or each fragment's value (encapsulated: the items
+  up to the sequence delimiter, the Basic Offset Table item included), or, with no
+  pixel data, the dataset after the file meta group to EOF.
+- Deflated Explicit VR Little Endian compresses the whole dataset, so no element
+  has a file offset: its content hash covers the deflated bytes after the file meta.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BufferedReader
+from struct import unpack
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from libs.dicom.content import PIXEL_TAGS, UNDEFINED, Ranges, hash_file, meta_end, pixel_ranges
+from libs.dicom.header import build_header
+from libs.errors import DicomParseError, NotDicomError, PermanentError
+from libs.events import DicomHeader, Hashes
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+# Elements this large are not read into memory while parsing the header (pydicom
+# skips them); nothing `build_header` reads is legitimately that long.
+_DEFER_SIZE = 1 << 20
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR})
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the content bytes are: sorted, disjoint [start, end) file offsets."""
+
+    ranges: Ranges
+    has_pixels: bool
+
+
+class _TrackedReader:
+    """The file as pydicom sees it, noticing an element header cut short by EOF.
+
+    pydicom stops silently when fewer than 8 bytes are left for an element header,
+    so a file cut inside a header would otherwise look complete. Header reads are
+    the small ones (tag, VR, length: at most 12 bytes); a short value read is
+    caught by `_check_elements`, and chunked delimiter scans may legitimately
+    come back short at EOF.
+    """
+
+    __slots__ = ("_read", "cut_header", "seek", "tell")
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._read = f.read
+        self.seek = f.seek
+        self.tell = f.tell
+        self.cut_header = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._read(size)
+        if 0 < len(data) < size <= 12:
+            self.cut_header = True
+        return data
+
+
+def extract_file(path: str) -> tuple[DicomHeader, Hashes]:
+    """Header and hashes of the DICOM file at `path`.
+
+    Raises `NotDicomError` (empty, no 'DICM' prefix), `DicomParseError` (truncated,
+    malformed, missing or invalid UIDs) or `PermanentError` (file gone). A genuine
+    I/O error (EIO, ESTALE, EACCES...) is re-raised as is, so the bus retries it.
+    MemoryError and KeyboardInterrupt pass through; nothing else escapes.
+    """
+    try:
+        # pydicom warns (and logs) about every oddity of a hostile file; the outcome
+        # here is the verdict, so the warnings are not surfaced.
+        with warnings.catch_warnings(), open(path, "rb") as f:
+            warnings.simplefilter("ignore")
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise NotDicomError("empty file")
+            ds, layout = _parse(f, size)
+            header = build_header(ds)
+            file_hash, content_hash = hash_file(f, size, layout.ranges)
+    except (PermanentError, MemoryError):
+        raise
+    except RecursionError:
+        raise DicomParseError("malformed: sequences nested too deeply to parse") from None
+    except OSError as exc:
+        if exc.errno in _GONE:
+            raise PermanentError(f"source file is gone or not a regular file: {path}") from None
+        if exc.errno is not None:
+            raise  # a real I/O error: worth a retry
+        # pydicom raises errno-less OSErrors for structural problems.
+        raise DicomParseError(f"malformed or truncated: {_describe(exc)}") from None
+    except Exception as exc:  # anything pydicom (or a converter) throws on bad bytes
+        raise DicomParseError(f"unreadable DICOM: {_describe(exc)}") from None
+    return header, Hashes(
+        file_sha256=file_hash, content_sha256=content_hash, has_pixels=layout.has_pixels
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _parse(f: BufferedReader, size: int) -> tuple[Dataset, _Layout]:
+    reader = _TrackedReader(f)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(reader, stop_before_pixels=True, defer_size=_DEFER_SIZE)
+        except InvalidDicomError:
+            raise NotDicomError("not a DICOM file: no DICM preamble") from None
+    for w in caught:  # pydicom turns EOFError inside the dataset into a warning
+        text = str(w.message)
+        if "end of file" in text.lower():
+            raise DicomParseError(f"truncated: {text.split(' in file ')[0]}")
+    if reader.cut_header:
+        raise DicomParseError(f"truncated: the file ends inside an element header at offset {size}")
+    pos = f.tell()  # where pydicom stopped: at the pixel data tag, or at EOF
+    if not len(ds):
+        if size <= 132:
+            raise DicomParseError("no dataset: the file ends right after the DICM prefix")
+        raise DicomParseError(
+            f"no dataset: no data element could be read after the file meta, which is "
+            f"probably malformed ({size - 132} bytes follow the DICM prefix)"
+        )
+    syntax = _transfer_syntax(ds)
+    # Deflate: pydicom parsed an inflated copy, so offsets are not file offsets.
+    implicit, little = _check_elements(ds, None if syntax == DEFLATED else size, syntax)
+    dataset = [(meta_end(f, size), size)]
+    if syntax == DEFLATED:
+        return ds, _Layout(dataset, has_pixels=_deflated_has_pixels(ds))
+    if pos >= size:
+        return ds, _Layout(dataset, has_pixels=False)
+    ranges = pixel_ranges(f, pos, size, implicit=implicit, little=little)
+    if not ranges:  # zero-length Pixel Data: nothing to identify the image by
+        return ds, _Layout(dataset, has_pixels=False)
+    return ds, _Layout(ranges, has_pixels=True)
+
+
+def _check_elements(ds: Dataset, size: int | None, syntax: str) -> tuple[bool, bool]:
+    """Fail on values cut short by EOF; return the encoding pydicom read the body with.
+
+    pydicom reads a value with one `read(length)` and does not check the result, so a
+    shortened value is the only trace of a file cut inside it. The encoding is taken
+    from the raw elements because pydicom may have switched to implicit VR when the
+    body did not match the declared transfer syntax.
+    """
+    implicit: bool | None = None
+    little = True
+    for elem in _raw_elements(ds):
+        if elem.length == UNDEFINED:
+            continue
+        got = None if elem.value is None else len(elem.value)
+        if (got is not None and got < elem.length) or (
+            got is None and elem.length and size and elem.value_tell + elem.length > size
+        ):
+            raise DicomParseError(
+                f"truncated: element {elem.tag} declares {elem.length} bytes at offset "
+                f"{elem.value_tell} but the file ends at {size}"
+            )
+        implicit, little = elem.is_implicit_VR, elem.is_little_endian
+    if implicit is None:
+        implicit = syntax == "1.2.840.10008.1.2"
+        little = syntax != "1.2.840.10008.1.2.2"
+    return implicit, little
+
+
+def _raw_elements(ds: Dataset) -> Iterator[RawDataElement]:
+    """Top-level elements as read; `values()`, unlike `elements()`, never reads deferred ones."""
+    for elem in ds.values():
+        if isinstance(elem, RawDataElement):
+            yield elem
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    elem = meta.get_item(0x00020010, keep_deferred=True) if meta is not None else None
+    value = elem.value if elem is not None else None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return str(value).strip("\0 ") if value is not None else ""
+
+
+def _deflated_has_pixels(ds: Dataset) -> bool:
+    """For deflate, pydicom parsed an inflated in-memory copy: look at where it stopped."""
+    buf = getattr(ds, "buffer", None)
+    head = buf.read(4) if buf is not None else b""
+    if len(head) < 4:
+        return False
+    group, elem = unpack("<HH", head)
+    return (group << 16 | elem) in PIXEL_TAGS

@@ -1,0 +1,220 @@
+"""Run untrusted parsing in child processes that may hang, blow up or die.
+
+A hostile file must cost at most one worker process and one dead letter, never
+the service. `IsolatedExecutor` wraps a `ProcessPoolExecutor` whose workers run
+under an address-space limit (RLIMIT_AS), and adds what the pool lacks:
+
+- a time limit: a call running longer than `timeout_s` gets its workers killed and
+  the pool rebuilt, and fails with `WorkerTimeout`;
+- crash attribution: when a worker dies, every call in flight fails with
+  BrokenProcessPool and nobody knows whose file did it. Each of those calls is
+  retried once, alone in the (rebuilt) pool: an innocent call succeeds, the guilty
+  one dies again, alone, and gets `WorkerCrashed`. Calls that were in flight when
+  another call timed out are retried the same way;
+- MemoryError in a worker (the file needs more than the limit) becomes a
+  `PermanentError` naming the limit.
+
+Calls are admitted at most `workers` at a time, so a call never waits inside the
+pool and its time limit measures its own work, not the queue.
+
+Python 3.14 adds `ProcessPoolExecutor.kill_workers()`; until then the pool's
+`_processes` map is read to kill workers and to tell why one died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import resource
+import signal
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import asynccontextmanager
+from multiprocessing.process import BaseProcess
+from typing import Any, TypeVar
+
+from libs.errors import PermanentError
+
+R = TypeVar("R")
+
+
+class WorkerTimeout(PermanentError):
+    """The call ran past the time limit; its worker was killed."""
+
+
+class WorkerCrashed(PermanentError):
+    """The worker died running this call, alone (segfault, abort, os._exit, OOM kill)."""
+
+
+class _PoolBroken(Exception):
+    """The pool died under a call that may be innocent."""
+
+
+def _init_worker(limit_bytes: int) -> None:
+    # A parser needs no BLAS threads; each would reserve address space under the cap.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _death(processes: list[BaseProcess]) -> str:
+    """Why a worker died, from exit codes; SIGTERM is the pool tidying up the others."""
+    for proc in processes:
+        code = proc.exitcode
+        if code is None or code == -signal.SIGTERM:
+            continue
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        return f"exited with status {code}"
+    return "cause unknown"
+
+
+class _Gate:
+    """Admission: up to `slots` shared calls at once, or one exclusive call alone.
+
+    Releasing never awaits, so a cancelled call always gives its place back.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._slots = slots
+        self._shared = 0
+        self._exclusive = False
+        self._exclusive_queued = 0
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            await self._changed.wait()
+
+    @asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        await self._wait(
+            lambda: (
+                not self._exclusive and not self._exclusive_queued and self._shared < self._slots
+            )
+        )
+        self._shared += 1
+        try:
+            yield
+        finally:
+            self._shared -= 1
+            self._notify()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        self._exclusive_queued += 1
+        try:
+            await self._wait(lambda: not self._exclusive and self._shared == 0)
+        finally:
+            self._exclusive_queued -= 1
+            self._notify()
+        self._exclusive = True
+        try:
+            yield
+        finally:
+            self._exclusive = False
+            self._notify()
+
+
+class IsolatedExecutor:
+    """Runs picklable sync functions in limited child processes, from asyncio."""
+
+    def __init__(
+        self,
+        workers: int,
+        memory_limit_mb: int,
+        timeout_s: float,
+        *,
+        start_method: str = "forkserver",
+    ) -> None:
+        if workers < 1 or memory_limit_mb < 1 or timeout_s <= 0:
+            raise ValueError("workers, memory_limit_mb and timeout_s must be positive")
+        self._workers = workers
+        self._memory_limit_mb = memory_limit_mb
+        self._timeout_s = timeout_s
+        self._context = multiprocessing.get_context(start_method)
+        self._gate = _Gate(workers)
+        self._generation = 0
+        self._closed = False
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
+            mp_context=self._context,
+            initializer=_init_worker,
+            initargs=(self._memory_limit_mb * 1024 * 1024,),
+        )
+
+    def _processes(self) -> list[BaseProcess]:
+        return list((getattr(self._pool, "_processes", None) or {}).values())
+
+    def _rebuild(self, generation: int, *, kill: bool) -> None:
+        """Replace the pool of `generation` (once, whoever notices first)."""
+        if generation != self._generation or self._closed:
+            return
+        old, processes = self._pool, self._processes()
+        if kill:
+            for proc in processes:
+                proc.kill()
+        old.shutdown(wait=False, cancel_futures=True)
+        self._generation += 1
+        self._pool = self._new_pool()
+
+    async def run(self, fn: Callable[..., R], *args: Any) -> R:
+        """`fn(*args)` in a worker; see the module docstring for the failure modes."""
+        try:
+            async with self._gate.shared():
+                return await self._attempt(fn, args, alone=False)
+        except _PoolBroken:
+            pass  # maybe innocent: once more, alone, so the verdict is this call's own
+        async with self._gate.exclusive():
+            try:
+                return await self._attempt(fn, args, alone=True)
+            except _PoolBroken as exc:
+                raise WorkerCrashed(f"the parser process died ({exc})") from None
+
+    async def _attempt(self, fn: Callable[..., R], args: tuple[Any, ...], *, alone: bool) -> R:
+        if self._closed:
+            raise RuntimeError("IsolatedExecutor is closed")
+        generation = self._generation
+        try:
+            future = self._pool.submit(fn, *args)
+        except BrokenProcessPool:  # broke before this call got in: not a suspect
+            self._rebuild(generation, kill=False)
+            generation = self._generation
+            future = self._pool.submit(fn, *args)
+        processes = self._processes()
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._timeout_s)
+        except TimeoutError:
+            self._rebuild(generation, kill=True)
+            raise WorkerTimeout(f"parsing took longer than {self._timeout_s:g} s") from None
+        except BrokenProcessPool:
+            self._rebuild(generation, kill=False)
+            raise _PoolBroken(_death(processes) if alone else "pool broken") from None
+        except MemoryError:
+            raise PermanentError(
+                f"file needs more than {self._memory_limit_mb} MB to parse"
+            ) from None
+
+    def close(self) -> None:
+        """Stop the workers: idle ones exit at once, a stuck one is killed after 2 s."""
+        if self._closed:
+            return
+        self._closed = True
+        processes = self._processes()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.join(2)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2)

@@ -1,0 +1,99 @@
+"""Every file of the DICOM fuzz corpus reaches a final outcome, isolated and bounded in time.
+
+The corpus (`../shared/data/dicom-fuzz-corpus-v3`, see its README.md and
+manifest.json) holds 594 malformed and CVE-targeted files in 24 categories plus a
+valid baseline. Each file must end as a header with valid UIDs or as a
+PermanentError with a reason (it would be dead-lettered); nothing may hang, crash
+the executor or escape as another exception. Per-category outcomes are printed
+(`pytest -s` or `-rP` shows them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from libs.dicom.extract import extract_file
+from libs.dicom.isolation import IsolatedExecutor
+from libs.dicom.uids import is_valid_uid
+from libs.errors import DicomParseError, PermanentError
+from libs.events import DicomHeader, Hashes
+
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-fuzz-corpus-v3"
+NOT_CASES = {"README.md", "manifest.json", "LICENSE"}
+PER_FILE_TIMEOUT_S = 10.0
+WHOLE_RUN_LIMIT_S = 120.0
+UID_TAGS = {"(0008,0018)", "(0020,000D)", "(0020,000E)"}
+# The manifest's unconditional accepts (the rest are "accept or reject").
+MUST_ACCEPT = {"Accept", "Accept with correct parsing", "Accept (preamble is unused by standard)"}
+
+
+def on_disk(manifest_name: str) -> Path:
+    """Names were made filesystem-safe: characters outside A-Za-z0-9._- became `_`."""
+    folder, _, name = manifest_name.rpartition("/")
+    return CORPUS / folder / re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+async def outcome(ex: IsolatedExecutor, path: Path) -> str | BaseException:
+    try:
+        header, hashes = await ex.run(extract_file, str(path))
+    except PermanentError as exc:
+        assert str(exc).strip(), f"{path.name}: {type(exc).__name__} without a reason"
+        return exc
+    except Exception as exc:  # anything else would be retried by the bus: a bug here
+        return exc
+    assert isinstance(header, DicomHeader) and isinstance(hashes, Hashes)
+    for uid in (header.study.study_uid, header.series.series_uid, header.instance.sop_instance_uid):
+        assert is_valid_uid(uid), f"{path.name}: invalid UID {uid!r} accepted"
+    return "extracted"
+
+
+async def test_every_corpus_file_reaches_a_final_outcome() -> None:
+    assert CORPUS.is_dir(), f"fuzz corpus missing: {CORPUS} (it lives beside the project)"
+    assert (CORPUS / "README.md").is_file()
+    manifest = json.loads((CORPUS / "manifest.json").read_text())
+    files = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.name not in NOT_CASES)
+    assert len(files) == manifest["total_cases"] + 1  # and the baseline
+
+    ex = IsolatedExecutor(workers=2, memory_limit_mb=1024, timeout_s=PER_FILE_TIMEOUT_S)
+    started = time.monotonic()
+    try:
+        results = await asyncio.gather(*(outcome(ex, p) for p in files))
+    finally:
+        ex.close()
+    elapsed = time.monotonic() - started
+
+    by_path = dict(zip(files, results, strict=True))
+    table: dict[str, Counter[str]] = defaultdict(Counter)
+    escaped = []
+    for path, result in by_path.items():
+        category = path.relative_to(CORPUS).parts[0]
+        if isinstance(result, PermanentError):
+            table[category][type(result).__name__] += 1
+        elif isinstance(result, BaseException):
+            escaped.append(f"{path.relative_to(CORPUS)}: {type(result).__name__}: {result}")
+        else:
+            table[category][result] += 1
+    print(f"\nfuzz corpus: {len(files)} files in {elapsed:.1f} s (2 workers)")
+    for category in sorted(table):
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(table[category].items()))
+        print(f"  {category:40s} {counts}")
+    totals = sum(table.values(), Counter())
+    print("  " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+
+    assert not escaped, "not a final outcome:\n" + "\n".join(escaped)
+    assert elapsed < WHOLE_RUN_LIMIT_S
+    assert by_path[CORPUS / manifest["baseline_file"]] == "extracted"
+    for category in manifest["categories"]:
+        for case in category["cases"]:
+            if case["expected_behavior"] not in MUST_ACCEPT:
+                continue
+            result = by_path[on_disk(case["filename"])]
+            if case.get("target_tag") in UID_TAGS:  # a 1-character "A" is no UID: rejected
+                assert isinstance(result, DicomParseError), case["filename"]
+            else:
+                assert result == "extracted", f"{case['filename']}: {result!r}"
