@@ -34,7 +34,7 @@ class ConsumerMetrics:
         return cls(
             messages=Counter(
                 f"{p}_messages_total",
-                "Messages handled, by outcome (ok, dlq, invalid).",
+                "Messages handled, by outcome (ok, dlq).",
                 ["topic", "status"],
                 registry=registry,
             ),

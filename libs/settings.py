@@ -9,11 +9,15 @@ Invalid values stop the service at once with a message naming the variable.
 from __future__ import annotations
 
 import sys
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Constrained types, so a service that overrides a default keeps the check.
+Port = Annotated[int, Field(ge=0, le=65535)]
+Count = Annotated[int, Field(ge=1)]
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/dicomflow"
 
@@ -42,15 +46,15 @@ class ServiceSettings(BaseSettings):
         default=1, ge=1, validation_alias="KAFKA_REPLICATION_FACTOR"
     )
     database_url: str = Field(default=DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
-    database_pool_size: int = Field(default=4, ge=1, description="Connections per process")
+    database_pool_size: Count = Field(default=4, description="Connections per process")
     storage_url: str = Field(default="file://./var/storage", validation_alias="STORAGE_URL")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     ops_host: str = "127.0.0.1"
-    ops_port: int = Field(default=0, ge=0, le=65535, description="/health /ready /metrics; 0 = any")
+    ops_port: Port = Field(default=0, description="/health /ready /metrics; 0 = any")
     max_retries: int = Field(default=3, ge=0, description="Retries of a failing message before DLQ")
     retry_backoff_seconds: float = Field(default=0.2, gt=0)
-    batch_size: int = Field(default=200, ge=1, description="Messages fetched per poll")
-    concurrency: int = Field(default=1, ge=1, description="Messages of a batch handled at once")
+    batch_size: Count = Field(default=200, description="Messages fetched per poll")
+    concurrency: Count = Field(default=1, description="Messages of a batch handled at once")
 
     @field_validator("log_level")
     @classmethod

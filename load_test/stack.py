@@ -156,7 +156,7 @@ def stack_env(
         "NAS_WATCH": "false",
         "NAS_SCAN_INTERVAL_SECONDS": "1",
         "NAS_SETTLE_SECONDS": "0",
-        "NAS_BATCH_SIZE": "25",
+        "NAS_SCAN_BATCH_SIZE": "25",
         "STUDY_STABLE_SECONDS": "2",
         "INDEXER_STABLE_CHECK_SECONDS": "0.5",
         "RECONCILER_INTERVAL_SECONDS": "1",

@@ -17,6 +17,7 @@ Failures are sorted three ways:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -184,7 +185,6 @@ class StageConsumer:
             event = route.model.model_validate_json(record.value or b"")
         except ValidationError as exc:
             reason = f"invalid {route.model.__name__} event: {_first_errors(exc)}"
-            self._metrics.messages.labels(record.topic, "invalid").inc()
             return await self._dead_letter(record, reason, "ValidationError", 1, None)
         structlog.contextvars.bind_contextvars(correlation_id=_correlation_id(event))
         attempt = 0
@@ -242,7 +242,7 @@ class StageConsumer:
             stage=self.stage,
             attempts=attempts,
             correlation_id=_correlation_id(event),
-            file_id=_file_id(event),
+            file_id=_file_id(event) if event is not None else _file_id_from_raw(record.value),
         )
         headers = [("error_type", error_type.encode()), ("stage", self.stage.encode())]
         if letter.correlation_id:
@@ -273,6 +273,16 @@ def _by_key(batch: dict[TopicPartition, list[ConsumerRecord]]) -> list[list[Cons
             else:
                 groups.setdefault((tp, r.key), []).append(r)
     return [*groups.values(), *single]
+
+
+def _file_id_from_raw(value: bytes | None) -> int | None:
+    """Best effort for a message that failed validation: its ledger row, if it names one,
+    so the file still reaches its final outcome (failed) instead of staying pending."""
+    try:
+        file_id = json.loads(value or b"")["file"]["file_id"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return file_id if isinstance(file_id, int) else None
 
 
 def _correlation_id(event: BaseModel | None) -> str | None:

@@ -93,7 +93,9 @@ def process_table() -> dict[int, tuple[int, str, float]]:
             continue
         fields = rest.split()
         table[int(stat.parent.name)] = (
-            int(fields[1]), head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / ticks
+            int(fields[1]),
+            head.split("(", 1)[1],
+            (int(fields[11]) + int(fields[12])) / ticks,
         )
     return table
 
@@ -138,8 +140,9 @@ async def handled(stack: Stack, name: str, what: str = "messages_total") -> floa
     metric = f"dicomflow_{name.replace('-', '_')}_{what}"
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://127.0.0.1:{stack.ports[name]}/metrics")).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(metric + "{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric + "{")
+    )
 
 
 async def timeline(stack: Stack, total: int, t0: float, out: dict[str, list[float]]) -> None:
@@ -173,7 +176,7 @@ async def pipeline(work: Path, files: list[Path], total: int) -> dict[str, float
     env, ports = stack_env(state, url, f"127.0.0.1:{port}")
     env.update(
         NAS_IMPORT_ROOTS=str(work / "corpus"),
-        NAS_BATCH_SIZE="500",
+        NAS_SCAN_BATCH_SIZE="500",
         KAFKA_TOPIC_PARTITIONS="6",
         LOG_LEVEL="WARNING",
         EXTRACTOR_WORKERS=os.environ.get("EXTRACTOR_WORKERS", "2"),

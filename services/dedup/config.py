@@ -1,6 +1,6 @@
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import ServiceSettings
+from libs.settings import Count, Port, ServiceSettings
 
 
 class DedupSettings(ServiceSettings):
@@ -8,6 +8,6 @@ class DedupSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="DEDUP_", frozen=True, extra="ignore")
 
-    ops_port: int = 8103
-    concurrency: int = 8
-    database_pool_size: int = 8
+    ops_port: Port = 8103
+    concurrency: Count = 8
+    database_pool_size: Count = 8

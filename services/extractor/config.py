@@ -3,7 +3,7 @@ import os
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import ServiceSettings
+from libs.settings import Count, Port, ServiceSettings
 
 
 class ExtractorSettings(ServiceSettings):
@@ -11,12 +11,12 @@ class ExtractorSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="EXTRACTOR_", frozen=True, extra="ignore")
 
-    ops_port: int = 8102
+    ops_port: Port = 8102
     workers: int = Field(
         default_factory=lambda: max(1, os.cpu_count() or 1),
         ge=1,
         description="Parser processes (header parse and hashing run outside the event loop).",
     )
-    concurrency: int = 8
+    concurrency: Count = 8
     memory_limit_mb: int = Field(default=1024, ge=64, description="Address-space cap per parser")
     parse_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -1,7 +1,7 @@
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import ServiceSettings
+from libs.settings import Count, Port, ServiceSettings
 
 
 class IndexerSettings(ServiceSettings):
@@ -9,9 +9,9 @@ class IndexerSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="INDEXER_", frozen=True, extra="ignore")
 
-    ops_port: int = 8105
-    concurrency: int = 4
-    database_pool_size: int = 8
+    ops_port: Port = 8105
+    concurrency: Count = 4
+    database_pool_size: Count = 8
     study_stable_seconds: float = Field(
         default=60.0,
         gt=0,

@@ -96,18 +96,30 @@ async def wire(rt: Runtime) -> None:
             if not await rt.sleep(settings.scan_interval_seconds):
                 return
 
+    async def keep_lease(task_id: str) -> None:
+        """Renew the lease while the scan runs (long walks, files still settling)."""
+        while await rt.sleep(settings.task_lease_seconds / 3):
+            with contextlib.suppress(Exception):  # a missed renewal is retried; scans resume
+                await store.renew(task_id)
+
     async def run_tasks() -> None:
         while not rt.stopping.is_set():
-            async with pool.acquire() as conn:
-                task = await tasks.lease_next_scan(
-                    conn, owner=owner, lease_seconds=settings.task_lease_seconds
-                )
+            try:
+                async with pool.acquire() as conn:
+                    task = await tasks.lease_next_scan(
+                        conn, owner=owner, lease_seconds=settings.task_lease_seconds
+                    )
+            except Exception as exc:  # database away: try again shortly
+                log.warning("cannot lease import tasks", error=repr(exc))
+                await rt.sleep(2.0)
+                continue
             if task is None:
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=2.0)
                 continue
             log.info("import scan started", task_id=task.id, source_path=task.source_path)
+            renewer = asyncio.create_task(keep_lease(task.id))
             try:
                 await scan_task(
                     task,
@@ -115,12 +127,14 @@ async def wire(rt: Runtime) -> None:
                     publish=publish,
                     allowed_roots=settings.allowed_import_roots(),
                     settle_seconds=settings.settle_seconds,
-                    batch_size=settings.batch_size,
+                    batch_size=settings.scan_batch_size,
                 )
             except Exception as exc:  # the lease expires and the scan resumes (idempotently)
                 log.warning("import scan interrupted", task_id=task.id, error=repr(exc))
                 await rt.sleep(2.0)
                 continue
+            finally:
+                renewer.cancel()
             log.info("import scan finished", task_id=task.id)
 
     if settings.watch:

@@ -4,7 +4,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from libs.settings import ServiceSettings
+from libs.settings import Count, Port, ServiceSettings
 
 PathList = Annotated[list[Path], NoDecode]
 
@@ -14,7 +14,7 @@ class NasWatcherSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="NAS_", frozen=True, extra="ignore")
 
-    ops_port: int = 8101
+    ops_port: Port = 8101
     roots: PathList = Field(
         default_factory=lambda: [Path("./var/nas")],
         description="Folders watched continuously, comma-separated.",
@@ -29,7 +29,9 @@ class NasWatcherSettings(ServiceSettings):
     )
     watch: bool = Field(default=True, description="Scan the roots periodically.")
     task_lease_seconds: float = Field(default=60.0, gt=0)
-    batch_size: int = 500
+    scan_batch_size: Count = Field(
+        default=500, description="Files recorded and emitted per round trip during an import scan"
+    )
 
     @field_validator("roots", "import_roots", mode="before")
     @classmethod

@@ -76,7 +76,7 @@ async def wire(rt: Runtime) -> None:
                     publish=publish,
                     idle_seconds=settings.idle_seconds,
                     stale_seconds=settings.stale_seconds,
-                    batch_size=settings.batch_size,
+                    batch_size=settings.reemit_batch_size,
                 )
             except Exception as exc:  # keep reconciling through outages; next round retries
                 log.warning("reconcile round failed", error=repr(exc))

@@ -1,7 +1,7 @@
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import ServiceSettings
+from libs.settings import Count, Port, ServiceSettings
 
 
 class ReconcilerSettings(ServiceSettings):
@@ -9,7 +9,7 @@ class ReconcilerSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="RECONCILER_", frozen=True, extra="ignore")
 
-    ops_port: int = 8106
+    ops_port: Port = 8106
     interval_seconds: float = Field(default=10.0, gt=0)
     idle_seconds: float = Field(
         default=60.0,
@@ -19,4 +19,4 @@ class ReconcilerSettings(ServiceSettings):
     stale_seconds: float = Field(
         default=120.0, gt=0, description="A pending file not (re-)emitted for this long is stale."
     )
-    batch_size: int = 1000
+    reemit_batch_size: Count = Field(default=1000, description="Files re-emitted per round trip")

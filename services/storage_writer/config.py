@@ -1,6 +1,6 @@
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import ServiceSettings
+from libs.settings import Count, Port, ServiceSettings
 
 
 class StorageWriterSettings(ServiceSettings):
@@ -8,5 +8,5 @@ class StorageWriterSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="STORAGE_WRITER_", frozen=True, extra="ignore")
 
-    ops_port: int = 8104
-    concurrency: int = 16
+    ops_port: Port = 8104
+    concurrency: Count = 16
