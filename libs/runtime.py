@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from libs.db.migrations import migrate
-from libs.db.pool import create_pool
+from libs.db.pool import DatabaseUnavailable, create_pool
 from libs.kafka.admin import ensure_topics
 from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
 from libs.kafka.producer import Producer
@@ -143,7 +143,11 @@ async def serve(
     server = None
     exit_code = 0
     async with rt.resources:
-        await wire(rt)
+        try:
+            await wire(rt)
+        except (DatabaseUnavailable, ValueError) as exc:  # configuration or environment
+            log.error("cannot start", error=str(exc))
+            return 2
         app = rt.app or ops_app(name, rt.readiness, rt.registry)
         server = http_server(app, settings.ops_host, settings.ops_port)
         server_task = asyncio.create_task(server.serve(), name="http")

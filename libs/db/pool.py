@@ -40,8 +40,8 @@ async def ensure_database(url: str) -> None:
             try:
                 await conn.execute(f"CREATE DATABASE {quoted}")
                 log.info("database created", database=name)
-            except asyncpg.DuplicateDatabaseError:
-                pass  # created concurrently by another service
+            except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                pass  # created concurrently by another service starting at the same moment
     finally:
         await conn.close()
 

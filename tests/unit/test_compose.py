@@ -1,0 +1,293 @@
+"""Static checks of docker-compose.yml and its GCS overlay, without a Docker engine: each
+container runs a real command with real settings of its service, probes the port that
+service listens on, installs an extra that exists, and waits for what it needs."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import AliasChoices
+
+from libs.cli import SERVICES
+from libs.settings import ServiceSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_FILE = ROOT / "docker-compose.yml"
+GCS_FILE = ROOT / "docker-compose.gcs.yml"
+
+JOB = "topics"  # the one-shot `dicomflow topics`
+# Read by the image's HEALTHCHECK or by a client library, not by dicomflow's settings.
+NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS"}
+# Accepted by the settings class but overwritten from API_HOST/API_PORT: setting them misleads.
+IGNORED = {"api": {"API_OPS_HOST", "API_OPS_PORT"}}
+# Services that read the source files named by file:// URIs, at the watcher's paths.
+READS_NAS = {"nas-watcher", "extractor", "storage-writer"}
+TOPIC_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PARTITIONS", "KAFKA_REPLICATION_FACTOR")
+SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "CREDENTIALS")
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+BASE = load(BASE_FILE)
+GCS = load(GCS_FILE)
+
+
+def merge(base: Any, overlay: Any) -> Any:
+    """Compose's merge for the keys used here: mappings by key, volume lists concatenated."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        out = dict(base)
+        for key, value in overlay.items():
+            out[key] = merge(base[key], value) if key in base else value
+        return out
+    if isinstance(base, list) and isinstance(overlay, list):
+        return base + overlay
+    return overlay
+
+
+MERGED = merge(BASE, GCS)
+
+
+def run_services(compose: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(dicomflow service name, compose service) for each container running `dicomflow run`."""
+    for spec in compose["services"].values():
+        command = spec.get("command") or []
+        if "build" in spec and command[:1] == ["run"]:
+            yield command[1], spec
+
+
+def settings_class(service: str) -> type[ServiceSettings]:
+    module = importlib.import_module(f"{SERVICES[service]}.config")
+    found = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, ServiceSettings)
+        and obj.__module__ == module.__name__
+    ]
+    assert len(found) == 1, f"{module.__name__} should define one settings class"
+    return found[0]
+
+
+def env_names(cls: type[ServiceSettings]) -> set[str]:
+    """The environment variables pydantic-settings reads for `cls`."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    names: set[str] = set()
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        if alias is None:
+            names.add((prefix + name).upper())
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+        elif isinstance(alias, AliasChoices):
+            names.update(c.upper() for c in alias.choices if isinstance(c, str))
+        else:
+            raise AssertionError(f"{cls.__name__}.{name}: alias {alias!r} not understood")
+    return names
+
+
+def resolve(value: str) -> str:
+    """Compose interpolation with defaults, and a placeholder for required variables."""
+
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.groups()
+        if op and op.endswith("-"):
+            return arg
+        return f"placeholder-{name.lower()}"
+
+    return INTERPOLATION.sub(one, value).replace("$$", "$")
+
+
+def environment(spec: dict[str, Any]) -> dict[str, str]:
+    env = spec.get("environment") or {}
+    assert isinstance(env, dict), "environment as a mapping, so overlays merge by name"
+    return env
+
+
+def build_settings(
+    service: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> ServiceSettings:
+    cls = settings_class(service)
+    for name in env_names(cls):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, resolve(value))
+    return cls()
+
+
+def strings(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def test_every_service_is_deployed_once_and_runs_a_known_service() -> None:
+    names = [name for name, _ in run_services(BASE)]
+    assert sorted(names) == sorted(SERVICES)
+    for key, spec in BASE["services"].items():
+        command = spec.get("command") or []
+        if command[:1] == ["run"]:
+            assert command == ["run", key], f"{key}: run the service it is named after"
+            assert "entrypoint" not in spec, f"{key}: keep the image's `dicomflow` entry point"
+
+
+@pytest.mark.parametrize("compose", [BASE, MERGED], ids=["base", "with-gcs"])
+def test_environment_holds_only_real_settings(compose: dict[str, Any]) -> None:
+    for service, spec in run_services(compose):
+        env = environment(spec)
+        accepted = env_names(settings_class(service)) - IGNORED.get(service, set())
+        unknown = set(env) - accepted - NOT_SETTINGS
+        assert not unknown, f"{service}: not settings of {settings_class(service).__name__}"
+        for name, value in env.items():
+            assert isinstance(value, str), f"{service}: quote {name}, YAML would retype it"
+
+
+@pytest.mark.parametrize("compose", [BASE, MERGED], ids=["base", "with-gcs"])
+def test_healthcheck_probes_the_ops_port_the_service_listens_on(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for service, spec in run_services(compose):
+        env = environment(spec)
+        settings = build_settings(service, env, monkeypatch)  # the values validate, too
+        assert settings.ops_host == "0.0.0.0", f"{service}: ops server unreachable from outside"
+        assert env.get("OPS_PORT_FOR_HEALTHCHECK") == str(settings.ops_port), service
+        assert settings.ops_port != 0, f"{service}: a fixed port, so it can be probed"
+        probe = " ".join(spec["healthcheck"]["test"])
+        assert "OPS_PORT_FOR_HEALTHCHECK" in probe
+        assert "/health" in probe
+        for mapping in spec.get("ports", []):
+            assert str(mapping).rsplit(":", 1)[-1] == str(settings.ops_port), service
+
+
+def test_topics_job_creates_the_topics_before_the_pipeline_starts() -> None:
+    services = BASE["services"]
+    job = services[JOB]
+    assert job["command"] == ["topics"]
+    assert "entrypoint" not in job
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r'^ENTRYPOINT \["dicomflow"\]$', dockerfile, re.M)
+    assert job["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    assert job.get("restart") == "no"
+
+    env = environment(job)
+    assert set(TOPIC_SETTINGS) <= set(env)
+    assert set(env) <= env_names(ServiceSettings), "`dicomflow topics` reads unprefixed names"
+    for service, spec in run_services(BASE):
+        depends = spec.get("depends_on") or {}
+        assert depends.get(JOB) == {"condition": "service_completed_successfully"}, service
+        for name in TOPIC_SETTINGS:
+            # Services and the reconciler re-create missing topics: the same way as the job.
+            assert environment(spec)[name] == env[name], f"{service}: {name}"
+
+
+def test_dependencies_are_waited_for_until_healthy() -> None:
+    services = BASE["services"]
+    for key in ("kafka", "postgres"):
+        assert "healthcheck" in services[key]
+    assert "kafka-broker-api-versions.sh" in " ".join(services["kafka"]["healthcheck"]["test"])
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    for service, spec in run_services(BASE):
+        env = environment(spec)
+        depends = spec["depends_on"]
+        needs = {"kafka"} | ({"postgres"} if "DATABASE_URL" in env else set())
+        assert {k for k in depends if k != JOB} == needs, service
+        for name in needs:
+            assert depends[name] == {"condition": "service_healthy"}, service
+        assert spec["restart"] == "unless-stopped", service
+
+
+@pytest.mark.parametrize("path", [BASE_FILE, GCS_FILE], ids=lambda p: p.name)
+def test_secrets_must_be_given(path: Path) -> None:
+    """A secret (or the bucket) has no default: compose refuses to start without it."""
+    compose = load(path)
+    seen = 0
+    for text in strings(compose):
+        for m in INTERPOLATION.finditer(text):
+            name, op, arg = m.groups()
+            if any(word in name for word in SECRET_WORDS) or name == "GCS_BUCKET":
+                seen += 1
+                assert op == ":?" and arg.strip(), f"{path.name}: {m.group(0)} needs :?message"
+        masked = INTERPOLATION.sub("INTERPOLATED", text)
+        for url in re.findall(r"\w+://[^\s\"']+", masked):
+            userinfo = url.split("://", 1)[1].split("@", 1)
+            if len(userinfo) == 2 and ":" in userinfo[0]:
+                password = userinfo[0].split(":", 1)[1]
+                assert password == "INTERPOLATED", f"{path.name}: literal password in {url}"
+    assert seen, f"{path.name}: expected its secrets to be interpolated"
+
+
+def test_every_service_extra_exists_in_pyproject() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    extras = set(pyproject["project"]["optional-dependencies"])
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    default = re.search(r"^ARG SERVICE_EXTRA=(\S+)$", dockerfile, re.M)
+    assert default and default.group(1) in extras
+    assert '".[${SERVICE_EXTRA}]"' in dockerfile
+
+    for compose in (BASE, MERGED):
+        for key, spec in compose["services"].items():
+            if "build" not in spec:
+                continue
+            chosen = spec["build"]["args"]["SERVICE_EXTRA"].split(",")
+            assert set(chosen) <= extras, f"{key}: {chosen}"
+            command = spec["command"]
+            if command[0] == "run":
+                assert command[1] in chosen, f"{key}: its own extra"
+            if environment(spec).get("STORAGE_URL", "").startswith("gs://"):
+                assert "gcs" in chosen, f"{key}: gs:// needs the gcs extra"
+
+
+def test_gcs_overlay_only_changes_services_of_the_base_file() -> None:
+    assert set(GCS) <= {"services"}, "networks and volumes belong to the base file"
+    assert set(GCS["services"]) <= set(BASE["services"])
+    for key, spec in GCS["services"].items():
+        for network in spec.get("networks", {}):
+            assert network in BASE["networks"], f"{key}: {network}"
+        env = environment(spec)
+        assert env["STORAGE_URL"].startswith("gs://")
+        targets = [v.split(":")[-2] for v in spec["volumes"]]
+        assert env["GOOGLE_APPLICATION_CREDENTIALS"] in targets, key
+        assert all(v.endswith(":ro") for v in spec["volumes"]), f"{key}: key file read-only"
+        assert spec["image"] != BASE["services"][key]["image"], f"{key}: own tag for gcs build"
+
+
+def test_files_are_where_the_services_look_for_them() -> None:
+    for service, spec in run_services(BASE):
+        volumes = spec.get("volumes", [])
+        env = environment(spec)
+        if service in READS_NAS:
+            assert any(v.endswith(":/nas:ro") for v in volumes), f"{service}: /nas read-only"
+        if service == "nas-watcher":
+            assert env["NAS_ROOTS"] == "/nas"
+        if "STORAGE_URL" in env:
+            target = env["STORAGE_URL"].removeprefix("file://")
+            assert any(v.split(":")[:2] == ["storage", target] for v in volumes), service
+
+
+def test_data_stores_are_unreachable_from_outside() -> None:
+    assert BASE["networks"]["internal"] == {"internal": True}
+    for key, spec in BASE["services"].items():
+        networks = set(spec["networks"])
+        assert "internal" in networks, key
+        if key != "api":
+            assert networks == {"internal"}, f"{key}: only the api is on the public network"
+            assert "ports" not in spec, f"{key}: nothing but the api is published"
+    for key in ("kafka", "postgres"):
+        mounts = [v.split(":")[0] for v in BASE["services"][key]["volumes"]]
+        assert all(m in BASE["volumes"] for m in mounts), f"{key}: named volumes"
