@@ -24,6 +24,7 @@ Python 3.14 adds `ProcessPoolExecutor.kill_workers()`; until then the pool's
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
 import os
 import resource
@@ -38,6 +39,7 @@ from typing import Any, TypeVar
 from libs.errors import PermanentError
 
 R = TypeVar("R")
+PR_SET_PDEATHSIG = 1
 
 
 class WorkerTimeout(PermanentError):
@@ -59,6 +61,12 @@ def _init_worker(limit_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker must not outlive its parent (e.g. after kill -9 of the service): Linux prctl.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _ready() -> int:
+    return os.getpid()
 
 
 def _death(processes: list[BaseProcess]) -> str:
@@ -133,7 +141,7 @@ class IsolatedExecutor:
         memory_limit_mb: int,
         timeout_s: float,
         *,
-        start_method: str = "forkserver",
+        start_method: str = "spawn",  # workers are our children: PDEATHSIG then holds
     ) -> None:
         if workers < 1 or memory_limit_mb < 1 or timeout_s <= 0:
             raise ValueError("workers, memory_limit_mb and timeout_s must be positive")
@@ -205,6 +213,11 @@ class IsolatedExecutor:
             raise PermanentError(
                 f"file needs more than {self._memory_limit_mb} MB to parse"
             ) from None
+
+    async def warm_up(self) -> None:
+        """Start every worker now (the pool starts them lazily), so the first files of an
+        import do not wait for parser processes to boot."""
+        await asyncio.gather(*(self.run(_ready) for _ in range(self._workers)))
 
     def close(self) -> None:
         """Stop the workers: idle ones exit at once, a stuck one is killed after 2 s."""

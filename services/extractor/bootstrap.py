@@ -20,6 +20,7 @@ async def wire(rt: Runtime) -> None:
         timeout_s=settings.parse_timeout_seconds,
     )
     rt.resources.callback(executor.close)
+    await executor.warm_up()
 
     async def parse(path: str) -> tuple[DicomHeader, Hashes]:
         header, hashes = await executor.run(extract_file, path)
