@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import asyncpg
+from prometheus_client import Counter, Gauge
 
 from libs.db import ledger, nas, tasks
 from libs.db.ledger import LedgerRow, NewFile
@@ -20,6 +21,7 @@ from libs.runtime import Runtime
 from services.nas_watcher.config import NasWatcherSettings
 from services.nas_watcher.handlers import (
     Publish,
+    ScanReport,
     handle_import_requested,
     scan_root,
     scan_task,
@@ -82,6 +84,18 @@ async def wire(rt: Runtime) -> None:
     owner = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
     store = PgScanStore(pool, owner, settings.task_lease_seconds)
     wake = asyncio.Event()
+    scans = Counter(
+        "dicomflow_nas_watcher_scans_total",
+        "Completed scans of a watched root.",
+        ["root"],
+        registry=rt.registry,
+    )
+    files_seen = Gauge(
+        "dicomflow_nas_watcher_files_seen",
+        "Files found in a watched root by the last scan.",
+        ["root"],
+        registry=rt.registry,
+    )
 
     async def publish(events: Sequence[Event]) -> None:
         await producer.publish(*events)
@@ -90,7 +104,12 @@ async def wire(rt: Runtime) -> None:
         while True:
             for root in settings.roots:
                 try:
-                    await _scan_root_once(pool, root, store, publish, settings.settle_seconds)
+                    report = await _scan_root_once(
+                        pool, root, store, publish, settings.settle_seconds
+                    )
+                    if report is not None:
+                        scans.labels(str(root)).inc()
+                        files_seen.labels(str(root)).set(report.files_seen)
                 except Exception as exc:  # a failed round is retried at the next interval
                     log.warning("scan failed", root=str(root), error=repr(exc))
             if not await rt.sleep(settings.scan_interval_seconds):
@@ -147,16 +166,16 @@ async def wire(rt: Runtime) -> None:
 
 async def _scan_root_once(
     pool: asyncpg.Pool, root: Path, store: PgScanStore, publish: Publish, settle: float
-) -> None:
+) -> ScanReport | None:
     """One scanner per root across replicas: a session advisory lock keyed by the root."""
     path = root.absolute()
     if not path.is_dir():
         log.warning("watched root missing", root=str(path))
-        return
+        return None
     lock = zlib.crc32(str(path).encode()) & 0x7FFFFFFF  # advisory keys are int4
     async with pool.acquire() as conn:
         if not await conn.fetchval("SELECT pg_try_advisory_lock(1, $1)", lock):
-            return
+            return None  # another replica is scanning this root
         try:
             report = await scan_root(path, store=store, publish=publish, settle_seconds=settle)
         finally:
@@ -170,3 +189,4 @@ async def _scan_root_once(
             unsettled=report.unsettled,
             unreadable=len(report.problems.unreadable_dirs),
         )
+    return report

@@ -9,6 +9,7 @@ import signal
 import time
 
 import asyncpg
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from trees import build_tree
@@ -117,6 +118,24 @@ async def test_poison_messages_are_dead_lettered_and_stages_keep_going(
     assert letters["dicom.extracted.v1.dlq"]["original_topic"] == "dicom.extracted.v1"
 
 
+async def scans_done(stack: Stack) -> float:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{stack.ports['nas-watcher']}/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("dicomflow_nas_watcher_scans_total{")
+    )
+
+
+async def wait_for_scans(stack: Stack, more: int, timeout: float = 30) -> None:
+    target = await scans_done(stack) + more
+    deadline = time.monotonic() + timeout
+    while await scans_done(stack) < target:
+        assert time.monotonic() < deadline, "the watcher stopped scanning"
+        await asyncio.sleep(0.2)
+
+
 @pytest.mark.stack_env(NAS_WATCH="true")
 async def test_watched_folder_is_ingested_once_and_rescans_emit_nothing(
     stack: Stack, pool: asyncpg.Pool
@@ -126,7 +145,7 @@ async def test_watched_folder_is_ingested_once_and_rescans_emit_nothing(
     while await pool.fetchval("SELECT count(*) FROM instances") < expected.new:
         assert time.monotonic() < deadline, stack.tail("nas-watcher")
         await asyncio.sleep(0.2)
-    await asyncio.sleep(3.5)  # three more scans of the unchanged tree (interval 1 s)
+    await wait_for_scans(stack, 3)  # three more scans of the unchanged tree
     assert await pool.fetchval("SELECT count(*) FROM ingest_files") == expected.files
     # A file rewritten in place is emitted again, and found to be a duplicate.
     some = next((stack.root / "nas" / "incoming").rglob("*.dcm"))
