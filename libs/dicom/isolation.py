@@ -155,12 +155,22 @@ class IsolatedExecutor:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             max_workers=self._workers,
             mp_context=self._context,
             initializer=_init_worker,
             initargs=(self._memory_limit_mb * 1024 * 1024,),
         )
+        # Start every worker now. Left alone, the pool starts workers inside submit(),
+        # and a submit racing with the pool breaking (a worker just crashed) can start
+        # a worker the broken pool never stops: its manager thread then joins it
+        # forever, and the interpreter cannot exit (CPython 3.11-3.13, seen here).
+        launch = getattr(pool, "_launch_processes", None)
+        if launch is not None:
+            launch()
+        for _ in range(self._workers):
+            pool.submit(_ready)  # starts the manager thread; the result is not needed
+        return pool
 
     def _processes(self) -> list[BaseProcess]:
         return list((getattr(self._pool, "_processes", None) or {}).values())

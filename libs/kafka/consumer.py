@@ -187,6 +187,8 @@ class StageConsumer:
             reason = f"invalid {route.model.__name__} event: {_first_errors(exc)}"
             return await self._dead_letter(record, reason, "ValidationError", 1, None)
         structlog.contextvars.bind_contextvars(correlation_id=_correlation_id(event))
+        if record.key:  # keyed topics are keyed by StudyInstanceUID
+            structlog.contextvars.bind_contextvars(study_uid=record.key.decode(errors="replace"))
         attempt = 0
         while True:
             attempt += 1
