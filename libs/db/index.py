@@ -60,17 +60,32 @@ class StudySnapshot:
 
 
 async def _upsert_hierarchy(conn: Conn, h: DicomHeader) -> None:
-    p = h.patient
-    patient_pk = await conn.fetchval(
-        """INSERT INTO patients (patient_key, patient_id, issuer, patient_name, name_search,
-                                 birth_date, sex)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (patient_key) DO UPDATE
-              SET patient_name = EXCLUDED.patient_name, name_search = EXCLUDED.name_search,
-                  birth_date = coalesce(EXCLUDED.birth_date, patients.birth_date),
-                  sex = CASE WHEN EXCLUDED.sex <> '' THEN EXCLUDED.sex ELSE patients.sex END,
-                  updated_at = now()
-           RETURNING id""",
+    """Patient, study and series in one round trip (the study takes the patient's id from
+    RETURNING; the series' foreign key is checked at the end of the statement)."""
+    p, s, se = h.patient, h.study, h.series
+    await conn.execute(
+        """WITH patient AS (
+               INSERT INTO patients (patient_key, patient_id, issuer, patient_name, name_search,
+                                     birth_date, sex)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (patient_key) DO UPDATE
+                  SET patient_name = EXCLUDED.patient_name, name_search = EXCLUDED.name_search,
+                      birth_date = coalesce(EXCLUDED.birth_date, patients.birth_date),
+                      sex = CASE WHEN EXCLUDED.sex <> '' THEN EXCLUDED.sex ELSE patients.sex END,
+                      updated_at = now()
+               RETURNING id
+           ), study AS (
+               INSERT INTO studies (study_uid, patient_pk, study_date, study_time,
+                                    accession_number, study_description, study_id,
+                                    referring_physician, storage_prefix)
+               SELECT $8::text, patient.id, $9::date, $10::text, $11::text, $12::text,
+                      $13::text, $14::text, $15::text
+                 FROM patient
+               ON CONFLICT (study_uid) DO NOTHING
+           )
+           INSERT INTO series (series_uid, study_uid, modality, series_number,
+                               series_description, body_part)
+           VALUES ($16, $8, $17, $18, $19, $20) ON CONFLICT (series_uid) DO NOTHING""",
         patient_key(p),
         p.patient_id,
         p.issuer_of_patient_id,
@@ -78,14 +93,7 @@ async def _upsert_hierarchy(conn: Conn, h: DicomHeader) -> None:
         search_key(p.patient_name),
         parse_da(p.birth_date),
         p.sex,
-    )
-    s = h.study
-    await conn.execute(
-        """INSERT INTO studies (study_uid, patient_pk, study_date, study_time, accession_number,
-                                study_description, study_id, referring_physician, storage_prefix)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (study_uid) DO NOTHING""",
         s.study_uid,
-        patient_pk,
         parse_da(s.study_date),
         s.study_time,
         s.accession_number,
@@ -93,14 +101,7 @@ async def _upsert_hierarchy(conn: Conn, h: DicomHeader) -> None:
         s.study_id,
         s.referring_physician,
         study_prefix(s.study_uid),
-    )
-    se = h.series
-    await conn.execute(
-        """INSERT INTO series (series_uid, study_uid, modality, series_number,
-                               series_description, body_part)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (series_uid) DO NOTHING""",
         se.series_uid,
-        s.study_uid,
         se.modality,
         se.series_number,
         se.series_description,
@@ -160,14 +161,14 @@ async def index_instance(conn: Conn, ev: InstanceStored) -> None:
 
 
 async def _count_instance(conn: Conn, h: DicomHeader, size: int) -> None:
+    """Only for a real insert: the counters, modalities and a new revision, in one trip."""
     await conn.execute(
-        """UPDATE series SET instance_count = instance_count + 1, size_bytes = size_bytes + $2
-            WHERE series_uid = $1""",
-        h.series.series_uid,
-        size,
-    )
-    await conn.execute(
-        """UPDATE studies
+        """WITH counted AS (
+               UPDATE series SET instance_count = instance_count + 1,
+                                 size_bytes = size_bytes + $2
+                WHERE series_uid = $4
+           )
+           UPDATE studies
               SET instance_count = instance_count + 1, size_bytes = size_bytes + $2,
                   series_count = (SELECT count(*) FROM series WHERE study_uid = $1),
                   modalities = CASE WHEN $3 = '' OR $3 = ANY (modalities) THEN modalities
@@ -178,6 +179,7 @@ async def _count_instance(conn: Conn, h: DicomHeader, size: int) -> None:
         h.study.study_uid,
         size,
         h.series.modality,
+        h.series.series_uid,
     )
 
 
@@ -216,6 +218,7 @@ async def _outcome(
         reason=reason,
         sop_instance_uid=ev.header.instance.sop_instance_uid,
         study_uid=ev.header.study.study_uid,
+        task_id=ev.file.task_id,
     )
 
 

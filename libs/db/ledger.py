@@ -6,13 +6,22 @@ pending, and reconciliation re-emits what is pending but lost in transit.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from libs.db import Conn
 from libs.events import FileDiscovered, FileRef
 
 FINAL = ("indexed", "duplicate", "conflict", "failed")
+
+
+class _Lookup(enum.Enum):
+    TASK = "look the task up in the ledger"
+
+
+LOOKUP = _Lookup.TASK
 
 
 @dataclass(frozen=True)
@@ -77,12 +86,20 @@ async def mark_outcome(
     reason: str | None = None,
     sop_instance_uid: str | None = None,
     study_uid: str | None = None,
+    task_id: str | _Lookup | None = LOOKUP,
 ) -> bool:
     """Record a file's final outcome once (later calls are no-ops); completes its task
-    when it was the last pending file. Returns True if this call recorded it."""
+    when it was the last pending file. Returns True if this call recorded it.
+
+    Pass `task_id` when the caller knows it (events carry it) to save a round trip; inside a
+    caller's transaction no savepoint is taken."""
     assert status in FINAL
-    async with conn.transaction():
-        task_id = await conn.fetchval("SELECT task_id FROM ingest_files WHERE id = $1", file_id)
+    own = nullcontext() if conn.is_in_transaction() else conn.transaction()
+    async with own:
+        if isinstance(task_id, _Lookup):
+            task_id = await conn.fetchval(
+                "SELECT task_id::text FROM ingest_files WHERE id = $1", file_id
+            )
         if task_id is not None:
             # Serialise outcomes per task, so the last one always sees the others committed.
             await conn.execute("SELECT 1 FROM import_tasks WHERE id = $1 FOR UPDATE", task_id)

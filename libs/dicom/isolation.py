@@ -17,8 +17,13 @@ under an address-space limit (RLIMIT_AS), and adds what the pool lacks:
 Calls are admitted at most `workers` at a time, so a call never waits inside the
 pool and its time limit measures its own work, not the queue.
 
+Every pool starts all its workers when it is created (see `_new_pool` for the
+CPython race that makes this necessary). The main module is imported again in
+each worker (spawn), so it must keep its work under `if __name__ == "__main__":`.
+
 Python 3.14 adds `ProcessPoolExecutor.kill_workers()`; until then the pool's
-`_processes` map is read to kill workers and to tell why one died.
+`_processes` map is read to kill workers and to tell why one died, and its
+`_launch_processes()` starts the workers up front.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import multiprocessing
 import os
 import resource
 import signal
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -82,54 +89,71 @@ def _death(processes: list[BaseProcess]) -> str:
 
 
 class _Gate:
-    """Admission: up to `slots` shared calls at once, or one exclusive call alone.
+    """Admission, first come first served: up to `slots` shared calls at once, or one
+    exclusive call alone. A waiting exclusive call stops new shared ones.
 
-    Releasing never awaits, so a cancelled call always gives its place back.
+    Each waiter has its own future and is woken only when admitted (no thundering
+    herd with thousands of queued calls), and leaving never awaits, so a cancelled
+    call always gives its place back.
     """
 
     def __init__(self, slots: int) -> None:
         self._slots = slots
         self._shared = 0
         self._exclusive = False
-        self._exclusive_queued = 0
-        self._changed = asyncio.Event()
+        self._waiting_shared: deque[asyncio.Future[None]] = deque()
+        self._waiting_exclusive: deque[asyncio.Future[None]] = deque()
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _admit(self) -> None:
+        while not self._exclusive:
+            if self._waiting_exclusive:
+                if self._shared:
+                    return
+                waiter = self._waiting_exclusive.popleft()
+                if not waiter.done():  # done: cancelled while waiting
+                    self._exclusive = True
+                    waiter.set_result(None)
+                continue
+            if not self._waiting_shared or self._shared >= self._slots:
+                return
+            waiter = self._waiting_shared.popleft()
+            if not waiter.done():
+                self._shared += 1
+                waiter.set_result(None)
 
-    async def _wait(self, ready: Callable[[], bool]) -> None:
-        while not ready():
-            await self._changed.wait()
+    def _leave(self, *, exclusive: bool) -> None:
+        if exclusive:
+            self._exclusive = False
+        else:
+            self._shared -= 1
+        self._admit()
+
+    async def _enter(self, *, exclusive: bool) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        (self._waiting_exclusive if exclusive else self._waiting_shared).append(waiter)
+        self._admit()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # admitted, then cancelled
+                self._leave(exclusive=exclusive)
+            raise
 
     @asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:
-        await self._wait(
-            lambda: (
-                not self._exclusive and not self._exclusive_queued and self._shared < self._slots
-            )
-        )
-        self._shared += 1
+        await self._enter(exclusive=False)
         try:
             yield
         finally:
-            self._shared -= 1
-            self._notify()
+            self._leave(exclusive=False)
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        self._exclusive_queued += 1
-        try:
-            await self._wait(lambda: not self._exclusive and self._shared == 0)
-        finally:
-            self._exclusive_queued -= 1
-            self._notify()
-        self._exclusive = True
+        await self._enter(exclusive=True)
         try:
             yield
         finally:
-            self._exclusive = False
-            self._notify()
+            self._leave(exclusive=True)
 
 
 class IsolatedExecutor:
@@ -225,8 +249,8 @@ class IsolatedExecutor:
             ) from None
 
     async def warm_up(self) -> None:
-        """Start every worker now (the pool starts them lazily), so the first files of an
-        import do not wait for parser processes to boot."""
+        """Wait until every worker has booted (imports done), so the first files of an
+        import do not spend their time limit waiting for parser processes to start."""
         await asyncio.gather(*(self.run(_ready) for _ in range(self._workers)))
 
     def close(self) -> None:
@@ -236,8 +260,9 @@ class IsolatedExecutor:
         self._closed = True
         processes = self._processes()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + 2
         for proc in processes:
-            proc.join(2)
+            proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
                 proc.join(2)
