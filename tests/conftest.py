@@ -78,3 +78,13 @@ def broker() -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Safety net: a worker process left behind by a failed test must not keep the test
+    run from exiting (a process pool's manager thread joins its workers at exit)."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)

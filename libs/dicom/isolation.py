@@ -203,11 +203,15 @@ class IsolatedExecutor:
         """Replace the pool of `generation` (once, whoever notices first)."""
         if generation != self._generation or self._closed:
             return
-        old, processes = self._pool, self._processes()
+        old = self._pool
         if kill:
-            for proc in processes:
+            for proc in self._processes():
                 proc.kill()
-        old.shutdown(wait=False, cancel_futures=True)
+        old.shutdown(wait=False, cancel_futures=True)  # no new worker can start after this
+        # Workers of a replaced pool have no further use; one left idle would make the old
+        # pool's manager thread (and so interpreter exit) wait for it forever.
+        for proc in list((getattr(old, "_processes", None) or {}).values()):
+            proc.kill()
         self._generation += 1
         self._pool = self._new_pool()
 
