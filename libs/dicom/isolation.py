@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import multiprocessing
 import os
 import resource
@@ -66,6 +67,8 @@ def _init_worker(limit_bytes: int) -> None:
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+    # pydicom warns about every oddity of a hostile file; the verdict reaches the DLQ instead.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A worker must not outlive its parent (e.g. after kill -9 of the service): Linux prctl.

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from libs.dicom.extract import extract_file
-from libs.dicom.isolation import IsolatedExecutor, WorkerCrashed, WorkerTimeout
+from libs.dicom.isolation import IsolatedExecutor, WorkerCrashed, WorkerTimeout, _Gate
 from libs.dicom.synthetic import make_dataset, write_instance
 from libs.errors import NotDicomError, PermanentError
 
@@ -152,3 +152,54 @@ async def test_close() -> None:
 def test_invalid_arguments() -> None:
     with pytest.raises(ValueError, match="positive"):
         IsolatedExecutor(workers=0, memory_limit_mb=256, timeout_s=5)
+
+
+async def test_workers_start_with_the_pool(executor: IsolatedExecutor) -> None:
+    """No worker is started inside submit(): one started while the pool breaks would
+    never be stopped, and the interpreter could not exit (a CPython race)."""
+    assert len(executor._processes()) == 2
+    with pytest.raises(WorkerCrashed):
+        await executor.run(os._exit, 1)
+    assert len(executor._processes()) == 2  # the rebuilt pool, started in full
+    await still_works(executor)
+    assert len(executor._processes()) == 2
+
+
+async def test_gate_admission() -> None:
+    """Shared calls up to the slots; an exclusive one waits for them and goes alone,
+    ahead of shared calls that arrive after it; a cancelled waiter frees nothing twice."""
+    gate = _Gate(2)
+    log: list[str] = []
+    release = {name: asyncio.Event() for name in ["s1", "s2", "s3", "x", "s4"]}
+
+    async def shared(name: str) -> None:
+        async with gate.shared():
+            log.append(f"+{name}")
+            await release[name].wait()
+            log.append(f"-{name}")
+
+    async def exclusive() -> None:
+        async with gate.exclusive():
+            log.append("+x")
+            await release["x"].wait()
+            log.append("-x")
+
+    tasks = [asyncio.create_task(shared("s1")), asyncio.create_task(shared("s2"))]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(shared("s3")))  # no slot left: waits
+    tasks.append(asyncio.create_task(exclusive()))
+    tasks.append(asyncio.create_task(shared("s4")))
+    await asyncio.sleep(0.01)
+    assert log == ["+s1", "+s2"]
+    release["s1"].set()
+    await asyncio.sleep(0.01)
+    assert log == ["+s1", "+s2", "-s1"]  # s3 stays out: an exclusive call is waiting
+    tasks[2].cancel()  # s3 gives up its place in the queue
+    release["s2"].set()
+    await asyncio.sleep(0.01)
+    assert log[-2:] == ["-s2", "+x"]
+    release["x"].set()
+    release["s4"].set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert log[-3:] == ["-x", "+s4", "-s4"]
+    assert gate._shared == 0 and not gate._exclusive
