@@ -6,10 +6,10 @@ import asyncpg
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from libs.http.auth import Authenticator
+from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
 from libs.ops import Readiness, ops_router
-from services.api.auth import Authenticator
 from services.api.config import ApiLimits
-from services.api.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
 from services.api.routes.apikeys import apikeys_router
 from services.api.routes.imports import Publish, imports_router
 from services.api.routes.studies import studies_router

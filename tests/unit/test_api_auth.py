@@ -9,7 +9,7 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 
 from libs.db.apikeys import KEY_LENGTH, ROLES, hash_key, looks_like_key, new_plaintext
-from services.api.auth import GRANTS, allowed
+from libs.http.auth import GRANTS, allowed
 from services.api.config import ApiLimits, ApiSettings
 from services.api.routes import page_limit
 from services.api.schemas import Role

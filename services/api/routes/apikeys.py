@@ -6,7 +6,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Path, Response
 
 from libs.db import apikeys
-from services.api.auth import Authenticator, Caller
+from libs.http.auth import Authenticator, Caller
 from services.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 
 KeyId = Annotated[int, Path(ge=1, le=2**63 - 1)]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from libs.db import search
 from libs.dicom.uids import UID_MAX_LENGTH, UID_RE
-from services.api.auth import Authenticator, Caller
+from libs.http.auth import Authenticator, Caller
 from services.api.config import ApiLimits
 from services.api.routes import page_limit
 from services.api.schemas import StudyDetailOut, StudyPage, StudyQuery

@@ -182,7 +182,7 @@ async def test_no_audit_row_means_no_answer(client, keys, monkeypatch):
     async def unavailable(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("services.api.middleware.write_audit", unavailable)
+    monkeypatch.setattr("libs.http.middleware.write_audit", unavailable)
     response = await client.get("/v1/studies", headers=keys.headers("clinician"))
     assert response.status_code == 503
     assert response.json() == {"detail": "audit log unavailable"}

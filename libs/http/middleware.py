@@ -14,9 +14,9 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.db.audit import AuditEntry, write_audit
+from libs.http.auth import AUDIT_STATE, AuditContext
 from libs.logging import get_logger
 from libs.metrics import LATENCY_BUCKETS, metric_prefix
-from services.api.auth import AUDIT_STATE, AuditContext
 
 log = get_logger(__name__)
 
