@@ -118,7 +118,7 @@ class ReceiverHealth:
         if up:
             self.successes += 1
         if up != self.up:
-            log.warning("central index is back") if up else log.warning("central index is down")
+            log.warning("central index is back" if up else "central index is down")
         self.up = up
         self._metrics.receiver_up.set(1 if up else 0)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
+import pytest
 from prometheus_client import CollectorRegistry
 
 from libs.events import DeadLetter, StudyMetadata
@@ -15,8 +16,12 @@ from libs.kafka.admin import ensure_topics
 from libs.kafka.producer import Producer
 from libs.metrics import ProducerMetrics
 from libs.topics import dlq_topic
+from services.index_publisher.config import IndexPublisherSettings
+from services.index_publisher.delivery import classify
+from services.index_publisher.receiver import HttpReceiver
 from tests.conftest import Broker
 from tests.integration.index_publisher.conftest import (
+    API_KEY,
     CENTER,
     Central,
     Publisher,
@@ -164,6 +169,8 @@ async def test_an_outage_longer_than_the_retry_budget_is_ridden_out(
     )
     await until(proc._ready_or_dead, 30, proc.tail)
     assert await drain(broker.bootstrap, DLQ, 1, timeout=1) == []
+    proc.stop()
+    assert proc.proc is not None and proc.proc.returncode == 0, proc.tail()  # graceful SIGTERM
 
 
 async def test_a_refused_study_lands_in_the_dlq_with_the_answer(
@@ -214,3 +221,27 @@ async def test_a_refused_study_lands_in_the_dlq_with_the_answer(
     assert second.at - first.at >= 0.95  # Retry-After: 1 honoured
     rows = await conn.fetch("SELECT study_uid FROM index_publications WHERE delivered_revision > 0")
     assert {r["study_uid"] for r in rows} == {throttled, fine}
+
+
+async def test_the_receiver_certificate_is_verified(
+    central: Central, tls: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the CA that signed it, the test server's certificate is refused: no answer,
+    which the publisher treats as the receiver being unreachable (held, not dead-lettered)."""
+    monkeypatch.setenv("INDEX_PUBLISHER_URL", central.url)
+    monkeypatch.setenv("INDEX_PUBLISHER_CENTER", CENTER)
+    monkeypatch.setenv("INDEX_PUBLISHER_API_KEY", API_KEY)
+    untrusted = HttpReceiver(IndexPublisherSettings())
+    monkeypatch.setenv("INDEX_PUBLISHER_CA_BUNDLE", str(tls["ca"]))
+    trusted = HttpReceiver(IndexPublisherSettings())
+    body = b'{"study_iuid": "1.2.3"}'
+    try:
+        refused = await untrusted.post(body, {"Idempotency-Key": "k1"})
+        accepted = await trusted.post(body, {"Idempotency-Key": "k1"})
+    finally:
+        await untrusted.close()
+        await trusted.close()
+    assert refused.status is None and "CERTIFICATE_VERIFY_FAILED" in refused.body
+    assert classify(refused) == "retry"
+    assert (accepted.status, central.applied) == (201, ["k1"])
+    assert '"status":"stored"' in accepted.body
