@@ -3,11 +3,12 @@ jitter, `Retry-After` honoured, and the difference between "this study is refuse
 DLQ) and "the receiver is down" (held, never dead-lettered).
 
 Outage policy: when a revision's retry budget runs out and no other delivery succeeded
-meanwhile, the receiver (not the study) is the problem: `ReceiverUnavailable` is raised, which
-the bus treats like an unreachable dependency (the message is held and retried without limit,
-`/ready` reports not ready, nothing is committed). Only when the receiver accepted other
-studies while this one kept failing is it dead-lettered (`ReceiverGaveUp`). A 401/403 means
-our credentials are refused: every study would fail the same way, so it is held too.
+between its first and its last attempt, the receiver (not the study) is the problem:
+`ReceiverUnavailable` is raised, which the bus treats like an unreachable dependency (the
+message is held and retried without limit, `/ready` reports not ready, nothing is committed).
+Only when the receiver accepted other studies while this one kept failing is it dead-lettered
+(`ReceiverGaveUp`). A 401/403 means our credentials are refused: every study would fail the
+same way, so it is held too.
 """
 
 from __future__ import annotations
@@ -105,18 +106,18 @@ class ReceiverUnavailable(ConnectionError):
 
 
 class ReceiverHealth:
-    """Shared by every delivery of the process: counts successes (to tell an outage from a
-    study the receiver cannot take) and exports whether the receiver is up."""
+    """Shared by every delivery of the process: when the receiver last accepted a study (to
+    tell an outage from a study the receiver cannot take), and whether it is up."""
 
     def __init__(self, metrics: PublisherMetrics) -> None:
-        self.successes = 0
+        self.last_success = float("-inf")  # time.monotonic()
         self.up = True
         self._metrics = metrics
         metrics.receiver_up.set(1)
 
     def record(self, up: bool) -> None:
         if up:
-            self.successes += 1
+            self.last_success = time.monotonic()
         if up != self.up:
             log.warning("central index is back" if up else "central index is down")
         self.up = up
@@ -147,12 +148,12 @@ class Deliverer:
 
     async def deliver(self, body: bytes, headers: dict[str, str]) -> Answer:
         """Return the accepting answer, or raise one of the three Receiver* errors."""
-        successes_before = self._health.successes
         answer = Answer(None, "not sent")
+        first = last = time.monotonic()
         for attempt in range(1, self._max_attempts + 1):
-            started = time.perf_counter()
+            last = time.monotonic()
             answer = await self._send(body, headers)
-            self._metrics.request_seconds.observe(time.perf_counter() - started)
+            self._metrics.request_seconds.observe(time.monotonic() - last)
             self._metrics.attempts.labels(answer.kind).inc()
             verdict = classify(answer)
             if verdict == "delivered":
@@ -178,7 +179,10 @@ class Deliverer:
             )
             if not await self._sleep(delay):
                 raise ReceiverUnavailable("stopping before the next attempt")
-        if self._health.successes > successes_before:
+        # Another study accepted after this one's first failure and before its last attempt:
+        # the receiver was up when it failed this study. (A success during the last attempt
+        # is ambiguous, e.g. the receiver coming back: held, the next round decides.)
+        if first < self._health.last_success < last:
             self._metrics.deliveries.labels("gave_up").inc()
             raise ReceiverGaveUp(
                 f"gave up after {self._max_attempts} attempts while the central index accepted "
