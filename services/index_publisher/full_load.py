@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -23,7 +24,7 @@ from libs.errors import PermanentError
 from libs.events import StudyMetadata, new_id
 from libs.logging import configure_logging
 from libs.settings import load_settings
-from services.index_publisher.bootstrap import publisher
+from services.index_publisher.bootstrap import PublishHandler, publisher
 from services.index_publisher.config import IndexPublisherSettings
 from services.index_publisher.delivery import ReceiverUnavailable
 from services.index_publisher.receiver import HttpReceiver
@@ -37,6 +38,65 @@ async def _sleep(seconds: float) -> bool:
     return True
 
 
+class FullLoad:
+    def __init__(
+        self,
+        settings: IndexPublisherSettings,
+        pool: asyncpg.Pool,
+        handler: PublishHandler,
+        say: Callable[[str], None],
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._handler = handler
+        self._say = say
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._run_id = new_id()
+        self.sent = 0
+        self.failed: list[tuple[str, str]] = []
+
+    async def run(self) -> None:
+        after = ""
+        while True:
+            async with self._pool.acquire() as conn:
+                uids = await publications.study_uids(conn, after=after, limit=PAGE)
+            if not uids:
+                return
+            await asyncio.gather(*(self.study(uid) for uid in uids))
+            after = uids[-1]
+            self._say(f"published {self.sent} studies, {len(self.failed)} rejected")
+
+    async def study(self, study_uid: str) -> None:
+        async with self._slots:
+            structlog.contextvars.bind_contextvars(correlation_id=self._run_id, study_uid=study_uid)
+            async with self._pool.acquire() as conn:
+                snapshot = await index.study_snapshot(conn, study_uid)
+            if snapshot is None:
+                return
+            await self._deliver(
+                StudyMetadata(correlation_id=self._run_id, source=SOURCE, **vars(snapshot))
+            )
+
+    async def _deliver(self, event: StudyMetadata) -> None:
+        """Until the receiver answers for it: an outage is waited out, not skipped."""
+        s = self._settings
+        attempt = 0
+        while True:
+            try:
+                await self._handler(event, resend=True)
+            except ReceiverUnavailable as exc:
+                attempt += 1
+                wait = min(s.max_backoff_seconds, s.backoff_seconds * 2**attempt)
+                self._say(f"{exc}; retrying {event.study_uid} in {wait:.1f}s (Ctrl-C stops)")
+                await asyncio.sleep(wait)
+                continue
+            except PermanentError as exc:
+                self.failed.append((event.study_uid, str(exc)))
+                return
+            self.sent += 1
+            return
+
+
 async def publish_all(settings: IndexPublisherSettings, say: Callable[[str], None] = print) -> int:
     url = settings.require_target()
     pool = await create_pool(settings.database_url, size=settings.concurrency + 1)
@@ -44,54 +104,15 @@ async def publish_all(settings: IndexPublisherSettings, say: Callable[[str], Non
     try:
         await migrate(pool)
         handler, _ = publisher(settings, pool, receiver, registry=CollectorRegistry(), sleep=_sleep)
-        run_id = new_id()
-        slots = asyncio.Semaphore(settings.concurrency)
-        sent = 0
-        failed: list[tuple[str, str]] = []
-
-        async def one(study_uid: str) -> None:
-            nonlocal sent
-            async with slots:
-                structlog.contextvars.bind_contextvars(correlation_id=run_id, study_uid=study_uid)
-                async with pool.acquire() as conn:
-                    snapshot = await index.study_snapshot(conn, study_uid)
-                if snapshot is None:
-                    return
-                event = StudyMetadata(correlation_id=run_id, source=SOURCE, **vars(snapshot))
-                attempt = 0
-                while True:
-                    try:
-                        await handler(event, resend=True)
-                    except ReceiverUnavailable as exc:
-                        attempt += 1
-                        wait = min(
-                            settings.max_backoff_seconds, settings.backoff_seconds * 2**attempt
-                        )
-                        say(f"{exc}; retrying {study_uid} in {wait:.1f}s (Ctrl-C stops)")
-                        await asyncio.sleep(wait)
-                        continue
-                    except PermanentError as exc:
-                        failed.append((study_uid, str(exc)))
-                        return
-                    sent += 1
-                    return
-
-        after = ""
-        while True:
-            async with pool.acquire() as conn:
-                uids = await publications.study_uids(conn, after=after, limit=PAGE)
-            if not uids:
-                break
-            await asyncio.gather(*(one(uid) for uid in uids))
-            after = uids[-1]
-            say(f"published {sent} studies, {len(failed)} rejected")
-        say(f"done: {sent} studies published to {url}, {len(failed)} rejected")
-        for study_uid, reason in failed:
-            say(f"  rejected {study_uid}: {reason}")
-        return 1 if failed else 0
+        load = FullLoad(settings, pool, handler, say)
+        await load.run()
     finally:
         await receiver.close()
         await pool.close()
+    say(f"done: {load.sent} studies published to {url}, {len(load.failed)} rejected")
+    for study_uid, reason in load.failed:
+        say(f"  rejected {study_uid}: {reason}")
+    return 1 if load.failed else 0
 
 
 def main() -> int:
