@@ -20,6 +20,7 @@ SERVICES: dict[str, str] = {
     "indexer": "services.indexer",
     "reconciler": "services.reconciler",
     "api": "services.api",
+    "index-publisher": "services.index_publisher",
 }
 
 
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--role", choices=ROLES, required=True)
     create.add_argument("--name", default="")
 
+    publish = sub.add_parser("publish", help="send studies to the central index")
+    publish.add_argument(
+        "--all", action="store_true", required=True, help="every study in the index (full load)"
+    )
+
     sub.add_parser("migrate", help="create the database if missing and apply migrations")
     sub.add_parser("topics", help="create every topic and its DLQ if missing")
     broker = sub.add_parser("broker", help="run the embedded Kafka-protocol broker")
@@ -57,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "apikey":
         print(asyncio.run(_create_key(args.role, args.name)))
         return 0
+    if args.command == "publish":
+        from services.index_publisher.full_load import main as publish_all
+
+        return publish_all()
     if args.command == "migrate":
         print("applied:", asyncio.run(_migrate()) or "nothing (up to date)")
         return 0

@@ -282,11 +282,12 @@ def test_files_are_where_the_services_look_for_them() -> None:
 
 def test_data_stores_are_unreachable_from_outside() -> None:
     assert BASE["networks"]["internal"] == {"internal": True}
+    assert BASE["networks"]["egress"] == {}, "egress: outbound calls to remote peers"
     for key, spec in BASE["services"].items():
         networks = set(spec["networks"])
         assert "internal" in networks, key
         if key != "api":
-            assert networks == {"internal"}, f"{key}: only the api is on the public network"
+            assert networks <= {"internal", "egress"}, f"{key}: only the api is public"
             assert "ports" not in spec, f"{key}: nothing but the api is published"
     for key in ("kafka", "postgres"):
         mounts = [v.split(":")[0] for v in BASE["services"][key]["volumes"]]

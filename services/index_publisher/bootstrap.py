@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+import asyncpg
+from prometheus_client import CollectorRegistry
+
+from libs.db import Conn, publications
+from libs.events import Event, StudyMetadata
+from libs.kafka.consumer import Route
+from libs.runtime import Runtime
+from services.index_publisher.config import IndexPublisherSettings
+from services.index_publisher.delivery import Backoff, Deliverer, ReceiverHealth, Sleep
+from services.index_publisher.handlers import handle_metadata
+from services.index_publisher.metrics import PublisherMetrics
+from services.index_publisher.payload import PAYLOADS, StudyKeys
+from services.index_publisher.receiver import HttpReceiver
+
+PublishHandler = Callable[..., Awaitable[list[Event]]]
+
+
+class PgClaim:
+    def __init__(self, conn: Conn, study_uid: str, row: publications.Publication):
+        self._conn = conn
+        self._study_uid = study_uid
+        self.keys = StudyKeys(study_pk=row.study_pk, patient_pk=row.patient_pk)
+        self.delivered_revision = row.delivered_revision
+
+    async def delivered(self, revision: int) -> None:
+        await publications.mark_delivered(self._conn, self._study_uid, revision)
+
+
+class PgPublications:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def claim(self, study_uid: str) -> AsyncIterator[PgClaim]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield PgClaim(conn, study_uid, await publications.lock(conn, study_uid))
+
+
+def publisher(
+    settings: IndexPublisherSettings,
+    pool: asyncpg.Pool,
+    receiver: HttpReceiver,
+    *,
+    registry: CollectorRegistry,
+    sleep: Sleep,
+) -> tuple[PublishHandler, ReceiverHealth]:
+    """The handler with its ports wired (shared by the service and the full load)."""
+    metrics = PublisherMetrics.create("index-publisher", registry)
+    health = ReceiverHealth(metrics)
+    deliverer = Deliverer(
+        receiver.post,
+        max_attempts=settings.max_attempts,
+        backoff=Backoff(
+            settings.backoff_seconds,
+            settings.max_backoff_seconds,
+            settings.retry_after_max_seconds,
+        ),
+        health=health,
+        metrics=metrics,
+        sleep=sleep,
+    )
+    handler = partial(
+        handle_metadata,
+        publications=PgPublications(pool),
+        deliver=deliverer.deliver,
+        render=PAYLOADS[settings.payload_format],
+        center=settings.center,
+        idempotency_header=settings.idempotency_header,
+    )
+    return handler, health
+
+
+async def wire(rt: Runtime) -> None:
+    settings = rt.settings
+    assert isinstance(settings, IndexPublisherSettings)
+    settings.require_target()
+    pool = await rt.pool()
+    receiver = HttpReceiver(settings)
+    rt.resources.push_async_callback(receiver.close)
+    handler, health = publisher(settings, pool, receiver, registry=rt.registry, sleep=rt.sleep)
+
+    async def receiver_up() -> bool:
+        return health.up
+
+    rt.readiness.add("receiver", receiver_up)
+    await rt.consumer({StudyMetadata.TOPIC: Route(StudyMetadata, handler)})
