@@ -31,7 +31,7 @@ class Lut:
         if isinstance(raw, bytes):  # OW: words in the dataset's byte order
             data = np.frombuffer(raw, dtype="<u2" if little_endian else ">u2")
         else:
-            data = np.asarray(raw if isinstance(raw, list | tuple) else [raw], dtype=np.int64)
+            data = np.asarray([raw] if isinstance(raw, int) else list(raw), dtype=np.int64)
         if data.size < entries:
             raise ValueError(f"LUT has {data.size} entries, its descriptor says {entries}")
         if not 1 <= bits <= 16:
