@@ -7,17 +7,15 @@ import hashlib
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from libs.errors import PermanentError
 from libs.events import Event, InstancePreviewed, InstanceStored, PreviewImage
+from libs.imaging.isolated import Renderer
 from libs.imaging.jobs import RenderedImage, RenderRequest, RenderResult
 from libs.imaging.keys import preview_key
 from libs.storage import ObjectStore, instance_key
-
-
-class Renderer(Protocol):
-    async def render(self, path: Path, request: RenderRequest) -> RenderResult: ...
+from libs.storage.download import download
 
 
 def outcome(
@@ -42,16 +40,6 @@ def outcome(
         voi=result.images[0].voi if result and result.images else "",
         images=list(images),
     )
-
-
-async def fetch(storage: ObjectStore, key: str, target: Path) -> None:
-    """The canonical copy to a local file the render process can open (any backend)."""
-    try:
-        with target.open("wb") as out:
-            async for chunk in storage.read(key):
-                out.write(chunk)
-    except (FileNotFoundError, KeyError):
-        raise PermanentError(f"the canonical copy {key} is not in storage") from None
 
 
 async def store(
@@ -99,7 +87,7 @@ async def handle_stored(
         return [outcome(event, "unrenderable", reason=str(exc))]
     with tempfile.TemporaryDirectory(prefix="jpg-converter-") as tmp:
         work = Path(tmp)
-        await fetch(storage, key, work / "instance.dcm")
+        await download(storage, key, work / "instance.dcm")
         try:
             result = await renderer.render(work / "instance.dcm", request)
         except PermanentError as exc:  # Unrenderable, or the render process died / timed out

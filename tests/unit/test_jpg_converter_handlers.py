@@ -132,7 +132,7 @@ async def test_missing_canonical_copy_is_a_permanent_error() -> None:
     store = MemoryStore()
     event = stored_event("CT_small.dcm", store)
     store.objects.clear()
-    with pytest.raises(PermanentError, match="not in storage"):
+    with pytest.raises(PermanentError, match="is not in storage"):
         await convert(event, store)
 
 
