@@ -34,8 +34,11 @@ class Window:
             raise ValueError(f"window width must be {'>= 1' if minimum else '> 0'}")
 
 
+PresetName = Literal[
+    "lung", "mediastinum", "abdomen", "liver", "bone", "brain", "subdural", "stroke"
+]
 # Common CT presets (Hounsfield units), as viewers ship them.
-PRESETS: dict[str, Window] = {
+PRESETS: dict[PresetName, Window] = {
     "lung": Window(-600, 1500),
     "mediastinum": Window(50, 350),
     "abdomen": Window(40, 400),
@@ -48,10 +51,10 @@ PRESETS: dict[str, Window] = {
 
 
 def preset(name: str) -> Window:
-    try:
-        return PRESETS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None
+    for known, window in PRESETS.items():
+        if known == name.lower():
+            return window
+    raise ValueError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
 
 
 def apply_window(values: npt.NDArray[np.generic], window: Window) -> npt.NDArray[np.uint8]:
