@@ -9,11 +9,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from pydicom import dcmread
@@ -28,6 +26,7 @@ from libs.metrics import ProducerMetrics
 from libs.storage import instance_key
 from libs.storage.local import LocalStore, path_from_file_url, sha256_file
 from libs.topics import dlq_topic
+from tests.integration.test_bus import drain
 
 
 def memory_bomb(tmp_path: Path) -> Path:
@@ -53,22 +52,6 @@ async def put_canonical(store: LocalStore, name: str | Path, file_id: int) -> In
         disposition="new",
         storage_url=stored.url,
     )
-
-
-async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 60) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    out: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(out) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            out += [m.value for ms in batch.values() for m in ms]
-    finally:
-        await consumer.stop()
-    return out
 
 
 def start_converter(bootstrap: str, storage_url: str, port: int) -> subprocess.Popen[bytes]:
@@ -124,8 +107,8 @@ async def test_converter_service_end_to_end(broker: object, tmp_path: Path) -> N
     await producer.start()
     try:
         await producer.publish(ct, multi, corrupt, gone, bomb, ct)  # ct twice: a redelivery
-        raw = await read_topic(bootstrap, InstancePreviewed.TOPIC, 5)  # all but `gone`
-        letters = await read_topic(bootstrap, dlq_topic(InstanceStored.TOPIC), 1)
+        raw = await drain(bootstrap, InstancePreviewed.TOPIC, 5, timeout=60)  # all but `gone`
+        letters = await drain(bootstrap, dlq_topic(InstanceStored.TOPIC), 1)
         assert ready(port)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             metrics = r.read().decode()

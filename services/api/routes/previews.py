@@ -1,5 +1,6 @@
 """Instance previews and thumbnails as JPEG (permission `read`), with an optional window."""
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Self
 
 import asyncpg
@@ -15,6 +16,10 @@ from services.api.previews import InstanceRef, PreviewSource, PreviewUnavailable
 
 Uid = Annotated[str, Path(pattern=UID_RE.pattern, max_length=UID_MAX_LENGTH)]
 CACHE = "private, max-age=3600"
+SUMMARIES: dict[Kind, str] = {
+    "preview": "Full-size JPEG of one frame",
+    "thumbnail": "JPEG of one frame, at most 256 pixels on its longest side",
+}
 
 
 class WindowQuery(BaseModel):
@@ -72,31 +77,30 @@ def previews_router(pool: asyncpg.Pool, auth: Authenticator, source: PreviewSour
             return StreamingResponse(jpeg.stream, media_type="image/jpeg", headers=headers)
         return Response(jpeg.data, media_type="image/jpeg", headers=headers)
 
-    preview_guard = Depends(auth.require("read", "instance.preview"))
-    thumbnail_guard = Depends(auth.require("read", "instance.thumbnail"))
+    def endpoint(kind: Kind) -> Callable[..., Awaitable[Response]]:
+        guard = Depends(auth.require("read", f"instance.{kind}"))
 
-    @router.get("/preview.jpg", response_class=Response)
-    async def preview(
-        study_uid: Uid,
-        series_uid: Uid,
-        sop_uid: Uid,
-        query: Annotated[WindowQuery, Query()],
-        caller: Annotated[Caller, preview_guard],
-    ) -> Response:
-        """Full-size JPEG of one frame."""
-        return await serve(InstanceRef(study_uid, series_uid, sop_uid), "preview", query, caller)
+        async def jpeg(
+            study_uid: Uid,
+            series_uid: Uid,
+            sop_uid: Uid,
+            query: Annotated[WindowQuery, Query()],
+            caller: Annotated[Caller, guard],
+        ) -> Response:
+            return await serve(InstanceRef(study_uid, series_uid, sop_uid), kind, query, caller)
 
-    @router.get("/thumbnail.jpg", response_class=Response)
-    async def thumbnail(
-        study_uid: Uid,
-        series_uid: Uid,
-        sop_uid: Uid,
-        query: Annotated[WindowQuery, Query()],
-        caller: Annotated[Caller, thumbnail_guard],
-    ) -> Response:
-        """JPEG of one frame, at most 256 pixels on its longest side."""
-        return await serve(InstanceRef(study_uid, series_uid, sop_uid), "thumbnail", query, caller)
+        return jpeg
 
+    for kind, summary in SUMMARIES.items():
+        router.add_api_route(
+            f"/{kind}.jpg",
+            endpoint(kind),
+            methods=["GET"],
+            response_class=Response,
+            name=f"instance_{kind}",
+            summary=summary,
+            responses={200: {"content": {"image/jpeg": {}}}},
+        )
     return router
 
 

@@ -19,8 +19,6 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from libs.db.index import index_instance
-from libs.dicom.extract import extract_file
-from libs.events import FileRef, InstanceStored
 from libs.imaging.decode import decode_frame, read_header
 from libs.imaging.isolated import IsolatedRenderer
 from libs.imaging.jobs import RenderRequest
@@ -29,11 +27,12 @@ from libs.imaging.render import render
 from libs.imaging.window import Window, preset
 from libs.ops import Readiness
 from libs.storage import instance_key
-from libs.storage.local import LocalStore, sha256_file
+from libs.storage.local import LocalStore
 from services.api.app import create_app
 from services.api.config import ApiLimits
 from services.api.previews import PreviewSource
 from services.jpg_converter.handlers import handle_stored
+from tests.integration.test_jpg_converter_service import put_canonical
 
 CT, MULTI, CORRUPT, PLAN = "693_J2KI.dcm", "examples_ybr_color.dcm", "JPEG-lossy.dcm", "rtplan.dcm"
 
@@ -64,20 +63,6 @@ def app(
     return create_app(pool, publish, registry, Readiness(), limits=ApiLimits(), previews=source)
 
 
-def event_for(name: str, store: LocalStore, file_id: int) -> InstanceStored:
-    path = Path(get_testdata_file(name) or name)
-    header, hashes = extract_file(str(path))
-    return InstanceStored(
-        correlation_id=f"c{file_id}",
-        source="test",
-        file=FileRef(file_id=file_id, uri=path.as_uri(), size=path.stat().st_size),
-        header=header,
-        hashes=hashes,
-        disposition="new",
-        storage_url=store.url_for(key_of(header_uids_of(name))),
-    )
-
-
 def header_uids_of(name: str) -> tuple[str, str, str]:
     ds = dcmread(get_testdata_file(name), stop_before_pixels=True)
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
@@ -99,15 +84,13 @@ async def seeded(pool: asyncpg.Pool, store: LocalStore, renderer: IsolatedRender
         await conn.execute("LOCK TABLE instances")
         if await conn.fetchval("SELECT count(*) FROM instances"):
             return
-        for file_id, name in enumerate((CT, MULTI, CORRUPT, PLAN), start=1):
-            path = Path(get_testdata_file(name) or name)
-            await store.put_file(
-                key_of(header_uids_of(name)), path, expected_sha256=sha256_file(path)
-            )
-            await index_instance(conn, event_for(name, store, file_id))
-    await handle_stored(
-        event_for(CT, store, 1), storage=store, renderer=renderer, request=RenderRequest()
-    )
+        events = [
+            await put_canonical(store, name, file_id)
+            for file_id, name in enumerate((CT, MULTI, CORRUPT, PLAN), start=1)
+        ]
+        for event in events:
+            await index_instance(conn, event)
+    await handle_stored(events[0], storage=store, renderer=renderer, request=RenderRequest())
 
 
 def pixels(response: httpx.Response) -> np.ndarray[Any, Any]:
