@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from functools import partial
 
-from libs.events import InstanceStored
+from prometheus_client import Counter
+
+from libs.events import Event, InstancePreviewed, InstanceStored
 from libs.imaging.isolated import IsolatedRenderer
 from libs.imaging.jobs import RenderRequest
 from libs.kafka.consumer import Route
@@ -21,6 +23,20 @@ async def wire(rt: Runtime) -> None:
     )
     rt.resources.callback(renderer.close)
     await renderer.warm_up()
+    outcomes = Counter(
+        "dicomflow_jpg_converter_previews_total",
+        "Stored instances by preview outcome (rendered, unrenderable, skipped).",
+        ["status"],
+        registry=rt.registry,
+    )
     request = RenderRequest(thumbnail_size=settings.thumbnail_size, quality=settings.jpeg_quality)
-    handler = partial(handle_stored, storage=storage, renderer=renderer, request=request)
+    convert = partial(handle_stored, storage=storage, renderer=renderer, request=request)
+
+    async def handler(event: InstanceStored) -> list[Event]:
+        out = await convert(event)
+        for e in out:
+            if isinstance(e, InstancePreviewed):
+                outcomes.labels(e.status).inc()
+        return out
+
     await rt.consumer({InstanceStored.TOPIC: Route(InstanceStored, handler)})

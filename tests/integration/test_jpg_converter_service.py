@@ -143,4 +143,5 @@ async def test_converter_service_end_to_end(broker: object, tmp_path: Path) -> N
     assert (
         'dicomflow_jpg_converter_messages_total{status="ok",topic="dicom.stored.v1"} 5.0' in metrics
     )
+    assert 'dicomflow_jpg_converter_previews_total{status="unrenderable"} 2.0' in metrics
     assert '"correlation_id": "corr-3"' in output or '"correlation_id":"corr-3"' in output
