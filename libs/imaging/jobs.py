@@ -9,7 +9,7 @@ from typing import Literal
 
 from libs.imaging.decode import decode_frame, default_frames, frame_count, read_header
 from libs.imaging.jpeg import encode_jpeg
-from libs.imaging.render import render
+from libs.imaging.render import Unrenderable, render
 from libs.imaging.window import Window
 
 Kind = Literal["preview", "thumbnail"]
@@ -42,12 +42,26 @@ class RenderResult:
 
 
 def render_file(path: str, request: RenderRequest) -> RenderResult:
-    """Decode and render the requested frames of one file; `Unrenderable` says why not."""
-    ds = read_header(Path(path))
+    """Decode and render the requested frames of one file; `Unrenderable` says why not.
+
+    Any other failure while reading or rendering (a malformed LUT, a value of the wrong
+    type) comes from the file too, and fails the same way on every attempt: it becomes
+    `Unrenderable` with the exception named. MemoryError is left to the isolation layer.
+    """
+    try:
+        return _render(Path(path), request)
+    except (Unrenderable, MemoryError):
+        raise
+    except Exception as exc:
+        raise Unrenderable(f"cannot render: {type(exc).__name__}: {exc}") from None
+
+
+def _render(path: Path, request: RenderRequest) -> RenderResult:
+    ds = read_header(path)
     frames = request.frames if request.frames is not None else tuple(default_frames(ds))
     images: list[RenderedImage] = []
     for index in frames:
-        shown = render(decode_frame(Path(path), ds, index), ds, request.window)
+        shown = render(decode_frame(path, ds, index), ds, request.window)
         for kind in request.kinds:
             max_side = request.thumbnail_size if kind == "thumbnail" else None
             data, width, height = encode_jpeg(

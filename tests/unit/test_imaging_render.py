@@ -209,17 +209,21 @@ def test_monochrome1_is_inverted() -> None:
 
 def lut_item(entries: int, first: int, bits: int, table: list[int]) -> Dataset:
     item = Dataset()
-    item.LUTDescriptor = [entries, first, bits]
-    item.LUTData = table
+    item.add_new(0x00283002, "US", [entries, first, bits])  # LUTDescriptor
+    item.add_new(0x00283006, "US", table)  # LUTData (US, not the ambiguous OW)
     return item
 
 
-def test_voi_lut_sequence_when_there_is_no_window() -> None:
+@pytest.mark.parametrize("as_words", [False, True], ids=["US", "OW"])
+def test_voi_lut_sequence_when_there_is_no_window(as_words: bool) -> None:
     ds, values = mr_with(WindowCenter=None, WindowWidth=None)
     rng = np.random.default_rng(7)
     first, entries = 100, 2048
     table = sorted(int(v) for v in rng.integers(0, 4096, entries))
-    ds.VOILUTSequence = [lut_item(entries, first, 12, table)]
+    item = lut_item(entries, first, 12, table)
+    if as_words:  # OW: 16-bit words in the dataset's (little endian) byte order
+        item.add_new(0x00283006, "OW", np.asarray(table, dtype="<u2").tobytes())
+    ds.VOILUTSequence = [item]
 
     def through_lut(v: int) -> int:
         return half_up(F(table[min(max(v - first, 0), entries - 1)]) * 255 / 4095)
@@ -372,3 +376,12 @@ def test_preview_and_thumbnail_jpegs_decode_back_to_the_rendered_pixels() -> Non
     assert np.abs(preview - expected).mean() < 2.0
     data_, width, height = encode_jpeg(np.zeros((100, 400), np.uint8), quality=80, max_side=64)
     assert (width, height) == (64, 16) and data_[:2] == b"\xff\xd8"
+
+
+def test_a_malformed_lut_is_unrenderable_not_a_crash(tmp_path: Path) -> None:
+    ds, _ = stored("MR_small.dcm")
+    del ds.WindowCenter, ds.WindowWidth
+    ds.VOILUTSequence = [lut_item(4096, 0, 12, [1, 2, 3])]  # 3 entries, 4096 declared
+    ds.save_as(tmp_path / "bad-lut.dcm")
+    with pytest.raises(Unrenderable, match="cannot render: ValueError: LUT has 3 entries"):
+        render_file(str(tmp_path / "bad-lut.dcm"), RenderRequest())
