@@ -21,6 +21,7 @@ SERVICES: dict[str, str] = {
     "reconciler": "services.reconciler",
     "api": "services.api",
     "index-publisher": "services.index_publisher",
+    "jpg-converter": "services.jpg_converter",
 }
 
 

@@ -221,6 +221,41 @@ class StudyMetadata(Event):
         return self.study_uid.encode()
 
 
+class PreviewImage(BaseModel):
+    """One JPEG written next to the canonical copy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    frame: int = Field(ge=0, description="Frame index, 0 = first.")
+    kind: Literal["preview", "thumbnail"]
+    url: str
+    size: int = Field(ge=0)
+    width: int
+    height: int
+
+
+class InstancePreviewed(Event):
+    """The JPG converter's outcome for one stored instance: JPEGs written, or why not."""
+
+    TOPIC: ClassVar[str] = "dicom.preview.v1"
+
+    file_id: int = Field(description="Ledger row of the file the instance came from.")
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    status: Literal["rendered", "unrenderable", "skipped"]
+    reason: str = Field(default="", description="Why nothing was rendered (empty when rendered).")
+    frames: int | None = Field(default=None, description="Frames in the object, when decoded.")
+    voi: str = Field(
+        default="",
+        description="How grey levels were chosen: file (window), lut (VOI LUT), auto, colour.",
+    )
+    images: list[PreviewImage] = Field(default_factory=list)
+
+    def key(self) -> bytes | None:
+        return self.study_uid.encode()
+
+
 class ImportRequested(Event):
     """An operator asked for a folder to be imported as a task."""
 
@@ -258,4 +293,5 @@ PIPELINE_EVENTS: tuple[type[Event], ...] = (
     InstanceStored,
     StudyMetadata,
     ImportRequested,
+    InstancePreviewed,
 )

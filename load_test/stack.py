@@ -27,6 +27,7 @@ PREFIX = {
     "indexer": "INDEXER_",
     "reconciler": "RECONCILER_",
     "index-publisher": "INDEX_PUBLISHER_",
+    "jpg-converter": "JPG_CONVERTER_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
 

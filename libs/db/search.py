@@ -51,6 +51,9 @@ class StudyRow:
     stable: bool
     revision: int
     patient: PatientRow
+    # The study's representative image (search results only): first series, first image.
+    thumbnail_series_uid: str | None = None
+    thumbnail_sop_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,14 @@ _STUDY_COLUMNS = """s.study_uid, s.study_date, s.study_time, s.accession_number,
     s.study_description, s.modalities, s.series_count, s.instance_count, s.size_bytes,
     s.stable, s.revision, p.patient_id, p.patient_name, p.birth_date, p.sex"""
 _FROM = "FROM studies s JOIN patients p ON p.id = s.patient_pk"
+# An instance with Rows is an image; the lowest series number, then instance number, wins.
+_THUMBNAIL = """LEFT JOIN LATERAL (
+        SELECT i.series_uid AS thumbnail_series_uid, i.sop_instance_uid AS thumbnail_sop_uid
+          FROM instances i JOIN series se ON se.series_uid = i.series_uid
+         WHERE i.study_uid = s.study_uid AND i.rows IS NOT NULL
+         ORDER BY se.series_number NULLS LAST, se.series_uid,
+                  i.instance_number NULLS LAST, i.sop_instance_uid
+         LIMIT 1) t ON true"""
 
 
 class _Where:
@@ -144,7 +155,8 @@ async def search_studies(
     total = await conn.fetchval(f"SELECT count(*) {_FROM} {w.sql()}", *w.args)
     n = len(w.args)
     rows = await conn.fetch(
-        f"""SELECT {_STUDY_COLUMNS} {_FROM} {w.sql()}
+        f"""SELECT {_STUDY_COLUMNS}, t.thumbnail_series_uid, t.thumbnail_sop_uid
+              {_FROM} {_THUMBNAIL} {w.sql()}
              ORDER BY s.study_date DESC NULLS LAST, s.study_uid
              LIMIT ${n + 1} OFFSET ${n + 2}""",
         *w.args,

@@ -10,11 +10,13 @@ from libs.http.auth import Authenticator
 from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
 from libs.ops import Readiness, ops_router
 from services.api.config import ApiLimits
+from services.api.previews import PreviewSource
 from services.api.routes.apikeys import apikeys_router
 from services.api.routes.imports import Publish, imports_router
+from services.api.routes.previews import previews_router
 from services.api.routes.studies import studies_router
 
-DESCRIPTION = """Search the DICOM index, follow imports, manage API keys.
+DESCRIPTION = """Search the DICOM index, view instance previews, follow imports, manage API keys.
 
 Every `/v1` endpoint needs `Authorization: Bearer <API key>`. Roles: `clinician` reads
 studies; `ops` reads studies and manages imports; `admin` may do everything. Every
@@ -28,11 +30,14 @@ def create_app(
     readiness: Readiness,
     *,
     limits: ApiLimits | None = None,
+    previews: PreviewSource | None = None,
 ) -> FastAPI:
     limits = limits or ApiLimits()
     auth = Authenticator(pool)
     app = FastAPI(title="dicomflow API", version="1", description=DESCRIPTION)
     app.include_router(studies_router(pool, auth, limits))
+    if previews is not None:
+        app.include_router(previews_router(pool, auth, previews))
     app.include_router(imports_router(pool, publish, auth, limits))
     app.include_router(apikeys_router(pool, auth))
     app.include_router(ops_router("api", readiness, registry))

@@ -1,10 +1,13 @@
-"""Wires the real adapters: the PostgreSQL pool and the Kafka producer."""
+"""Wires the real adapters: the PostgreSQL pool, the Kafka producer, storage and renderer."""
 
 from __future__ import annotations
 
+from libs.imaging.isolated import IsolatedRenderer
 from libs.runtime import Runtime
+from libs.storage import open_store
 from services.api.app import create_app
 from services.api.config import ApiSettings
+from services.api.previews import PreviewSource
 
 
 async def wire(rt: Runtime) -> None:
@@ -13,4 +16,16 @@ async def wire(rt: Runtime) -> None:
         raise TypeError("the API needs ApiSettings")
     pool = await rt.pool()
     producer = await rt.producer()
-    rt.app = create_app(pool, producer.publish, rt.registry, rt.readiness, limits=settings.limits())
+    renderer = IsolatedRenderer(
+        settings.render_workers, settings.render_memory_limit_mb, settings.render_timeout_seconds
+    )
+    rt.resources.callback(renderer.close)
+    previews = PreviewSource(open_store(settings.storage_url), renderer)
+    rt.app = create_app(
+        pool,
+        producer.publish,
+        rt.registry,
+        rt.readiness,
+        limits=settings.limits(),
+        previews=previews,
+    )

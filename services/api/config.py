@@ -38,6 +38,9 @@ class ApiSettings(ServiceSettings):
     publish_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long POST /v1/imports waits for the broker's ack"
     )
+    render_workers: int = Field(default=1, ge=1, description="Processes rendering previews")
+    render_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
+    render_timeout_seconds: float = Field(default=30.0, gt=0, description="Per rendering")
 
     @model_validator(mode="before")
     @classmethod

@@ -108,11 +108,19 @@ class StudyOut(BaseModel):
     patient: PatientOut
 
 
+class StudyHit(StudyOut):
+    thumbnail_url: str | None = Field(
+        default=None,
+        description="Thumbnail of the study's first image (first series, first instance), "
+        "relative to the API root; null when the study has no image.",
+    )
+
+
 class StudyPage(BaseModel):
     total: int
     limit: int
     offset: int
-    items: list[StudyOut]
+    items: list[StudyHit]
 
 
 class SeriesOut(BaseModel):

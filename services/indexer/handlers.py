@@ -9,6 +9,9 @@ from libs.db.index import StudySnapshot
 from libs.events import DeadLetter, Event, InstanceDuplicated, InstanceStored, StudyMetadata
 
 SOURCE = "indexer"
+# Consumers of dicom.stored.v1 that produce derived data (previews) also dead-letter to
+# dicom.stored.v1.dlq; their failures say nothing about the file's ingest outcome.
+NOT_INGEST_STAGES = frozenset({"jpg-converter"})
 
 
 class IndexPort(Protocol):
@@ -42,6 +45,6 @@ async def handle_duplicate(event: InstanceDuplicated, *, index: IndexPort) -> li
 
 async def handle_dead_letter(letter: DeadLetter, *, index: IndexPort) -> list[Event]:
     """A dead-lettered file has reached its final outcome: failed, with the reason."""
-    if letter.file_id is not None:
+    if letter.file_id is not None and letter.stage not in NOT_INGEST_STAGES:
         await index.failed(letter.file_id, letter.stage, f"{letter.error_type}: {letter.error}")
     return []

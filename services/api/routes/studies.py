@@ -11,6 +11,7 @@ from libs.dicom.uids import UID_MAX_LENGTH, UID_RE
 from libs.http.auth import Authenticator, Caller
 from services.api.config import ApiLimits
 from services.api.routes import page_limit
+from services.api.routes.previews import thumbnail_path
 from services.api.schemas import StudyDetailOut, StudyPage, StudyQuery
 
 StudyUid = Annotated[
@@ -35,7 +36,15 @@ def studies_router(pool: asyncpg.Pool, auth: Authenticator, limits: ApiLimits) -
                 conn, criteria, limit=limit, offset=query.offset
             )
         caller.saw(len(rows))
-        items = [asdict(r) for r in rows]
+        items = [
+            {
+                **asdict(r),
+                "thumbnail_url": thumbnail_path(
+                    r.study_uid, r.thumbnail_series_uid, r.thumbnail_sop_uid
+                ),
+            }
+            for r in rows
+        ]
         return StudyPage.model_validate(
             {"total": total, "limit": limit, "offset": query.offset, "items": items}
         )

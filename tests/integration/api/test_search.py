@@ -203,6 +203,7 @@ async def test_result_fields_counts_and_sizes(client, keys):
                 "birth_date": "1970-01-02",
                 "sex": "M",
             },
+            "thumbnail_url": None,  # no instance rows seeded here (see test_previews.py)
         }
     ]
     unknown_date = await _search(client, keys, accession_number="A4")

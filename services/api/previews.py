@@ -1,0 +1,64 @@
+"""Previews for the API: the converter's stored JPEG when it fits the request, else rendered
+on the fly from the canonical copy in an isolated worker (custom window, other frames, or
+an instance the converter has not reached yet)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from libs.errors import PermanentError
+from libs.imaging.isolated import Renderer
+from libs.imaging.jobs import Kind, RenderRequest
+from libs.imaging.keys import preview_key
+from libs.imaging.window import Window
+from libs.storage import ObjectStore, instance_key
+from libs.storage.download import download
+
+THUMBNAIL_SIZE = 256
+
+
+class PreviewUnavailable(Exception):
+    """No image for this instance: the reason is for the caller."""
+
+
+@dataclass(frozen=True)
+class Jpeg:
+    """Either the stored object's bytes as a stream, or freshly rendered bytes."""
+
+    stream: AsyncIterator[bytes] | None = None
+    data: bytes = b""
+    rendered: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+
+
+class PreviewSource:
+    def __init__(self, storage: ObjectStore, renderer: Renderer) -> None:
+        self.storage = storage
+        self.renderer = renderer
+
+    async def jpeg(self, ref: InstanceRef, kind: Kind, frame: int, window: Window | None) -> Jpeg:
+        uids = (ref.study_uid, ref.series_uid, ref.sop_uid)
+        if window is None:
+            key = preview_key(*uids, kind, frame)
+            if await self.storage.size(key) is not None:
+                return Jpeg(stream=self.storage.read(key))
+        request = RenderRequest(
+            frames=(frame,), kinds=(kind,), window=window, thumbnail_size=THUMBNAIL_SIZE
+        )
+        with tempfile.TemporaryDirectory(prefix="api-preview-") as tmp:
+            path = Path(tmp) / "instance.dcm"
+            try:
+                await download(self.storage, instance_key(*uids), path)
+                result = await self.renderer.render(path, request)
+            except PermanentError as exc:  # Unrenderable, worker died or timed out, gone
+                raise PreviewUnavailable(str(exc)) from None
+        return Jpeg(data=result.images[0].jpeg, rendered=True)

@@ -1,0 +1,9 @@
+import asyncio
+
+from libs.runtime import serve
+from libs.settings import load_settings
+from services.jpg_converter.bootstrap import wire
+from services.jpg_converter.config import JpgConverterSettings
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(serve("jpg-converter", load_settings(JpgConverterSettings), wire)))

@@ -1,0 +1,96 @@
+"""Render each stored instance's first (and middle) frame to a preview and a thumbnail JPEG,
+written next to the canonical copy; announce them, or why there are none, on dicom.preview.v1."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from libs.errors import PermanentError
+from libs.events import Event, InstancePreviewed, InstanceStored, PreviewImage
+from libs.imaging.isolated import Renderer
+from libs.imaging.jobs import RenderedImage, RenderRequest, RenderResult
+from libs.imaging.keys import preview_key
+from libs.storage import ObjectStore, instance_key
+from libs.storage.download import download
+
+
+def outcome(
+    event: InstanceStored,
+    status: Literal["rendered", "unrenderable", "skipped"],
+    *,
+    reason: str = "",
+    result: RenderResult | None = None,
+    images: Sequence[PreviewImage] = (),
+) -> InstancePreviewed:
+    h = event.header
+    return InstancePreviewed(
+        correlation_id=event.correlation_id,
+        source=event.source,
+        file_id=event.file.file_id,
+        study_uid=h.study.study_uid,
+        series_uid=h.series.series_uid,
+        sop_instance_uid=h.instance.sop_instance_uid,
+        status=status,
+        reason=reason,
+        frames=result.frames if result else None,
+        voi=result.images[0].voi if result and result.images else "",
+        images=list(images),
+    )
+
+
+async def store(
+    storage: ObjectStore, event: InstanceStored, image: RenderedImage, work: Path
+) -> PreviewImage:
+    h = event.header
+    key = preview_key(
+        h.study.study_uid, h.series.series_uid, h.instance.sop_instance_uid, image.kind, image.frame
+    )
+    tmp = work / f"{image.kind}-{image.frame}.jpg"
+    tmp.write_bytes(image.jpeg)
+    try:
+        stored = await storage.put_file(
+            key, tmp, expected_sha256=hashlib.sha256(image.jpeg).hexdigest()
+        )
+        url, size = stored.url, stored.size
+    except PermanentError:
+        # An earlier render (another library version) is already there: previews are
+        # derived data, and the first one written stands.
+        existing = await storage.size(key)
+        if existing is None:
+            raise
+        url, size = storage.url_for(key), existing
+    return PreviewImage(
+        frame=image.frame,
+        kind=image.kind,
+        url=url,
+        size=size,
+        width=image.width,
+        height=image.height,
+    )
+
+
+async def handle_stored(
+    event: InstanceStored, *, storage: ObjectStore, renderer: Renderer, request: RenderRequest
+) -> list[Event]:
+    if event.disposition == "conflict":
+        return [outcome(event, "skipped", reason="conflicting copy, not the canonical instance")]
+    if not event.hashes.has_pixels:
+        return [outcome(event, "skipped", reason="no pixel data (not an image object)")]
+    h = event.header
+    try:
+        key = instance_key(h.study.study_uid, h.series.series_uid, h.instance.sop_instance_uid)
+    except ValueError as exc:
+        return [outcome(event, "unrenderable", reason=str(exc))]
+    with tempfile.TemporaryDirectory(prefix="jpg-converter-") as tmp:
+        work = Path(tmp)
+        await download(storage, key, work / "instance.dcm")
+        try:
+            result = await renderer.render(work / "instance.dcm", request)
+        except PermanentError as exc:  # Unrenderable, or the render process died / timed out
+            return [outcome(event, "unrenderable", reason=f"{type(exc).__name__}: {exc}")]
+        images = [await store(storage, event, image, work) for image in result.images]
+    return [outcome(event, "rendered", result=result, images=images)]

@@ -1,0 +1,66 @@
+"""The converter in the running stack: an import is indexed as before, each image gets its
+JPEGs next to the canonical copy, and the API serves them through the search's link."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
+from libs.imaging.keys import preview_key
+from libs.storage.local import path_from_file_url
+from load_test.stack import Stack
+
+
+async def test_imported_images_get_previews_served_by_the_api(
+    stack: Stack, pool: asyncpg.Pool
+) -> None:
+    stack.start("jpg-converter")
+    await stack.wait_ready(["jpg-converter"])
+    tree = stack.root / "imports" / "previews"
+    study, series = synthetic_uid("e2e-previews"), synthetic_uid("e2e-previews-series")
+    sops = [synthetic_uid(f"e2e-previews-{n}") for n in range(3)]
+    for n, sop in enumerate(sops):
+        ds = make_dataset(
+            patient_id="E2E-PREVIEW",
+            patient_name="Preview^Test",
+            study_uid=study,
+            series_uid=series,
+            sop_uid=sop,
+            rows=128,
+            columns=128,
+            instance_number=n + 1,
+            pixel_seed=n,
+        )
+        write_instance(tree / f"{n}.dcm", ds)
+    task = await stack.wait_task(await stack.start_import(tree))
+    assert task["status"] == "completed" and task["counters"]["new_instances"] == 3, task
+
+    storage = path_from_file_url(stack.env["STORAGE_URL"])
+    wanted = [storage / preview_key(study, series, sop, kind) for sop in sops
+              for kind in ("preview", "thumbnail")]  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not all(p.exists() for p in wanted):
+        assert time.monotonic() < deadline, stack.tail("jpg-converter")
+        await asyncio.sleep(0.25)
+
+    async with stack.client() as c:
+        body = (await c.get("/v1/studies", params={"patient_id": "E2E-PREVIEW"})).json()
+        link = body["items"][0]["thumbnail_url"]
+        assert link == f"/v1/studies/{study}/series/{series}/instances/{sops[0]}/thumbnail.jpg"
+        response = await c.get(link)
+        assert response.status_code == 200, response.text
+        assert (
+            response.content
+            == (storage / preview_key(study, series, sops[0], "thumbnail")).read_bytes()
+        )
+        windowed = await c.get(link.replace("thumbnail", "preview"), params={"preset": "bone"})
+        assert windowed.status_code == 200 and windowed.content[:2] == b"\xff\xd8"
+
+    statuses = await pool.fetch(
+        "SELECT status, count(*) FROM ingest_files WHERE uri LIKE $1 GROUP BY 1",
+        f"%{tree.name}%",
+    )
+    assert {r["status"]: r["count"] for r in statuses} == {"indexed": 3}
