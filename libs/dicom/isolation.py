@@ -48,6 +48,7 @@ from libs.errors import PermanentError
 
 R = TypeVar("R")
 PR_SET_PDEATHSIG = 1
+BOOT_TIMEOUT_S = 120.0
 
 
 class WorkerTimeout(PermanentError):
@@ -82,6 +83,8 @@ def _ready() -> int:
 def _death(processes: list[BaseProcess]) -> str:
     """Why a worker died, from exit codes; SIGTERM is the pool tidying up the others."""
     for proc in processes:
+        if proc.exitcode is None:
+            proc.join(1)  # the pool noticed the death first; the exit status follows shortly
         code = proc.exitcode
         if code is None or code == -signal.SIGTERM:
             continue
@@ -195,8 +198,8 @@ class IsolatedExecutor:
         launch = getattr(pool, "_launch_processes", None)
         if launch is not None:
             launch()
-        for _ in range(self._workers):
-            pool.submit(_ready)  # starts the manager thread; the result is not needed
+        # Starts the manager thread; a call waits for these before its time limit starts.
+        self._boot = [pool.submit(_ready) for _ in range(self._workers)]
         return pool
 
     def _processes(self) -> list[BaseProcess]:
@@ -243,6 +246,7 @@ class IsolatedExecutor:
             future = self._pool.submit(fn, *args)
         processes = self._processes()
         try:
+            await self._booted()
             return await asyncio.wait_for(asyncio.wrap_future(future), self._timeout_s)
         except TimeoutError:
             self._rebuild(generation, kill=True)
@@ -255,10 +259,19 @@ class IsolatedExecutor:
                 f"file needs more than {self._memory_limit_mb} MB to parse"
             ) from None
 
+    async def _booted(self) -> None:
+        """Booting a worker (spawn + imports) is not parsing: it has its own, generous
+        limit, since a loaded machine may take seconds per worker (a new pool after a
+        crash, the first call after start)."""
+        pending = [f for f in self._boot if not f.done()]
+        if pending:
+            await asyncio.wait_for(
+                asyncio.gather(*(asyncio.wrap_future(f) for f in pending)), BOOT_TIMEOUT_S
+            )
+
     async def warm_up(self) -> None:
-        """Wait until every worker has booted (imports done), so the first files of an
-        import do not spend their time limit waiting for parser processes to start."""
-        await asyncio.gather(*(self.run(_ready) for _ in range(self._workers)))
+        """Wait until every worker has booted, so a service is ready only with its workers."""
+        await self._booted()
 
     def close(self) -> None:
         """Stop the workers: idle ones exit at once, a stuck one is killed after 2 s."""
