@@ -90,6 +90,11 @@ def open_store(url: str) -> ObjectStore:
     from libs.storage import local, memory  # noqa: F401
 
     scheme = urlsplit(url).scheme
+    if scheme == "gs":  # the `gcs` extra: imported only where it is used
+        try:
+            from libs.storage import gcs  # noqa: F401
+        except ImportError as exc:
+            raise ValueError(f"gs:// needs the `gcs` extra (google-cloud-storage): {exc}") from exc
     try:
         factory = _BACKENDS[scheme]
     except KeyError:
