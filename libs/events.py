@@ -221,6 +221,23 @@ class StudyMetadata(Event):
         return self.study_uid.encode()
 
 
+class ArchiveBuilt(Event):
+    """The packager holds a downloadable archive of a study (or one series) at a revision."""
+
+    TOPIC: ClassVar[str] = "dicom.archive.v1"
+
+    study_uid: str
+    series_uid: str | None = Field(default=None, description="Set for a one-series archive.")
+    format: Literal["tar.zst", "zip"]
+    revision: str = Field(description="Archive revision key (its ETag): changes with the study.")
+    size_bytes: int = Field(ge=0)
+    instance_count: int = Field(ge=0)
+    built_seconds: float = Field(ge=0)
+
+    def key(self) -> bytes | None:
+        return self.study_uid.encode()
+
+
 class ImportRequested(Event):
     """An operator asked for a folder to be imported as a task."""
 
@@ -258,4 +275,5 @@ PIPELINE_EVENTS: tuple[type[Event], ...] = (
     InstanceStored,
     StudyMetadata,
     ImportRequested,
+    ArchiveBuilt,
 )

@@ -26,6 +26,7 @@ PREFIX = {
     "storage-writer": "STORAGE_WRITER_",
     "indexer": "INDEXER_",
     "reconciler": "RECONCILER_",
+    "packager": "PACKAGER_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
 
@@ -143,7 +144,7 @@ class Stack:
 def stack_env(
     root: Path, database_url: str, bootstrap: str
 ) -> tuple[dict[str, str], dict[str, int]]:
-    ports = {name: free_port() for name in [*PIPELINE, "api"]}
+    ports = {name: free_port() for name in dict.fromkeys([*PIPELINE, "api", *PREFIX])}
     env = {
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -163,6 +164,7 @@ def stack_env(
         "RECONCILER_IDLE_SECONDS": "3",
         "RECONCILER_STALE_SECONDS": "3",
         "EXTRACTOR_WORKERS": "2",
+        "PACKAGER_CACHE_DIR": str(root / "archives"),
         "API_PORT": str(ports["api"]),
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
