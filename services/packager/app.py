@@ -4,16 +4,17 @@ and Last-Modified, Accept-Ranges, one Range -> 206 + Content-Range, If-Range, 41
 A cached archive is sent from disk (Starlette's FileResponse does the Range logic). A
 tar.zst requested while it is not cached is streamed (chunked) as it is built; a Range,
 a HEAD or a ZIP waits for the build, since they need the finished file.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI must see the route dependencies, which
+are local variables, when it reads the signatures.
+"""
 
 import unicodedata
 from typing import Annotated, Literal
 from urllib.parse import quote
 
 import asyncpg
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter
 
@@ -36,12 +37,14 @@ class ArchiveFile(FileResponse):
     chunk_size = 1 << 20  # Starlette's 64 KiB costs a thread hop per 64 KiB
 
 
-def content_disposition(name: str) -> str:
-    """An ASCII fallback for old clients and the UTF-8 name (RFC 6266 / 5987)."""
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    stem, _, ext = ascii_name.partition(".")
-    fallback = f"{safe_component(stem, 'archive')}.{ext}"
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+def content_disposition(stem: str, ext: str) -> str:
+    """An ASCII fallback for old clients and the UTF-8 name (RFC 6266 / 5987), both made
+    safe (`ext` is ours: "tar.zst" or "zip")."""
+    stem = safe_component(stem, "archive")
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    fallback = f"{safe_component(ascii_stem, 'archive')}.{ext}"
+    utf8 = quote(f"{stem}.{ext}", safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{utf8}"
 
 
 def archive_headers(plan: Plan) -> dict[str, str]:
@@ -49,15 +52,15 @@ def archive_headers(plan: Plan) -> dict[str, str]:
         "etag": f'"{plan.key}"',
         "last-modified": plan.last_modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
         "accept-ranges": "bytes",
-        "content-disposition": content_disposition(plan.download_name),
+        "content-disposition": content_disposition(plan.root, plan.format),
         "cache-control": "private, no-transform",
     }
 
 
 def archive_router(packager: Packager, auth: Authenticator, downloads: Counter) -> APIRouter:
     router = APIRouter(prefix="/v1/studies", tags=["archives"])
-    study_reader = auth.require("read", "archive.study")
-    series_reader = auth.require("read", "archive.series")
+    study_reader = Depends(auth.require("read", "archive.study"))
+    series_reader = Depends(auth.require("read", "archive.series"))
 
     async def respond(
         request: Request, caller: Caller, study: str, series: str | None, fmt: Format

@@ -82,10 +82,6 @@ class Plan:
     def manifest_path(self) -> str:
         return f"{self.root}/manifest.json"
 
-    @property
-    def download_name(self) -> str:
-        return f"{self.root}.{self.format}"
-
     def manifest(self) -> bytes:
         body = {
             "study_uid": self.study_uid,
