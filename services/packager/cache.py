@@ -4,6 +4,11 @@ recently used evicted first (a hit touches the file's mtime).
 Archives are written as `<name>.<random>.partial` and renamed when complete, so a cached
 name always holds a whole archive; several packager replicas may share the folder. A file
 being downloaded while it is evicted stays readable through the open descriptor.
+
+Archives are not fsync'ed (a GB of fsync would double a build's time). A process crash loses
+nothing (the page cache survives it); a machine crash could leave a renamed archive whose
+blocks never reached the disk, so the cache remembers the boot it was written in and is
+emptied when the machine has booted since: a cache is cheaper to rebuild than to distrust.
 """
 
 from __future__ import annotations
@@ -17,6 +22,12 @@ from services.packager.layout import Plan
 
 log = get_logger(__name__)
 PARTIAL = ".partial"
+BOOT_MARKER = ".boot-id"
+
+
+def _boot_id() -> str:
+    """This boot's id; Linux only (the services run in Linux containers)."""
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
 class ArchiveCache:
@@ -25,10 +36,17 @@ class ArchiveCache:
         self.max_bytes = max_bytes
 
     def prepare(self) -> None:
-        """Create the folder and drop partial archives a crash left behind."""
+        """Create the folder, drop partial archives a crash left behind, and every archive
+        when the machine has rebooted since they were written."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for leftover in self.root.glob(f"*{PARTIAL}"):
-            leftover.unlink(missing_ok=True)
+        marker = self.root / BOOT_MARKER
+        boot = _boot_id()
+        rebooted = not marker.exists() or marker.read_text() != boot
+        for path in self.root.iterdir():
+            if path.name.endswith(PARTIAL) or (rebooted and path != marker):
+                path.unlink(missing_ok=True)
+        if rebooted:
+            marker.write_text(boot)
 
     def path(self, plan: Plan) -> Path:
         return self.root / f"{plan.key}.{plan.format}"
@@ -49,7 +67,7 @@ class ArchiveCache:
         """Remove the least recently used archives until the cache fits (never `keep`)."""
         entries: list[tuple[float, int, Path]] = []
         for path in self.root.iterdir():
-            if path.name.endswith(PARTIAL) or path == keep:
+            if path.name.endswith(PARTIAL) or path == keep or path.name == BOOT_MARKER:
                 continue
             try:
                 st = path.stat()

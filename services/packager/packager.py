@@ -171,7 +171,7 @@ class Packager:
             await asyncio.to_thread(_whole_member, writer, plan.manifest_path, manifest)
             for member in plan.members:
                 await self._copy_member(writer, member, plan.study_uid, build)
-            await asyncio.to_thread(_finish, writer, out)
+            await asyncio.to_thread(writer.close)  # no fsync: see ArchiveCache
         build.notify()
 
     async def _copy_member(
@@ -225,8 +225,3 @@ def _whole_member(writer: ArchiveWriter, path: str, data: bytes) -> None:
 def _hash_write(writer: ArchiveWriter, digest: hashlib._Hash, chunk: bytes) -> None:
     digest.update(chunk)
     writer.write(chunk)
-
-
-def _finish(writer: ArchiveWriter, out: BinaryIO) -> None:
-    writer.close()
-    os.fsync(out.fileno())

@@ -175,7 +175,7 @@ async def test_bytes_that_differ_from_the_index_fail_the_build(tmp_path: Path) -
     assert plan is not None
     with pytest.raises(ArchiveError, match="differs from the index"):
         await w.packager.ensure(plan)
-    assert list(w.cache.root.iterdir()) == []  # no archive, no partial file
+    assert [p.name for p in w.cache.root.iterdir()] == [".boot-id"]  # no archive, no partial
     assert w.published == []
 
 
@@ -189,3 +189,17 @@ async def test_the_cache_evicts_the_least_recently_used(tmp_path: Path) -> None:
     await w.packager.ensure(zipped)
     assert w.cache.lookup(first) is None
     assert w.cache.lookup(zipped) is not None
+
+
+def test_the_cache_is_emptied_after_a_reboot_and_keeps_whole_archives_otherwise(
+    tmp_path: Path,
+) -> None:
+    cache = ArchiveCache(tmp_path / "c", 1 << 30)
+    cache.prepare()
+    (cache.root / "abc.tar.zst").write_bytes(b"whole")
+    (cache.root / "abc.tar.zst.123.partial").write_bytes(b"half")
+    cache.prepare()  # a restart in the same boot
+    assert sorted(p.name for p in cache.root.iterdir()) == [".boot-id", "abc.tar.zst"]
+    (cache.root / ".boot-id").write_text("another boot")
+    cache.prepare()
+    assert sorted(p.name for p in cache.root.iterdir()) == [".boot-id"]
