@@ -1,6 +1,7 @@
 """A clinician downloads a study archive from the packager: a download interrupted twice and
 resumed with Range equals a straight one, whose files equal the originals; HEAD, If-Range,
-416; concurrent first requests build once; a changed study never serves its old archive."""
+416; pre-build of stable studies; streaming while building; concurrent first requests build
+once; a changed study never serves its old archive."""
 
 from __future__ import annotations
 
@@ -52,6 +53,13 @@ async def interrupted_download(c: httpx.AsyncClient, url: str, size: int, etag: 
     return bytes(got)
 
 
+async def wait_builds(stack: Stack, count: float, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (got := await builds(stack)) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"{got} builds, not {count}"
+        await asyncio.sleep(0.2)
+
+
 async def builds(stack: Stack) -> float:
     async with httpx.AsyncClient() as c:
         text = (await c.get(f"http://127.0.0.1:{stack.ports['packager']}/metrics")).text
@@ -64,11 +72,13 @@ async def builds(stack: Stack) -> float:
 async def test_archive_download_resume_revisions_and_single_flight(
     stack: Stack, pool: asyncpg.Pool
 ) -> None:
+    stack.env["PACKAGER_PREBUILD"] = "true"
+    stack.start("packager")
+    await stack.wait_ready(["packager"])
     tree = stack.root / "imports" / "study"
     expected = build_tree(tree, patients=1, series_per_study=2, per_series=12, extras=False)
     assert (await stack.wait_task(await stack.start_import(tree)))["status"] == "completed"
-    stack.start("packager")
-    await stack.wait_ready(["packager"])
+    await wait_builds(stack, 1)  # pre-built once the study became stable
     async with pool.acquire() as conn:
         _, key = await create_key(conn, "clinician", "e2e-archive")
     originals = {sha(p.read_bytes()): p.read_bytes() for p in tree.rglob("*.dcm")}
@@ -78,12 +88,11 @@ async def test_archive_download_resume_revisions_and_single_flight(
     auth = {"Authorization": f"Bearer {key}"}
 
     async with httpx.AsyncClient(base_url=base, headers=auth, timeout=60) as c:
-        # First request: streamed while it is built; later ones come from the cache.
-        straight = await c.get(url)
+        straight = await c.get(url)  # from the cache: pre-built
         assert straight.status_code == 200, straight.text
         assert straight.headers["content-type"] == "application/zstd"
         assert straight.headers["accept-ranges"] == "bytes"
-        assert straight.headers.get("transfer-encoding") == "chunked"  # followed the build
+        assert await builds(stack) == 1
         etag = straight.headers["etag"]
         assert 'filename="' in straight.headers["content-disposition"]
         body = straight.content
@@ -118,10 +127,14 @@ async def test_archive_download_resume_revisions_and_single_flight(
         with zipfile.ZipFile(io.BytesIO(zips[0].content)) as z:
             assert sorted(z.namelist()) == sorted(files)
 
+        # Not pre-built: the first request streams it while it is built, the same bytes.
         series = manifest["files"][0]["series_uid"]
         one = await c.get(f"/v1/studies/{study}/series/{series}/archive")
         assert one.status_code == 200
+        assert one.headers.get("transfer-encoding") == "chunked"
         assert len(untar(one.content)) == 12 + 1
+        again = await c.get(f"/v1/studies/{study}/series/{series}/archive")
+        assert "content-length" in again.headers and again.content == one.content
 
         assert (await c.get("/v1/studies/1.2.3.4/archive")).status_code == 404
         assert (await c.get("/v1/studies/..%2Fetc/archive")).status_code in (404, 422)
