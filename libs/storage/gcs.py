@@ -169,7 +169,7 @@ class GcsStore:
         return None if blob is None else int(blob.size)
 
     async def read(self, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
-        # Ranged reads of one generation: a replaced object can never mix into a stream.
+        # Ranged reads, `chunk_size` at a time; objects are never replaced, so they agree.
         blob = await asyncio.to_thread(self._bucket.get_blob, self.name_for(key), retry=RETRY)
         if blob is None:
             raise FileNotFoundError(self.url_for(key))

@@ -53,7 +53,7 @@ class Build:
     done: asyncio.Future[Path] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    written: int = 0
+    task: asyncio.Task[None] | None = None  # held here: the loop keeps only weak references
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -105,7 +105,7 @@ class Packager:
         self._builds[plan.key] = build
         self._on_build()
         build.done.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
-        asyncio.create_task(self._run(build), name=f"build-{plan.key[:12]}")  # noqa: RUF006
+        build.task = asyncio.create_task(self._run(build), name=f"build-{plan.key[:12]}")
         return build
 
     async def ensure(self, plan: Plan) -> Path:
@@ -180,8 +180,9 @@ class Packager:
         key = instance_key(study_uid, member.series_uid, member.sop_instance_uid)
         digest, size = hashlib.sha256(), 0
         await asyncio.to_thread(writer.begin, member.path, member.size)
+        chunks = self.store.read(key)
         try:
-            async for chunk in self.store.read(key):
+            async for chunk in chunks:
                 size += len(chunk)
                 if size > member.size:
                     break
@@ -189,6 +190,9 @@ class Packager:
                 build.notify()
         except FileNotFoundError as exc:
             raise ArchiveError(f"{key} is missing from storage") from exc
+        finally:
+            if (aclose := getattr(chunks, "aclose", None)) is not None:
+                await aclose()  # an early exit closes the backend's file or reader now
         if size != member.size or digest.hexdigest() != member.sha256:
             raise ArchiveError(f"{key} in storage differs from the index (size or SHA-256)")
         await asyncio.to_thread(writer.end)

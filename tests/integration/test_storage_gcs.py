@@ -60,6 +60,8 @@ async def test_small_and_large_objects_are_verified_idempotent_and_readable(
     blob = storage.Client().bucket(emulator.bucket).get_blob(f"site-a/{keys[large]}")
     assert blob.metadata == {"sha256": large_sha}
     assert await store.size("studies/9/9/9.dcm") is None
+    with pytest.raises(FileNotFoundError):
+        [c async for c in store.read("studies/9/9/9.dcm")]
 
 
 async def test_never_overwrites_different_content(emulator: GcsEmulator, tmp_path: Path) -> None:

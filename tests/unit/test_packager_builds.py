@@ -203,3 +203,18 @@ def test_the_cache_is_emptied_after_a_reboot_and_keeps_whole_archives_otherwise(
     (cache.root / ".boot-id").write_text("another boot")
     cache.prepare()
     assert sorted(p.name for p in cache.root.iterdir()) == [".boot-id"]
+
+
+async def test_a_missing_object_fails_the_build_and_its_followers(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.add(0, 1, os.urandom(1000))
+    sop = w.add(0, 2, os.urandom(1000))
+    del w.store.objects[instance_key(STUDY, SERIES[0], sop)]
+    plan = await w.packager.plan(STUDY, None, "tar.zst")
+    assert plan is not None
+    follower = w.packager.follower(w.packager.start(plan))
+    with pytest.raises(ArchiveError, match="archive build failed"):
+        async for _ in follower:
+            pass
+    with pytest.raises(ArchiveError, match="missing from storage"):
+        await w.packager.ensure(plan)
