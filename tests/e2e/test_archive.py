@@ -11,12 +11,14 @@ import io
 import json
 import re
 import tarfile
+import time
 import zipfile
 
 import asyncpg
 import httpx
 import pytest
 import zstandard
+from aiokafka import AIOKafkaConsumer
 from pydicom import dcmread
 from trees import build_tree, uid
 
@@ -163,3 +165,26 @@ async def test_archive_download_resume_revisions_and_single_flight(
         "SELECT action, status_code FROM audit_log WHERE action LIKE 'archive.%'"
     )
     assert {r["action"] for r in rows} == {"archive.study", "archive.series"}
+    announced = await archive_events(stack.env["KAFKA_BOOTSTRAP_SERVERS"], count=4)
+    assert {(e["study_uid"], e["format"]) for e in announced} >= {
+        (study, "tar.zst"),
+        (study, "zip"),
+    }
+    assert etag.strip('"') in {e["revision"] for e in announced}
+
+
+async def archive_events(bootstrap: str, count: int) -> list[dict[str, object]]:
+    """dicom.archive.v1 from the start, until `count` events arrived (30 s at most)."""
+    consumer = AIOKafkaConsumer(
+        "dicom.archive.v1", bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    events: list[dict[str, object]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(events) < count and time.monotonic() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=300)).values():
+                events.extend(json.loads(m.value) for m in msgs)
+    finally:
+        await consumer.stop()
+    return events
