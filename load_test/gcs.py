@@ -20,6 +20,7 @@ class GcsEmulator:
 
     log: Path
     bucket: str = "dicomflow-test"
+    quiet: bool = True  # False: one log line per request (tests that watch the traffic)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -47,7 +48,7 @@ class GcsEmulator:
                     f"--port={self.port}",
                     "--in-memory",
                     f"--default-bucket={self.bucket}",
-                    "--quiet",
+                    *(["--quiet"] if self.quiet else []),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -85,13 +85,18 @@ def parse_gs_url(url: str) -> tuple[str, str]:
 
 
 class GcsStore:
-    def __init__(self, url: str, client: Any = None) -> None:
+    def __init__(
+        self, url: str, client: Any = None, resumable_chunk: int = RESUMABLE_CHUNK
+    ) -> None:
         self.bucket_name, self.prefix = parse_gs_url(url)
         self.url = f"gs://{self.bucket_name}" + (f"/{self.prefix}" if self.prefix else "")
         # Credentials come from GOOGLE_APPLICATION_CREDENTIALS (or the metadata server);
         # STORAGE_EMULATOR_HOST points the client at an emulator with anonymous credentials.
         self._client = client or storage.Client()
         self._bucket = self._client.bucket(self.bucket_name)
+        if resumable_chunk % (256 * 1024):
+            raise ValueError("resumable_chunk must be a multiple of 256 KiB")
+        self._resumable_chunk = resumable_chunk
 
     def name_for(self, key: str) -> str:
         key = check_key(key)
@@ -147,7 +152,7 @@ class GcsStore:
 
     def _upload_via_incoming(self, name: str, source: Path, digests: Digests) -> None:
         tmp_name = "/".join(p for p in (self.prefix, INCOMING, uuid.uuid4().hex) if p)
-        tmp = self._new_blob(tmp_name, digests, RESUMABLE_CHUNK)
+        tmp = self._new_blob(tmp_name, digests, self._resumable_chunk)
         try:
             with source.open("rb") as f:
                 # A fresh name, so the upload is idempotent and every chunk may be retried.

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,3 +111,45 @@ def test_urls_are_validated() -> None:
         GcsStore("gs:///no-bucket", client=object())
     with pytest.raises(ValueError, match="unsafe storage key"):
         GcsStore("gs://bucket/../up", client=object())
+
+
+CHILD = """
+import asyncio, sys
+from pathlib import Path
+from libs.storage.gcs import GcsStore
+url, key, src, sha = sys.argv[1:]
+store = GcsStore(url, resumable_chunk=256 * 1024)  # many requests: the kill lands mid-upload
+asyncio.run(store.put_file(key, Path(src), expected_sha256=sha))
+"""
+
+
+async def test_an_upload_killed_midway_leaves_nothing_under_the_final_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator = GcsEmulator(log=tmp_path / "emulator.log", quiet=False)
+    emulator.start()
+    try:
+        for name, value in emulator.env.items():
+            monkeypatch.setenv(name, value)
+        src = tmp_path / "big.dcm"
+        sha = write(src, os.urandom(64 << 20))
+        key = "studies/1/2/3.dcm"
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, emulator.url(), key, str(src), sha],
+            env={**os.environ, **emulator.env},
+        )
+        deadline = time.monotonic() + 60
+        while emulator.log.read_text(errors="replace").count("upload_id=") < 5:
+            assert child.poll() is None, "the upload ended before it could be interrupted"
+            assert time.monotonic() < deadline, emulator.log.read_text()[-2000:]
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        assert f"dicomflow/{key}" not in names(emulator)  # at most a temporary object
+        assert all("/.incoming/" in n for n in names(emulator))
+        store = open_store(emulator.url())
+        stored = await store.put_file(key, src, expected_sha256=sha)  # the retry succeeds
+        assert stored.created
+        assert await store.size(key) == src.stat().st_size
+    finally:
+        emulator.stop()
