@@ -54,6 +54,7 @@ schemas: deps
 bench: deps postgres
 	$(BIN)/python -m load_test.bench.pipeline
 	$(BIN)/python -m load_test.bench.previews
+	$(BIN)/python -m load_test.bench.archive
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -22,6 +22,7 @@ SERVICES: dict[str, str] = {
     "api": "services.api",
     "index-publisher": "services.index_publisher",
     "jpg-converter": "services.jpg_converter",
+    "packager": "services.packager",
 }
 
 

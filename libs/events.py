@@ -252,6 +252,20 @@ class InstancePreviewed(Event):
     )
     images: list[PreviewImage] = Field(default_factory=list)
 
+
+class ArchiveBuilt(Event):
+    """The packager holds a downloadable archive of a study (or one series) at a revision."""
+
+    TOPIC: ClassVar[str] = "dicom.archive.v1"
+
+    study_uid: str
+    series_uid: str | None = Field(default=None, description="Set for a one-series archive.")
+    format: Literal["tar.zst", "zip"]
+    revision: str = Field(description="Archive revision key (its ETag): changes with the study.")
+    size_bytes: int = Field(ge=0)
+    instance_count: int = Field(ge=0)
+    built_seconds: float = Field(ge=0)
+
     def key(self) -> bytes | None:
         return self.study_uid.encode()
 
@@ -294,4 +308,5 @@ PIPELINE_EVENTS: tuple[type[Event], ...] = (
     StudyMetadata,
     ImportRequested,
     InstancePreviewed,
+    ArchiveBuilt,
 )

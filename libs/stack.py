@@ -80,6 +80,8 @@ async def up(var: Path, *, only: list[str]) -> int:
         specs.append(ProcSpec("broker", broker_argv(port), infrastructure=True))
     if not os.environ.get("STORAGE_URL"):
         env["STORAGE_URL"] = (var / "storage").as_uri()
+    if not (os.environ.get("PACKAGER_CACHE_DIR") or os.environ.get("CACHE_DIR")):
+        env["PACKAGER_CACHE_DIR"] = str(var / "archives")
     if not os.environ.get("NAS_ROOTS"):
         nas = var / "nas"
         _seed_demo(nas)

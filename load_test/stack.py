@@ -28,6 +28,7 @@ PREFIX = {
     "reconciler": "RECONCILER_",
     "index-publisher": "INDEX_PUBLISHER_",
     "jpg-converter": "JPG_CONVERTER_",
+    "packager": "PACKAGER_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
 
@@ -145,7 +146,7 @@ class Stack:
 def stack_env(
     root: Path, database_url: str, bootstrap: str
 ) -> tuple[dict[str, str], dict[str, int]]:
-    ports = {name: free_port() for name in [*PREFIX, "api"]}
+    ports = {name: free_port() for name in dict.fromkeys([*PIPELINE, "api", *PREFIX])}
     env = {
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -165,6 +166,7 @@ def stack_env(
         "RECONCILER_IDLE_SECONDS": "3",
         "RECONCILER_STALE_SECONDS": "3",
         "EXTRACTOR_WORKERS": "2",
+        "PACKAGER_CACHE_DIR": str(root / "archives"),
         "API_PORT": str(ports["api"]),
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",

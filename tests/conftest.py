@@ -18,6 +18,7 @@ import pytest
 from libs.broker import broker_argv, free_port, wait_for_port
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
+from load_test.gcs import GcsEmulator
 
 PG_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 
@@ -88,3 +89,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for child in multiprocessing.active_children():
         child.kill()
         child.join(5)
+
+
+@pytest.fixture
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEmulator]:
+    """A GCS JSON-API emulator process; tests point the real client at it via `env`."""
+    emulator = GcsEmulator(log=tmp_path_factory.mktemp("gcs") / "emulator.log")
+    emulator.start()
+    yield emulator
+    emulator.stop()

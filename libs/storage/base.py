@@ -40,7 +40,7 @@ class ObjectStore(Protocol):
         ...
 
     def read(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        """Stream an object's bytes."""
+        """Stream an object's bytes; FileNotFoundError when there is no object at `key`."""
         ...
 
     def url_for(self, key: str) -> str: ...
@@ -90,6 +90,11 @@ def open_store(url: str) -> ObjectStore:
     from libs.storage import local, memory  # noqa: F401
 
     scheme = urlsplit(url).scheme
+    if scheme == "gs":  # the `gcs` extra: imported only where it is used
+        try:
+            from libs.storage import gcs  # noqa: F401
+        except ImportError as exc:
+            raise ValueError(f"gs:// needs the `gcs` extra (google-cloud-storage): {exc}") from exc
     try:
         factory = _BACKENDS[scheme]
     except KeyError:

@@ -36,7 +36,9 @@ class MemoryStore:
         return None if data is None else len(data)
 
     async def read(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        data = self.objects[key]
+        data = self.objects.get(key)
+        if data is None:
+            raise FileNotFoundError(self.url_for(key))
         for i in range(0, len(data), chunk_size):
             yield data[i : i + chunk_size]
 

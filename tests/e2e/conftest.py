@@ -7,9 +7,17 @@ import asyncpg
 import pytest
 
 from libs.db.apikeys import create_key
+from load_test.gcs import GcsEmulator
 from load_test.stack import PIPELINE, Stack, stack_env
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def storage_backend() -> str:
+    """`file` unless a test runs on both: `@pytest.mark.parametrize("storage_backend",
+    ["file", "gs"])` (gs = a GCS emulator process behind the real client)."""
+    return "file"
 
 
 @pytest.fixture
@@ -19,9 +27,16 @@ async def stack(
     database_url: str,
     pool: asyncpg.Pool,
     broker: object,
+    storage_backend: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Stack]:
     """Overrides per test: `@pytest.mark.stack_env(NAS_WATCH="true")`."""
     env, ports = stack_env(tmp_path, database_url, broker.bootstrap)  # type: ignore[attr-defined]
+    if storage_backend == "gs":
+        emulator: GcsEmulator = request.getfixturevalue("gcs_emulator")
+        env.update(emulator.env, STORAGE_URL=emulator.url())
+        for name, value in emulator.env.items():  # the test reads back through the client too
+            monkeypatch.setenv(name, value)
     marker = request.node.get_closest_marker("stack_env")
     if marker:
         env.update(marker.kwargs)

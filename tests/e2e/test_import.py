@@ -6,8 +6,10 @@ import hashlib
 from pathlib import Path
 
 import asyncpg
+import pytest
 from trees import build_tree
 
+from libs.storage import open_store
 from libs.storage.local import path_from_file_url
 from load_test.stack import Stack
 
@@ -16,6 +18,17 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+async def stored_sha(storage_url: str, url: str) -> str:
+    """SHA-256 of a stored object, read back through its backend (file:// or gs://)."""
+    store = open_store(storage_url)
+    assert url.startswith(store.url + "/"), (url, store.url)
+    digest = hashlib.sha256()
+    async for chunk in store.read(url[len(store.url) + 1 :]):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("storage_backend", ["file", "gs"])
 async def test_import_counts_search_and_bytes(stack: Stack, pool: asyncpg.Pool) -> None:
     tree = stack.root / "imports" / "batch1"
     expected = build_tree(tree)
@@ -42,7 +55,8 @@ async def test_import_counts_search_and_bytes(stack: Stack, pool: asyncpg.Pool) 
     )
     assert len(rows) == expected.new
     for r in rows:
-        assert sha(path_from_file_url(r["storage_url"])) == sha(path_from_file_url(r["uri"]))
+        stored = await stored_sha(stack.env["STORAGE_URL"], r["storage_url"])
+        assert stored == sha(path_from_file_url(r["uri"]))
     conflicts = await pool.fetch("SELECT storage_url FROM conflicts")
     assert len(conflicts) == 1
     assert "/conflicts/" in conflicts[0]["storage_url"]

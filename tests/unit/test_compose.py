@@ -27,6 +27,8 @@ JOB = "topics"  # the one-shot `dicomflow topics`
 NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS"}
 # Accepted by the settings class but overwritten from API_HOST/API_PORT: setting them misleads.
 IGNORED = {"api": {"API_OPS_HOST", "API_OPS_PORT"}}
+# Clinicians' and operators' endpoints: the API, and the packager's archive downloads.
+PUBLIC = {"api", "packager"}
 # Services that read the source files named by file:// URIs, at the watcher's paths.
 READS_NAS = {"nas-watcher", "extractor", "storage-writer"}
 TOPIC_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PARTITIONS", "KAFKA_REPLICATION_FACTOR")
@@ -286,9 +288,9 @@ def test_data_stores_are_unreachable_from_outside() -> None:
     for key, spec in BASE["services"].items():
         networks = set(spec["networks"])
         assert "internal" in networks, key
-        if key != "api":
-            assert networks <= {"internal", "egress"}, f"{key}: only the api is public"
-            assert "ports" not in spec, f"{key}: nothing but the api is published"
+        if key not in PUBLIC:
+            assert networks <= {"internal", "egress"}, f"{key}: only {PUBLIC} are public"
+            assert "ports" not in spec, f"{key}: nothing but {PUBLIC} is published"
     for key in ("kafka", "postgres"):
         mounts = [v.split(":")[0] for v in BASE["services"][key]["volumes"]]
         assert all(m in BASE["volumes"] for m in mounts), f"{key}: named volumes"

@@ -1,0 +1,69 @@
+"""What an archive of a study (or one of its series) holds: the study's naming attributes and
+every indexed instance, in one query, in a stable order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from libs.db import Conn
+
+
+@dataclass(frozen=True)
+class ArchiveInstance:
+    series_uid: str
+    series_number: int | None
+    series_description: str
+    sop_instance_uid: str
+    instance_number: int | None
+    size_bytes: int
+    file_sha256: str
+    indexed_at: datetime
+
+
+@dataclass(frozen=True)
+class ArchiveListing:
+    study_uid: str
+    patient_name: str
+    study_date: date | None
+    instances: list[ArchiveInstance]
+
+
+async def archive_listing(
+    conn: Conn, study_uid: str, series_uid: str | None = None
+) -> ArchiveListing | None:
+    """None when the study (or the series within it) is unknown."""
+    rows = await conn.fetch(
+        """SELECT p.patient_name, st.study_date, se.series_uid, se.series_number,
+                  se.series_description, i.sop_instance_uid, i.instance_number, i.size_bytes,
+                  i.file_sha256, i.indexed_at
+             FROM studies st
+             JOIN patients p ON p.id = st.patient_pk
+             JOIN series se ON se.study_uid = st.study_uid
+             JOIN instances i ON i.series_uid = se.series_uid
+            WHERE st.study_uid = $1 AND ($2::text IS NULL OR se.series_uid = $2)
+            ORDER BY se.series_number NULLS LAST, se.series_uid,
+                     i.instance_number NULLS LAST, i.sop_instance_uid""",
+        study_uid,
+        series_uid,
+    )
+    if not rows:
+        return None
+    return ArchiveListing(
+        study_uid=study_uid,
+        patient_name=rows[0]["patient_name"],
+        study_date=rows[0]["study_date"],
+        instances=[
+            ArchiveInstance(
+                series_uid=r["series_uid"],
+                series_number=r["series_number"],
+                series_description=r["series_description"],
+                sop_instance_uid=r["sop_instance_uid"],
+                instance_number=r["instance_number"],
+                size_bytes=r["size_bytes"],
+                file_sha256=r["file_sha256"],
+                indexed_at=r["indexed_at"],
+            )
+            for r in rows
+        ],
+    )
