@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import importlib
 import logging
 import multiprocessing
 import os
@@ -63,7 +64,7 @@ class _PoolBroken(Exception):
     """The pool died under a call that may be innocent."""
 
 
-def _init_worker(limit_bytes: int) -> None:
+def _init_worker(limit_bytes: int, preload: tuple[str, ...]) -> None:
     # A parser needs no BLAS threads; each would reserve address space under the cap.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -74,6 +75,9 @@ def _init_worker(limit_bytes: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A worker must not outlive its parent (e.g. after kill -9 of the service): Linux prctl.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Importing the parser is part of booting, not of the first file's time limit.
+    for module in preload:
+        importlib.import_module(module)
 
 
 def _ready() -> int:
@@ -172,12 +176,14 @@ class IsolatedExecutor:
         timeout_s: float,
         *,
         start_method: str = "spawn",  # workers are our children: PDEATHSIG then holds
+        preload: tuple[str, ...] = (),
     ) -> None:
         if workers < 1 or memory_limit_mb < 1 or timeout_s <= 0:
             raise ValueError("workers, memory_limit_mb and timeout_s must be positive")
         self._workers = workers
         self._memory_limit_mb = memory_limit_mb
         self._timeout_s = timeout_s
+        self._preload = preload
         self._context = multiprocessing.get_context(start_method)
         self._gate = _Gate(workers)
         self._generation = 0
@@ -189,7 +195,7 @@ class IsolatedExecutor:
             max_workers=self._workers,
             mp_context=self._context,
             initializer=_init_worker,
-            initargs=(self._memory_limit_mb * 1024 * 1024,),
+            initargs=(self._memory_limit_mb * 1024 * 1024, self._preload),
         )
         # Start every worker now. Left alone, the pool starts workers inside submit(),
         # and a submit racing with the pool breaking (a worker just crashed) can start

@@ -16,7 +16,9 @@ class Renderer(Protocol):
 
 class IsolatedRenderer:
     def __init__(self, workers: int, memory_limit_mb: int, timeout_s: float) -> None:
-        self.executor = IsolatedExecutor(workers, memory_limit_mb, timeout_s)
+        self.executor = IsolatedExecutor(
+            workers, memory_limit_mb, timeout_s, preload=(render_file.__module__,)
+        )
 
     async def render(self, path: Path, request: RenderRequest) -> RenderResult:
         """`Unrenderable`, `WorkerTimeout`, `WorkerCrashed` or the memory limit's

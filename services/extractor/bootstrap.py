@@ -18,6 +18,7 @@ async def wire(rt: Runtime) -> None:
         workers=settings.workers,
         memory_limit_mb=settings.memory_limit_mb,
         timeout_s=settings.parse_timeout_seconds,
+        preload=(extract_file.__module__,),
     )
     rt.resources.callback(executor.close)
     await executor.warm_up()

@@ -59,7 +59,12 @@ async def test_every_corpus_file_reaches_a_final_outcome() -> None:
     files = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.name not in NOT_CASES)
     assert len(files) == manifest["total_cases"] + 1  # and the baseline
 
-    ex = IsolatedExecutor(workers=2, memory_limit_mb=1024, timeout_s=PER_FILE_TIMEOUT_S)
+    ex = IsolatedExecutor(
+        workers=2,
+        memory_limit_mb=1024,
+        timeout_s=PER_FILE_TIMEOUT_S,
+        preload=(extract_file.__module__,),
+    )
     started = time.monotonic()
     try:
         results = await asyncio.gather(*(outcome(ex, p) for p in files))

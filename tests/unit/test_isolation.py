@@ -28,7 +28,9 @@ TIMEOUT_S = 2.0
 
 @pytest.fixture
 async def executor() -> AsyncIterator[IsolatedExecutor]:
-    ex = IsolatedExecutor(workers=2, memory_limit_mb=512, timeout_s=TIMEOUT_S)
+    ex = IsolatedExecutor(
+        workers=2, memory_limit_mb=512, timeout_s=TIMEOUT_S, preload=(extract_file.__module__,)
+    )
     await ex.warm_up()  # booting a worker on a loaded machine must not count as parsing
     try:
         yield ex
