@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from libs.broker import broker_argv, wait_for_port
@@ -16,6 +17,14 @@ from libs.settings import ServiceSettings, load_settings
 from libs.supervisor import ProcSpec, Supervisor
 
 EMBEDDED_BROKER_PORT = 9092
+# Sources that are useful only once configured: `dicomflow up` starts them when this
+# variable is set (or when named with --only).
+CONFIGURED_BY = {"orthanc-watcher": "ORTHANC_URL", "iso-watcher": "ISO_INBOX"}
+
+
+def configured(service: str, env: Mapping[str, str]) -> bool:
+    variable = CONFIGURED_BY.get(service)
+    return variable is None or bool(env.get(variable))
 
 
 def say(msg: str) -> None:
@@ -48,7 +57,7 @@ def _seed_demo(nas: Path) -> None:
     say(f"seeded {nas} with {count} synthetic demo instances (no real patient data)")
 
 
-async def up(var: Path, *, only: list[str]) -> int:
+async def up(var: Path, *, only: list[str] | None) -> int:
     from libs.cli import SERVICES
 
     var = var.absolute()
@@ -82,7 +91,11 @@ async def up(var: Path, *, only: list[str]) -> int:
     say(f"API:        http://{host}:{api_port}   (OpenAPI: http://{host}:{api_port}/docs)")
     say(f"admin key:  {key}   (kept in {var / 'admin-key'})")
     say(f'try:        curl -H "Authorization: Bearer {key}" http://{host}:{api_port}/v1/studies')
-    specs += [ProcSpec(n, [sys.executable, "-m", SERVICES[n]]) for n in only]
+    names = only or [n for n in SERVICES if configured(n, os.environ)]
+    skipped = [n for n in SERVICES if n not in names and not only]
+    if skipped:
+        say(f"not configured, not started: {', '.join(skipped)} (see docs/configuration.md)")
+    specs += [ProcSpec(n, [sys.executable, "-m", SERVICES[n]]) for n in names]
     supervisor = Supervisor(specs)
     if specs and specs[0].name == "broker":
         supervisor.on_started["broker"] = lambda: asyncio.to_thread(

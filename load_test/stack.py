@@ -26,8 +26,12 @@ PREFIX = {
     "storage-writer": "STORAGE_WRITER_",
     "indexer": "INDEXER_",
     "reconciler": "RECONCILER_",
+    "orthanc-watcher": "ORTHANC_",
+    "iso-watcher": "ISO_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
+# Sources that run only when configured, like under `dicomflow up` (libs.stack.CONFIGURED_BY).
+OPTIONAL = ["orthanc-watcher", "iso-watcher"]
 
 
 @dataclass
@@ -143,7 +147,7 @@ class Stack:
 def stack_env(
     root: Path, database_url: str, bootstrap: str
 ) -> tuple[dict[str, str], dict[str, int]]:
-    ports = {name: free_port() for name in [*PIPELINE, "api"]}
+    ports = {name: free_port() for name in [*PIPELINE, *OPTIONAL, "api"]}
     env = {
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -163,6 +167,12 @@ def stack_env(
         "RECONCILER_IDLE_SECONDS": "3",
         "RECONCILER_STALE_SECONDS": "3",
         "EXTRACTOR_WORKERS": "2",
+        "ORTHANC_STAGING_DIR": str(root / "staging" / "orthanc"),
+        "ORTHANC_POLL_INTERVAL_SECONDS": "0.5",
+        "ORTHANC_CLEANUP_INTERVAL_SECONDS": "1",
+        "ISO_STAGING_DIR": str(root / "staging" / "iso"),
+        "ISO_SCAN_INTERVAL_SECONDS": "0.5",
+        "ISO_SETTLE_SECONDS": "0.5",
         "API_PORT": str(ports["api"]),
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
