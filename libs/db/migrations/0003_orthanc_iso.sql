@@ -24,7 +24,7 @@ CREATE INDEX orthanc_instances_uncleaned ON orthanc_instances (file_id) WHERE cl
 CREATE TABLE iso_discs (
     task_id       uuid        PRIMARY KEY REFERENCES import_tasks (id),
     source_path   text        NOT NULL,
-    problems      jsonb       NOT NULL DEFAULT '[]',
+    scan          jsonb       NOT NULL DEFAULT '{}', -- how the disc was read, what was reported
     finalized_at  timestamptz,
     moved_to      text,
     created_at    timestamptz NOT NULL DEFAULT now()
