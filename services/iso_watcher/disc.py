@@ -143,11 +143,12 @@ def looks_like_dicom(disc: Disc, path: str) -> bool:
 
 
 def copy_out(disc: Disc, path: str, size: int, target: Path) -> int:
-    """Stream one file to `target`; a file shorter than its directory entry says (a
-    truncated image) is unreadable, and nothing is left at `target`."""
+    """Stream one file to `target` (not yet durable: see `libs.staging.sync_folder`); a file
+    shorter than its directory entry says (a truncated image) is unreadable, and nothing is
+    left at `target`."""
     try:
         with disc.open(path) as f:
-            written = copy_stream(target, f, limit=size)
+            written = copy_stream(target, f, limit=size, durable=False)
     except OSError as exc:
         raise UnreadableFile(str(exc)) from exc
     if written != size:

@@ -22,7 +22,7 @@ from libs.db.ledger import LedgerRow, NewFile, discovered_event
 from libs.db.tasks import TaskCounters
 from libs.events import Event
 from libs.logging import get_logger
-from libs.staging import write_chunks
+from libs.staging import sync_folder, write_chunks
 from libs.storage.local import file_url
 from services.iso_watcher.dicomdir import Plan, Problem, normalise, plan_disc
 from services.iso_watcher.disc import DamagedDisc, Disc, UnreadableFile, copy_out, open_disc
@@ -139,6 +139,8 @@ async def _emit(
     batch: list[NewFile] = []
 
     async def flush() -> None:
+        if batch:  # the staged copies are durable before the ledger says they exist
+            await asyncio.to_thread(sync_folder, staging)
         rows = await store.record(batch)
         await publish([discovered_event(r) for r in rows])
         batch.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,17 @@ class OrthancClient:
     ) -> None:
         auth = httpx.BasicAuth(username, password) if username else None
         self.url = url
-        self._http = httpx.AsyncClient(base_url=url, auth=auth, timeout=timeout)
+        nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]  # no Nagle/delayed-ACK stalls
+        transport = httpx.AsyncHTTPTransport(socket_options=nodelay)
+        # identity: Orthanc would otherwise gzip every file on the fly (HttpCompressionEnabled),
+        # costing both sides far more CPU than the loopback or LAN transfer it saves.
+        self._http = httpx.AsyncClient(
+            base_url=url,
+            auth=auth,
+            timeout=timeout,
+            transport=transport,
+            headers={"Accept-Encoding": "identity"},
+        )
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -76,12 +87,13 @@ class OrthancClient:
         return [str(i["ID"]) for i in body]
 
     async def download(self, instance_id: str, target: Path) -> int:
-        """Stream the instance's file, as Orthanc stored it, to `target` (atomically)."""
+        """Stream the instance's file, as Orthanc stored it, to `target` (atomically; not yet
+        durable: see `libs.staging.sync_folder`)."""
         async with self._http.stream("GET", f"/instances/{instance_id}/file") as r:
             if r.status_code == 404:
                 raise ResourceNotFound(instance_id)
             r.raise_for_status()
-            return await write_async_chunks(target, r.aiter_bytes())
+            return await write_async_chunks(target, r.aiter_bytes(), durable=False)
 
     async def delete(self, instance_id: str) -> None:
         r = await self._http.delete(f"/instances/{instance_id}")

@@ -3,6 +3,7 @@ ledger, emit `dicom.discovered.v1`), follow the /changes feed, tidy up after the
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,6 +14,7 @@ from libs.db.ledger import LedgerRow, NewFile, discovered_event
 from libs.db.orthanc import Finished, StagedInstance
 from libs.events import Event
 from libs.logging import get_logger
+from libs.staging import sync_folder
 from libs.storage.local import file_url
 from services.orthanc_watcher.client import ChangesPage, Level, ResourceNotFound
 
@@ -74,6 +76,8 @@ async def ingest(
         origin = f"{orthanc.url}/instances/{instance_id}"
         new = NewFile(SOURCE, file_url(path), origin, size, uuid.uuid4().hex)
         staged.append(StagedInstance(instance_id, str(path), new))
+    if staged:  # the downloads are durable before the ledger says they exist
+        await asyncio.to_thread(sync_folder, staging)
     rows = await store.record(staged, last_seq)
     await publish([discovered_event(r) for r in rows])
     if rows:
