@@ -87,6 +87,11 @@ class Settler:
         self.settle_seconds = settle_seconds
         self._first: dict[Path, tuple[Signature, float]] = {}
 
+    def forget_all_but(self, present: Collection[Path]) -> None:
+        """Discs gone from the inbox are forgotten (a disc that comes back starts over)."""
+        for path in set(self._first) - set(present):
+            del self._first[path]
+
     def settled(self, entry: Entry, now: float) -> bool:
         seen = self._first.get(entry.path)
         if seen is None or seen[0] != entry.signature:
@@ -227,7 +232,9 @@ async def run_round(
     """New settled discs become tasks; unread discs are read; done discs are moved out."""
     tracked = {Path(d.source_path) for d in await store.open_discs()}
     now = asyncio.get_running_loop().time()
-    for entry in await asyncio.to_thread(inbox_entries, inbox, {processed, failed}):
+    entries = await asyncio.to_thread(inbox_entries, inbox, {processed, failed})
+    settler.forget_all_but([e.path for e in entries])
+    for entry in entries:
         if entry.path not in tracked and settler.settled(entry, now):
             task_id = await store.create(str(entry.path), entry.kind)
             log.info("disc found", task_id=task_id, source=str(entry.path), kind=entry.kind)

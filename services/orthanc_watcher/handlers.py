@@ -25,6 +25,7 @@ SOURCE = "orthanc"
 ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
 INSTANCE_CHANGES = frozenset({"NewInstance"})
 STUDY_CHANGES = frozenset({"StableStudy"})
+WEBHOOK_BATCH = 100
 
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 
@@ -118,13 +119,20 @@ async def ingest_resource(
     publish: Publish,
     staging: Path,
 ) -> int:
-    """A webhook's resource (study, series or instance): every instance of it, once."""
+    """A webhook's resource (study, series or instance): every instance of it, once, in
+    batches of `WEBHOOK_BATCH` (a large study's first instances move on early)."""
     try:
         ids = await orthanc.instances_of(level, resource_id)
     except ResourceNotFound:
         log.warning("webhook resource not in Orthanc", level=level, resource_id=resource_id)
         return 0
-    return await ingest(ids, orthanc=orthanc, store=store, publish=publish, staging=staging)
+    emitted = 0
+    for start in range(0, len(ids), WEBHOOK_BATCH):
+        batch = ids[start : start + WEBHOOK_BATCH]
+        emitted += await ingest(
+            batch, orthanc=orthanc, store=store, publish=publish, staging=staging
+        )
+    return emitted
 
 
 async def clean_up(*, orthanc: Orthanc, store: InstanceStore, delete_from_orthanc: bool) -> int:

@@ -127,5 +127,7 @@ def test_inbox_lists_images_and_copied_cds_and_waits_for_them_to_settle(tmp_path
     assert not settler.settled(Entry(growing.path, "iso", (1, 20, 2)), now=6)  # grew
     assert not settler.settled(Entry(growing.path, "iso", (1, 20, 2)), now=10)
     assert settler.settled(Entry(growing.path, "iso", (1, 20, 2)), now=11)
+    settler.forget_all_but([])  # taken out of the inbox: if it comes back, it starts over
+    assert not settler.settled(Entry(growing.path, "iso", (1, 20, 2)), now=20)
     assert staged_name(3, "DICOM/P00/IM000001.;1") == "000003-IM000001"
     assert staged_name(4, "a/../b c;1") == "000004-B_C"
