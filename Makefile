@@ -55,6 +55,7 @@ bench: deps postgres
 	$(BIN)/python -m load_test.bench.pipeline
 	$(BIN)/python -m load_test.bench.previews
 	$(BIN)/python -m load_test.bench.archive
+	$(BIN)/python -m load_test.bench.sources
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

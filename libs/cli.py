@@ -23,6 +23,8 @@ SERVICES: dict[str, str] = {
     "index-publisher": "services.index_publisher",
     "jpg-converter": "services.jpg_converter",
     "packager": "services.packager",
+    "orthanc-watcher": "services.orthanc_watcher",
+    "iso-watcher": "services.iso_watcher",
 }
 
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         from libs.stack import up as run_up
 
-        return asyncio.run(run_up(Path(args.var), only=args.only or list(SERVICES)))
+        return asyncio.run(run_up(Path(args.var), only=args.only or None))
     if args.command == "apikey":
         print(asyncio.run(_create_key(args.role, args.name)))
         return 0

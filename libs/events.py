@@ -252,6 +252,9 @@ class InstancePreviewed(Event):
     )
     images: list[PreviewImage] = Field(default_factory=list)
 
+    def key(self) -> bytes | None:
+        return self.study_uid.encode()
+
 
 class ArchiveBuilt(Event):
     """The packager holds a downloadable archive of a study (or one series) at a revision."""

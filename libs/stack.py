@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from libs.broker import broker_argv, wait_for_port
@@ -16,24 +17,22 @@ from libs.settings import ServiceSettings, load_settings
 from libs.supervisor import ProcSpec, Supervisor
 
 EMBEDDED_BROKER_PORT = 9092
-# Services that are useful only once configured: started only when this variable is set.
-NEEDS = {"index-publisher": "INDEX_PUBLISHER_URL"}
+# Services that are useful only once configured: `dicomflow up` starts them when this
+# variable is set (or when named with --only).
+CONFIGURED_BY = {
+    "index-publisher": "INDEX_PUBLISHER_URL",
+    "orthanc-watcher": "ORTHANC_URL",
+    "iso-watcher": "ISO_INBOX",
+}
+
+
+def configured(service: str, env: Mapping[str, str]) -> bool:
+    variable = CONFIGURED_BY.get(service)
+    return variable is None or bool(env.get(variable))
 
 
 def say(msg: str) -> None:
     print(f"dicomflow | {msg}", flush=True)
-
-
-def configured(only: list[str]) -> list[str]:
-    """`only` without the services whose configuration is missing (said once each)."""
-    out = []
-    for name in only:
-        variable = NEEDS.get(name)
-        if variable and not os.environ.get(variable):
-            say(f"{name}: not started ({variable} is not set)")
-            continue
-        out.append(name)
-    return out
 
 
 async def _admin_key(database_url: str, var: Path) -> str:
@@ -62,7 +61,7 @@ def _seed_demo(nas: Path) -> None:
     say(f"seeded {nas} with {count} synthetic demo instances (no real patient data)")
 
 
-async def up(var: Path, *, only: list[str]) -> int:
+async def up(var: Path, *, only: list[str] | None) -> int:
     from libs.cli import SERVICES
 
     var = var.absolute()
@@ -98,7 +97,11 @@ async def up(var: Path, *, only: list[str]) -> int:
     say(f"API:        http://{host}:{api_port}   (OpenAPI: http://{host}:{api_port}/docs)")
     say(f"admin key:  {key}   (kept in {var / 'admin-key'})")
     say(f'try:        curl -H "Authorization: Bearer {key}" http://{host}:{api_port}/v1/studies')
-    specs += [ProcSpec(n, [sys.executable, "-m", SERVICES[n]]) for n in configured(only)]
+    names = only or [n for n in SERVICES if configured(n, os.environ)]
+    skipped = [n for n in SERVICES if n not in names and not only]
+    if skipped:
+        say(f"not configured, not started: {', '.join(skipped)} (see docs/configuration.md)")
+    specs += [ProcSpec(n, [sys.executable, "-m", SERVICES[n]]) for n in names]
     supervisor = Supervisor(specs)
     if specs and specs[0].name == "broker":
         supervisor.on_started["broker"] = lambda: asyncio.to_thread(

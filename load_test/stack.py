@@ -29,8 +29,12 @@ PREFIX = {
     "index-publisher": "INDEX_PUBLISHER_",
     "jpg-converter": "JPG_CONVERTER_",
     "packager": "PACKAGER_",
+    "orthanc-watcher": "ORTHANC_",
+    "iso-watcher": "ISO_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
+# Sources that run only when configured, like under `dicomflow up` (libs.stack.CONFIGURED_BY).
+OPTIONAL = ["orthanc-watcher", "iso-watcher"]
 
 
 @dataclass
@@ -146,7 +150,7 @@ class Stack:
 def stack_env(
     root: Path, database_url: str, bootstrap: str
 ) -> tuple[dict[str, str], dict[str, int]]:
-    ports = {name: free_port() for name in dict.fromkeys([*PIPELINE, "api", *PREFIX])}
+    ports = {name: free_port() for name in dict.fromkeys([*PIPELINE, *OPTIONAL, "api", *PREFIX])}
     env = {
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -167,6 +171,12 @@ def stack_env(
         "RECONCILER_STALE_SECONDS": "3",
         "EXTRACTOR_WORKERS": "2",
         "PACKAGER_CACHE_DIR": str(root / "archives"),
+        "ORTHANC_STAGING_DIR": str(root / "staging" / "orthanc"),
+        "ORTHANC_POLL_INTERVAL_SECONDS": "0.5",
+        "ORTHANC_CLEANUP_INTERVAL_SECONDS": "1",
+        "ISO_STAGING_DIR": str(root / "staging" / "iso"),
+        "ISO_SCAN_INTERVAL_SECONDS": "0.5",
+        "ISO_SETTLE_SECONDS": "0.5",
         "API_PORT": str(ports["api"]),
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from libs.db import Conn
+from libs.db import Conn, tasks
 from libs.events import FileDiscovered, FileRef
 
 FINAL = ("indexed", "duplicate", "conflict", "failed")
@@ -134,6 +134,15 @@ async def complete_task_if_done(conn: Conn, task_id: str) -> bool:
         task_id,
     )
     return bool(done)
+
+
+async def finish_task_scan(conn: Conn, task_id: str) -> bool:
+    """A task's scan is over: it completes now if none of its files is pending (its files
+    may all have finished during the scan, or it found none). Returns True if completed."""
+    async with conn.transaction():
+        await conn.execute("SELECT 1 FROM import_tasks WHERE id = $1 FOR UPDATE", task_id)
+        await tasks.finish_scan(conn, task_id)
+        return await complete_task_if_done(conn, task_id)
 
 
 async def stale_pending(conn: Conn, *, older_than_seconds: float, limit: int) -> list[LedgerRow]:

@@ -137,8 +137,11 @@ async def counters_for(conn: Conn, task_ids: list[str]) -> dict[str, TaskCounter
     }
 
 
-async def lease_next_scan(conn: Conn, *, owner: str, lease_seconds: float) -> Task | None:
-    """Take the oldest task whose scan is not finished and not leased by a live scanner."""
+async def lease_next_scan(
+    conn: Conn, *, owner: str, lease_seconds: float, kinds: tuple[str, ...] = ("folder",)
+) -> Task | None:
+    """Take the oldest task of one of `kinds` whose scan is not finished and not leased by a
+    live scanner (a folder scanner must never take an ISO watcher's disc tasks)."""
     row = await conn.fetchrow(
         f"""UPDATE import_tasks
                SET status = 'running', lease_owner = $1,
@@ -146,11 +149,13 @@ async def lease_next_scan(conn: Conn, *, owner: str, lease_seconds: float) -> Ta
                    started_at = coalesce(started_at, now()), updated_at = now()
              WHERE id = (SELECT id FROM import_tasks
                           WHERE NOT scan_completed AND status IN ('pending', 'running')
+                            AND kind = ANY($3::text[])
                             AND (lease_until IS NULL OR lease_until < now())
                           ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
          RETURNING {_COLUMNS}""",
         owner,
         lease_seconds,
+        list(kinds),
     )
     return Task(**dict(row)) if row else None
 
@@ -164,6 +169,15 @@ async def renew_lease(conn: Conn, task_id: str, *, owner: str, lease_seconds: fl
             owner,
             lease_seconds,
         )
+    )
+
+
+async def start_task(conn: Conn, task_id: str) -> None:
+    """A task its creator scans at once (no lease: one scanner per source, by other means)."""
+    await conn.execute(
+        """UPDATE import_tasks SET status = 'running', started_at = coalesce(started_at, now()),
+                  updated_at = now() WHERE id = $1 AND status = 'pending'""",
+        task_id,
     )
 
 

@@ -65,10 +65,8 @@ class PgScanStore:
             )
 
     async def finish(self, task_id: str) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT 1 FROM import_tasks WHERE id = $1 FOR UPDATE", task_id)
-            await tasks.finish_scan(conn, task_id)
-            await ledger.complete_task_if_done(conn, task_id)
+        async with self.pool.acquire() as conn:
+            await ledger.finish_task_scan(conn, task_id)
 
     async def fail(self, task_id: str, error: str) -> None:
         log.warning("import task failed", task_id=task_id, error=error)

@@ -27,8 +27,9 @@ JOB = "topics"  # the one-shot `dicomflow topics`
 NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS"}
 # Accepted by the settings class but overwritten from API_HOST/API_PORT: setting them misleads.
 IGNORED = {"api": {"API_OPS_HOST", "API_OPS_PORT"}}
-# Clinicians' and operators' endpoints: the API, and the packager's archive downloads.
-PUBLIC = {"api", "packager"}
+# Reached from outside the host: the API, the packager's archive downloads, and the Orthanc
+# watcher (Orthanc calls its webhook).
+PUBLIC = {"api", "packager", "orthanc-watcher"}
 # Services that read the source files named by file:// URIs, at the watcher's paths.
 READS_NAS = {"nas-watcher", "extractor", "storage-writer"}
 TOPIC_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PARTITIONS", "KAFKA_REPLICATION_FACTOR")

@@ -255,15 +255,10 @@ def test_settings_refuse_an_unencrypted_remote_receiver(
         IndexPublisherSettings().require_target()
 
 
-def test_dicomflow_up_starts_the_publisher_only_when_configured(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_dicomflow_up_starts_the_publisher_only_when_configured() -> None:
     from libs.stack import configured
 
-    monkeypatch.delenv("INDEX_PUBLISHER_URL", raising=False)
-    assert configured(["indexer", "index-publisher", "api"]) == ["indexer", "api"]
-    assert (
-        "index-publisher: not started (INDEX_PUBLISHER_URL is not set)" in capsys.readouterr().out
-    )
-    monkeypatch.setenv("INDEX_PUBLISHER_URL", "https://central.example.org/studies")
-    assert configured(["indexer", "index-publisher"]) == ["indexer", "index-publisher"]
+    assert not configured("index-publisher", {})
+    assert not configured("index-publisher", {"INDEX_PUBLISHER_URL": ""})
+    assert configured("index-publisher", {"INDEX_PUBLISHER_URL": "https://central.example.org/s"})
+    assert configured("indexer", {})

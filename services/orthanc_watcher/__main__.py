@@ -1,0 +1,11 @@
+import asyncio
+
+from libs.runtime import serve
+from libs.settings import load_settings
+from services.orthanc_watcher.bootstrap import wire
+from services.orthanc_watcher.config import OrthancWatcherSettings
+
+if __name__ == "__main__":
+    raise SystemExit(
+        asyncio.run(serve("orthanc-watcher", load_settings(OrthancWatcherSettings), wire))
+    )
