@@ -101,6 +101,8 @@ class StageConsumer:
         self._dead_letters = dead_letters  # False for consumers of DLQs: log and skip instead
         self._slots = asyncio.Semaphore(concurrency)
         self.healthy = False
+        for topic in self._routes:
+            metrics.init_topic(topic)
         self._consumer = AIOKafkaConsumer(
             *self._routes,
             bootstrap_servers=bootstrap_servers,
