@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test test-unit test-integration test-e2e lint typecheck schemas bench deps postgres clean help
+.PHONY: up test test-unit test-integration test-e2e lint typecheck schemas bench deps postgres clean help monitoring loadtest
 
 help:
 	@echo "make up     run the whole stack on embedded defaults (API on http://127.0.0.1:8000)"
@@ -50,6 +50,9 @@ test-e2e: deps postgres
 
 schemas: deps
 	$(BIN)/python -m libs.schemas_gen
+
+monitoring: deps
+	$(BIN)/python -m libs.monitoring.generate
 
 bench: deps postgres
 	$(BIN)/python -m load_test.bench.pipeline
