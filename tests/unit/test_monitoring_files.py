@@ -94,3 +94,24 @@ def test_unknown_metrics_are_named() -> None:
     assert unknown_metrics('{__name__=~"dicomflow_.+_consumer_lag"} or up', exported) == []
     assert unknown_metrics("dicomflow_typo_total + up", exported) == ["dicomflow_typo_total"]
     assert unknown_metrics('{__name__=~"nothing_.+"}', exported) == ["{__name__=~'nothing_.+'}"]
+
+
+def test_alerts_fire_on_trouble_and_stay_quiet_otherwise() -> None:
+    """deploy/prometheus/alerts_test.yml: synthetic series for every alert."""
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(RULES.with_name("alerts_test.yml"))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_tested_and_documented() -> None:
+    rules = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"][0]["rules"]
+    tests = RULES.with_name("alerts_test.yml").read_text(encoding="utf-8")
+    runbook = (ROOT / "docs" / "runbook.md").read_text(encoding="utf-8")
+    for rule in rules:
+        assert f"alertname: {rule['alert']}" in tests, rule["alert"]
+        assert f"### {rule['alert']}\n" in runbook, rule["alert"]
+        assert rule["annotations"]["runbook"] == f"docs/runbook.md#{rule['alert'].lower()}"
