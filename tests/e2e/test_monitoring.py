@@ -27,12 +27,19 @@ RULES = SCRAPE_CONFIG.parent / "alerts.yml"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m"}
 # Prometheus' own series, not exported by a service.
 BUILTIN = {"up"}
+# Monitored services the stack fixture does not run (they need an upstream to be useful):
+# their dashboards cannot be proven here. Keep this empty where possible: run the service in
+# the stack (load_test/stack.py) instead.
+NOT_IN_STACK: set[str] = set()
 
 
 def panel_queries() -> list[tuple[str, str, str]]:
     """(dashboard file, panel title, expr) of every panel target."""
     out = []
+    skipped = {f"service-{name}.json" for name in NOT_IN_STACK}
     for path in sorted(DASHBOARDS.glob("*.json")):
+        if path.name in skipped:
+            continue
         board = json.loads(path.read_text(encoding="utf-8"))
         for panel in board["panels"]:
             for target in panel["targets"]:
@@ -76,7 +83,7 @@ async def test_every_panel_and_alert_is_backed_by_live_metrics(
     stack: Stack, prometheus: Prometheus
 ) -> None:
     running = set(stack.procs)
-    assert set(MONITORED) <= running, "every monitored service runs in the stack"
+    assert set(MONITORED) - running == NOT_IN_STACK, "every monitored service runs in the stack"
 
     async def all_up() -> bool:
         up = await prometheus.query("up == 1")

@@ -73,7 +73,7 @@ async def dead_letter(bootstrap: str, producer: Producer, events: list[ImportReq
     await stage.start()
     task = asyncio.create_task(stage.run())
     await producer.publish(*events)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # joining the group waits for the session timeout
     while len(await list_letters(bootstrap, TOPIC)) < len(events):
         assert time.monotonic() < deadline, "letters not written"
         await asyncio.sleep(0.3)
