@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from libs.monitoring.catalog import CONSUMERS, MONITORED, prefix
 
@@ -22,7 +22,6 @@ class Panel:
     unit: str = "short"
     kind: str = "timeseries"  # or "stat"
     description: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def quantiles(metric: str, by: str = "", legend_prefix: str = "") -> list[Target]:
