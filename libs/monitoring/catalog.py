@@ -12,7 +12,10 @@ from libs.metrics import metric_prefix
 # Panel groups, see `panels.py`: consumer (messages, handler latency, lag, DLQ, retries),
 # producer (events produced), http (API requests), storage (objects/bytes written),
 # end_to_end (discovery -> outcome), tasks (import tasks by state), disk (free space),
-# nas (scans), reconciler (rounds).
+# nas (scans), reconciler (rounds), previews (jpg-converter), publisher (index-publisher).
+# Merging the jpg-converter and index-publisher branches: add
+#   "jpg-converter": ("consumer", "producer", "previews"),
+#   "index-publisher": ("consumer", "publisher"),
 MONITORED: dict[str, tuple[str, ...]] = {
     "nas-watcher": ("consumer", "producer", "nas"),
     "extractor": ("consumer", "producer"),

@@ -204,6 +204,35 @@ def _reconciler(p: str, job: str) -> list[Panel]:
     ]
 
 
+def _previews(p: str, job: str) -> list[Panel]:
+    """jpg-converter: `dicomflow_jpg_converter_previews_total{status}`."""
+    return [
+        Panel(
+            "Previews by outcome",
+            [Target(f"sum by (status) (rate({p}_previews_total[{RATE}]))", "{{status}}")],
+            unit="ops",
+        )
+    ]
+
+
+def _publisher(p: str, job: str) -> list[Panel]:
+    """index-publisher: deliveries to the central index (services/index_publisher/metrics.py)."""
+    return [
+        Panel("Central index reachable", [Target(f"min({p}_receiver_up)", "up")], kind="stat"),
+        Panel(
+            "Study revisions delivered, by outcome",
+            [Target(f"sum by (outcome) (rate({p}_deliveries_total[{RATE}]))", "{{outcome}}")],
+            unit="ops",
+        ),
+        Panel(
+            "HTTP attempts, by answer",
+            [Target(f"sum by (answer) (rate({p}_attempts_total[{RATE}]))", "{{answer}}")],
+            unit="ops",
+        ),
+        Panel("Delivery latency", quantiles(f"{p}_request_seconds"), unit="s"),
+    ]
+
+
 GROUPS = {
     "consumer": _consumer,
     "producer": _producer,
@@ -214,6 +243,8 @@ GROUPS = {
     "disk": _disk,
     "nas": _nas,
     "reconciler": _reconciler,
+    "previews": _previews,
+    "publisher": _publisher,
 }
 
 
