@@ -7,12 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test test-unit test-integration test-e2e lint typecheck schemas bench deps postgres clean help
+.PHONY: up test test-unit test-integration test-e2e lint typecheck schemas bench deps postgres clean help monitoring loadtest
 
 help:
 	@echo "make up     run the whole stack on embedded defaults (API on http://127.0.0.1:8000)"
 	@echo "make test   lint, type-check and run every test layer"
 	@echo "make bench  end-to-end throughput against reference tools on the same files"
+	@echo "make loadtest  Locust against a local stack; summary in load_test/results/"
 
 $(STAMP): pyproject.toml
 	bash deploy/dev/system-deps.sh
@@ -50,6 +51,16 @@ test-e2e: deps postgres
 
 schemas: deps
 	$(BIN)/python -m libs.schemas_gen
+
+monitoring: deps
+	$(BIN)/python -m libs.monitoring.generate
+
+LOADTEST_SECONDS ?= 60
+LOADTEST_USERS ?= 20
+# Locust is not a test dependency: the `loadtest` extra is installed on demand.
+loadtest: deps postgres
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[loadtest]'
+	$(BIN)/python -m load_test.run --seconds $(LOADTEST_SECONDS) --users $(LOADTEST_USERS)
 
 bench: deps postgres
 	$(BIN)/python -m load_test.bench.pipeline

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,7 +25,7 @@ from libs.kafka.admin import ensure_topics
 from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
 from libs.kafka.producer import Producer
 from libs.logging import configure_logging, get_logger
-from libs.metrics import ConsumerMetrics, ProducerMetrics
+from libs.metrics import ConsumerMetrics, DiskCollector, ProducerMetrics
 from libs.ops import Readiness, http_server, ops_app
 from libs.settings import ServiceSettings
 
@@ -45,6 +46,7 @@ class Runtime:
         self.app: FastAPI | None = None  # the API serves its own app; others get ops_app
         self._producer: Producer | None = None
         self._consumer_metrics: ConsumerMetrics | None = None
+        self._disks: DiskCollector | None = None
 
     async def pool(self) -> asyncpg.Pool:
         pool = await create_pool(self.settings.database_url, size=self.settings.database_pool_size)
@@ -114,6 +116,13 @@ class Runtime:
         if self._consumer_metrics is None:
             self._consumer_metrics = ConsumerMetrics.create(self.name, self.registry)
         return self._consumer_metrics
+
+    def watch_disk(self, volume: str, path: Path) -> None:
+        """Export free/total bytes of the volume holding `path` (alert: disk low)."""
+        if self._disks is None:
+            self._disks = DiskCollector()
+            self.registry.register(self._disks)
+        self._disks.volumes[volume] = path
 
     def add_worker(self, name: str, worker: Worker) -> None:
         self.workers.append((name, worker))

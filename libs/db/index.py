@@ -109,8 +109,9 @@ async def _upsert_hierarchy(conn: Conn, h: DicomHeader) -> None:
     )
 
 
-async def index_instance(conn: Conn, ev: InstanceStored) -> None:
-    """Index a stored instance (or record a conflict); idempotent."""
+async def index_instance(conn: Conn, ev: InstanceStored) -> float | None:
+    """Index a stored instance (or record a conflict); idempotent. Returns the seconds since
+    the file's discovery when this call recorded its outcome (see `ledger.mark_outcome`)."""
     h, i = ev.header, ev.header.instance
     async with conn.transaction():
         await _record_source(conn, ev)
@@ -127,8 +128,7 @@ async def index_instance(conn: Conn, ev: InstanceStored) -> None:
                 ev.source,
                 ev.file.uri,
             )
-            await _outcome(conn, ev, "conflict", "same SOPInstanceUID, different content")
-            return
+            return await _outcome(conn, ev, "conflict", "same SOPInstanceUID, different content")
         await _upsert_hierarchy(conn, h)
         inserted = await conn.fetchval(
             """INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,
@@ -157,7 +157,7 @@ async def index_instance(conn: Conn, ev: InstanceStored) -> None:
         if inserted:
             await _count_instance(conn, h, ev.file.size)
         reason = "same_content_other_uid" if ev.disposition == "same_content_other_uid" else None
-        await _outcome(conn, ev, "indexed", reason)
+        return await _outcome(conn, ev, "indexed", reason)
 
 
 async def _count_instance(conn: Conn, h: DicomHeader, size: int) -> None:
@@ -183,10 +183,10 @@ async def _count_instance(conn: Conn, h: DicomHeader, size: int) -> None:
     )
 
 
-async def record_duplicate(conn: Conn, ev: InstanceDuplicated) -> None:
+async def record_duplicate(conn: Conn, ev: InstanceDuplicated) -> float | None:
     async with conn.transaction():
         await _record_source(conn, ev)
-        await _outcome(conn, ev, "duplicate", None)
+        return await _outcome(conn, ev, "duplicate", None)
 
 
 async def _record_source(conn: Conn, ev: InstanceStored | InstanceDuplicated) -> None:
@@ -209,8 +209,8 @@ async def _outcome(
     ev: InstanceStored | InstanceDuplicated,
     status: str,
     reason: str | None,
-) -> None:
-    await ledger.mark_outcome(
+) -> float | None:
+    return await ledger.mark_outcome(
         conn,
         ev.file.file_id,
         status,

@@ -87,9 +87,10 @@ async def mark_outcome(
     sop_instance_uid: str | None = None,
     study_uid: str | None = None,
     task_id: str | _Lookup | None = LOOKUP,
-) -> bool:
+) -> float | None:
     """Record a file's final outcome once (later calls are no-ops); completes its task
-    when it was the last pending file. Returns True if this call recorded it.
+    when it was the last pending file. Returns the seconds since the file's discovery if this
+    call recorded it (the end-to-end latency), None if it was recorded before.
 
     Pass `task_id` when the caller knows it (events carry it) to save a round trip; inside a
     caller's transaction no savepoint is taken."""
@@ -109,7 +110,7 @@ async def mark_outcome(
                SET status = $2, stage = $3, reason = $4, sop_instance_uid = $5, study_uid = $6,
                    updated_at = now(), finished_at = now()
              WHERE id = $1 AND status = 'pending'
-            RETURNING true
+            RETURNING extract(epoch FROM finished_at - discovered_at)::float8
             """,
             file_id,
             status,
@@ -120,7 +121,7 @@ async def mark_outcome(
         )
         if task_id is not None:
             await complete_task_if_done(conn, str(task_id))
-    return bool(done)
+    return float(done) if done is not None else None
 
 
 async def complete_task_if_done(conn: Conn, task_id: str) -> bool:

@@ -204,3 +204,8 @@ async def running_task_ids(conn: Conn) -> list[str]:
         "SELECT id::text FROM import_tasks WHERE status = 'running' AND scan_completed"
     )
     return [r["id"] for r in rows]
+
+
+async def count_by_status(conn: Conn) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM import_tasks GROUP BY status")
+    return {r["status"]: int(r["n"]) for r in rows}

@@ -17,6 +17,7 @@ Failures are sorted three ways:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -101,6 +102,9 @@ class StageConsumer:
         self._dead_letters = dead_letters  # False for consumers of DLQs: log and skip instead
         self._slots = asyncio.Semaphore(concurrency)
         self.healthy = False
+        for topic in self._routes:
+            metrics.init_topic(topic)
+        self._lag_labels: set[tuple[str, str]] = set()
         self._consumer = AIOKafkaConsumer(
             *self._routes,
             bootstrap_servers=bootstrap_servers,
@@ -158,10 +162,21 @@ class StageConsumer:
         for tp, rs in batch.items():
             lag = (self._consumer.highwater(tp) or 0) - (rs[-1].offset + 1)
             self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+        self._forget_lost_partitions()
 
     def _record_idle_lag(self) -> None:
         for tp in self._consumer.assignment():
             self._metrics.lag.labels(tp.topic, str(tp.partition)).set(0)
+        self._forget_lost_partitions()
+
+    def _forget_lost_partitions(self) -> None:
+        """A partition moved to another replica is reported there: drop its series here, or
+        the last value would stay forever and be summed with the new owner's."""
+        owned = {(tp.topic, str(tp.partition)) for tp in self._consumer.assignment()}
+        for labels in self._lag_labels - owned:
+            with contextlib.suppress(KeyError):  # never set: assigned and lost between polls
+                self._metrics.lag.remove(*labels)
+        self._lag_labels = owned
 
     async def _in_order(self, records: list[ConsumerRecord]) -> list[asyncio.Future[object]]:
         """One key's messages, one after the other; other keys run meanwhile (bounded)."""

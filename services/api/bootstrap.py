@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from libs.db.tasks import count_by_status
 from libs.imaging.isolated import IsolatedRenderer
+from libs.logging import get_logger
+from libs.metrics import TASK_STATES, import_tasks_gauge
 from libs.runtime import Runtime
 from libs.storage import open_store
 from services.api.app import create_app
 from services.api.config import ApiSettings
 from services.api.previews import PreviewSource
+
+log = get_logger(__name__)
+TASK_METRICS_SECONDS = 5.0
 
 
 async def wire(rt: Runtime) -> None:
@@ -29,3 +35,19 @@ async def wire(rt: Runtime) -> None:
         limits=settings.limits(),
         previews=previews,
     )
+    tasks = import_tasks_gauge(rt.name, rt.registry)
+
+    async def count_tasks() -> None:
+        """Import tasks by state, for the dashboards and the task-failed alert."""
+        while True:
+            try:
+                async with pool.acquire() as conn:
+                    counts = await count_by_status(conn)
+                for state in TASK_STATES:
+                    tasks.labels(state).set(counts.get(state, 0))
+            except Exception as exc:  # the database is back next round; /ready says so
+                log.warning("import task count failed", error=repr(exc))
+            if not await rt.sleep(TASK_METRICS_SECONDS):
+                return
+
+    rt.add_worker("task-metrics", count_tasks)

@@ -3,12 +3,14 @@ from __future__ import annotations
 from functools import partial
 
 import asyncpg
+from prometheus_client import Histogram
 
 from libs.db import index as repo
 from libs.db import ledger
 from libs.events import DeadLetter, InstanceDuplicated, InstanceStored
 from libs.kafka.consumer import Route
 from libs.logging import get_logger
+from libs.metrics import end_to_end_histogram
 from libs.runtime import Runtime
 from libs.topics import dlq_topic
 from services.indexer.config import IndexerSettings
@@ -32,19 +34,26 @@ OUTCOME_DLQS = (
 
 
 class PgIndex:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, end_to_end: Histogram) -> None:
         self.pool = pool
+        self.end_to_end = end_to_end
+
+    def _observe(self, outcome: str, seconds: float | None) -> None:
+        if seconds is not None:  # None: recorded by an earlier delivery, already observed
+            self.end_to_end.labels(outcome).observe(seconds)
 
     async def index(self, event: InstanceStored) -> repo.StudySnapshot | None:
         async with self.pool.acquire() as conn:
-            await repo.index_instance(conn, event)
+            seconds = await repo.index_instance(conn, event)
             if event.disposition == "conflict":
+                self._observe("conflict", seconds)
                 return None
+            self._observe("indexed", seconds)
             return await repo.study_snapshot(conn, event.header.study.study_uid)
 
     async def duplicate(self, event: InstanceDuplicated) -> None:
         async with self.pool.acquire() as conn:
-            await repo.record_duplicate(conn, event)
+            self._observe("duplicate", await repo.record_duplicate(conn, event))
 
     async def failed(self, file_id: int, stage: str, reason: str) -> None:
         async with self.pool.acquire() as conn:
@@ -55,7 +64,7 @@ async def wire(rt: Runtime) -> None:
     settings = rt.settings
     assert isinstance(settings, IndexerSettings)
     pool = await rt.pool()
-    index = PgIndex(pool)
+    index = PgIndex(pool, end_to_end_histogram(rt.name, rt.registry))
     await rt.consumer(
         {
             InstanceStored.TOPIC: Route(InstanceStored, partial(handle_stored, index=index)),

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import asyncpg
+from prometheus_client import Counter
 
 from libs.db import ledger, tasks
 from libs.db.ledger import LedgerRow
@@ -58,6 +59,19 @@ async def wire(rt: Runtime) -> None:
     pool = await rt.pool()
     producer = await rt.producer()
     port = PgLedger(pool)
+    rounds = Counter(
+        "dicomflow_reconciler_rounds_total",
+        "Reconciliation rounds, by outcome (ok, failed).",
+        ["status"],
+        registry=rt.registry,
+    )
+    reemitted = Counter(
+        "dicomflow_reconciler_reemitted_total",
+        "Stale ledger files whose discovery was published again.",
+        registry=rt.registry,
+    )
+    for status in ("ok", "failed"):
+        rounds.labels(status)
 
     async def publish(events: Sequence[Event]) -> None:
         await producer.publish(*events)
@@ -80,7 +94,10 @@ async def wire(rt: Runtime) -> None:
                 )
             except Exception as exc:  # keep reconciling through outages; next round retries
                 log.warning("reconcile round failed", error=repr(exc))
+                rounds.labels("failed").inc()
                 continue
+            rounds.labels("ok").inc()
+            reemitted.inc(report.reemitted)
             if report.reemitted or report.tasks_completed:
                 log.info(
                     "reconciled",

@@ -1,15 +1,22 @@
 from __future__ import annotations
 
 from functools import partial
+from urllib.parse import urlsplit
 
 from libs.events import InstanceUnique
 from libs.kafka.consumer import Route
+from libs.metrics import StorageMetrics
 from libs.runtime import Runtime
 from libs.storage import open_store
+from libs.storage.local import path_from_file_url
+from libs.storage.metered import MeteredStore
 from services.storage_writer.handlers import handle_unique
 
 
 async def wire(rt: Runtime) -> None:
-    storage = open_store(rt.settings.storage_url)
+    url = rt.settings.storage_url
+    storage = MeteredStore(open_store(url), StorageMetrics.create(rt.name, rt.registry))
+    if urlsplit(url).scheme == "file":
+        rt.watch_disk("storage", path_from_file_url(url))
     handler = partial(handle_unique, storage=storage)
     await rt.consumer({InstanceUnique.TOPIC: Route(InstanceUnique, handler)})

@@ -16,7 +16,9 @@ import yaml
 from pydantic import AliasChoices
 
 from libs.cli import SERVICES
+from libs.events import Event
 from libs.settings import ServiceSettings
+from libs.topics import all_topic_names
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_FILE = ROOT / "docker-compose.yml"
@@ -32,6 +34,9 @@ IGNORED = {"api": {"API_OPS_HOST", "API_OPS_PORT"}}
 PUBLIC = {"api", "packager", "orthanc-watcher"}
 # Services that read the source files named by file:// URIs, at the watcher's paths.
 READS_NAS = {"nas-watcher", "extractor", "storage-writer"}
+# Containers with a published port (and so on the public network as well).
+PUBLISHED = {"api", "grafana", "orthanc"}
+TOPIC_LITERAL = re.compile(r"""["']([a-z][a-z_]*\.[a-z][a-z_]*\.v[0-9]+(?:\.dlq)?)["']""")
 TOPIC_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PARTITIONS", "KAFKA_REPLICATION_FACTOR")
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "CREDENTIALS")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -289,9 +294,60 @@ def test_data_stores_are_unreachable_from_outside() -> None:
     for key, spec in BASE["services"].items():
         networks = set(spec["networks"])
         assert "internal" in networks, key
-        if key not in PUBLIC:
-            assert networks <= {"internal", "egress"}, f"{key}: only {PUBLIC} are public"
-            assert "ports" not in spec, f"{key}: nothing but {PUBLIC} is published"
-    for key in ("kafka", "postgres"):
+        if key not in PUBLIC | PUBLISHED:
+            assert networks <= {"internal", "egress"}, f"{key}: not on the public network"
+            assert "ports" not in spec, f"{key}: not published"
+    for port in BASE["services"]["orthanc"]["ports"]:
+        assert port.startswith("127.0.0.1:"), "the demo Orthanc is for this host only"
+    for key in ("kafka", "postgres", "prometheus", "grafana", "orthanc"):
+        # Data in named volumes; only configuration from the repository is bind-mounted.
         mounts = [v.split(":")[0] for v in BASE["services"][key]["volumes"]]
-        assert all(m in BASE["volumes"] for m in mounts), f"{key}: named volumes"
+        data = [m for m in mounts if not m.startswith("./deploy/")]
+        assert data and all(m in BASE["volumes"] for m in data), f"{key}: named volumes"
+
+
+def test_every_topic_the_code_names_is_created_by_the_topics_job() -> None:
+    """The job runs `dicomflow topics`, which creates `libs.topics.TOPICS` and their DLQs:
+    every event's topic and every topic name written in the code must be among them."""
+    created = set(all_topic_names())
+    events: list[type[Event]] = []
+    pending: list[type[Event]] = [Event]
+    while pending:
+        cls = pending.pop()
+        pending += cls.__subclasses__()
+        events.append(cls)
+    for cls in events:
+        if cls.TOPIC:
+            assert cls.TOPIC in created, f"{cls.__name__}: add it to PIPELINE_EVENTS"
+    for folder in ("libs", "services"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for topic in TOPIC_LITERAL.findall(path.read_text(encoding="utf-8")):
+                assert topic in created, f"{path.relative_to(ROOT)} names {topic}"
+
+
+def test_monitoring_gets_the_repository_files() -> None:
+    services = BASE["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    config = load(ROOT / "deploy" / "prometheus" / "prometheus.yml")
+    for job in config["scrape_configs"]:
+        (sd,) = job["dns_sd_configs"]
+        (name,) = sd["names"]
+        spec = services[name]
+        assert str(sd["port"]) == environment(spec)["OPS_PORT_FOR_HEALTHCHECK"], name
+        assert "internal" in spec["networks"], name
+
+    mounts = dict(v.rsplit(":", 2)[:2] for v in grafana["volumes"] if v.startswith("./"))
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    provider = load(ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" / "dicomflow.yml")
+    assert provider["providers"][0]["options"]["path"] == mounts["./deploy/grafana/dashboards"]
+    home = environment(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(mounts["./deploy/grafana/dashboards"] + "/")
+    assert (ROOT / "deploy" / "grafana" / "dashboards" / home.rsplit("/", 1)[1]).exists()
+    source = load(ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    for key in ("prometheus", "grafana", "orthanc"):
+        assert services[key]["healthcheck"]["test"], key
+        assert services[key]["restart"] == "unless-stopped", key

@@ -1,0 +1,149 @@
+"""The dashboards and alerts work: a real Prometheus scrapes the stack (the repository's scrape
+config, pointed at the processes' ops ports) while it imports a batch with poison files; then
+every panel's query returns data, every alert evaluates over exported metrics, and the
+dead-letter alert fires."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from trees import build_tree
+
+from libs.monitoring.catalog import CONSUMERS, MONITORED
+from libs.monitoring.generate import DASHBOARDS, SCRAPE_CONFIG
+from libs.monitoring.promql import unknown_metrics
+from load_test.prometheus import Prometheus, local_config
+from load_test.stack import PREFIX, Stack
+
+RULES = SCRAPE_CONFIG.parent / "alerts.yml"
+# Grafana's variables, as Grafana would fill them in for a short time range.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m"}
+# Prometheus' own series, not exported by a service.
+BUILTIN = {"up"}
+# Monitored services the stack fixture does not run (they need an upstream to be useful):
+# their dashboards cannot be proven here. Keep this empty where possible: run the service in
+# the stack (load_test/stack.py) instead.
+NOT_IN_STACK: set[str] = set()
+
+
+def panel_queries() -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, expr) of every panel target, but those of services in
+    NOT_IN_STACK (their dashboards, and the overview's lines named after them)."""
+    out = []
+    skipped = {f"service-{name}.json" for name in NOT_IN_STACK}
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        if path.name in skipped:
+            continue
+        board = json.loads(path.read_text(encoding="utf-8"))
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                if target["legendFormat"] in NOT_IN_STACK:
+                    continue
+                expr = target["expr"]
+                for var, value in GRAFANA_VARIABLES.items():
+                    expr = expr.replace(var, value)
+                out.append((path.name, panel["title"], expr))
+    return out
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    return [rule for g in groups for rule in g["rules"]]
+
+
+@pytest.fixture
+async def prometheus(stack: Stack, tmp_path: Path) -> AsyncIterator[Prometheus]:
+    # Services the stack knows how to run but the fixture does not start (beyond the pipeline).
+    extra = [n for n in MONITORED if n in PREFIX and n not in set(stack.procs) | NOT_IN_STACK]
+    for name in extra:
+        stack.start(name)
+    await stack.wait_ready(extra)
+    targets = {name: port for name, port in stack.ports.items() if name in stack.procs}
+    prom = Prometheus.start(tmp_path / "prometheus", local_config(targets))
+    try:
+        await prom.wait_ready()
+        yield prom
+    finally:
+        prom.stop()
+
+
+async def poll(check: Any, what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true after {timeout}s")
+        await asyncio.sleep(0.5)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.stack_env(NAS_WATCH="true")  # the watcher's scan panels need scans
+async def test_every_panel_and_alert_is_backed_by_live_metrics(
+    stack: Stack, prometheus: Prometheus
+) -> None:
+    running = set(stack.procs)
+    assert set(MONITORED) - running == NOT_IN_STACK, "every monitored service runs in the stack"
+
+    async def all_up() -> bool:
+        up = await prometheus.query("up == 1")
+        return {r["metric"]["job"] for r in up} == running
+
+    await poll(all_up, "every service scraped")
+
+    tree = stack.root / "imports" / "monitored"
+    expected = build_tree(tree, series_per_study=2, per_series=8, patients=2)
+    task = await stack.wait_task(await stack.start_import(tree))
+    assert task["status"] == "completed", task
+
+    async def indexed_seen() -> bool:
+        r = await prometheus.query(
+            'sum(dicomflow_indexer_end_to_end_seconds_count{outcome="indexed"})'
+        )
+        return bool(r) and float(r[0]["value"][1]) >= expected.new
+
+    await poll(indexed_seen, "the import's instances reach Prometheus")
+
+    async def dlq_alert_firing() -> list[dict[str, Any]]:
+        alerts = (await prometheus.api("alerts"))["alerts"]
+        return [
+            a
+            for a in alerts
+            if a["labels"]["alertname"] == "DicomflowDeadLetter" and a["state"] == "firing"
+        ]
+
+    firing = await poll(dlq_alert_firing, "the dead-letter alert fires")
+    assert {"extractor"} <= {a["labels"]["job"] for a in firing}
+
+    exported = set(await prometheus.api("label/__name__/values"))
+    problems: list[str] = []
+    for board, title, expr in panel_queries():
+        unknown = unknown_metrics(expr, exported | BUILTIN)
+        if unknown:
+            problems.append(f"{board} / {title}: no service exports {unknown}: {expr}")
+        elif not await prometheus.query(expr):
+            problems.append(f"{board} / {title}: no data: {expr}")
+    for rule in alert_rules():
+        unknown = unknown_metrics(rule["expr"], exported | BUILTIN)
+        if unknown:
+            problems.append(f"alert {rule['alert']}: no service exports {unknown}")
+        await prometheus.query(rule["expr"])  # raises unless Prometheus accepts it
+    assert not problems, "\n".join(problems)
+
+    # The figures behind the overview are the import's, not just present.
+    for stage in CONSUMERS:
+        metric = f"dicomflow_{stage.replace('-', '_')}_messages_total"
+        r = await prometheus.query(f'sum(increase({metric}{{status="ok"}}[5m]))')
+        assert r and float(r[0]["value"][1]) > 0, f"{stage} handled nothing"
+    stored = await prometheus.query("sum(dicomflow_storage_writer_objects_stored_total)")
+    assert float(stored[0]["value"][1]) == expected.new + expected.conflicts
+    tasks = await prometheus.query('max(dicomflow_api_import_tasks{status="completed"})')
+    assert float(tasks[0]["value"][1]) >= 1
