@@ -27,8 +27,9 @@ class ApiMetrics:
     seconds: Histogram
 
     @classmethod
-    def create(cls, registry: CollectorRegistry) -> ApiMetrics:
-        p = metric_prefix("api")
+    def create(cls, registry: CollectorRegistry, service: str = "api") -> ApiMetrics:
+        """`dicomflow_<service>_requests_total` and `..._request_seconds`."""
+        p = metric_prefix(service)
         return cls(
             requests=Counter(
                 f"{p}_requests_total",

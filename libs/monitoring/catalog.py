@@ -12,10 +12,8 @@ from libs.metrics import metric_prefix
 # Panel groups, see `panels.py`: consumer (messages, handler latency, lag, DLQ, retries),
 # producer (events produced), http (API requests), storage (objects/bytes written),
 # end_to_end (discovery -> outcome), tasks (import tasks by state), disk (free space),
-# nas (scans), reconciler (rounds), previews (jpg-converter), publisher (index-publisher).
-# Merging the jpg-converter and index-publisher branches: add
-#   "jpg-converter": ("consumer", "producer", "previews"),
-#   "index-publisher": ("consumer", "publisher"),
+# nas (scans), reconciler (rounds), previews (jpg-converter), publisher (index-publisher),
+# archives (packager), orthanc (orthanc-watcher), iso (iso-watcher).
 MONITORED: dict[str, tuple[str, ...]] = {
     "nas-watcher": ("consumer", "producer", "nas"),
     "extractor": ("consumer", "producer"),
@@ -24,6 +22,11 @@ MONITORED: dict[str, tuple[str, ...]] = {
     "indexer": ("consumer", "producer", "end_to_end"),
     "reconciler": ("reconciler",),
     "api": ("http", "tasks"),
+    "jpg-converter": ("consumer", "producer", "previews"),
+    "index-publisher": ("consumer", "publisher"),
+    "packager": ("http", "archives"),
+    "orthanc-watcher": ("orthanc",),
+    "iso-watcher": ("iso",),
 }
 
 # The stages of the pipeline in the order a file passes them (overview rows).

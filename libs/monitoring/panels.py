@@ -233,6 +233,40 @@ def _publisher(p: str, job: str) -> list[Panel]:
     ]
 
 
+def _archives(p: str, job: str) -> list[Panel]:
+    """packager: archive builds and downloads (services/packager)."""
+    return [
+        Panel("Archive builds", [Target(f"sum(rate({p}_builds_total[{RATE}]))", "builds")]),
+        Panel(
+            "Archive downloads, by source",
+            [Target(f"sum by (source) (rate({p}_downloads_total[{RATE}]))", "{{source}}")],
+            unit="reqps",
+            description="cache: a built archive; build: streamed while it was being built.",
+        ),
+    ]
+
+
+def _orthanc(p: str, job: str) -> list[Panel]:
+    """orthanc-watcher: the /changes cursor and instances taken in."""
+    return [
+        Panel(
+            "Changes cursor",
+            [Target(f"max({p}_cursor)", "sequence")],
+            description="A flat line while Orthanc receives studies: the feed is not followed.",
+        ),
+        Panel(
+            "Instances taken in, by path",
+            [Target(f"sum by (via) (rate({p}_instances_total[{RATE}]))", "{{via}}")],
+            unit="ops",
+        ),
+    ]
+
+
+def _iso(p: str, job: str) -> list[Panel]:
+    """iso-watcher: rounds over the inbox."""
+    return [Panel("Inbox rounds", [Target(f"sum(rate({p}_rounds_total[{RATE}]))", "rounds")])]
+
+
 GROUPS = {
     "consumer": _consumer,
     "producer": _producer,
@@ -245,6 +279,9 @@ GROUPS = {
     "reconciler": _reconciler,
     "previews": _previews,
     "publisher": _publisher,
+    "archives": _archives,
+    "orthanc": _orthanc,
+    "iso": _iso,
 }
 
 

@@ -124,5 +124,5 @@ def create_app(
     app.include_router(archive_router(packager, Authenticator(pool), downloads))
     app.include_router(ops_router("packager", readiness, registry))
     app.add_middleware(AuditMiddleware, pool=pool)
-    app.add_middleware(MetricsMiddleware, metrics=ApiMetrics.create(registry))
+    app.add_middleware(MetricsMiddleware, metrics=ApiMetrics.create(registry, "packager"))
     return app

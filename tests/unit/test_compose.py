@@ -310,6 +310,7 @@ def test_every_topic_the_code_names_is_created_by_the_topics_job() -> None:
     """The job runs `dicomflow topics`, which creates `libs.topics.TOPICS` and their DLQs:
     every event's topic and every topic name written in the code must be among them."""
     created = set(all_topic_names())
+    domains = {name.split(".")[0] for name in created}
     events: list[type[Event]] = []
     pending: list[type[Event]] = [Event]
     while pending:
@@ -322,6 +323,8 @@ def test_every_topic_the_code_names_is_created_by_the_topics_job() -> None:
     for folder in ("libs", "services"):
         for path in (ROOT / folder).rglob("*.py"):
             for topic in TOPIC_LITERAL.findall(path.read_text(encoding="utf-8")):
+                if topic.split(".")[0] not in domains:
+                    continue  # same shape, not a topic (e.g. a payload format name)
                 assert topic in created, f"{path.relative_to(ROOT)} names {topic}"
 
 
