@@ -20,6 +20,7 @@ SERVICES: dict[str, str] = {
     "indexer": "services.indexer",
     "reconciler": "services.reconciler",
     "api": "services.api",
+    "dcm4chee-watcher": "services.dcm4chee_watcher",
 }
 
 
