@@ -1,4 +1,4 @@
-"""Read-only connection pools to the archive's database: asyncpg for PostgreSQL, aiomysql
+"""Read-only connection pools to the archive's database: asyncpg for PostgreSQL, asyncmy
 for MySQL/MariaDB (ADR 0008). Both refuse writes at the session level."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import aiomysql
+import asyncmy
 import asyncpg
+from asyncmy.cursors import DictCursor
 
 from services.dcm4chee_watcher.archive import ArchiveDb
 
@@ -57,13 +58,13 @@ class PgArchiveDb:
 
 
 class MySqlArchiveDb:
-    def __init__(self, pool: aiomysql.Pool) -> None:
+    def __init__(self, pool: asyncmy.Pool) -> None:
         self.pool = pool
 
     @classmethod
     async def connect(cls, url: str, *, size: int) -> MySqlArchiveDb:
         parts = urlsplit(url)
-        pool = await aiomysql.create_pool(
+        pool = await asyncmy.create_pool(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 3306,
             user=unquote(parts.username or "root"),
@@ -79,7 +80,7 @@ class MySqlArchiveDb:
         return cls(pool)
 
     async def fetch(self, sql: str, *args: object) -> list[dict[str, Any]]:
-        async with self.pool.acquire() as conn, conn.cursor(aiomysql.DictCursor) as cur:
+        async with self.pool.acquire() as conn, conn.cursor(DictCursor) as cur:
             await cur.execute(to_format_style(sql), args)
             return list(await cur.fetchall())
 
