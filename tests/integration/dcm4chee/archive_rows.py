@@ -399,6 +399,7 @@ class ArchiveDatabase:
     dialect: str
     writer: Writer
     sql: Sql
+    name: str
 
 
 async def create_pg_arc5() -> tuple[str, Sql]:
@@ -445,3 +446,28 @@ async def drop_mariadb(name: str) -> None:
             await cur.execute(f"DROP DATABASE IF EXISTS {name}")
     finally:
         await admin.ensure_closed()
+
+
+async def open_archive(kind: str) -> ArchiveDatabase:
+    if kind == "arc5-postgresql":
+        name, sql = await create_pg_arc5()
+        return ArchiveDatabase(
+            kind, f"{PG_SERVER}/{name}", "arc5", "postgresql", Arc5Writer(sql), sql, name
+        )
+    if kind == "arc5-mariadb":
+        name, sql = await create_mariadb((arc_ddl_dir() / "create-mariadb.sql").read_text())
+        return ArchiveDatabase(
+            kind, f"{MARIADB_URL}/{name}", "arc5", "mysql", Arc5Writer(sql), sql, name
+        )
+    name, sql = await create_mariadb(DCM4CHEE2_DDL)
+    return ArchiveDatabase(
+        kind, f"{MARIADB_URL}/{name}", "dcm4chee2", "mysql", Dcm4chee2Writer(sql), sql, name
+    )
+
+
+async def close_archive(db: ArchiveDatabase) -> None:
+    await db.sql.close()
+    if db.dialect == "postgresql":
+        await drop_pg(db.name)
+    else:
+        await drop_mariadb(db.name)
