@@ -81,6 +81,12 @@ async def wire(rt: Runtime) -> None:
         ["mode"],
         registry=rt.registry,
     )
+    rounds = Counter(
+        "dicomflow_dcm4chee_watcher_rounds_total",
+        "Rounds of reading the archive, by outcome (a flat `ok` line: the watcher is stuck).",
+        ["outcome"],
+        registry=rt.registry,
+    )
     unreachable = Counter(
         "dicomflow_dcm4chee_watcher_unreachable_total",
         "Archive instances whose file could not be read here (recorded as failed).",
@@ -127,7 +133,9 @@ async def wire(rt: Runtime) -> None:
                             report = await one_round()
                         finally:
                             await conn.execute("SELECT pg_advisory_unlock(2, $1)", lock)
+                rounds.labels("ok").inc()
             except Exception as exc:  # the round is repeated from the watermark
+                rounds.labels("failed").inc()
                 log.warning("archive round failed", error=repr(exc))
             if report.studies:
                 studies.labels(settings.mode).inc(report.studies)
