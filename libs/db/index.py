@@ -325,6 +325,7 @@ async def record_study_summary(
               SET study_date = $2, study_time = $3, accession_number = $4,
                   study_description = $5, study_id = $6, referring_physician = $7,
                   modalities = $8, series_count = $9, instance_count = $10, size_bytes = $11,
+                  patient_pk = (SELECT id FROM patients WHERE patient_key = $12),
                   revision = revision + 1, stable = false, last_instance_at = now(),
                   updated_at = now()
             WHERE study_uid = $1""",
@@ -339,6 +340,7 @@ async def record_study_summary(
         len(series),
         sum(se.instance_count for se in series),
         sum(se.size_bytes for se in series),
+        patient_key(patient),  # the archive may have moved the study to another patient
     )
     snapshot = await study_snapshot(conn, study.study_uid)
     assert snapshot is not None

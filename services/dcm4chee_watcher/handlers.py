@@ -113,17 +113,23 @@ async def full_round(
     found: dict[str, FoundFile] = {}
     for study in studies:
         report.studies += 1
-        done = await state.emitted(study.study.study_uid)
-        for f in await archive.files(study.pk):
-            if f.sop_instance_uid in done or f.sop_instance_uid in found:
-                continue
-            found[f.sop_instance_uid] = await asyncio.to_thread(_found, study, f, roots, source)
+        done = await state.emitted(study.study.study_uid) | set(found)
+        new = [f for f in await archive.files(study.pk) if f.sop_instance_uid not in done]
+        # Path checks stat the archive's filesystem: in a thread, once per study.
+        for ff in await asyncio.to_thread(_found_all, study, new, roots, source):
+            found.setdefault(ff.sop_instance_uid, ff)
     files = _unique_uris(list(found.values()))
     rows = await state.record_round(files, studies[-1].watermark, len(studies))
     await publish([discovered_event(r) for r in rows])
     report.emitted = len(rows)
     report.unreachable = sum(1 for f in files if f.reason)
     return report
+
+
+def _found_all(
+    study: ArchiveStudy, files: list[ArchiveFile], roots: dict[str, Path], source: str
+) -> list[FoundFile]:
+    return [_found(study, f, roots, source) for f in files]
 
 
 def _found(study: ArchiveStudy, f: ArchiveFile, roots: dict[str, Path], source: str) -> FoundFile:
