@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
+from load_test.dcm4chee_archive import Instance, close_archive, open_archive
 from load_test.stack import Stack
-from tests.integration.dcm4chee.archive_rows import Instance, close_archive, open_archive
 
 T0 = datetime(2024, 3, 1, 8, 0, 0)
 

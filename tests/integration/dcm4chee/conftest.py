@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.integration.dcm4chee.archive_rows import ArchiveDatabase, close_archive, open_archive
+from load_test.dcm4chee_archive import ArchiveDatabase, close_archive, open_archive
 
 KINDS = ["arc5-postgresql", "arc5-mariadb", "dcm4chee2-mariadb"]
 

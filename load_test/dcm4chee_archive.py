@@ -1,6 +1,7 @@
-"""A dcm4chee archive database for tests: a fresh database per test, created from the
-dcm4chee-arc-light 5.35 DDL (PostgreSQL, MariaDB) or from the legacy 2.x columns (MariaDB),
-and rows inserted the way the archive inserts them (every NOT NULL column, `*` for empty)."""
+"""A dcm4chee archive database for the tests and `make bench`: a fresh database each time,
+created from the dcm4chee-arc-light 5.35 DDL (PostgreSQL, MariaDB) or from the legacy 2.x
+columns (MariaDB), and rows inserted the way the archive inserts them (every NOT NULL column,
+`*` for empty)."""
 
 from __future__ import annotations
 
