@@ -65,13 +65,13 @@ async def advance(conn: Conn, source: str, to: Watermark, studies: int) -> None:
     )
 
 
-async def emitted(conn: Conn, source: str, study_uid: str) -> set[str]:
-    """SOPInstanceUIDs of the study already handed to the pipeline."""
+async def emitted(conn: Conn, source: str, study_uids: Sequence[str]) -> set[str]:
+    """SOPInstanceUIDs of these studies already handed to the pipeline."""
     rows = await conn.fetch(
         """SELECT sop_instance_uid FROM dcm4chee_instances
-            WHERE source = $1 AND study_uid = $2 AND status = 'emitted'""",
+            WHERE source = $1 AND study_uid = ANY($2::text[]) AND status = 'emitted'""",
         source,
-        study_uid,
+        list(study_uids),
     )
     return {r["sop_instance_uid"] for r in rows}
 

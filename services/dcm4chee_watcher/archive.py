@@ -9,6 +9,7 @@ for "empty") come back as "".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -76,7 +77,7 @@ ORDER BY s.changed_at, s.pk LIMIT $5
 """
 
 _FILES_ARC5 = """
-SELECT se.series_iuid, se.modality, se.series_no, se.series_desc, se.body_part,
+SELECT st.pk AS study_pk, se.series_iuid, se.modality, se.series_no, se.series_desc, se.body_part,
        i.sop_iuid, i.sop_cuid, l.storage_id AS storage, l.storage_path AS path,
        l.object_size AS size, l.status
   FROM study st
@@ -86,8 +87,8 @@ SELECT se.series_iuid, se.modality, se.series_no, se.series_desc, se.body_part,
   LEFT JOIN rejected_instance ri
          ON ri.study_iuid = st.study_iuid AND ri.series_iuid = se.series_iuid
         AND ri.sop_iuid = i.sop_iuid
- WHERE st.pk = $1 AND se.rejection_state <> 2 AND ri.pk IS NULL
- ORDER BY se.pk, i.pk, l.status, l.pk
+ WHERE st.pk IN ({pks}) AND se.rejection_state <> 2 AND ri.pk IS NULL
+ ORDER BY st.pk, se.pk, i.pk, l.status, l.pk
 """
 
 _CHANGED_V2 = """
@@ -102,14 +103,14 @@ ORDER BY s.changed_at, s.pk LIMIT $5
 """
 
 _FILES_V2 = """
-SELECT se.series_iuid, se.modality, i.sop_iuid, i.sop_cuid, fs.dirpath AS storage,
-       f.filepath AS path, f.file_size AS size
+SELECT se.study_fk AS study_pk, se.series_iuid, se.modality, i.sop_iuid, i.sop_cuid,
+       fs.dirpath AS storage, f.filepath AS path, f.file_size AS size
   FROM series se
   JOIN instance i ON i.series_fk = se.pk
   LEFT JOIN files f ON f.instance_fk = i.pk
   LEFT JOIN filesystem fs ON fs.pk = f.filesystem_fk
- WHERE se.study_fk = $1
- ORDER BY se.pk, i.pk, f.pk
+ WHERE se.study_fk IN ({pks})
+ ORDER BY se.study_fk, se.pk, i.pk, f.pk
 """
 
 
@@ -134,18 +135,20 @@ class Archive:
         )
         return [_study_arc5(r) if self.arc5 else _study_v2(r) for r in rows]
 
-    async def files(self, study_pk: int) -> list[ArchiveFile]:
-        """Every instance of the study (rejected ones left out), one row per instance: the
-        first usable location when there are several."""
-        rows = await self.db.fetch(_FILES_ARC5 if self.arc5 else _FILES_V2, study_pk)
-        by_uid: dict[str, ArchiveFile] = {}
-        for r in rows:
-            f = _file(r)
-            if f.sop_instance_uid not in by_uid or (
-                by_uid[f.sop_instance_uid].status != 0 and f.status == 0
-            ):
-                by_uid[f.sop_instance_uid] = f
-        return list(by_uid.values())
+    async def files(self, study_pks: Sequence[int]) -> dict[int, list[ArchiveFile]]:
+        """Every instance of these studies (rejected ones left out), one per instance: the
+        first usable location when there are several. One query for the whole batch."""
+        if not study_pks:
+            return {}
+        marks = ", ".join(f"${n}" for n in range(1, len(study_pks) + 1))
+        sql = (_FILES_ARC5 if self.arc5 else _FILES_V2).format(pks=marks)
+        by_study: dict[int, dict[str, ArchiveFile]] = {pk: {} for pk in study_pks}
+        for r in await self.db.fetch(sql, *study_pks):
+            f, files = _file(r), by_study[int(r["study_pk"])]
+            old = files.get(f.sop_instance_uid)
+            if old is None or (old.status != 0 and f.status == 0):
+                files[f.sop_instance_uid] = f
+        return {pk: list(files.values()) for pk, files in by_study.items()}
 
 
 def _study_arc5(r: dict[str, Any]) -> ArchiveStudy:

@@ -41,9 +41,9 @@ class PgState:
         async with self.pool.acquire() as conn:
             await dcm4chee.advance(conn, self.source, to, 1)
 
-    async def emitted(self, study_uid: str) -> set[str]:
+    async def emitted(self, study_uids: Sequence[str]) -> set[str]:
         async with self.pool.acquire() as conn:
-            return await dcm4chee.emitted(conn, self.source, study_uid)
+            return await dcm4chee.emitted(conn, self.source, study_uids)
 
     async def index_study(
         self, study: ArchiveStudy, series: list[SeriesSummary], announce: Announce

@@ -29,13 +29,13 @@ class ArchivePort(Protocol):
     async def changed_studies(
         self, after: Watermark, *, settle_seconds: float, limit: int
     ) -> list[ArchiveStudy]: ...
-    async def files(self, study_pk: int) -> list[ArchiveFile]: ...
+    async def files(self, study_pks: Sequence[int]) -> dict[int, list[ArchiveFile]]: ...
 
 
 class StatePort(Protocol):
     async def watermark(self) -> Watermark: ...
     async def advance(self, to: Watermark) -> None: ...
-    async def emitted(self, study_uid: str) -> set[str]: ...
+    async def emitted(self, study_uids: Sequence[str]) -> set[str]: ...
     async def index_study(
         self, study: ArchiveStudy, series: list[SeriesSummary], announce: Announce
     ) -> None: ...
@@ -76,9 +76,10 @@ async def metadata_round(
     studies = await archive.changed_studies(
         await state.watermark(), settle_seconds=settle_seconds, limit=limit
     )
+    files = await archive.files([s.pk for s in studies])
     for study in studies:
         report.studies += 1
-        series = summarize(await archive.files(study.pk))
+        series = summarize(files[study.pk])
         if not is_valid_uid(study.study.study_uid) or not series:
             log.warning("study skipped: no instances or invalid UID", study_pk=study.pk)
             await state.advance(study.watermark)
@@ -110,11 +111,16 @@ async def full_round(
     )
     if not studies:
         return report
+    files_of = await archive.files([s.pk for s in studies])
+    done = await state.emitted([s.study.study_uid for s in studies])
     found: dict[str, FoundFile] = {}
     for study in studies:
         report.studies += 1
-        done = await state.emitted(study.study.study_uid) | set(found)
-        new = [f for f in await archive.files(study.pk) if f.sop_instance_uid not in done]
+        new = [
+            f
+            for f in files_of[study.pk]
+            if f.sop_instance_uid not in done and f.sop_instance_uid not in found
+        ]
         # Path checks stat the archive's filesystem: in a thread, once per study.
         for ff in await asyncio.to_thread(_found_all, study, new, roots, source):
             found.setdefault(ff.sop_instance_uid, ff)
