@@ -38,6 +38,7 @@ class PgArchiveDb:
             min_size=1,
             max_size=size,
             command_timeout=300,
+            timeout=10,
             server_settings={
                 "default_transaction_read_only": "on",
                 "application_name": "dicomflow-dcm4chee-watcher",
