@@ -112,11 +112,9 @@ async def _task_with_files(conn: Conn, source: str, files: Sequence[FoundFile]) 
         ],
     )
     by_uri = {r.uri: r for r in rows}
-    for f in files:
-        if f.reason is not None:
-            await ledger.mark_outcome(
-                conn, by_uri[f.uri].id, "failed", stage=STAGE, reason=f.reason, task_id=task.id
-            )
+    failures = [(by_uri[f.uri].id, f.reason) for f in files if f.reason is not None]
+    if failures:
+        await ledger.mark_failed_many(conn, failures, stage=STAGE, task_id=task.id)
     await conn.execute(
         """INSERT INTO dcm4chee_instances (source, sop_instance_uid, study_uid, status, reason,
                                            file_id)
