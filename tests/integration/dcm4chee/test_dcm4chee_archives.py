@@ -236,6 +236,17 @@ async def test_full_mode_feeds_each_reachable_file_once_and_records_the_rest(
     assert len(uris) == len(set(uris)) == 3
     assert uris[-1].endswith(f"{uid('sop-emil-5')}.dcm")
 
+    # A round whose every file is unreachable: its task is complete at once, all failed.
+    await add_study(archive, "gina", later + timedelta(minutes=1), 1, storage="nearline")
+    report = await one_round(archive, pool, recorder, mode="full", limit=10, roots=roots)
+    assert (report.studies, report.emitted, report.unreachable) == (1, 0, 1)
+    gina = await pool.fetchrow(
+        """SELECT t.status AS task, f.status AS file FROM import_tasks t
+             JOIN ingest_files f ON f.task_id = t.id WHERE f.uri LIKE $1""",
+        f"%{uid('sop-gina-0')}",
+    )
+    assert dict(gina) == {"task": "completed", "file": "failed"}
+
 
 async def test_studies_still_changing_wait_until_settled(
     archive: ArchiveDatabase, pool: asyncpg.Pool
