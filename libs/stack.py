@@ -16,12 +16,24 @@ from libs.settings import ServiceSettings, load_settings
 from libs.supervisor import ProcSpec, Supervisor
 
 EMBEDDED_BROKER_PORT = 9092
-# Services that are useful only when configured: started only when their variable is set.
-CONFIGURED_BY = {"dcm4chee-watcher": "DCM4CHEE_ARCHIVE_URL"}
+# Services that are useful only once configured: started only when this variable is set.
+NEEDS = {"dcm4chee-watcher": "DCM4CHEE_ARCHIVE_URL"}
 
 
 def say(msg: str) -> None:
     print(f"dicomflow | {msg}", flush=True)
+
+
+def configured(only: list[str]) -> list[str]:
+    """`only` without the services whose configuration is missing (said once each)."""
+    out = []
+    for name in only:
+        variable = NEEDS.get(name)
+        if variable and not os.environ.get(variable):
+            say(f"{name}: not started ({variable} is not set)")
+            continue
+        out.append(name)
+    return out
 
 
 async def _admin_key(database_url: str, var: Path) -> str:
@@ -84,11 +96,7 @@ async def up(var: Path, *, only: list[str]) -> int:
     say(f"API:        http://{host}:{api_port}   (OpenAPI: http://{host}:{api_port}/docs)")
     say(f"admin key:  {key}   (kept in {var / 'admin-key'})")
     say(f'try:        curl -H "Authorization: Bearer {key}" http://{host}:{api_port}/v1/studies')
-    for name, variable in CONFIGURED_BY.items():
-        if name in only and not os.environ.get(variable):
-            only = [n for n in only if n != name]
-            say(f"{name}: not started ({variable} is not set)")
-    specs += [ProcSpec(n, [sys.executable, "-m", SERVICES[n]]) for n in only]
+    specs += [ProcSpec(n, [sys.executable, "-m", SERVICES[n]]) for n in configured(only)]
     supervisor = Supervisor(specs)
     if specs and specs[0].name == "broker":
         supervisor.on_started["broker"] = lambda: asyncio.to_thread(

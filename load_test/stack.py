@@ -144,7 +144,7 @@ class Stack:
 def stack_env(
     root: Path, database_url: str, bootstrap: str
 ) -> tuple[dict[str, str], dict[str, int]]:
-    ports = {name: free_port() for name in [*PREFIX, "api"]}
+    ports = {name: free_port() for name in dict.fromkeys([*PIPELINE, "api", *PREFIX])}
     env = {
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,

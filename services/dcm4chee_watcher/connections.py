@@ -1,5 +1,5 @@
 """Read-only connection pools to the archive's database: asyncpg for PostgreSQL, asyncmy
-for MySQL/MariaDB (ADR 0008). Both refuse writes at the session level."""
+for MySQL/MariaDB (ADR 0009). Both refuse writes at the session level."""
 
 from __future__ import annotations
 

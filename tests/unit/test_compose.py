@@ -27,11 +27,11 @@ JOB = "topics"  # the one-shot `dicomflow topics`
 NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS"}
 # Accepted by the settings class but overwritten from API_HOST/API_PORT: setting them misleads.
 IGNORED = {"api": {"API_OPS_HOST", "API_OPS_PORT"}}
+# Clinicians' and operators' endpoints: the API, and the packager's archive downloads.
+PUBLIC = {"api", "packager"}
 # Services that read the source files named by file:// URIs, at the watcher's paths.
 READS_NAS = {"nas-watcher", "extractor", "storage-writer"}
 TOPIC_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PARTITIONS", "KAFKA_REPLICATION_FACTOR")
-# Services that read a system outside this file (no published ports): one more network.
-OUTBOUND = {"dcm4chee-watcher": {"internal", "archive"}}
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "CREDENTIALS")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
@@ -284,13 +284,13 @@ def test_files_are_where_the_services_look_for_them() -> None:
 
 def test_data_stores_are_unreachable_from_outside() -> None:
     assert BASE["networks"]["internal"] == {"internal": True}
+    assert BASE["networks"]["egress"] == {}, "egress: outbound calls to remote peers"
     for key, spec in BASE["services"].items():
         networks = set(spec["networks"])
         assert "internal" in networks, key
-        if key != "api":
-            expected = OUTBOUND.get(key, {"internal"})
-            assert networks == expected, f"{key}: only the api is on the public network"
-            assert "ports" not in spec, f"{key}: nothing but the api is published"
+        if key not in PUBLIC:
+            assert networks <= {"internal", "egress"}, f"{key}: only {PUBLIC} are public"
+            assert "ports" not in spec, f"{key}: nothing but {PUBLIC} is published"
     for key in ("kafka", "postgres"):
         mounts = [v.split(":")[0] for v in BASE["services"][key]["volumes"]]
         assert all(m in BASE["volumes"] for m in mounts), f"{key}: named volumes"
