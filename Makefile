@@ -67,6 +67,7 @@ bench: deps postgres
 	$(BIN)/python -m load_test.bench.previews
 	$(BIN)/python -m load_test.bench.archive
 	$(BIN)/python -m load_test.bench.sources
+	$(BIN)/python -m load_test.bench.dcm4chee
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

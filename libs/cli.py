@@ -27,6 +27,7 @@ SERVICES: dict[str, str] = {
     "packager": "services.packager",
     "orthanc-watcher": "services.orthanc_watcher",
     "iso-watcher": "services.iso_watcher",
+    "dcm4chee-watcher": "services.dcm4chee_watcher",
 }
 
 

@@ -23,6 +23,7 @@ CONFIGURED_BY = {
     "index-publisher": "INDEX_PUBLISHER_URL",
     "orthanc-watcher": "ORTHANC_URL",
     "iso-watcher": "ISO_INBOX",
+    "dcm4chee-watcher": "DCM4CHEE_ARCHIVE_URL",
 }
 
 

@@ -31,6 +31,7 @@ PREFIX = {
     "packager": "PACKAGER_",
     "orthanc-watcher": "ORTHANC_",
     "iso-watcher": "ISO_",
+    "dcm4chee-watcher": "DCM4CHEE_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
 # Sources that run only when configured, like under `dicomflow up` (libs.stack.CONFIGURED_BY).

@@ -12,7 +12,15 @@ from typing import Any
 
 from libs.db import Conn, ledger
 from libs.dicom.names import search_key
-from libs.events import DicomHeader, InstanceDuplicated, InstanceStored, PatientAttrs
+from libs.events import (
+    DicomHeader,
+    InstanceDuplicated,
+    InstanceStored,
+    PatientAttrs,
+    SeriesAttrs,
+    StudyAttrs,
+    StudyMetadata,
+)
 from libs.storage.base import study_prefix
 
 STAGE = "indexer"
@@ -60,9 +68,12 @@ class StudySnapshot:
 
 
 async def _upsert_hierarchy(conn: Conn, h: DicomHeader) -> None:
+    await upsert_levels(conn, h.patient, h.study, h.series)
+
+
+async def upsert_levels(conn: Conn, p: PatientAttrs, s: StudyAttrs, se: SeriesAttrs) -> None:
     """Patient, study and series in one round trip (the study takes the patient's id from
     RETURNING; the series' foreign key is checked at the end of the statement)."""
-    p, s, se = h.patient, h.study, h.series
     await conn.execute(
         """WITH patient AS (
                INSERT INTO patients (patient_key, patient_id, issuer, patient_name, name_search,
@@ -270,3 +281,67 @@ async def mark_stable(conn: Conn, *, quiet_seconds: float, limit: int) -> list[S
     )
     snapshots = [await study_snapshot(conn, r["study_uid"]) for r in uids]
     return [s for s in snapshots if s is not None]
+
+
+def metadata_event(
+    snapshot: StudySnapshot, correlation_ids: list[str], *, source: str
+) -> StudyMetadata:
+    """The public `dicom.metadata.v1` event for a study's current state."""
+    return StudyMetadata(
+        correlation_id=correlation_ids[0] if correlation_ids else snapshot.study_uid,
+        source=source,
+        correlation_ids=correlation_ids,
+        **vars(snapshot),
+    )
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    attrs: SeriesAttrs
+    instance_count: int
+    size_bytes: int
+
+
+async def record_study_summary(
+    conn: Conn, patient: PatientAttrs, study: StudyAttrs, series: list[SeriesSummary]
+) -> StudySnapshot:
+    """Index a whole study as another archive describes it, without its instances (metadata-only
+    sources): the levels are upserted as the indexer does, then the study's attributes and
+    counters are set from the summary and its revision bumped. Call inside a transaction."""
+    assert series, "a study summary needs at least one series"
+    for se in series:
+        await upsert_levels(conn, patient, study, se.attrs)
+    await conn.execute(
+        """UPDATE series SET instance_count = u.n, size_bytes = u.size
+             FROM unnest($1::text[], $2::int[], $3::bigint[]) AS u(uid, n, size)
+            WHERE series.series_uid = u.uid""",
+        [se.attrs.series_uid for se in series],
+        [se.instance_count for se in series],
+        [se.size_bytes for se in series],
+    )
+    modalities = sorted({se.attrs.modality for se in series if se.attrs.modality})
+    await conn.execute(
+        """UPDATE studies
+              SET study_date = $2, study_time = $3, accession_number = $4,
+                  study_description = $5, study_id = $6, referring_physician = $7,
+                  modalities = $8, series_count = $9, instance_count = $10, size_bytes = $11,
+                  patient_pk = (SELECT id FROM patients WHERE patient_key = $12),
+                  revision = revision + 1, stable = false, last_instance_at = now(),
+                  updated_at = now()
+            WHERE study_uid = $1""",
+        study.study_uid,
+        parse_da(study.study_date),
+        study.study_time,
+        study.accession_number,
+        study.study_description,
+        study.study_id,
+        study.referring_physician,
+        modalities,
+        len(series),
+        sum(se.instance_count for se in series),
+        sum(se.size_bytes for se in series),
+        patient_key(patient),  # the archive may have moved the study to another patient
+    )
+    snapshot = await study_snapshot(conn, study.study_uid)
+    assert snapshot is not None
+    return snapshot

@@ -124,6 +124,27 @@ async def mark_outcome(
     return float(done) if done is not None else None
 
 
+async def mark_failed_many(
+    conn: Conn, failures: Sequence[tuple[int, str]], *, stage: str, task_id: str
+) -> None:
+    """`mark_outcome(..., "failed")` for many files of one task in one statement (a source
+    that already knows they cannot be read); completes the task when none is left pending."""
+    own = nullcontext() if conn.is_in_transaction() else conn.transaction()
+    async with own:
+        await conn.execute("SELECT 1 FROM import_tasks WHERE id = $1 FOR UPDATE", task_id)
+        await conn.execute(
+            """UPDATE ingest_files
+                  SET status = 'failed', stage = $3, reason = u.reason, updated_at = now(),
+                      finished_at = now()
+                 FROM unnest($1::bigint[], $2::text[]) AS u(id, reason)
+                WHERE ingest_files.id = u.id AND ingest_files.status = 'pending'""",
+            [f[0] for f in failures],
+            [f[1] for f in failures],
+            stage,
+        )
+        await complete_task_if_done(conn, task_id)
+
+
 async def complete_task_if_done(conn: Conn, task_id: str) -> bool:
     done = await conn.fetchval(
         """

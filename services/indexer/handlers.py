@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from libs.db.index import StudySnapshot
+from libs.db.index import metadata_event as index_metadata_event
 from libs.events import DeadLetter, Event, InstanceDuplicated, InstanceStored, StudyMetadata
 
 SOURCE = "indexer"
@@ -21,12 +22,7 @@ class IndexPort(Protocol):
 
 
 def metadata_event(snapshot: StudySnapshot, correlation_ids: list[str]) -> StudyMetadata:
-    return StudyMetadata(
-        correlation_id=correlation_ids[0] if correlation_ids else snapshot.study_uid,
-        source=SOURCE,
-        correlation_ids=correlation_ids,
-        **vars(snapshot),
-    )
+    return index_metadata_event(snapshot, correlation_ids, source=SOURCE)
 
 
 async def handle_stored(event: InstanceStored, *, index: IndexPort) -> list[Event]:

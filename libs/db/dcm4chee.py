@@ -1,0 +1,135 @@
+"""dcm4chee watcher state: the watermark per archive and the instances taken from it.
+
+Everything a round decides is written in one transaction with the watermark, so a restart
+neither misses nor repeats a study.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from libs.db import Conn, ledger, tasks
+from libs.db.ledger import LedgerRow, NewFile
+
+STAGE = "dcm4chee-watcher"
+SOURCE = "dcm4chee"
+
+
+@dataclass(frozen=True, order=True)
+class Watermark:
+    """The last study handled: its change time on the archive's clock, then its key."""
+
+    changed_at: datetime
+    study_pk: int
+
+
+START = Watermark(datetime(1970, 1, 1), 0)
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """An archive instance for the pipeline: a reachable file (`reason` None) or not."""
+
+    study_uid: str
+    sop_instance_uid: str
+    uri: str
+    origin: str
+    size: int
+    reason: str | None = None
+
+
+async def watermark(conn: Conn, source: str) -> Watermark:
+    row = await conn.fetchrow(
+        "SELECT changed_at, study_pk FROM dcm4chee_watermarks WHERE source = $1", source
+    )
+    return Watermark(row["changed_at"], row["study_pk"]) if row else START
+
+
+async def advance(conn: Conn, source: str, to: Watermark, studies: int) -> None:
+    """Move the watermark forward (never back)."""
+    await conn.execute(
+        """INSERT INTO dcm4chee_watermarks (source, changed_at, study_pk, studies)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (source) DO UPDATE
+              SET changed_at = EXCLUDED.changed_at, study_pk = EXCLUDED.study_pk,
+                  studies = dcm4chee_watermarks.studies + EXCLUDED.studies, updated_at = now()
+            WHERE (dcm4chee_watermarks.changed_at, dcm4chee_watermarks.study_pk)
+                  < (EXCLUDED.changed_at, EXCLUDED.study_pk)""",
+        source,
+        to.changed_at,
+        to.study_pk,
+        studies,
+    )
+
+
+async def emitted(conn: Conn, source: str, study_uids: Sequence[str]) -> set[str]:
+    """SOPInstanceUIDs of these studies already handed to the pipeline."""
+    rows = await conn.fetch(
+        """SELECT sop_instance_uid FROM dcm4chee_instances
+            WHERE source = $1 AND study_uid = ANY($2::text[]) AND status = 'emitted'""",
+        source,
+        list(study_uids),
+    )
+    return {r["sop_instance_uid"] for r in rows}
+
+
+async def record_round(
+    conn: Conn, source: str, files: Sequence[FoundFile], to: Watermark, studies: int
+) -> list[LedgerRow]:
+    """One transaction: an import task holding the round's files (unreachable ones recorded
+    as failed with their reason), the instances taken, and the watermark. Returns the ledger
+    rows to publish; a lost publish is re-emitted by the reconciler."""
+    async with conn.transaction():
+        rows: list[LedgerRow] = []
+        if files:
+            rows = await _task_with_files(conn, source, files)
+        await advance(conn, source, to, studies)
+    return rows
+
+
+async def _task_with_files(conn: Conn, source: str, files: Sequence[FoundFile]) -> list[LedgerRow]:
+    task = await tasks.create_task(
+        conn,
+        source_path=f"dcm4chee:{source}",
+        description=f"dcm4chee archive {source!r}: {len(files)} instances",
+        kind="dcm4chee",
+    )
+    # Running and fully scanned from the start: no folder scanner ever leases it, and it
+    # completes when its last file reaches an outcome.
+    await conn.execute(
+        """UPDATE import_tasks SET status = 'running', scan_completed = true,
+                  started_at = now(), updated_at = now() WHERE id = $1""",
+        task.id,
+    )
+    rows = await ledger.record_discovered(
+        conn,
+        [
+            NewFile(SOURCE, f.uri, f.origin, f.size, uuid.uuid4().hex, task_id=task.id)
+            for f in files
+        ],
+    )
+    by_uri = {r.uri: r for r in rows}
+    failures = [(by_uri[f.uri].id, f.reason) for f in files if f.reason is not None]
+    if failures:
+        await ledger.mark_failed_many(conn, failures, stage=STAGE, task_id=task.id)
+    await conn.execute(
+        """INSERT INTO dcm4chee_instances (source, sop_instance_uid, study_uid, status, reason,
+                                           file_id)
+           SELECT $1, u.sop, u.study, u.status, u.reason, u.file_id
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+                  AS u(sop, study, status, reason, file_id)
+           ON CONFLICT (source, sop_instance_uid) DO UPDATE
+              SET status = EXCLUDED.status, reason = EXCLUDED.reason,
+                  file_id = EXCLUDED.file_id, seen_at = now()""",
+        source,
+        [f.sop_instance_uid for f in files],
+        [f.study_uid for f in files],
+        ["unreachable" if f.reason else "emitted" for f in files],
+        [f.reason for f in files],
+        [by_uri[f.uri].id for f in files],
+    )
+    await ledger.complete_task_if_done(conn, task.id)
+    return [by_uri[f.uri] for f in files if f.reason is None]

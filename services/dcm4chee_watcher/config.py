@@ -1,0 +1,76 @@
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from libs.settings import Count, Port, ServiceSettings
+
+ARCHIVE_SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql"}
+ARCHIVE_SCHEMES["mariadb"] = "mysql"
+
+StorageRoots = Annotated[dict[str, Path], NoDecode]
+
+
+class Dcm4cheeWatcherSettings(ServiceSettings):
+    """Env prefix `DCM4CHEE_`. Only useful when `DCM4CHEE_ARCHIVE_URL` is set (required)."""
+
+    model_config = SettingsConfigDict(env_prefix="DCM4CHEE_", frozen=True, extra="ignore")
+
+    ops_port: Port = 8110
+    archive_url: str = Field(
+        description="The archive's database: postgresql://, mysql:// or mariadb:// (read only)."
+    )
+    schema_version: Literal["arc5", "dcm4chee2"] = Field(
+        default="arc5",
+        validation_alias="DCM4CHEE_SCHEMA",
+        description="arc5: dcm4chee-arc-light 5.x; dcm4chee2: the legacy 2.x schema (MySQL).",
+    )
+    mode: Literal["metadata", "full"] = Field(
+        default="metadata",
+        description="metadata: index study metadata only; full: feed each file to the pipeline.",
+    )
+    name: str = Field(
+        default="dcm4chee",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Names this archive: the watermark's key and part of ledger URIs.",
+    )
+    storage_roots: StorageRoots = Field(
+        default_factory=dict,
+        description="key=/local/dir,...: storage_id (5.x) or filesystem dirpath (2.x) -> folder.",
+    )
+    poll_interval_seconds: float = Field(default=30.0, gt=0)
+    settle_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="Studies changed more recently (archive clock) wait for the next round.",
+    )
+    study_batch_size: Count = Field(default=50, description="Studies read per round trip.")
+    archive_pool_size: Count = Field(default=2, description="Connections to the archive.")
+
+    @field_validator("storage_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        roots: dict[str, Path] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            key, sep, folder = item.rpartition("=")
+            if not sep or not key.strip() or not folder.strip():
+                raise ValueError(f"expected key=/folder, got {item!r}")
+            roots[key.strip()] = Path(folder.strip()).absolute()
+        return roots
+
+    @model_validator(mode="after")
+    def _archive(self) -> "Dcm4cheeWatcherSettings":
+        if self.archive_dialect() is None:
+            raise ValueError("DCM4CHEE_ARCHIVE_URL: use postgresql://, mysql:// or mariadb://")
+        if self.schema_version == "dcm4chee2" and self.archive_dialect() != "mysql":
+            raise ValueError("DCM4CHEE_SCHEMA=dcm4chee2 is supported on MySQL/MariaDB only")
+        if self.mode == "full" and not self.storage_roots:
+            raise ValueError("DCM4CHEE_MODE=full needs DCM4CHEE_STORAGE_ROOTS (key=/folder,...)")
+        return self
+
+    def archive_dialect(self) -> str | None:
+        return ARCHIVE_SCHEMES.get(urlsplit(self.archive_url).scheme)
