@@ -20,6 +20,7 @@ SERVICES: dict[str, str] = {
     "indexer": "services.indexer",
     "reconciler": "services.reconciler",
     "api": "services.api",
+    "dicom-receiver": "services.dicom_receiver",
 }
 
 

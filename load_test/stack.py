@@ -26,6 +26,7 @@ PREFIX = {
     "storage-writer": "STORAGE_WRITER_",
     "indexer": "INDEXER_",
     "reconciler": "RECONCILER_",
+    "dicom-receiver": "RECEIVER_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
 
@@ -143,7 +144,7 @@ class Stack:
 def stack_env(
     root: Path, database_url: str, bootstrap: str
 ) -> tuple[dict[str, str], dict[str, int]]:
-    ports = {name: free_port() for name in [*PIPELINE, "api"]}
+    ports = {name: free_port() for name in [*PREFIX, "api"]}
     env = {
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,

@@ -1,0 +1,62 @@
+"""What every pynetdicom association of ours shares: TCP_NODELAY and the transfer syntaxes.
+
+pynetdicom never sets TCP_NODELAY: with Nagle on, each DIMSE response waits for the peer's
+delayed ACK (~40 ms), which caps one association at ~20 instances/s. `EVT_CONN_OPEN` fires
+on both sides (acceptor: right after accept; requestor: right after connect), before any PDU.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import evt
+
+# pynetdicom as acceptor picks the first of these the requestor also proposed, so uncompressed
+# comes first: a sender offering [JPEG lossy, explicit] for one context never compresses
+# for us. Senders of compressed files propose that syntax in a context of its own.
+UNCOMPRESSED = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
+TRANSFER_SYNTAXES: list[str] = [
+    *UNCOMPRESSED,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+]
+
+
+def set_nodelay(event: Any) -> None:
+    """EVT_CONN_OPEN handler: disable Nagle on the association's socket."""
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+NODELAY_HANDLERS: list[tuple[Any, Any]] = [(evt.EVT_CONN_OPEN, set_nodelay)]
