@@ -53,6 +53,7 @@ schemas: deps
 
 bench: deps postgres
 	$(BIN)/python -m load_test.bench.pipeline
+	$(BIN)/python -m load_test.bench.receiver
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

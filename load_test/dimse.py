@@ -164,6 +164,7 @@ class StoreSCP:
     folder: Path
     aet: str = "STORESCP"
     port: int = 0
+    fork: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -179,6 +180,7 @@ class StoreSCP:
                 "-od",
                 str(self.folder),
                 "+B",  # bit-preserving: write the dataset as received, like our receiver
+                *(["--fork"] if self.fork else []),
                 str(self.port),
             ],
             env=PEER_ENV,

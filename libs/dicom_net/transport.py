@@ -33,7 +33,7 @@ from pynetdicom import evt
 # pynetdicom as acceptor picks the first of these the requestor also proposed, so uncompressed
 # comes first: a sender offering [JPEG lossy, explicit] for one context never compresses
 # for us. Senders of compressed files propose that syntax in a context of its own.
-UNCOMPRESSED = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
+UNCOMPRESSED: list[str] = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
 TRANSFER_SYNTAXES: list[str] = [
     *UNCOMPRESSED,
     DeflatedExplicitVRLittleEndian,
