@@ -199,7 +199,7 @@ class DicomClient:
                 ext_neg=roles,
                 evt_handlers=[
                     *NODELAY_HANDLERS,
-                    (evt.EVT_CONN_OPEN, lambda _: opened.set()),
+                    (evt.EVT_CONN_OPEN, _flag(opened)),
                     *(handlers or []),
                 ],
             )
@@ -238,6 +238,10 @@ class _Associated:
             self.assoc.release()
         elif self.assoc.is_established:
             self.assoc.abort()
+
+
+def _flag(event: threading.Event) -> Callable[[Any], None]:
+    return lambda _: event.set()
 
 
 def _why_not(assoc: Any, peer: Peer, *, connected: bool) -> DicomNetError:

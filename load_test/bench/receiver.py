@@ -143,9 +143,7 @@ def main() -> None:
         print(
             f"    dicomflow receiver (received + acked)  {acked:>7.0f} inst/s  {acked / ref:.2f}x"
         )
-        print(
-            f"    dicomflow receiver to indexed          {indexed:>7.0f} inst/s  {indexed / ref:.2f}x"
-        )
+        print(f"    dicomflow receiver to indexed {indexed:>16.0f} inst/s  {indexed / ref:.2f}x")
 
 
 if __name__ == "__main__":
