@@ -21,6 +21,7 @@ SERVICES: dict[str, str] = {
     "reconciler": "services.reconciler",
     "api": "services.api",
     "dicom-receiver": "services.dicom_receiver",
+    "pacs-watcher": "services.pacs_watcher",
 }
 
 

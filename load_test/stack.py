@@ -27,6 +27,7 @@ PREFIX = {
     "indexer": "INDEXER_",
     "reconciler": "RECONCILER_",
     "dicom-receiver": "RECEIVER_",
+    "pacs-watcher": "WATCHER_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
 
