@@ -70,6 +70,10 @@ async def up(var: Path, *, only: list[str]) -> int:
         nas = var / "nas"
         _seed_demo(nas)
         env["NAS_ROOTS"] = str(nas)
+    if not os.environ.get("RECEIVER_STAGING_DIR"):
+        env["RECEIVER_STAGING_DIR"] = str(var / "receiver")
+    if not os.environ.get("WATCHER_PACS"):  # nothing to watch until a PACS is configured
+        only = [n for n in only if n != "pacs-watcher"]
     os.environ.update(env)
     settings = load_settings(ServiceSettings)
     try:
@@ -82,6 +86,9 @@ async def up(var: Path, *, only: list[str]) -> int:
     say(f"API:        http://{host}:{api_port}   (OpenAPI: http://{host}:{api_port}/docs)")
     say(f"admin key:  {key}   (kept in {var / 'admin-key'})")
     say(f'try:        curl -H "Authorization: Bearer {key}" http://{host}:{api_port}/v1/studies')
+    if "dicom-receiver" in only:
+        aet = os.environ.get("RECEIVER_AE_TITLE", "DICOMFLOW")
+        say(f"DICOM:      C-STORE to {aet} at 127.0.0.1:{os.environ.get('RECEIVER_PORT', 11112)}")
     specs += [ProcSpec(n, [sys.executable, "-m", SERVICES[n]]) for n in only]
     supervisor = Supervisor(specs)
     if specs and specs[0].name == "broker":

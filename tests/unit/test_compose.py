@@ -29,6 +29,9 @@ NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS"}
 IGNORED = {"api": {"API_OPS_HOST", "API_OPS_PORT"}}
 # Services that read the source files named by file:// URIs, at the watcher's paths.
 READS_NAS = {"nas-watcher", "extractor", "storage-writer"}
+# On the public network: the API, the DICOM receiver (modalities and PACS send to it) and the
+# PACS watcher (it calls the PACS).
+PUBLIC = {"api", "dicom-receiver", "pacs-watcher"}
 TOPIC_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PARTITIONS", "KAFKA_REPLICATION_FACTOR")
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "CREDENTIALS")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -171,8 +174,9 @@ def test_healthcheck_probes_the_ops_port_the_service_listens_on(
         probe = " ".join(spec["healthcheck"]["test"])
         assert "OPS_PORT_FOR_HEALTHCHECK" in probe
         assert "/health" in probe
+        published = {str(settings.ops_port), str(getattr(settings, "port", settings.ops_port))}
         for mapping in spec.get("ports", []):
-            assert str(mapping).rsplit(":", 1)[-1] == str(settings.ops_port), service
+            assert str(mapping).rsplit(":", 1)[-1] in published, service
 
 
 def test_topics_job_creates_the_topics_before_the_pipeline_starts() -> None:
@@ -285,9 +289,9 @@ def test_data_stores_are_unreachable_from_outside() -> None:
     for key, spec in BASE["services"].items():
         networks = set(spec["networks"])
         assert "internal" in networks, key
-        if key != "api":
-            assert networks == {"internal"}, f"{key}: only the api is on the public network"
-            assert "ports" not in spec, f"{key}: nothing but the api is published"
+        if key not in PUBLIC:
+            assert networks == {"internal"}, f"{key}: only {PUBLIC} are on the public network"
+            assert "ports" not in spec, f"{key}: nothing but the api and DICOM port is published"
     for key in ("kafka", "postgres"):
         mounts = [v.split(":")[0] for v in BASE["services"][key]["volumes"]]
         assert all(m in BASE["volumes"] for m in mounts), f"{key}: named volumes"
