@@ -1,8 +1,10 @@
-"""DicomClient against a real Orthanc (C-ECHO, C-FIND at every level, C-GET, C-MOVE)."""
+"""DicomClient against real peers, Orthanc and DCMTK dcmqrscp: C-ECHO, C-FIND at every
+level, C-GET, C-MOVE, and its errors."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +17,8 @@ from libs.dicom.synthetic import generate_corpus
 from libs.dicom_net.client import Cancelled, DicomClient
 from libs.dicom_net.errors import ConnectionFailed, FailureStatus
 from libs.dicom_net.models import Level, Peer, Progress, Query, Root
-from load_test.dimse import StoreSCP
-from load_test.peers import Orthanc
+from load_test.dimse import StoreSCP, storescu
+from load_test.peers import PEER_ENV, Orthanc, require_binary
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +150,77 @@ async def test_clear_errors(upstream: Upstream, tmp_path: Path) -> None:
     )
     with pytest.raises((asyncio.CancelledError, Cancelled)):
         await task
+
+
+QR_CONFIG = """\
+NetworkTCPPort  = {port}
+MaxPDUSize      = 131072
+MaxAssociations = 16
+
+HostTable BEGIN
+dfclient = (DFCLIENT, 127.0.0.1, 0)
+storescp = (STORESCP, 127.0.0.1, {scp_port})
+HostTable END
+
+VendorTable BEGIN
+VendorTable END
+
+AETable BEGIN
+DCMQRSCP  {db}  RW  (200, 1024mb)  ANY
+AETable END
+"""
+
+
+@pytest.fixture(scope="module")
+def dcmqrscp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, StoreSCP, int]]:
+    """DCMTK's dcmqrscp holding one synthetic study of 20 instances (sent with storescu)."""
+    root = tmp_path_factory.mktemp("dcmqrscp")
+    generate_corpus(root / "corpus", 20, rows=32, columns=32)
+    scp = StoreSCP(root / "moved")
+    scp.start()
+    port = free_port()
+    (root / "db").mkdir()
+    config = root / "qr.cfg"
+    config.write_text(QR_CONFIG.format(port=port, scp_port=scp.port, db=root / "db"))
+    proc = subprocess.Popen(
+        [require_binary("dcmqrscp"), "-c", str(config)],
+        env=PEER_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port("127.0.0.1", port)
+        sent = storescu("127.0.0.1", port, root / "corpus", called="DCMQRSCP")
+        assert sent.returncode == 0, sent.output
+        yield port, scp, 20
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        scp.stop()
+
+
+async def test_dcmqrscp_find_get_and_move(
+    dcmqrscp: tuple[int, StoreSCP, int], tmp_path: Path
+) -> None:
+    port, scp, count = dcmqrscp
+    client = DicomClient(
+        Peer(ae_title="DCMQRSCP", host="127.0.0.1", port=port), calling_ae="DFCLIENT"
+    )
+    await client.echo()
+    (study,) = await client.find(Query(level=Level.STUDY))
+    (patient,) = await client.find(Query(level=Level.PATIENT, root=Root.PATIENT))
+    assert patient.patient_id.startswith("BENCH")
+    (series,) = await client.find(Query(level=Level.SERIES, study_uid=study.study_uid))
+    images = await client.find(
+        Query(level=Level.IMAGE, study_uid=study.study_uid, series_uid=series.series_uid)
+    )
+    assert len(images) == count and series.modality == "CT"
+
+    got = await client.get(Query(level=Level.STUDY, study_uid=study.study_uid), tmp_path)
+    assert (got.completed, got.failed, len(got.files)) == (count, 0, count)
+    moved = await client.move(Query(level=Level.STUDY, study_uid=study.study_uid), "STORESCP")
+    assert (moved.completed, moved.failed) == (count, 0)
+    deadline = time.monotonic() + 30
+    while len([p for p in scp.folder.rglob("*") if p.is_file()]) < count:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
