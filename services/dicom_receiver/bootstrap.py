@@ -21,6 +21,8 @@ async def wire(rt: Runtime) -> None:
     settings = rt.settings
     assert isinstance(settings, ReceiverSettings)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # a line per PDU otherwise
+    if not settings.allowed_callers and settings.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("any calling AE may store: set RECEIVER_ALLOWED_CALLERS", host=settings.host)
     pool = await rt.pool()
     producer = await rt.producer()
 
