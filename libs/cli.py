@@ -28,6 +28,8 @@ SERVICES: dict[str, str] = {
     "orthanc-watcher": "services.orthanc_watcher",
     "iso-watcher": "services.iso_watcher",
     "dcm4chee-watcher": "services.dcm4chee_watcher",
+    "dicom-receiver": "services.dicom_receiver",
+    "pacs-watcher": "services.pacs_watcher",
 }
 
 

@@ -24,6 +24,7 @@ CONFIGURED_BY = {
     "orthanc-watcher": "ORTHANC_URL",
     "iso-watcher": "ISO_INBOX",
     "dcm4chee-watcher": "DCM4CHEE_ARCHIVE_URL",
+    "pacs-watcher": "WATCHER_PACS",
 }
 
 
@@ -86,6 +87,8 @@ async def up(var: Path, *, only: list[str] | None) -> int:
         nas = var / "nas"
         _seed_demo(nas)
         env["NAS_ROOTS"] = str(nas)
+    if not os.environ.get("RECEIVER_STAGING_DIR"):
+        env["RECEIVER_STAGING_DIR"] = str(var / "receiver")
     os.environ.update(env)
     settings = load_settings(ServiceSettings)
     try:
@@ -103,6 +106,9 @@ async def up(var: Path, *, only: list[str] | None) -> int:
     if skipped:
         say(f"not configured, not started: {', '.join(skipped)} (see docs/configuration.md)")
     specs += [ProcSpec(n, [sys.executable, "-m", SERVICES[n]]) for n in names]
+    if "dicom-receiver" in names:
+        aet = os.environ.get("RECEIVER_AE_TITLE", "DICOMFLOW")
+        say(f"DICOM:      C-STORE to {aet} at 127.0.0.1:{os.environ.get('RECEIVER_PORT', 11112)}")
     supervisor = Supervisor(specs)
     if specs and specs[0].name == "broker":
         supervisor.on_started["broker"] = lambda: asyncio.to_thread(

@@ -32,6 +32,8 @@ PREFIX = {
     "orthanc-watcher": "ORTHANC_",
     "iso-watcher": "ISO_",
     "dcm4chee-watcher": "DCM4CHEE_",
+    "dicom-receiver": "RECEIVER_",
+    "pacs-watcher": "WATCHER_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
 # Sources that run only when configured, like under `dicomflow up` (libs.stack.CONFIGURED_BY).

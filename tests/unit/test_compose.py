@@ -29,9 +29,10 @@ JOB = "topics"  # the one-shot `dicomflow topics`
 NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS"}
 # Accepted by the settings class but overwritten from API_HOST/API_PORT: setting them misleads.
 IGNORED = {"api": {"API_OPS_HOST", "API_OPS_PORT"}}
-# Reached from outside the host: the API, the packager's archive downloads, and the Orthanc
-# watcher (Orthanc calls its webhook).
-PUBLIC = {"api", "packager", "orthanc-watcher"}
+# Reached from outside the host: the API, the packager's archive downloads, the Orthanc
+# watcher (Orthanc calls its webhook), the DICOM receiver (modalities and PACS send to it) and
+# the PACS watcher (it calls the PACS).
+PUBLIC = {"api", "packager", "orthanc-watcher", "dicom-receiver", "pacs-watcher"}
 # Services that read the source files named by file:// URIs, at the watcher's paths.
 READS_NAS = {"nas-watcher", "extractor", "storage-writer"}
 # Containers with a published port (and so on the public network as well).
@@ -179,8 +180,9 @@ def test_healthcheck_probes_the_ops_port_the_service_listens_on(
         probe = " ".join(spec["healthcheck"]["test"])
         assert "OPS_PORT_FOR_HEALTHCHECK" in probe
         assert "/health" in probe
+        published = {str(settings.ops_port), str(getattr(settings, "port", settings.ops_port))}
         for mapping in spec.get("ports", []):
-            assert str(mapping).rsplit(":", 1)[-1] == str(settings.ops_port), service
+            assert str(mapping).rsplit(":", 1)[-1] in published, service
 
 
 def test_topics_job_creates_the_topics_before_the_pipeline_starts() -> None:

@@ -1,0 +1,1 @@
+"""DICOM networking over pynetdicom: socket tuning, presentation contexts and an asyncio client."""

@@ -1,0 +1,319 @@
+"""`DicomClient`: C-ECHO, C-FIND, C-GET and C-MOVE over pynetdicom, from asyncio.
+
+Each call runs its association in a worker thread (pynetdicom blocks), so the event loop
+never waits on the network. Per call: a timeout (the association is aborted when it
+expires), bounded retries when the association cannot be established (refused
+connection, transient rejection), progress callbacks for C-GET/C-MOVE, and cancellation
+(cancelling the awaiting task aborts the association).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from libs.dicom_net.errors import (
+    AssociationAborted,
+    AssociationRejected,
+    ConnectionFailed,
+    DicomNetError,
+    DicomTimeout,
+    FailureStatus,
+)
+from libs.dicom_net.models import Level, Match, Peer, Progress, Query, RetrieveResult, Root
+from libs.dicom_net.transport import NODELAY_HANDLERS, TRANSFER_SYNTAXES, UNCOMPRESSED
+
+T = TypeVar("T")
+OnProgress = Callable[[Progress], None]
+MODELS = {
+    ("find", Root.PATIENT): PatientRootQueryRetrieveInformationModelFind,
+    ("find", Root.STUDY): StudyRootQueryRetrieveInformationModelFind,
+    ("get", Root.PATIENT): PatientRootQueryRetrieveInformationModelGet,
+    ("get", Root.STUDY): StudyRootQueryRetrieveInformationModelGet,
+    ("move", Root.PATIENT): PatientRootQueryRetrieveInformationModelMove,
+    ("move", Root.STUDY): StudyRootQueryRetrieveInformationModelMove,
+}
+# C-GET: storage classes we take the SCP role for (an association carries at most 128).
+GET_STORAGE = [str(cx.abstract_syntax) for cx in StoragePresentationContexts[:120]]
+PENDING = (0xFF00, 0xFF01)
+
+
+class Cancelled(DicomNetError):
+    """The call was cancelled; the association was aborted."""
+
+
+class DicomClient:
+    def __init__(
+        self,
+        peer: Peer,
+        *,
+        calling_ae: str = "DICOMFLOW",
+        max_pdu: int = 0,
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        retries: int = 2,
+        retry_backoff: float = 0.5,
+    ) -> None:
+        self.peer = peer
+        self.calling_ae = calling_ae
+        self.max_pdu = max_pdu
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+
+    # -- public calls ----------------------------------------------------------------------
+
+    async def echo(self, *, time_limit: float | None = None) -> None:
+        def run(cancel: threading.Event) -> None:
+            with self._association([(Verification, UNCOMPRESSED)], cancel) as assoc:
+                status = assoc.send_c_echo()
+                _check("C-ECHO", assoc, status)
+
+        await self._call(run, time_limit)
+
+    async def find(self, query: Query, *, time_limit: float | None = None) -> list[Match]:
+        model = MODELS["find", query.root]
+
+        def run(cancel: threading.Event) -> list[Match]:
+            matches = []
+            with self._association([(model, UNCOMPRESSED)], cancel) as assoc:
+                for status, identifier in assoc.send_c_find(query.identifier(), model):
+                    _check("C-FIND", assoc, status, cancel)
+                    if status.Status in PENDING and identifier is not None:
+                        matches.append(Match.from_dataset(query.level, identifier))
+            return matches
+
+        return await self._call(run, time_limit)
+
+    async def move(
+        self,
+        query: Query,
+        destination: str,
+        *,
+        progress: OnProgress | None = None,
+        time_limit: float | None = None,
+    ) -> RetrieveResult:
+        model = MODELS["move", query.root]
+
+        def run(cancel: threading.Event) -> RetrieveResult:
+            with self._association([(model, UNCOMPRESSED)], cancel) as assoc:
+                responses = assoc.send_c_move(query.retrieve_identifier(), destination, model)
+                return _retrieve("C-MOVE", assoc, responses, cancel, progress)
+
+        return await self._call(run, time_limit)
+
+    async def get(
+        self,
+        query: Query,
+        folder: Path,
+        *,
+        progress: OnProgress | None = None,
+        time_limit: float | None = None,
+    ) -> RetrieveResult:
+        """Retrieve into `folder` as `<SOPInstanceUID-free name>.dcm`, the bytes as sent."""
+        model = MODELS["get", query.root]
+        folder.mkdir(parents=True, exist_ok=True)
+        contexts = [(model, UNCOMPRESSED), *[(uid, TRANSFER_SYNTAXES) for uid in GET_STORAGE]]
+
+        def run(cancel: threading.Event) -> RetrieveResult:
+            written: list[str] = []
+
+            def on_store(event: Any) -> int:
+                if cancel.is_set():
+                    return 0xFE00
+                path = folder / f"{uuid.uuid4().hex}.dcm"
+                with path.open("wb") as f, event.request.DataSet.getbuffer() as data:
+                    f.write(b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta))
+                    f.write(data)
+                written.append(str(path))
+                return 0x0000
+
+            roles = [build_role(uid, scp_role=True) for uid in GET_STORAGE]
+            handlers = [(evt.EVT_C_STORE, on_store)]
+            with self._association(contexts, cancel, roles, handlers) as assoc:
+                responses = assoc.send_c_get(query.retrieve_identifier(), model)
+                result = _retrieve("C-GET", assoc, responses, cancel, progress)
+            return result.model_copy(update={"files": written})
+
+        return await self._call(run, time_limit)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _call(self, run: Callable[[threading.Event], T], time_limit: float | None) -> T:
+        """Run `run` in a thread; on timeout or cancellation abort its association."""
+        cancel = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(None, run, cancel)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), time_limit or self.timeout)
+        except TimeoutError:
+            cancel.set()
+            await asyncio.gather(future, return_exceptions=True)
+            raise DicomTimeout(f"no answer from {self.peer.ae_title} in time") from None
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+
+    def _association(
+        self,
+        contexts: list[tuple[Any, list[str]]],
+        cancel: threading.Event,
+        roles: list[Any] | None = None,
+        handlers: list[Any] | None = None,
+    ) -> _Associated:
+        ae = AE(ae_title=self.calling_ae)
+        ae.acse_timeout = self.connect_timeout
+        ae.connection_timeout = self.connect_timeout
+        ae.dimse_timeout = self.timeout
+        ae.network_timeout = self.timeout
+        ae.maximum_pdu_size = self.max_pdu
+        for abstract, syntaxes in contexts:
+            ae.add_requested_context(abstract, syntaxes)
+        attempt = 0
+        while True:
+            opened = threading.Event()
+            assoc = ae.associate(
+                self.peer.host,
+                self.peer.port,
+                ae_title=self.peer.ae_title,
+                max_pdu=self.max_pdu,
+                ext_neg=roles,
+                evt_handlers=[
+                    *NODELAY_HANDLERS,
+                    (evt.EVT_CONN_OPEN, _flag(opened)),
+                    *(handlers or []),
+                ],
+            )
+            if assoc.is_established:
+                return _Associated(assoc, cancel)
+            error = _why_not(assoc, self.peer, connected=opened.is_set())
+            retriable = isinstance(error, ConnectionFailed) or (
+                isinstance(error, AssociationRejected) and error.transient
+            )
+            if not retriable or attempt >= self.retries or cancel.is_set():
+                raise error
+            attempt += 1
+            time.sleep(self.retry_backoff * 2 ** (attempt - 1))
+
+
+class _Associated:
+    """Releases the association on success; aborts it on an error or a cancellation."""
+
+    def __init__(self, assoc: Any, cancel: threading.Event) -> None:
+        self.assoc = assoc
+        self.cancel = cancel
+        self._watch = threading.Thread(target=self._abort_on_cancel, daemon=True)
+
+    def _abort_on_cancel(self) -> None:
+        while self.assoc.is_alive() and not self.assoc.is_released:
+            if self.cancel.wait(0.05):
+                self.assoc.abort()
+                return
+
+    def __enter__(self) -> Any:
+        self._watch.start()
+        return self.assoc
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is None and self.assoc.is_established:
+            self.assoc.release()
+        elif self.assoc.is_established:
+            self.assoc.abort()
+
+
+def _flag(event: threading.Event) -> Callable[[Any], None]:
+    return lambda _: event.set()
+
+
+def _why_not(assoc: Any, peer: Peer, *, connected: bool) -> DicomNetError:
+    if not connected:
+        return ConnectionFailed(f"cannot reach {peer.ae_title} at {peer.host}:{peer.port}")
+    if assoc.is_rejected:
+        rj = assoc.acceptor.primitive
+        return AssociationRejected(
+            rj.result_str, rj.source_str, rj.reason_str, transient=rj.result == 0x02
+        )
+    if assoc.is_aborted:
+        return AssociationAborted(f"{peer.ae_title} aborted the association request")
+    return ConnectionFailed(f"{peer.ae_title} closed the connection during association")
+
+
+def _check(op: str, assoc: Any, status: Dataset, cancel: threading.Event | None = None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"{op} cancelled")
+    if not status:  # pynetdicom's empty Dataset: no valid response
+        if assoc.is_aborted:
+            raise AssociationAborted(f"{op}: association aborted")
+        raise DicomTimeout(f"{op}: no response (DIMSE timeout or connection lost)")
+    code = int(status.Status)
+    if code not in (0x0000, *PENDING) and not 0xB000 <= code <= 0xBFFF:
+        raise FailureStatus(op, code)
+
+
+def _retrieve(
+    op: str,
+    assoc: Any,
+    responses: Iterator[tuple[Dataset, Dataset | None]],
+    cancel: threading.Event,
+    progress: OnProgress | None,
+) -> RetrieveResult:
+    final = RetrieveResult(status=0xFFFF)
+    for status, identifier in responses:
+        if not status:
+            _check(op, assoc, status, cancel)
+        code = int(status.Status)
+        counts = Progress(
+            completed=int(status.get("NumberOfCompletedSuboperations", 0) or 0),
+            remaining=status.get("NumberOfRemainingSuboperations"),
+            failed=int(status.get("NumberOfFailedSuboperations", 0) or 0),
+            warning=int(status.get("NumberOfWarningSuboperations", 0) or 0),
+        )
+        if code in PENDING:
+            if progress is not None:
+                progress(counts)
+            if cancel.is_set():
+                raise Cancelled(f"{op} cancelled")
+            continue
+        failed_uids = identifier.get("FailedSOPInstanceUIDList", []) if identifier else []
+        final = RetrieveResult(
+            status=code,
+            completed=counts.completed,
+            failed=counts.failed,
+            warning=counts.warning,
+            failed_sop_instance_uids=[failed_uids]
+            if isinstance(failed_uids, str)
+            else [str(u) for u in failed_uids],
+        )
+        if code not in (0x0000,) and not 0xB000 <= code <= 0xBFFF:
+            raise FailureStatus(op, code)
+    if final.status == 0xFFFF:
+        _check(op, assoc, Dataset(), cancel)
+    if progress is not None:
+        progress(
+            Progress(
+                completed=final.completed, remaining=0, failed=final.failed, warning=final.warning
+            )
+        )
+    return final
+
+
+__all__ = ["Cancelled", "DicomClient", "Level", "Match", "Peer", "Query", "RetrieveResult"]

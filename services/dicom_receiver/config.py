@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from libs.settings import Count, Port, ServiceSettings
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An allowed calling AE title, optionally bound to the peer's IP address (`AE@10.0.0.5`)."""
+
+    ae: str
+    ip: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Caller:
+        ae, _, ip = text.strip().partition("@")
+        ae = ae.strip()
+        if not ae or len(ae) > 16 or "\\" in ae:
+            raise ValueError(f"{text!r}: an AE title is 1-16 characters without backslash")
+        if ip:
+            ipaddress.ip_address(ip.strip())  # raises ValueError with the reason
+        return cls(ae, ip.strip() or None)
+
+    def allows(self, ae: str, ip: str) -> bool:
+        return self.ae == ae and (self.ip is None or self.ip == ip)
+
+
+StrList = Annotated[list[str], NoDecode]
+
+
+class ReceiverSettings(ServiceSettings):
+    """Env prefix `RECEIVER_`."""
+
+    model_config = SettingsConfigDict(env_prefix="RECEIVER_", frozen=True, extra="ignore")
+
+    ops_port: Port = 8117
+    ae_title: str = Field(default="DICOMFLOW", min_length=1, max_length=16)
+    host: str = Field(default="127.0.0.1", description="Address the DICOM port listens on.")
+    port: Port = Field(default=11112, description="DICOM port (0 = any free port).")
+    allowed_callers: StrList = Field(
+        default_factory=list,
+        description="Calling AE titles accepted, comma-separated, each optionally `AE@IP`; "
+        "empty accepts any caller (only sensible on a loopback host).",
+    )
+    staging_dir: Path = Field(default=Path("./var/receiver"))
+    min_free_mb: int = Field(
+        default=1024, ge=0, description="Refuse associations when staging has less free space."
+    )
+    max_associations: Count = 16
+    max_pdu: int = Field(default=0, ge=0, description="Maximum PDU we receive; 0 = unlimited.")
+    acse_timeout_seconds: float = Field(default=30.0, gt=0)
+    network_timeout_seconds: float = Field(default=60.0, gt=0)
+    commit_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Longest wait for ledger + Kafka before a failure status."
+    )
+    commit_batch_size: Count = Field(default=256, description="Instances per ledger/Kafka batch.")
+    fsync: bool = Field(default=True, description="fsync each instance before acknowledging it.")
+    tls_cert: Path | None = Field(default=None, description="PEM server certificate: enables TLS.")
+    tls_key: Path | None = None
+    tls_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: when set, clients must present a certificate."
+    )
+
+    @field_validator("allowed_callers", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        if isinstance(value, list):
+            for item in value:
+                Caller.parse(str(item))  # fail fast with the reason
+        return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> ReceiverSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("RECEIVER_TLS_CERT and RECEIVER_TLS_KEY go together")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("RECEIVER_TLS_CA needs RECEIVER_TLS_CERT and RECEIVER_TLS_KEY")
+        return self
+
+    def allows(self, ae: str, ip: str) -> bool:
+        callers = [Caller.parse(c) for c in self.allowed_callers]
+        return not callers or any(c.allows(ae, ip) for c in callers)

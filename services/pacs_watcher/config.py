@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import re
+from datetime import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from libs.settings import Count, Port, ServiceSettings
+
+WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class Pacs(BaseModel):
+    """One upstream PACS (an item of `WATCHER_PACS`, a JSON list)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    retrieve: Literal["move", "get"] = "move"
+    max_concurrent: Count = Field(default=2, description="Retrieves at once from this PACS.")
+
+
+class WatcherSettings(ServiceSettings):
+    """Env prefix `WATCHER_`."""
+
+    model_config = SettingsConfigDict(env_prefix="WATCHER_", frozen=True, extra="ignore")
+
+    ops_port: Port = 8118
+    pacs: list[Pacs] = Field(default_factory=list, description="Upstream PACS, a JSON list.")
+    calling_ae: str = Field(default="DICOMFLOW", min_length=1, max_length=16)
+    move_destination: str = Field(
+        default="DICOMFLOW", min_length=1, max_length=16, description="Our receiver's AE title."
+    )
+    poll_interval_seconds: float = Field(default=300.0, gt=0)
+    lookback_days: int = Field(default=7, ge=0, description="First poll: studies this recent.")
+    overlap_days: int = Field(default=1, ge=0, description="Late arrivals: look back this far.")
+    timeout_seconds: float = Field(default=300.0, gt=0, description="Per DICOM call.")
+    max_backoff_seconds: float = Field(default=900.0, gt=0)
+    night_window: str = Field(
+        default="", description="Retrieve only between HH:MM-HH:MM (local time); empty = always."
+    )
+    staging_dir: Path = Field(default=Path("./var/pacs-get"), description="C-GET destination.")
+
+    @field_validator("night_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if value and not WINDOW.match(value):
+            raise ValueError("night_window is HH:MM-HH:MM, e.g. 22:00-06:00")
+        return value
+
+    def in_window(self, now: time) -> bool:
+        if not self.night_window:
+            return True
+        start_s, end_s = self.night_window.split("-")
+        start, end = time.fromisoformat(start_s), time.fromisoformat(end_s)
+        return start <= now < end if start <= end else (now >= start or now < end)

@@ -1,0 +1,200 @@
+"""The C-STORE receiver in the stack, driven by DCMTK's storescu."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pydicom
+import pytest
+
+from libs.broker import free_port
+from libs.dicom.synthetic import generate_corpus
+from load_test.dimse import mixed_corpus, send_corpus, storescu, storescu_argv
+from load_test.peers import PEER_ENV
+from load_test.stack import Stack
+
+RECEIVER = "dicom-receiver"
+
+
+def start_receiver(stack: Stack, port: int) -> None:
+    stack.env.update(
+        RECEIVER_PORT=str(port),
+        RECEIVER_AE_TITLE="DICOMFLOW",
+        RECEIVER_ALLOWED_CALLERS="STORESCU,OTHER@127.0.0.1",
+        RECEIVER_STAGING_DIR=str(stack.root / "staging"),
+        RECEIVER_MIN_FREE_MB="0",
+    )
+    stack.start(RECEIVER)
+
+
+async def wait_for(pool: asyncpg.Pool, sql: str, expected: object, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while (value := await pool.fetchval(sql)) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{sql!r} is {value!r}, expected {expected!r}")
+        await asyncio.sleep(0.25)
+
+
+async def final_counts(pool: asyncpg.Pool, total: int) -> dict[str, int]:
+    await wait_for(
+        pool,
+        "SELECT count(*) FROM ingest_files WHERE status <> 'pending'",
+        total,
+    )
+    rows = await pool.fetch("SELECT status, count(*) AS n FROM ingest_files GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def metric(stack: Stack, name: str) -> float:
+    async with httpx.AsyncClient() as c:
+        body = (await c.get(f"http://127.0.0.1:{stack.ports[RECEIVER]}/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(name))
+
+
+async def test_storescu_instances_indexed_then_duplicates_and_unknown_ae_rejected(
+    stack: Stack, pool: asyncpg.Pool
+) -> None:
+    uids = await asyncio.to_thread(mixed_corpus, stack.root / "send", 200)
+    port = free_port()
+    start_receiver(stack, port)
+    await stack.wait_ready([RECEIVER])
+
+    sent = await asyncio.to_thread(send_corpus, "127.0.0.1", port, stack.root / "send")
+    assert sent.returncode == 0, sent.output
+    assert await final_counts(pool, len(uids)) == {"indexed": len(uids)}
+    indexed = await pool.fetch("SELECT sop_instance_uid FROM instances")
+    assert sorted(r["sop_instance_uid"] for r in indexed) == sorted(uids)
+    sources = await pool.fetch(
+        "SELECT DISTINCT source, origin LIKE 'STORESCU@127.0.0.1:%' AS o FROM ingest_files"
+    )
+    assert [(r["source"], r["o"]) for r in sources] == [("dicom:STORESCU", True)]
+
+    # Staged as sent: each file keeps its transfer syntax, and (where DCMTK sends a file's
+    # dataset unchanged: the uncompressed synthetic ones) its exact dataset bytes.
+    staged = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+        for p in (stack.root / "staging").rglob("*.dcm")
+    }
+    compared = 0
+    for path in (stack.root / "send").rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        copy = staged[str(ds.SOPInstanceUID)]
+        syntax = pydicom.dcmread(copy, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        assert syntax == ds.file_meta.TransferSyntaxUID, path
+        if path.relative_to(stack.root / "send").parts[0] == "uncompressed":
+            assert dataset_bytes(copy) == dataset_bytes(path), path
+            compared += 1
+    assert compared == 100  # half of the synthetic instances stay in that folder
+
+    again = await asyncio.to_thread(send_corpus, "127.0.0.1", port, stack.root / "send")
+    assert again.returncode == 0, again.output
+    counts = await final_counts(pool, 2 * len(uids))
+    assert counts == {"indexed": len(uids), "duplicate": len(uids)}
+    assert await pool.fetchval("SELECT count(*) FROM instances") == len(uids)
+
+    rejected = await asyncio.to_thread(
+        storescu, "127.0.0.1", port, stack.root / "send" / "rle", calling="INTRUDER"
+    )
+    assert rejected.returncode != 0
+    assert "Calling AE Title Not Recognized" in rejected.output, rejected.output
+    assert (
+        await metric(stack, 'dicomflow_dicom_receiver_associations_total{calling_ae="INTRUDER"')
+        == 1
+    )
+    assert await metric(
+        stack, 'dicomflow_dicom_receiver_instances_total{calling_ae="STORESCU",status="0x0000"}'
+    ) == 2 * len(uids)
+    assert await pool.fetchval("SELECT count(*) FROM ingest_files") == 2 * len(uids)
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """A Part-10 file's bytes after its file meta group."""
+    data = path.read_bytes()
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    meta_len = int(ds.file_meta.FileMetaInformationGroupLength)
+    return data[132 + 12 + meta_len :]
+
+
+async def test_receiver_killed_mid_association_loses_nothing_acknowledged(
+    stack: Stack, pool: asyncpg.Pool
+) -> None:
+    folder = stack.root / "send"
+    await asyncio.to_thread(generate_corpus, folder, 300, rows=256, columns=256)
+    uids = [
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+        for p in folder.rglob("*.dcm")
+    ]
+    port = free_port()
+    start_receiver(stack, port)
+    await stack.wait_ready([RECEIVER])
+
+    sender = subprocess.Popen(
+        storescu_argv(
+            "127.0.0.1",
+            port,
+            stack.root / "send",
+            calling="STORESCU",
+            called="DICOMFLOW",
+            extra=["-v"],
+        ),
+        env=PEER_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    await wait_for_at_least(pool, "SELECT count(*) FROM ingest_files", 40)
+    stack.kill(RECEIVER)
+    output, _ = await asyncio.to_thread(sender.communicate, timeout=120)
+    acknowledged = acknowledged_files(output)
+    assert sender.returncode != 0, output
+    assert 40 <= len(acknowledged) < len(uids), output[-2000:]
+
+    # Every acknowledged instance reaches the index without any resend.
+    ack_uids = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in acknowledged
+    }
+    deadline = time.monotonic() + 60
+    while True:
+        rows = await pool.fetch("SELECT sop_instance_uid FROM instances")
+        if ack_uids <= {r["sop_instance_uid"] for r in rows}:
+            break
+        assert time.monotonic() < deadline, ack_uids - {r["sop_instance_uid"] for r in rows}
+        await asyncio.sleep(0.25)
+
+    start_receiver(stack, port)
+    await stack.wait_ready([RECEIVER])
+    resent = await asyncio.to_thread(storescu, "127.0.0.1", port, folder)
+    assert resent.returncode == 0, resent.output
+    await wait_for(pool, "SELECT count(*) FROM instances", len(uids))
+    await wait_for(pool, "SELECT count(*) FROM ingest_files WHERE status = 'pending'", 0)
+    stored = [p for p in (stack.root / "storage").rglob("*") if p.is_file()]
+    assert len(stored) == len(uids)
+
+
+async def wait_for_at_least(pool: asyncpg.Pool, sql: str, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (value := await pool.fetchval(sql)) < n:
+        assert time.monotonic() < deadline, f"{sql!r} is {value}, waiting for {n}"
+        await asyncio.sleep(0.05)
+
+
+def acknowledged_files(output: str) -> list[Path]:
+    """Files storescu -v reports as answered with Success."""
+    done: list[Path] = []
+    current: Path | None = None
+    for line in output.splitlines():
+        if m := re.search(r"Sending file: (.+)$", line):
+            current = Path(m.group(1).strip())
+        elif "Received Store Response (Success)" in line and current is not None:
+            done.append(current)
+            current = None
+    return done
+
+
+pytestmark = pytest.mark.e2e
