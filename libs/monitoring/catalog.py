@@ -13,7 +13,8 @@ from libs.metrics import metric_prefix
 # producer (events produced), http (API requests), storage (objects/bytes written),
 # end_to_end (discovery -> outcome), tasks (import tasks by state), disk (free space),
 # nas (scans), reconciler (rounds), previews (jpg-converter), publisher (index-publisher),
-# archives (packager), orthanc (orthanc-watcher), iso (iso-watcher).
+# archives (packager), orthanc (orthanc-watcher), iso (iso-watcher), dcm4chee
+# (dcm4chee-watcher), receiver (dicom-receiver), pacs (pacs-watcher).
 MONITORED: dict[str, tuple[str, ...]] = {
     "nas-watcher": ("consumer", "producer", "nas"),
     "extractor": ("consumer", "producer"),
@@ -27,6 +28,9 @@ MONITORED: dict[str, tuple[str, ...]] = {
     "packager": ("http", "archives"),
     "orthanc-watcher": ("orthanc",),
     "iso-watcher": ("iso",),
+    "dcm4chee-watcher": ("dcm4chee",),
+    "dicom-receiver": ("receiver",),
+    "pacs-watcher": ("pacs",),
 }
 
 # The stages of the pipeline in the order a file passes them (overview rows).

@@ -267,6 +267,78 @@ def _iso(p: str, job: str) -> list[Panel]:
     return [Panel("Inbox rounds", [Target(f"sum(rate({p}_rounds_total[{RATE}]))", "rounds")])]
 
 
+def _dcm4chee(p: str, job: str) -> list[Panel]:
+    """dcm4chee-watcher: rounds over the archive's database and what they found."""
+    return [
+        Panel(
+            "Archive rounds, by outcome",
+            [Target(f"sum by (outcome) (rate({p}_rounds_total[{RATE}]))", "{{outcome}}")],
+        ),
+        Panel(
+            "Studies read, by mode",
+            [Target(f"sum by (mode) (rate({p}_studies_total[{RATE}]))", "{{mode}}")],
+            unit="ops",
+        ),
+        Panel(
+            "Instances whose file is unreachable",
+            [Target(f"sum(increase({p}_unreachable_total[1h]))", "last hour")],
+        ),
+    ]
+
+
+def _receiver(p: str, job: str) -> list[Panel]:
+    """dicom-receiver: associations and C-STORE outcomes per calling AE."""
+    return [
+        Panel("Open associations", [Target(f"sum({p}_active_associations)", "open")]),
+        Panel(
+            "Associations, by calling AE and outcome",
+            [
+                Target(
+                    f"sum by (calling_ae, outcome) (rate({p}_associations_total[{RATE}]))",
+                    "{{calling_ae}} {{outcome}}",
+                )
+            ],
+        ),
+        Panel(
+            "C-STORE, by calling AE and status",
+            [
+                Target(
+                    f"sum by (calling_ae, status) (rate({p}_instances_total[{RATE}]))",
+                    "{{calling_ae}} {{status}}",
+                )
+            ],
+            unit="ops",
+            description="Any status but 0x0000 is a failure the sender will retry.",
+        ),
+        Panel(
+            "Bytes received",
+            [Target(f"sum by (calling_ae) (rate({p}_bytes_total[{RATE}]))", "{{calling_ae}}")],
+            unit="Bps",
+        ),
+        Panel("C-STORE latency", quantiles(f"{p}_store_seconds"), unit="s"),
+    ]
+
+
+def _pacs(p: str, job: str) -> list[Panel]:
+    """pacs-watcher: polls of each upstream PACS and what they retrieved."""
+    return [
+        Panel(
+            "Polls, by PACS and outcome",
+            [
+                Target(
+                    f"sum by (pacs, outcome) (rate({p}_polls_total[{RATE}]))",
+                    "{{pacs}} {{outcome}}",
+                )
+            ],
+        ),
+        Panel(
+            "Instances retrieved, by PACS",
+            [Target(f"sum by (pacs) (rate({p}_retrieved_instances_total[{RATE}]))", "{{pacs}}")],
+            unit="ops",
+        ),
+    ]
+
+
 GROUPS = {
     "consumer": _consumer,
     "producer": _producer,
@@ -282,6 +354,9 @@ GROUPS = {
     "archives": _archives,
     "orthanc": _orthanc,
     "iso": _iso,
+    "dcm4chee": _dcm4chee,
+    "receiver": _receiver,
+    "pacs": _pacs,
 }
 
 

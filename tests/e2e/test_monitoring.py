@@ -31,7 +31,13 @@ BUILTIN = {"up"}
 # Monitored services the stack fixture does not run (they need an upstream to be useful):
 # their dashboards cannot be proven here. Keep this empty where possible: run the service in
 # the stack (load_test/stack.py) instead.
-NOT_IN_STACK = {"index-publisher", "orthanc-watcher"}
+NOT_IN_STACK = {
+    "index-publisher",
+    "orthanc-watcher",
+    "dcm4chee-watcher",
+    "pacs-watcher",
+    "dicom-receiver",
+}
 
 
 @pytest.fixture
@@ -128,6 +134,14 @@ async def test_every_panel_and_alert_is_backed_by_live_metrics(
         packager = f"http://127.0.0.1:{stack.ports['packager']}"
         archive = await client.get(f"{packager}/v1/studies/{studies[0]['study_uid']}/archive")
         assert archive.status_code == 200, archive.text
+
+    async def download_seen() -> bool:
+        # two scrapes of it, so a rate() over it has data
+        return bool(
+            await prometheus.query("count_over_time(dicomflow_packager_downloads_total[1m]) >= 2")
+        )
+
+    await poll(download_seen, "the archive download reaches Prometheus")
 
     async def dlq_alert_firing() -> list[dict[str, Any]]:
         alerts = (await prometheus.api("alerts"))["alerts"]
