@@ -9,7 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from libs.db import Conn, publications
 from libs.events import Event, StudyMetadata
+from libs.http.middleware import AuditMiddleware
 from libs.kafka.consumer import Route
+from libs.ops import ops_app
 from libs.runtime import Runtime
 from services.index_publisher.config import IndexPublisherSettings
 from services.index_publisher.delivery import Backoff, Deliverer, ReceiverHealth, Sleep
@@ -17,6 +19,7 @@ from services.index_publisher.handlers import handle_metadata
 from services.index_publisher.metrics import PublisherMetrics
 from services.index_publisher.payload import PAYLOADS, StudyKeys
 from services.index_publisher.receiver import HttpReceiver
+from services.index_publisher.replay import replay_router
 
 PublishHandler = Callable[..., Awaitable[list[Event]]]
 
@@ -89,4 +92,10 @@ async def wire(rt: Runtime) -> None:
         return health.up
 
     rt.readiness.add("receiver", receiver_up)
+    # /health /ready /metrics, plus the DLQ replay for operators (API key, audited).
+    rt.app = ops_app(rt.name, rt.readiness, rt.registry)
+    rt.app.include_router(
+        replay_router(pool, settings.kafka_bootstrap_servers, await rt.producer())
+    )
+    rt.app.add_middleware(AuditMiddleware, pool=pool)
     await rt.consumer({StudyMetadata.TOPIC: Route(StudyMetadata, handler)})
