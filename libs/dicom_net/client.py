@@ -227,6 +227,9 @@ class _Associated:
         while self.assoc.is_alive() and not self.assoc.is_released:
             if self.cancel.wait(0.05):
                 self.assoc.abort()
+                # Wake the call blocked on the next DIMSE message now, rather than after
+                # the DIMSE timeout: (None, None) is how pynetdicom says "aborted".
+                self.assoc.dimse.msg_queue.put((None, None))
                 return
 
     def __enter__(self) -> Any:
