@@ -72,6 +72,7 @@ class Runtime:
                 idempotence=s.kafka_enable_idempotence,
                 metrics=ProducerMetrics.create(self.name, self.registry),
                 client_id=f"dicomflow-{self.name}",
+                linger_ms=s.producer_linger_ms,
             )
             await producer.start()
             self.resources.push_async_callback(producer.stop)

@@ -55,6 +55,11 @@ class ServiceSettings(BaseSettings):
     retry_backoff_seconds: float = Field(default=0.2, gt=0)
     batch_size: Count = Field(default=200, description="Messages fetched per poll")
     concurrency: Count = Field(default=1, description="Messages of a batch handled at once")
+    producer_linger_ms: int = Field(
+        default=5,
+        ge=0,
+        description="How long the producer waits to batch events: throughput vs. latency",
+    )
 
     @field_validator("log_level")
     @classmethod

@@ -25,7 +25,13 @@ def event_headers(event: Event) -> list[tuple[str, bytes]]:
 
 class Producer:
     def __init__(
-        self, bootstrap_servers: str, *, idempotence: bool, metrics: ProducerMetrics, client_id: str
+        self,
+        bootstrap_servers: str,
+        *,
+        idempotence: bool,
+        metrics: ProducerMetrics,
+        client_id: str,
+        linger_ms: int = 5,
     ) -> None:
         self._metrics = metrics
         if not idempotence:
@@ -38,7 +44,7 @@ class Producer:
             client_id=client_id,
             acks="all",
             enable_idempotence=idempotence,
-            linger_ms=5,
+            linger_ms=linger_ms,
             max_batch_size=256 * 1024,
             request_timeout_ms=30_000,
         )

@@ -41,6 +41,9 @@ class ReceiverSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RECEIVER_", frozen=True, extra="ignore")
 
     ops_port: Port = 8117
+    # A sender waits for each C-STORE answer, and the answer waits for the Kafka ack:
+    # batching events for 5 ms would cost every instance 5 ms (65 -> 90 inst/s measured).
+    producer_linger_ms: int = Field(default=0, ge=0)
     ae_title: str = Field(default="DICOMFLOW", min_length=1, max_length=16)
     host: str = Field(default="127.0.0.1", description="Address the DICOM port listens on.")
     port: Port = Field(default=11112, description="DICOM port (0 = any free port).")
