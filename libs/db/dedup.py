@@ -29,7 +29,7 @@ async def claim(conn: Conn, *, sop_instance_uid: str, content_sha256: str, file_
             VALUES ($1, $2, $3)
             ON CONFLICT (sop_instance_uid)
                 DO UPDATE SET sop_instance_uid = EXCLUDED.sop_instance_uid
-            RETURNING content_sha256, file_id
+            RETURNING content_sha256, file_id, claimed_at
             """,
             sop_instance_uid,
             content_sha256,
@@ -40,12 +40,15 @@ async def claim(conn: Conn, *, sop_instance_uid: str, content_sha256: str, file_
             return Claim("conflict", sop_instance_uid)
         if row["file_id"] != file_id:
             return Claim("duplicate", sop_instance_uid)
+        # Only claims older than this one: a redelivered message gets its first verdict
+        # again, even after a later UID with the same content has been claimed.
         other = await conn.fetchval(
             """SELECT sop_instance_uid FROM dedup_claims
-                WHERE content_sha256 = $1 AND sop_instance_uid <> $2
+                WHERE content_sha256 = $1 AND (claimed_at, sop_instance_uid) < ($3, $2)
                 ORDER BY claimed_at, sop_instance_uid LIMIT 1""",
             content_sha256,
             sop_instance_uid,
+            row["claimed_at"],
         )
         if other is not None:
             return Claim("same_content_other_uid", other)

@@ -81,6 +81,10 @@ async def test_dedup_claim_verdicts(pool: asyncpg.Pool) -> None:
             "same_content_other_uid",
             "1.1",
         )
+        # Redeliveries get their first verdict again, whatever was claimed since (a broker
+        # restart replays both): the first UID stays new, the later one stays flagged.
+        assert (await claim("1.1", "a" * 64, 1)).verdict == "new"
+        assert (await claim("1.2", "a" * 64, 4)).verdict == "same_content_other_uid"
         # The original claim is untouched by the conflict.
         assert (
             await conn.fetchval(
