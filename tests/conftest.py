@@ -14,10 +14,14 @@ from dataclasses import dataclass
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry
 
 from libs.broker import broker_argv, free_port, wait_for_port
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
+from libs.kafka.admin import ensure_topics
+from libs.kafka.producer import Producer
+from libs.metrics import ProducerMetrics
 from load_test.gcs import GcsEmulator
 
 PG_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
@@ -79,6 +83,22 @@ def broker() -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+async def producer(broker: Broker) -> AsyncIterator[Producer]:
+    """A started producer on `broker`, every topic created with 1 partition (with 2, Tansu
+    once in a while did not show a dead letter to a reader after an earlier e2e test)."""
+    await ensure_topics(broker.bootstrap, partitions=1, replication_factor=1)
+    p = Producer(
+        broker.bootstrap,
+        idempotence=False,  # Tansu refuses InitProducerId
+        metrics=ProducerMetrics.create("test", CollectorRegistry()),
+        client_id="test",
+    )
+    await p.start()
+    yield p
+    await p.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

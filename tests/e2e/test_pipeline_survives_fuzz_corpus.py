@@ -14,6 +14,7 @@ CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-fuzz-c
 
 
 @pytest.mark.stack_env(NAS_IMPORT_ROOTS=str(CORPUS))
+@pytest.mark.parametrize("storage_backend", ["file", "gs"])
 async def test_every_hostile_file_reaches_a_final_outcome(stack: Stack) -> None:
     assert CORPUS.is_dir(), f"the shared fuzz corpus is missing at {CORPUS}"
     files = [p for p in CORPUS.rglob("*") if p.is_file() and not p.name.startswith(".")]

@@ -16,6 +16,10 @@ from trees import build_tree
 
 from load_test.stack import PIPELINE, Stack
 
+# Every crash and bad-input test on both storage backends: local disk and Google Cloud
+# Storage (a GCS emulator process behind the real client).
+pytestmark = pytest.mark.parametrize("storage_backend", ["file", "gs"])
+
 
 async def counts(pool: asyncpg.Pool) -> tuple[int, int, int]:
     row = await pool.fetchrow(

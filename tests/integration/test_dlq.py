@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -17,11 +16,10 @@ from prometheus_client import CollectorRegistry
 
 from libs.errors import PermanentError
 from libs.events import Event, ImportRequested
-from libs.kafka.admin import ensure_topics
 from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
 from libs.kafka.dlq import REPLAY_HEADER, LetterFilter, list_letters, replay, show_letter
 from libs.kafka.producer import Producer
-from libs.metrics import ConsumerMetrics, ProducerMetrics
+from libs.metrics import ConsumerMetrics
 from libs.topics import dlq_topic
 
 pytestmark = pytest.mark.integration
@@ -32,21 +30,6 @@ def request(n: int) -> ImportRequested:
     return ImportRequested(
         correlation_id=f"c{n}", source="test", task_id=f"t{n}", source_path=f"/x/{n}"
     )
-
-
-@pytest.fixture
-async def producer(broker: object) -> AsyncIterator[Producer]:
-    bootstrap = broker.bootstrap  # type: ignore[attr-defined]
-    await ensure_topics(bootstrap, partitions=2, replication_factor=1)
-    p = Producer(
-        bootstrap,
-        idempotence=False,
-        metrics=ProducerMetrics.create("t", CollectorRegistry()),
-        client_id="t",
-    )
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def dead_letter(bootstrap: str, producer: Producer, events: list[ImportRequested]) -> None:

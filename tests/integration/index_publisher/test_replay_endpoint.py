@@ -5,41 +5,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
 
 from libs.db.apikeys import create_key
 from libs.events import DeadLetter, StudyMetadata
 from libs.http.middleware import AuditMiddleware
-from libs.kafka.admin import ensure_topics
 from libs.kafka.producer import Producer
-from libs.metrics import ProducerMetrics
 from libs.topics import dlq_topic
 from services.index_publisher.replay import replay_router
 
 pytestmark = pytest.mark.integration
 TOPIC = StudyMetadata.TOPIC
-
-
-@pytest.fixture
-async def producer(broker: object) -> AsyncIterator[Producer]:
-    bootstrap = broker.bootstrap  # type: ignore[attr-defined]
-    await ensure_topics(bootstrap, partitions=1, replication_factor=1)
-    p = Producer(
-        bootstrap,
-        idempotence=False,
-        metrics=ProducerMetrics.create("t", CollectorRegistry()),
-        client_id="t",
-    )
-    await p.start()
-    yield p
-    await p.stop()
 
 
 def letter(study_uid: str, error_type: str) -> bytes:
