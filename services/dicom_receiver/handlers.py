@@ -72,7 +72,12 @@ def write_instance(root: Path, meta: bytes, dataset: bytes | memoryview, *, fsyn
 
 
 def sync_dirs(paths: list[Path]) -> None:
-    """fsync each distinct parent folder once: the new names survive a crash."""
+    """fsync each distinct parent folder once: the new names survive a crash.
+
+    Not `libs.staging.sync_folder` (one syncfs per batch, as the other sources use): a
+    sender waits for each answer, a batch is often one instance, and syncfs flushes every
+    dirty page of the filesystem, the pipeline's writes included (measured: 65 instead of
+    78-90 instances/s on one association)."""
     for folder in {p.parent for p in paths}:
         fd = os.open(folder, os.O_RDONLY)
         try:
