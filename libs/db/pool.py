@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from libs.logging import get_logger
 from libs.settings import redact_url
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -53,3 +57,29 @@ async def create_pool(url: str, *, size: int = 4) -> asyncpg.Pool:
     )
     assert pool is not None
     return pool
+
+
+class PinnedConnection:
+    """One pooled connection kept by a single hot writer (the receiver's group commit):
+    acquiring and releasing it per statement costs the pool's reset round trip each time
+    (a one-row INSERT took 1.1-1.3 ms instead of ~0.3). After a failure the connection goes
+    back to the pool (which drops a broken one) and the next call takes another."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: PoolConnectionProxy | None = None
+
+    async def run(self, work: Callable[[PoolConnectionProxy], Awaitable[T]]) -> T:
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        conn = self._conn
+        try:
+            return await work(conn)
+        except BaseException:
+            await self.release()
+            raise
+
+    async def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self._pool.release(conn)
