@@ -10,10 +10,14 @@ from pathlib import Path
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     RLELossless,
 )
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import build_context
 
 from libs.broker import free_port
 from libs.dicom.synthetic import generate_corpus, synthetic_uid
@@ -192,3 +196,28 @@ class StoreSCP:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+def associate_rq(
+    abstract_syntax: str,
+    transfer_syntaxes: list[str],
+    *,
+    calling: str = "SENDER",
+    called: str = "DICOMFLOW",
+    max_pdu: int = 16384,
+) -> bytes:
+    """A whole A-ASSOCIATE-RQ PDU proposing one presentation context (id 1), encoded by
+    pynetdicom, for tests that then speak raw bytes on the association."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = UID("1.2.840.10008.3.1.1.1")
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    cx = build_context(abstract_syntax, transfer_syntaxes)
+    cx.context_id = 1
+    primitive.presentation_context_definition_list = [cx]
+    length = MaximumLengthNotification()
+    length.maximum_length_received = max_pdu
+    primitive.user_information = [length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return pdu.encode()

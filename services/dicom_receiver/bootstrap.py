@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
+from functools import partial
 
 from libs.db import ledger
 from libs.db.ledger import LedgerRow, NewFile
+from libs.db.pool import PinnedConnection
 from libs.events import Event
 from libs.logging import get_logger
 from libs.runtime import Runtime
@@ -20,25 +21,24 @@ log = get_logger(__name__)
 async def wire(rt: Runtime) -> None:
     settings = rt.settings
     assert isinstance(settings, ReceiverSettings)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # a line per PDU otherwise
     if not settings.allowed_callers and settings.host not in ("127.0.0.1", "::1", "localhost"):
         log.warning("any calling AE may store: set RECEIVER_ALLOWED_CALLERS", host=settings.host)
     pool = await rt.pool()
     producer = await rt.producer()
 
+    ledger_conn = PinnedConnection(pool)
+    rt.resources.push_async_callback(ledger_conn.release)
+
     async def record(files: Sequence[NewFile]) -> list[LedgerRow]:
-        async with pool.acquire() as conn:
-            return await ledger.record_discovered(conn, files)
+        return await ledger_conn.run(partial(ledger.record_discovered, files=files))
 
     async def publish(events: Sequence[Event]) -> None:
         await producer.publish(*events)
 
     committer = Committer(
-        asyncio.get_running_loop(),
         record=record,
         publish=publish,
         batch_size=settings.commit_batch_size,
-        sync=settings.fsync,
     )
     scp = StoreSCP(settings, committer, ReceiverMetrics.create(rt.registry))
 
@@ -48,7 +48,7 @@ async def wire(rt: Runtime) -> None:
     rt.readiness.add("staging_space", staging_space)
 
     async def serve_dicom() -> None:
-        host, port = await asyncio.to_thread(scp.start)
+        host, port = await scp.start()
         log.info("dicom port open", host=host, port=port, ae_title=settings.ae_title)
         drained = asyncio.Event()
         commits = asyncio.create_task(committer.run(drained))
@@ -57,7 +57,7 @@ async def wire(rt: Runtime) -> None:
         finally:
             # No new associations; open ones are aborted (what they had not been answered
             # for stays with the sender); what was queued is still committed.
-            await asyncio.to_thread(scp.stop)
+            await scp.stop()
             drained.set()
             await commits
 

@@ -1,48 +1,45 @@
-"""The C-STORE SCP on pynetdicom: who may associate, and the per-instance path.
+"""The C-STORE SCP: who may associate, how many at once, and what answering Success means.
 
-pynetdicom runs one acceptor thread per association and calls our handlers on it; a C-STORE
-handler writes the bytes (in that thread, so associations write in parallel), hands the
-instance to the `Committer` on the event loop and answers only once it is recorded and
-published. Any failure on that path answers 0xA700, so the sender keeps the instance.
+Each TCP connection is an `Association` coroutine on the service's event loop (no polling
+threads): its data sets stream into staging files; `store` makes one durable (fdatasync in a
+worker thread, concurrently across associations), then the `Committer` records and publishes
+it with whatever else is ready, and only then is Success answered. Any failure on that path
+answers 0xA700, so the sender keeps the instance. pynetdicom decodes and encodes the
+negotiation PDUs (see ADR 0012 for why the transfer path is our own).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
-import uuid
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from pynetdicom import AE, evt
-from pynetdicom.dsutils import encode_file_meta
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom import AE
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
-from libs.dicom_net.transport import NODELAY_HANDLERS, TRANSFER_SYNTAXES
+from libs.dicom_net.transport import TRANSFER_SYNTAXES
 from libs.logging import get_logger
 from libs.metrics import LATENCY_BUCKETS
+from services.dicom_receiver import dimse, pdus
+from services.dicom_receiver.association import CHUNK, Association, Limits, Refusal
 from services.dicom_receiver.committer import Committer
 from services.dicom_receiver.config import ReceiverSettings
-from services.dicom_receiver.handlers import (
-    OUT_OF_RESOURCES,
-    SUCCESS,
-    Peer,
-    free_mb,
-    new_file,
-    write_instance,
-)
+from services.dicom_receiver.handlers import Peer, StagingFile, free_mb, new_file
+from services.dicom_receiver.pdus import AssociateRequest
 
 log = get_logger(__name__)
 P = "dicomflow_dicom_receiver"
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+REJECT_CONTEXT_NAME = (0x01, 0x01, 0x02)  # permanent, service user, app context unsupported
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE not recognised
 REJECT_CONGESTION = (0x02, 0x03, 0x01)  # transient, presentation, temporary congestion
+REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, presentation, local limit exceeded
 
 
 @dataclass(frozen=True)
@@ -92,123 +89,129 @@ class StoreSCP:
         self.committer = committer
         self.metrics = metrics
         self.root = settings.staging_dir.absolute()
-        self._peers: weakref.WeakKeyDictionary[Any, Peer] = weakref.WeakKeyDictionary()
-        self.server: ThreadedAssociationServer | None = None
+        self.supported = supported_contexts()
+        self.limits = Limits(
+            max_pdu=settings.max_pdu,
+            acse_timeout=settings.acse_timeout_seconds,
+            network_timeout=settings.network_timeout_seconds,
+        )
+        self.server: asyncio.Server | None = None
+        self.associations: dict[Association, asyncio.Task[None]] = {}
 
     # -- association control -------------------------------------------------------------
 
-    def on_requested(self, event: Any) -> None:
-        """EVT_REQUESTED: refuse unknown callers and a nearly full staging disk."""
-        assoc = event.assoc
-        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
-        address = str(assoc.requestor.address)
-        if not self.settings.allows(calling, address):
-            self._reject(assoc, calling, address, "unknown_caller", REJECT_CALLING_AE)
+    def admit(self, rq: AssociateRequest, address: str) -> Refusal | None:
+        """Refuse a wrong called AE, unknown callers, too many associations, a full disk."""
+        refusal: Refusal | None = None
+        if rq.application_context != pdus.APPLICATION_CONTEXT:
+            refusal = ("application_context", REJECT_CONTEXT_NAME)
+        elif rq.called_ae != self.settings.ae_title:
+            refusal = ("wrong_called_ae", REJECT_CALLED_AE)
+        elif not self.settings.allows(rq.calling_ae, address):
+            refusal = ("unknown_caller", REJECT_CALLING_AE)
+        elif self._established() >= self.settings.max_associations:
+            refusal = ("too_many", REJECT_LIMIT)
         elif free_mb(self.root) < self.settings.min_free_mb:
-            self._reject(assoc, calling, address, "disk_low", REJECT_CONGESTION)
-
-    def _reject(
-        self, assoc: Any, calling: str, address: str, why: str, rsd: tuple[int, ...]
-    ) -> None:
-        log.warning("association rejected", calling_ae=calling, peer=address, reason=why)
-        self.metrics.associations.labels(calling, why).inc()
-        assoc.acse.send_reject(*rsd)
-        assoc.kill()
-
-    def on_accepted(self, event: Any) -> None:
-        peer = self._peer(event.assoc)
-        self.metrics.associations.labels(peer.calling_ae, "accepted").inc()
-        self.metrics.active.inc()
-        log.info("association accepted", correlation_id=peer.assoc_id, origin=peer.origin)
-
-    def on_closed(self, event: Any) -> None:
-        """EVT_CONN_CLOSE: released, aborted or dropped alike."""
-        peer = self._peers.pop(event.assoc, None)
-        if peer is not None:
-            self.metrics.active.dec()
-            log.info("association closed", correlation_id=peer.assoc_id, origin=peer.origin)
-
-    def _peer(self, assoc: Any) -> Peer:
-        peer = self._peers.get(assoc)
-        if peer is None:
-            req = assoc.requestor
-            peer = Peer(
-                str(req.ae_title).strip(), str(req.address), int(req.port), uuid.uuid4().hex
+            refusal = ("disk_low", REJECT_CONGESTION)
+        label = refusal[0] if refusal else "accepted"
+        self.metrics.associations.labels(rq.calling_ae, label).inc()
+        if refusal is not None:
+            log.warning(
+                "association rejected", calling_ae=rq.calling_ae, peer=address, reason=label
             )
-            self._peers[assoc] = peer
-        return peer
+        return refusal
+
+    def _established(self) -> int:
+        return sum(1 for a in self.associations if a.established)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assoc = Association(
+            reader,
+            writer,
+            root=self.root,
+            supported=self.supported,
+            limits=self.limits,
+            admit=self.admit,
+            store=self.store,
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        self.associations[assoc] = task
+        self.metrics.active.inc()
+        try:
+            await assoc.run()
+        finally:
+            self.metrics.active.dec()
+            del self.associations[assoc]
+            log.info(
+                "association closed", correlation_id=assoc.peer.assoc_id, origin=assoc.peer.origin
+            )
 
     # -- C-STORE ---------------------------------------------------------------------------
 
-    def on_store(self, event: Any) -> int:
+    async def store(self, peer: Peer, file: StagingFile) -> int:
+        """Durable, recorded, published: then Success; otherwise 0xA700."""
         started = time.perf_counter()
-        peer = self._peer(event.assoc)
-        status, size = self._store(event, peer)
+        status = dimse.SUCCESS
+        try:
+            staged = await asyncio.to_thread(file.finish, fsync=self.settings.fsync)
+        except OSError as exc:
+            log.error("cannot write instance", correlation_id=peer.assoc_id, error=repr(exc))
+            file.discard()
+            status = dimse.OUT_OF_RESOURCES
+        else:
+            try:
+                await asyncio.wait_for(
+                    self.committer.commit(new_file(staged, peer)),
+                    self.settings.commit_timeout_seconds,
+                )
+            except Exception as exc:  # ledger or Kafka away: the sender keeps it and retries
+                log.error("cannot record instance", correlation_id=peer.assoc_id, error=repr(exc))
+                status = dimse.OUT_OF_RESOURCES
         self.metrics.instances.labels(peer.calling_ae, f"0x{status:04X}").inc()
-        if status == SUCCESS:
-            self.metrics.bytes.labels(peer.calling_ae).inc(size)
+        if status == dimse.SUCCESS:
+            self.metrics.bytes.labels(peer.calling_ae).inc(file.size)
         self.metrics.store_seconds.observe(time.perf_counter() - started)
         return status
 
-    def _store(self, event: Any, peer: Peer) -> tuple[int, int]:
-        try:
-            meta = encode_file_meta(event.file_meta)
-            with event.request.DataSet.getbuffer() as dataset:
-                staged = write_instance(self.root, meta, dataset, fsync=self.settings.fsync)
-        except OSError as exc:
-            log.error("cannot write instance", correlation_id=peer.assoc_id, error=repr(exc))
-            return OUT_OF_RESOURCES, 0
-        try:
-            self.committer.submit(new_file(staged, peer), staged.path).result(
-                timeout=self.settings.commit_timeout_seconds
-            )
-        except Exception as exc:  # ledger or Kafka away: the sender keeps it and retries
-            log.error("cannot record instance", correlation_id=peer.assoc_id, error=repr(exc))
-            return OUT_OF_RESOURCES, 0
-        return SUCCESS, staged.size
-
     # -- server ----------------------------------------------------------------------------
 
-    def application_entity(self) -> AE:
+    async def start(self) -> tuple[str, int]:
         s = self.settings
-        ae = AE(ae_title=s.ae_title)
-        ae.maximum_pdu_size = s.max_pdu
-        ae.maximum_associations = s.max_associations
-        ae.acse_timeout = s.acse_timeout_seconds
-        ae.network_timeout = s.network_timeout_seconds
-        ae.dimse_timeout = s.network_timeout_seconds
-        ae.require_called_aet = True
-        for cx in AllStoragePresentationContexts:
-            if cx.abstract_syntax is not None:
-                ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
-        return ae
-
-    def start(self) -> tuple[str, int]:
-        handlers: list[Any] = [
-            *NODELAY_HANDLERS,
-            (evt.EVT_REQUESTED, self.on_requested),
-            (evt.EVT_ACCEPTED, self.on_accepted),
-            (evt.EVT_CONN_CLOSE, self.on_closed),
-            (evt.EVT_C_STORE, self.on_store),
-        ]
-        server = self.application_entity().start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=tls_context(self.settings),
+        self.server = await asyncio.start_server(
+            self._serve,
+            s.host,
+            s.port,
+            ssl=tls_context(s),
+            ssl_handshake_timeout=s.acse_timeout_seconds if s.tls_cert else None,
+            limit=2 * CHUNK,
+            backlog=128,
         )
-        assert server is not None  # block=False returns the server
-        self.server = server
-        host, port = server.server_address[:2]
+        host, port = self.server.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
-    def stop(self) -> None:
-        if self.server is not None:
-            server, self.server = self.server, None
-            server.shutdown()
-            for assoc in server.active_associations:
-                assoc.abort()
+    async def stop(self) -> None:
+        """No new associations; open ones get an A-ABORT (what they had not been answered
+        for stays with the sender)."""
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        server.close()
+        for assoc, task in list(self.associations.items()):
+            assoc.abort()
+            task.cancel()
+        await asyncio.gather(*self.associations.values(), return_exceptions=True)
+        await server.wait_closed()
+
+
+def supported_contexts() -> list[PresentationContext]:
+    """Every storage SOP class and Verification, with the transfer syntaxes we accept."""
+    ae = AE()
+    for cx in AllStoragePresentationContexts:
+        if cx.abstract_syntax is not None:
+            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
+    return list(ae.supported_contexts)
 
 
 def tls_context(s: ReceiverSettings) -> ssl.SSLContext | None:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
 from datetime import date, time
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from libs.db.ledger import LedgerRow, NewFile
 from libs.dicom_net.errors import FailureStatus
 from libs.dicom_net.models import Level, Match, Query
-from libs.events import Event, FileDiscovered
-from services.dicom_receiver.committer import Committer
 from services.dicom_receiver.config import ReceiverSettings
-from services.dicom_receiver.handlers import PREAMBLE, write_instance
 from services.pacs_watcher.config import WatcherSettings
 from services.pacs_watcher.handlers import next_backoff, query_window, to_retrieve
 
@@ -39,51 +33,6 @@ def test_bad_callers_fail_fast(bad: str) -> None:
 def test_tls_key_and_cert_go_together(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         ReceiverSettings(tls_cert=tmp_path / "c.pem")
-
-
-def test_write_instance_writes_preamble_meta_and_dataset(tmp_path: Path) -> None:
-    staged = write_instance(tmp_path, b"META", memoryview(b"DATASET"), fsync=True)
-    assert staged.path.read_bytes() == PREAMBLE + b"METADATASET"
-    assert staged.size == len(PREAMBLE) + 11
-    assert staged.path.is_relative_to(tmp_path)
-
-
-async def test_committer_batches_and_fails_every_waiter(tmp_path: Path) -> None:
-    batches: list[int] = []
-    published: list[Event] = []
-    fail = False
-
-    async def record(files: Sequence[NewFile]) -> list[LedgerRow]:
-        if fail:
-            raise ConnectionError("database away")
-        batches.append(len(files))
-        return [
-            LedgerRow(i, f.source, f.uri, f.origin, f.size, f.correlation_id, None)
-            for i, f in enumerate(files)
-        ]
-
-    async def publish(events: Sequence[Event]) -> None:
-        published.extend(events)
-
-    loop = asyncio.get_running_loop()
-    committer = Committer(loop, record=record, publish=publish, batch_size=100)
-    path = tmp_path / "x.dcm"
-    path.write_bytes(b"x")
-    new = NewFile("dicom:A", path.as_uri(), "A@127.0.0.1:1", 1, "assoc")
-    futures = [committer.submit(new, path) for _ in range(5)]
-    stop = asyncio.Event()
-    runner = asyncio.create_task(committer.run(stop))
-    await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
-    assert batches == [5]  # queued together, committed together
-    assert all(isinstance(e, FileDiscovered) and e.correlation_id == "assoc" for e in published)
-
-    fail = True
-    futures = [committer.submit(new, path) for _ in range(3)]
-    for f in futures:
-        with pytest.raises(ConnectionError):
-            await asyncio.wrap_future(f)
-    stop.set()
-    await runner
 
 
 def test_query_window_overlaps_the_watermark() -> None:

@@ -1,0 +1,245 @@
+"""One association, acceptor side, on asyncio streams (PS3.8 section 9.2, PS3.7 annex E).
+
+A-ASSOCIATE-RQ → admission and negotiation → P-DATA-TF until A-RELEASE-RQ or A-ABORT.
+A C-STORE's data set fragments go straight to a staging file as they arrive; when the last
+one is in, the file is made durable, recorded and published (`Store`), and only then is the
+response sent. No polling, no thread per association, nothing per instance held in memory.
+Whatever ends the association early (abort, timeout, lost connection, protocol error) leaves
+the instance in flight unanswered, so the sender keeps it; its partial file is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom.presentation import PresentationContext
+
+from libs.logging import get_logger
+from services.dicom_receiver import dimse, pdus
+from services.dicom_receiver.dimse import Command
+from services.dicom_receiver.handlers import Peer, StagingFile
+from services.dicom_receiver.pdus import AssociateRequest, ProtocolError
+
+log = get_logger(__name__)
+
+CHUNK = 1 << 20  # data set bytes read (and written) at a time
+MAX_ASSOCIATE_RQ = 1 << 20  # an A-ASSOCIATE-RQ with every storage context is ~30 KB
+
+# Why an association is refused, and the A-ASSOCIATE-RJ (result, source, diagnostic) sent.
+Refusal = tuple[str, tuple[int, int, int]]
+Admit = Callable[[AssociateRequest, str], Refusal | None]
+# (peer, staged file) -> the status to answer; the file is finished (or discarded) by it.
+Store = Callable[[Peer, StagingFile], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pdu: int  # what we accept (0 = unlimited)
+    acse_timeout: float
+    network_timeout: float
+
+
+@dataclass
+class Pending:
+    """A command whose data set is still arriving."""
+
+    command: Command
+    context_id: int
+    file: StagingFile | None  # None: the data set is read and dropped, `status` answered
+    status: int = dimse.SUCCESS
+
+
+class Association:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        root: Path,
+        supported: list[PresentationContext],
+        limits: Limits,
+        admit: Admit,
+        store: Store,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.root = root
+        self.supported = supported
+        self.limits = limits
+        self.admit = admit
+        self.store = store
+        host, port = writer.get_extra_info("peername")[:2]
+        self.peer = Peer("", str(host), int(port), uuid.uuid4().hex)
+        self.contexts: dict[int, PresentationContext] = {}
+        self.command = bytearray()
+        self.pending: Pending | None = None
+        self.established = False
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def run(self) -> None:
+        try:
+            if await self._associate():
+                self.established = True
+                await self._transfer()
+        except ProtocolError as exc:
+            self._log("association aborted: protocol error", error=str(exc))
+            self.writer.write(pdus.abort(exc.reason))
+        except TimeoutError:
+            self._log("association aborted: peer silent", error="timeout")
+            self.writer.write(pdus.abort(0x00))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            self._log("association lost", error=repr(exc))
+        finally:
+            if self.pending is not None and self.pending.file is not None:
+                self.pending.file.discard()
+            self.writer.close()
+
+    def abort(self) -> None:
+        """Ours to end (shutdown): an A-ABORT; what is unanswered stays with the sender."""
+        if not self.writer.is_closing():
+            self.writer.write(pdus.abort(0x00, source=0x00))
+
+    # -- association establishment ---------------------------------------------------------
+
+    async def _associate(self) -> bool:
+        kind, length = await self._header(self.limits.acse_timeout)
+        if kind != pdus.ASSOCIATE_RQ:
+            raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {kind:#04x}")
+        if length > MAX_ASSOCIATE_RQ:
+            raise ProtocolError("A-ASSOCIATE-RQ too long", pdus.ABORT_INVALID_PARAMETER)
+        rq = AssociateRequest.decode(await self._read(length, self.limits.acse_timeout))
+        self.peer = Peer(rq.calling_ae, self.peer.address, self.peer.port, self.peer.assoc_id)
+        refusal = self.admit(rq, self.peer.address)
+        if refusal is not None:
+            self.writer.write(pdus.reject(*refusal[1]))
+            await self.writer.drain()
+            return False
+        accept, self.contexts = pdus.negotiate(rq, self.supported, self.limits.max_pdu)
+        self.writer.write(accept)
+        return True
+
+    # -- data transfer ---------------------------------------------------------------------
+
+    async def _transfer(self) -> None:
+        while True:
+            kind, length = await self._header(self.limits.network_timeout)
+            if kind == pdus.P_DATA_TF:
+                await self._pdata(length)
+            elif kind == pdus.RELEASE_RQ:
+                await self._read(length, self.limits.network_timeout)
+                self.writer.write(pdus.release_reply())
+                await self.writer.drain()
+                return
+            elif kind == pdus.ABORT:
+                await self._read(min(length, 64), self.limits.network_timeout)
+                self._log("association aborted by the peer")
+                return
+            elif kind in (pdus.ASSOCIATE_RQ, pdus.ASSOCIATE_AC, pdus.ASSOCIATE_RJ, pdus.RELEASE_RP):
+                raise ProtocolError(f"unexpected PDU type {kind:#04x}")
+            else:
+                raise ProtocolError(f"unrecognised PDU type {kind:#04x}", 0x01)
+
+    async def _pdata(self, length: int) -> None:
+        """Every PDV item of one P-DATA-TF (PS3.8 9.3.5)."""
+        timeout = self.limits.network_timeout
+        while length > 0:
+            if length < pdus.ITEM.size:
+                raise ProtocolError("truncated PDV item", pdus.ABORT_INVALID_PARAMETER)
+            size, context_id, control = pdus.ITEM.unpack(await self._read(pdus.ITEM.size, timeout))
+            if size < 2 or size + 4 > length:
+                raise ProtocolError("PDV item length invalid", pdus.ABORT_INVALID_PARAMETER)
+            length -= size + 4
+            if context_id not in self.contexts:
+                raise ProtocolError(f"PDV on presentation context {context_id}, not accepted")
+            if control & pdus.COMMAND:
+                await self._command_fragment(context_id, size - 2, last=bool(control & pdus.LAST))
+            else:
+                await self._dataset_fragment(context_id, size - 2, last=bool(control & pdus.LAST))
+
+    async def _command_fragment(self, context_id: int, size: int, *, last: bool) -> None:
+        if self.pending is not None:
+            raise ProtocolError("command fragment while a data set is arriving")
+        if len(self.command) + size > dimse.MAX_COMMAND_BYTES:
+            raise ProtocolError("command set too long", pdus.ABORT_INVALID_PARAMETER)
+        self.command += await self._read(size, self.limits.network_timeout)
+        if last:
+            raw, self.command = bytes(self.command), bytearray()
+            try:
+                command = Command.decode(raw)
+            except ValueError as exc:
+                raise ProtocolError(str(exc), pdus.ABORT_INVALID_PARAMETER) from exc
+            await self._on_command(context_id, command)
+
+    async def _on_command(self, context_id: int, cmd: Command) -> None:
+        if cmd.field == dimse.C_STORE_RQ:
+            self.pending = self._start_store(context_id, cmd)
+        elif cmd.has_dataset:  # an operation we do not provide: read its data set, then say so
+            self.pending = Pending(cmd, context_id, None, dimse.UNRECOGNISED_OPERATION)
+        elif cmd.field == dimse.C_ECHO_RQ:
+            await self._respond(context_id, cmd, dimse.SUCCESS)
+        else:
+            await self._respond(context_id, cmd, dimse.UNRECOGNISED_OPERATION)
+
+    def _start_store(self, context_id: int, cmd: Command) -> Pending:
+        cx = self.contexts[context_id]
+        problem = cmd.store_problem(str(cx.abstract_syntax))
+        if problem is not None:
+            self._log("C-STORE refused", error=problem, sop_instance_uid=cmd.sop_instance_uid)
+            mismatch = cmd.sop_class_uid != str(cx.abstract_syntax)
+            status = dimse.SOP_CLASS_NOT_SUPPORTED if mismatch else dimse.CANNOT_UNDERSTAND
+            if not cmd.has_dataset:
+                raise ProtocolError(problem, pdus.ABORT_INVALID_PARAMETER)
+            return Pending(cmd, context_id, None, status)
+        meta = dimse.file_meta(cmd, str(cx.transfer_syntax[0]), self.peer.calling_ae)
+        try:
+            return Pending(cmd, context_id, StagingFile(self.root, meta))
+        except OSError as exc:
+            self._log("cannot open staging file", error=repr(exc))
+            return Pending(cmd, context_id, None, dimse.OUT_OF_RESOURCES)
+
+    async def _dataset_fragment(self, context_id: int, size: int, *, last: bool) -> None:
+        pending = self.pending
+        if pending is None or pending.context_id != context_id:
+            raise ProtocolError("data set fragment without its command")
+        while size:
+            chunk = await self._read(min(size, CHUNK), self.limits.network_timeout)
+            size -= len(chunk)
+            if pending.file is not None:
+                try:
+                    pending.file.write(chunk)
+                except OSError as exc:  # disk full and the like: answer, keep the association
+                    self._log("cannot write instance", error=repr(exc))
+                    pending.file.discard()
+                    pending.file, pending.status = None, dimse.OUT_OF_RESOURCES
+        if last:
+            self.pending = None
+            status = pending.status
+            if pending.file is not None:
+                status = await self.store(self.peer, pending.file)
+            await self._respond(context_id, pending.command, status)
+
+    async def _respond(self, context_id: int, cmd: Command, status: int) -> None:
+        self.writer.write(pdus.command_pdu(context_id, dimse.response(cmd, status)))
+        await self.writer.drain()
+
+    # -- bytes -----------------------------------------------------------------------------
+
+    async def _header(self, within: float) -> tuple[int, int]:
+        kind, length = pdus.HEADER.unpack(await self._read(pdus.HEADER.size, within))
+        if self.limits.max_pdu and kind == pdus.P_DATA_TF and length > self.limits.max_pdu:
+            raise ProtocolError("P-DATA-TF larger than the maximum we accepted", 0x06)
+        return int(kind), int(length)
+
+    async def _read(self, n: int, within: float) -> bytes:
+        async with asyncio.timeout(within):
+            return await self.reader.readexactly(n)
+
+    def _log(self, message: str, **fields: object) -> None:
+        log.warning(message, correlation_id=self.peer.assoc_id, origin=self.peer.origin, **fields)

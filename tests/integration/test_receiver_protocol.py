@@ -1,0 +1,235 @@
+"""The receiver's upper layer against a real pynetdicom SCU and against hostile bytes: it
+answers what it understands, aborts what breaks the protocol, never leaves a partial file,
+answers 0xA700 when it cannot record, and keeps serving the next association."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from libs.db.ledger import LedgerRow, NewFile
+from libs.dicom.synthetic import make_dataset, synthetic_uid
+from libs.events import Event
+from load_test.dimse import associate_rq
+from services.dicom_receiver import pdus
+from services.dicom_receiver.committer import Committer
+from services.dicom_receiver.config import ReceiverSettings
+from services.dicom_receiver.scp import ReceiverMetrics, StoreSCP
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class Ledger:
+    recorded: list[NewFile] = field(default_factory=list)
+    published: list[Event] = field(default_factory=list)
+    failing: bool = False
+
+    async def record(self, files: Sequence[NewFile]) -> list[LedgerRow]:
+        if self.failing:
+            raise ConnectionError("database away")
+        self.recorded.extend(files)
+        return [
+            LedgerRow(i, f.source, f.uri, f.origin, f.size, f.correlation_id, None)
+            for i, f in enumerate(files, start=len(self.recorded))
+        ]
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        self.published.extend(events)
+
+
+@dataclass
+class Receiver:
+    scp: StoreSCP
+    ledger: Ledger
+    port: int
+    staging: Path
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.staging.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+async def receiver(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Receiver]:
+    overrides = getattr(request, "param", {})
+    settings = ReceiverSettings(
+        port=0,
+        staging_dir=tmp_path / "staging",
+        min_free_mb=0,
+        acse_timeout_seconds=2,
+        network_timeout_seconds=2,
+        **overrides,
+    )
+    ledger = Ledger()
+    committer = Committer(record=ledger.record, publish=ledger.publish, batch_size=64)
+    scp = StoreSCP(settings, committer, ReceiverMetrics.create(CollectorRegistry()))
+    _, port = await scp.start()
+    stop = asyncio.Event()
+    runner = asyncio.create_task(committer.run(stop))
+    try:
+        yield Receiver(scp, ledger, port, settings.staging_dir)
+    finally:
+        await scp.stop()
+        stop.set()
+        await runner
+
+
+def scu(called: str = "DICOMFLOW") -> AE:
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    return ae
+
+
+def store_and_echo(port: int, called: str = "DICOMFLOW") -> tuple[bool, int | None, int | None]:
+    ds = make_dataset(
+        patient_id="P1",
+        patient_name="Test^Receiver",
+        study_uid=synthetic_uid("receiver:study"),
+        series_uid=synthetic_uid("receiver:series"),
+        sop_uid=synthetic_uid(f"receiver:{uuid.uuid4()}"),
+        rows=16,
+        columns=16,
+    )
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    assoc = scu().associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return False, None, None
+    try:
+        echo = assoc.send_c_echo()
+        stored = assoc.send_c_store(ds)
+        return True, int(echo.Status), int(stored.Status)
+    finally:
+        assoc.release()
+
+
+async def test_store_and_echo_from_pynetdicom(receiver: Receiver) -> None:
+    ok, echo, stored = await asyncio.to_thread(store_and_echo, receiver.port)
+    assert (ok, echo, stored) == (True, 0x0000, 0x0000)
+    [path] = receiver.files()
+    ds = dcmread(path)
+    assert ds.file_meta.SourceApplicationEntityTitle == "SENDER"
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
+    [new] = receiver.ledger.recorded
+    assert new.uri == path.as_uri() and new.source == "dicom:SENDER"
+    assert len(receiver.ledger.published) == 1
+
+
+async def test_wrong_called_ae_is_rejected(receiver: Receiver) -> None:
+    ok, _, _ = await asyncio.to_thread(store_and_echo, receiver.port, "SOMEONEELSE")
+    assert not ok
+    assert receiver.files() == []
+
+
+async def test_cannot_record_answers_out_of_resources(receiver: Receiver) -> None:
+    receiver.ledger.failing = True
+    _, _, stored = await asyncio.to_thread(store_and_echo, receiver.port)
+    assert stored == 0xA700
+
+
+async def raw_exchange(port: int, payload: bytes) -> bytes:
+    """Send bytes, return what the receiver answered before closing the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # not DICOM at all
+        pdus.HEADER.pack(pdus.ASSOCIATE_RQ, 0x7FFFFFFF),  # absurd length
+        pdus.HEADER.pack(pdus.ASSOCIATE_RQ, 40) + b"\xff" * 40,  # undecodable
+        pdus.HEADER.pack(0x42, 4) + b"\x00" * 4,  # unknown PDU type
+    ],
+)
+async def test_hostile_bytes_are_aborted_and_the_next_association_served(
+    receiver: Receiver, payload: bytes
+) -> None:
+    answer = await raw_exchange(receiver.port, payload)
+    assert answer[:1] == bytes([pdus.ABORT])
+    ok, _, stored = await asyncio.to_thread(store_and_echo, receiver.port)
+    assert ok and stored == 0
+
+
+async def test_silent_peer_is_dropped_after_the_acse_timeout(receiver: Receiver) -> None:
+    answer = await raw_exchange(receiver.port, b"")
+    assert answer[:1] == bytes([pdus.ABORT])
+
+
+async def test_abort_mid_data_set_leaves_no_partial_file(receiver: Receiver) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
+    try:
+        writer.write(associate_rq(CTImageStorage, [ExplicitVRLittleEndian]))
+        header = await reader.readexactly(pdus.HEADER.size)
+        kind, length = pdus.HEADER.unpack(header)
+        assert kind == pdus.ASSOCIATE_AC
+        await reader.readexactly(length)
+        writer.write(pdus.command_pdu(1, store_request("1.2.3.4")))
+        half = b"\x08\x00\x16\x00" + b"\x00" * 100
+        item = pdus.ITEM.pack(len(half) + 2, 1, 0x00)  # data set fragment, not the last
+        writer.write(pdus.HEADER.pack(pdus.P_DATA_TF, len(item) + len(half)) + item + half)
+        await writer.drain()
+        await until(lambda: len(receiver.files()) == 1)  # streamed to staging as it arrives
+        writer.write(pdus.abort(0x00, source=0x00))
+        await writer.drain()
+        await until(lambda: receiver.files() == [])
+        assert receiver.ledger.recorded == []
+    finally:
+        writer.close()
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+def store_request(sop_instance_uid: str) -> bytes:
+    """A C-STORE-RQ command set as pydicom encodes it."""
+    ds = Dataset()
+    ds.CommandGroupLength = 0
+    ds.AffectedSOPClassUID = CTImageStorage
+    ds.CommandField = 0x0001
+    ds.MessageID = 1
+    ds.Priority = 0
+    ds.CommandDataSetType = 0x0001
+    ds.AffectedSOPInstanceUID = sop_instance_uid
+    body = encode(ds, True, True)
+    assert body is not None
+    ds.CommandGroupLength = len(body) - 12
+    encoded = encode(ds, True, True)
+    assert encoded is not None
+    return encoded
+
+
+@pytest.mark.parametrize("receiver", [{"max_associations": 1}], indirect=True)
+async def test_associations_beyond_the_limit_are_rejected(receiver: Receiver) -> None:
+    first = await asyncio.to_thread(
+        scu().associate, "127.0.0.1", receiver.port, ae_title="DICOMFLOW"
+    )
+    try:
+        assert first.is_established
+        second = await asyncio.to_thread(
+            scu().associate, "127.0.0.1", receiver.port, ae_title="DICOMFLOW"
+        )
+        assert second.is_rejected
+    finally:
+        first.release()

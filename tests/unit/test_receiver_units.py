@@ -1,0 +1,180 @@
+"""The receiver's pure pieces: staging files, group commit, command sets and negotiation PDUs,
+checked against pydicom's and pynetdicom's own encoders."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dsutils import decode, encode, encode_file_meta
+from pynetdicom.pdu import A_ASSOCIATE_AC
+
+from libs.db.ledger import LedgerRow, NewFile
+from libs.events import Event, FileDiscovered
+from load_test.dimse import associate_rq
+from services.dicom_receiver import dimse, pdus
+from services.dicom_receiver.committer import Committer
+from services.dicom_receiver.dimse import Command
+from services.dicom_receiver.handlers import PREAMBLE, StagingFile
+from services.dicom_receiver.scp import supported_contexts
+
+CMD = Command(dimse.C_STORE_RQ, 7, CTImageStorage, "1.2.826.0.1.3680043.8.498.1", True)
+
+
+def test_staging_file_streams_preamble_meta_and_fragments(tmp_path: Path) -> None:
+    f = StagingFile(tmp_path, b"META")
+    f.write(b"DATA")
+    f.write(memoryview(b"SET"))
+    staged = f.finish(fsync=True)
+    assert staged.path.read_bytes() == PREAMBLE + b"METADATASET"
+    assert staged.size == len(PREAMBLE) + 11
+    assert staged.path.is_relative_to(tmp_path) and staged.path.suffix == ".dcm"
+
+
+def test_discarded_staging_file_leaves_nothing(tmp_path: Path) -> None:
+    f = StagingFile(tmp_path, b"META")
+    f.write(b"half a data set")
+    f.discard()
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+async def test_committer_batches_and_fails_every_waiter() -> None:
+    batches: list[int] = []
+    published: list[Event] = []
+    fail = False
+
+    async def record(files: Sequence[NewFile]) -> list[LedgerRow]:
+        if fail:
+            raise ConnectionError("database away")
+        batches.append(len(files))
+        return [
+            LedgerRow(i, f.source, f.uri, f.origin, f.size, f.correlation_id, None)
+            for i, f in enumerate(files)
+        ]
+
+    async def publish(events: Sequence[Event]) -> None:
+        published.extend(events)
+
+    committer = Committer(record=record, publish=publish, batch_size=100)
+    new = NewFile("dicom:A", "file:///x.dcm", "A@127.0.0.1:1", 1, "assoc")
+    waiters = [asyncio.create_task(committer.commit(new)) for _ in range(5)]
+    await asyncio.sleep(0)  # all five queued before the committer runs
+    stop = asyncio.Event()
+    runner = asyncio.create_task(committer.run(stop))
+    await asyncio.gather(*waiters)
+    assert batches == [5]  # queued together, committed together
+    assert all(isinstance(e, FileDiscovered) and e.correlation_id == "assoc" for e in published)
+
+    fail = True
+    for result in await asyncio.gather(
+        *(committer.commit(new) for _ in range(3)), return_exceptions=True
+    ):
+        assert isinstance(result, ConnectionError)
+    stop.set()
+    await runner
+
+
+def _pydicom_command(**elements: object) -> bytes:
+    ds = Dataset()
+    ds.CommandGroupLength = 0
+    for name, value in elements.items():
+        setattr(ds, name, value)
+    body = encode(ds, True, True)
+    assert body is not None
+    ds.CommandGroupLength = len(body) - 12
+    encoded = encode(ds, True, True)
+    assert encoded is not None
+    return encoded
+
+
+def test_store_response_is_what_pydicom_encodes() -> None:
+    expected = _pydicom_command(
+        AffectedSOPClassUID=CMD.sop_class_uid,
+        CommandField=0x8001,
+        MessageIDBeingRespondedTo=7,
+        CommandDataSetType=0x0101,
+        Status=0xA700,
+        AffectedSOPInstanceUID=CMD.sop_instance_uid,
+    )
+    assert dimse.response(CMD, 0xA700) == expected
+    echo = Command(dimse.C_ECHO_RQ, 3, "1.2.840.10008.1.1", "", False)
+    assert decode(BytesIO(dimse.response(echo, 0)), True, True).CommandField == 0x8030
+
+
+def test_request_decoded_from_pydicom_bytes() -> None:
+    raw = _pydicom_command(
+        AffectedSOPClassUID=CTImageStorage,
+        CommandField=1,
+        MessageID=9,
+        Priority=0,
+        CommandDataSetType=1,
+        AffectedSOPInstanceUID="1.2.3.4",
+    )
+    assert Command.decode(raw) == Command(1, 9, CTImageStorage, "1.2.3.4", True)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",  # no CommandField
+        b"\x00\x00\x00\x01\x04\x00",  # truncated header
+        b"\x00\x00\x00\x01\xff\xff\xff\x7f",  # length beyond the bytes
+        b"\x08\x00\x16\x00\x02\x00\x00\x00ab",  # not group 0000
+    ],
+)
+def test_hostile_command_sets_are_refused_with_a_reason(raw: bytes) -> None:
+    with pytest.raises(ValueError, match=r"\S"):
+        Command.decode(raw)
+
+
+def test_store_problems() -> None:
+    assert CMD.store_problem(CTImageStorage) is None
+    assert "differs" in str(CMD.store_problem("1.2.840.10008.5.1.4.1.1.4"))
+    bad_uid = Command(1, 1, CTImageStorage, "1.2.abc", True)
+    assert "invalid" in str(bad_uid.store_problem(CTImageStorage))
+
+
+def test_file_meta_is_what_pydicom_encodes() -> None:
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = UID(CMD.sop_instance_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
+    meta.SourceApplicationEntityTitle = "STORESCU"
+    assert dimse.file_meta(CMD, ExplicitVRLittleEndian, "STORESCU") == encode_file_meta(meta)
+
+
+def _associate_rq(abstract: str, syntaxes: list[str]) -> bytes:
+    return associate_rq(abstract, syntaxes)[pdus.HEADER.size :]
+
+
+def test_negotiation_accepts_a_storage_context_with_uncompressed_first() -> None:
+    rq = pdus.AssociateRequest.decode(
+        _associate_rq(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    )
+    assert (rq.calling_ae, rq.called_ae, rq.max_pdu) == ("SENDER", "DICOMFLOW", 16384)
+    raw, accepted = pdus.negotiate(rq, supported_contexts(), max_pdu=0)
+    assert list(accepted) == [1]
+    assert accepted[1].transfer_syntax[0] == ImplicitVRLittleEndian  # ours comes first
+    ac = A_ASSOCIATE_AC()
+    ac.decode(raw)
+    assert ac.to_primitive().result == 0
+
+
+def test_negotiation_rejects_a_context_we_do_not_store() -> None:
+    rq = pdus.AssociateRequest.decode(_associate_rq("1.2.3.999", [ExplicitVRLittleEndian]))
+    _, accepted = pdus.negotiate(rq, supported_contexts(), max_pdu=0)
+    assert accepted == {}
+
+
+def test_garbage_association_request_is_a_protocol_error() -> None:
+    with pytest.raises(pdus.ProtocolError):
+        pdus.AssociateRequest.decode(b"\x00\x01" + b"\xff" * 40)
