@@ -41,7 +41,7 @@ class Task:
     updated_at: datetime
 
 
-_COLUMNS = (
+COLUMNS = (
     "id::text, kind, source_path, description, status, error, scan_completed, created_by,"
     " created_at, started_at, completed_at, updated_at"
 )
@@ -57,7 +57,7 @@ async def create_task(
 ) -> Task:
     row = await conn.fetchrow(
         f"""INSERT INTO import_tasks (id, kind, source_path, description, created_by)
-            VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}""",
+            VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}""",
         uuid.uuid4(),
         kind,
         source_path,
@@ -73,7 +73,7 @@ async def get_task(conn: Conn, task_id: str) -> Task | None:
         uuid.UUID(task_id)
     except ValueError:
         return None
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM import_tasks WHERE id = $1", task_id)
+    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM import_tasks WHERE id = $1", task_id)
     return Task(**dict(row)) if row else None
 
 
@@ -81,7 +81,7 @@ async def list_tasks(
     conn: Conn, *, limit: int = 50, offset: int = 0, status: str | None = None
 ) -> list[Task]:
     rows = await conn.fetch(
-        f"""SELECT {_COLUMNS} FROM import_tasks
+        f"""SELECT {COLUMNS} FROM import_tasks
              WHERE ($3::text IS NULL OR status = $3)
              ORDER BY created_at DESC LIMIT $1 OFFSET $2""",
         limit,
@@ -152,7 +152,7 @@ async def lease_next_scan(
                             AND kind = ANY($3::text[])
                             AND (lease_until IS NULL OR lease_until < now())
                           ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-         RETURNING {_COLUMNS}""",
+         RETURNING {COLUMNS}""",
         owner,
         lease_seconds,
         list(kinds),
