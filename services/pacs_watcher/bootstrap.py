@@ -12,15 +12,17 @@ from prometheus_client import Counter
 
 from libs.db import ledger
 from libs.db import pacs as pacs_db
+from libs.db import retrieves as retrieves_db
 from libs.db.ledger import NewFile, discovered_event
-from libs.dicom_net.client import DicomClient
+from libs.dicom_net.client import DicomClient, OnProgress
 from libs.dicom_net.errors import DicomNetError
-from libs.dicom_net.models import Level, Match, Peer, Query
+from libs.dicom_net.models import Level, Match, Peer, Query, RetrieveResult
 from libs.kafka.producer import Producer
 from libs.logging import get_logger
 from libs.runtime import Runtime
 from services.pacs_watcher.config import Pacs, WatcherSettings
 from services.pacs_watcher.handlers import next_backoff, query_window, to_retrieve
+from services.pacs_watcher.retrieves import OnDemand, owner_id
 
 log = get_logger(__name__)
 P = "dicomflow_pacs_watcher"
@@ -106,35 +108,52 @@ class PacsWatch:
         )
 
     async def _retrieve(self, m: Match) -> None:
-        query = Query(level=Level.STUDY, study_uid=m.study_uid)
+        await self.retrieve_study(m.study_uid, expected=m.number_of_instances)
+
+    async def retrieve_study(
+        self,
+        study_uid: str,
+        *,
+        expected: int | None = None,
+        task_id: str | None = None,
+        progress: OnProgress | None = None,
+    ) -> RetrieveResult:
+        """One study, under this PACS's semaphore (the poller's and on-demand retrieves share
+        it); C-GET files enter the ledger with `task_id`."""
+        query = Query(level=Level.STUDY, study_uid=study_uid)
         async with self.slots:
             if self.pacs.retrieve == "move":
-                result = await self.client.move(query, self.settings.move_destination)
+                result = await self.client.move(
+                    query, self.settings.move_destination, progress=progress
+                )
             else:
                 folder = self.settings.staging_dir.absolute() / self.pacs.name / uuid.uuid4().hex
-                result = await self.client.get(query, folder)
-                await self._record(m, [Path(f) for f in result.files])
-        self.recent[m.study_uid] = (m.number_of_instances, time.monotonic())
+                result = await self.client.get(query, folder, progress=progress)
+                await self._record(study_uid, [Path(f) for f in result.files], task_id)
+        self.recent[study_uid] = (expected, time.monotonic())
         self.metrics["instances"].labels(self.pacs.name).inc(result.completed)
         log.info(
             "study retrieved",
             pacs=self.pacs.name,
-            study_uid=m.study_uid,
+            study_uid=study_uid,
             how=self.pacs.retrieve,
             completed=result.completed,
             failed=result.failed,
+            task_id=task_id,
         )
+        return result
 
-    async def _record(self, m: Match, files: list[Path]) -> None:
+    async def _record(self, study_uid: str, files: list[Path], task_id: str | None) -> None:
         """C-GET: the files enter the pipeline like any discovered file."""
-        correlation = uuid.uuid4().hex
+        correlation = task_id or uuid.uuid4().hex
         new = [
             NewFile(
                 source=f"pacs:{self.pacs.name}",
                 uri=f.as_uri(),
-                origin=f"{self.pacs.name} C-GET {m.study_uid}",
+                origin=f"{self.pacs.name} C-GET {study_uid}",
                 size=f.stat().st_size,
                 correlation_id=correlation,
+                task_id=task_id,
             )
             for f in files
         ]
@@ -164,6 +183,12 @@ async def wire(rt: Runtime) -> None:
             registry=rt.registry,
         ),
     }
+    async with pool.acquire() as conn:  # the names POST /v1/retrieve accepts
+        await retrieves_db.register_peers(
+            conn, [(p.name, p.ae_title, p.retrieve) for p in settings.pacs]
+        )
+    owner = owner_id()
     for pacs in settings.pacs:
         watch = PacsWatch(pacs, settings, pool, producer, metrics)
         rt.add_worker(f"pacs:{pacs.name}", partial(watch.run, rt))
+        rt.add_worker(f"retrieve:{pacs.name}", partial(OnDemand(watch, pool, owner).run, rt))

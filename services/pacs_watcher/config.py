@@ -44,6 +44,20 @@ class WatcherSettings(ServiceSettings):
         default="", description="Retrieve only between HH:MM-HH:MM (local time); empty = always."
     )
     staging_dir: Path = Field(default=Path("./var/pacs-get"), description="C-GET destination.")
+    # On-demand retrieves (POST /v1/retrieve): tasks looked for every `retrieve_poll_seconds`.
+    retrieve_poll_seconds: float = Field(default=2.0, gt=0, description="Looks for new tasks.")
+    retrieve_lease_seconds: float = Field(
+        default=60.0, ge=5, description="A crashed watcher's task is taken over after this."
+    )
+    retrieve_max_attempts: int = Field(
+        default=5, ge=1, description="Attempts while the PACS is away, then the task fails."
+    )
+    retrieve_backoff_seconds: float = Field(
+        default=30.0, gt=0, description="Wait after the first failed attempt; doubles."
+    )
+    retrieve_max_studies: int = Field(
+        default=200, ge=1, description="A query matching more studies to retrieve fails."
+    )
 
     @field_validator("night_window")
     @classmethod
