@@ -14,13 +14,15 @@ from services.api.previews import PreviewSource
 from services.api.routes.apikeys import apikeys_router
 from services.api.routes.imports import Publish, imports_router
 from services.api.routes.previews import previews_router
+from services.api.routes.retrieve import retrieve_router
 from services.api.routes.studies import studies_router
 
-DESCRIPTION = """Search the DICOM index, view instance previews, follow imports, manage API keys.
+DESCRIPTION = """Search the DICOM index, view instance previews, follow imports and retrieves
+from a PACS, manage API keys.
 
 Every `/v1` endpoint needs `Authorization: Bearer <API key>`. Roles: `clinician` reads
-studies; `ops` reads studies and manages imports; `admin` may do everything. Every
-call to `/v1` is written to the audit log."""
+studies; `ops` reads studies, manages imports and retrieves from a PACS; `admin` may do
+everything. Every call to `/v1` is written to the audit log."""
 
 
 def create_app(
@@ -39,6 +41,7 @@ def create_app(
     if previews is not None:
         app.include_router(previews_router(pool, auth, previews))
     app.include_router(imports_router(pool, publish, auth, limits))
+    app.include_router(retrieve_router(pool, auth))
     app.include_router(apikeys_router(pool, auth))
     app.include_router(ops_router("api", readiness, registry))
     # Added last = outermost: metrics see every request, the audit sees the final status.

@@ -232,3 +232,46 @@ class ApiKeyOut(BaseModel):
 
 class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="The key itself: shown this once, never stored.")
+
+
+class RetrieveStudyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    study_uid: str
+    status: Literal["pending", "skipped", "retrieving", "done"] = Field(
+        description="skipped: the index already holds as many instances as the PACS"
+    )
+    expected: int | None = Field(description="Instances the PACS's C-FIND announced")
+    completed: int
+    failed: int
+    warning: int
+    remaining: int | None
+
+
+class RetrieveProgressOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    studies_matched: int
+    studies_skipped: int
+    studies_retrieved: int
+    instances_expected: int | None
+    instances_completed: int = Field(description="Sub-operations the PACS reports completed")
+    instances_failed: int
+    instances_warning: int
+    instances_remaining: int | None
+    instances_indexed: int = Field(description="Instances of these studies in the index now")
+
+
+class RetrieveStateOut(BaseModel):
+    pacs: str
+    method: Literal["move", "get"] | None
+    request: dict[str, Any]
+    attempts: int = Field(description="Failed attempts (PACS away) so far")
+    next_attempt_at: datetime
+    last_error: str | None
+    progress: RetrieveProgressOut
+    studies: list[RetrieveStudyOut] = Field(description="The first 100 studies")
+
+
+class RetrieveOut(TaskOut):
+    retrieve: RetrieveStateOut

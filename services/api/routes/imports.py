@@ -22,10 +22,10 @@ Publish = Callable[[ImportRequested], Awaitable[None]]
 
 
 async def _task_out(conn: Conn, task: tasks.Task) -> TaskOut:
-    return _with_counters(task, await tasks.task_counters(conn, task.id))
+    return with_counters(task, await tasks.task_counters(conn, task.id))
 
 
-def _with_counters(task: tasks.Task, counters: tasks.TaskCounters) -> TaskOut:
+def with_counters(task: tasks.Task, counters: tasks.TaskCounters) -> TaskOut:
     fields = asdict(task)
     fields["task_id"] = fields.pop("id")
     return TaskOut.model_validate({**fields, "counters": asdict(counters)})
@@ -92,7 +92,7 @@ def imports_router(
                 conn, limit=limit, offset=query.offset, status=query.status
             )
             counters = await tasks.counters_for(conn, [t.id for t in found])
-        items = [_with_counters(t, counters[t.id]) for t in found]
+        items = [with_counters(t, counters[t.id]) for t in found]
         caller.saw(len(items))
         return TaskPage(limit=limit, offset=query.offset, items=items)
 
