@@ -1,11 +1,17 @@
 """`make bench`, receiver part: C-STORE into dicomflow next to DCMTK's storescp.
 
-On the same synthetic files (CT 512x512 and MR 256x256, 16-bit), in the same run:
+On the same synthetic files (CT 512x512 and MR 256x256, 16-bit), in the same run, with 1 and
+with 4 storescu associations in parallel:
 1. DCMTK `storescp` (TCP_NODELAY=1, bit-preserving `+B`, `--fork` for parallel senders)
-   receiving and writing them;
-2. the dicomflow receiver in the running stack: receive-and-acknowledge (every answered
-   instance is fsynced, in the ledger and on Kafka) and until every instance is indexed.
-Both with 1 and with 4 storescu associations in parallel; prints the ratios.
+   receiving and writing them (page cache only: storescp never fsyncs);
+2. a plain pynetdicom SCP writing the raw bytes it is sent (unlimited PDU, TCP_NODELAY, no
+   fsync): what a receiver on pynetdicom's own transport reaches;
+3. the dicomflow receiver alone (broker and PostgreSQL up, pipeline stopped): the
+   receive-and-acknowledge step, every answered instance fdatasynced, in the ledger and
+   acknowledged by Kafka; once more with RECEIVER_FSYNC=false, to show what durability costs;
+4. the dicomflow receiver with the whole pipeline running: acknowledged, and until every
+   instance is indexed (the pipeline shares the 2 cores with the receiver).
+Prints each rate and its ratio to storescp.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -65,8 +72,44 @@ def storescp_rate(work: Path, files: list[Path], parallel: int) -> float:
     return len(files) / seconds
 
 
+def pynetdicom_rate(work: Path, files: list[Path], parallel: int) -> float:
+    """A plain pynetdicom C-STORE SCP writing `encoded_dataset()` (no fsync)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import AllStoragePresentationContexts
+
+    from libs.dicom_net.transport import NODELAY_HANDLERS, TRANSFER_SYNTAXES
+
+    out = work / "pynetdicom"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+
+    def on_store(event: Any) -> int:
+        with open(out / f"{uuid.uuid4().hex}.dcm", "xb") as f:
+            f.write(event.encoded_dataset())
+        return 0
+
+    ae = AE(ae_title="PYNETDICOM")
+    ae.maximum_pdu_size = 0
+    for cx in AllStoragePresentationContexts:
+        if cx.abstract_syntax is not None:
+            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+    port = free_port()
+    handlers: list[Any] = [*NODELAY_HANDLERS, (evt.EVT_C_STORE, on_store)]
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    assert server is not None
+    try:
+        seconds = send(port, "PYNETDICOM", files, parallel)
+    finally:
+        server.shutdown()
+    written = sum(1 for _ in out.iterdir())
+    assert written == len(files), f"pynetdicom wrote {written} of {len(files)}"
+    return len(files) / seconds
+
+
 @asynccontextmanager
-async def receiver_stack(work: Path) -> AsyncIterator[tuple[Stack, asyncpg.Pool, int]]:
+async def receiver_stack(
+    work: Path, *, pipeline: bool, fsync: bool = True
+) -> AsyncIterator[tuple[Stack, asyncpg.Pool, int]]:
     db = f"dicomflow_bench_{uuid.uuid4().hex[:8]}"
     url = f"{PG}/{db}"
     pool = await create_pool(url, size=2)
@@ -86,9 +129,10 @@ async def receiver_stack(work: Path) -> AsyncIterator[tuple[Stack, asyncpg.Pool,
         RECEIVER_PORT=str(dport),
         RECEIVER_STAGING_DIR=str(state / "staging"),
         RECEIVER_MIN_FREE_MB="0",
+        RECEIVER_FSYNC=str(fsync).lower(),
     )
     stack = Stack(root=state, env=env, ports=ports)
-    names = [*PIPELINE, RECEIVER]
+    names = [*PIPELINE, RECEIVER] if pipeline else [RECEIVER]
     for name in names:
         stack.start(name)
     try:
@@ -113,15 +157,20 @@ async def until_indexed(pool: asyncpg.Pool, total: int, timeout: float = 1800) -
         await asyncio.sleep(0.1)
 
 
-async def receiver_rates(work: Path, files: list[Path]) -> dict[int, tuple[float, float]]:
-    """parallel -> (acknowledged inst/s, indexed inst/s); each round on a fresh stack."""
+async def receiver_rates(work: Path, files: list[Path], parallel: int) -> dict[str, float]:
+    """Each round on a fresh stack: the receiver alone (fsync on, off), then with the
+    pipeline (acknowledged, indexed)."""
     out = {}
-    for parallel in (1, 4):
-        async with receiver_stack(work) as (_, pool, port):
-            t = time.perf_counter()
-            acked = await asyncio.to_thread(send, port, "DICOMFLOW", files, parallel)
-            await until_indexed(pool, len(files))
-            out[parallel] = (len(files) / acked, len(files) / (time.perf_counter() - t))
+    for label, fsync in (("alone", True), ("alone, no fsync", False)):
+        async with receiver_stack(work, pipeline=False, fsync=fsync) as (_, _, port):
+            seconds = await asyncio.to_thread(send, port, "DICOMFLOW", files, parallel)
+            out[label] = len(files) / seconds
+    async with receiver_stack(work, pipeline=True) as (_, pool, port):
+        t = time.perf_counter()
+        acked = await asyncio.to_thread(send, port, "DICOMFLOW", files, parallel)
+        await until_indexed(pool, len(files))
+        out["with pipeline"] = len(files) / acked
+        out["indexed"] = len(files) / (time.perf_counter() - t)
     return out
 
 
@@ -134,16 +183,21 @@ def main() -> None:
     files = corpus(work / "dimse-corpus", args.count)
     total = sum(f.stat().st_size for f in files)
     print(f"\nC-STORE: {len(files)} instances, {total / 1e6:.0f} MB, on {os.cpu_count()} cores")
-    ours = asyncio.run(receiver_rates(work, files))
     for parallel in (1, 4):
+        ours = asyncio.run(receiver_rates(work, files, parallel))
         ref = storescp_rate(work, files, parallel)
-        acked, indexed = ours[parallel]
+        plain = pynetdicom_rate(work, files, parallel)
         print(f"\n  {parallel} association(s):")
-        print(f"    DCMTK storescp (receive + write)       {ref:>7.0f} inst/s")
-        print(
-            f"    dicomflow receiver (received + acked)  {acked:>7.0f} inst/s  {acked / ref:.2f}x"
-        )
-        print(f"    dicomflow receiver to indexed {indexed:>16.0f} inst/s  {indexed / ref:.2f}x")
+        rows = [
+            ("DCMTK storescp (receive + write)", ref),
+            ("pynetdicom SCP (raw write, no fsync)", plain),
+            ("dicomflow receiver alone (acked)", ours["alone"]),
+            ("  same, RECEIVER_FSYNC=false", ours["alone, no fsync"]),
+            ("dicomflow + pipeline (acked)", ours["with pipeline"]),
+            ("dicomflow + pipeline (indexed)", ours["indexed"]),
+        ]
+        for label, rate in rows:
+            print(f"    {label:<40} {rate:>7.0f} inst/s  {rate / ref:.2f}x")
 
 
 if __name__ == "__main__":
