@@ -123,6 +123,12 @@ class Association:
             return False
         accept, self.contexts = pdus.negotiate(rq, self.supported, self.limits.max_pdu)
         self.writer.write(accept)
+        log.info(
+            "association accepted",
+            correlation_id=self.peer.assoc_id,
+            origin=self.peer.origin,
+            contexts=len(self.contexts),
+        )
         return True
 
     # -- data transfer ---------------------------------------------------------------------

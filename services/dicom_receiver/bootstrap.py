@@ -47,6 +47,11 @@ async def wire(rt: Runtime) -> None:
 
     rt.readiness.add("staging_space", staging_space)
 
+    async def dicom_port() -> bool:
+        return scp.server is not None and scp.server.is_serving()
+
+    rt.readiness.add("dicom_port", dicom_port)
+
     async def serve_dicom() -> None:
         host, port = await scp.start()
         log.info("dicom port open", host=host, port=port, ae_title=settings.ae_title)
