@@ -17,9 +17,12 @@ import pytest
 import yaml
 from trees import build_tree
 
+from libs.broker import free_port
+from libs.dicom.synthetic import generate_corpus
 from libs.monitoring.catalog import CONSUMERS, MONITORED
 from libs.monitoring.generate import DASHBOARDS, SCRAPE_CONFIG
 from libs.monitoring.promql import unknown_metrics
+from load_test.dimse import storescu
 from load_test.prometheus import Prometheus, local_config
 from load_test.stack import PREFIX, Stack
 
@@ -28,6 +31,7 @@ RULES = SCRAPE_CONFIG.parent / "alerts.yml"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m"}
 # Prometheus' own series, not exported by a service.
 BUILTIN = {"up"}
+RECEIVED = 4  # instances sent to the dicom-receiver
 # Monitored services the stack fixture does not run (they need an upstream to be useful):
 # their dashboards cannot be proven here. Keep this empty where possible: run the service in
 # the stack (load_test/stack.py) instead.
@@ -36,16 +40,21 @@ NOT_IN_STACK = {
     "orthanc-watcher",
     "dcm4chee-watcher",
     "pacs-watcher",
-    "dicom-receiver",
 }
 
 
 @pytest.fixture
 def extra_env(tmp_path: Path) -> dict[str, str]:
-    """The iso-watcher runs when it has an inbox (an empty one: its rounds are what counts)."""
+    """The iso-watcher runs when it has an inbox (an empty one: its rounds are what counts);
+    the dicom-receiver on a free DICOM port."""
     inbox = tmp_path / "disc-inbox"
     inbox.mkdir()
-    return {"ISO_INBOX": str(inbox)}
+    return {
+        "ISO_INBOX": str(inbox),
+        "RECEIVER_PORT": str(free_port()),
+        "RECEIVER_STAGING_DIR": str(tmp_path / "receiver"),
+        "RECEIVER_MIN_FREE_MB": "0",
+    }
 
 
 def panel_queries() -> list[tuple[str, str, str]]:
@@ -127,6 +136,13 @@ async def test_every_panel_and_alert_is_backed_by_live_metrics(
 
     await poll(indexed_seen, "the import's instances reach Prometheus")
 
+    # A few instances over DICOM, for the receiver's panels (and the stored count below).
+    sent = stack.root / "dicom-sent"
+    generate_corpus(sent, RECEIVED, rows=16, columns=16, seed=7)
+    port = int(stack.env["RECEIVER_PORT"])
+    result = await asyncio.to_thread(storescu, "127.0.0.1", port, sent, calling="MONITOR")
+    assert result.returncode == 0 and not result.failures, result.output
+
     # One archive download, for the packager's panels.
     headers = {"Authorization": f"Bearer {stack.key}"}
     async with httpx.AsyncClient(headers=headers, timeout=60) as client:
@@ -142,6 +158,12 @@ async def test_every_panel_and_alert_is_backed_by_live_metrics(
         )
 
     await poll(download_seen, "the archive download reaches Prometheus")
+
+    async def stores_seen() -> bool:
+        query = "count_over_time(dicomflow_dicom_receiver_store_seconds_count[1m]) >= 2"
+        return bool(await prometheus.query(query))
+
+    await poll(stores_seen, "the C-STOREs reach Prometheus")
 
     async def dlq_alert_firing() -> list[dict[str, Any]]:
         alerts = (await prometheus.api("alerts"))["alerts"]
@@ -175,6 +197,6 @@ async def test_every_panel_and_alert_is_backed_by_live_metrics(
         r = await prometheus.query(f'sum(increase({metric}{{status="ok"}}[5m]))')
         assert r and float(r[0]["value"][1]) > 0, f"{stage} handled nothing"
     stored = await prometheus.query("sum(dicomflow_storage_writer_objects_stored_total)")
-    assert float(stored[0]["value"][1]) == expected.new + expected.conflicts
+    assert float(stored[0]["value"][1]) == expected.new + expected.conflicts + RECEIVED
     tasks = await prometheus.query('max(dicomflow_api_import_tasks{status="completed"})')
     assert float(tasks[0]["value"][1]) >= 1
