@@ -243,7 +243,11 @@ async def defer(
     return int(attempts)
 
 
-async def note_error(conn: Conn, task_id: str, error: str) -> None:
+async def note_failure(conn: Conn, task_id: str, error: str, *, attempts: int) -> None:
+    """The last attempt's error and the failed attempts, the last one included."""
     await conn.execute(
-        "UPDATE pacs_retrieves SET last_error = $2 WHERE task_id = $1", uuid.UUID(task_id), error
+        "UPDATE pacs_retrieves SET last_error = $2, attempts = $3 WHERE task_id = $1",
+        uuid.UUID(task_id),
+        error,
+        attempts,
     )

@@ -92,7 +92,7 @@ class OnDemand:
                 exc, pacs=retrieve.pacs, attempts=attempts, max_attempts=s.retrieve_max_attempts
             )
             if reason is not None:
-                await self._fail(task_id, reason)
+                await self._fail(task_id, reason, attempts=attempts)
                 return
             delay = retry_delay(
                 attempts, base=s.retrieve_backoff_seconds, ceiling=s.max_backoff_seconds
@@ -195,10 +195,10 @@ class OnDemand:
                 async with self.pool.acquire() as conn:
                     await tasks.renew_lease(conn, task_id, owner=self.owner, lease_seconds=lease)
 
-    async def _fail(self, task_id: str, error: str) -> None:
-        log.warning("retrieve failed", task_id=task_id, error=error)
-        async with self.pool.acquire() as conn:
-            await db.note_error(conn, task_id, error)
+    async def _fail(self, task_id: str, error: str, *, attempts: int) -> None:
+        log.warning("retrieve failed", task_id=task_id, error=error, attempts=attempts)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await db.note_failure(conn, task_id, error, attempts=attempts)
             await tasks.fail_task(conn, task_id, error)
 
     async def _defer(self, task_id: str, error: str, delay: float, *, count: bool) -> None:
