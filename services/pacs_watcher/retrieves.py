@@ -71,6 +71,9 @@ class OnDemand:
             renewer = asyncio.create_task(self._keep_lease(rt, task.id))
             try:
                 await self.attempt(task.id, retrieve)
+            except Exception as exc:  # recording the outcome failed: the lease expires, and
+                log.warning("retrieve outcome not recorded", task_id=task.id, error=repr(exc))
+                await rt.sleep(self.settings.retrieve_poll_seconds)  # the task is run again
             finally:
                 renewer.cancel()
 
