@@ -316,6 +316,13 @@ def _receiver(p: str, job: str) -> list[Panel]:
             unit="Bps",
         ),
         Panel("C-STORE latency", quantiles(f"{p}_store_seconds"), unit="s"),
+        Panel(
+            "Staged files removed, by kind",
+            [Target(f"sum by (kind) (rate({p}_staging_removed_total[{RATE}]))", "{{kind}}")],
+            unit="ops",
+            description="done: indexed or duplicate, after RECEIVER_KEEP_DONE_HOURS; kept: "
+            "failed or conflict, after RECEIVER_KEEP_FAILED_DAYS; orphan: never acknowledged.",
+        ),
     ]
 
 

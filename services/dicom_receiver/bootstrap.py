@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import partial
 
 from libs.db import ledger
@@ -10,6 +11,7 @@ from libs.db.pool import PinnedConnection
 from libs.events import Event
 from libs.logging import get_logger
 from libs.runtime import Runtime
+from libs.staging_cleanup import Retention, StagingCleanup
 from services.dicom_receiver.committer import Committer
 from services.dicom_receiver.config import ReceiverSettings
 from services.dicom_receiver.handlers import free_mb
@@ -40,7 +42,20 @@ async def wire(rt: Runtime) -> None:
         publish=publish,
         batch_size=settings.commit_batch_size,
     )
-    scp = StoreSCP(settings, committer, ReceiverMetrics.create(rt.registry))
+    metrics = ReceiverMetrics.create(rt.registry)
+    scp = StoreSCP(settings, committer, metrics)
+    cleanup = StagingCleanup(
+        pool,
+        owner=f"dicom-receiver:{settings.staging_dir.absolute()}",
+        root=settings.staging_dir,
+        source_like="dicom:%",
+        retention=Retention(
+            done=timedelta(hours=settings.keep_done_hours),
+            kept=timedelta(days=settings.keep_failed_days),
+        ),
+        removed=metrics.staging_removed,
+        hour_folders=True,
+    )
 
     async def staging_space() -> bool:
         return await asyncio.to_thread(free_mb, settings.staging_dir) >= settings.min_free_mb
@@ -67,3 +82,14 @@ async def wire(rt: Runtime) -> None:
             await commits
 
     rt.add_worker("dicom", serve_dicom)
+
+    async def clean_staging() -> None:
+        while True:
+            try:
+                await cleanup.round()
+            except Exception as exc:  # database away and the like: next round
+                log.warning("staging cleanup failed", error=repr(exc))
+            if not await rt.sleep(settings.cleanup_interval_seconds):
+                return
+
+    rt.add_worker("staging-cleanup", clean_staging)

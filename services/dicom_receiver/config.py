@@ -65,6 +65,18 @@ class ReceiverSettings(ServiceSettings):
     )
     commit_batch_size: Count = Field(default=256, description="Instances per ledger/Kafka batch.")
     fsync: bool = Field(default=True, description="fsync each instance before acknowledging it.")
+    keep_done_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="Staged copies of indexed/duplicate instances kept this long.",
+    )
+    keep_failed_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="Staged copies of failed/conflicting instances (for DLQ replay) kept this "
+        "long; hour folders older than this are removed with what is left in them.",
+    )
+    cleanup_interval_seconds: float = Field(default=600.0, gt=0)
     tls_cert: Path | None = Field(default=None, description="PEM server certificate: enables TLS.")
     tls_key: Path | None = None
     tls_ca: Path | None = Field(

@@ -49,6 +49,7 @@ class ReceiverMetrics:
     instances: Counter
     bytes: Counter
     store_seconds: Histogram
+    staging_removed: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ReceiverMetrics:
@@ -76,6 +77,13 @@ class ReceiverMetrics:
                 f"{P}_store_seconds",
                 "C-STORE handling time: write, fsync, ledger and Kafka acknowledgement.",
                 buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            staging_removed=Counter(
+                f"{P}_staging_removed_total",
+                "Staged files removed: done (indexed/duplicate), kept (failed/conflict, after "
+                "their longer retention), orphan (never acknowledged).",
+                ["kind"],
                 registry=registry,
             ),
         )
