@@ -111,3 +111,21 @@ def load_settings(cls: type[S]) -> S:
             lines.append(f"  {env}: {err['msg']} (got {err.get('input')!r})")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class StagingSettings(ServiceSettings):
+    """A service that stages what it receives (under its own env prefix): how long staged
+    copies are kept once the pipeline is done with them (`libs.staging_cleanup`)."""
+
+    keep_done_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="How long staged copies of indexed/duplicate instances are kept.",
+    )
+    keep_failed_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long staged copies of failed/conflicting instances are kept (a DLQ "
+        "replay needs them); the receiver's hour folders older than this go with what is left.",
+    )
+    cleanup_interval_seconds: float = Field(default=600.0, gt=0)

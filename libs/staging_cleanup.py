@@ -28,6 +28,8 @@ from prometheus_client import Counter
 
 from libs.db import staging_cleanup as db
 from libs.logging import get_logger
+from libs.runtime import Runtime
+from libs.settings import StagingSettings
 
 log = get_logger(__name__)
 HOUR_FOLDER = "%Y%m%d%H"
@@ -37,6 +39,13 @@ HOUR_FOLDER = "%Y%m%d%H"
 class Retention:
     done: timedelta = timedelta(days=1)
     kept: timedelta = timedelta(days=30)
+
+    @classmethod
+    def of(cls, settings: StagingSettings) -> Retention:
+        return cls(
+            done=timedelta(hours=settings.keep_done_hours),
+            kept=timedelta(days=settings.keep_failed_days),
+        )
 
 
 def staged_path(uri: str, root: Path) -> Path | None:
@@ -144,3 +153,13 @@ class StagingCleanup:
             total += files
             if len(rows) < self.batch:
                 return total
+
+    async def run(self, rt: Runtime, interval: float) -> None:
+        """A round every `interval` seconds until the service stops."""
+        while True:
+            try:
+                await self.round()
+            except Exception as exc:  # database away and the like: next round
+                log.warning("staging cleanup failed", owner=self.owner, error=repr(exc))
+            if not await rt.sleep(interval):
+                return

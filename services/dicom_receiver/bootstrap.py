@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import timedelta
 from functools import partial
 
 from libs.db import ledger
@@ -49,10 +48,7 @@ async def wire(rt: Runtime) -> None:
         owner=f"dicom-receiver:{settings.staging_dir.absolute()}",
         root=settings.staging_dir,
         source_like="dicom:%",
-        retention=Retention(
-            done=timedelta(hours=settings.keep_done_hours),
-            kept=timedelta(days=settings.keep_failed_days),
-        ),
+        retention=Retention.of(settings),
         removed=metrics.staging_removed,
         hour_folders=True,
     )
@@ -82,14 +78,4 @@ async def wire(rt: Runtime) -> None:
             await commits
 
     rt.add_worker("dicom", serve_dicom)
-
-    async def clean_staging() -> None:
-        while True:
-            try:
-                await cleanup.round()
-            except Exception as exc:  # database away and the like: next round
-                log.warning("staging cleanup failed", error=repr(exc))
-            if not await rt.sleep(settings.cleanup_interval_seconds):
-                return
-
-    rt.add_worker("staging-cleanup", clean_staging)
+    rt.add_worker("staging-cleanup", partial(cleanup.run, rt, settings.cleanup_interval_seconds))

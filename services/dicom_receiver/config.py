@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from libs.settings import Count, Port, ServiceSettings
+from libs.settings import Count, Port, StagingSettings
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Caller:
 StrList = Annotated[list[str], NoDecode]
 
 
-class ReceiverSettings(ServiceSettings):
+class ReceiverSettings(StagingSettings):
     """Env prefix `RECEIVER_`."""
 
     model_config = SettingsConfigDict(env_prefix="RECEIVER_", frozen=True, extra="ignore")
@@ -65,18 +65,6 @@ class ReceiverSettings(ServiceSettings):
     )
     commit_batch_size: Count = Field(default=256, description="Instances per ledger/Kafka batch.")
     fsync: bool = Field(default=True, description="fsync each instance before acknowledging it.")
-    keep_done_hours: float = Field(
-        default=24.0,
-        ge=0,
-        description="Staged copies of indexed/duplicate instances kept this long.",
-    )
-    keep_failed_days: float = Field(
-        default=30.0,
-        ge=0,
-        description="Staged copies of failed/conflicting instances (for DLQ replay) kept this "
-        "long; hour folders older than this are removed with what is left in them.",
-    )
-    cleanup_interval_seconds: float = Field(default=600.0, gt=0)
     tls_cert: Path | None = Field(default=None, description="PEM server certificate: enables TLS.")
     tls_key: Path | None = None
     tls_ca: Path | None = Field(

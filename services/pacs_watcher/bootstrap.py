@@ -20,6 +20,7 @@ from libs.dicom_net.models import Level, Match, Peer, Query, RetrieveResult
 from libs.kafka.producer import Producer
 from libs.logging import get_logger
 from libs.runtime import Runtime
+from libs.staging_cleanup import Retention, StagingCleanup
 from services.pacs_watcher.config import Pacs, WatcherSettings
 from services.pacs_watcher.handlers import next_backoff, query_window, to_retrieve
 from services.pacs_watcher.retrieves import OnDemand, owner_id
@@ -183,6 +184,21 @@ async def wire(rt: Runtime) -> None:
             registry=rt.registry,
         ),
     }
+    cleanup = StagingCleanup(  # what C-GET staged, once indexed (C-MOVE goes by the receiver)
+        pool,
+        owner=f"pacs-watcher:{settings.staging_dir.absolute()}",
+        root=settings.staging_dir,
+        source_like="pacs:%",
+        retention=Retention.of(settings),
+        removed=Counter(
+            f"{P}_staging_removed_total",
+            "C-GET files removed from staging: done (indexed/duplicate), kept "
+            "(failed/conflict, after their longer retention).",
+            ["kind"],
+            registry=rt.registry,
+        ),
+    )
+    rt.add_worker("staging-cleanup", partial(cleanup.run, rt, settings.cleanup_interval_seconds))
     async with pool.acquire() as conn:  # the names POST /v1/retrieve accepts
         await retrieves_db.register_peers(
             conn, [(p.name, p.ae_title, p.retrieve) for p in settings.pacs]

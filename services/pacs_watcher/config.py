@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import Count, Port, ServiceSettings
+from libs.settings import Count, Port, StagingSettings
 
 WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 
@@ -24,7 +24,7 @@ class Pacs(BaseModel):
     max_concurrent: Count = Field(default=2, description="Retrieves at once from this PACS.")
 
 
-class WatcherSettings(ServiceSettings):
+class WatcherSettings(StagingSettings):
     """Env prefix `WATCHER_`."""
 
     model_config = SettingsConfigDict(env_prefix="WATCHER_", frozen=True, extra="ignore")
