@@ -4,6 +4,7 @@ and it refuses the idempotent producer (so KAFKA_ENABLE_IDEMPOTENCE=false with i
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 
@@ -33,8 +34,28 @@ def broker_argv(port: int, host: str = "127.0.0.1") -> list[str]:
     ]
 
 
+# Ports handed out by this process: never twice, though the first may not be bound yet.
+_GIVEN: set[int] = set()
+# Below Linux's ephemeral range (32768-60999): a port picked there can be taken by an
+# outgoing connection (to PostgreSQL, the broker...) before the server binds it, which made
+# test stacks fail with "address already in use" now and then.
+_RANGE = (20000, 32767)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A TCP port nothing listens on, for a server this process is about to start."""
+    for _ in range(200):
+        port = random.randint(*_RANGE)  # noqa: S311 - a port, not a secret
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    with socket.socket() as s:  # the whole range busy: let the kernel choose
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
