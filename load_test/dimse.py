@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pydicom
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     RLELossless,
 )
+from pynetdicom.dsutils import encode
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
@@ -221,3 +223,18 @@ def associate_rq(
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return pdu.encode()
+
+
+def command_set(**elements: object) -> bytes:
+    """A DIMSE command set (Implicit VR Little Endian, group length first) as pydicom encodes
+    it, e.g. `command_set(CommandField=1, MessageID=1, ...)`."""
+    ds = Dataset()
+    ds.CommandGroupLength = 0
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    body = encode(ds, True, True)
+    assert body is not None
+    ds.CommandGroupLength = len(body) - 12  # everything after the group length element
+    encoded = encode(ds, True, True)
+    assert encoded is not None
+    return encoded

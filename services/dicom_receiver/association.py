@@ -28,7 +28,7 @@ from services.dicom_receiver.pdus import AssociateRequest, ProtocolError
 log = get_logger(__name__)
 
 CHUNK = 1 << 20  # data set bytes read (and written) at a time
-MAX_ASSOCIATE_RQ = 1 << 20  # an A-ASSOCIATE-RQ with every storage context is ~30 KB
+MAX_ASSOCIATE_RQ = 256 * 1024  # an A-ASSOCIATE-RQ with every storage context is ~30 KB
 
 # Why an association is refused, and the A-ASSOCIATE-RJ (result, source, diagnostic) sent.
 Refusal = tuple[str, tuple[int, int, int]]
@@ -96,6 +96,9 @@ class Association:
             self.writer.write(pdus.abort(0x00))
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
             self._log("association lost", error=repr(exc))
+        except Exception:  # a bug of ours must not leave the peer waiting
+            log.exception("association aborted: internal error", correlation_id=self.peer.assoc_id)
+            self.writer.write(pdus.abort(0x00))
         finally:
             if self.pending is not None and self.pending.file is not None:
                 self.pending.file.discard()
@@ -109,12 +112,14 @@ class Association:
     # -- association establishment ---------------------------------------------------------
 
     async def _associate(self) -> bool:
-        kind, length = await self._header(self.limits.acse_timeout)
-        if kind != pdus.ASSOCIATE_RQ:
-            raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {kind:#04x}")
-        if length > MAX_ASSOCIATE_RQ:
-            raise ProtocolError("A-ASSOCIATE-RQ too long", pdus.ABORT_INVALID_PARAMETER)
-        rq = AssociateRequest.decode(await self._read(length, self.limits.acse_timeout))
+        async with asyncio.timeout(self.limits.acse_timeout):  # one deadline for the whole RQ
+            kind, length = pdus.HEADER.unpack(await self.reader.readexactly(pdus.HEADER.size))
+            if kind != pdus.ASSOCIATE_RQ:
+                raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {kind:#04x}")
+            if length > MAX_ASSOCIATE_RQ:
+                raise ProtocolError("A-ASSOCIATE-RQ too long", pdus.ABORT_INVALID_PARAMETER)
+            body = await self.reader.readexactly(length)
+        rq = AssociateRequest.decode(body)
         self.peer = Peer(rq.calling_ae, self.peer.address, self.peer.port, self.peer.assoc_id)
         refusal = self.admit(rq, self.peer.address)
         if refusal is not None:
@@ -139,7 +144,11 @@ class Association:
             if kind == pdus.P_DATA_TF:
                 await self._pdata(length)
             elif kind == pdus.RELEASE_RQ:
+                if length != 4:
+                    raise ProtocolError("A-RELEASE-RQ length is not 4", 0x06)
                 await self._read(length, self.limits.network_timeout)
+                if self.pending is not None:  # an unanswered C-STORE is no clean release
+                    raise ProtocolError("A-RELEASE-RQ while a data set is arriving")
                 self.writer.write(pdus.release_reply())
                 await self.writer.drain()
                 return

@@ -47,15 +47,32 @@ class Committer:
             await self._commit(batch)
 
     async def _commit(self, batch: list[Item]) -> None:
+        # A waiter that gave up (commit timeout) was answered 0xA700: its sender resends, so
+        # recording it now would only make a second copy.
+        batch = [item for item in batch if not item[1].done()]
+        if not batch:
+            return
         try:
             rows = await self._record([new for new, _ in batch])
+        except Exception as exc:
+            self._fail(batch, NotRecorded(repr(exc)))
+            return
+        try:
             await self._publish([discovered_event(r) for r in rows])
-        except Exception as exc:  # every waiting sender gets a failure status and retries
-            log.warning("commit failed", instances=len(batch), error=repr(exc))
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
+        except Exception as exc:  # recorded: the reconciler re-emits it, the file must stay
+            self._fail(batch, exc)
             return
         for _, fut in batch:
             if not fut.done():
                 fut.set_result(None)
+
+    def _fail(self, batch: list[Item], exc: Exception) -> None:
+        """Every waiting sender gets a failure status and retries."""
+        log.warning("commit failed", instances=len(batch), error=repr(exc))
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_exception(exc)
+
+
+class NotRecorded(Exception):
+    """The ledger INSERT failed: nothing names the staged file, which may go."""

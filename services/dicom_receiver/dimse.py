@@ -70,7 +70,11 @@ def _us(elements: dict[int, bytes], element: int, default: int | None = None) ->
 
 
 def _ui(elements: dict[int, bytes], element: int) -> str:
-    return elements.get(element, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+    raw = elements.get(element, b"").rstrip(b"\x00 ")
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"command element (0000,{element:04X}) is not ASCII") from None
 
 
 def _implicit(element: int, value: bytes) -> bytes:
@@ -118,7 +122,9 @@ class Command:
         return None
 
 
-UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # PS3.5 9.1
+# PS3.5 9.1 forbids leading zeros in a component, but older modalities send them (e.g.
+# `1.2.840.113619.2.55.3.0604`); the UID never names a file, so digits and dots will do.
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def _valid_uid(uid: str) -> bool:

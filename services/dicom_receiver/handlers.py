@@ -54,7 +54,11 @@ class StagingFile:
         self.path = self.folder / f"{uuid.uuid4().hex}.dcm"
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         self.size = 0
-        self.write(PREAMBLE + meta)
+        try:
+            self.write(PREAMBLE + meta)
+        except BaseException:  # disk full on the first bytes: leave nothing behind
+            self.discard()
+            raise
 
     def write(self, data: bytes | memoryview) -> None:
         assert self._fd is not None

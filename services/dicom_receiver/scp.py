@@ -26,7 +26,7 @@ from libs.logging import get_logger
 from libs.metrics import LATENCY_BUCKETS
 from services.dicom_receiver import dimse, pdus
 from services.dicom_receiver.association import CHUNK, Association, Limits, Refusal
-from services.dicom_receiver.committer import Committer
+from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.config import ReceiverSettings
 from services.dicom_receiver.handlers import Peer, StagingFile, free_mb, new_file
 from services.dicom_receiver.pdus import AssociateRequest
@@ -40,6 +40,7 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE no
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE not recognised
 REJECT_CONGESTION = (0x02, 0x03, 0x01)  # transient, presentation, temporary congestion
 REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, presentation, local limit exceeded
+SPARE_CONNECTIONS = 8  # beyond max associations, connections still negotiating
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,20 @@ class StoreSCP:
             admit=self.admit,
             store=self.store,
         )
+        if len(self.associations) >= self.settings.max_associations + SPARE_CONNECTIONS:
+            # Connections that have not associated yet count too, or idle sockets could
+            # exhaust descriptors before the allow-list is even consulted.
+            self.metrics.associations.labels("", "too_many_connections").inc()
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self.associations[assoc] = task
         self.metrics.active.inc()
         try:
             await assoc.run()
+        except asyncio.CancelledError:  # shutdown: the A-ABORT is sent, nothing to add
+            pass
         finally:
             self.metrics.active.dec()
             del self.associations[assoc]
@@ -176,6 +185,8 @@ class StoreSCP:
             except Exception as exc:  # ledger or Kafka away: the sender keeps it and retries
                 log.error("cannot record instance", correlation_id=peer.assoc_id, error=repr(exc))
                 status = dimse.OUT_OF_RESOURCES
+                if isinstance(exc, NotRecorded):  # else a ledger row may name it: it stays
+                    file.discard()
         self.metrics.instances.labels(peer.calling_ae, f"0x{status:04X}").inc()
         if status == dimse.SUCCESS:
             self.metrics.bytes.labels(peer.calling_ae).inc(file.size)

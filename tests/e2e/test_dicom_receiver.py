@@ -153,7 +153,8 @@ async def test_receiver_killed_mid_association_loses_nothing_acknowledged(
     output, _ = await asyncio.to_thread(sender.communicate, timeout=120)
     acknowledged = acknowledged_files(output)
     assert sender.returncode != 0, output
-    assert 40 <= len(acknowledged) < len(uids), output[-2000:]
+    # 40 ledger rows before the kill; the last may have been recorded but not yet answered.
+    assert 39 <= len(acknowledged) < len(uids), output[-2000:]
 
     # Every acknowledged instance reaches the index without any resend.
     ack_uids = {

@@ -10,21 +10,21 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from libs.db.ledger import LedgerRow, NewFile
 from libs.dicom.synthetic import make_dataset, synthetic_uid
 from libs.events import Event
-from load_test.dimse import associate_rq
+from load_test.dimse import associate_rq, command_set
 from load_test.peers import require_binary
 from services.dicom_receiver import pdus
 from services.dicom_receiver.committer import Committer
@@ -99,6 +99,18 @@ def scu(called: str = "DICOMFLOW") -> AE:
     return ae
 
 
+def store_request(sop_instance_uid: str) -> bytes:
+    """A C-STORE-RQ command set as pydicom encodes it."""
+    return command_set(
+        AffectedSOPClassUID=CTImageStorage,
+        CommandField=0x0001,
+        MessageID=1,
+        Priority=0,
+        CommandDataSetType=0x0001,
+        AffectedSOPInstanceUID=sop_instance_uid,
+    )
+
+
 def store_and_echo(port: int, called: str = "DICOMFLOW") -> tuple[bool, int | None, int | None]:
     ds = make_dataset(
         patient_id="P1",
@@ -135,8 +147,10 @@ async def test_store_and_echo_from_pynetdicom(receiver: Receiver) -> None:
 
 
 async def test_wrong_called_ae_is_rejected(receiver: Receiver) -> None:
-    ok, _, _ = await asyncio.to_thread(store_and_echo, receiver.port, "SOMEONEELSE")
-    assert not ok
+    answer = await raw_exchange(
+        receiver.port, associate_rq(CTImageStorage, [ExplicitVRLittleEndian], called="OTHER")
+    )
+    assert answer == pdus.reject(0x01, 0x01, 0x07)  # permanent, called AE not recognised
     assert receiver.files() == []
 
 
@@ -144,6 +158,7 @@ async def test_cannot_record_answers_out_of_resources(receiver: Receiver) -> Non
     receiver.ledger.failing = True
     _, _, stored = await asyncio.to_thread(store_and_echo, receiver.port)
     assert stored == 0xA700
+    assert receiver.files() == []  # no ledger row names it: the sender resends, it goes
 
 
 async def raw_exchange(port: int, payload: bytes) -> bytes:
@@ -179,14 +194,94 @@ async def test_silent_peer_is_dropped_after_the_acse_timeout(receiver: Receiver)
     assert answer[:1] == bytes([pdus.ABORT])
 
 
-async def test_abort_mid_data_set_leaves_no_partial_file(receiver: Receiver) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
+async def associated(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection on which CT Image Storage (explicit VR LE) is accepted as context 1."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(associate_rq(CTImageStorage, [ExplicitVRLittleEndian]))
+    kind, length = pdus.HEADER.unpack(await reader.readexactly(pdus.HEADER.size))
+    assert kind == pdus.ASSOCIATE_AC
+    await reader.readexactly(length)
+    return reader, writer
+
+
+def pdata(*items: tuple[int, bytes]) -> bytes:
+    """One P-DATA-TF with PDV items (message control header, bytes) on context 1."""
+    body = b"".join(pdus.ITEM.pack(len(data) + 2, 1, control) + data for control, data in items)
+    return pdus.HEADER.pack(pdus.P_DATA_TF, len(body)) + body
+
+
+async def response_status(reader: asyncio.StreamReader) -> int:
+    kind, length = pdus.HEADER.unpack(await reader.readexactly(pdus.HEADER.size))
+    assert kind == pdus.P_DATA_TF
+    body = await reader.readexactly(length)
+    command = decode(BytesIO(body[pdus.ITEM.size :]), True, True)
+    return int(command.Status)
+
+
+DATASET = b"\x08\x00\x16\x00\x1a\x00\x00\x00" + CTImageStorage.encode() + b"\x00" * 1
+
+
+async def test_fragments_across_pdus_and_statuses(receiver: Receiver) -> None:
+    """A command split over two PDUs and a data set over three store fine; a SOP class that
+    is not the context's is refused 0x0122; a UID with leading zeros (older modalities) is
+    accepted; each answer on the same association."""
+    reader, writer = await associated(receiver.port)
     try:
-        writer.write(associate_rq(CTImageStorage, [ExplicitVRLittleEndian]))
-        header = await reader.readexactly(pdus.HEADER.size)
-        kind, length = pdus.HEADER.unpack(header)
-        assert kind == pdus.ASSOCIATE_AC
-        await reader.readexactly(length)
+        command = store_request("1.2.840.113619.2.55.3.0604")
+        writer.write(pdata((0x01, command[:20])))
+        writer.write(pdata((0x03, command[20:]), (0x00, DATASET[:5])))
+        writer.write(pdata((0x00, DATASET[5:9])))
+        writer.write(pdata((0x02, DATASET[9:])))
+        assert await response_status(reader) == 0x0000
+        [path] = receiver.files()
+        assert path.read_bytes().endswith(DATASET)
+
+        mr = command_set(
+            AffectedSOPClassUID="1.2.840.10008.5.1.4.1.1.4",
+            CommandField=0x0001,
+            MessageID=2,
+            Priority=0,
+            CommandDataSetType=0x0001,
+            AffectedSOPInstanceUID="1.2.3.5",
+        )
+        writer.write(pdata((0x03, mr), (0x02, DATASET)))
+        assert await response_status(reader) == 0x0122
+        assert len(receiver.files()) == 1
+        writer.write(pdus.HEADER.pack(pdus.RELEASE_RQ, 4) + b"\x00" * 4)
+        assert await reader.read() == pdus.release_reply()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "after_association",
+    [
+        pdus.HEADER.pack(pdus.RELEASE_RQ, 300_000_000),  # a release "body" of 300 MB
+        pdata((0x03, store_request("1.2.3.4").replace(b"1.2.3.4", b"1.2.3.\xe9"))),  # not ASCII
+        pdata((0x02, DATASET)),  # a data set without its command
+        pdata((0x03, store_request("1.2.3.4")), (0x00, DATASET))  # release mid-data-set
+        + pdus.HEADER.pack(pdus.RELEASE_RQ, 4)
+        + b"\x00" * 4,
+    ],
+)
+async def test_protocol_errors_after_association_are_aborted(
+    receiver: Receiver, after_association: bytes
+) -> None:
+    reader, writer = await associated(receiver.port)
+    try:
+        writer.write(after_association)
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        assert answer[:1] == bytes([pdus.ABORT])
+    finally:
+        writer.close()
+    await until(lambda: receiver.files() == [])
+    ok, _, stored = await asyncio.to_thread(store_and_echo, receiver.port)
+    assert ok and stored == 0
+
+
+async def test_abort_mid_data_set_leaves_no_partial_file(receiver: Receiver) -> None:
+    _, writer = await associated(receiver.port)
+    try:
         writer.write(pdus.command_pdu(1, store_request("1.2.3.4")))
         half = b"\x08\x00\x16\x00" + b"\x00" * 100
         item = pdus.ITEM.pack(len(half) + 2, 1, 0x00)  # data set fragment, not the last
@@ -205,24 +300,6 @@ async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
     async with asyncio.timeout(seconds):
         while not condition():
             await asyncio.sleep(0.05)
-
-
-def store_request(sop_instance_uid: str) -> bytes:
-    """A C-STORE-RQ command set as pydicom encodes it."""
-    ds = Dataset()
-    ds.CommandGroupLength = 0
-    ds.AffectedSOPClassUID = CTImageStorage
-    ds.CommandField = 0x0001
-    ds.MessageID = 1
-    ds.Priority = 0
-    ds.CommandDataSetType = 0x0001
-    ds.AffectedSOPInstanceUID = sop_instance_uid
-    body = encode(ds, True, True)
-    assert body is not None
-    ds.CommandGroupLength = len(body) - 12
-    encoded = encode(ds, True, True)
-    assert encoded is not None
-    return encoded
 
 
 @pytest.mark.parametrize("receiver", [{"max_associations": 1}], indirect=True)

@@ -9,17 +9,17 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dsutils import decode, encode, encode_file_meta
+from pynetdicom.dsutils import decode, encode_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_AC
 
 from libs.db.ledger import LedgerRow, NewFile
 from libs.events import Event, FileDiscovered
-from load_test.dimse import associate_rq
+from load_test.dimse import associate_rq, command_set
 from services.dicom_receiver import dimse, pdus
-from services.dicom_receiver.committer import Committer
+from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.dimse import Command
 from services.dicom_receiver.handlers import PREAMBLE, StagingFile
 from services.dicom_receiver.scp import supported_contexts
@@ -59,8 +59,11 @@ async def test_committer_batches_and_fails_every_waiter() -> None:
         ]
 
     async def publish(events: Sequence[Event]) -> None:
+        if publish_fails:
+            raise ConnectionError("broker away")
         published.extend(events)
 
+    publish_fails = False
     committer = Committer(record=record, publish=publish, batch_size=100)
     new = NewFile("dicom:A", "file:///x.dcm", "A@127.0.0.1:1", 1, "assoc")
     waiters = [asyncio.create_task(committer.commit(new)) for _ in range(5)]
@@ -71,30 +74,35 @@ async def test_committer_batches_and_fails_every_waiter() -> None:
     assert batches == [5]  # queued together, committed together
     assert all(isinstance(e, FileDiscovered) and e.correlation_id == "assoc" for e in published)
 
-    fail = True
+    fail = True  # the ledger is away: nothing names the files, they may go
     for result in await asyncio.gather(
         *(committer.commit(new) for _ in range(3)), return_exceptions=True
     ):
-        assert isinstance(result, ConnectionError)
+        assert isinstance(result, NotRecorded)
+
+    fail, publish_fails = False, True  # recorded but not published: the file must stay
+    with pytest.raises(ConnectionError):
+        await committer.commit(new)
+
     stop.set()
     await runner
 
-
-def _pydicom_command(**elements: object) -> bytes:
-    ds = Dataset()
-    ds.CommandGroupLength = 0
-    for name, value in elements.items():
-        setattr(ds, name, value)
-    body = encode(ds, True, True)
-    assert body is not None
-    ds.CommandGroupLength = len(body) - 12
-    encoded = encode(ds, True, True)
-    assert encoded is not None
-    return encoded
+    # A waiter that gave up (commit timeout, answered 0xA700) is not recorded afterwards.
+    publish_fails = False
+    recorded_before = sum(batches)
+    gave_up = asyncio.create_task(committer.commit(new))
+    await asyncio.sleep(0)  # queued
+    gave_up.cancel()
+    stop = asyncio.Event()
+    runner = asyncio.create_task(committer.run(stop))
+    await committer.commit(new)  # one that waits: committed after the other was skipped
+    stop.set()
+    await runner
+    assert sum(batches) == recorded_before + 1
 
 
 def test_store_response_is_what_pydicom_encodes() -> None:
-    expected = _pydicom_command(
+    expected = command_set(
         AffectedSOPClassUID=CMD.sop_class_uid,
         CommandField=0x8001,
         MessageIDBeingRespondedTo=7,
@@ -108,7 +116,7 @@ def test_store_response_is_what_pydicom_encodes() -> None:
 
 
 def test_request_decoded_from_pydicom_bytes() -> None:
-    raw = _pydicom_command(
+    raw = command_set(
         AffectedSOPClassUID=CTImageStorage,
         CommandField=1,
         MessageID=9,
