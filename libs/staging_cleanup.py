@@ -9,15 +9,16 @@ resumes where it stopped and a round never rereads the whole ledger. Only files 
 staging root are ever deleted, whatever a ledger URI says.
 
 Hour folders (`YYYYMMDDHH`, the receiver's layout) older than `Retention.kept` are then
-removed with whatever is left in them: files of an association cut mid-instance, never
-acknowledged and never recorded, which no ledger row would ever name.
+emptied of what no ledger row still needs (files of an association cut mid-instance, never
+acknowledged and never recorded; copies whose row went elsewhere) and removed once empty; a
+file whose row is still pending, or final but within its retention, stays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,14 +55,18 @@ def staged_path(uri: str, root: Path) -> Path | None:
     if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
         return None
     path = Path(unquote(parts.path))
-    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    try:
+        real, real_root = os.path.realpath(path), os.path.realpath(root)
+    except ValueError:  # a NUL in the path
+        return None
     if real == real_root or not Path(real).is_relative_to(real_root):
         return None
     return path
 
 
 def remove_files(paths: list[Path]) -> tuple[int, int]:
-    """Unlink each (gone already is fine); returns (files, bytes) removed."""
+    """Unlink each (gone already is fine; one that cannot go is logged and skipped, so a
+    bad row never stops the cleanup); returns (files, bytes) removed."""
     files = size = 0
     for path in paths:
         try:
@@ -69,16 +74,18 @@ def remove_files(paths: list[Path]) -> tuple[int, int]:
             path.unlink()
         except FileNotFoundError:
             continue
+        except (OSError, ValueError) as exc:
+            log.warning("staged file not removed", path=str(path), error=repr(exc))
+            continue
         files, size = files + 1, size + st.st_size
     return files, size
 
 
-def sweep_hour_folders(root: Path, before: datetime) -> int:
-    """Remove hour folders older than `before` (their hour ended before it); returns the
-    number of files they still held."""
-    removed = 0
+def old_hour_folders(root: Path, before: datetime) -> dict[Path, list[Path]]:
+    """Hour folders whose hour ended before `before`, with the files in them."""
+    out: dict[Path, list[Path]] = {}
     if not root.is_dir():
-        return 0
+        return out
     for folder in root.iterdir():
         try:
             hour = datetime.strptime(folder.name, HOUR_FOLDER).replace(tzinfo=UTC)
@@ -86,9 +93,13 @@ def sweep_hour_folders(root: Path, before: datetime) -> int:
             continue  # not ours
         if folder.is_symlink() or not folder.is_dir() or hour + timedelta(hours=1) > before:
             continue
-        removed += sum(1 for p in folder.rglob("*") if p.is_file())
-        shutil.rmtree(folder)  # does not follow symlinks
-    return removed
+        out[folder] = [p for p in folder.iterdir() if p.is_file() and not p.is_symlink()]
+    return out
+
+
+def remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 class StagingCleanup:
@@ -122,13 +133,30 @@ class StagingCleanup:
         for kind, keep in (("done", self.retention.done), ("kept", self.retention.kept)):
             total += await self._finished(kind, now - keep)
         if self.hour_folders:
-            orphans = await asyncio.to_thread(
-                sweep_hour_folders, self.root, now - self.retention.kept
-            )
-            self.removed.labels("orphan").inc(orphans)
-            total += orphans
+            total += await self._sweep(now)
         if total:
             log.info("staged files removed", owner=self.owner, files=total)
+        return total
+
+    async def _sweep(self, now: datetime) -> int:
+        """Old hour folders: remove what no ledger row still needs, then the empty folder."""
+        folders = await asyncio.to_thread(old_hour_folders, self.root, now - self.retention.kept)
+        total = 0
+        for folder, files in folders.items():
+            for i in range(0, len(files), self.batch):
+                chunk = {f.as_uri(): f for f in files[i : i + self.batch]}
+                async with self.pool.acquire() as conn:
+                    needed = await db.still_needed(
+                        conn,
+                        list(chunk),
+                        done_before=now - self.retention.done,
+                        kept_before=now - self.retention.kept,
+                    )
+                orphans = [path for uri, path in chunk.items() if uri not in needed]
+                removed, _ = await asyncio.to_thread(remove_files, orphans)
+                self.removed.labels("orphan").inc(removed)
+                total += removed
+            await asyncio.to_thread(remove_if_empty, folder)
         return total
 
     async def _finished(self, kind: str, older_than: datetime) -> int:

@@ -57,3 +57,25 @@ async def advance(conn: Conn, owner: str, kind: str, last: Finished) -> None:
         last.finished_at,
         last.id,
     )
+
+
+async def still_needed(
+    conn: Conn, uris: list[str], *, done_before: datetime, kept_before: datetime
+) -> set[str]:
+    """Of `uris`, those a ledger row still needs: pending, or final but within its retention
+    (`done_before` / `kept_before`: the cut-off of finished_at for done / kept rows)."""
+    rows = await conn.fetch(
+        """
+        SELECT uri FROM ingest_files
+         WHERE uri = ANY($1::text[])
+           AND (status = 'pending'
+                OR (status = ANY($2::text[]) AND finished_at > $3)
+                OR (status = ANY($4::text[]) AND finished_at > $5))
+        """,
+        uris,
+        list(KINDS["done"]),
+        done_before,
+        list(KINDS["kept"]),
+        kept_before,
+    )
+    return {r["uri"] for r in rows}

@@ -74,17 +74,43 @@ async def test_each_final_file_goes_after_its_retention(pool: asyncpg.Pool, tmp_
     assert not (hour / "failed.dcm").exists() and not (hour / "recent.dcm").exists()
 
 
-async def test_old_hour_folders_go_with_their_orphans(pool: asyncpg.Pool, tmp_path: Path) -> None:
+async def test_old_hour_folders_lose_only_what_no_row_needs(
+    pool: asyncpg.Pool, tmp_path: Path
+) -> None:
     root = tmp_path / "staging"
-    old, young = root / "2026102100", root / "2026112311"
-    for folder in (old, young):
+    old, young, busy = root / "2026102100", root / "2026112311", root / "2026102101"
+    for folder in (old, young, busy):
         folder.mkdir(parents=True)
-        (folder / "cut-mid-instance.dcm").write_bytes(b"partial")
+        (folder / "cut-mid-instance.dcm").write_bytes(b"partial")  # no ledger row
+    await staged(pool, busy / "pending.dcm", None, NOW)  # a 33-day backlog: still needed
+    await staged(pool, busy / "failed.dcm", "failed", NOW - timedelta(days=3))  # retained
     (root / "not-an-hour").mkdir()
     registry = CollectorRegistry()
-    assert await cleanup(pool, root, registry).round(NOW) == 1
+    assert await cleanup(pool, root, registry).round(NOW) == 2
     assert not old.exists() and young.exists() and (root / "not-an-hour").exists()
-    assert registry.get_sample_value("removed_total", {"kind": "orphan"}) == 1
+    assert sorted(p.name for p in busy.iterdir()) == ["failed.dcm", "pending.dcm"]
+    assert registry.get_sample_value("removed_total", {"kind": "orphan"}) == 2
+
+
+async def test_a_file_that_cannot_go_does_not_stop_the_cleanup(
+    pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    root = tmp_path / "staging"
+    hour = root / "2026112300"
+    await staged(pool, hour / "a.dcm", "indexed", NOW - timedelta(days=2))
+    (hour / "a.dcm").unlink()
+    (hour / "a.dcm").mkdir()  # the row now names a folder: unlink fails
+    await staged(pool, hour / "b.dcm", "indexed", NOW - timedelta(days=2))
+    async with pool.acquire() as conn:  # and a finished row whose URI holds a NUL
+        [row] = await ledger.record_discovered(
+            conn, [NewFile("dicom:A", "file:///x%00y.dcm", "A@127.0.0.1:1", 1, "assoc")]
+        )
+        await ledger.mark_outcome(conn, row.id, "indexed", stage="test", task_id=None)
+        await conn.execute(
+            "UPDATE ingest_files SET finished_at = $2 WHERE id = $1", row.id, NOW - timedelta(2)
+        )
+    assert await cleanup(pool, root, CollectorRegistry()).round(NOW) == 1
+    assert not (hour / "b.dcm").exists() and (hour / "a.dcm").is_dir()
 
 
 def test_only_file_uris_inside_the_root(tmp_path: Path) -> None:
@@ -97,3 +123,4 @@ def test_only_file_uris_inside_the_root(tmp_path: Path) -> None:
     assert staged_path(root.as_uri(), root) is None
     assert staged_path("gs://bucket/h/a.dcm", root) is None
     assert staged_path("file://otherhost" + str(root / "h" / "a.dcm"), root) is None
+    assert staged_path("file:///x%00y.dcm", root) is None

@@ -9,3 +9,6 @@ CREATE TABLE staging_cleanup (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (owner, kind)
 );
+
+-- Before an old staging folder goes, the files a ledger row still needs are looked up by URI.
+CREATE INDEX ingest_files_uri ON ingest_files (uri);
