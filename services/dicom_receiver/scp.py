@@ -178,10 +178,8 @@ class StoreSCP:
             status = dimse.OUT_OF_RESOURCES
         else:
             try:
-                await asyncio.wait_for(
-                    self.committer.commit(new_file(staged, peer)),
-                    self.settings.commit_timeout_seconds,
-                )
+                async with asyncio.timeout(self.settings.commit_timeout_seconds):  # no extra task
+                    await self.committer.commit(new_file(staged, peer))
             except Exception as exc:  # ledger or Kafka away: the sender keeps it and retries
                 log.error("cannot record instance", correlation_id=peer.assoc_id, error=repr(exc))
                 status = dimse.OUT_OF_RESOURCES

@@ -46,41 +46,16 @@ async def test_new_and_grown_studies_are_retrieved(
         ds = pydicom.dcmread(path)
         ds.StudyDate = date.today().strftime("%Y%m%d")
         ds.save_as(path, enforce_file_format=True)
-    receiver_port = free_port()
-    orthanc = Orthanc(
-        stack.root / "orthanc",
-        modalities={
-            "watcher": ("DFWATCHER", "127.0.0.1", free_port()),
-            "dicomflow": ("DICOMFLOW", "127.0.0.1", receiver_port),
-        },
-    )
+    orthanc = upstream_orthanc(stack)
     orthanc.start()
     try:
         for path in files[:10]:
             orthanc.upload(path)
-        stack.env.update(
-            RECEIVER_PORT=str(receiver_port),
-            RECEIVER_STAGING_DIR=str(stack.root / "staging"),
-            RECEIVER_MIN_FREE_MB="0",
-            WATCHER_PACS=json.dumps(
-                [
-                    {
-                        "name": "orthanc",
-                        "ae_title": "ORTHANC",
-                        "host": "127.0.0.1",
-                        "port": orthanc.dicom_port,
-                        "retrieve": how,
-                    }
-                ]
-            ),
-            WATCHER_CALLING_AE="DFWATCHER",
-            WATCHER_POLL_INTERVAL_SECONDS="1",
-            WATCHER_LOOKBACK_DAYS="2",
-            WATCHER_STAGING_DIR=str(stack.root / "pacs-get"),
+        pacs = {"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1"}
+        _watcher_env(
+            stack, {**pacs, "port": orthanc.dicom_port, "retrieve": how}, WATCHER_NIGHT_WINDOW=""
         )
-        stack.start("dicom-receiver")
-        stack.start("pacs-watcher")
-        await stack.wait_ready(["dicom-receiver", "pacs-watcher"])
+        await start_receiver_and_watcher(stack)
         await study_count(pool, 10)
 
         for path in files[10:]:
@@ -92,6 +67,30 @@ async def test_new_and_grown_studies_are_retrieved(
         assert sources == ({"dicom:ORTHANC"} if how == "move" else {"pacs:orthanc"})
     finally:
         orthanc.stop()
+
+
+def upstream_orthanc(stack: Stack) -> Orthanc:
+    """An Orthanc upstream (not started) that knows the watcher and our receiver as C-MOVE
+    destination; the receiver's settings go into the stack's environment."""
+    receiver_port = free_port()
+    stack.env.update(
+        RECEIVER_PORT=str(receiver_port),
+        RECEIVER_STAGING_DIR=str(stack.root / "staging"),
+        RECEIVER_MIN_FREE_MB="0",
+    )
+    return Orthanc(
+        stack.root / "orthanc",
+        modalities={
+            "watcher": ("DFWATCHER", "127.0.0.1", free_port()),
+            "dicomflow": ("DICOMFLOW", "127.0.0.1", receiver_port),
+        },
+    )
+
+
+async def start_receiver_and_watcher(stack: Stack) -> None:
+    stack.start("dicom-receiver")
+    stack.start("pacs-watcher")
+    await stack.wait_ready(["dicom-receiver", "pacs-watcher"])
 
 
 def _outside_now() -> str:
@@ -153,28 +152,14 @@ async def test_on_demand_retrieve_of_one_study(stack: Stack, pool: asyncpg.Pool,
     study_uid, patient_id = str(first.StudyInstanceUID), str(first.PatientID)
     # C-MOVE asked for by study UID, C-GET by a query (the C-FIND finds the study)
     ask = {"study_uid": study_uid} if how == "move" else {"query": {"patient_id": patient_id}}
-    receiver_port = free_port()
-    orthanc = Orthanc(
-        stack.root / "orthanc",
-        modalities={
-            "watcher": ("DFWATCHER", "127.0.0.1", free_port()),
-            "dicomflow": ("DICOMFLOW", "127.0.0.1", receiver_port),
-        },
-    )
+    orthanc = upstream_orthanc(stack)
     orthanc.start()
     try:
         for path in files:
             orthanc.upload(path)
-        stack.env.update(
-            RECEIVER_PORT=str(receiver_port),
-            RECEIVER_STAGING_DIR=str(stack.root / "staging"),
-            RECEIVER_MIN_FREE_MB="0",
-        )
         pacs = {"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1"}
         _watcher_env(stack, {**pacs, "port": orthanc.dicom_port, "retrieve": how})
-        stack.start("dicom-receiver")
-        stack.start("pacs-watcher")
-        await stack.wait_ready(["dicom-receiver", "pacs-watcher"])
+        await start_receiver_and_watcher(stack)
         async with await _ops_client(stack, pool) as client:
             response = await client.post("/v1/retrieve", json={"pacs": "orthanc", **ask})
             assert response.status_code == 202, response.text
