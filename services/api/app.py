@@ -15,12 +15,14 @@ from services.api.routes.apikeys import apikeys_router
 from services.api.routes.imports import Publish, imports_router
 from services.api.routes.previews import previews_router
 from services.api.routes.retrieve import retrieve_router
+from services.api.routes.session import session_router
 from services.api.routes.studies import studies_router
 
 DESCRIPTION = """Search the DICOM index, view instance previews, follow imports and retrieves
 from a PACS, manage API keys.
 
-Every `/v1` endpoint needs `Authorization: Bearer <API key>`. Roles: `clinician` reads
+Every `/v1` endpoint needs `Authorization: Bearer <API key>`, or the session cookie a
+browser gets from `POST /v1/session` (sign in once with the key). Roles: `clinician` reads
 studies; `ops` reads studies, manages imports and retrieves from a PACS; `admin` may do
 everything. Every call to `/v1` is written to the audit log."""
 
@@ -43,6 +45,7 @@ def create_app(
     app.include_router(imports_router(pool, publish, auth, limits))
     app.include_router(retrieve_router(pool, auth))
     app.include_router(apikeys_router(pool, auth))
+    app.include_router(session_router(pool, auth, limits))
     app.include_router(ops_router("api", readiness, registry))
     # Added last = outermost: metrics see every request, the audit sees the final status.
     app.add_middleware(AuditMiddleware, pool=pool)

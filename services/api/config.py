@@ -23,11 +23,12 @@ class ApiLimits:
     default_page_size: int = 50
     max_page_size: int = HARD_MAX_PAGE_SIZE
     publish_timeout_seconds: float = 10.0
+    session_hours: float = 8.0
 
 
 class ApiSettings(ServiceSettings):
     """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
-    API_PUBLISH_TIMEOUT_SECONDS."""
+    API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS."""
 
     model_config = SettingsConfigDict(env_prefix="API_", frozen=True, extra="ignore")
 
@@ -37,6 +38,9 @@ class ApiSettings(ServiceSettings):
     max_page_size: int = Field(default=HARD_MAX_PAGE_SIZE, ge=1, le=HARD_MAX_PAGE_SIZE)
     publish_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long POST /v1/imports waits for the broker's ack"
+    )
+    session_hours: float = Field(
+        default=8.0, gt=0, le=24 * 30, description="How long a browser stays signed in"
     )
     render_workers: int = Field(default=1, ge=1, description="Processes rendering previews")
     render_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
@@ -65,4 +69,5 @@ class ApiSettings(ServiceSettings):
             default_page_size=self.default_page_size,
             max_page_size=self.max_page_size,
             publish_timeout_seconds=self.publish_timeout_seconds,
+            session_hours=self.session_hours,
         )
