@@ -24,12 +24,12 @@ from typing import Any
 
 import asyncpg
 
-from libs.broker import broker_argv, free_port, wait_for_port
 from libs.db.apikeys import create_key
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
 from libs.dicom.synthetic import generate_demo_set
-from load_test.stack import PIPELINE, Stack, stack_env
+from libs.tools.dev_broker import broker_argv, free_port, wait_for_port
+from load_test.process_stack import PIPELINE, Stack, stack_env
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

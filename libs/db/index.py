@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from libs.db import Conn, ledger
-from libs.dicom.names import search_key
-from libs.events import (
+from libs.contracts.events import (
     DicomHeader,
     InstanceDuplicated,
     InstanceStored,
@@ -21,6 +19,8 @@ from libs.events import (
     StudyAttrs,
     StudyMetadata,
 )
+from libs.db import Conn, ledger
+from libs.dicom.names import search_key
 from libs.storage.base import study_prefix
 
 STAGE = "indexer"

@@ -18,7 +18,7 @@ import hashlib
 from io import BufferedReader
 from struct import unpack
 
-from libs.errors import DicomParseError
+from libs.contracts.errors import DicomParseError
 
 CHUNK = 1 << 20
 UNDEFINED = 0xFFFFFFFF

@@ -1,11 +1,11 @@
 """Read one file's DICOM header and hash it, safely, without decoding pixels.
 
 `extract_file` is synchronous and pure (it reads only the file it is given) so it
-can run in an isolated worker process (see `isolation.py`). It is written for
+can run in an isolated worker process (see `libs/runtime/sandbox.py`). It is written for
 hostile input: every way pydicom can fail becomes a `NotDicomError` or a
 `DicomParseError` whose message says what is wrong, in words.
 
-How the two hashes are made (the contract is in `libs.events.Hashes`):
+How the two hashes are made (the contract is in `libs.contracts.events.Hashes`):
 - The header is parsed by `dcmread(stop_before_pixels=True)`, which leaves the file
   positioned at the Pixel Data element's tag. That position is verified (the tag
   is read back), then the element header is decoded here, honouring the encoding
@@ -35,10 +35,10 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from libs.contracts.errors import DicomParseError, NotDicomError, PermanentError
+from libs.contracts.events import DicomHeader, Hashes
 from libs.dicom.content import PIXEL_TAGS, UNDEFINED, Ranges, hash_file, meta_end, pixel_ranges
 from libs.dicom.header import build_header
-from libs.errors import DicomParseError, NotDicomError, PermanentError
-from libs.events import DicomHeader, Hashes
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # Elements this large are not read into memory while parsing the header (pydicom

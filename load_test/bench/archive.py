@@ -27,13 +27,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from libs.broker import free_port
 from libs.db.apikeys import create_key
 from libs.db.archives import ArchiveInstance, ArchiveListing
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
-from libs.ops import Readiness, http_server
+from libs.runtime.probes import Readiness, http_server
 from libs.storage import instance_key, open_store
+from libs.tools.dev_broker import free_port
 from load_test.bench.pipeline import PG, corpus
 from services.packager.app import create_app
 from services.packager.cache import ArchiveCache

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from libs.http.auth import Authenticator
 from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
-from libs.ops import Readiness, ops_router
+from libs.runtime.probes import Readiness, ops_router
 from services.api.config import ApiLimits
 from services.api.previews import PreviewSource
 from services.api.routes.apikeys import apikeys_router

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from libs.db.tasks import count_by_status
 from libs.imaging.isolated import IsolatedRenderer
-from libs.logging import get_logger
-from libs.metrics import TASK_STATES, import_tasks_gauge
-from libs.runtime import Runtime
+from libs.runtime.logging import get_logger
+from libs.runtime.metrics import TASK_STATES, import_tasks_gauge
+from libs.runtime.service import Runtime
 from libs.storage import open_store
 from services.api.app import create_app
 from services.api.config import ApiSettings

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import ServiceSettings
+from libs.contracts.settings import ServiceSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from functools import partial
 
+from libs.contracts.events import DicomHeader, FileDiscovered, Hashes
 from libs.dicom.extract import extract_file
-from libs.dicom.isolation import IsolatedExecutor
-from libs.events import DicomHeader, FileDiscovered, Hashes
 from libs.kafka.consumer import Route
-from libs.runtime import Runtime
+from libs.runtime.sandbox import IsolatedExecutor
+from libs.runtime.service import Runtime
 from services.extractor.config import ExtractorSettings
 from services.extractor.handlers import handle_discovered
 

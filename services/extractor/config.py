@@ -3,7 +3,7 @@ import os
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, Port, ServiceSettings
 
 
 class ExtractorSettings(ServiceSettings):

@@ -12,14 +12,14 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import Counter, Gauge
 
+from libs.contracts.events import Event, ImportRequested
 from libs.db import ledger, nas, tasks
 from libs.db.ledger import LedgerRow, NewFile
-from libs.events import Event, ImportRequested
 from libs.kafka.consumer import Route
-from libs.logging import get_logger
-from libs.runtime import Runtime
+from libs.runtime.logging import get_logger
+from libs.runtime.service import Runtime
 from services.nas_watcher.config import NasWatcherSettings
-from services.nas_watcher.handlers import (
+from services.nas_watcher.rounds import (
     Publish,
     ScanReport,
     handle_import_requested,

@@ -4,7 +4,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from libs.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, Port, ServiceSettings
 
 PathList = Annotated[list[Path], NoDecode]
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libs.logging import get_logger
+from libs.runtime.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, Counter
 from libs.dicom.uids import UID_MAX_LENGTH, UID_RE
 from libs.http.auth import Authenticator, Caller
 from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
-from libs.metrics import metric_prefix
-from libs.ops import Readiness, ops_router
+from libs.runtime.metrics import metric_prefix
+from libs.runtime.probes import Readiness, ops_router
 from services.packager.layout import Format, Plan, safe_component
 from services.packager.packager import ArchiveError, Packager
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from libs.contracts.events import ArchiveBuilt, new_id
 from libs.db.archives import ArchiveListing
-from libs.events import ArchiveBuilt, new_id
-from libs.logging import get_logger
+from libs.runtime.logging import get_logger
 from libs.storage import ObjectStore, instance_key
 from services.packager.cache import ArchiveCache
 from services.packager.layout import Format, Member, Plan, plan_archive

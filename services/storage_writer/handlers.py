@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from libs.errors import PermanentError
-from libs.events import Event, InstanceStored, InstanceUnique
-from libs.sources import local_source
+from libs.contracts.errors import PermanentError
+from libs.contracts.events import Event, InstanceStored, InstanceUnique
 from libs.storage import ObjectStore, conflict_key, instance_key
+from libs.storage.file_uri import local_source
 
 
 def storage_key(event: InstanceUnique) -> str:

@@ -7,9 +7,9 @@ import asyncpg
 import pytest
 
 from libs.db.apikeys import create_key
-from libs.stack import configured
+from libs.tools.devstack import configured
 from load_test.gcs import GcsEmulator
-from load_test.stack import OPTIONAL, PIPELINE, PREFIX, Stack, stack_env
+from load_test.process_stack import OPTIONAL, PIPELINE, PREFIX, Stack, stack_env
 
 pytestmark = pytest.mark.e2e
 

@@ -24,7 +24,7 @@ from trees import build_tree, uid
 
 from libs.db.apikeys import create_key
 from libs.dicom.synthetic import write_instance
-from load_test.stack import Stack
+from load_test.process_stack import Stack
 
 HOSTILE = 'CON/..\\:*?"<>|\x07 ../../etc'
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from load_test.stack import PIPELINE, Stack
+from load_test.process_stack import PIPELINE, Stack
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-fuzz-corpus-v3"
 

@@ -17,11 +17,11 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from libs.contracts.errors import DicomParseError, PermanentError
+from libs.contracts.events import DicomHeader, Hashes
 from libs.dicom.extract import extract_file
-from libs.dicom.isolation import IsolatedExecutor
 from libs.dicom.uids import is_valid_uid
-from libs.errors import DicomParseError, PermanentError
-from libs.events import DicomHeader, Hashes
+from libs.runtime.sandbox import IsolatedExecutor
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-fuzz-corpus-v3"
 NOT_CASES = {"README.md", "manifest.json", "LICENSE"}

@@ -6,9 +6,7 @@ import asyncio
 
 import asyncpg
 
-from libs.db import dedup, index, ledger, tasks
-from libs.db.ledger import NewFile
-from libs.events import (
+from libs.contracts.events import (
     DicomHeader,
     FileRef,
     Hashes,
@@ -19,6 +17,8 @@ from libs.events import (
     SeriesAttrs,
     StudyAttrs,
 )
+from libs.db import dedup, index, ledger, tasks
+from libs.db.ledger import NewFile
 
 
 def header(

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from libs.cli import SERVICES
-from libs.events import Event
-from libs.settings import ServiceSettings
-from libs.topics import all_topic_names
+from libs.contracts.events import Event
+from libs.contracts.settings import ServiceSettings
+from libs.contracts.topics import all_topic_names
+from libs.tools.devstack import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_FILE = ROOT / "docker-compose.yml"
@@ -309,7 +309,7 @@ def test_data_stores_are_unreachable_from_outside() -> None:
 
 
 def test_every_topic_the_code_names_is_created_by_the_topics_job() -> None:
-    """The job runs `dicomflow topics`, which creates `libs.topics.TOPICS` and their DLQs:
+    """The job runs `dicomflow topics`, which creates `libs.contracts.topics.TOPICS` and their DLQs:
     every event's topic and every topic name written in the code must be among them."""
     created = set(all_topic_names())
     domains = {name.split(".")[0] for name in created}

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from libs.contracts.events import Event, FileDiscovered
 from libs.db.ledger import LedgerRow, NewFile
 from libs.db.tasks import Task
-from libs.events import Event, FileDiscovered
-from services.nas_watcher.handlers import scan_root, scan_task
+from services.nas_watcher.rounds import scan_root, scan_task
 from services.nas_watcher.scanner import FileStat
 
 ids = itertools.count(1)

@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from libs.contracts.events import Event
 from libs.db.discs import OpenDisc
 from libs.db.ledger import LedgerRow, NewFile, discovered_event
 from libs.db.tasks import TaskCounters
-from libs.events import Event
-from libs.logging import get_logger
-from libs.staging import sync_folder, write_chunks
+from libs.runtime.logging import get_logger
+from libs.staging.files import sync_folder, write_chunks
 from libs.storage.local import file_url
 from services.iso_watcher.dicomdir import Plan, Problem, normalise, plan_disc
 from services.iso_watcher.disc import DamagedDisc, Disc, UnreadableFile, copy_out, open_disc

@@ -10,11 +10,11 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry
 
+from libs.contracts.settings import ServiceSettings, load_settings
 from libs.kafka.dlq import REPLAY_GROUP, Letter, LetterFilter, as_dlq, list_letters, replay
 from libs.kafka.dlq import show_letter as show_one
 from libs.kafka.producer import Producer
-from libs.metrics import ProducerMetrics
-from libs.settings import ServiceSettings, load_settings
+from libs.runtime.metrics import ProducerMetrics
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

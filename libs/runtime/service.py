@@ -19,15 +19,15 @@ import asyncpg
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from libs.contracts.settings import ServiceSettings
 from libs.db.migrations import migrate
 from libs.db.pool import DatabaseUnavailable, create_pool
 from libs.kafka.admin import ensure_topics
 from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
 from libs.kafka.producer import Producer
-from libs.logging import configure_logging, get_logger
-from libs.metrics import ConsumerMetrics, DiskCollector, ProducerMetrics
-from libs.ops import Readiness, http_server, ops_app
-from libs.settings import ServiceSettings
+from libs.runtime.logging import configure_logging, get_logger
+from libs.runtime.metrics import ConsumerMetrics, DiskCollector, ProducerMetrics
+from libs.runtime.probes import Readiness, http_server, ops_app
 
 log = get_logger(__name__)
 Worker = Callable[[], Coroutine[Any, Any, None]]

@@ -24,7 +24,7 @@ def tls_verify(settings: IndexPublisherSettings) -> ssl.SSLContext | bool:
     return True
 
 
-class HttpReceiver:
+class CentralIndexClient:
     def __init__(self, settings: IndexPublisherSettings) -> None:
         self._url = settings.require_target()
         # httpx logs every request at INFO; ours are counted in metrics and logged per study.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libs.events import PIPELINE_EVENTS
+from libs.contracts.events import PIPELINE_EVENTS
 
 
 @dataclass(frozen=True)

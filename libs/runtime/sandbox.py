@@ -45,7 +45,7 @@ from contextlib import asynccontextmanager
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
-from libs.errors import PermanentError
+from libs.contracts.errors import PermanentError
 
 R = TypeVar("R")
 PR_SET_PDEATHSIG = 1

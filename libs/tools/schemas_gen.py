@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from libs.events import PIPELINE_EVENTS, DeadLetter
+from libs.contracts.events import PIPELINE_EVENTS, DeadLetter
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
 
 def rendered() -> dict[str, str]:

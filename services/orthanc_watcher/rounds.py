@@ -10,11 +10,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from libs.contracts.events import Event
 from libs.db.ledger import LedgerRow, NewFile, discovered_event
 from libs.db.orthanc import Finished, StagedInstance
-from libs.events import Event
-from libs.logging import get_logger
-from libs.staging import sync_folder
+from libs.runtime.logging import get_logger
+from libs.staging.files import sync_folder
 from libs.storage.local import file_url
 from services.orthanc_watcher.client import ChangesPage, Level, ResourceNotFound
 

@@ -115,7 +115,7 @@ def load_settings(cls: type[S]) -> S:
 
 class StagingSettings(ServiceSettings):
     """A service that stages what it receives (under its own env prefix): how long staged
-    copies are kept once the pipeline is done with them (`libs.staging_cleanup`)."""
+    copies are kept once the pipeline is done with them (`libs.staging.cleanup`)."""
 
     keep_done_hours: float = Field(
         default=24.0,

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from libs.contracts.events import Event
 from libs.db.dcm4chee import SOURCE, FoundFile, Watermark
 from libs.db.index import SeriesSummary, StudySnapshot, metadata_event
 from libs.db.ledger import LedgerRow, discovered_event
 from libs.dicom.uids import is_valid_uid
-from libs.events import Event
-from libs.logging import get_logger
+from libs.runtime.logging import get_logger
 from services.dcm4chee_watcher.archive import ArchiveFile, ArchiveStudy
 from services.dcm4chee_watcher.files import resolve
 

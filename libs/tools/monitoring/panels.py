@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libs.monitoring.catalog import CONSUMERS, MONITORED, prefix
+from libs.tools.monitoring.catalog import CONSUMERS, MONITORED, prefix
 
 RATE = "$__rate_interval"
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from libs.contracts.events import Event, ImportRequested
 from libs.db.ledger import LedgerRow, NewFile, discovered_event
 from libs.db.tasks import Task
-from libs.events import Event, ImportRequested
-from libs.logging import get_logger
+from libs.runtime.logging import get_logger
 from services.nas_watcher.scanner import (
     FileStat,
     ScanProblems,

@@ -9,12 +9,31 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from libs.broker import broker_argv, wait_for_port
+from libs.contracts.settings import ServiceSettings, load_settings
 from libs.db.apikeys import create_key
 from libs.db.migrations import migrate
 from libs.db.pool import DatabaseUnavailable, create_pool
-from libs.settings import ServiceSettings, load_settings
-from libs.supervisor import ProcSpec, Supervisor
+from libs.tools.dev_broker import broker_argv, wait_for_port
+from libs.tools.supervisor import ProcSpec, Supervisor
+
+# Every service `dicomflow up` can run, by name, with the module `python -m` runs.
+SERVICES: dict[str, str] = {
+    "nas-watcher": "services.nas_watcher",
+    "extractor": "services.extractor",
+    "dedup": "services.dedup",
+    "storage-writer": "services.storage_writer",
+    "indexer": "services.indexer",
+    "reconciler": "services.reconciler",
+    "api": "services.api",
+    "index-publisher": "services.index_publisher",
+    "jpg-converter": "services.jpg_converter",
+    "packager": "services.packager",
+    "orthanc-watcher": "services.orthanc_watcher",
+    "iso-watcher": "services.iso_watcher",
+    "dcm4chee-watcher": "services.dcm4chee_watcher",
+    "dicom-receiver": "services.dicom_receiver",
+    "pacs-watcher": "services.pacs_watcher",
+}
 
 EMBEDDED_BROKER_PORT = 9092
 # Services that are useful only once configured: `dicomflow up` starts them when this
@@ -64,8 +83,6 @@ def _seed_demo(nas: Path) -> None:
 
 
 async def up(var: Path, *, only: list[str] | None) -> int:
-    from libs.cli import SERVICES
-
     var = var.absolute()
     var.mkdir(parents=True, exist_ok=True)
     env: dict[str, str] = {}

@@ -1,13 +1,13 @@
 """What each service exports, as panel groups: the one list the dashboards are generated from.
 
 Adding a service = one entry in `MONITORED` (plus its compose block, which gives Prometheus
-its target). The groups name metric families defined in `libs/metrics.py`,
+its target). The groups name metric families defined in `libs/runtime/metrics.py`,
 `libs/http/middleware.py` and the services' bootstraps.
 """
 
 from __future__ import annotations
 
-from libs.metrics import metric_prefix
+from libs.runtime.metrics import metric_prefix
 
 # Panel groups, see `panels.py`: consumer (messages, handler latency, lag, DLQ, retries),
 # producer (events produced), http (API requests), storage (objects/bytes written),

@@ -9,28 +9,13 @@ import runpy
 import sys
 from pathlib import Path
 
+from libs.contracts.settings import ServiceSettings, load_settings
 from libs.db.apikeys import ROLES
-from libs.dlq_cli import add_parser as add_dlq_parser
-from libs.dlq_cli import run as run_dlq
-from libs.settings import ServiceSettings, load_settings
+from libs.tools.devstack import SERVICES
+from libs.tools.dlq_cli import add_parser as add_dlq_parser
+from libs.tools.dlq_cli import run as run_dlq
 
-SERVICES: dict[str, str] = {
-    "nas-watcher": "services.nas_watcher",
-    "extractor": "services.extractor",
-    "dedup": "services.dedup",
-    "storage-writer": "services.storage_writer",
-    "indexer": "services.indexer",
-    "reconciler": "services.reconciler",
-    "api": "services.api",
-    "index-publisher": "services.index_publisher",
-    "jpg-converter": "services.jpg_converter",
-    "packager": "services.packager",
-    "orthanc-watcher": "services.orthanc_watcher",
-    "iso-watcher": "services.iso_watcher",
-    "dcm4chee-watcher": "services.dcm4chee_watcher",
-    "dicom-receiver": "services.dicom_receiver",
-    "pacs-watcher": "services.pacs_watcher",
-}
+FULL_LOAD = "services.index_publisher.full_load"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,16 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         runpy.run_module(SERVICES[args.service], run_name="__main__", alter_sys=True)
         return 0
     if args.command == "up":
-        from libs.stack import up as run_up
+        from libs.tools.devstack import up as run_up
 
         return asyncio.run(run_up(Path(args.var), only=args.only or None))
     if args.command == "apikey":
         print(asyncio.run(_create_key(args.role, args.name)))
         return 0
     if args.command == "publish":
-        from services.index_publisher.full_load import main as publish_all
-
-        return publish_all()
+        # Service code is run by module name: libs never imports services.
+        return int(runpy.run_module(FULL_LOAD)["main"]())
     if args.command == "migrate":
         print("applied:", asyncio.run(_migrate()) or "nothing (up to date)")
         return 0
@@ -86,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dlq":
         return run_dlq(args)
     if args.command == "broker":
-        from libs.broker import broker_argv
+        from libs.tools.dev_broker import broker_argv
 
         argv_ = broker_argv(args.port)
         os.execv(argv_[0], argv_)  # noqa: S606 - our own pinned binary, fixed arguments

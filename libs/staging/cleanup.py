@@ -27,10 +27,10 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 from prometheus_client import Counter
 
+from libs.contracts.settings import StagingSettings
 from libs.db import staging_cleanup as db
-from libs.logging import get_logger
-from libs.runtime import Runtime
-from libs.settings import StagingSettings
+from libs.runtime.logging import get_logger
+from libs.runtime.service import Runtime
 
 log = get_logger(__name__)
 HOUR_FOLDER = "%Y%m%d%H"

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from libs.broker import free_port
-from libs.cli import SERVICES
+from libs.tools.dev_broker import free_port
+from libs.tools.devstack import SERVICES
 
 # The env prefix of each service's own settings (its ops port is <PREFIX>OPS_PORT).
 PREFIX = {
@@ -36,7 +36,8 @@ PREFIX = {
     "pacs-watcher": "WATCHER_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
-# Sources that run only when configured, like under `dicomflow up` (libs.stack.CONFIGURED_BY).
+# Sources that run only when configured, like under `dicomflow up`
+# (libs.tools.devstack.CONFIGURED_BY).
 OPTIONAL = ["orthanc-watcher", "iso-watcher"]
 
 
