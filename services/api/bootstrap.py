@@ -10,6 +10,7 @@ from libs.runtime import Runtime
 from libs.storage import open_store
 from services.api.app import create_app
 from services.api.config import ApiSettings
+from services.api.dicomweb import DicomWebPorts
 from services.api.previews import PreviewSource
 
 log = get_logger(__name__)
@@ -26,7 +27,9 @@ async def wire(rt: Runtime) -> None:
         settings.render_workers, settings.render_memory_limit_mb, settings.render_timeout_seconds
     )
     rt.resources.callback(renderer.close)
-    previews = PreviewSource(open_store(settings.storage_url), renderer)
+    storage = open_store(settings.storage_url)
+    previews = PreviewSource(storage, renderer)
+    dicomweb = DicomWebPorts(storage=storage, renderer=renderer, max_results=settings.max_page_size)
     rt.app = create_app(
         pool,
         producer.publish,
@@ -34,6 +37,7 @@ async def wire(rt: Runtime) -> None:
         rt.readiness,
         limits=settings.limits(),
         previews=previews,
+        dicomweb=dicomweb,
     )
     tasks = import_tasks_gauge(rt.name, rt.registry)
 
