@@ -29,7 +29,9 @@ async def wire(rt: Runtime) -> None:
     rt.resources.callback(renderer.close)
     storage = open_store(settings.storage_url)
     previews = PreviewSource(storage, renderer)
-    dicomweb = DicomWebPorts(storage=storage, renderer=renderer, max_results=settings.max_page_size)
+    dicomweb = DicomWebPorts(
+        storage, previews, renderer.executor, max_results=settings.max_page_size
+    )
     rt.app = create_app(
         pool,
         producer.publish,

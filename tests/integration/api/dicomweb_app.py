@@ -18,6 +18,7 @@ from libs.storage.local import LocalStore
 from services.api.app import create_app
 from services.api.config import ApiLimits
 from services.api.dicomweb import DicomWebPorts
+from services.api.previews import PreviewSource
 from tests.integration.api.dicomweb_seed import Seeded, seed
 
 
@@ -73,7 +74,7 @@ def app(
     async def publish(event: object) -> None:
         raise AssertionError("DICOMweb does not create import tasks")
 
-    ports = DicomWebPorts(storage=store, renderer=renderer, max_results=500)
+    ports = DicomWebPorts(store, PreviewSource(store, renderer), renderer.executor)
     return create_app(pool, publish, registry, Readiness(), limits=ApiLimits(), dicomweb=ports)
 
 
