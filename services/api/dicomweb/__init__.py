@@ -16,6 +16,7 @@ from services.api.dicomweb.pixels import pixels_router
 from services.api.dicomweb.qido import qido_router
 from services.api.dicomweb.stow import Publish, StowLimits, stow_router
 from services.api.dicomweb.wado import wado_router
+from services.api.dicomweb.wado_uri import wado_uri_router
 from services.api.previews import PreviewSource
 
 
@@ -38,6 +39,7 @@ def dicomweb_router(pool: asyncpg.Pool, auth: Authenticator, ports: DicomWebPort
     router.include_router(qido_router(pool, auth, ports.max_results))
     router.include_router(pixels_router(pool, auth, ports.storage, ports.previews, ports.executor))
     router.include_router(wado_router(pool, auth, ports.storage))
+    router.include_router(wado_uri_router(pool, auth, ports.storage, ports.previews))
     if ports.publish is not None and ports.stow is not None:
         router.include_router(stow_router(pool, auth, ports.executor, ports.publish, ports.stow))
     return router
