@@ -10,6 +10,7 @@ from libs.http.auth import Authenticator
 from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
 from libs.runtime.probes import Readiness, ops_router
 from services.api.config import ApiLimits
+from services.api.dicomweb import DicomWebPorts, dicomweb_router
 from services.api.previews import PreviewSource
 from services.api.routes.apikeys import apikeys_router
 from services.api.routes.imports import Publish, imports_router
@@ -35,6 +36,7 @@ def create_app(
     *,
     limits: ApiLimits | None = None,
     previews: PreviewSource | None = None,
+    dicomweb: DicomWebPorts | None = None,
 ) -> FastAPI:
     limits = limits or ApiLimits()
     auth = Authenticator(pool)
@@ -46,6 +48,8 @@ def create_app(
     app.include_router(retrieve_router(pool, auth))
     app.include_router(apikeys_router(pool, auth))
     app.include_router(session_router(pool, auth, limits))
+    if dicomweb is not None:
+        app.include_router(dicomweb_router(pool, auth, dicomweb))
     app.include_router(ops_router("api", readiness, registry))
     # Added last = outermost: metrics see every request, the audit sees the final status.
     app.add_middleware(AuditMiddleware, pool=pool)
