@@ -28,6 +28,9 @@ from services.nas_watcher.scanner import (
 log = get_logger(__name__)
 SOURCE = "nas"
 MAX_SETTLE_WAIT_SECONDS = 600.0
+STAGE = "nas-watcher"
+# One reason whatever the target: a failure must not tell whether a path outside exists.
+OUTSIDE_ROOTS = "symbolic link leading outside the import roots: not followed"
 
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 
@@ -38,6 +41,9 @@ class ScanStore(Protocol):
         self, directory: str, files: Sequence[FileStat], new: Sequence[NewFile]
     ) -> list[LedgerRow]: ...
     async def record_task_files(self, new: Sequence[NewFile]) -> list[LedgerRow]: ...
+    async def record_task_failures(
+        self, task_id: str, new: Sequence[NewFile], reason: str
+    ) -> None: ...
     async def renew(self, task_id: str) -> bool: ...
     async def finish(self, task_id: str) -> None: ...
     async def fail(self, task_id: str, error: str) -> None: ...
@@ -63,20 +69,26 @@ def new_file(directory: str, f: FileStat, task_id: str | None = None) -> NewFile
 
 
 async def _walk_async(
-    root: Path, problems: ScanProblems
+    root: Path, problems: ScanProblems, roots: list[Path]
 ) -> AsyncIterator[tuple[str, list[FileStat]]]:
     """Directory listings come from a thread, so a slow NAS never blocks the event loop."""
-    it = walk(root, problems)
+    it = walk(root, problems, roots=roots)
     while (item := await asyncio.to_thread(next, it, None)) is not None:
         yield item
 
 
 async def scan_root(
-    root: Path, *, store: ScanStore, publish: Publish, settle_seconds: float
+    root: Path,
+    *,
+    store: ScanStore,
+    publish: Publish,
+    settle_seconds: float,
+    roots: list[Path] | None = None,
 ) -> ScanReport:
-    """Emit every file under `root` that is new or changed (size or mtime) and settled."""
+    """Emit every file under `root` that is new or changed (size or mtime) and settled;
+    symbolic links are followed only inside `roots` (default: `root`)."""
     report = ScanReport()
-    async for directory, files in _walk_async(root, report.problems):
+    async for directory, files in _walk_async(root, report.problems, roots or [root]):
         report.files_seen += len(files)
         seen = await store.seen(directory)
         now = time.time_ns()
@@ -121,7 +133,8 @@ async def scan_task(
         if not await store.renew(task.id):
             raise RuntimeError(f"lost the lease on task {task.id}")
 
-    listing = _single(path) if path.is_file() else _walk_async(path, ScanProblems())
+    problems = ScanProblems()
+    listing = _single(path) if path.is_file() else _walk_async(path, problems, allowed_roots)
     async for directory, files in listing:
         now = time.time_ns()
         for f in files:
@@ -147,7 +160,14 @@ async def scan_task(
         deferred = still
     pending.extend(new_file(d, f, task.id) for d, f in deferred)  # waited long enough
     await flush()
+    if problems.escaping_links:  # the link's own path only, never where it leads
+        links = [_link(p, task.id) for p in problems.escaping_links]
+        await store.record_task_failures(task.id, links, OUTSIDE_ROOTS)
     await store.finish(task.id)
+
+
+def _link(path: str, task_id: str) -> NewFile:
+    return new_file(os.path.dirname(path), FileStat(os.path.basename(path), 0, 0), task_id)
 
 
 async def _single(path: Path) -> AsyncIterator[tuple[str, list[FileStat]]]:

@@ -1,8 +1,11 @@
 """Walk a folder tree one directory at a time, whatever its layout.
 
-Symlinked folders are followed once (a loop is detected by device and inode),
-unreadable folders are reported and skipped, and only the `DirEntry` stat is
-used, so a rescan costs one stat per file.
+Symlinked folders are followed once (a loop is detected by device and inode) and
+only when they lead to somewhere inside the roots: a link whose target is outside
+(or a folder that became one) is reported and never followed, whether its target
+exists or not. Unreadable folders are reported and skipped, and only the
+`DirEntry` stat is used, so a rescan costs one stat per file (plus a resolution
+per link and per folder).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class FileStat:
 class ScanProblems:
     unreadable_dirs: list[str] = field(default_factory=list)
     loops: list[str] = field(default_factory=list)
+    escaping_links: list[str] = field(default_factory=list)
 
 
 def wanted(name: str) -> bool:
@@ -41,13 +45,21 @@ def wanted(name: str) -> bool:
     )
 
 
-def walk(root: Path, problems: ScanProblems | None = None) -> Iterator[tuple[str, list[FileStat]]]:
-    """Yield (directory, regular files in it) for every directory under `root`."""
+def walk(
+    root: Path, problems: ScanProblems | None = None, *, roots: list[Path] | None = None
+) -> Iterator[tuple[str, list[FileStat]]]:
+    """Yield (directory, regular files in it) for every directory under `root`, never
+    leaving `roots` (default: `root` itself) through a symbolic link."""
     problems = problems if problems is not None else ScanProblems()
+    real_roots = [os.path.realpath(r) for r in (roots or [root])]
     visited: set[tuple[int, int]] = set()
     stack = [os.path.abspath(root)]
     while stack:
         directory = stack.pop()
+        if not _within(os.path.realpath(directory), real_roots):  # replaced by a link since
+            problems.escaping_links.append(directory)
+            log.warning("folder leads outside the roots, not followed", folder=directory)
+            continue
         try:
             st = os.stat(directory)
         except OSError as exc:
@@ -64,6 +76,10 @@ def walk(root: Path, problems: ScanProblems | None = None) -> Iterator[tuple[str
         try:
             with os.scandir(directory) as entries:
                 for entry in entries:
+                    if entry.is_symlink() and not _within(os.path.realpath(entry.path), real_roots):
+                        problems.escaping_links.append(entry.path)
+                        log.warning("link leads outside the roots, not followed", link=entry.path)
+                        continue
                     kind = _kind(entry)
                     if kind == "dir":
                         subdirs.append(entry.path)
@@ -76,6 +92,12 @@ def walk(root: Path, problems: ScanProblems | None = None) -> Iterator[tuple[str
         stack.extend(sorted(subdirs, reverse=True))
         if files:
             yield directory, sorted(files, key=lambda f: f.name)
+
+
+def _within(real_path: str, real_roots: list[str]) -> bool:
+    return any(
+        real_path == r or real_path.startswith(r.rstrip(os.sep) + os.sep) for r in real_roots
+    )
 
 
 def _kind(entry: os.DirEntry[str]) -> str | tuple[int, int] | None:

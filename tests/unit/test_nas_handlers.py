@@ -48,6 +48,10 @@ class FakeStore:
     async def record_task_files(self, new: Sequence[NewFile]) -> list[LedgerRow]:
         return self._rows(new)
 
+    async def record_task_failures(self, task_id: str, new: Sequence[NewFile], reason: str) -> None:
+        for row in self._rows(new):
+            self.failed[row.uri] = reason
+
     async def renew(self, task_id: str) -> bool:
         return True
 

@@ -65,3 +65,29 @@ def test_files_being_written_are_not_settled() -> None:
     now = 10**18
     assert not is_settled(FileStat("a", 1, now - 10**9), now, settle_seconds=2)
     assert is_settled(FileStat("a", 1, now - 3 * 10**9), now, settle_seconds=2)
+
+
+def test_links_leading_out_of_the_roots_are_not_followed(tmp_path: Path) -> None:
+    root, outside = tmp_path / "nas", tmp_path / "etc"
+    tree(root)
+    outside.mkdir()
+    (outside / "passwd").write_bytes(b"root:x:0:0")
+    (root / "evil").symlink_to(outside)
+    (root / "evil.dcm").symlink_to(outside / "passwd")
+    (root / "probe.dcm").symlink_to(outside / "missing")
+    (root / "inside").symlink_to(root / "2024-01")
+    problems = ScanProblems()
+    found = {
+        os.path.relpath(os.path.join(d, f.name), root)
+        for d, files in walk(root, problems, roots=[root])
+        for f in files
+    }
+    assert found == {
+        "2024-01/P1/S1/a.dcm",
+        "2024-01/P1/S1/b.dcm",
+        "flat.dcm",
+        "deep/x/y/z/c.dcm",
+    }  # the link inside the root reaches the same folder: visited once
+    assert sorted(problems.escaping_links) == sorted(
+        str(root / n) for n in ("evil", "evil.dcm", "probe.dcm")
+    )
