@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,9 +124,54 @@ def stat_file(path: str) -> FileStat | None:
     return FileStat(os.path.basename(path), st.st_size, st.st_mtime_ns)
 
 
-def is_settled(f: FileStat, now_ns: int, settle_seconds: float) -> bool:
-    """A file modified within the settle window may still be being written."""
-    return now_ns - f.mtime_ns >= settle_seconds * 1e9
+@dataclass(frozen=True)
+class Look:
+    directory: str
+    file: FileStat
+    at: float  # time.monotonic() of this look
+    first: float  # of the first look at this file in this scan
+
+
+class SecondLook:
+    """A file is settled only when its size and mtime are the same on two looks at least
+    `settle_seconds` apart. Its mtime alone proves nothing: a copy that keeps timestamps
+    (Windows Explorer over SMB, `cp -p`, `rsync -a`) gives a growing file an old mtime.
+    Looks wait in the order they were taken, so a long walk re-stats as it goes."""
+
+    def __init__(self, settle_seconds: float) -> None:
+        self.settle_seconds = settle_seconds
+        self._queue: deque[Look] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, directory: str, files: Iterable[FileStat], now: float) -> None:
+        self._queue.extend(Look(directory, f, now, now) for f in files)
+
+    def again_later(self, look: Look) -> None:
+        self._queue.append(look)
+
+    def wait(self, now: float) -> float:
+        """Seconds until the oldest look is due for its second look."""
+        return max(0.0, self._queue[0].at + self.settle_seconds - now) if self._queue else 0.0
+
+    def due(self, now: float) -> list[Look]:
+        out = []
+        while self._queue and self._queue[0].at + self.settle_seconds <= now:
+            out.append(self._queue.popleft())
+        return out
+
+
+def look_again(looks: Iterable[Look], now: float) -> tuple[list[Look], list[Look]]:
+    """(settled, changed since their look: with the new look); removed files are dropped."""
+    settled, changed = [], []
+    for look in looks:
+        current = stat_file(os.path.join(look.directory, look.file.name))
+        if current == look.file:
+            settled.append(look)
+        elif current is not None:
+            changed.append(Look(look.directory, current, now, look.first))
+    return settled, changed
 
 
 def file_uri(directory: str, name: str) -> str:
