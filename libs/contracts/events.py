@@ -135,6 +135,12 @@ class Hashes(BaseModel):
         "without file meta when there is no pixel data."
     )
     has_pixels: bool
+    preamble_zeroed: bool = Field(
+        default=False,
+        description="The source's preamble was neither zeros nor a TIFF header and the "
+        "operator allows such files: the stored copy has it zeroed, and file_sha256 is of "
+        "that copy.",
+    )
 
 
 class InstanceExtracted(Event):

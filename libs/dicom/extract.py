@@ -40,6 +40,7 @@ from libs.contracts.events import DicomHeader, Hashes
 from libs.dicom.content import PIXEL_TAGS, UNDEFINED, Ranges, hash_file, meta_end, pixel_ranges
 from libs.dicom.dicomjson import header_json
 from libs.dicom.header import build_header
+from libs.dicom.preamble import PREAMBLE, preamble_problem
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # Elements this large are not read into memory while parsing the header (pydicom
@@ -82,11 +83,13 @@ class _TrackedReader:
         return data
 
 
-def extract_file(path: str) -> tuple[DicomHeader, Hashes]:
+def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomHeader, Hashes]:
     """Header and hashes of the DICOM file at `path`.
 
     Raises `NotDicomError` (empty, no 'DICM' prefix), `DicomParseError` (truncated,
-    malformed, missing or invalid UIDs) or `PermanentError` (file gone). A genuine
+    malformed, missing or invalid UIDs, a preamble that is not zeros or a TIFF header) or
+    `PermanentError` (file gone). With `zero_hostile_preamble` such a preamble is accepted:
+    `file_sha256` is then of the file with its preamble zeroed, as it is to be stored. A genuine
     I/O error (EIO, ESTALE, EACCES...) is re-raised as is, so the bus retries it.
     MemoryError and KeyboardInterrupt pass through; nothing else escapes.
     """
@@ -98,10 +101,15 @@ def extract_file(path: str) -> tuple[DicomHeader, Hashes]:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 raise NotDicomError("empty file")
+            problem = preamble_problem(f.read(PREAMBLE + 4))
+            if problem and not zero_hostile_preamble:
+                raise DicomParseError(problem)
+            f.seek(0)
             ds, layout = _parse(f, size)
             header = build_header(ds)
             header = header.model_copy(update={"dicom_json": header_json(ds, layout.pixel)})
-            file_hash, content_hash = hash_file(f, size, layout.ranges)
+            zeroed = PREAMBLE if problem else 0
+            file_hash, content_hash = hash_file(f, size, layout.ranges, zero_head=zeroed)
     except (PermanentError, MemoryError):
         raise
     except RecursionError:
@@ -116,7 +124,10 @@ def extract_file(path: str) -> tuple[DicomHeader, Hashes]:
     except Exception as exc:  # anything pydicom (or a converter) throws on bad bytes
         raise DicomParseError(f"unreadable DICOM: {_describe(exc)}") from None
     return header, Hashes(
-        file_sha256=file_hash, content_sha256=content_hash, has_pixels=layout.has_pixels
+        file_sha256=file_hash,
+        content_sha256=content_hash,
+        has_pixels=layout.has_pixels,
+        preamble_zeroed=bool(problem),
     )
 
 

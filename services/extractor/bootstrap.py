@@ -24,7 +24,7 @@ async def wire(rt: Runtime) -> None:
     await executor.warm_up()
 
     async def parse(path: str) -> tuple[DicomHeader, Hashes]:
-        header, hashes = await executor.run(extract_file, path)
+        header, hashes = await executor.run(extract_file, path, settings.zero_hostile_preamble)
         return header, hashes
 
     handler = partial(handle_discovered, parse=parse)

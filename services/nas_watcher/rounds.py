@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,12 @@ from libs.db.tasks import Task
 from libs.runtime.logging import get_logger
 from services.nas_watcher.scanner import (
     FileStat,
+    Look,
     ScanProblems,
+    SecondLook,
     file_uri,
     inside,
-    is_settled,
+    look_again,
     stat_file,
     walk,
 )
@@ -28,6 +31,9 @@ from services.nas_watcher.scanner import (
 log = get_logger(__name__)
 SOURCE = "nas"
 MAX_SETTLE_WAIT_SECONDS = 600.0
+STAGE = "nas-watcher"
+# One reason whatever the target: a failure must not tell whether a path outside exists.
+OUTSIDE_ROOTS = "symbolic link leading outside the import roots: not followed"
 
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 
@@ -38,6 +44,9 @@ class ScanStore(Protocol):
         self, directory: str, files: Sequence[FileStat], new: Sequence[NewFile]
     ) -> list[LedgerRow]: ...
     async def record_task_files(self, new: Sequence[NewFile]) -> list[LedgerRow]: ...
+    async def record_task_failures(
+        self, task_id: str, new: Sequence[NewFile], reason: str
+    ) -> None: ...
     async def renew(self, task_id: str) -> bool: ...
     async def finish(self, task_id: str) -> None: ...
     async def fail(self, task_id: str, error: str) -> None: ...
@@ -63,32 +72,52 @@ def new_file(directory: str, f: FileStat, task_id: str | None = None) -> NewFile
 
 
 async def _walk_async(
-    root: Path, problems: ScanProblems
+    root: Path, problems: ScanProblems, roots: list[Path]
 ) -> AsyncIterator[tuple[str, list[FileStat]]]:
     """Directory listings come from a thread, so a slow NAS never blocks the event loop."""
-    it = walk(root, problems)
+    it = walk(root, problems, roots=roots)
     while (item := await asyncio.to_thread(next, it, None)) is not None:
         yield item
 
 
 async def scan_root(
-    root: Path, *, store: ScanStore, publish: Publish, settle_seconds: float
+    root: Path,
+    *,
+    store: ScanStore,
+    publish: Publish,
+    settle_seconds: float,
+    roots: list[Path] | None = None,
 ) -> ScanReport:
-    """Emit every file under `root` that is new or changed (size or mtime) and settled."""
+    """Emit every file under `root` that is new or changed (size or mtime) and settled
+    (the same on two looks `settle_seconds` apart; one still changing waits for the next
+    round); symbolic links are followed only inside `roots` (default: `root`)."""
     report = ScanReport()
-    async for directory, files in _walk_async(root, report.problems):
-        report.files_seen += len(files)
-        seen = await store.seen(directory)
-        now = time.time_ns()
-        changed = [f for f in files if seen.get(f.name) != (f.size, f.mtime_ns)]
-        ready = [f for f in changed if is_settled(f, now, settle_seconds)]
-        report.unsettled += len(changed) - len(ready)
-        if ready:
+    looks = SecondLook(settle_seconds)
+
+    async def emit(due: list[Look]) -> None:
+        if not due:
+            return
+        settled, changed = await asyncio.to_thread(look_again, due, time.monotonic())
+        report.unsettled += len(changed)
+        by_dir: dict[str, list[FileStat]] = defaultdict(list)
+        for look in settled:
+            by_dir[look.directory].append(look.file)
+        for directory, ready in by_dir.items():
             rows = await store.record_watched(
                 directory, ready, [new_file(directory, f) for f in ready]
             )
             await publish([discovered_event(r) for r in rows])
             report.emitted += len(rows)
+
+    async for directory, files in _walk_async(root, report.problems, roots or [root]):
+        report.files_seen += len(files)
+        seen = await store.seen(directory)
+        changed = [f for f in files if seen.get(f.name) != (f.size, f.mtime_ns)]
+        looks.add(directory, changed, time.monotonic())
+        await emit(looks.due(time.monotonic()))
+    while looks:
+        await asyncio.sleep(looks.wait(time.monotonic()))
+        await emit(looks.due(time.monotonic()))
     return report
 
 
@@ -112,7 +141,6 @@ async def scan_task(
         await store.fail(task.id, f"{path} does not exist")
         return
     pending: list[NewFile] = []
-    deferred: list[tuple[str, FileStat]] = []
 
     async def flush() -> None:
         rows = await store.record_task_files(pending)
@@ -121,33 +149,39 @@ async def scan_task(
         if not await store.renew(task.id):
             raise RuntimeError(f"lost the lease on task {task.id}")
 
-    listing = _single(path) if path.is_file() else _walk_async(path, ScanProblems())
-    async for directory, files in listing:
-        now = time.time_ns()
-        for f in files:
-            if is_settled(f, now, settle_seconds):
-                pending.append(new_file(directory, f, task.id))
-            else:
-                deferred.append((directory, f))
+    problems = ScanProblems()
+    looks = SecondLook(settle_seconds)
+
+    async def take(due: list[Look]) -> None:
+        if not due:
+            return
+        now = time.monotonic()
+        settled, changed = await asyncio.to_thread(look_again, due, now)
+        pending.extend(new_file(look.directory, look.file, task.id) for look in settled)
+        for look in changed:
+            if now - look.first < MAX_SETTLE_WAIT_SECONDS:
+                looks.again_later(look)
+            else:  # waited long enough: take it as it is
+                pending.append(new_file(look.directory, look.file, task.id))
         if len(pending) >= batch_size:
             await flush()
-    waited = 0.0
-    while deferred and waited < MAX_SETTLE_WAIT_SECONDS:
-        await asyncio.sleep(settle_seconds)
-        waited += settle_seconds
-        still: list[tuple[str, FileStat]] = []
-        for directory, old in deferred:
-            current = stat_file(os.path.join(directory, old.name))
-            if current is None:
-                continue  # removed while waiting
-            if current == old:
-                pending.append(new_file(directory, current, task.id))
-            else:
-                still.append((directory, current))
-        deferred = still
-    pending.extend(new_file(d, f, task.id) for d, f in deferred)  # waited long enough
+
+    listing = _single(path) if path.is_file() else _walk_async(path, problems, allowed_roots)
+    async for directory, files in listing:
+        looks.add(directory, files, time.monotonic())
+        await take(looks.due(time.monotonic()))
+    while looks:
+        await asyncio.sleep(looks.wait(time.monotonic()))
+        await take(looks.due(time.monotonic()))
     await flush()
+    if problems.escaping_links:  # the link's own path only, never where it leads
+        links = [_link(p, task.id) for p in problems.escaping_links]
+        await store.record_task_failures(task.id, links, OUTSIDE_ROOTS)
     await store.finish(task.id)
+
+
+def _link(path: str, task_id: str) -> NewFile:
+    return new_file(os.path.dirname(path), FileStat(os.path.basename(path), 0, 0), task_id)
 
 
 async def _single(path: Path) -> AsyncIterator[tuple[str, list[FileStat]]]:
