@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from libs.db.tasks import count_by_status
+from libs.http.proxy import ProxyTimeouts, upstream_client
 from libs.imaging.isolated import IsolatedRenderer
 from libs.logging import get_logger
 from libs.metrics import TASK_STATES, import_tasks_gauge
@@ -27,6 +28,10 @@ async def wire(rt: Runtime) -> None:
     )
     rt.resources.callback(renderer.close)
     previews = PreviewSource(open_store(settings.storage_url), renderer)
+    packager = upstream_client(
+        settings.packager_url, ProxyTimeouts(read=settings.packager_timeout_seconds)
+    )
+    rt.resources.push_async_callback(packager.aclose)
     rt.app = create_app(
         pool,
         producer.publish,
@@ -34,6 +39,7 @@ async def wire(rt: Runtime) -> None:
         rt.readiness,
         limits=settings.limits(),
         previews=previews,
+        packager=packager,
     )
     tasks = import_tasks_gauge(rt.name, rt.registry)
 

@@ -27,7 +27,7 @@ class ApiLimits:
 
 class ApiSettings(ServiceSettings):
     """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
-    API_PUBLISH_TIMEOUT_SECONDS."""
+    API_PUBLISH_TIMEOUT_SECONDS, API_RENDER_*, API_PACKAGER_URL, API_PACKAGER_TIMEOUT_SECONDS."""
 
     model_config = SettingsConfigDict(env_prefix="API_", frozen=True, extra="ignore")
 
@@ -41,6 +41,16 @@ class ApiSettings(ServiceSettings):
     render_workers: int = Field(default=1, ge=1, description="Processes rendering previews")
     render_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
     render_timeout_seconds: float = Field(default=30.0, gt=0, description="Per rendering")
+    packager_url: str = Field(
+        default="http://127.0.0.1:8107",
+        pattern=r"^https?://",
+        description="The packager's HTTP address; /v1/.../archive requests are relayed there",
+    )
+    packager_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest wait for the packager's next bytes (a ZIP answers once built)",
+    )
 
     @model_validator(mode="before")
     @classmethod
