@@ -160,7 +160,7 @@ class Operator(HttpUser):
     def list_imports(self) -> None:
         self.client.get("/v1/imports", params={"limit": 20}, name="/v1/imports")
 
-    @task(1)
+    @task(2)
     def orthanc_webhook(self) -> None:
         """What Orthanc's OnStableStudy callback sends to the orthanc-watcher."""
         if not (WEBHOOK_URL and ORTHANC_STUDIES):

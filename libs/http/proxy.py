@@ -71,16 +71,13 @@ def upstream_client(base_url: str, timeouts: ProxyTimeouts) -> httpx.AsyncClient
     )
 
 
-def _forwarded_for(request: Request) -> str:
-    client = request.client.host if request.client else ""
-    earlier = request.headers.get("x-forwarded-for")
-    return f"{earlier}, {client}" if earlier and client else (earlier or client)
-
-
 def _request_headers(request: Request) -> dict[str, str]:
     headers = {k: v for k in REQUEST_HEADERS if (v := request.headers.get(k)) is not None}
-    if forwarded := _forwarded_for(request):
-        headers["x-forwarded-for"] = forwarded
+    # Only the address this server settled on (its own uvicorn already honoured a trusted
+    # proxy in front of it): a caller's X-Forwarded-For is never passed on, so it cannot put
+    # another address in the upstream's audit log.
+    if request.client:
+        headers["x-forwarded-for"] = request.client.host
     headers["accept-encoding"] = "identity"  # archives are compressed already; bytes as is
     return headers
 

@@ -96,8 +96,11 @@ class Upstream:
 
 @pytest.fixture
 async def packager(
-    pool: asyncpg.Pool, store: LocalStore, tmp_path: Path
+    pool: asyncpg.Pool, store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Upstream]:
+    """Trusting every proxy address, as in docker-compose.yml (internal network only)."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+
     async def listings(study: str, series: str | None):  # type: ignore[no-untyped-def]
         async with pool.acquire() as conn:
             return await archive_listing(conn, study, series)
@@ -150,7 +153,8 @@ async def test_the_api_answers_what_the_packager_answers(
 ):
     auth = keys.headers("clinician")
     params = {"format": fmt}
-    first = await client.get(URL, params=params, headers=auth)  # built (or streamed) now
+    spoof = {**auth, "X-Forwarded-For": "192.0.2.66"}  # a caller cannot choose its address
+    first = await client.get(URL, params=params, headers=spoof)  # built (or streamed) now
     assert first.status_code == 200, first.text
     body = first.content
     straight = await direct.get(URL, params=params, headers=auth)  # cached by now
@@ -197,6 +201,7 @@ async def test_the_api_answers_what_the_packager_answers(
     via_api = [r for r in rows if r["client"] == CLIENT]
     assert len(via_api) == 9 and len(rows) == 10  # one request went straight to the packager
     assert {r["role"] for r in rows} == {"clinician"}
+    assert not [r for r in rows if r["client"] == "192.0.2.66"]
     assert {r["status_code"] for r in via_api} == {200, 206, 304, 416}
 
 
