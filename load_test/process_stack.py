@@ -187,6 +187,7 @@ def stack_env(
     }
     for name, prefix in PREFIX.items():
         env[f"{prefix}OPS_PORT"] = str(ports[name])
+    env["API_PACKAGER_URL"] = f"http://127.0.0.1:{ports['packager']}"  # archives on the API
     (root / "nas").mkdir(parents=True, exist_ok=True)
     (root / "imports").mkdir(parents=True, exist_ok=True)
     return env, ports

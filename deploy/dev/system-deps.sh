@@ -5,12 +5,13 @@
 # Orthanc's DICOMweb plugin (the DICOMweb bench's reference),
 # genisoimage/xorriso (CD/DVD images), Prometheus and promtool (dashboards and alert rules),
 # the MariaDB client (dcm4chee archive databases), zstd and curl (the archive benchmark),
-# openssl (certificates for the receiver's TLS test).
+# openssl (certificates for the receiver's TLS test), chromium (pages tested headless with
+# Playwright).
 set -euo pipefail
 packages=(
     python3-venv postgresql-client mariadb-client
     orthanc orthanc-dicomweb dcmtk genisoimage xorriso prometheus
-    zstd curl openssl
+    zstd curl openssl chromium
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -275,7 +275,7 @@ class ArchiveBuilt(Event):
 
     study_uid: str
     series_uid: str | None = Field(default=None, description="Set for a one-series archive.")
-    format: Literal["tar.zst", "zip"]
+    format: Literal["tar.zst", "zip", "tar"]
     revision: str = Field(description="Archive revision key (its ETag): changes with the study.")
     size_bytes: int = Field(ge=0)
     instance_count: int = Field(ge=0)

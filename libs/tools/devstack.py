@@ -100,6 +100,9 @@ async def up(var: Path, *, only: list[str] | None) -> int:
         env["STORAGE_URL"] = (var / "storage").as_uri()
     if not (os.environ.get("PACKAGER_CACHE_DIR") or os.environ.get("CACHE_DIR")):
         env["PACKAGER_CACHE_DIR"] = str(var / "archives")
+    if os.environ.get("PACKAGER_OPS_PORT") and not os.environ.get("API_PACKAGER_URL"):
+        # The API relays archive downloads to the packager (default http://127.0.0.1:8107).
+        env["API_PACKAGER_URL"] = f"http://127.0.0.1:{os.environ['PACKAGER_OPS_PORT']}"
     if not os.environ.get("NAS_ROOTS"):
         nas = var / "nas"
         _seed_demo(nas)

@@ -7,6 +7,7 @@ from functools import partial
 from prometheus_client import Counter
 
 from libs.db.tasks import count_by_status
+from libs.http.proxy import ProxyTimeouts, upstream_client
 from libs.imaging.isolated import IsolatedRenderer
 from libs.runtime.logging import get_logger
 from libs.runtime.metrics import TASK_STATES, import_tasks_gauge
@@ -49,6 +50,10 @@ async def wire(rt: Runtime) -> None:
         publish=producer.publish,
         stow=stow,
     )
+    packager = upstream_client(
+        settings.packager_url, ProxyTimeouts(read=settings.packager_timeout_seconds)
+    )
+    rt.resources.push_async_callback(packager.aclose)
     rt.app = create_app(
         pool,
         producer.publish,
@@ -57,6 +62,7 @@ async def wire(rt: Runtime) -> None:
         limits=settings.limits(),
         previews=previews,
         dicomweb=dicomweb,
+        packager=packager,
     )
     tasks = import_tasks_gauge(rt.name, rt.registry)
 

@@ -29,7 +29,8 @@ class ApiLimits:
 
 class ApiSettings(ServiceSettings):
     """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
-    API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS."""
+    API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS, API_RENDER_*, API_STOW_*, API_PACKAGER_URL,
+    API_PACKAGER_TIMEOUT_SECONDS."""
 
     model_config = SettingsConfigDict(env_prefix="API_", frozen=True, extra="ignore")
 
@@ -51,6 +52,16 @@ class ApiSettings(ServiceSettings):
     )
     stow_max_instance_mb: int = Field(default=2048, ge=1, description="Largest STOW-RS instance")
     stow_max_request_mb: int = Field(default=8192, ge=1, description="Largest STOW-RS request")
+    packager_url: str = Field(
+        default="http://127.0.0.1:8107",
+        pattern=r"^https?://",
+        description="The packager's HTTP address; /v1/.../archive requests are relayed there",
+    )
+    packager_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest wait for the packager's next bytes (a ZIP answers once built)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -26,13 +26,13 @@ GCS_FILE = ROOT / "docker-compose.gcs.yml"
 
 JOB = "topics"  # the one-shot `dicomflow topics`
 # Read by the image's HEALTHCHECK or by a client library, not by dicomflow's settings.
-NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS"}
+NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS", "FORWARDED_ALLOW_IPS"}
 # Accepted by the settings class but overwritten from API_HOST/API_PORT: setting them misleads.
 IGNORED = {"api": {"API_OPS_HOST", "API_OPS_PORT"}}
-# Reached from outside the host: the API, the packager's archive downloads, the Orthanc
-# watcher (Orthanc calls its webhook), the DICOM receiver (modalities and PACS send to it) and
-# the PACS watcher (it calls the PACS).
-PUBLIC = {"api", "packager", "orthanc-watcher", "dicom-receiver", "pacs-watcher"}
+# Reached from outside the host: the API (archive downloads included: it relays them to the
+# packager), the Orthanc watcher (Orthanc calls its webhook), the DICOM receiver (modalities
+# and PACS send to it) and the PACS watcher (it calls the PACS).
+PUBLIC = {"api", "orthanc-watcher", "dicom-receiver", "pacs-watcher"}
 # Services that read the source files named by file:// URIs, at the watcher's paths.
 READS_NAS = {"nas-watcher", "extractor", "storage-writer"}
 # Containers with a published port (and so on the public network as well).
