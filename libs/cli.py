@@ -12,6 +12,8 @@ from pathlib import Path
 from libs.db.apikeys import ROLES
 from libs.dlq_cli import add_parser as add_dlq_parser
 from libs.dlq_cli import run as run_dlq
+from libs.fetch_cli import add_parser as add_fetch_parser
+from libs.fetch_cli import run as run_fetch
 from libs.settings import ServiceSettings, load_settings
 
 SERVICES: dict[str, str] = {
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="create the database if missing and apply migrations")
     sub.add_parser("topics", help="create every topic and its DLQ if missing")
     add_dlq_parser(sub)
+    add_fetch_parser(sub)
     broker = sub.add_parser("broker", help="run the embedded Kafka-protocol broker")
     broker.add_argument("--port", type=int, default=9092)
 
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "dlq":
         return run_dlq(args)
+    if args.command == "fetch":
+        return run_fetch(args)
     if args.command == "broker":
         from libs.broker import broker_argv
 
