@@ -50,6 +50,11 @@ class Seen:
     head: str  # the request line and headers the client sent
     sent: int = 0  # response bytes passed to the client
     cut: bool = False
+    header: int | None = None  # length of the response's status line and headers
+
+    @property
+    def body_sent(self) -> int:
+        return self.sent - (self.header or 0)
 
 
 class Proxy:
@@ -127,10 +132,10 @@ class Proxy:
                 data = upstream.recv(65536)
                 if not data:
                     break
-                if flip and body_start is None:
+                if body_start is None:
                     received += data
                     if b"\r\n\r\n" in received:
-                        body_start = received.index(b"\r\n\r\n") + 4
+                        body_start = seen.header = received.index(b"\r\n\r\n") + 4
                 if flip and body_start is not None and self.flip_at is not None:
                     at = body_start + self.flip_at - seen.sent
                     if 0 <= at < len(data):

@@ -24,7 +24,6 @@ from dicomflow_client.api import check, unreachable
 from dicomflow_client.errors import Cancelled, ClientError, ServerError, from_os_error
 from dicomflow_client.progress import Meter, ProgressFn
 
-CHUNK = 1 << 20
 _RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _TOTAL = re.compile(r"bytes \*/(\d+)")
 
@@ -142,7 +141,8 @@ def _attempt(
         meter.update(have, total, force=True)
         try:
             with part.path.open(mode) as out:
-                for chunk in r.iter_raw(CHUNK):
+                # As received: with a chunk size httpx would hold (and lose on a drop) a part.
+                for chunk in r.iter_raw():
                     if cancel is not None and cancel.is_set():
                         raise Cancelled
                     out.write(chunk)
