@@ -12,7 +12,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes 
 
 from dicomflow_desktop.settings import Settings, Store
 from dicomflow_desktop.window import MainWindow
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import QApplication, QWidget
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -45,9 +46,19 @@ def window(qtbot: object, store: Store, settings: Settings | None = None) -> Mai
     return w
 
 
+def type_text(widget: QWidget, text: str) -> None:
+    """Key presses carrying the text, as a keyboard layout sends them (QTest.keyClicks maps
+    characters to Latin-1 key codes and aborts on Cyrillic)."""
+    for ch in text:
+        for kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease):
+            QApplication.sendEvent(widget, QKeyEvent(kind, 0, Qt.KeyboardModifier.NoModifier, ch))
+
+
 def search(qtbot: object, w: MainWindow, name: str = "", year: str = "") -> None:
     w.name.clear()
-    qtbot.keyClicks(w.name, name)  # type: ignore[attr-defined]
+    w.name.setFocus()
+    type_text(w.name, name)
+    assert w.name.text() == name
     w.year.setText(year)
     w.table.setRowCount(0)
     w.count_label.setText("")
