@@ -15,11 +15,11 @@ help:
 	@echo "make bench  end-to-end throughput against reference tools on the same files"
 	@echo "make loadtest  Locust against a local stack; summary in load_test/results/"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/core/pyproject.toml clients/desktop/pyproject.toml
 	bash deploy/dev/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv==0.13.9
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]'
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]' -e clients/core -e clients/desktop
 	touch $(STAMP)
 
 deps: $(STAMP)
@@ -31,11 +31,12 @@ up: deps postgres
 	$(BIN)/dicomflow up
 
 lint: deps
-	$(BIN)/ruff check libs services tests load_test
-	$(BIN)/ruff format --check libs services tests load_test
+	$(BIN)/ruff check libs services tests load_test clients
+	$(BIN)/ruff format --check libs services tests load_test clients
 
 typecheck: deps
 	$(BIN)/mypy libs services
+	$(BIN)/mypy -p dicomflow_client -p dicomflow_desktop
 
 test: deps postgres lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15 tests
@@ -66,6 +67,7 @@ bench: deps postgres
 	$(BIN)/python -m load_test.bench.pipeline
 	$(BIN)/python -m load_test.bench.previews
 	$(BIN)/python -m load_test.bench.archive
+	$(BIN)/python -m load_test.bench.client_download
 	$(BIN)/python -m load_test.bench.sources
 	$(BIN)/python -m load_test.bench.dcm4chee
 	$(BIN)/python -m load_test.bench.receiver

@@ -14,6 +14,8 @@ from libs.db.apikeys import ROLES
 from libs.tools.devstack import SERVICES
 from libs.tools.dlq_cli import add_parser as add_dlq_parser
 from libs.tools.dlq_cli import run as run_dlq
+from libs.tools.fetch_cli import add_parser as add_fetch_parser
+from libs.tools.fetch_cli import run as run_fetch
 
 FULL_LOAD = "services.index_publisher.full_load"
 
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="create the database if missing and apply migrations")
     sub.add_parser("topics", help="create every topic and its DLQ if missing")
     add_dlq_parser(sub)
+    add_fetch_parser(sub)
     broker = sub.add_parser("broker", help="run the embedded Kafka-protocol broker")
     broker.add_argument("--port", type=int, default=9092)
 
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "dlq":
         return run_dlq(args)
+    if args.command == "fetch":
+        return run_fetch(args)
     if args.command == "broker":
         from libs.tools.dev_broker import broker_argv
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
@@ -10,6 +11,9 @@ from libs.db.apikeys import create_key
 from libs.tools.devstack import configured
 from load_test.gcs import GcsEmulator
 from load_test.process_stack import OPTIONAL, PIPELINE, PREFIX, Stack, stack_env
+
+if TYPE_CHECKING:
+    from clientkit import Clinic
 
 pytestmark = pytest.mark.e2e
 
@@ -63,3 +67,35 @@ async def stack(
         yield s
     finally:
         s.stop_all()
+
+
+@pytest.fixture
+async def archive_base(stack: Stack) -> str:
+    """Where the clients (desktop, `dicomflow fetch`) download archives from: the API's own
+    origin, which relays `/v1/studies/{uid}/archive` to the packager (started here)."""
+    stack.start("packager")
+    await stack.wait_ready(["packager"])
+    return stack.api
+
+
+@pytest.fixture
+async def clinic(stack: Stack, archive_base: str, pool: asyncpg.Pool) -> Clinic:
+    """Two patients (one Cyrillic), one study each (2 series x 12 images), imported through
+    the pipeline; each archive format the server offers built once (HEAD waits for it), so
+    responses carry a Content-Length."""
+    import httpx
+    from clientkit import Clinic, originals_by_study
+    from trees import build_tree
+
+    tree = stack.root / "imports" / "clinic"
+    build_tree(tree, patients=2, series_per_study=2, per_series=12, extras=False)
+    assert (await stack.wait_task(await stack.start_import(tree)))["status"] == "completed"
+    originals, patients = originals_by_study(tree)
+    async with pool.acquire() as conn:
+        _, key = await create_key(conn, "clinician", "clients")
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+        for uid in originals:
+            for fmt in ("tar.zst", "zip"):
+                r = await c.head(f"{archive_base}/v1/studies/{uid}/archive?format={fmt}")
+                assert r.status_code == 200, (uid, fmt, r.status_code)
+    return Clinic(stack.api, archive_base, key, originals, patients)

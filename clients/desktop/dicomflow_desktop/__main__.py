@@ -1,0 +1,3 @@
+from dicomflow_desktop.app import main
+
+raise SystemExit(main())
