@@ -4,12 +4,14 @@
 # Real peers for the tests: Orthanc and DCMTK (PACS, C-STORE/C-FIND/C-MOVE/C-GET, dcmmkdir),
 # genisoimage/xorriso (CD/DVD images), Prometheus and promtool (dashboards and alert rules),
 # the MariaDB client (dcm4chee archive databases), zstd and curl (the archive benchmark),
-# openssl (certificates for the receiver's TLS test).
+# openssl (certificates for the receiver's TLS test), chromium and fonts-dejavu-core (the
+# study browser's tests drive Debian's Chromium through Playwright; DejaVu covers Cyrillic).
 set -euo pipefail
 packages=(
     python3-venv postgresql-client mariadb-client
     orthanc dcmtk genisoimage xorriso prometheus
     zstd curl openssl
+    chromium fonts-dejavu-core
 )
 missing=()
 for p in "${packages[@]}"; do
