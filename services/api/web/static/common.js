@@ -80,6 +80,7 @@ export async function call(path, options = {}) {
     throw new ApiError("Cannot reach the dicomflow server. Check the network connection and try again.", 0);
   }
   if (response.status === 401) {
+    await response.text().catch(() => ""); // read to the end: leaving the page cancels nothing
     toSignIn("expired");
     throw new SignedOut("signed out");
   }

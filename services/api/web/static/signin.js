@@ -37,6 +37,7 @@ form.addEventListener("submit", async (event) => {
       body: JSON.stringify({ key: value }),
     });
     if (response.ok) {
+      await response.json(); // read to the end, so leaving the page cancels nothing
       key.value = "";
       location.replace(next);
       return;

@@ -287,7 +287,8 @@ async function download(format) {
     label.textContent = `Saved ${name}`;
     bar.max = 1;
     bar.value = 1;
-    text.textContent = `${formatSize(received)} in ${((performance.now() - started) / 1000).toFixed(1)} s`;
+    const took = (performance.now() - started) / 1000;
+    text.textContent = `${formatSize(received)} in ${took.toFixed(1)} s (${formatSize(received / Math.max(took, 0.001))}/s)`;
   } catch (err) {
     if (err.name === "AbortError") {
       label.textContent = "Download cancelled.";
