@@ -37,7 +37,8 @@ function validationMessage(detail) {
     .map((d) => {
       const field = Array.isArray(d.loc) ? d.loc[d.loc.length - 1] : "";
       const label = FIELD_LABELS[field];
-      const text = String(d.msg || "is not valid").replace(/^Value error, /, "");
+      let text = String(d.msg || "is not valid").replace(/^Value error, /, "");
+      for (const [name, words] of Object.entries(FIELD_LABELS)) text = text.replaceAll(name, `“${words}”`);
       return label ? `${label}: ${text}` : text;
     })
     .join(" · ");
