@@ -149,6 +149,16 @@ async def sign_in_from_a_bookmark(b: Browser, stack: Stack, key: str) -> None:
     await expect(page.get_by_text("Signed in as")).to_contain_text("Dr. Петрова (clinician)")
     await expect(page.locator("#status")).to_have_text("6 studies, newest first.")
     assert len(await all_images_loaded(page, "#table img.thumb")) == 6
+    await page.goto(f"{stack.api}/?limit=4")
+    await expect(page.locator("#range")).to_have_text("1–4 of 6")
+    await expect(page.get_by_role("link", name="← Previous")).to_be_hidden()
+    await page.get_by_role("link", name="Next →").click()
+    await expect(page.locator("#range")).to_have_text("5–6 of 6")
+    await expect(page.locator("#table tbody tr")).to_have_count(2)
+    await expect(page.get_by_role("link", name="Next →")).to_be_hidden()
+    await page.get_by_role("link", name="← Previous").click()
+    await expect(page.locator("#range")).to_have_text("1–4 of 6")
+    await page.goto(f"{stack.api}/")
 
 
 async def search_in_cyrillic(b: Browser, size_bytes: int) -> None:

@@ -120,6 +120,14 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** A thumbnail; one that cannot be shown (no pixels, a damaged file) becomes a grey "no image". */
+export function thumbnail(src, size, className = "thumb") {
+  if (!src) return el("span", { class: `${className} none`, "aria-hidden": "true" }, "no image");
+  const img = el("img", { src, alt: "", width: size, height: size, loading: "lazy", class: className });
+  img.addEventListener("error", () => img.replaceWith(thumbnail(null, size, className)), { once: true });
+  return img;
+}
+
 const UNITS = ["bytes", "kB", "MB", "GB", "TB"];
 
 /** 1234567 -> "1.2 MB" (powers of 1000, as disks and network speeds are counted). */

@@ -1,10 +1,12 @@
 // The search page: the form's values live in the address (so a search can be bookmarked,
 // and survives signing in again), the results come from GET /v1/studies.
 import {
-  el, formatCount, formatDate, formatName, formatSex, formatSize, getJson, reportError, say, setUpSession,
+  el, formatCount, formatDate, formatName, formatSex, formatSize, getJson, reportError, say, setUpSession, thumbnail,
 } from "./common.js";
 
-const PAGE_SIZE = 25;
+const params = new URLSearchParams(location.search);
+// 25 a page unless the address says otherwise (`limit`, 1 to 200).
+const PAGE_SIZE = Math.min(200, Math.max(1, Number.parseInt(params.get("limit") || "25", 10) || 25));
 const FIELDS = ["patient_name", "patient_id", "birth_date", "sex", "year", "study_date_from", "study_date_to", "modality"];
 
 const form = document.getElementById("search");
@@ -16,7 +18,6 @@ const pages = document.getElementById("pages");
 
 setUpSession();
 
-const params = new URLSearchParams(location.search);
 for (const name of FIELDS) {
   const value = params.get(name);
   if (value !== null) form.elements[name].value = value;
@@ -31,6 +32,7 @@ form.addEventListener("submit", (event) => {
     const value = form.elements[name].value.trim();
     if (value) query.set(name, name === "modality" ? value.toUpperCase() : value);
   }
+  if (params.has("limit")) query.set("limit", String(PAGE_SIZE));
   const from = query.get("study_date_from");
   const to = query.get("study_date_to");
   if (from && to && from > to) {
@@ -48,9 +50,7 @@ function studyLink(uid) {
 function row(study) {
   const href = studyLink(study.study_uid);
   const name = formatName(study.patient.patient_name);
-  const thumb = study.thumbnail_url
-    ? el("img", { src: study.thumbnail_url, alt: "", width: 64, height: 64, loading: "lazy", class: "thumb" })
-    : el("span", { class: "thumb none", "aria-hidden": "true" }, "no image");
+  const thumb = thumbnail(study.thumbnail_url, 64);
   return el(
     "tr",
     {},

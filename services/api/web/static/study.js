@@ -2,7 +2,7 @@
 // series with window presets, and downloads of the whole study with progress.
 import {
   call, el, formatCount, formatDate, formatName, formatSex, formatSize, formatTime, getJson, reportError, say,
-  setUpSession, SignedOut,
+  setUpSession, SignedOut, thumbnail,
 } from "./common.js";
 
 const box = document.getElementById("message");
@@ -85,9 +85,7 @@ async function showSeries(series) {
       const button = el(
         "button",
         { type: "button", class: "series-card", "aria-pressed": "false", onclick: () => choose(s, images, button) },
-        first
-          ? el("img", { src: first.thumbnail_url, alt: "", width: 96, height: 96, class: "thumb" })
-          : el("span", { class: "thumb none", "aria-hidden": "true" }, "no image"),
+        thumbnail(first?.thumbnail_url, 96),
         el("span", { class: "title" }, title),
         el("span", { class: "desc" }, s.series_description || "—"),
         el("span", { class: "sub" }, `${formatCount(s.instance_count)} ${s.instance_count === 1 ? "image" : "images"} · ${formatSize(s.size_bytes)}`),
@@ -117,7 +115,7 @@ function choose(series, images, button) {
         el(
           "button",
           { type: "button", "aria-label": `Image ${image.instance_number ?? n + 1}`, onclick: () => show(n) },
-          el("img", { src: image.thumbnail_url, alt: "", width: 64, height: 64, loading: "lazy" }),
+          thumbnail(image.thumbnail_url, 64, "frame-thumb"),
         ),
       ),
     ),
