@@ -33,6 +33,12 @@ form.addEventListener("submit", (event) => {
     if (value) query.set(name, name === "modality" ? value.toUpperCase() : value);
   }
   if (params.has("limit")) query.set("limit", String(PAGE_SIZE));
+  const name = query.get("patient_name");
+  if (name && !/[\p{L}\p{N}]/u.test(name)) {
+    say(box, "Patient name: type at least one letter or digit (* and ? alone match everyone).");
+    form.elements.patient_name.focus();
+    return;
+  }
   const from = query.get("study_date_from");
   const to = query.get("study_date_to");
   if (from && to && from > to) {
