@@ -149,16 +149,20 @@ async def sign_in_from_a_bookmark(b: Browser, stack: Stack, key: str) -> None:
     await expect(page.get_by_text("Signed in as")).to_contain_text("Dr. Петрова (clinician)")
     await expect(page.locator("#status")).to_have_text("6 studies, newest first.")
     assert len(await all_images_loaded(page, "#table img.thumb")) == 6
-    await page.goto(f"{stack.api}/?limit=4")
+    await page.goto(f"{stack.api}/?limit=4")  # (each page's thumbnails load before leaving it)
     await expect(page.locator("#range")).to_have_text("1–4 of 6")
     await expect(page.get_by_role("link", name="← Previous")).to_be_hidden()
+    assert len(await all_images_loaded(page, "#table img.thumb")) == 4
     await page.get_by_role("link", name="Next →").click()
     await expect(page.locator("#range")).to_have_text("5–6 of 6")
     await expect(page.locator("#table tbody tr")).to_have_count(2)
     await expect(page.get_by_role("link", name="Next →")).to_be_hidden()
+    assert len(await all_images_loaded(page, "#table img.thumb")) == 2
     await page.get_by_role("link", name="← Previous").click()
     await expect(page.locator("#range")).to_have_text("1–4 of 6")
+    assert len(await all_images_loaded(page, "#table img.thumb")) == 4
     await page.goto(f"{stack.api}/")
+    assert len(await all_images_loaded(page, "#table img.thumb")) == 6
 
 
 async def search_in_cyrillic(b: Browser, size_bytes: int) -> None:
@@ -266,8 +270,10 @@ async def an_ended_session_leads_back_to_the_same_page(
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator("#status")).to_have_text("1 study found.")
     await expect(page.get_by_role("link", name="Петрова Анна Сергеевна")).to_be_visible()
+    assert len(await all_images_loaded(page, "#table img.thumb")) == 1
     await page.get_by_role("link", name="Петрова Анна Сергеевна").click()
     await expect(page.locator("#preview-caption")).to_contain_text("Image 1 of 8")
+    assert len(await all_images_loaded(page, ".series-card img.thumb, #instances img")) == 9
     await pool.execute("UPDATE api_sessions SET expires_at = now() - interval '1 second'")
     b.expected_statuses.add(401)
     await page.get_by_label("Bone").check()  # the preview is refused: back to sign-in

@@ -35,7 +35,7 @@ form.addEventListener("submit", (event) => {
   if (params.has("limit")) query.set("limit", String(PAGE_SIZE));
   const name = query.get("patient_name");
   if (name && !/[\p{L}\p{N}]/u.test(name)) {
-    say(box, "Patient name: type at least one letter or digit (* and ? alone match everyone).");
+    say(box, "Patient name: type at least one letter or digit.");
     form.elements.patient_name.focus();
     return;
   }
