@@ -207,6 +207,12 @@ const label = document.getElementById("download-label");
 const cancel = document.getElementById("download-cancel");
 const buttons = document.querySelectorAll("[data-format]");
 let controller = null;
+const DOWNLOAD_ERRORS = {
+  404: "This study cannot be downloaded: it was not found in the archive (it may have changed or been removed). Reload the page and try again.",
+  502: "This study cannot be downloaded right now: some of its images could not be read from storage. Tell your administrator.",
+  503: "Downloads are not available right now (the archive service does not answer). Try again in a few minutes.",
+  cut: "The download was interrupted. Check the network connection and try again.",
+};
 
 /** The file name the server suggests (RFC 6266: filename* in UTF-8 first). */
 export function suggestedName(header, fallback) {
@@ -294,7 +300,7 @@ async function download(format) {
       return;
     } else {
       label.textContent = "Download failed.";
-      say(box, err.status !== undefined ? err.message : "The download was interrupted. Check the network connection and try again.");
+      say(box, DOWNLOAD_ERRORS[err.status] || (err.status !== undefined ? err.message : DOWNLOAD_ERRORS.cut));
     }
     bar.removeAttribute("value");
     text.textContent = "";
