@@ -87,7 +87,7 @@ async def test_a_clinician_finds_views_and_downloads_a_study_in_the_browser(
     stack: Stack, pool: asyncpg.Pool, tmp_path: Path, archives_on_api: bool
 ) -> None:
     stack.start("packager")
-    await stack.wait_ready(["packager"])
+    await stack.wait_ready(["packager"], timeout=180)
     demo = stack.root / "imports" / "demo"
     count = generate_demo_set(demo)  # what `make up` seeds
     task = await stack.wait_task(await stack.start_import(demo))
