@@ -120,6 +120,7 @@ async def up(var: Path, *, only: list[str] | None) -> int:
     api_port = os.environ.get("API_PORT", "8000")
     say(f"API:        http://{host}:{api_port}   (OpenAPI: http://{host}:{api_port}/docs)")
     say(f"admin key:  {key}   (kept in {var / 'admin-key'})")
+    say(f"browser:    http://{host}:{api_port}/   (sign in with the admin key)")
     say(f'try:        curl -H "Authorization: Bearer {key}" http://{host}:{api_port}/v1/studies')
     names = only or [n for n in SERVICES if configured(n, os.environ)]
     skipped = [n for n in SERVICES if n not in names and not only]

@@ -17,10 +17,12 @@ from services.api.previews import PreviewSource
 from services.api.routes.apikeys import apikeys_router
 from services.api.routes.archives import archives_router
 from services.api.routes.imports import Publish, imports_router
+from services.api.routes.instances import instances_router
 from services.api.routes.previews import previews_router
 from services.api.routes.retrieve import retrieve_router
 from services.api.routes.session import session_router
 from services.api.routes.studies import studies_router
+from services.api.web.router import web_router
 
 DESCRIPTION = """Search the DICOM index, view instance previews, download studies and series
 as archives (resumable), follow imports and retrieves from a PACS, manage API keys.
@@ -64,6 +66,8 @@ def create_app(
     app.include_router(session_router(pool, auth, limits))
     if dicomweb is not None:
         app.include_router(dicomweb_router(pool, auth, dicomweb))
+    app.include_router(instances_router(pool, auth))
+    app.include_router(web_router(pool))  # the study browser at /
     app.include_router(ops_router("api", readiness, registry))
     # Added last = outermost: metrics see every request, the audit sees the final status.
     app.add_middleware(AuditMiddleware, pool=pool)
