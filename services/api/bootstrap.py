@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import asyncpg
+from prometheus_client import Gauge
+
 from libs.db.tasks import count_by_status
 from libs.imaging.isolated import IsolatedRenderer
-from libs.runtime.logging import get_logger
 from libs.runtime.metrics import TASK_STATES, import_tasks_gauge
 from libs.runtime.service import Runtime
 from libs.storage import open_store
@@ -12,7 +16,6 @@ from services.api.app import create_app
 from services.api.config import ApiSettings
 from services.api.previews import PreviewSource
 
-log = get_logger(__name__)
 TASK_METRICS_SECONDS = 5.0
 
 
@@ -36,18 +39,12 @@ async def wire(rt: Runtime) -> None:
         previews=previews,
     )
     tasks = import_tasks_gauge(rt.name, rt.registry)
+    rt.every("task-metrics", TASK_METRICS_SECONDS, partial(count_tasks, pool, tasks))
 
-    async def count_tasks() -> None:
-        """Import tasks by state, for the dashboards and the task-failed alert."""
-        while True:
-            try:
-                async with pool.acquire() as conn:
-                    counts = await count_by_status(conn)
-                for state in TASK_STATES:
-                    tasks.labels(state).set(counts.get(state, 0))
-            except Exception as exc:  # the database is back next round; /ready says so
-                log.warning("import task count failed", error=repr(exc))
-            if not await rt.sleep(TASK_METRICS_SECONDS):
-                return
 
-    rt.add_worker("task-metrics", count_tasks)
+async def count_tasks(pool: asyncpg.Pool, gauge: Gauge) -> None:
+    """Import tasks by state, for the dashboards and the task-failed alert."""
+    async with pool.acquire() as conn:
+        counts = await count_by_status(conn)
+    for state in TASK_STATES:
+        gauge.labels(state).set(counts.get(state, 0))
