@@ -15,8 +15,11 @@ CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-fuzz-c
 
 @pytest.mark.stack_env(NAS_IMPORT_ROOTS=str(CORPUS))
 @pytest.mark.parametrize("storage_backend", ["file", "gs"])
-async def test_every_hostile_file_reaches_a_final_outcome(stack: Stack) -> None:
+async def test_every_hostile_file_reaches_a_final_outcome(
+    stack: Stack, storage_backend: str
+) -> None:
     assert CORPUS.is_dir(), f"the shared fuzz corpus is missing at {CORPUS}"
+    corpus_before = files_under(CORPUS)
     files = [p for p in CORPUS.rglob("*") if p.is_file() and not p.name.startswith(".")]
     task = await stack.wait_task(await stack.start_import(CORPUS), timeout=300)
     counters = task["counters"]
@@ -35,5 +38,18 @@ async def test_every_hostile_file_reaches_a_final_outcome(stack: Stack) -> None:
         for name in PIPELINE:
             r = await client.get(f"http://127.0.0.1:{stack.ports[name]}/ready")
             assert r.status_code == 200, (name, r.text)
-    # Nothing was written outside the storage root.
-    assert not any(p.is_file() for p in (stack.root / "imports").rglob("*"))
+    # Nothing was written outside the storage root: the source tree is as it was, and the
+    # services (whose working folder is the stack's root) wrote only to storage and logs.
+    assert files_under(CORPUS) == corpus_before, "the imported folder was written to"
+    written = {Path(name).parts[0] for name in files_under(stack.root)}
+    expected = {"logs", "storage"} if storage_backend == "file" else {"logs"}
+    assert written == expected
+
+
+def files_under(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root`: its size and modification time, by relative path."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
