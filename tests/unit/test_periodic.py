@@ -12,9 +12,12 @@ from contextlib import asynccontextmanager
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from libs.dicom_net.errors import DicomNetError
 from libs.runtime.periodic import AT_ONCE, After, meanwhile, periodically
 from services.dcm4chee_watcher.bootstrap import WatchMetrics, watch_round
 from services.dcm4chee_watcher.rounds import RoundReport
+from services.pacs_watcher.config import Pacs, WatcherSettings
+from services.pacs_watcher.poller import PacsWatch
 
 
 class Lock:
@@ -165,3 +168,25 @@ async def test_a_failed_archive_round_is_counted_and_raised() -> None:
         await watch_round(one_round, Lock(True), m, "metadata", batch_size=5)
     assert value(m.rounds, "failed") == 1
     assert value(m.rounds, "ok") == 0
+
+
+async def test_pacs_poll_round_backs_off_while_the_pacs_is_away_and_resets_after() -> None:
+    registry = CollectorRegistry()
+    polls = Counter("polls", "", ["pacs", "outcome"], registry=registry)
+    instances = Counter("instances", "", ["pacs"], registry=registry)
+    settings = WatcherSettings(poll_interval_seconds=10, max_backoff_seconds=35)
+    pacs = Pacs(name="main", ae_title="MAIN", host="127.0.0.1", port=104)
+    watch = PacsWatch(pacs, settings, None, None, {"polls": polls, "instances": instances})  # type: ignore[arg-type]
+    outcomes = iter([DicomNetError("refused"), OSError("reset"), OSError("reset"), None])
+
+    async def poll_once() -> int:
+        error = next(outcomes)
+        if error is not None:
+            raise error
+        return 0
+
+    watch.poll_once = poll_once  # type: ignore[method-assign]
+    waits = [(await watch.poll_round()).seconds for _ in range(4)]
+    assert waits == [20, 35, 35, 10]  # doubled, capped, back to the interval once it answers
+    assert value(polls, "main", "failed") == 3
+    assert value(polls, "main", "ok") == 1
