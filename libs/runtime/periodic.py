@@ -74,7 +74,9 @@ async def periodically(
     while not stopping.is_set():
         wait = await run_round(name, fn, single_reader)
         delay = seconds if wait is None else wait.seconds
-        if delay > 0 and not await pause(stopping, delay):
+        if delay <= 0:
+            await asyncio.sleep(0)  # at once, but never without letting others run
+        elif not await pause(stopping, delay):
             return
 
 
