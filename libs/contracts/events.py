@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,6 +62,35 @@ class FileDiscovered(Event):
 
     file: FileRef
     origin: str = Field(description="Human-readable origin, e.g. the NAS path or calling AE.")
+
+
+class RecordedFile(Protocol):
+    """A file as the ledger recorded it (`libs.db.ledger.LedgerRow`)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def uri(self) -> str: ...
+    @property
+    def origin(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def correlation_id(self) -> str: ...
+    @property
+    def task_id(self) -> str | None: ...
+
+
+def discovered_event(row: RecordedFile) -> FileDiscovered:
+    """The discovery event for a ledger row (first emission and re-emission alike)."""
+    return FileDiscovered(
+        correlation_id=row.correlation_id,
+        source=row.source,
+        file=FileRef(file_id=row.id, uri=row.uri, size=row.size, task_id=row.task_id),
+        origin=row.origin,
+    )
 
 
 class PatientAttrs(BaseModel):
@@ -143,10 +172,8 @@ class Hashes(BaseModel):
     )
 
 
-class InstanceExtracted(Event):
-    """The extractor parsed a file's header and hashed it."""
-
-    TOPIC: ClassVar[str] = "dicom.extracted.v1"
+class InstanceEvent(Event):
+    """What every event about one instance carries: the file, its header and its hashes."""
 
     file: FileRef
     header: DicomHeader
@@ -156,17 +183,20 @@ class InstanceExtracted(Event):
         return self.header.study.study_uid.encode()
 
 
+class InstanceExtracted(InstanceEvent):
+    """The extractor parsed a file's header and hashed it."""
+
+    TOPIC: ClassVar[str] = "dicom.extracted.v1"
+
+
 Disposition = Literal["new", "same_content_other_uid", "conflict"]
 
 
-class InstanceUnique(Event):
+class InstanceUnique(InstanceEvent):
     """Dedup decided these bytes must be stored: new, new-but-flagged, or a conflict kept aside."""
 
     TOPIC: ClassVar[str] = "dicom.unique.v1"
 
-    file: FileRef
-    header: DicomHeader
-    hashes: Hashes
     disposition: Disposition
     related_sop_instance_uid: str | None = Field(
         default=None,
@@ -174,43 +204,27 @@ class InstanceUnique(Event):
         "for conflict: the UID whose stored content differs.",
     )
 
-    def key(self) -> bytes | None:
-        return self.header.study.study_uid.encode()
 
-
-class InstanceDuplicated(Event):
+class InstanceDuplicated(InstanceEvent):
     """Dedup found the same SOPInstanceUID with the same content already claimed."""
 
     TOPIC: ClassVar[str] = "dicom.duplicate.v1"
 
-    file: FileRef
-    header: DicomHeader
-    hashes: Hashes
 
-    def key(self) -> bytes | None:
-        return self.header.study.study_uid.encode()
-
-
-class InstanceStored(Event):
+class InstanceStored(InstanceEvent):
     """The storage writer holds a verified byte-for-byte copy."""
 
     TOPIC: ClassVar[str] = "dicom.stored.v1"
 
-    file: FileRef
-    header: DicomHeader
-    hashes: Hashes
     disposition: Disposition
     related_sop_instance_uid: str | None = None
     storage_url: str = Field(description="Where the canonical (or conflict) copy lives.")
 
-    def key(self) -> bytes | None:
-        return self.header.study.study_uid.encode()
 
+class StudySnapshot(BaseModel):
+    """A study as the index holds it now: `dicom.metadata.v1` without the envelope."""
 
-class StudyMetadata(Event):
-    """Public, study-level: one event per study change, ordered by `revision` per study."""
-
-    TOPIC: ClassVar[str] = "dicom.metadata.v1"
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     study_uid: str
     revision: int = Field(ge=1, description="Monotonic per study; consumers keep the highest.")
@@ -225,12 +239,31 @@ class StudyMetadata(Event):
     instance_count: int
     size_bytes: int
     storage_prefix: str
+
+
+class StudyMetadata(StudySnapshot, Event):
+    """Public, study-level: one event per study change, ordered by `revision` per study."""
+
+    TOPIC: ClassVar[str] = "dicom.metadata.v1"
+
     correlation_ids: list[str] = Field(
         default_factory=list, description="Correlation ids of the work that caused this change."
     )
 
     def key(self) -> bytes | None:
         return self.study_uid.encode()
+
+
+def metadata_event(
+    snapshot: StudySnapshot, correlation_ids: list[str], *, source: str
+) -> StudyMetadata:
+    """The public `dicom.metadata.v1` event for a study's current state."""
+    return StudyMetadata(
+        correlation_id=correlation_ids[0] if correlation_ids else snapshot.study_uid,
+        source=source,
+        correlation_ids=correlation_ids,
+        **dict(snapshot),
+    )
 
 
 class PreviewImage(BaseModel):

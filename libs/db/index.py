@@ -17,7 +17,7 @@ from libs.contracts.events import (
     PatientAttrs,
     SeriesAttrs,
     StudyAttrs,
-    StudyMetadata,
+    StudySnapshot,
 )
 from libs.db import Conn, ledger
 from libs.dicom.names import search_key
@@ -47,25 +47,6 @@ def patient_key(p: PatientAttrs) -> str:
     if p.patient_id.strip():
         return f"id:{p.issuer_of_patient_id.strip()}\x1f{p.patient_id.strip()}"
     return f"name:{p.patient_name.strip()}\x1f{p.birth_date.strip()}"
-
-
-@dataclass(frozen=True)
-class StudySnapshot:
-    """A study as the index holds it now; becomes a `dicom.metadata.v1` event."""
-
-    study_uid: str
-    revision: int
-    stable: bool
-    patient: PatientAttrs
-    study_date: str
-    study_time: str
-    accession_number: str
-    study_description: str
-    modalities: list[str]
-    series_count: int
-    instance_count: int
-    size_bytes: int
-    storage_prefix: str
 
 
 async def _upsert_hierarchy(conn: Conn, h: DicomHeader) -> None:
@@ -285,18 +266,6 @@ async def mark_stable(conn: Conn, *, quiet_seconds: float, limit: int) -> list[S
     )
     snapshots = [await study_snapshot(conn, r["study_uid"]) for r in uids]
     return [s for s in snapshots if s is not None]
-
-
-def metadata_event(
-    snapshot: StudySnapshot, correlation_ids: list[str], *, source: str
-) -> StudyMetadata:
-    """The public `dicom.metadata.v1` event for a study's current state."""
-    return StudyMetadata(
-        correlation_id=correlation_ids[0] if correlation_ids else snapshot.study_uid,
-        source=source,
-        correlation_ids=correlation_ids,
-        **vars(snapshot),
-    )
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from libs.contracts.events import FileDiscovered, FileRef
 from libs.db import Conn, tasks
 
 FINAL = ("indexed", "duplicate", "conflict", "failed")
@@ -43,16 +42,6 @@ class LedgerRow:
     size: int
     correlation_id: str
     task_id: str | None
-
-
-def discovered_event(row: LedgerRow) -> FileDiscovered:
-    """The discovery event for a ledger row (first emission and re-emission alike)."""
-    return FileDiscovered(
-        correlation_id=row.correlation_id,
-        source=row.source,
-        file=FileRef(file_id=row.id, uri=row.uri, size=row.size, task_id=row.task_id),
-        origin=row.origin,
-    )
 
 
 async def record_discovered(conn: Conn, files: Sequence[NewFile]) -> list[LedgerRow]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from libs.db import Conn, ledger
+from libs.db.locks import LockSpace, lock_for_transaction
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,6 @@ class Finished:
     instance_id: str
     staged_path: str
     status: str
-
-
-def server_lock(server: str) -> int:
-    """Advisory key (int4) of one Orthanc server: one writer of its cursor at a time."""
-    return zlib.crc32(server.encode()) & 0x7FFFFFFF
 
 
 async def cursor(conn: Conn, server: str) -> int | None:
@@ -54,7 +49,7 @@ async def record(
     given) the new cursor, in one transaction under the server's lock: an instance is
     recorded exactly once whoever (feed, webhook, another replica) staged it."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(2, $1)", server_lock(server))
+        await lock_for_transaction(conn, LockSpace.ORTHANC_SERVER, server)
         fresh = set(await unknown(conn, server, [s.instance_id for s in staged]))
         todo = [s for s in staged if s.instance_id in fresh]
         rows = await ledger.record_discovered(conn, [s.file for s in todo])

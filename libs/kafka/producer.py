@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer
 
@@ -74,6 +74,11 @@ class Producer:
 
     async def publish(self, *events: Event) -> None:
         """Send and wait for every acknowledgement."""
+        await self.publish_all(events)
+
+    async def publish_all(self, events: Iterable[Event]) -> None:
+        """Send a sequence and wait for every acknowledgement (the `publish` port of a
+        handler or a round)."""
         futures = [await self.send(e) for e in events]
         if futures:
             await asyncio.gather(*futures)

@@ -2,7 +2,8 @@
 on SIGTERM stop fetching, finish the message in flight, commit, flush, close.
 
 `bootstrap.py` of each service gets a `Runtime`, acquires what it needs through it
-(each resource is released in reverse order at shutdown) and adds its workers.
+(each resource is released in reverse order at shutdown) and adds its workers and its
+periodic rounds (`every`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
 from libs.kafka.producer import Producer
 from libs.runtime.logging import configure_logging, get_logger
 from libs.runtime.metrics import ConsumerMetrics, DiskCollector, ProducerMetrics
+from libs.runtime.periodic import Exclusive, Round, pause, periodically
 from libs.runtime.probes import Readiness, http_server, ops_app
 
 log = get_logger(__name__)
@@ -128,13 +131,32 @@ class Runtime:
     def add_worker(self, name: str, worker: Worker) -> None:
         self.workers.append((name, worker))
 
+    def every(
+        self,
+        name: str,
+        seconds: float,
+        fn: Round,
+        *,
+        single_reader: Exclusive | None = None,
+        wait_first: bool = False,
+    ) -> None:
+        """Run the round `fn` every `seconds` while the service runs (libs.runtime.periodic)."""
+        self.add_worker(
+            name,
+            partial(
+                periodically,
+                self.stopping,
+                name,
+                seconds,
+                fn,
+                single_reader=single_reader,
+                wait_first=wait_first,
+            ),
+        )
+
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless stopping; returns False when the service is stopping."""
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            return True
-        return False
+        return await pause(self.stopping, seconds)
 
 
 async def serve(

@@ -30,7 +30,6 @@ from prometheus_client import Counter
 from libs.contracts.settings import StagingSettings
 from libs.db import staging_cleanup as db
 from libs.runtime.logging import get_logger
-from libs.runtime.service import Runtime
 
 log = get_logger(__name__)
 HOUR_FOLDER = "%Y%m%d%H"
@@ -182,12 +181,6 @@ class StagingCleanup:
             if len(rows) < self.batch:
                 return total
 
-    async def run(self, rt: Runtime, interval: float) -> None:
-        """A round every `interval` seconds until the service stops."""
-        while True:
-            try:
-                await self.round()
-            except Exception as exc:  # database away and the like: next round
-                log.warning("staging cleanup failed", owner=self.owner, error=repr(exc))
-            if not await rt.sleep(interval):
-                return
+    async def periodic(self) -> None:
+        """The round `Runtime.every` runs (its count is in the metrics)."""
+        await self.round()

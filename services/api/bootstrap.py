@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from functools import partial
 
-from prometheus_client import Counter
+import asyncpg
+from prometheus_client import Counter, Gauge
 
 from libs.db.tasks import count_by_status
 from libs.http.proxy import ProxyTimeouts, upstream_client
 from libs.imaging.isolated import IsolatedRenderer
-from libs.runtime.logging import get_logger
 from libs.runtime.metrics import TASK_STATES, import_tasks_gauge
 from libs.runtime.service import Runtime
 from libs.staging.cleanup import Retention, StagingCleanup
@@ -19,7 +19,6 @@ from services.api.config import ApiSettings
 from services.api.dicomweb import DicomWebPorts, StowLimits
 from services.api.previews import PreviewSource
 
-log = get_logger(__name__)
 TASK_METRICS_SECONDS = 5.0
 STOW_CLEANUP_SECONDS = 600.0
 
@@ -65,21 +64,7 @@ async def wire(rt: Runtime) -> None:
         packager=packager,
     )
     tasks = import_tasks_gauge(rt.name, rt.registry)
-
-    async def count_tasks() -> None:
-        """Import tasks by state, for the dashboards and the task-failed alert."""
-        while True:
-            try:
-                async with pool.acquire() as conn:
-                    counts = await count_by_status(conn)
-                for state in TASK_STATES:
-                    tasks.labels(state).set(counts.get(state, 0))
-            except Exception as exc:  # the database is back next round; /ready says so
-                log.warning("import task count failed", error=repr(exc))
-            if not await rt.sleep(TASK_METRICS_SECONDS):
-                return
-
-    rt.add_worker("task-metrics", count_tasks)
+    rt.every("task-metrics", TASK_METRICS_SECONDS, partial(count_tasks, pool, tasks))
     settings.stow_staging_dir.mkdir(parents=True, exist_ok=True)
     cleanup = StagingCleanup(
         pool,
@@ -95,4 +80,12 @@ async def wire(rt: Runtime) -> None:
         ),
         hour_folders=True,
     )
-    rt.add_worker("stow-staging-cleanup", partial(cleanup.run, rt, STOW_CLEANUP_SECONDS))
+    rt.every("stow-staging-cleanup", STOW_CLEANUP_SECONDS, cleanup.periodic)
+
+
+async def count_tasks(pool: asyncpg.Pool, gauge: Gauge) -> None:
+    """Import tasks by state, for the dashboards and the task-failed alert."""
+    async with pool.acquire() as conn:
+        counts = await count_by_status(conn)
+    for state in TASK_STATES:
+        gauge.labels(state).set(counts.get(state, 0))

@@ -1,17 +1,19 @@
 from __future__ import annotations
 
-import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import asyncpg
 from prometheus_client import Counter
 
-from libs.contracts.events import Event
 from libs.db import dcm4chee
 from libs.db.dcm4chee import FoundFile, Watermark
 from libs.db.index import SeriesSummary, record_study_summary
 from libs.db.ledger import LedgerRow
+from libs.db.locks import LockSpace, SingleReader
 from libs.runtime.logging import get_logger
+from libs.runtime.periodic import AT_ONCE, After, Exclusive
 from libs.runtime.service import Runtime
 from services.dcm4chee_watcher.archive import Archive, ArchiveStudy
 from services.dcm4chee_watcher.config import Dcm4cheeWatcherSettings
@@ -93,58 +95,68 @@ async def wire(rt: Runtime) -> None:
         registry=rt.registry,
     )
 
-    async def publish(events: Sequence[Event]) -> None:
-        await producer.publish(*events)
-
     async def ping() -> bool:
         await db.now()
         return True
 
     rt.readiness.add("archive", ping)
-
-    async def one_round() -> RoundReport:
-        if settings.mode == "metadata":
-            return await metadata_round(
-                archive,
-                state,
-                publish,
-                settle_seconds=settings.settle_seconds,
-                limit=settings.study_batch_size,
-            )
-        return await full_round(
+    if settings.mode == "metadata":
+        one_round = partial(
+            metadata_round,
             archive,
             state,
-            publish,
+            producer.publish_all,
+            settle_seconds=settings.settle_seconds,
+            limit=settings.study_batch_size,
+        )
+    else:
+        one_round = partial(
+            full_round,
+            archive,
+            state,
+            producer.publish_all,
             roots=settings.storage_roots,
             settle_seconds=settings.settle_seconds,
             limit=settings.study_batch_size,
             source=settings.name,
         )
+    metrics = WatchMetrics(rounds=rounds, studies=studies, unreachable=unreachable)
+    # One reader per archive across replicas: a session advisory lock keyed by its name.
+    lock = SingleReader(pool, LockSpace.DCM4CHEE_ARCHIVE, settings.name)
+    rt.every(
+        "watch",
+        settings.poll_interval_seconds,
+        partial(watch_round, one_round, lock, metrics, settings.mode, settings.study_batch_size),
+    )
 
-    async def watch() -> None:
-        # One reader per archive across replicas: a session advisory lock keyed by its name.
-        lock = zlib.crc32(settings.name.encode()) & 0x7FFFFFFF
-        while not rt.stopping.is_set():
-            report = RoundReport()
-            try:
-                async with pool.acquire() as conn:
-                    if await conn.fetchval("SELECT pg_try_advisory_lock(2, $1)", lock):
-                        try:
-                            report = await one_round()
-                        finally:
-                            await conn.execute("SELECT pg_advisory_unlock(2, $1)", lock)
-                rounds.labels("ok").inc()
-            except Exception as exc:  # the round is repeated from the watermark
-                rounds.labels("failed").inc()
-                log.warning("archive round failed", error=repr(exc))
-            if report.studies:
-                studies.labels(settings.mode).inc(report.studies)
-                unreachable.inc(report.unreachable)
-                log.info("archive round", **vars(report))
-            # A full batch means more is waiting: go on at once.
-            if report.studies < settings.study_batch_size and not await rt.sleep(
-                settings.poll_interval_seconds
-            ):
-                return
 
-    rt.add_worker("watch", watch)
+@dataclass(frozen=True)
+class WatchMetrics:
+    rounds: Counter
+    studies: Counter
+    unreachable: Counter
+
+
+async def watch_round(
+    one_round: Callable[[], Awaitable[RoundReport]],
+    lock: Exclusive,
+    metrics: WatchMetrics,
+    mode: str,
+    batch_size: int,
+) -> After | None:
+    """One round if this replica holds the archive's lock; a failed round is repeated from
+    the watermark. A full batch means more is waiting: go on at once."""
+    report = RoundReport()
+    try:
+        async with lock.held() as mine:
+            if mine:
+                report = await one_round()
+    except Exception:
+        metrics.rounds.labels("failed").inc()
+        raise
+    metrics.rounds.labels("ok").inc()
+    if report.studies:
+        metrics.studies.labels(mode).inc(report.studies)
+        metrics.unreachable.inc(report.unreachable)
+        log.info("archive round", **vars(report))
+    return AT_ONCE if report.studies >= batch_size else None

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from libs.contracts.events import Event
+from libs.contracts.events import Event, StudySnapshot, discovered_event, metadata_event
 from libs.db.dcm4chee import SOURCE, FoundFile, Watermark
-from libs.db.index import SeriesSummary, StudySnapshot, metadata_event
-from libs.db.ledger import LedgerRow, discovered_event
+from libs.db.index import SeriesSummary
+from libs.db.ledger import LedgerRow
 from libs.dicom.uids import is_valid_uid
 from libs.runtime.logging import get_logger
 from services.dcm4chee_watcher.archive import ArchiveFile, ArchiveStudy

@@ -4,7 +4,6 @@ import asyncio
 from collections.abc import Sequence
 from functools import partial
 
-from libs.contracts.events import Event
 from libs.db import ledger
 from libs.db.ledger import LedgerRow, NewFile
 from libs.db.pool import PinnedConnection
@@ -33,12 +32,9 @@ async def wire(rt: Runtime) -> None:
     async def record(files: Sequence[NewFile]) -> list[LedgerRow]:
         return await ledger_conn.run(partial(ledger.record_discovered, files=files))
 
-    async def publish(events: Sequence[Event]) -> None:
-        await producer.publish(*events)
-
     committer = Committer(
         record=record,
-        publish=publish,
+        publish=producer.publish_all,
         batch_size=settings.commit_batch_size,
     )
     metrics = ReceiverMetrics.create(rt.registry)
@@ -78,4 +74,4 @@ async def wire(rt: Runtime) -> None:
             await commits
 
     rt.add_worker("dicom", serve_dicom)
-    rt.add_worker("staging-cleanup", partial(cleanup.run, rt, settings.cleanup_interval_seconds))
+    rt.every("staging-cleanup", settings.cleanup_interval_seconds, cleanup.periodic)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from libs.contracts.events import Event
-from libs.db.ledger import LedgerRow, NewFile, discovered_event
+from libs.contracts.events import Event, discovered_event
+from libs.db.ledger import LedgerRow, NewFile
 from libs.runtime.logging import get_logger
 
 log = get_logger(__name__)

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import asyncpg
 from prometheus_client import Histogram
 
-from libs.contracts.events import DeadLetter, InstanceDuplicated, InstanceStored
+from libs.contracts.events import (
+    DeadLetter,
+    Event,
+    InstanceDuplicated,
+    InstanceStored,
+    StudySnapshot,
+)
 from libs.contracts.topics import dlq_topic
 from libs.db import index as repo
 from libs.db import ledger
@@ -22,6 +29,7 @@ from services.indexer.handlers import (
 )
 
 log = get_logger(__name__)
+Publish = Callable[[Sequence[Event]], Awaitable[None]]
 
 # Every topic whose dead letters mean "this file failed" (the ledger's final outcome).
 OUTCOME_DLQS = (
@@ -42,7 +50,7 @@ class PgIndex:
         if seconds is not None:  # None: recorded by an earlier delivery, already observed
             self.end_to_end.labels(outcome).observe(seconds)
 
-    async def index(self, event: InstanceStored) -> repo.StudySnapshot | None:
+    async def index(self, event: InstanceStored) -> StudySnapshot | None:
         async with self.pool.acquire() as conn:
             seconds = await repo.index_instance(conn, event)
             if event.disposition == "conflict":
@@ -82,21 +90,21 @@ async def wire(rt: Runtime) -> None:
         dead_letters=False,
     )
     producer = await rt.producer()
+    rt.every(
+        "stable",
+        settings.stable_check_seconds,
+        partial(announce_stable, pool, producer.publish_all, settings.study_stable_seconds),
+        wait_first=True,
+    )
 
-    async def announce_stable() -> None:
-        """Survives restarts: stability is derived from `last_instance_at` in PostgreSQL."""
-        while await rt.sleep(settings.stable_check_seconds):
-            try:
-                async with pool.acquire() as conn, conn.transaction():
-                    snapshots = await repo.mark_stable(
-                        conn, quiet_seconds=settings.study_stable_seconds, limit=200
-                    )
-                    # Commit only once the events are acknowledged: none goes unannounced.
-                    await producer.publish(*(metadata_event(s, []) for s in snapshots))
-            except Exception as exc:  # rolled back; the same studies are tried next round
-                log.warning("stable announcement failed", error=repr(exc))
-                continue
-            if snapshots:
-                log.info("studies stable", count=len(snapshots))
 
-    rt.add_worker("stable", announce_stable)
+async def announce_stable(pool: asyncpg.Pool, publish: Publish, quiet_seconds: float) -> None:
+    """Studies quiet for `quiet_seconds` become stable and are announced. Survives restarts:
+    stability is derived from `last_instance_at` in PostgreSQL."""
+    async with pool.acquire() as conn, conn.transaction():
+        snapshots = await repo.mark_stable(conn, quiet_seconds=quiet_seconds, limit=200)
+        # Commit only once the events are acknowledged: none goes unannounced (a failure
+        # rolls back; the same studies are tried next round).
+        await publish([metadata_event(s, []) for s in snapshots])
+    if snapshots:
+        log.info("studies stable", count=len(snapshots))

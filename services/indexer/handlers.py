@@ -11,9 +11,9 @@ from libs.contracts.events import (
     InstanceDuplicated,
     InstanceStored,
     StudyMetadata,
+    StudySnapshot,
 )
-from libs.db.index import StudySnapshot
-from libs.db.index import metadata_event as index_metadata_event
+from libs.contracts.events import metadata_event as index_metadata_event
 
 SOURCE = "indexer"
 # Consumers of dicom.stored.v1 that produce derived data (previews) also dead-letter to

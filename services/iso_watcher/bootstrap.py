@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import asyncpg
 from prometheus_client import Counter
 
-from libs.contracts.events import Event
 from libs.db import discs, ledger, tasks
 from libs.db.discs import DISC_KINDS, OpenDisc
 from libs.db.ledger import LedgerRow, NewFile
+from libs.db.locks import LockSpace, SingleReader
 from libs.db.tasks import TaskCounters
 from libs.runtime.logging import get_logger
 from libs.runtime.service import Runtime
@@ -82,34 +82,27 @@ async def wire(rt: Runtime) -> None:
         "Completed rounds over the inbox (a flat line: the watcher stopped looking).",
         registry=rt.registry,
     )
-    lock = zlib.crc32(str(s.inbox).encode()) & 0x7FFFFFFF  # advisory keys are int4
+    round_ = partial(
+        run_round,
+        inbox=s.inbox,
+        settler=settler,
+        store=store,
+        publish=producer.publish_all,
+        staging=s.staging_dir,
+        processed=s.processed,
+        failed=s.failed,
+        batch_size=s.scan_batch_size,
+    )
+    rt.every(
+        "inbox",
+        s.scan_interval_seconds,
+        partial(counted, round_, rounds),
+        # One reader of an inbox across replicas: the others skip the round.
+        single_reader=SingleReader(pool, LockSpace.ISO_INBOX, str(s.inbox)),
+    )
 
-    async def publish(events: Sequence[Event]) -> None:
-        await producer.publish(*events)
 
-    async def watch() -> None:
-        while True:
-            try:
-                async with pool.acquire() as conn:
-                    # One reader of an inbox across replicas: the others skip the round.
-                    if await conn.fetchval("SELECT pg_try_advisory_lock(3, $1)", lock):
-                        try:
-                            await run_round(
-                                inbox=s.inbox,
-                                settler=settler,
-                                store=store,
-                                publish=publish,
-                                staging=s.staging_dir,
-                                processed=s.processed,
-                                failed=s.failed,
-                                batch_size=s.scan_batch_size,
-                            )
-                            rounds.inc()
-                        finally:
-                            await conn.execute("SELECT pg_advisory_unlock(3, $1)", lock)
-            except Exception as exc:  # a failed round is retried (resumably) at the next one
-                log.warning("inbox round failed", inbox=str(s.inbox), error=repr(exc))
-            if not await rt.sleep(s.scan_interval_seconds):
-                return
-
-    rt.add_worker("inbox", watch)
+async def counted(round_: Callable[[], Awaitable[object]], rounds: Counter) -> None:
+    """A failed round is retried (resumably) at the next one; a flat count shows it."""
+    await round_()
+    rounds.inc()

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from libs.contracts.events import Event
+from libs.contracts.events import Event, discovered_event
 from libs.db.discs import OpenDisc
-from libs.db.ledger import LedgerRow, NewFile, discovered_event
+from libs.db.ledger import LedgerRow, NewFile
 from libs.db.tasks import TaskCounters
 from libs.runtime.logging import get_logger
 from libs.staging.files import sync_folder, write_chunks

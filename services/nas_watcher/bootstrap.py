@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import socket
 import uuid
-import zlib
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -12,11 +11,13 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from libs.contracts.events import Event, ImportRequested
+from libs.contracts.events import ImportRequested
 from libs.db import ledger, nas, tasks
 from libs.db.ledger import LedgerRow, NewFile
+from libs.db.locks import LockSpace, SingleReader
 from libs.kafka.consumer import Route
 from libs.runtime.logging import get_logger
+from libs.runtime.periodic import AT_ONCE, After, meanwhile
 from libs.runtime.service import Runtime
 from services.nas_watcher.config import NasWatcherSettings
 from services.nas_watcher.rounds import (
@@ -30,6 +31,7 @@ from services.nas_watcher.rounds import (
 from services.nas_watcher.scanner import FileStat
 
 log = get_logger(__name__)
+TASK_RETRY_SECONDS = 2.0
 
 
 class PgScanStore:
@@ -103,71 +105,91 @@ async def wire(rt: Runtime) -> None:
         registry=rt.registry,
     )
 
-    async def publish(events: Sequence[Event]) -> None:
-        await producer.publish(*events)
-
-    async def watch() -> None:
-        while True:
-            for root in settings.roots:
-                try:
-                    report = await _scan_root_once(
-                        pool, root, store, publish, settings.settle_seconds, settings.roots
-                    )
-                    if report is not None:
-                        scans.labels(str(root)).inc()
-                        files_seen.labels(str(root)).set(report.files_seen)
-                except Exception as exc:  # a failed round is retried at the next interval
-                    log.warning("scan failed", root=str(root), error=repr(exc))
-            if not await rt.sleep(settings.scan_interval_seconds):
-                return
-
-    async def keep_lease(task_id: str) -> None:
-        """Renew the lease while the scan runs (long walks, files still settling)."""
-        while await rt.sleep(settings.task_lease_seconds / 3):
-            with contextlib.suppress(Exception):  # a missed renewal is retried; scans resume
-                await store.renew(task_id)
-
-    async def run_tasks() -> None:
-        while not rt.stopping.is_set():
-            try:
-                async with pool.acquire() as conn:
-                    task = await tasks.lease_next_scan(
-                        conn, owner=owner, lease_seconds=settings.task_lease_seconds
-                    )
-            except Exception as exc:  # database away: try again shortly
-                log.warning("cannot lease import tasks", error=repr(exc))
-                await rt.sleep(2.0)
-                continue
-            if task is None:
-                wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=2.0)
-                continue
-            log.info("import scan started", task_id=task.id, source_path=task.source_path)
-            renewer = asyncio.create_task(keep_lease(task.id))
-            try:
-                await scan_task(
-                    task,
-                    store=store,
-                    publish=publish,
-                    allowed_roots=settings.allowed_import_roots(),
-                    settle_seconds=settings.settle_seconds,
-                    batch_size=settings.scan_batch_size,
-                )
-            except Exception as exc:  # the lease expires and the scan resumes (idempotently)
-                log.warning("import scan interrupted", task_id=task.id, error=repr(exc))
-                await rt.sleep(2.0)
-                continue
-            finally:
-                renewer.cancel()
-            log.info("import scan finished", task_id=task.id)
-
     if settings.watch:
-        rt.add_worker("watch", watch)
-    rt.add_worker("tasks", run_tasks)
+        scan = partial(
+            scan_roots,
+            settings.roots,
+            pool,
+            store,
+            producer.publish_all,
+            settle_seconds=settings.settle_seconds,
+            scans=scans,
+            files_seen=files_seen,
+        )
+        rt.every("watch", settings.scan_interval_seconds, scan)
+    work = partial(run_task, pool, owner, store, producer.publish_all, settings, wake)
+    rt.every("tasks", TASK_RETRY_SECONDS, work)
     await rt.consumer(
         {ImportRequested.TOPIC: Route(ImportRequested, partial(handle_import_requested, wake=wake))}
     )
+
+
+async def scan_roots(
+    roots: Sequence[Path],
+    pool: asyncpg.Pool,
+    store: PgScanStore,
+    publish: Publish,
+    *,
+    settle_seconds: float,
+    scans: Counter,
+    files_seen: Gauge,
+) -> None:
+    """One round over the watched roots; a root that fails is retried at the next round."""
+    for root in roots:
+        try:
+            report = await _scan_root_once(pool, root, store, publish, settle_seconds, roots)
+            if report is not None:
+                scans.labels(str(root)).inc()
+                files_seen.labels(str(root)).set(report.files_seen)
+        except Exception as exc:  # a failed round is retried at the next interval
+            log.warning("scan failed", root=str(root), error=repr(exc))
+
+
+async def run_task(
+    pool: asyncpg.Pool,
+    owner: str,
+    store: PgScanStore,
+    publish: Publish,
+    settings: NasWatcherSettings,
+    wake: asyncio.Event,
+) -> After | None:
+    """Lease the next import task and scan it (at once again after one); with none, wait
+    for an ImportRequested (`wake`) or two seconds."""
+    try:
+        async with pool.acquire() as conn:
+            task = await tasks.lease_next_scan(
+                conn, owner=owner, lease_seconds=settings.task_lease_seconds
+            )
+    except Exception as exc:  # database away: try again shortly
+        log.warning("cannot lease import tasks", error=repr(exc))
+        return None
+    if task is None:
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=TASK_RETRY_SECONDS)
+        return AT_ONCE
+    log.info("import scan started", task_id=task.id, source_path=task.source_path)
+    # Renew the lease while the scan runs (long walks, files still settling).
+    lease = settings.task_lease_seconds / 3
+    try:
+        async with meanwhile("scan-lease", lease, partial(_renew, store, task.id)):
+            await scan_task(
+                task,
+                store=store,
+                publish=publish,
+                allowed_roots=settings.allowed_import_roots(),
+                settle_seconds=settings.settle_seconds,
+                batch_size=settings.scan_batch_size,
+            )
+    except Exception as exc:  # the lease expires and the scan resumes (idempotently)
+        log.warning("import scan interrupted", task_id=task.id, error=repr(exc))
+        return None
+    log.info("import scan finished", task_id=task.id)
+    return AT_ONCE
+
+
+async def _renew(store: PgScanStore, task_id: str) -> None:
+    await store.renew(task_id)  # a missed renewal is retried; scans resume
 
 
 async def _scan_root_once(
@@ -176,23 +198,19 @@ async def _scan_root_once(
     store: PgScanStore,
     publish: Publish,
     settle: float,
-    roots: list[Path],
+    roots: Sequence[Path],
 ) -> ScanReport | None:
     """One scanner per root across replicas: a session advisory lock keyed by the root."""
     path = root.absolute()
     if not path.is_dir():
         log.warning("watched root missing", root=str(path))
         return None
-    lock = zlib.crc32(str(path).encode()) & 0x7FFFFFFF  # advisory keys are int4
-    async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock(1, $1)", lock):
+    async with SingleReader(pool, LockSpace.NAS_ROOT, str(path)).held() as mine:
+        if not mine:
             return None  # another replica is scanning this root
-        try:
-            report = await scan_root(
-                path, store=store, publish=publish, settle_seconds=settle, roots=roots
-            )
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(1, $1)", lock)
+        report = await scan_root(
+            path, store=store, publish=publish, settle_seconds=settle, roots=list(roots)
+        )
     if report.emitted or report.problems.unreadable_dirs or report.problems.escaping_links:
         log.info(
             "scan done",

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from libs.contracts.events import Event, ImportRequested
-from libs.db.ledger import LedgerRow, NewFile, discovered_event
+from libs.contracts.events import Event, ImportRequested, discovered_event
+from libs.db.ledger import LedgerRow, NewFile
 from libs.db.tasks import Task
 from libs.runtime.logging import get_logger
 from services.nas_watcher.scanner import (

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import partial
 
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from libs.contracts.events import Event
 from libs.db import orthanc
 from libs.db.ledger import LedgerRow
 from libs.db.orthanc import Finished, StagedInstance
 from libs.runtime.logging import get_logger
+from libs.runtime.periodic import AT_ONCE, After
 from libs.runtime.service import Runtime
 from services.orthanc_watcher.client import OrthancClient
 from services.orthanc_watcher.config import OrthancWatcherSettings
-from services.orthanc_watcher.rounds import clean_up, follow_once, ingest_resource
+from services.orthanc_watcher.rounds import Publish, clean_up, follow_once, ingest_resource
 from services.orthanc_watcher.webhook import Queue, webhook_app
 
 log = get_logger(__name__)
@@ -76,60 +77,69 @@ async def wire(rt: Runtime) -> None:
         registry=rt.registry,
     )
 
-    async def publish(events: Sequence[Event]) -> None:
-        await producer.publish(*events)
-
-    async def follow() -> None:
-        if await store.cursor() is None and s.start_at_end:
-            await store.record([], await client.last_seq())
-        while True:
-            try:
-                emitted, done = await follow_once(
-                    orthanc=client,
-                    store=store,
-                    publish=publish,
-                    staging=s.staging_dir,
-                    limit=s.changes_limit,
-                )
-                taken.labels("changes").inc(emitted)
-                position.set(await store.cursor() or 0)
-            except Exception as exc:  # Orthanc or the database away: try again next round
-                log.warning("following /changes failed", error=repr(exc))
-                done = True
-            if done and not await rt.sleep(s.poll_interval_seconds):
-                return
-            if rt.stopping.is_set():
-                return
-
-    async def webhooks() -> None:
-        while not rt.stopping.is_set():
-            try:
-                level, resource_id = await asyncio.wait_for(queue.get(), timeout=1.0)
-            except TimeoutError:
-                continue
-            try:
-                n = await ingest_resource(
-                    level,
-                    resource_id,
-                    orthanc=client,
-                    store=store,
-                    publish=publish,
-                    staging=s.staging_dir,
-                )
-                taken.labels("webhook").inc(n)
-            except Exception as exc:  # the feed takes it in later if it is followed
-                log.warning("webhook ingest failed", level=level, id=resource_id, error=repr(exc))
-
-    async def tidy() -> None:
-        while await rt.sleep(s.cleanup_interval_seconds):
-            try:
-                await clean_up(
-                    orthanc=client, store=store, delete_from_orthanc=s.delete_after_indexed
-                )
-            except Exception as exc:  # retried next round
-                log.warning("clean-up failed", error=repr(exc))
-
+    follow = partial(
+        follow_round,
+        client,
+        store,
+        producer.publish_all,
+        s,
+        taken=taken.labels("changes"),
+        position=position,
+    )
     if s.follow_changes:
-        rt.add_worker("changes", follow)
-    rt.add_worker("webhooks", webhooks)
-    rt.add_worker("clean-up", tidy)
+        rt.every("changes", s.poll_interval_seconds, follow)
+    webhook = partial(
+        take_webhook, client, store, producer.publish_all, s, queue, taken.labels("webhook")
+    )
+    rt.every("webhooks", 0.0, webhook)
+    tidy = partial(clean_up_round, client, store, s.delete_after_indexed)
+    rt.every("clean-up", s.cleanup_interval_seconds, tidy, wait_first=True)
+
+
+async def clean_up_round(orthanc: OrthancClient, store: PgInstanceStore, delete: bool) -> None:
+    await clean_up(orthanc=orthanc, store=store, delete_from_orthanc=delete)
+
+
+async def follow_round(
+    orthanc: OrthancClient,
+    store: PgInstanceStore,
+    publish: Publish,
+    s: OrthancWatcherSettings,
+    *,
+    taken: Counter,
+    position: Gauge,
+) -> After | None:
+    """One page of /changes; goes on at once until the feed is read to its end.
+    A first start with `start_at_end` takes the feed from its current end."""
+    if s.start_at_end and await store.cursor() is None:
+        await store.record([], await orthanc.last_seq())
+    emitted, done = await follow_once(
+        orthanc=orthanc, store=store, publish=publish, staging=s.staging_dir, limit=s.changes_limit
+    )
+    taken.inc(emitted)
+    position.set(await store.cursor() or 0)
+    return None if done else AT_ONCE
+
+
+async def take_webhook(
+    orthanc: OrthancClient,
+    store: PgInstanceStore,
+    publish: Publish,
+    s: OrthancWatcherSettings,
+    queue: Queue,
+    taken: Counter,
+) -> After:
+    """One resource the webhook queued, if any within a second; the feed takes it in later
+    if this fails and it is followed."""
+    try:
+        level, resource_id = await asyncio.wait_for(queue.get(), timeout=1.0)
+    except TimeoutError:
+        return AT_ONCE
+    try:
+        n = await ingest_resource(
+            level, resource_id, orthanc=orthanc, store=store, publish=publish, staging=s.staging_dir
+        )
+        taken.inc(n)
+    except Exception as exc:  # the feed takes it in later if it is followed
+        log.warning("webhook ingest failed", level=level, id=resource_id, error=repr(exc))
+    return AT_ONCE

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from libs.contracts.events import Event
-from libs.db.ledger import LedgerRow, NewFile, discovered_event
+from libs.contracts.events import Event, discovered_event
+from libs.db.ledger import LedgerRow, NewFile
 from libs.db.orthanc import Finished, StagedInstance
 from libs.runtime.logging import get_logger
 from libs.staging.files import sync_folder

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from functools import partial
-
 from prometheus_client import Counter
 
 from libs.db import retrieves as retrieves_db
@@ -50,7 +48,7 @@ async def wire(rt: Runtime) -> None:
             registry=rt.registry,
         ),
     )
-    rt.add_worker("staging-cleanup", partial(cleanup.run, rt, settings.cleanup_interval_seconds))
+    rt.every("staging-cleanup", settings.cleanup_interval_seconds, cleanup.periodic)
     async with pool.acquire() as conn:  # the names POST /v1/retrieve accepts
         await retrieves_db.register_peers(
             conn, [(p.name, p.ae_title, p.retrieve) for p in settings.pacs]
@@ -58,5 +56,6 @@ async def wire(rt: Runtime) -> None:
     owner = owner_id()
     for pacs in settings.pacs:
         watch = PacsWatch(pacs, settings, pool, producer, metrics)
-        rt.add_worker(f"pacs:{pacs.name}", partial(watch.run, rt))
-        rt.add_worker(f"retrieve:{pacs.name}", partial(OnDemand(watch, pool, owner).run, rt))
+        rt.every(f"pacs:{pacs.name}", settings.poll_interval_seconds, watch.poll_round)
+        on_demand = OnDemand(watch, pool, owner)
+        rt.every(f"retrieve:{pacs.name}", settings.retrieve_poll_seconds, on_demand.lease_round)

@@ -12,15 +12,16 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import Counter
 
+from libs.contracts.events import discovered_event
 from libs.db import ledger
 from libs.db import pacs as pacs_db
-from libs.db.ledger import NewFile, discovered_event
+from libs.db.ledger import NewFile
 from libs.dicom_net.client import DicomClient, OnProgress
 from libs.dicom_net.errors import DicomNetError
 from libs.dicom_net.models import Level, Match, Peer, Query, RetrieveResult
 from libs.kafka.producer import Producer
 from libs.runtime.logging import get_logger
-from libs.runtime.service import Runtime
+from libs.runtime.periodic import After
 from services.pacs_watcher.config import Pacs, WatcherSettings
 from services.pacs_watcher.policy import next_backoff, query_window, to_retrieve
 
@@ -53,27 +54,26 @@ class PacsWatch:
         # study -> (upstream count, when retrieved): not asked again while the pipeline
         # is still indexing what was just retrieved.
         self.recent: dict[str, tuple[int | None, float]] = {}
+        self.delay = settings.poll_interval_seconds  # until the next poll
 
-    async def run(self, rt: Runtime) -> None:
-        delay = self.settings.poll_interval_seconds
-        while not rt.stopping.is_set():
-            try:
-                await self.poll_once()
-                self.metrics["polls"].labels(self.pacs.name, "ok").inc()
-                delay = self.settings.poll_interval_seconds
-            except (DicomNetError, OSError) as exc:  # PACS away: back off, keep the watermark
-                self.metrics["polls"].labels(self.pacs.name, "failed").inc()
-                delay = next_backoff(
-                    delay,
-                    base=self.settings.poll_interval_seconds,
-                    ceiling=self.settings.max_backoff_seconds,
-                )
-                log.warning("poll failed", pacs=self.pacs.name, error=str(exc), retry_in=delay)
-            except Exception as exc:  # database away and the like: try again next interval
-                self.metrics["polls"].labels(self.pacs.name, "failed").inc()
-                log.warning("poll failed", pacs=self.pacs.name, error=repr(exc))
-            if not await rt.sleep(delay):
-                return
+    async def poll_round(self) -> After:
+        """A poll, then the usual interval; while the PACS is away, a growing back-off."""
+        try:
+            await self.poll_once()
+            self.metrics["polls"].labels(self.pacs.name, "ok").inc()
+            self.delay = self.settings.poll_interval_seconds
+        except (DicomNetError, OSError) as exc:  # PACS away: back off, keep the watermark
+            self.metrics["polls"].labels(self.pacs.name, "failed").inc()
+            self.delay = next_backoff(
+                self.delay,
+                base=self.settings.poll_interval_seconds,
+                ceiling=self.settings.max_backoff_seconds,
+            )
+            log.warning("poll failed", pacs=self.pacs.name, error=str(exc), retry_in=self.delay)
+        except Exception as exc:  # database away and the like: try again next interval
+            self.metrics["polls"].labels(self.pacs.name, "failed").inc()
+            log.warning("poll failed", pacs=self.pacs.name, error=repr(exc))
+        return After(self.delay)
 
     async def poll_once(self) -> int:
         """One round; returns the number of studies retrieved."""
@@ -159,4 +159,4 @@ class PacsWatch:
         ]
         async with self.pool.acquire() as conn:
             rows = await ledger.record_discovered(conn, new)
-        await self.producer.publish(*(discovered_event(r) for r in rows))
+        await self.producer.publish_all([discovered_event(r) for r in rows])

@@ -32,7 +32,7 @@ from libs.db.retrieves import StudyRow
 from libs.dicom_net.models import Progress
 from libs.dicom_net.requests import RetrieveRequest
 from libs.runtime.logging import get_logger
-from libs.runtime.service import Runtime
+from libs.runtime.periodic import AT_ONCE, After, meanwhile
 from services.pacs_watcher.policy import Failed, give_up, plan, retry_delay, too_many
 from services.pacs_watcher.poller import PacsWatch
 
@@ -47,32 +47,31 @@ class OnDemand:
         self.owner = owner
         self.settings = watch.settings
 
-    async def run(self, rt: Runtime) -> None:
-        while not rt.stopping.is_set():
-            try:
-                async with self.pool.acquire() as conn:
-                    leased = await db.lease_next(
-                        conn,
-                        pacs=self.watch.pacs.name,
-                        owner=self.owner,
-                        lease_seconds=self.settings.retrieve_lease_seconds,
-                    )
-            except Exception as exc:  # database away: try again shortly
-                log.warning("cannot lease retrieve tasks", error=repr(exc))
-                leased = None
-            if leased is None:
-                if not await rt.sleep(self.settings.retrieve_poll_seconds):
-                    return
-                continue
-            task, retrieve = leased
-            renewer = asyncio.create_task(self._keep_lease(rt, task.id))
-            try:
+    async def lease_round(self) -> After | None:
+        """Lease this PACS's next retrieve task and run it; at once again after a task, the
+        usual interval when there is none (or the database is away)."""
+        try:
+            async with self.pool.acquire() as conn:
+                leased = await db.lease_next(
+                    conn,
+                    pacs=self.watch.pacs.name,
+                    owner=self.owner,
+                    lease_seconds=self.settings.retrieve_lease_seconds,
+                )
+        except Exception as exc:  # database away: try again shortly
+            log.warning("cannot lease retrieve tasks", error=repr(exc))
+            return None
+        if leased is None:
+            return None
+        task, retrieve = leased
+        lease = self.settings.retrieve_lease_seconds
+        try:
+            async with meanwhile("retrieve-lease", lease / 3, partial(self._renew, task.id)):
                 await self.attempt(task.id, retrieve)
-            except Exception as exc:  # recording the outcome failed: the lease expires, and
-                log.warning("retrieve outcome not recorded", task_id=task.id, error=repr(exc))
-                await rt.sleep(self.settings.retrieve_poll_seconds)  # the task is run again
-            finally:
-                renewer.cancel()
+        except Exception as exc:  # recording the outcome failed: the lease expires, and
+            log.warning("retrieve outcome not recorded", task_id=task.id, error=repr(exc))
+            return None  # the task is run again
+        return AT_ONCE
 
     async def attempt(self, task_id: str, retrieve: db.Retrieve) -> None:
         """One attempt at a leased task; decides what a failure means for it."""
@@ -188,12 +187,15 @@ class OnDemand:
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
 
-    async def _keep_lease(self, rt: Runtime, task_id: str) -> None:
-        lease = self.settings.retrieve_lease_seconds
-        while await rt.sleep(lease / 3):
-            with contextlib.suppress(Exception):  # a missed renewal is retried
-                async with self.pool.acquire() as conn:
-                    await tasks.renew_lease(conn, task_id, owner=self.owner, lease_seconds=lease)
+    async def _renew(self, task_id: str) -> None:
+        """A missed renewal is retried at the next one."""
+        async with self.pool.acquire() as conn:
+            await tasks.renew_lease(
+                conn,
+                task_id,
+                owner=self.owner,
+                lease_seconds=self.settings.retrieve_lease_seconds,
+            )
 
     async def _fail(self, task_id: str, error: str, *, attempts: int) -> None:
         log.warning("retrieve failed", task_id=task_id, error=error, attempts=attempts)

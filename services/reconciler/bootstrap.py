@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import asyncpg
 from prometheus_client import Counter
@@ -12,7 +13,7 @@ from libs.kafka.admin import ensure_topics
 from libs.runtime.logging import get_logger
 from libs.runtime.service import Runtime
 from services.reconciler.config import ReconcilerSettings
-from services.reconciler.handlers import reconcile_once
+from services.reconciler.handlers import LedgerPort, reconcile_once
 
 log = get_logger(__name__)
 
@@ -73,36 +74,39 @@ async def wire(rt: Runtime) -> None:
     for status in ("ok", "failed"):
         rounds.labels(status)
 
-    async def publish(events: Sequence[Event]) -> None:
-        await producer.publish(*events)
+    rt.every(
+        "reconcile",
+        settings.interval_seconds,
+        partial(reconcile_round, settings, port, producer.publish_all, rounds, reemitted),
+        wait_first=True,
+    )
 
-    async def loop() -> None:
-        while await rt.sleep(settings.interval_seconds):
-            try:
-                # A restarted in-memory broker has no topics: declare them again.
-                await ensure_topics(
-                    settings.kafka_bootstrap_servers,
-                    partitions=settings.kafka_topic_partitions,
-                    replication_factor=settings.kafka_replication_factor,
-                )
-                report = await reconcile_once(
-                    ledger=port,
-                    publish=publish,
-                    idle_seconds=settings.idle_seconds,
-                    stale_seconds=settings.stale_seconds,
-                    batch_size=settings.reemit_batch_size,
-                )
-            except Exception as exc:  # keep reconciling through outages; next round retries
-                log.warning("reconcile round failed", error=repr(exc))
-                rounds.labels("failed").inc()
-                continue
-            rounds.labels("ok").inc()
-            reemitted.inc(report.reemitted)
-            if report.reemitted or report.tasks_completed:
-                log.info(
-                    "reconciled",
-                    reemitted=report.reemitted,
-                    tasks_completed=report.tasks_completed,
-                )
 
-    rt.add_worker("reconcile", loop)
+async def reconcile_round(
+    settings: ReconcilerSettings,
+    port: LedgerPort,
+    publish: Callable[[Sequence[Event]], Awaitable[None]],
+    rounds: Counter,
+    reemitted: Counter,
+) -> None:
+    try:
+        # A restarted in-memory broker has no topics: declare them again.
+        await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            partitions=settings.kafka_topic_partitions,
+            replication_factor=settings.kafka_replication_factor,
+        )
+        report = await reconcile_once(
+            ledger=port,
+            publish=publish,
+            idle_seconds=settings.idle_seconds,
+            stale_seconds=settings.stale_seconds,
+            batch_size=settings.reemit_batch_size,
+        )
+    except Exception:  # keep reconciling through outages; the next round retries
+        rounds.labels("failed").inc()
+        raise
+    rounds.labels("ok").inc()
+    reemitted.inc(report.reemitted)
+    if report.reemitted or report.tasks_completed:
+        log.info("reconciled", reemitted=report.reemitted, tasks_completed=report.tasks_completed)

@@ -30,6 +30,7 @@ from libs.db.apikeys import create_key
 from libs.dicom.synthetic import write_instance
 from libs.storage import ObjectStore, instance_key, open_store
 from load_test.process_stack import Stack
+from tests.polling import eventually
 
 HOSTILE = 'CON/..\\:*?"<>|\x07 ../../etc'
 MEDIA = {"tar.zst": "application/zstd", "zip": "application/zip", "tar": "application/x-tar"}
@@ -62,10 +63,10 @@ async def interrupted_download(c: httpx.AsyncClient, url: str, size: int, etag: 
 
 
 async def wait_builds(stack: Stack, count: float, timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (got := await builds(stack)) < count:
-        assert asyncio.get_running_loop().time() < deadline, f"{got} builds, not {count}"
-        await asyncio.sleep(0.2)
+    async def built() -> bool:
+        return await builds(stack) >= count
+
+    await eventually(built, timeout, what=f"fewer than {count} builds", interval=0.2)
 
 
 async def builds(stack: Stack) -> float:

@@ -3,18 +3,18 @@ process: its files go through the whole pipeline into the index, once, across a 
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
 from load_test.dcm4chee_archive import Instance, close_archive, open_archive
 from load_test.process_stack import Stack
+from tests.polling import eventually
 
 T0 = datetime(2024, 3, 1, 8, 0, 0)
 
@@ -41,16 +41,21 @@ def instance(root: Path, study_uid: str, n: int) -> Instance:
 
 
 async def wait_study(stack: Stack, study_uid: str, count: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 90
+    last: list[httpx.Response] = []
     async with stack.client() as c:
-        while True:
+
+        async def there() -> dict[str, Any] | None:
             r = await c.get(f"/v1/studies/{study_uid}")
-            if r.status_code == 200 and r.json()["instance_count"] >= count:
-                body: dict[str, Any] = r.json()
-                return body
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{r.status_code} {r.text}\n{stack.tail('dcm4chee-watcher')}")
-            await asyncio.sleep(0.25)
+            last[:] = [r]
+            ok = r.status_code == 200 and r.json()["instance_count"] >= count
+            return dict(r.json()) if ok else None
+
+        return await eventually(
+            there,
+            90,
+            what=lambda: f"{last[0].status_code} {last[0].text}\n{stack.tail('dcm4chee-watcher')}",
+            interval=0.25,
+        )
 
 
 async def test_full_mode_indexes_archive_instances_end_to_end(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import time
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -18,6 +18,7 @@ from libs.tools.dev_broker import free_port
 from load_test.dimse import mixed_corpus, send_corpus, storescu, storescu_argv
 from load_test.peers import PEER_ENV
 from load_test.process_stack import Stack
+from tests.polling import eventually
 
 RECEIVER = "dicom-receiver"
 
@@ -33,20 +34,13 @@ def start_receiver(stack: Stack, port: int) -> None:
     stack.start(RECEIVER)
 
 
-async def wait_for(pool: asyncpg.Pool, sql: str, expected: object, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while (value := await pool.fetchval(sql)) != expected:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{sql!r} is {value!r}, expected {expected!r}")
-        await asyncio.sleep(0.25)
+async def value_is(pool: asyncpg.Pool, sql: str, expected: object) -> bool:
+    return bool(await pool.fetchval(sql) == expected)
 
 
 async def final_counts(pool: asyncpg.Pool, total: int) -> dict[str, int]:
-    await wait_for(
-        pool,
-        "SELECT count(*) FROM ingest_files WHERE status <> 'pending'",
-        total,
-    )
+    pending = "SELECT count(*) FROM ingest_files WHERE status <> 'pending'"
+    await eventually(partial(value_is, pool, pending, total), 120, what=pending)
     rows = await pool.fetch("SELECT status, count(*) AS n FROM ingest_files GROUP BY status")
     return {r["status"]: r["n"] for r in rows}
 
@@ -148,7 +142,8 @@ async def test_receiver_killed_mid_association_loses_nothing_acknowledged(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    await wait_for_at_least(pool, "SELECT count(*) FROM ingest_files", 40)
+    recorded = "SELECT count(*) FROM ingest_files"
+    await eventually(partial(at_least, pool, recorded, 40), 60, what=recorded, interval=0.05)
     stack.kill(RECEIVER)
     output, _ = await asyncio.to_thread(sender.communicate, timeout=120)
     acknowledged = acknowledged_files(output)
@@ -160,29 +155,29 @@ async def test_receiver_killed_mid_association_loses_nothing_acknowledged(
     ack_uids = {
         str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in acknowledged
     }
-    deadline = time.monotonic() + 60
-    while True:
+    missing = set(ack_uids)
+
+    async def all_indexed() -> bool:
         rows = await pool.fetch("SELECT sop_instance_uid FROM instances")
-        if ack_uids <= {r["sop_instance_uid"] for r in rows}:
-            break
-        assert time.monotonic() < deadline, ack_uids - {r["sop_instance_uid"] for r in rows}
-        await asyncio.sleep(0.25)
+        missing.intersection_update(ack_uids - {r["sop_instance_uid"] for r in rows})
+        return not missing
+
+    await eventually(all_indexed, 60, what=lambda: f"not indexed: {missing}", interval=0.25)
 
     start_receiver(stack, port)
     await stack.wait_ready([RECEIVER])
     resent = await asyncio.to_thread(storescu, "127.0.0.1", port, folder)
     assert resent.returncode == 0, resent.output
-    await wait_for(pool, "SELECT count(*) FROM instances", len(uids))
-    await wait_for(pool, "SELECT count(*) FROM ingest_files WHERE status = 'pending'", 0)
+    instances = "SELECT count(*) FROM instances"
+    pending = "SELECT count(*) FROM ingest_files WHERE status = 'pending'"
+    await eventually(partial(value_is, pool, instances, len(uids)), 120, what=instances)
+    await eventually(partial(value_is, pool, pending, 0), 120, what=pending)
     stored = [p for p in (stack.root / "storage").rglob("*") if p.is_file()]
     assert len(stored) == len(uids)
 
 
-async def wait_for_at_least(pool: asyncpg.Pool, sql: str, n: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while (value := await pool.fetchval(sql)) < n:
-        assert time.monotonic() < deadline, f"{sql!r} is {value}, waiting for {n}"
-        await asyncio.sleep(0.05)
+async def at_least(pool: asyncpg.Pool, sql: str, n: int) -> bool:
+    return bool(await pool.fetchval(sql) >= n)
 
 
 def acknowledged_files(output: str) -> list[Path]:

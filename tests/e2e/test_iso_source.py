@@ -4,10 +4,8 @@ processed/ or failed/ with a JSON report."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from discs import dicomdir, disc_tree, iso
 from studies import write_study
 
 from load_test.process_stack import Stack
+from tests.polling import eventually
 
 SECTOR = 2048
 
@@ -101,12 +100,14 @@ async def test_discs_in_the_inbox(
     for name in expect:
         shutil.move(work / name, inbox / name)  # the watcher waits for each to settle
 
-    deadline = time.monotonic() + 150
-    while {p.name for p in inbox.iterdir()} - {"processed", "failed"}:
-        assert time.monotonic() < deadline, "\n".join(
+    await eventually(
+        lambda: not {p.name for p in inbox.iterdir()} - {"processed", "failed"},
+        150,
+        what=lambda: "\n".join(
             [str(sorted(p.name for p in inbox.iterdir())), stack.tail("iso-watcher")]
-        )
-        await asyncio.sleep(0.5)
+        ),
+        interval=0.5,
+    )
 
     for name, want in expect.items():
         moved = inbox / want["outcome"] / name

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from libs.tools.monitoring.promql import unknown_metrics
 from load_test.dimse import storescu
 from load_test.process_stack import PREFIX, Stack
 from load_test.prometheus import Prometheus, local_config
+from tests.polling import eventually
 
 RULES = SCRAPE_CONFIG.parent / "alerts.yml"
 # Grafana's variables, as Grafana would fill them in for a short time range.
@@ -98,17 +98,6 @@ async def prometheus(stack: Stack, tmp_path: Path) -> AsyncIterator[Prometheus]:
         prom.stop()
 
 
-async def poll(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true after {timeout}s")
-        await asyncio.sleep(0.5)
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.stack_env(NAS_WATCH="true")  # the watcher's scan panels need scans
 async def test_every_panel_and_alert_is_backed_by_live_metrics(
@@ -121,7 +110,7 @@ async def test_every_panel_and_alert_is_backed_by_live_metrics(
         up = await prometheus.query("up == 1")
         return {r["metric"]["job"] for r in up} == running
 
-    await poll(all_up, "every service scraped")
+    await eventually(all_up, 60, what="every service scraped", interval=0.5)
 
     tree = stack.root / "imports" / "monitored"
     expected = build_tree(tree, series_per_study=2, per_series=8, patients=2)
@@ -134,7 +123,7 @@ async def test_every_panel_and_alert_is_backed_by_live_metrics(
         )
         return bool(r) and float(r[0]["value"][1]) >= expected.new
 
-    await poll(indexed_seen, "the import's instances reach Prometheus")
+    await eventually(indexed_seen, 60, what="the import's instances reach Prometheus", interval=0.5)
 
     # A few instances over DICOM, for the receiver's panels (and the stored count below).
     sent = stack.root / "dicom-sent"
@@ -157,13 +146,15 @@ async def test_every_panel_and_alert_is_backed_by_live_metrics(
             await prometheus.query("count_over_time(dicomflow_packager_downloads_total[1m]) >= 2")
         )
 
-    await poll(download_seen, "the archive download reaches Prometheus")
+    await eventually(
+        download_seen, 60, what="the archive download reaches Prometheus", interval=0.5
+    )
 
     async def stores_seen() -> bool:
         query = "count_over_time(dicomflow_dicom_receiver_store_seconds_count[1m]) >= 2"
         return bool(await prometheus.query(query))
 
-    await poll(stores_seen, "the C-STOREs reach Prometheus")
+    await eventually(stores_seen, 60, what="the C-STOREs reach Prometheus", interval=0.5)
 
     async def dlq_alert_firing() -> list[dict[str, Any]]:
         alerts = (await prometheus.api("alerts"))["alerts"]
@@ -173,7 +164,9 @@ async def test_every_panel_and_alert_is_backed_by_live_metrics(
             if a["labels"]["alertname"] == "DicomflowDeadLetter" and a["state"] == "firing"
         ]
 
-    firing = await poll(dlq_alert_firing, "the dead-letter alert fires")
+    firing = await eventually(
+        dlq_alert_firing, 60, what="the dead-letter alert fires", interval=0.5
+    )
     assert {"extractor"} <= {a["labels"]["job"] for a in firing}
 
     exported = set(await prometheus.api("label/__name__/values"))

@@ -3,9 +3,7 @@ restart of the watcher, and the OnStableStudy Lua webhook shipped in deploy/orth
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from studies import write_study
 from libs.tools.dev_broker import free_port
 from load_test.peers import Orthanc
 from load_test.process_stack import Stack
+from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA = ROOT / "deploy" / "orthanc" / "dicomflow.lua"
@@ -55,15 +54,18 @@ def extra_env(orthanc: Orthanc) -> dict[str, str]:
 
 
 async def wait_indexed(pool: asyncpg.Pool, sops: set[str], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    seen: list[int] = [0]
+
+    async def all_indexed() -> bool:
         rows = await pool.fetch(
             "SELECT sop_instance_uid FROM instances WHERE sop_instance_uid = ANY($1)", list(sops)
         )
-        if len(rows) == len(sops):
-            return
-        assert time.monotonic() < deadline, f"{len(rows)}/{len(sops)} indexed"
-        await asyncio.sleep(0.25)
+        seen[0] = len(rows)
+        return len(rows) == len(sops)
+
+    await eventually(
+        all_indexed, timeout, what=lambda: f"{seen[0]}/{len(sops)} indexed", interval=0.25
+    )
 
 
 async def orthanc_rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
@@ -90,21 +92,25 @@ async def test_changes_feed_survives_a_restart(
 
     # Stable-study changes (StableAge 2 s) come after the instances: let them pass, then
     # every instance was taken in exactly once and ended indexed.
-    deadline = time.monotonic() + 30
-    while await pool.fetchval("SELECT count(*) FROM orthanc_cursor") == 0 or (
-        await pool.fetchval("SELECT last_seq FROM orthanc_cursor")
-        < httpx.get(f"{orthanc.url}/changes?last", auth=orthanc.auth).json()["Last"]
-    ):
-        assert time.monotonic() < deadline, "cursor never reached Orthanc's last change"
-        await asyncio.sleep(0.25)
+    async def cursor_at_the_end() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM orthanc_cursor") != 0 and (
+            await pool.fetchval("SELECT last_seq FROM orthanc_cursor")
+            >= httpx.get(f"{orthanc.url}/changes?last", auth=orthanc.auth).json()["Last"]
+        )
+
+    await eventually(
+        cursor_at_the_end, 30, what="cursor never reached Orthanc's last change", interval=0.25
+    )
     rows = await orthanc_rows(pool)
     assert sorted(r["sop_instance_uid"] for r in rows) == sorted([*first, *second])
     assert {r["status"] for r in rows} == {"indexed"}
     # Staged downloads are removed once stored; Orthanc keeps its copies (delete is off).
-    deadline = time.monotonic() + 30
-    while list((stack.root / "staging" / "orthanc").rglob("*.dcm")):
-        assert time.monotonic() < deadline, "staged copies never cleaned up"
-        await asyncio.sleep(0.25)
+    await eventually(
+        lambda: not list((stack.root / "staging" / "orthanc").rglob("*.dcm")),
+        30,
+        what="staged copies never cleaned up",
+        interval=0.25,
+    )
     assert len(httpx.get(f"{orthanc.url}/instances", auth=orthanc.auth).json()) == 10
 
 
@@ -138,8 +144,10 @@ async def test_lua_webhook_ingests_stable_studies(
     assert r.status_code == 202, r.text
 
     # Delete-after-indexed: Orthanc is emptied once the instances are stored and indexed.
-    deadline = time.monotonic() + 30
-    while httpx.get(f"{orthanc.url}/instances", auth=orthanc.auth).json():
-        assert time.monotonic() < deadline, "instances never deleted from Orthanc"
-        await asyncio.sleep(0.25)
+    await eventually(
+        lambda: not httpx.get(f"{orthanc.url}/instances", auth=orthanc.auth).json(),
+        30,
+        what="instances never deleted from Orthanc",
+        interval=0.25,
+    )
     assert len(await orthanc_rows(pool)) == 3

@@ -5,9 +5,7 @@ stays away)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -22,18 +20,16 @@ from libs.dicom.synthetic import generate_corpus
 from libs.tools.dev_broker import free_port
 from load_test.peers import Orthanc
 from load_test.process_stack import Stack
+from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
 
 async def study_count(pool: asyncpg.Pool, expected: int, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        n = await pool.fetchval("SELECT max(instance_count) FROM studies")
-        if n == expected:
-            return
-        assert time.monotonic() < deadline, f"study has {n} instances, expected {expected}"
-        await asyncio.sleep(0.25)
+    async def reached() -> bool:
+        return bool(await pool.fetchval("SELECT max(instance_count) FROM studies") == expected)
+
+    await eventually(reached, timeout, what=f"a study with {expected} instances", interval=0.25)
 
 
 @pytest.mark.parametrize("how", ["move", "get"])
@@ -126,13 +122,13 @@ async def _ops_client(stack: Stack, pool: asyncpg.Pool) -> httpx.AsyncClient:
 async def _wait_retrieve(
     client: httpx.AsyncClient, task_id: str, done: Callable[[dict[str, Any]], bool], timeout: float
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body: dict[str, Any] = (await client.get(f"/v1/retrieve/{task_id}")).json()
-        if done(body):
-            return body
-        assert time.monotonic() < deadline, f"retrieve not there after {timeout}s: {body}"
-        await asyncio.sleep(0.25)
+    last: dict[str, Any] = {}
+
+    async def finished() -> dict[str, Any] | None:
+        last.update((await client.get(f"/v1/retrieve/{task_id}")).json())
+        return dict(last) if done(last) else None
+
+    return await eventually(finished, timeout, what=lambda: f"retrieve: {last}", interval=0.25)
 
 
 @pytest.mark.parametrize("how", ["move", "get"])

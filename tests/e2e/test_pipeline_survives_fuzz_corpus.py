@@ -21,8 +21,11 @@ CORPUS = Path(  # beside the project; DICOM_FUZZ_CORPUS where a checkout lives e
 
 @pytest.mark.stack_env(NAS_IMPORT_ROOTS=str(CORPUS))
 @pytest.mark.parametrize("storage_backend", ["file", "gs"])
-async def test_every_hostile_file_reaches_a_final_outcome(stack: Stack, pool: asyncpg.Pool) -> None:
+async def test_every_hostile_file_reaches_a_final_outcome(
+    stack: Stack, pool: asyncpg.Pool, storage_backend: str
+) -> None:
     assert CORPUS.is_dir(), f"the shared fuzz corpus is missing at {CORPUS}"
+    corpus_before = files_under(CORPUS)
     files = [p for p in CORPUS.rglob("*") if p.is_file() and not p.name.startswith(".")]
     task = await stack.wait_task(await stack.start_import(CORPUS), timeout=300)
     counters = task["counters"]
@@ -55,8 +58,12 @@ async def test_every_hostile_file_reaches_a_final_outcome(stack: Stack, pool: as
     if url.startswith("file:"):  # and nothing stored carries one
         stored = [p for p in path_from_file_url(url).rglob("*") if p.is_file()]
         assert stored and not any(_hostile_preamble(p.read_bytes()[:132]) for p in stored)
-    # Nothing was written outside the storage root.
-    assert not any(p.is_file() for p in (stack.root / "imports").rglob("*"))
+    # Nothing was written outside the storage root: the source tree is as it was, and the
+    # services (whose working folder is the stack's root) wrote only to storage and logs.
+    assert files_under(CORPUS) == corpus_before, "the imported folder was written to"
+    written = {Path(name).parts[0] for name in files_under(stack.root)}
+    expected = {"logs", "storage"} if storage_backend == "file" else {"logs"}
+    assert written == expected
 
 
 def _hostile_preamble(head: bytes) -> bool:
@@ -65,3 +72,12 @@ def _hostile_preamble(head: bytes) -> bool:
         and head[:128] != bytes(128)
         and head[:4] not in (b"II*\x00", b"MM\x00*")
     )
+
+
+def files_under(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root`: its size and modification time, by relative path."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+    }

@@ -3,15 +3,13 @@ JPEGs next to the canonical copy, and the API serves them through the search's l
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import asyncpg
 
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
 from libs.imaging.keys import preview_key
 from libs.storage.local import path_from_file_url
 from load_test.process_stack import Stack
+from tests.polling import eventually
 
 
 async def test_imported_images_get_previews_served_by_the_api(
@@ -41,10 +39,12 @@ async def test_imported_images_get_previews_served_by_the_api(
     storage = path_from_file_url(stack.env["STORAGE_URL"])
     wanted = [storage / preview_key(study, series, sop, kind) for sop in sops
               for kind in ("preview", "thumbnail")]  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not all(p.exists() for p in wanted):
-        assert time.monotonic() < deadline, stack.tail("jpg-converter")
-        await asyncio.sleep(0.25)
+    await eventually(
+        lambda: all(p.exists() for p in wanted),
+        60,
+        what=lambda: stack.tail("jpg-converter"),
+        interval=0.25,
+    )
 
     async with stack.client() as c:
         body = (await c.get("/v1/studies", params={"patient_id": "E2E-PREVIEW"})).json()

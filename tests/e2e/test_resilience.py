@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import time
+from functools import partial
 
 import asyncpg
 import httpx
@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from trees import build_tree
 
 from load_test.process_stack import PIPELINE, Stack
+from tests.polling import eventually
 
 # Every crash and bad-input test on both storage backends: local disk and Google Cloud
 # Storage (a GCS emulator process behind the real client).
@@ -31,6 +32,25 @@ async def counts(pool: asyncpg.Pool) -> tuple[int, int, int]:
     return row["instances"], row["counted"], row["conflicts"]
 
 
+async def handled(stack: Stack, stage: str) -> float:
+    """The stage's work done: messages handled (every status), the reconciler's rounds."""
+    what = "rounds_total" if stage == "reconciler" else "messages_total"
+    prefix = f"dicomflow_{stage.replace('-', '_')}_{what}{{"
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{stack.ports[stage]}/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+async def handled_more(stack: Stack, stage: str, than: float) -> bool:
+    return await handled(stack, stage) > than
+
+
+async def scanned_at_least(stack: Stack, task_id: str, files: int) -> bool:
+    return bool((await stack.task(task_id))["counters"]["files_scanned"] >= files)
+
+
 async def test_kill_9_each_stage_mid_import(stack: Stack, pool: asyncpg.Pool) -> None:
     mid_import = 0
     total_new = total_conflicts = 0
@@ -40,15 +60,18 @@ async def test_kill_9_each_stage_mid_import(stack: Stack, pool: asyncpg.Pool) ->
         total_new += expected.new
         total_conflicts += expected.conflicts
         if stage != "nas-watcher":
+            before = await handled(stack, stage)
             stack.pause(stage)  # let its input pile up
         task_id = await stack.start_import(tree)
-        if stage != "nas-watcher":
-            deadline = time.monotonic() + 60
-            while (await stack.task(task_id))["counters"]["files_scanned"] < expected.files:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+        if stage == "nas-watcher":  # killed once its scan of this import has begun
+            await eventually(partial(scanned_at_least, stack, task_id, 1), 60, interval=0.02)
+        else:  # killed once it has done some work since it was let go again
+            await eventually(partial(scanned_at_least, stack, task_id, expected.files), 60)
             stack.resume(stage)
-        await asyncio.sleep(0.3)
+            await eventually(
+                partial(handled_more, stack, stage, before), 60, what=partial(stack.tail, stage),
+                interval=0.02,
+            )  # fmt: skip
         mid_import += (await stack.task(task_id))["status"] != "completed"
         stack.kill(stage, signal.SIGKILL)
         stack.start(stage)
@@ -70,10 +93,7 @@ async def test_broker_restart_loses_nothing(
     expected = build_tree(tree, patients=3, per_series=60)
     stack.pause("indexer")
     task_id = await stack.start_import(tree)
-    deadline = time.monotonic() + 60
-    while (await stack.task(task_id))["counters"]["files_scanned"] < expected.files:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await eventually(partial(scanned_at_least, stack, task_id, expected.files), 60)
     broker.restart()  # type: ignore[attr-defined]  # the in-memory broker forgets everything
     stack.resume("indexer")
     task = await stack.wait_task(task_id, timeout=240)
@@ -134,10 +154,11 @@ async def scans_done(stack: Stack) -> float:
 
 async def wait_for_scans(stack: Stack, more: int, timeout: float = 30) -> None:
     target = await scans_done(stack) + more
-    deadline = time.monotonic() + timeout
-    while await scans_done(stack) < target:
-        assert time.monotonic() < deadline, "the watcher stopped scanning"
-        await asyncio.sleep(0.2)
+
+    async def done() -> bool:
+        return await scans_done(stack) >= target
+
+    await eventually(done, timeout, what="the watcher stopped scanning", interval=0.2)
 
 
 @pytest.mark.stack_env(NAS_WATCH="true")
@@ -145,18 +166,17 @@ async def test_watched_folder_is_ingested_once_and_rescans_emit_nothing(
     stack: Stack, pool: asyncpg.Pool
 ) -> None:
     expected = build_tree(stack.root / "nas" / "incoming", patients=2, per_series=15, extras=False)
-    deadline = time.monotonic() + 90
-    while await pool.fetchval("SELECT count(*) FROM instances") < expected.new:
-        assert time.monotonic() < deadline, stack.tail("nas-watcher")
-        await asyncio.sleep(0.2)
+
+    async def indexed() -> bool:
+        return bool(await pool.fetchval("SELECT count(*) FROM instances") >= expected.new)
+
+    await eventually(indexed, 90, what=lambda: stack.tail("nas-watcher"), interval=0.2)
     await wait_for_scans(stack, 3)  # three more scans of the unchanged tree
     assert await pool.fetchval("SELECT count(*) FROM ingest_files") == expected.files
     # A file rewritten in place is emitted again, and found to be a duplicate.
     some = next((stack.root / "nas" / "incoming").rglob("*.dcm"))
     some.write_bytes(some.read_bytes())
     os.utime(some, (time.time() - 10, time.time() - 10))
-    deadline = time.monotonic() + 30
-    while await pool.fetchval("SELECT count(*) FROM ingest_files WHERE status = 'duplicate'") < 1:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.2)
+    duplicates = "SELECT count(*) FROM ingest_files WHERE status = 'duplicate'"
+    await eventually(lambda: pool.fetchval(duplicates), 30, what=duplicates, interval=0.2)
     assert await pool.fetchval("SELECT count(*) FROM ingest_files") == expected.files + 1

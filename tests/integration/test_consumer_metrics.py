@@ -4,7 +4,6 @@ partition that moved to another replica is no longer reported by the one that lo
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 
 import pytest
@@ -15,6 +14,7 @@ from libs.kafka.admin import ensure_topics
 from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
 from libs.kafka.producer import Producer
 from libs.runtime.metrics import ConsumerMetrics, ProducerMetrics
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 TOPIC = ImportRequested.TOPIC
@@ -52,13 +52,6 @@ async def replica(
     return consumer, registry, asyncio.create_task(consumer.run())
 
 
-async def until(check: object, what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.2)
-
-
 async def test_lag_series_follow_the_partitions_a_replica_owns(broker: object) -> None:
     bootstrap = broker.bootstrap  # type: ignore[attr-defined]
     await ensure_topics(bootstrap, partitions=2, replication_factor=1)
@@ -76,12 +69,19 @@ async def test_lag_series_follow_the_partitions_a_replica_owns(broker: object) -
             reg_a.get_sample_value("dicomflow_t_messages_total", {"topic": TOPIC, "status": "dlq"})
             == 0
         ), "exported at zero before the first message"
-        await until(lambda: lag_partitions(reg_a) == {"0", "1"}, "first replica owns both")
+        await eventually(
+            lambda: lag_partitions(reg_a) == {"0", "1"},
+            90,
+            what="first replica owns both",
+            interval=0.2,
+        )
 
         b, reg_b, task_b = await replica(bootstrap, producer, stop_b)
-        await until(
+        await eventually(
             lambda: len(lag_partitions(reg_a)) == 1 and len(lag_partitions(reg_b)) == 1,
-            "each replica reports only the partition it owns",
+            90,
+            what="each replica reports only the partition it owns",
+            interval=0.2,
         )
         assert lag_partitions(reg_a) | lag_partitions(reg_b) == {"0", "1"}
         stop_b.set()

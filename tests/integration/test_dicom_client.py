@@ -19,6 +19,7 @@ from libs.dicom_net.models import Level, Peer, Progress, Query, Root
 from libs.tools.dev_broker import free_port, wait_for_port
 from load_test.dimse import StoreSCP, storescu
 from load_test.peers import PEER_ENV, Orthanc, require_binary
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -113,10 +114,9 @@ async def test_move_to_named_destination(upstream: Upstream) -> None:
     big, _ = big_and_small(upstream)
     result = await upstream.client().move(Query(level=Level.STUDY, study_uid=big), "STORESCP")
     assert (result.completed, result.failed) == (50, 0)
-    deadline = time.monotonic() + 30
-    while len([p for p in upstream.scp.folder.rglob("*") if p.is_file()]) < 50:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await eventually(
+        lambda: len([p for p in upstream.scp.folder.rglob("*") if p.is_file()]) >= 50, 30
+    )
 
 
 async def test_clear_errors(upstream: Upstream, tmp_path: Path) -> None:
@@ -220,7 +220,4 @@ async def test_dcmqrscp_find_get_and_move(
     assert (got.completed, got.failed, len(got.files)) == (count, 0, count)
     moved = await client.move(Query(level=Level.STUDY, study_uid=study.study_uid), "STORESCP")
     assert (moved.completed, moved.failed) == (count, 0)
-    deadline = time.monotonic() + 30
-    while len([p for p in scp.folder.rglob("*") if p.is_file()]) < count:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await eventually(lambda: len([p for p in scp.folder.rglob("*") if p.is_file()]) >= count, 30)

@@ -21,6 +21,7 @@ from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
 from libs.kafka.dlq import REPLAY_HEADER, LetterFilter, list_letters, replay, show_letter
 from libs.kafka.producer import Producer
 from libs.runtime.metrics import ConsumerMetrics
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 TOPIC = ImportRequested.TOPIC
@@ -56,10 +57,12 @@ async def dead_letter(bootstrap: str, producer: Producer, events: list[ImportReq
     await stage.start()
     task = asyncio.create_task(stage.run())
     await producer.publish(*events)
-    deadline = time.monotonic() + 120  # joining the group waits for the session timeout
-    while len(await list_letters(bootstrap, TOPIC)) < len(events):
-        assert time.monotonic() < deadline, "letters not written"
-        await asyncio.sleep(0.3)
+
+    async def written() -> bool:
+        return len(await list_letters(bootstrap, TOPIC)) >= len(events)
+
+    # Joining the group waits for the session timeout.
+    await eventually(written, 120, what="letters not written", interval=0.3)
     stopping.set()
     await task
     await stage.stop()

@@ -8,7 +8,7 @@ import asyncio
 import ssl
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -30,6 +30,7 @@ from services.dicom_receiver import pdus
 from services.dicom_receiver.committer import Committer
 from services.dicom_receiver.config import ReceiverSettings
 from services.dicom_receiver.scp import ReceiverMetrics, StoreSCP
+from tests.polling import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -274,7 +275,7 @@ async def test_protocol_errors_after_association_are_aborted(
         assert answer[:1] == bytes([pdus.ABORT])
     finally:
         writer.close()
-    await until(lambda: receiver.files() == [])
+    await eventually(lambda: receiver.files() == [], 10, interval=0.05)
     ok, _, stored = await asyncio.to_thread(store_and_echo, receiver.port)
     assert ok and stored == 0
 
@@ -287,19 +288,15 @@ async def test_abort_mid_data_set_leaves_no_partial_file(receiver: Receiver) -> 
         item = pdus.ITEM.pack(len(half) + 2, 1, 0x00)  # data set fragment, not the last
         writer.write(pdus.HEADER.pack(pdus.P_DATA_TF, len(item) + len(half)) + item + half)
         await writer.drain()
-        await until(lambda: len(receiver.files()) == 1)  # streamed to staging as it arrives
+        await eventually(
+            lambda: len(receiver.files()) == 1, 10, interval=0.05
+        )  # streamed to staging as it arrives
         writer.write(pdus.abort(0x00, source=0x00))
         await writer.drain()
-        await until(lambda: receiver.files() == [])
+        await eventually(lambda: receiver.files() == [], 10, interval=0.05)
         assert receiver.ledger.recorded == []
     finally:
         writer.close()
-
-
-async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("receiver", [{"max_associations": 1}], indirect=True)

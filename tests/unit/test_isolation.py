@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import operator
 import os
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from libs.contracts.errors import NotDicomError, PermanentError
 from libs.dicom.extract import extract_file
 from libs.dicom.synthetic import make_dataset, write_instance
 from libs.runtime.sandbox import IsolatedExecutor, WorkerCrashed, WorkerTimeout, _Gate
+from tests.polling import eventually
 
 TIMEOUT_S = 2.0
 
@@ -134,12 +136,16 @@ async def test_two_crashes_at_once(executor: IsolatedExecutor) -> None:
     assert results[2] == 2
 
 
-async def test_cancelled_call_frees_its_place(executor: IsolatedExecutor) -> None:
-    task = asyncio.create_task(executor.run(time.sleep, 0.5))
-    await asyncio.sleep(0.1)
+async def test_cancelled_call_frees_its_place(executor: IsolatedExecutor, tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    script = f'touch "{started}" && sleep 2'
+    task = asyncio.create_task(executor.run(subprocess.run, ["sh", "-c", script]))
+    await eventually(started.exists, 30, what="the call never started in a worker")
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert executor._gate._shared == 0, "the cancelled call still holds its place"
     await still_works(executor)
 
 

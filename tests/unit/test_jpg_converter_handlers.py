@@ -11,13 +11,12 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from libs.contracts.errors import PermanentError
-from libs.contracts.events import DeadLetter, FileRef, InstancePreviewed, InstanceStored
+from libs.contracts.events import FileRef, InstancePreviewed, InstanceStored
 from libs.dicom.extract import extract_file
 from libs.imaging.jobs import RenderRequest, RenderResult, render_file
 from libs.imaging.keys import preview_key
 from libs.storage import instance_key
 from libs.storage.memory import MemoryStore
-from services.indexer.handlers import handle_dead_letter
 from services.jpg_converter.handlers import handle_stored
 
 
@@ -134,23 +133,3 @@ async def test_missing_canonical_copy_is_a_permanent_error() -> None:
     store.objects.clear()
     with pytest.raises(PermanentError, match="is not in storage"):
         await convert(event, store)
-
-
-async def test_indexer_ignores_the_converters_dead_letters() -> None:
-    recorded: list[tuple[int, str]] = []
-
-    class Index:
-        async def index(self, event: InstanceStored) -> None: ...
-        async def duplicate(self, event: object) -> None: ...
-        async def failed(self, file_id: int, stage: str, reason: str) -> None:
-            recorded.append((file_id, stage))
-
-    def letter(stage: str) -> DeadLetter:
-        return DeadLetter(
-            original_topic="dicom.stored.v1", partition=0, offset=1, payload="{}",
-            error="x", error_type="PermanentError", stage=stage, attempts=1, file_id=3,
-        )  # fmt: skip
-
-    await handle_dead_letter(letter("jpg-converter"), index=Index())  # type: ignore[arg-type]
-    await handle_dead_letter(letter("indexer"), index=Index())  # type: ignore[arg-type]
-    assert recorded == [(3, "indexer")]

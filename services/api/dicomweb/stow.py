@@ -23,8 +23,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
 from libs.contracts.errors import PermanentError
-from libs.contracts.events import DicomHeader, Event
-from libs.db.ledger import NewFile, discovered_event, record_discovered
+from libs.contracts.events import DicomHeader, Event, discovered_event
+from libs.db.ledger import NewFile, record_discovered
 from libs.dicom.extract import extract_file
 from libs.http.auth import Authenticator, Caller
 from libs.runtime.logging import get_logger

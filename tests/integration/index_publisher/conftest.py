@@ -36,6 +36,7 @@ from libs.contracts.events import (
 )
 from libs.db.index import index_instance, study_snapshot
 from libs.tools.dev_broker import free_port
+from tests.polling import eventually
 
 API_KEY = "central-secret"
 CENTER = "SITE-01"
@@ -272,7 +273,7 @@ class Publisher:
         return r.status_code == 200, r.json()
 
     async def wait_ready(self, timeout: float = 30) -> None:
-        await until(lambda: self._ready_or_dead(), timeout, lambda: self.tail())
+        await eventually(self._ready_or_dead, timeout, what=self.tail)
 
     async def _ready_or_dead(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, f"exited:\n{self.tail()}"
@@ -304,20 +305,6 @@ def publisher(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Publisher]]
     yield start
     for p in started:
         p.stop()
-
-
-async def until(check: Callable[[], Any], timeout: float, explain: Callable[[], str]) -> None:
-    """Poll `check` (sync or async) until it is true, or fail with `explain()`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout}s:\n{explain()}")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ from tests.integration.index_publisher.conftest import (
     Rule,
     index_study,
     publisher_env,
-    until,
 )
 from tests.integration.test_bus import drain
+from tests.polling import eventually
 
 TOPIC = StudyMetadata.TOPIC
 DLQ = dlq_topic(TOPIC)
@@ -69,10 +69,10 @@ async def test_every_revision_arrives_once_and_in_order(
     await proc.wait_ready()
 
     every = {uid: [1, 2, 3] for uid in studies}
-    await until(
+    await eventually(
         lambda: {uid: central.revisions(uid) for uid in studies} == every,
         60,
-        lambda: f"{ {uid: central.revisions(uid) for uid in studies} }\n{proc.tail()}",
+        what=lambda: f"{ {uid: central.revisions(uid) for uid in studies} }\n{proc.tail()}",
     )
     # Redelivered and stale revisions change nothing; a new revision after them goes out.
     redelivered = [e for e in events if e.study_uid == a and e.revision == 2]
@@ -81,10 +81,10 @@ async def test_every_revision_arrives_once_and_in_order(
     newer = await index_study(conn, a, studies[a], 1, start=3)
     newer += await index_study(conn, b, studies[b], 1, start=3)
     await publish(broker.bootstrap, newer)
-    await until(
+    await eventually(
         lambda: central.revisions(a) == [1, 2, 3, 4] and central.revisions(b) == [1, 2, 3, 4],
         30,
-        lambda: f"{central.revisions(a)} {central.revisions(b)}\n{proc.tail()}",
+        what=lambda: f"{central.revisions(a)} {central.revisions(b)}\n{proc.tail()}",
     )
 
     for uid in studies:
@@ -123,7 +123,7 @@ async def test_every_revision_arrives_once_and_in_order(
         rows = await conn.fetch("SELECT study_uid, delivered_revision FROM index_publications")
         return {r["study_uid"]: r["delivered_revision"] for r in rows} == expected
 
-    await until(recorded, 10, proc.tail)
+    await eventually(recorded, 10, what=proc.tail)
     assert await drain(broker.bootstrap, DLQ, 1, timeout=1) == []
 
 
@@ -149,12 +149,14 @@ async def test_an_outage_longer_than_the_retry_budget_is_ridden_out(
         ok, body = await proc.ready()
         return not ok and body["checks"]["receiver"] == "failing"
 
-    await until(not_ready_because_of_the_receiver, 30, proc.tail)
-    await until(lambda: len(central.requests) >= 12, 30, proc.tail)  # several budgets (4 each)
+    await eventually(not_ready_because_of_the_receiver, 30, what=proc.tail)
+    await eventually(
+        lambda: len(central.requests) >= 12, 30, what=proc.tail
+    )  # several budgets (4 each)
     central.down = None
     central.api_key = "rotated"  # our key is refused now
     seen = len(central.requests)
-    await until(lambda: len(central.requests) >= seen + 6, 30, proc.tail)
+    await eventually(lambda: len(central.requests) >= seen + 6, 30, what=proc.tail)
     assert not central.applied
     assert not (await proc.ready())[0]
     central.api_key = "central-secret"
@@ -162,12 +164,12 @@ async def test_an_outage_longer_than_the_retry_budget_is_ridden_out(
         central.slow[f"dicomflow:{CENTER}:{uid}:1"] = 1.0
 
     every = {uid: [1, 2] for uid in studies}
-    await until(
+    await eventually(
         lambda: {uid: central.revisions(uid) for uid in studies} == every,
         60,
-        lambda: f"{ {uid: central.revisions(uid) for uid in studies} }\n{proc.tail()}",
+        what=lambda: f"{ {uid: central.revisions(uid) for uid in studies} }\n{proc.tail()}",
     )
-    await until(proc._ready_or_dead, 30, proc.tail)
+    await eventually(proc._ready_or_dead, 30, what=proc.tail)
     assert await drain(broker.bootstrap, DLQ, 1, timeout=1) == []
     proc.stop()
     assert proc.proc is not None and proc.proc.returncode == 0, proc.tail()  # graceful SIGTERM
@@ -199,7 +201,7 @@ async def test_a_refused_study_lands_in_the_dlq_with_the_answer(
     await proc.wait_ready()
 
     letters = [DeadLetter.model_validate_json(v) for v in await drain(broker.bootstrap, DLQ, 2)]
-    await until(lambda: central.revisions(throttled) == [1], 30, proc.tail)
+    await eventually(lambda: central.revisions(throttled) == [1], 30, what=proc.tail)
     assert central.revisions(fine) == [1]
     by_study = {letter.key: letter for letter in letters}
     assert set(by_study) == {rejected, broken}, proc.tail()

@@ -4,12 +4,10 @@ only for an ops/admin key, audited, filtered, and each letter once."""
 from __future__ import annotations
 
 import json
-import time
 
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 
 from libs.contracts.events import DeadLetter, StudyMetadata
@@ -18,6 +16,7 @@ from libs.db.apikeys import create_key
 from libs.http.middleware import AuditMiddleware
 from libs.kafka.producer import Producer
 from services.index_publisher.replay import replay_router
+from tests.integration.test_bus import drain
 
 pytestmark = pytest.mark.integration
 TOPIC = StudyMetadata.TOPIC
@@ -41,22 +40,6 @@ def letter(study_uid: str, error_type: str) -> bytes:
         .model_dump_json()
         .encode()
     )
-
-
-async def republished(bootstrap: str, count: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        TOPIC, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    out: list[bytes] = []
-    deadline = time.monotonic() + 20
-    try:
-        while len(out) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            out += [r.value for rs in batch.values() for r in rs]
-    finally:
-        await consumer.stop()
-    return out
 
 
 async def test_replay_endpoint(broker: object, pool: asyncpg.Pool, producer: Producer) -> None:
@@ -91,7 +74,7 @@ async def test_replay_endpoint(broker: object, pool: asyncpg.Pool, producer: Pro
         again = await client.post(url, headers=ops)  # each letter is offered once
         assert again.json()["replayed"] == []
 
-    values = await republished(bootstrap, 1)
+    values = await drain(bootstrap, TOPIC, 1)
     assert [json.loads(v)["study_uid"] for v in values] == ["1.2.1"]
     async with pool.acquire() as conn:
         actions = await conn.fetch(

@@ -1,0 +1,37 @@
+"""Waiting in tests: poll with a deadline, never sleep and hope. The one helper for it."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], T | Awaitable[T]],
+    timeout: float = 30.0,
+    *,
+    what: str | Callable[[], str] = "",
+    interval: float = 0.1,
+) -> T:
+    """Call `check` (sync or async) until it returns something true, and return that.
+
+    After `timeout` seconds the test fails saying `what` (a callable is called then, e.g.
+    for a service's log tail). An exception raised by `check` fails the test at once (a
+    check may assert that the process it waits for is still alive).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            said = what() if callable(what) else what
+            raise AssertionError(f"not true after {timeout:g}s" + (f":\n{said}" if said else ""))
+        await asyncio.sleep(interval)

@@ -1,0 +1,361 @@
+"""The core stages' handlers with fakes: extractor, dedup, storage writer, indexer. Each test
+names what the handler decides; the bytes, keys and events are checked, not that a call ran."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from libs.contracts.errors import DicomParseError, NotDicomError, PermanentError
+from libs.contracts.events import (
+    DeadLetter,
+    DicomHeader,
+    FileDiscovered,
+    FileRef,
+    Hashes,
+    InstanceDuplicated,
+    InstanceExtracted,
+    InstanceStored,
+    InstanceUnique,
+    PatientAttrs,
+    StudyMetadata,
+    StudySnapshot,
+)
+from libs.db.dedup import Claim, Verdict
+from libs.dicom.extract import extract_file
+from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
+from libs.storage import conflict_key, instance_key
+from libs.storage.memory import MemoryStore
+from services.dedup.handlers import handle_extracted
+from services.extractor.handlers import handle_discovered
+from services.indexer.handlers import handle_dead_letter, handle_duplicate, handle_stored
+from services.storage_writer.handlers import handle_unique
+
+STUDY, SERIES, SOP = synthetic_uid("study"), synthetic_uid("series"), synthetic_uid("sop")
+
+
+def instance(tmp_path: Path, name: str = "a.dcm", sop: str = SOP) -> Path:
+    path = tmp_path / name
+    write_instance(
+        path,
+        make_dataset(
+            patient_id="P1",
+            patient_name="Test^Patient",
+            study_uid=STUDY,
+            series_uid=SERIES,
+            sop_uid=sop,
+            rows=8,
+            columns=8,
+        ),
+    )
+    return path
+
+
+def discovered(path: Path, file_id: int = 7) -> FileDiscovered:
+    return FileDiscovered(
+        correlation_id="corr-1",
+        source="nas",
+        file=FileRef(file_id=file_id, uri=path.as_uri(), size=path.stat().st_size, task_id=None),
+        origin=str(path),
+    )
+
+
+async def parse_here(path: str) -> tuple[DicomHeader, Hashes]:
+    """The extractor's parser without the worker process around it."""
+    return extract_file(path)
+
+
+async def extracted(path: Path, file_id: int = 7) -> InstanceExtracted:
+    (event,) = await handle_discovered(discovered(path, file_id), parse=parse_here)
+    assert isinstance(event, InstanceExtracted)
+    return event
+
+
+def unique(
+    event: InstanceExtracted, disposition: str, related: str | None = None
+) -> InstanceUnique:
+    return InstanceUnique(
+        correlation_id=event.correlation_id,
+        source=event.source,
+        file=event.file,
+        header=event.header,
+        hashes=event.hashes,
+        disposition=disposition,  # type: ignore[arg-type]
+        related_sop_instance_uid=related,
+    )
+
+
+# --- extractor ---------------------------------------------------------------------------
+
+
+async def test_extractor_emits_the_header_and_hashes_keyed_by_study(tmp_path: Path) -> None:
+    path = instance(tmp_path)
+    event = await extracted(path)
+    assert event.file.uri == path.as_uri() and event.file.file_id == 7
+    assert (event.correlation_id, event.source) == ("corr-1", "nas")
+    assert event.header.instance.sop_instance_uid == SOP
+    assert event.header.study.study_uid == STUDY
+    assert event.hashes.file_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert event.key() == STUDY.encode()
+
+
+async def test_extractor_a_vanished_file_is_a_permanent_error(tmp_path: Path) -> None:
+    path = instance(tmp_path)
+    event = discovered(path)
+    path.unlink()
+    with pytest.raises(PermanentError, match="source file is gone"):
+        await handle_discovered(event, parse=parse_here)
+
+
+async def test_extractor_rejects_a_uri_it_cannot_read(tmp_path: Path) -> None:
+    event = discovered(instance(tmp_path)).model_copy(
+        update={"file": FileRef(file_id=1, uri="s3://bucket/a.dcm", size=1)}
+    )
+    with pytest.raises(PermanentError, match="unsupported source URI scheme"):
+        await handle_discovered(event, parse=parse_here)
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (b"", NotDicomError),
+        (b"hello, not DICOM", NotDicomError),
+        (b"\0" * 128 + b"DICM", DicomParseError),
+    ],
+)
+async def test_extractor_a_file_that_is_not_dicom_is_a_permanent_error(
+    tmp_path: Path, content: bytes, error: type[Exception]
+) -> None:
+    path = tmp_path / "x.dcm"
+    path.write_bytes(content)
+    with pytest.raises(error):
+        await handle_discovered(discovered(path), parse=parse_here)
+    assert issubclass(error, PermanentError)
+
+
+# --- dedup ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("verdict", "related", "emitted"),
+    [
+        ("new", None, InstanceUnique),
+        ("same_content_other_uid", "1.2.3", InstanceUnique),
+        ("conflict", SOP, InstanceUnique),
+        ("duplicate", None, InstanceDuplicated),
+    ],
+)
+async def test_dedup_every_verdict(
+    tmp_path: Path, verdict: Verdict, related: str | None, emitted: type
+) -> None:
+    event = await extracted(instance(tmp_path))
+    asked: list[InstanceExtracted] = []
+
+    async def claim(e: InstanceExtracted) -> Claim:
+        asked.append(e)
+        return Claim(verdict, related)
+
+    (out,) = await handle_extracted(event, claim=claim)
+    assert asked == [event]
+    assert type(out) is emitted
+    assert (out.file, out.header, out.hashes) == (event.file, event.header, event.hashes)
+    assert (out.correlation_id, out.source, out.key()) == ("corr-1", "nas", STUDY.encode())
+    if isinstance(out, InstanceUnique):
+        assert (out.disposition, out.related_sop_instance_uid) == (verdict, related)
+
+
+async def test_dedup_a_failed_claim_emits_nothing(tmp_path: Path) -> None:
+    event = await extracted(instance(tmp_path))
+
+    async def claim(e: InstanceExtracted) -> Claim:
+        raise ConnectionError("database away")
+
+    with pytest.raises(ConnectionError):
+        await handle_extracted(event, claim=claim)
+
+
+# --- storage writer ------------------------------------------------------------------------
+
+
+async def test_storage_writer_copies_the_bytes_to_the_canonical_key(tmp_path: Path) -> None:
+    path = instance(tmp_path)
+    event = await extracted(path)
+    store = MemoryStore()
+    (out,) = await handle_unique(unique(event, "new"), storage=store)
+    key = instance_key(STUDY, SERIES, SOP)
+    assert store.objects == {key: path.read_bytes()}
+    assert isinstance(out, InstanceStored)
+    assert out.storage_url == store.url_for(key)
+    assert (out.disposition, out.file, out.hashes) == ("new", event.file, event.hashes)
+
+
+async def test_storage_writer_keeps_a_conflict_under_its_own_key(tmp_path: Path) -> None:
+    first, second = instance(tmp_path, "a.dcm"), tmp_path / "b.dcm"
+    write_instance(  # the same SOPInstanceUID with other pixels
+        second,
+        make_dataset(
+            patient_id="P1",
+            patient_name="Test^Patient",
+            study_uid=STUDY,
+            series_uid=SERIES,
+            sop_uid=SOP,
+            rows=16,
+            columns=16,
+        ),
+    )
+    store = MemoryStore()
+    await handle_unique(unique(await extracted(first), "new"), storage=store)
+    other = await extracted(second, file_id=8)
+    (out,) = await handle_unique(unique(other, "conflict", SOP), storage=store)
+    key = conflict_key(SOP, other.hashes.content_sha256)
+    assert store.objects[instance_key(STUDY, SERIES, SOP)] == first.read_bytes()
+    assert store.objects[key] == second.read_bytes()
+    assert isinstance(out, InstanceStored)
+    assert (out.disposition, out.storage_url) == ("conflict", store.url_for(key))
+
+
+async def test_storage_writer_a_missing_source_is_permanent_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    path = instance(tmp_path)
+    event = unique(await extracted(path), "new")
+    path.unlink()
+    store = MemoryStore()
+    with pytest.raises(PermanentError):
+        await handle_unique(event, storage=store)
+    assert store.objects == {}
+
+
+async def test_storage_writer_refuses_a_source_changed_since_extraction(tmp_path: Path) -> None:
+    path = instance(tmp_path)
+    event = unique(await extracted(path), "new")
+    path.write_bytes(path.read_bytes() + b"\0\0")
+    store = MemoryStore()
+    with pytest.raises(PermanentError, match="changed since it was extracted"):
+        await handle_unique(event, storage=store)
+    assert store.objects == {}
+
+
+async def test_storage_writer_emits_nothing_when_the_key_holds_other_content(
+    tmp_path: Path,
+) -> None:
+    """A conflict that reached the canonical key (never overwrite): a permanent error, no event."""
+    path = instance(tmp_path)
+    event = unique(await extracted(path), "new")
+    store = MemoryStore()
+    store.objects[instance_key(STUDY, SERIES, SOP)] = b"other content"
+    with pytest.raises(PermanentError, match="refusing to overwrite"):
+        await handle_unique(event, storage=store)
+    assert store.objects[instance_key(STUDY, SERIES, SOP)] == b"other content"
+
+
+async def test_storage_writer_a_uid_that_cannot_be_a_key_is_permanent(tmp_path: Path) -> None:
+    event = unique(await extracted(instance(tmp_path)), "new")
+    bad = event.header.model_copy(
+        update={"study": event.header.study.model_copy(update={"study_uid": "../../etc"})}
+    )
+    with pytest.raises(PermanentError):
+        await handle_unique(event.model_copy(update={"header": bad}), storage=MemoryStore())
+
+
+# --- indexer -------------------------------------------------------------------------------
+
+
+class FakeIndex:
+    def __init__(self, snapshot: StudySnapshot | None) -> None:
+        self.snapshot = snapshot
+        self.indexed: list[InstanceStored] = []
+        self.duplicates: list[InstanceDuplicated] = []
+        self.failures: list[tuple[int, str, str]] = []
+
+    async def index(self, event: InstanceStored) -> StudySnapshot | None:
+        self.indexed.append(event)
+        return self.snapshot
+
+    async def duplicate(self, event: InstanceDuplicated) -> None:
+        self.duplicates.append(event)
+
+    async def failed(self, file_id: int, stage: str, reason: str) -> None:
+        self.failures.append((file_id, stage, reason))
+
+
+SNAPSHOT = StudySnapshot(
+    study_uid=STUDY,
+    revision=3,
+    stable=False,
+    patient=PatientAttrs(patient_id="P1", patient_name="Test^Patient"),
+    modalities=["CT"],
+    series_count=1,
+    instance_count=2,
+    size_bytes=1000,
+    storage_prefix=f"studies/{STUDY}/",
+)
+
+
+async def stored(tmp_path: Path) -> InstanceStored:
+    store = MemoryStore()
+    (out,) = await handle_unique(unique(await extracted(instance(tmp_path)), "new"), storage=store)
+    assert isinstance(out, InstanceStored)
+    return out
+
+
+async def test_indexer_announces_the_study_with_the_instances_correlation_id(
+    tmp_path: Path,
+) -> None:
+    event = await stored(tmp_path)
+    index = FakeIndex(SNAPSHOT)
+    (out,) = await handle_stored(event, index=index)
+    assert index.indexed == [event]
+    assert isinstance(out, StudyMetadata)
+    assert out.model_dump(include=set(StudySnapshot.model_fields)) == SNAPSHOT.model_dump()
+    assert (out.correlation_id, out.correlation_ids, out.source) == (
+        "corr-1",
+        ["corr-1"],
+        "indexer",
+    )
+    assert out.key() == STUDY.encode()
+
+
+async def test_indexer_emits_nothing_when_the_index_did_not_change(tmp_path: Path) -> None:
+    assert await handle_stored(await stored(tmp_path), index=FakeIndex(None)) == []
+
+
+async def test_indexer_records_a_duplicate_and_emits_nothing(tmp_path: Path) -> None:
+    event = await extracted(instance(tmp_path))
+    dup = InstanceDuplicated(
+        correlation_id="corr-1", source="nas", file=event.file, header=event.header,
+        hashes=event.hashes,
+    )  # fmt: skip
+    index = FakeIndex(SNAPSHOT)
+    assert await handle_duplicate(dup, index=index) == []
+    assert index.duplicates == [dup]
+    assert index.indexed == []
+
+
+def letter(stage: str, file_id: int | None = 3) -> DeadLetter:
+    return DeadLetter(
+        original_topic="dicom.stored.v1", partition=0, offset=1, payload="{}",
+        error="cannot read", error_type="PermanentError", stage=stage, attempts=1,
+        file_id=file_id,
+    )  # fmt: skip
+
+
+async def test_indexer_a_dead_letter_is_the_files_final_failure() -> None:
+    index = FakeIndex(None)
+    assert await handle_dead_letter(letter("storage-writer"), index=index) == []
+    assert index.failures == [(3, "storage-writer", "PermanentError: cannot read")]
+
+
+async def test_indexer_ignores_the_converters_dead_letters() -> None:
+    index = FakeIndex(None)
+    await handle_dead_letter(letter("jpg-converter"), index=index)
+    await handle_dead_letter(letter("indexer"), index=index)
+    assert [(f, s) for f, s, _ in index.failures] == [(3, "indexer")]
+
+
+async def test_indexer_a_dead_letter_without_a_file_records_nothing() -> None:
+    index = FakeIndex(None)
+    await handle_dead_letter(letter("extractor", file_id=None), index=index)
+    assert index.failures == []
