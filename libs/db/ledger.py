@@ -88,8 +88,10 @@ async def mark_outcome(
     study_uid: str | None = None,
     task_id: str | _Lookup | None = LOOKUP,
 ) -> float | None:
-    """Record a file's final outcome once (later calls are no-ops); completes its task
-    when it was the last pending file. Returns the seconds since the file's discovery if this
+    """Record a file's final outcome once (later calls are no-ops), except that a `failed`
+    file may still reach another outcome: a dead letter replayed, once its cause is fixed,
+    ends as what really happened to it. Completes its task when it was the last pending
+    file. Returns the seconds since the file's discovery if this
     call recorded it (the end-to-end latency), None if it was recorded before.
 
     Pass `task_id` when the caller knows it (events carry it) to save a round trip; inside a
@@ -109,7 +111,7 @@ async def mark_outcome(
             UPDATE ingest_files
                SET status = $2, stage = $3, reason = $4, sop_instance_uid = $5, study_uid = $6,
                    updated_at = now(), finished_at = now()
-             WHERE id = $1 AND status = 'pending'
+             WHERE id = $1 AND (status = 'pending' OR (status = 'failed' AND $2 <> 'failed'))
             RETURNING extract(epoch FROM finished_at - discovered_at)::float8
             """,
             file_id,
