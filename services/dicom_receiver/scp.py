@@ -103,6 +103,8 @@ class StoreSCP:
             max_pdu=settings.max_pdu,
             acse_timeout=settings.acse_timeout_seconds,
             network_timeout=settings.network_timeout_seconds,
+            max_instance_bytes=settings.max_instance_mb << 20,
+            min_free_bytes=settings.min_free_mb << 20,
         )
         self.server: asyncio.Server | None = None
         self.associations: dict[Association, asyncio.Task[None]] = {}
