@@ -13,10 +13,12 @@ from libs.db import discs, ledger, tasks
 from libs.db.discs import DISC_KINDS, OpenDisc
 from libs.db.ledger import LedgerRow, NewFile
 from libs.db.tasks import TaskCounters
+from libs.dicom.isolation import IsolatedExecutor
 from libs.events import Event
 from libs.logging import get_logger
 from libs.runtime import Runtime
 from services.iso_watcher.config import IsoWatcherSettings
+from services.iso_watcher.dicomdir import Plan, survey
 from services.iso_watcher.handlers import Settler, run_round
 
 log = get_logger(__name__)
@@ -83,6 +85,18 @@ async def wire(rt: Runtime) -> None:
         registry=rt.registry,
     )
     lock = zlib.crc32(str(s.inbox).encode()) & 0x7FFFFFFF  # advisory keys are int4
+    parser = IsolatedExecutor(
+        workers=1,
+        memory_limit_mb=s.parse_memory_limit_mb,
+        timeout_s=s.parse_timeout_seconds,
+        preload=(survey.__module__,),
+    )
+    rt.resources.callback(parser.close)
+    await parser.warm_up()
+
+    async def survey_isolated(source_path: str) -> tuple[dict[str, int], Plan]:
+        files, plan = await parser.run(survey, source_path)
+        return files, plan
 
     async def publish(events: Sequence[Event]) -> None:
         await producer.publish(*events)
@@ -103,6 +117,7 @@ async def wire(rt: Runtime) -> None:
                                 processed=s.processed,
                                 failed=s.failed,
                                 batch_size=s.scan_batch_size,
+                                survey=survey_isolated,
                             )
                             rounds.inc()
                         finally:
