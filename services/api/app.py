@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 
 from libs.http.auth import Authenticator
@@ -37,6 +38,7 @@ def create_app(
     limits = limits or ApiLimits()
     auth = Authenticator(pool)
     app = FastAPI(title="dicomflow API", version="1", description=DESCRIPTION)
+    app.add_exception_handler(RequestValidationError, auth.invalid_request)  # 401 before 422
     app.include_router(studies_router(pool, auth, limits))
     if previews is not None:
         app.include_router(previews_router(pool, auth, previews))
