@@ -192,3 +192,13 @@ async def seconds_since_last_outcome(conn: Conn) -> float | None:
         "SELECT extract(epoch FROM now() - max(finished_at)) FROM ingest_files"
     )
     return None if value is None else float(value)
+
+
+async def seconds_since_latest_outcome_discovery(conn: Conn) -> float | None:
+    """How long ago the file that most recently reached an outcome was discovered (None:
+    none has). Files discovered well before it and still pending were overtaken by it."""
+    value = await conn.fetchval(
+        """SELECT extract(epoch FROM now() - discovered_at) FROM ingest_files
+            WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1"""
+    )
+    return None if value is None else float(value)
