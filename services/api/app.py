@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from libs.http.auth import Authenticator
 from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
+from libs.http.ratelimit import RateLimitMiddleware
 from libs.ops import Readiness, ops_router
 from services.api.config import ApiLimits
 from services.api.previews import PreviewSource
@@ -48,5 +49,8 @@ def create_app(
     app.include_router(ops_router("api", readiness, registry))
     # Added last = outermost: metrics see every request, the audit sees the final status.
     app.add_middleware(AuditMiddleware, pool=pool)
+    app.add_middleware(  # before the audit: a flood is refused without a database write
+        RateLimitMiddleware, per_key=limits.rate_per_key, per_address=limits.rate_per_address
+    )
     app.add_middleware(MetricsMiddleware, metrics=ApiMetrics.create(registry))
     return app

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, model_validator
+from limits import parse_many
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.settings import ServiceSettings
@@ -23,6 +24,8 @@ class ApiLimits:
     default_page_size: int = 50
     max_page_size: int = HARD_MAX_PAGE_SIZE
     publish_timeout_seconds: float = 10.0
+    rate_per_key: str = "600/minute"
+    rate_per_address: str = "1200/minute"
 
 
 class ApiSettings(ServiceSettings):
@@ -37,6 +40,14 @@ class ApiSettings(ServiceSettings):
     max_page_size: int = Field(default=HARD_MAX_PAGE_SIZE, ge=1, le=HARD_MAX_PAGE_SIZE)
     publish_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long POST /v1/imports waits for the broker's ack"
+    )
+    rate_per_key: str = Field(
+        default="600/minute",
+        description="Requests to /v1 one API key may make (`limits` notation: N/second|minute|"
+        "hour, e.g. '10/second;600/minute'); beyond, 429 with Retry-After.",
+    )
+    rate_per_address: str = Field(
+        default="1200/minute", description="The same for one client address (any key or none)."
     )
     render_workers: int = Field(default=1, ge=1, description="Processes rendering previews")
     render_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
@@ -54,6 +65,12 @@ class ApiSettings(ServiceSettings):
             }
         return data
 
+    @field_validator("rate_per_key", "rate_per_address")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_many(value)  # raises ValueError naming what it cannot read
+        return value
+
     @model_validator(mode="after")
     def _page_sizes(self) -> ApiSettings:
         if self.default_page_size > self.max_page_size:
@@ -65,4 +82,6 @@ class ApiSettings(ServiceSettings):
             default_page_size=self.default_page_size,
             max_page_size=self.max_page_size,
             publish_timeout_seconds=self.publish_timeout_seconds,
+            rate_per_key=self.rate_per_key,
+            rate_per_address=self.rate_per_address,
         )
