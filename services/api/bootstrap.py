@@ -26,7 +26,12 @@ async def wire(rt: Runtime) -> None:
         settings.render_workers, settings.render_memory_limit_mb, settings.render_timeout_seconds
     )
     rt.resources.callback(renderer.close)
-    previews = PreviewSource(open_store(settings.storage_url), renderer)
+    previews = PreviewSource(
+        open_store(settings.storage_url),
+        renderer,
+        concurrency=settings.render_workers,
+        queue=settings.render_queue,
+    )
     rt.app = create_app(
         pool,
         producer.publish,

@@ -52,6 +52,9 @@ class ApiSettings(ServiceSettings):
     render_workers: int = Field(default=1, ge=1, description="Processes rendering previews")
     render_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
     render_timeout_seconds: float = Field(default=30.0, gt=0, description="Per rendering")
+    render_queue: int = Field(
+        default=8, ge=0, description="Renders waiting for a worker; beyond, 503 + Retry-After"
+    )
 
     @model_validator(mode="before")
     @classmethod
