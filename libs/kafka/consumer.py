@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -32,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 from pydantic import BaseModel, ValidationError
 
-from libs.errors import PermanentError
+from libs.errors import FULL_DISK, PermanentError
 from libs.events import DeadLetter, Event
 from libs.kafka.producer import Producer
 from libs.logging import get_logger
@@ -55,7 +54,6 @@ UNREACHABLE = (
     asyncpg.InterfaceError,
     KafkaConnectionError,
 )
-FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT})
 MAX_OUTAGE_BACKOFF = 10.0
 
 

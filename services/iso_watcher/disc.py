@@ -10,6 +10,7 @@ from typing import BinaryIO, Protocol, cast
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
+from libs.errors import FULL_DISK
 from libs.staging import copy_stream
 
 DICOM_MAGIC_OFFSET = 128
@@ -156,7 +157,12 @@ def copy_out(disc: Disc, path: str, size: int, target: Path) -> int:
             written = copy_stream(target, f, limit=size, durable=False)
     except UnreadableFile:
         raise
-    except Exception as exc:  # an I/O error, or the image's stream failing on bad bytes
+    except OSError as exc:
+        if exc.errno in FULL_DISK:  # staging is full: not the file's fault, the round retries
+            raise
+        target.unlink(missing_ok=True)
+        raise UnreadableFile(_describe(exc)) from exc
+    except Exception as exc:  # the image's stream failing on bad bytes
         target.unlink(missing_ok=True)
         raise UnreadableFile(_describe(exc)) from exc
     if written != size:

@@ -4,6 +4,7 @@ reason, and moves to failed/; the watcher's memory stays flat and the next disc 
 
 from __future__ import annotations
 
+import errno
 import json
 import struct
 import subprocess
@@ -158,3 +159,59 @@ async def test_poison_discs_fail_alone_and_move_to_failed(
     async with pool.acquire() as conn:
         statuses = sorted(t.status for t in await tasks.list_tasks(conn))
     assert statuses == ["failed", "failed", "running"]
+
+
+async def test_a_full_staging_disk_holds_the_disc_instead_of_failing_its_files(
+    pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Staging fills while a disc is copied out: the round stops and is retried (the disc
+    resumes where it was), no file is reported unreadable; with space freed, all are read."""
+    inbox, staging = tmp_path / "inbox", tmp_path / "staging"
+    inbox.mkdir()
+    staging.mkdir()
+    instances(tmp_path / "tree" / "DICOM", 3, "full")
+    for f in (tmp_path / "tree" / "DICOM").iterdir():  # ~600 KB each
+        f.write_bytes(f.read_bytes() + bytes(600_000))
+    iso(tmp_path / "tree", inbox / "disc.iso")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(staging)], check=True)
+    filler = staging / "filler"
+    filler.write_bytes(bytes(2_200_000))  # ~0.9 MB left: one file fits, not two
+    parser = IsolatedExecutor(workers=1, memory_limit_mb=256, timeout_s=60)
+
+    async def isolated(source_path: str) -> tuple[dict[str, int], Plan]:
+        files, plan = await parser.run(survey, source_path)
+        return files, plan
+
+    store, published, settler = PgDiscStore(pool), Published(), Settler(0)
+
+    async def round_() -> None:
+        await run_round(
+            inbox=inbox,
+            settler=settler,
+            store=store,
+            publish=published,
+            staging=staging,
+            processed=inbox / "processed",
+            failed=inbox / "failed",
+            batch_size=1,
+            survey=isolated,
+        )
+
+    try:
+        await round_()  # first look
+        try:
+            await round_()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        else:
+            raise AssertionError("a full staging disk went unnoticed")
+        [disc] = await store.open_discs()
+        assert not disc.scan_completed and disc.task_status == "running"
+        filler.unlink()  # space freed: the next round resumes the disc and reads it whole
+        await round_()
+    finally:
+        parser.close()
+        subprocess.run(["umount", "-l", str(staging)], check=True)
+    [disc] = await store.open_discs()
+    assert disc.scan_completed and disc.scan["problems"] == []
+    assert len({e.file.uri for e in published if isinstance(e, FileDiscovered)}) == 3
