@@ -1,5 +1,11 @@
 """Errors that decide what the bus does with a message."""
 
+import errno
+
+# A full disk or quota: an outage (hold and retry until space is freed), never the fault of
+# the message or file being written.
+FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 class PermanentError(Exception):
     """The message will never succeed on retry: it goes to the DLQ at once, `str(e)` as reason."""

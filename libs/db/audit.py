@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,3 +38,31 @@ async def write_audit(conn: Conn, entry: AuditEntry) -> None:
         entry.result_count,
         entry.client,
     )
+
+
+async def create_key_audited(conn: Conn, role: str, name: str, *, via: str) -> tuple[int, str]:
+    """`apikeys.create_key` outside the API (the CLI, `dicomflow up`), with its audit row in
+    the same transaction: who ran it on which host, never the key itself."""
+    from libs.db.apikeys import create_key
+
+    async with conn.transaction():
+        key_id, plaintext = await create_key(conn, role, name)
+        await write_audit(
+            conn,
+            AuditEntry(
+                action="apikey.create",
+                method="CLI",
+                path=via,
+                status_code=201,
+                query={"key_id": key_id, "role": role, "name": name},
+                client=f"cli:{_user()}@{socket.gethostname()}",
+            ),
+        )
+    return key_id, plaintext
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return "?"

@@ -77,8 +77,10 @@ async def mark_outcome(
     study_uid: str | None = None,
     task_id: str | _Lookup | None = LOOKUP,
 ) -> float | None:
-    """Record a file's final outcome once (later calls are no-ops); completes its task
-    when it was the last pending file. Returns the seconds since the file's discovery if this
+    """Record a file's final outcome once (later calls are no-ops), except that a `failed`
+    file may still reach another outcome: a dead letter replayed, once its cause is fixed,
+    ends as what really happened to it. Completes its task when it was the last pending
+    file. Returns the seconds since the file's discovery if this
     call recorded it (the end-to-end latency), None if it was recorded before.
 
     Pass `task_id` when the caller knows it (events carry it) to save a round trip; inside a
@@ -98,7 +100,7 @@ async def mark_outcome(
             UPDATE ingest_files
                SET status = $2, stage = $3, reason = $4, sop_instance_uid = $5, study_uid = $6,
                    updated_at = now(), finished_at = now()
-             WHERE id = $1 AND status = 'pending'
+             WHERE id = $1 AND (status = 'pending' OR (status = 'failed' AND $2 <> 'failed'))
             RETURNING extract(epoch FROM finished_at - discovered_at)::float8
             """,
             file_id,
@@ -177,5 +179,15 @@ async def seconds_since_last_outcome(conn: Conn) -> float | None:
     """How long since any file reached an outcome (None: never)."""
     value = await conn.fetchval(
         "SELECT extract(epoch FROM now() - max(finished_at)) FROM ingest_files"
+    )
+    return None if value is None else float(value)
+
+
+async def seconds_since_latest_outcome_discovery(conn: Conn) -> float | None:
+    """How long ago the file that most recently reached an outcome was discovered (None:
+    none has). Files discovered well before it and still pending were overtaken by it."""
+    value = await conn.fetchval(
+        """SELECT extract(epoch FROM now() - discovered_at) FROM ingest_files
+            WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1"""
     )
     return None if value is None else float(value)

@@ -40,7 +40,12 @@ from libs.dicom_net.errors import (
     FailureStatus,
 )
 from libs.dicom_net.models import Level, Match, Peer, Progress, Query, RetrieveResult, Root
-from libs.dicom_net.transport import NODELAY_HANDLERS, TRANSFER_SYNTAXES, UNCOMPRESSED
+from libs.dicom_net.transport import (
+    NODELAY_HANDLERS,
+    TRANSFER_SYNTAXES,
+    UNCOMPRESSED,
+    bound_pdus,
+)
 
 T = TypeVar("T")
 OnProgress = Callable[[Progress], None]
@@ -55,6 +60,9 @@ MODELS = {
 # C-GET: storage classes we take the SCP role for (an association carries at most 128).
 GET_STORAGE = [str(cx.abstract_syntax) for cx in StoragePresentationContexts[:120]]
 PENDING = (0xFF00, 0xFF01)
+# The largest PDU we accept: peers cut their data into PDUs of at most this (announced in the
+# association), and a longer one is refused with an A-ABORT before it is read.
+DEFAULT_MAX_PDU = 1 << 20
 
 
 class Cancelled(DicomNetError):
@@ -67,7 +75,7 @@ class DicomClient:
         peer: Peer,
         *,
         calling_ae: str = "DICOMFLOW",
-        max_pdu: int = 0,
+        max_pdu: int = DEFAULT_MAX_PDU,
         timeout: float = 60.0,
         connect_timeout: float = 10.0,
         retries: int = 2,
@@ -75,6 +83,8 @@ class DicomClient:
     ) -> None:
         self.peer = peer
         self.calling_ae = calling_ae
+        if max_pdu <= 0:
+            raise ValueError("max_pdu must be positive: an unbounded PDU is a memory hazard")
         self.max_pdu = max_pdu
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -199,6 +209,7 @@ class DicomClient:
                 ext_neg=roles,
                 evt_handlers=[
                     *NODELAY_HANDLERS,
+                    (evt.EVT_CONN_OPEN, bound_pdus(self.max_pdu)),
                     (evt.EVT_CONN_OPEN, _flag(opened)),
                     *(handlers or []),
                 ],
@@ -227,10 +238,17 @@ class _Associated:
         while self.assoc.is_alive() and not self.assoc.is_released:
             if self.cancel.wait(0.05):
                 self.assoc.abort()
-                # Wake the call blocked on the next DIMSE message now, rather than after
-                # the DIMSE timeout: (None, None) is how pynetdicom says "aborted".
-                self.assoc.dimse.msg_queue.put((None, None))
-                return
+            elif not self._aborted():
+                continue
+            # Wake the call blocked on the next DIMSE message now, rather than after
+            # the DIMSE timeout: (None, None) is how pynetdicom says "aborted".
+            self.assoc.dimse.msg_queue.put((None, None))
+            return
+
+    def _aborted(self) -> bool:
+        """Aborted by either side (a PDU over our limit, the peer's A-ABORT): the reactor is
+        paused while a DIMSE call waits, so only the DUL's queue knows yet."""
+        return bool(self.assoc.is_aborted or self.assoc.acse.is_aborted())
 
     def __enter__(self) -> Any:
         self._watch.start()

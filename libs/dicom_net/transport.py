@@ -1,13 +1,19 @@
-"""What every pynetdicom association of ours shares: TCP_NODELAY and the transfer syntaxes.
+"""What every pynetdicom association of ours shares: TCP_NODELAY, bounded PDUs and the
+transfer syntaxes.
 
 pynetdicom never sets TCP_NODELAY: with Nagle on, each DIMSE response waits for the peer's
-delayed ACK (~40 ms), which caps one association at ~20 instances/s. `EVT_CONN_OPEN` fires
-on both sides (acceptor: right after accept; requestor: right after connect), before any PDU.
+delayed ACK (~40 ms), which caps one association at ~20 instances/s. Nor does it bound what
+it reads: it buffers whatever PDU length a peer claims (a fake PACS announcing 1 GiB took a
+client from 152 MiB to 1.2 GiB). `EVT_CONN_OPEN` fires on both sides (acceptor: right after
+accept; requestor: right after connect), before any PDU.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import struct
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.uid import (
@@ -64,16 +70,61 @@ def set_nodelay(event: Any) -> None:
 
 
 NODELAY_HANDLERS: list[tuple[Any, Any]] = [(evt.EVT_CONN_OPEN, set_nodelay)]
+# An A-ASSOCIATE-AC is not bound by the maximum we announce (only P-DATA-TF PDUs are) but is
+# a few KiB even with 128 presentation contexts.
+MIN_PDU_LIMIT = 64 * 1024
+log = logging.getLogger(__name__)
 
 
-def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
+def bound_pdus(max_pdu: int) -> Callable[[Any], None]:
+    """EVT_CONN_OPEN handler (after `set_nodelay`): a PDU whose header claims more than
+    `max_pdu` bytes (at least MIN_PDU_LIMIT) is refused before its body is read, with an
+    A-ABORT (pynetdicom's event 19, invalid PDU: PS3.8 AA-8)."""
+    limit = max(max_pdu, MIN_PDU_LIMIT)
+
+    def install(event: Any) -> None:
+        dul, sock = event.assoc.dul, event.assoc.dul.socket
+        if not isinstance(sock, FastAssociationSocket):
+            raise TypeError("bound_pdus needs set_nodelay's socket first")
+        read_pdu = dul._read_pdu_data
+        refused = False
+
+        def read_bounded() -> None:
+            nonlocal refused
+            if refused:  # the A-ABORT is sent: close rather than read what follows
+                sock.close()
+                return
+            head = sock.recv(6)
+            if len(head) == 6:
+                kind, length = struct.unpack(">BxL", head)
+                if length > limit:
+                    log.warning(
+                        "PDU of type 0x%02X claims %d bytes (limit %d): A-ABORT",
+                        kind,
+                        length,
+                        limit,
+                    )
+                    refused = True
+                    dul.event_queue.put("Evt19")
+                    return
+            sock.unread = bytes(head)
+            read_pdu()
+
+        dul._read_pdu_data = read_bounded
+
+    return install
+
+
+def _recv_exactly(self: FastAssociationSocket, nr_bytes: int) -> bytearray:
     """`AssociationSocket.recv` reads 4 KiB per call; a 128 KiB PDU is 32 calls and as
-    many `bytearray.extend`s. This reads into one buffer of the PDU's size."""
+    many `bytearray.extend`s. This reads into one buffer of the PDU's size (bounded by
+    `bound_pdus`, which may have read a PDU header first and left it in `unread`)."""
     sock = self.socket
     assert sock is not None
     buffer = bytearray(nr_bytes)
     view = memoryview(buffer)
-    got = 0
+    got = min(len(self.unread), nr_bytes)
+    buffer[:got], self.unread = self.unread[:got], self.unread[got:]
     while got < nr_bytes:
         n = sock.recv_into(view[got:], nr_bytes - got)
         if not n:  # connection closed: return what we have, like pynetdicom
@@ -85,3 +136,4 @@ def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
 
 class FastAssociationSocket(AssociationSocket):
     recv = _recv_exactly
+    unread = b""

@@ -20,6 +20,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 from fastapi import Depends, HTTPException, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from libs.db import apikeys, sessions
@@ -137,3 +140,22 @@ class Authenticator:
             return Caller(key=key, audit=audit)
 
         return guard
+
+    async def invalid_request(self, request: Request, exc: Exception) -> Response:
+        """A request FastAPI refused before the route's guard ran (a malformed JSON body, a
+        bad parameter): an unknown caller gets 401, never a validation message, and either
+        way the call is audited (`request.rejected`)."""
+        assert isinstance(exc, RequestValidationError)
+        audit = AuditContext("request.rejected")
+        setattr(request.state, AUDIT_STATE, audit)
+        credentials = await _bearer(request)
+        try:  # a bearer key, or a signed-in browser's session cookie
+            audit.key = await self.identify(
+                request, credentials.credentials if credentials else None
+            )
+        except HTTPException:  # a cookie request from another site: not a known caller here
+            audit.key = None
+        if audit.key is None:
+            error = unauthorized()
+            return JSONResponse({"detail": error.detail}, 401, headers=error.headers)
+        return await request_validation_exception_handler(request, exc)

@@ -8,9 +8,10 @@ handler's effects must be idempotent.
 
 Failures are sorted three ways:
 - `PermanentError` (bad input): to `<topic>.dlq` at once, with the reason.
-- an unreachable dependency (database, broker): retried without limit, since
-  dead-lettering every message during an outage would lose the work; the
-  service reports not-ready meanwhile.
+- an outage (`is_outage`: database or broker unreachable or restarting, a full
+  disk): retried without limit, since dead-lettering every message during an
+  outage would lose the work; the service reports not-ready meanwhile. These
+  retries do not count against the message's own attempts.
 - anything else: retried `max_retries` times with exponential backoff, then DLQ.
 """
 
@@ -30,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 from pydantic import BaseModel, ValidationError
 
-from libs.contracts.errors import PermanentError
+from libs.contracts.errors import FULL_DISK, PermanentError
 from libs.contracts.events import DeadLetter, Event
 from libs.contracts.topics import dlq_topic
 from libs.kafka.producer import Producer
@@ -46,12 +47,19 @@ UNREACHABLE = (
     ConnectionError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.AdminShutdownError,  # 57P01: a restart or a terminated backend
+    asyncpg.CrashShutdownError,  # 57P02: another backend crashed, the server restarts
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,
     KafkaConnectionError,
 )
 MAX_OUTAGE_BACKOFF = 10.0
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A dependency away, not a fault of the message: hold and retry, never dead-letter."""
+    return isinstance(exc, UNREACHABLE) or (isinstance(exc, OSError) and exc.errno in FULL_DISK)
 
 
 class StopRequested(Exception):
@@ -204,7 +212,7 @@ class StageConsumer:
         structlog.contextvars.bind_contextvars(correlation_id=_correlation_id(event))
         if record.key:  # keyed topics are keyed by StudyInstanceUID
             structlog.contextvars.bind_contextvars(study_uid=record.key.decode(errors="replace"))
-        attempt = 0
+        attempt = outages = 0  # the message's own failures; outage retries apart
         while True:
             attempt += 1
             try:
@@ -212,13 +220,15 @@ class StageConsumer:
                 futures = [await self._producer.send(e) for e in out]
             except PermanentError as exc:
                 return await self._dead_letter(record, str(exc), type(exc).__name__, attempt, event)
-            except UNREACHABLE as exc:
-                self.healthy = False
-                self._metrics.retries.labels(record.topic, "unreachable").inc()
-                log.warning("dependency unreachable, retrying", error=repr(exc), attempt=attempt)
-                await self._sleep(self._retry.delay(attempt))
-                continue
             except Exception as exc:
+                if is_outage(exc):
+                    attempt -= 1
+                    outages += 1
+                    self.healthy = False
+                    self._metrics.retries.labels(record.topic, "unreachable").inc()
+                    log.warning("dependency away, retrying", error=repr(exc), outages=outages)
+                    await self._sleep(self._retry.delay(outages))
+                    continue
                 if attempt > self._retry.max_retries:
                     log.exception("handler failed, giving up")
                     reason = f"{type(exc).__name__}: {exc}"

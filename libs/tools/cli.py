@@ -98,7 +98,7 @@ async def _migrate() -> list[str]:
 
 
 async def _create_key(role: str, name: str) -> str:
-    from libs.db.apikeys import create_key
+    from libs.db.audit import create_key_audited
     from libs.db.migrations import migrate
     from libs.db.pool import create_pool
 
@@ -106,7 +106,7 @@ async def _create_key(role: str, name: str) -> str:
     try:
         await migrate(pool)
         async with pool.acquire() as conn:
-            _, plaintext = await create_key(conn, role, name)
+            _, plaintext = await create_key_audited(conn, role, name, via="dicomflow apikey create")
         return plaintext
     finally:
         await pool.close()

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from libs.contracts.settings import ServiceSettings, load_settings
-from libs.db.apikeys import create_key
+from libs.db.audit import create_key_audited
 from libs.db.migrations import migrate
 from libs.db.pool import DatabaseUnavailable, create_pool
 from libs.tools.dev_broker import broker_argv, wait_for_port
@@ -56,21 +56,31 @@ def say(msg: str) -> None:
     print(f"dicomflow | {msg}", flush=True)
 
 
-async def _admin_key(database_url: str, var: Path) -> str:
-    """One admin key per state folder, created on first start (kept 0600 in var/)."""
+async def admin_key(database_url: str, var: Path) -> tuple[str, bool]:
+    """One admin key per state folder, created on first start: (key, created now). The file
+    is created 0600 in one step (never readable by others, even for an instant) and renamed
+    into place, so a crash leaves either no key file or a whole one."""
     path = var / "admin-key"
     if path.exists():
-        return path.read_text().strip()
+        return path.read_text().strip(), False
     pool = await create_pool(database_url, size=1)
     try:
         await migrate(pool)
         async with pool.acquire() as conn:
-            _, plaintext = await create_key(conn, "admin", "dicomflow up (first start)")
+            _, plaintext = await create_key_audited(
+                conn, "admin", "dicomflow up (first start)", via="dicomflow up"
+            )
     finally:
         await pool.close()
-    path.write_text(plaintext + "\n")
-    path.chmod(0o600)
-    return plaintext
+    tmp = var / f".admin-key.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, (plaintext + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return plaintext, True
 
 
 def _seed_demo(nas: Path) -> None:
@@ -112,16 +122,20 @@ async def up(var: Path, *, only: list[str] | None) -> int:
     os.environ.update(env)
     settings = load_settings(ServiceSettings)
     try:
-        key = await _admin_key(settings.database_url, var)
+        key, created = await admin_key(settings.database_url, var)
     except DatabaseUnavailable as exc:
         say(str(exc))
         return 1
     host = os.environ.get("API_HOST", "127.0.0.1")
     api_port = os.environ.get("API_PORT", "8000")
     say(f"API:        http://{host}:{api_port}   (OpenAPI: http://{host}:{api_port}/docs)")
-    say(f"admin key:  {key}   (kept in {var / 'admin-key'})")
+    if created:  # shown once; later starts only say where it is
+        say(f"admin key:  {key}   (created now, kept in {var / 'admin-key'}, mode 0600)")
+    else:
+        say(f"admin key:  in {var / 'admin-key'}")
     say(f"browser:    http://{host}:{api_port}/   (sign in with the admin key)")
-    say(f'try:        curl -H "Authorization: Bearer {key}" http://{host}:{api_port}/v1/studies')
+    bearer = f"$(cat {var / 'admin-key'})"
+    say(f'try:        curl -H "Authorization: Bearer {bearer}" http://{host}:{api_port}/v1/studies')
     names = only or [n for n in SERVICES if configured(n, os.environ)]
     skipped = [n for n in SERVICES if n not in names and not only]
     if skipped:

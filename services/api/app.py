@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncpg
 import httpx
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 
 from libs.http.auth import Authenticator
 from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
+from libs.http.ratelimit import RateLimitMiddleware
 from libs.runtime.probes import Readiness, ops_router
 from services.api.config import ApiLimits
 from services.api.dicomweb import DicomWebPorts, dicomweb_router
@@ -54,6 +56,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    app.add_exception_handler(RequestValidationError, auth.invalid_request)  # 401 before 422
     add_local_docs(app)
     app.include_router(studies_router(pool, auth, limits))
     if packager is not None:
@@ -71,5 +74,8 @@ def create_app(
     app.include_router(ops_router("api", readiness, registry))
     # Added last = outermost: metrics see every request, the audit sees the final status.
     app.add_middleware(AuditMiddleware, pool=pool)
+    app.add_middleware(  # before the audit: a flood is refused without a database write
+        RateLimitMiddleware, per_key=limits.rate_per_key, per_address=limits.rate_per_address
+    )
     app.add_middleware(MetricsMiddleware, metrics=ApiMetrics.create(registry))
     return app

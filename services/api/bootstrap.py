@@ -34,7 +34,12 @@ async def wire(rt: Runtime) -> None:
     )
     rt.resources.callback(renderer.close)
     storage = open_store(settings.storage_url)
-    previews = PreviewSource(storage, renderer)
+    previews = PreviewSource(
+        storage,
+        renderer,
+        concurrency=settings.render_workers,
+        queue=settings.render_queue,
+    )
     stow = StowLimits(
         staging_dir=settings.stow_staging_dir,
         max_instance_bytes=settings.stow_max_instance_mb << 20,

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from limits import parse_many
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.contracts.settings import ServiceSettings
@@ -25,6 +26,8 @@ class ApiLimits:
     max_page_size: int = HARD_MAX_PAGE_SIZE
     publish_timeout_seconds: float = 10.0
     session_hours: float = 8.0
+    rate_per_key: str = "600/minute"
+    rate_per_address: str = "1200/minute"
 
 
 class ApiSettings(ServiceSettings):
@@ -44,6 +47,14 @@ class ApiSettings(ServiceSettings):
     session_hours: float = Field(
         default=8.0, gt=0, le=24 * 30, description="How long a browser stays signed in"
     )
+    rate_per_key: str = Field(
+        default="600/minute",
+        description="Requests to /v1 one API key may make (`limits` notation: N/second|minute|"
+        "hour, e.g. '10/second;600/minute'); beyond, 429 with Retry-After.",
+    )
+    rate_per_address: str = Field(
+        default="1200/minute", description="The same for one client address (any key or none)."
+    )
     render_workers: int = Field(default=1, ge=1, description="Processes rendering previews")
     render_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
     render_timeout_seconds: float = Field(default=30.0, gt=0, description="Per rendering")
@@ -62,6 +73,9 @@ class ApiSettings(ServiceSettings):
         gt=0,
         description="Longest wait for the packager's next bytes (a ZIP answers once built)",
     )
+    render_queue: int = Field(
+        default=8, ge=0, description="Renders waiting for a worker; beyond, 503 + Retry-After"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -75,6 +89,12 @@ class ApiSettings(ServiceSettings):
             }
         return data
 
+    @field_validator("rate_per_key", "rate_per_address")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_many(value)  # raises ValueError naming what it cannot read
+        return value
+
     @model_validator(mode="after")
     def _page_sizes(self) -> ApiSettings:
         if self.default_page_size > self.max_page_size:
@@ -87,4 +107,6 @@ class ApiSettings(ServiceSettings):
             max_page_size=self.max_page_size,
             publish_timeout_seconds=self.publish_timeout_seconds,
             session_hours=self.session_hours,
+            rate_per_key=self.rate_per_key,
+            rate_per_address=self.rate_per_address,
         )

@@ -1,9 +1,12 @@
 """Previews for the API: the converter's stored JPEG when it fits the request, else rendered
 on the fly from the canonical copy in an isolated worker (custom window, other frames, or
-an instance the converter has not reached yet)."""
+an instance the converter has not reached yet). Renders are capped: `concurrency` at once,
+`queue` waiting, and the instance is copied out of storage only once its render may start;
+beyond the queue the caller is told to retry (`RenderBusy`)."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +21,11 @@ from libs.storage import ObjectStore, instance_key
 from libs.storage.download import download
 
 THUMBNAIL_SIZE = 256
+RETRY_AFTER_SECONDS = 2
+
+
+class RenderBusy(Exception):
+    """Every render slot is taken and the queue is full: try again shortly."""
 
 
 class PreviewUnavailable(Exception):
@@ -41,9 +49,14 @@ class InstanceRef:
 
 
 class PreviewSource:
-    def __init__(self, storage: ObjectStore, renderer: Renderer) -> None:
+    def __init__(
+        self, storage: ObjectStore, renderer: Renderer, *, concurrency: int = 1, queue: int = 8
+    ) -> None:
         self.storage = storage
         self.renderer = renderer
+        self._slots = asyncio.Semaphore(concurrency)
+        self._queue = queue
+        self._waiting = 0
 
     async def jpeg(self, ref: InstanceRef, kind: Kind, frame: int, window: Window | None) -> Jpeg:
         uids = (ref.study_uid, ref.series_uid, ref.sop_uid)
@@ -54,11 +67,21 @@ class PreviewSource:
         request = RenderRequest(
             frames=(frame,), kinds=(kind,), window=window, thumbnail_size=THUMBNAIL_SIZE
         )
-        with tempfile.TemporaryDirectory(prefix="api-preview-") as tmp:
-            path = Path(tmp) / "instance.dcm"
-            try:
-                await download(self.storage, instance_key(*uids), path)
-                result = await self.renderer.render(path, request)
-            except PermanentError as exc:  # Unrenderable, worker died or timed out, gone
-                raise PreviewUnavailable(str(exc)) from None
+        if self._slots.locked() and self._waiting >= self._queue:
+            raise RenderBusy(f"{self._waiting} renders are waiting already")
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:  # only now is the instance copied out of storage
+            with tempfile.TemporaryDirectory(prefix="api-preview-") as tmp:
+                path = Path(tmp) / "instance.dcm"
+                try:
+                    await download(self.storage, instance_key(*uids), path)
+                    result = await self.renderer.render(path, request)
+                except PermanentError as exc:  # Unrenderable, worker died or timed out, gone
+                    raise PreviewUnavailable(str(exc)) from None
+        finally:
+            self._slots.release()
         return Jpeg(data=result.images[0].jpeg, rendered=True)

@@ -11,6 +11,7 @@ the instance in flight unanswered, so the sender keeps it; its partial file is r
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,8 @@ class Limits:
     max_pdu: int  # what we accept (0 = unlimited)
     acse_timeout: float
     network_timeout: float
+    max_instance_bytes: int = 0  # a larger data set is dropped and refused (0 = no cap)
+    min_free_bytes: int = 0  # a C-STORE arriving with less free in staging is refused
 
 
 @dataclass
@@ -212,6 +215,11 @@ class Association:
             if not cmd.has_dataset:
                 raise ProtocolError(problem, pdus.ABORT_INVALID_PARAMETER)
             return Pending(cmd, context_id, None, status)
+        if self.limits.min_free_bytes and (
+            shutil.disk_usage(self.root).free < self.limits.min_free_bytes
+        ):  # checked per instance: the disk may fill during a long association
+            self._log("C-STORE refused: staging disk low", sop_instance_uid=cmd.sop_instance_uid)
+            return Pending(cmd, context_id, None, dimse.OUT_OF_RESOURCES)
         meta = dimse.file_meta(cmd, str(cx.transfer_syntax[0]), self.peer.calling_ae)
         try:
             return Pending(cmd, context_id, StagingFile(self.root, meta))
@@ -227,6 +235,12 @@ class Association:
             chunk = await self._read(min(size, CHUNK), self.limits.network_timeout)
             size -= len(chunk)
             if pending.file is not None:
+                cap = self.limits.max_instance_bytes
+                if cap and pending.file.size + len(chunk) > cap:  # the rest is read, dropped
+                    self._log("C-STORE refused: instance over the size cap", limit_bytes=cap)
+                    pending.file.discard()
+                    pending.file, pending.status = None, dimse.OUT_OF_RESOURCES
+                    continue
                 try:
                     pending.file.write(chunk)
                 except OSError as exc:  # disk full and the like: answer, keep the association

@@ -54,7 +54,13 @@ class ReceiverSettings(StagingSettings):
     )
     staging_dir: Path = Field(default=Path("./var/receiver"))
     min_free_mb: int = Field(
-        default=1024, ge=0, description="Refuse associations when staging has less free space."
+        default=1024,
+        ge=0,
+        description="Refuse associations, and each C-STORE (0xA700), when staging has less "
+        "free space.",
+    )
+    max_instance_mb: int = Field(
+        default=4096, ge=0, description="Largest instance accepted (0xA700 beyond); 0 = no cap."
     )
     max_associations: Count = 16
     max_pdu: int = Field(default=0, ge=0, description="Maximum PDU we receive; 0 = unlimited.")

@@ -33,6 +33,10 @@ from services.dicom_receiver.pdus import AssociateRequest
 
 log = get_logger(__name__)
 P = "dicomflow_dicom_receiver"
+# The calling AE is the peer's to choose: as a metric label it must stay bounded.
+MAX_AE_LABELS = 64
+NOT_ALLOWED = "(not allowed)"  # callers the allow-list does not name
+OTHER_AES = "(other)"  # with no allow-list: callers beyond the first MAX_AE_LABELS
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_CONTEXT_NAME = (0x01, 0x01, 0x02)  # permanent, service user, app context unsupported
@@ -103,9 +107,22 @@ class StoreSCP:
             max_pdu=settings.max_pdu,
             acse_timeout=settings.acse_timeout_seconds,
             network_timeout=settings.network_timeout_seconds,
+            max_instance_bytes=settings.max_instance_mb << 20,
+            min_free_bytes=settings.min_free_mb << 20,
         )
         self.server: asyncio.Server | None = None
         self.associations: dict[Association, asyncio.Task[None]] = {}
+        self._ae_labels: set[str] = set()
+
+    def ae_label(self, ae: str, address: str, *, accepted: bool) -> str:
+        """The calling AE as a metric label: by name when the allow-list names it (or, with
+        no allow-list, for the first MAX_AE_LABELS callers accepted), else one shared value."""
+        if self.settings.allowed_callers:
+            return ae if self.settings.allows(ae, address) else NOT_ALLOWED
+        if accepted and (ae in self._ae_labels or len(self._ae_labels) < MAX_AE_LABELS):
+            self._ae_labels.add(ae)
+            return ae
+        return OTHER_AES
 
     # -- association control -------------------------------------------------------------
 
@@ -123,7 +140,8 @@ class StoreSCP:
         elif free_mb(self.root) < self.settings.min_free_mb:
             refusal = ("disk_low", REJECT_CONGESTION)
         label = refusal[0] if refusal else "accepted"
-        self.metrics.associations.labels(rq.calling_ae, label).inc()
+        ae = self.ae_label(rq.calling_ae, address, accepted=refusal is None)
+        self.metrics.associations.labels(ae, label).inc()
         if refusal is not None:
             log.warning(
                 "association rejected", calling_ae=rq.calling_ae, peer=address, reason=label
@@ -185,9 +203,10 @@ class StoreSCP:
                 status = dimse.OUT_OF_RESOURCES
                 if isinstance(exc, NotRecorded):  # else a ledger row may name it: it stays
                     file.discard()
-        self.metrics.instances.labels(peer.calling_ae, f"0x{status:04X}").inc()
+        ae = self.ae_label(peer.calling_ae, peer.address, accepted=True)
+        self.metrics.instances.labels(ae, f"0x{status:04X}").inc()
         if status == dimse.SUCCESS:
-            self.metrics.bytes.labels(peer.calling_ae).inc(file.size)
+            self.metrics.bytes.labels(ae).inc(file.size)
         self.metrics.store_seconds.observe(time.perf_counter() - started)
         return status
 

@@ -15,8 +15,10 @@ from libs.db.ledger import LedgerRow, NewFile
 from libs.db.locks import LockSpace, SingleReader
 from libs.db.tasks import TaskCounters
 from libs.runtime.logging import get_logger
+from libs.runtime.sandbox import IsolatedExecutor
 from libs.runtime.service import Runtime
 from services.iso_watcher.config import IsoWatcherSettings
+from services.iso_watcher.dicomdir import Plan, survey
 from services.iso_watcher.rounds import Settler, run_round
 
 log = get_logger(__name__)
@@ -82,6 +84,19 @@ async def wire(rt: Runtime) -> None:
         "Completed rounds over the inbox (a flat line: the watcher stopped looking).",
         registry=rt.registry,
     )
+    parser = IsolatedExecutor(
+        workers=1,
+        memory_limit_mb=s.parse_memory_limit_mb,
+        timeout_s=s.parse_timeout_seconds,
+        preload=(survey.__module__,),
+    )
+    rt.resources.callback(parser.close)
+    await parser.warm_up()
+
+    async def survey_isolated(source_path: str) -> tuple[dict[str, int], Plan]:
+        files, plan = await parser.run(survey, source_path)
+        return files, plan
+
     round_ = partial(
         run_round,
         inbox=s.inbox,
@@ -92,6 +107,7 @@ async def wire(rt: Runtime) -> None:
         processed=s.processed,
         failed=s.failed,
         batch_size=s.scan_batch_size,
+        survey=survey_isolated,
     )
     rt.every(
         "inbox",

@@ -27,6 +27,12 @@ class IsoWatcherSettings(ServiceSettings):
         default=10.0, ge=0, description="A disc unchanged for this long is complete."
     )
     scan_batch_size: Count = Field(default=200, description="Files recorded per round trip.")
+    parse_memory_limit_mb: int = Field(
+        default=1024, ge=64, description="Address-space cap of the process parsing a disc."
+    )
+    parse_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="Longest listing of one disc (directories, DICOMDIR)."
+    )
 
     @field_validator("inbox", "staging_dir", "processed_dir", "failed_dir")
     @classmethod

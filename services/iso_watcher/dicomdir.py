@@ -1,16 +1,26 @@
 """Which files of a disc to ingest: those its DICOMDIR references, or, without a (readable)
-DICOMDIR, every file that looks like DICOM. What cannot be followed is reported."""
+DICOMDIR, every file that looks like DICOM. What cannot be followed is reported.
+
+`survey` is what runs on the untrusted disc's structure (the ISO 9660 directories through
+pycdlib, the DICOMDIR through pydicom): the watcher runs it in an isolated worker process
+with a memory limit and a time limit, so a hostile disc costs that worker, not the service."""
 
 from __future__ import annotations
 
 import io
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 
-from services.iso_watcher.disc import Disc, UnreadableFile, looks_like_dicom
+from services.iso_watcher.disc import (
+    Disc,
+    UnreadableFile,
+    looks_like_dicom,
+    open_disc,
+)
 
 MAX_DICOMDIR_BYTES = 64 << 20
 _VERSION = re.compile(r";[0-9]*$")
@@ -30,6 +40,17 @@ class Plan:
     files: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     not_dicom: int = 0
+
+
+def survey(source_path: str) -> tuple[dict[str, int], Plan]:
+    """The disc's files (path -> size) and what to ingest of them. Raises `DamagedDisc`
+    with the reason when the disc cannot be listed, whatever the parser raised."""
+    disc = open_disc(Path(source_path))
+    try:
+        files = disc.files()
+        return files, plan_disc(disc, files)
+    finally:
+        disc.close()
 
 
 def normalise(path: str) -> str:
@@ -57,6 +78,8 @@ def plan_disc(disc: Disc, files: dict[str, int]) -> Plan:
     if dicomdir is not None:
         try:
             return _follow_dicomdir(disc, dicomdir, files[dicomdir], index)
+        except MemoryError:
+            raise  # a DICOMDIR bomb (a deflated one inflating to GBs): the disc fails
         except Exception as exc:  # a corrupt DICOMDIR may fail any way inside the parser
             problem = Problem(dicomdir, f"corrupt DICOMDIR, not followed: {exc}")
             plan = _scan(disc, files, skip=dicomdir)

@@ -10,6 +10,7 @@ from typing import BinaryIO, Protocol, cast
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
+from libs.contracts.errors import FULL_DISK
 from libs.staging.files import copy_stream
 
 DICOM_MAGIC_OFFSET = 128
@@ -48,9 +49,9 @@ class IsoDisc:
         self._iso = pycdlib.PyCdlib()
         try:
             self._iso.open_fp(self._fp)
-        except (PyCdlibException, OSError, ValueError, IndexError, KeyError) as exc:
+        except Exception as exc:  # pycdlib fails on hostile bytes in many ways (struct.error...)
             self._fp.close()
-            raise DamagedDisc(f"not a readable ISO 9660 image: {exc}") from exc
+            raise DamagedDisc(f"not a readable ISO 9660 image: {_describe(exc)}") from exc
         block = self._iso.pvd.logical_block_size()
         self._truncated = self._iso.pvd.space_size * block > self._image_size
         self._block = block
@@ -74,8 +75,8 @@ class IsoDisc:
                         self._ends[path.lstrip("/")] = record.extent_location() * self._block + size
                     except PyCdlibException:
                         continue  # a symlink or special Rock Ridge entry: not a file
-        except (PyCdlibException, OSError) as exc:
-            raise DamagedDisc(f"cannot list the image's directories: {exc}") from exc
+        except Exception as exc:  # PyCdlibException, struct.error, AttributeError seen
+            raise DamagedDisc(f"cannot list the image's directories: {_describe(exc)}") from exc
         return out
 
     def open(self, path: str) -> BinaryIO:
@@ -83,8 +84,8 @@ class IsoDisc:
             raise UnreadableFile("the image ends inside this file (truncated image)")
         try:
             stream = self._iso.open_file_from_iso(**{self._kind: "/" + path})
-        except (PyCdlibException, OSError) as exc:
-            raise UnreadableFile(str(exc)) from exc
+        except Exception as exc:  # as above: whatever the image's bytes make pycdlib raise
+            raise UnreadableFile(_describe(exc)) from exc
         return cast(BinaryIO, stream)  # an io.RawIOBase over the image's extent
 
     def close(self) -> None:
@@ -124,6 +125,11 @@ class FolderDisc:
         pass
 
 
+def _describe(exc: BaseException) -> str:
+    text = str(exc)[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _raise(exc: OSError) -> None:
     raise DamagedDisc(f"folder unreadable: {exc}")
 
@@ -149,8 +155,16 @@ def copy_out(disc: Disc, path: str, size: int, target: Path) -> int:
     try:
         with disc.open(path) as f:
             written = copy_stream(target, f, limit=size, durable=False)
+    except UnreadableFile:
+        raise
     except OSError as exc:
-        raise UnreadableFile(str(exc)) from exc
+        if exc.errno in FULL_DISK:  # staging is full: not the file's fault, the round retries
+            raise
+        target.unlink(missing_ok=True)
+        raise UnreadableFile(_describe(exc)) from exc
+    except Exception as exc:  # the image's stream failing on bad bytes
+        target.unlink(missing_ok=True)
+        raise UnreadableFile(_describe(exc)) from exc
     if written != size:
         target.unlink(missing_ok=True)
         raise UnreadableFile(f"read {written} of {size} bytes (the image is truncated)")

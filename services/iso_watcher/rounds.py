@@ -1,7 +1,9 @@
 """What the ISO watcher does with its inbox: a settled disc (an .iso image or a copied-CD
 folder) becomes an import task; its files are read off the disc into staging, recorded in
 the ledger and emitted; once the task is done the disc moves to processed/ or failed/ with a
-JSON report beside it."""
+JSON report beside it. The disc's structure is parsed by `survey` in an isolated worker
+(memory and time limits): a disc that crashes, hangs or blows up its parser fails alone,
+with the reason, and moves to failed/; the discs after it are read as usual."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from libs.contracts.errors import PermanentError
 from libs.contracts.events import Event, discovered_event
 from libs.db.discs import OpenDisc
 from libs.db.ledger import LedgerRow, NewFile
@@ -24,7 +27,7 @@ from libs.db.tasks import TaskCounters
 from libs.runtime.logging import get_logger
 from libs.staging.files import sync_folder, write_chunks
 from libs.storage.local import file_url
-from services.iso_watcher.dicomdir import Plan, Problem, normalise, plan_disc
+from services.iso_watcher.dicomdir import Plan, Problem, normalise
 from services.iso_watcher.disc import DamagedDisc, Disc, UnreadableFile, copy_out, open_disc
 
 log = get_logger(__name__)
@@ -32,6 +35,8 @@ SOURCE = "iso"
 DONE = ("completed", "failed")
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 Signature = tuple[int, int, int]  # files, bytes, newest mtime
+# `dicomdir.survey` in the isolated worker pool: (files, plan) of the disc at a path.
+Survey = Callable[[str], Awaitable[tuple[dict[str, int], Plan]]]
 
 
 class DiscStore(Protocol):
@@ -106,27 +111,38 @@ def staged_name(n: int, disc_path: str) -> str:
 
 
 async def ingest_disc(
-    disc: OpenDisc, *, store: DiscStore, publish: Publish, staging: Path, batch_size: int
+    disc: OpenDisc,
+    *,
+    store: DiscStore,
+    publish: Publish,
+    staging: Path,
+    batch_size: int,
+    survey: Survey,
 ) -> None:
     """Read the disc's files into staging and emit them; resumable (recorded files are
-    skipped). An unreadable disc fails its task; unreadable files are reported."""
+    skipped). An unreadable disc fails its task with the reason; unreadable files are
+    reported."""
     source = Path(disc.source_path)
     try:
-        reader = await asyncio.to_thread(open_disc, source)
-    except (DamagedDisc, OSError) as exc:
-        await store.fail(disc.task_id, str(exc), _scan_report(None, [Problem("", str(exc))]))
+        _, plan = await survey(str(source))  # isolated: the untrusted structure, first
+        reader = await asyncio.to_thread(open_disc, source)  # then, known safe, to copy out
+    except (DamagedDisc, PermanentError, OSError) as exc:
+        await _fail(disc, store, str(exc))
         return
     try:
         files = await asyncio.to_thread(reader.files)
-        plan = await asyncio.to_thread(plan_disc, reader, files)
         problems = await _emit(disc, reader, files, plan, store, publish, staging, batch_size)
     except DamagedDisc as exc:
-        await store.fail(disc.task_id, str(exc), _scan_report(None, [Problem("", str(exc))]))
+        await _fail(disc, store, str(exc))
         return
     finally:
         await asyncio.to_thread(reader.close)
     await store.finish(disc.task_id, _scan_report(plan, problems))
     log.info("disc read", task_id=disc.task_id, source=str(source), files=len(plan.files))
+
+
+async def _fail(disc: OpenDisc, store: DiscStore, reason: str) -> None:
+    await store.fail(disc.task_id, reason, _scan_report(None, [Problem("", reason)]))
 
 
 async def _emit(
@@ -228,6 +244,7 @@ async def run_round(
     processed: Path,
     failed: Path,
     batch_size: int,
+    survey: Survey,
 ) -> None:
     """New settled discs become tasks; unread discs are read; done discs are moved out."""
     tracked = {Path(d.source_path) for d in await store.open_discs()}
@@ -241,7 +258,12 @@ async def run_round(
     for disc in await store.open_discs():
         if not disc.scan_completed:
             await ingest_disc(
-                disc, store=store, publish=publish, staging=staging, batch_size=batch_size
+                disc,
+                store=store,
+                publish=publish,
+                staging=staging,
+                batch_size=batch_size,
+                survey=survey,
             )
     for disc in await store.open_discs():
         if disc.task_status in DONE:

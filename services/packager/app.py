@@ -29,7 +29,7 @@ from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
 from libs.runtime.metrics import metric_prefix
 from libs.runtime.probes import Readiness, ops_router
 from services.packager.layout import Format, Plan, safe_component
-from services.packager.packager import ArchiveError, Packager
+from services.packager.packager import ArchiveError, BuildsBusy, Packager
 
 MEDIA_TYPES: dict[str, str] = {
     "tar.zst": "application/zstd",
@@ -84,6 +84,9 @@ def not_modified(request: Request, plan: Plan) -> bool:
     return False
 
 
+BUSY_RETRY_AFTER_SECONDS = 10
+
+
 def archive_router(packager: Packager, auth: Authenticator, downloads: Counter) -> APIRouter:
     router = APIRouter(prefix="/v1/studies", tags=["archives"])
     study_reader = Depends(auth.require("read", "archive.study"))
@@ -106,12 +109,18 @@ def archive_router(packager: Packager, auth: Authenticator, downloads: Counter) 
             streamable = (
                 fmt in STREAMABLE and request.method == "GET" and "range" not in request.headers
             )
-            if streamable:
-                downloads.labels(fmt, "streamed").inc()
-                follower = packager.follower(packager.start(plan))
-                return StreamingResponse(follower, headers=headers, media_type=media)
             try:
+                if streamable:
+                    follower = packager.follower(packager.start(plan))
+                    downloads.labels(fmt, "streamed").inc()
+                    return StreamingResponse(follower, headers=headers, media_type=media)
                 path = await packager.ensure(plan)
+            except BuildsBusy as exc:
+                raise HTTPException(
+                    status_code=503,
+                    detail=f"{exc}: try again shortly",
+                    headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+                ) from None
             except ArchiveError as exc:
                 raise HTTPException(status_code=502, detail=str(exc)) from exc
         downloads.labels(fmt, "cached").inc()

@@ -47,6 +47,7 @@ async def wire(rt: Runtime) -> None:
         publish=producer.publish,
         encoding=Encoding(settings.zstd_level, settings.zstd_threads),
         on_build=builds.inc,
+        max_builds=settings.max_builds,
     )
     rt.app = create_app(pool, packager, rt.registry, rt.readiness)
     if settings.prebuild:

@@ -29,6 +29,9 @@ class PackagerSettings(ServiceSettings):
     zstd_threads: int = Field(
         default=-1, ge=-1, description="zstd worker threads; -1 = one per CPU, 0 = none"
     )
+    max_builds: int = Field(
+        default=2, ge=1, description="Archives built at once; one more is a 503 + Retry-After"
+    )
     prebuild: bool = Field(
         default=False, description="Build a study's archive when dicom.metadata.v1 says stable"
     )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from libs.contracts.events import Event, StudyMetadata
-from services.packager.packager import Packager
+from libs.runtime.logging import get_logger
+from services.packager.packager import BuildsBusy, Packager
+
+log = get_logger(__name__)
 
 
 async def handle_metadata(event: StudyMetadata, *, packager: Packager) -> list[Event]:
@@ -13,5 +16,8 @@ async def handle_metadata(event: StudyMetadata, *, packager: Packager) -> list[E
         return []
     plan = await packager.plan(event.study_uid, None, "tar.zst")
     if plan is not None:
-        await packager.ensure(plan)
+        try:
+            await packager.ensure(plan)
+        except BuildsBusy:  # best effort: built on demand when asked for
+            log.info("pre-build skipped, builds busy", study_uid=event.study_uid)
     return []

@@ -45,6 +45,10 @@ class Encoding:
         return f"zstd{self.zstd_level}"
 
 
+class BuildsBusy(Exception):
+    """As many archives are being built as allowed: try again shortly."""
+
+
 @dataclass
 class Build:
     """One build in progress; followers wait on `changed` for more bytes on disk."""
@@ -77,6 +81,7 @@ class Packager:
         publish: Publish,
         encoding: Encoding,
         on_build: Callable[[], None] = lambda: None,
+        max_builds: int = 0,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -85,6 +90,7 @@ class Packager:
         self.encoding = encoding
         self._builds: dict[str, Build] = {}
         self._on_build = on_build
+        self.max_builds = max_builds  # distinct builds at once; 0 = no cap
 
     async def plan(self, study_uid: str, series_uid: str | None, fmt: Format) -> Plan | None:
         listing = await self._listings(study_uid, series_uid)
@@ -101,6 +107,8 @@ class Packager:
         """The build of `plan`: the one already running, or a new one."""
         if (build := self._builds.get(plan.key)) is not None:
             return build
+        if self.max_builds and len(self._builds) >= self.max_builds:
+            raise BuildsBusy(f"{len(self._builds)} archive builds are running")
         build = Build(plan, self.cache.partial_path(plan))
         build.partial.touch(exist_ok=False)  # followers may open it at once
         self._builds[plan.key] = build

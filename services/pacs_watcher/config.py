@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.contracts.settings import Count, Port, StagingSettings
+from libs.dicom_net.client import DEFAULT_MAX_PDU
 
 WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 
@@ -39,6 +40,12 @@ class WatcherSettings(StagingSettings):
     lookback_days: int = Field(default=7, ge=0, description="First poll: studies this recent.")
     overlap_days: int = Field(default=1, ge=0, description="Late arrivals: look back this far.")
     timeout_seconds: float = Field(default=300.0, gt=0, description="Per DICOM call.")
+    max_pdu: int = Field(
+        default=DEFAULT_MAX_PDU,
+        ge=16384,
+        le=1 << 30,
+        description="Largest PDU we accept from a PACS (announced; a longer one is aborted).",
+    )
     max_backoff_seconds: float = Field(default=900.0, gt=0)
     night_window: str = Field(
         default="", description="Retrieve only between HH:MM-HH:MM (local time); empty = always."

@@ -48,6 +48,7 @@ class PacsWatch:
         self.client = DicomClient(
             Peer(ae_title=pacs.ae_title, host=pacs.host, port=pacs.port),
             calling_ae=settings.calling_ae,
+            max_pdu=settings.max_pdu,
             timeout=settings.timeout_seconds,
         )
         self.slots = asyncio.Semaphore(pacs.max_concurrent)

@@ -26,6 +26,10 @@ class PgLedger:
         async with self.pool.acquire() as conn:
             return await ledger.seconds_since_last_outcome(conn)
 
+    async def seconds_since_latest_outcome_discovery(self) -> float | None:
+        async with self.pool.acquire() as conn:
+            return await ledger.seconds_since_latest_outcome_discovery(conn)
+
     async def has_pending_older_than(self, seconds: float) -> bool:
         async with self.pool.acquire() as conn:
             return bool(

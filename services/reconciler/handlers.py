@@ -1,8 +1,13 @@
 """Reconciliation: work that PostgreSQL says was discovered but never finished is emitted
-again once the pipeline has gone quiet (e.g. the embedded broker restarted and forgot it).
+again (e.g. the embedded broker restarted and forgot it, or a publish failed after the
+ledger commit).
 
-Re-emitting is safe because every stage is idempotent; gating it on an idle pipeline keeps a
-long but healthy backlog from being emitted twice.
+Re-emitting is safe because every stage is idempotent, but a long and healthy backlog must
+not be emitted twice. So a pending file is stale once untouched for `stale_seconds` while
+the pipeline is idle; under traffic, once it has been overtaken: a file discovered
+`stale_seconds` after its last emission has already reached its outcome (the stages work in
+order, so it would have finished first, had its event not been lost). A steady stream thus
+never starves recovery, and a backlog is never re-emitted while it is worked through.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ Publish = Callable[[Sequence[Event]], Awaitable[None]]
 
 class LedgerPort(Protocol):
     async def seconds_since_last_outcome(self) -> float | None: ...
+    async def seconds_since_latest_outcome_discovery(self) -> float | None: ...
     async def has_pending_older_than(self, seconds: float) -> bool: ...
     async def take_stale(self, older_than_seconds: float, limit: int) -> list[LedgerRow]: ...
     async def complete_finished_tasks(self) -> int: ...
@@ -42,9 +48,13 @@ async def reconcile_once(
     completed = await ledger.complete_finished_tasks()
     since = await ledger.seconds_since_last_outcome()
     idle = since is None or since >= idle_seconds
+    threshold: float | None = stale_seconds
+    if not idle:  # only what work discovered later has overtaken
+        overtaken = await ledger.seconds_since_latest_outcome_discovery()
+        threshold = None if overtaken is None else overtaken + stale_seconds
     reemitted = 0
-    if idle and await ledger.has_pending_older_than(stale_seconds):
-        while rows := await ledger.take_stale(stale_seconds, batch_size):
+    if threshold is not None and await ledger.has_pending_older_than(threshold):
+        while rows := await ledger.take_stale(threshold, batch_size):
             await publish([discovered_event(r) for r in rows])
             reemitted += len(rows)
     return ReconcileReport(reemitted, completed, idle)

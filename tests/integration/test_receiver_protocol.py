@@ -8,7 +8,7 @@ import asyncio
 import ssl
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -71,12 +71,14 @@ async def receiver(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncItera
     if overrides == "tls":
         overrides = request.getfixturevalue("tls_receiver_settings")
     settings = ReceiverSettings(
-        port=0,
-        staging_dir=tmp_path / "staging",
-        min_free_mb=0,
-        acse_timeout_seconds=2,
-        network_timeout_seconds=2,
-        **overrides,
+        **{
+            "port": 0,
+            "staging_dir": tmp_path / "staging",
+            "min_free_mb": 0,
+            "acse_timeout_seconds": 2,
+            "network_timeout_seconds": 2,
+            **overrides,
+        }
     )
     ledger = Ledger()
     committer = Committer(record=ledger.record, publish=ledger.publish, batch_size=64)
@@ -358,3 +360,62 @@ async def test_tls_association_stores_and_plain_tcp_is_refused(
     assert await asyncio.to_thread(echo_over_tls) == 0
     ok, _, _ = await asyncio.to_thread(store_and_echo, receiver.port)  # no TLS
     assert not ok
+
+
+@pytest.mark.parametrize("receiver", [{"max_instance_mb": 1}], indirect=True)
+async def test_an_instance_over_the_size_cap_is_refused_and_nothing_kept(
+    receiver: Receiver,
+) -> None:
+    """A data set growing past RECEIVER_MAX_INSTANCE_MB: its file goes at once, the rest is
+    read and dropped, 0xA700 answers it; the next instance on the association is stored."""
+    reader, writer = await associated(receiver.port)
+    try:
+        writer.write(pdus.command_pdu(1, store_request("1.2.3.4")))
+        chunk = b"\x00" * (256 * 1024)
+        for _ in range(8):  # 2 MiB of data set in 8 fragments
+            writer.write(pdata((0x00, chunk)))
+        await writer.drain()
+        await eventually(lambda: receiver.files() == [], 10, interval=0.05)  # gone past 1 MiB
+        writer.write(pdata((0x02, DATASET)))
+        assert await response_status(reader) == 0xA700
+        assert receiver.files() == [] and receiver.ledger.recorded == []
+        writer.write(pdus.command_pdu(1, store_request("1.2.3.5")) + pdata((0x02, DATASET)))
+        assert await response_status(reader) == 0x0000
+        assert len(receiver.files()) == 1
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+def small_staging(receiver: Receiver) -> Iterator[Path]:
+    """An 8 MiB tmpfs over the receiver's staging folder (root is available in CI)."""
+    receiver.staging.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(receiver.staging)], check=True
+    )
+    try:
+        yield receiver.staging
+    finally:
+        subprocess.run(["umount", "-l", str(receiver.staging)], check=True)
+
+
+@pytest.mark.parametrize("receiver", [{"min_free_mb": 4}], indirect=True)
+async def test_free_disk_is_checked_for_every_instance(
+    receiver: Receiver, small_staging: Path
+) -> None:
+    """The disk fills after the association was accepted: the next C-STORE is answered
+    0xA700 before anything is written (the sender keeps it), and once space is freed the
+    same association stores again."""
+    reader, writer = await associated(receiver.port)  # 8 MiB free: admitted
+    try:
+        filler = small_staging / "filler"
+        filler.write_bytes(b"\x00" * (5 << 20))  # 3 MiB left, under RECEIVER_MIN_FREE_MB
+        writer.write(pdus.command_pdu(1, store_request("1.2.3.4")) + pdata((0x02, DATASET)))
+        assert await response_status(reader) == 0xA700
+        assert receiver.files() == [filler] and receiver.ledger.recorded == []
+        filler.unlink()
+        writer.write(pdus.command_pdu(1, store_request("1.2.3.5")) + pdata((0x02, DATASET)))
+        assert await response_status(reader) == 0x0000
+        assert len(receiver.files()) == 1
+    finally:
+        writer.close()

@@ -199,3 +199,34 @@ async def test_a_zeroed_preamble_is_recorded_as_a_modification(pool: asyncpg.Poo
         ("1.2.3.1.1", []),
         ("1.2.3.1.2", [index.PREAMBLE_ZEROED]),
     ]
+
+
+async def test_a_replayed_dead_letter_brings_its_failed_row_to_its_true_outcome(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        task = await tasks.create_task(conn, source_path="/nas/x")
+    [stored_id, dup_id, still_id] = await files(pool, 3, task.id)
+    async with pool.acquire() as conn:
+        for file_id in (stored_id, dup_id, still_id):  # dead-lettered: the indexer records it
+            await ledger.mark_outcome(conn, file_id, "failed", stage="storage-writer", reason="x")
+        await index.index_instance(conn, stored(stored_id, "1.2.9.1"))  # replayed, stored
+        await index.record_duplicate(  # replayed: a duplicate after all
+            conn,
+            InstanceDuplicated(
+                correlation_id="d",
+                source="nas",
+                file=FileRef(file_id=dup_id, uri="file:///nas/f1", size=1),
+                header=header("1.2.9.1"),
+                hashes=Hashes(file_sha256="f" * 64, content_sha256="c" * 64, has_pixels=True),
+            ),
+        )
+        await ledger.mark_outcome(conn, still_id, "failed", stage="extractor", reason="again")
+        rows = await conn.fetch("SELECT id, status, stage, reason FROM ingest_files ORDER BY id")
+        counters = await tasks.task_counters(conn, task.id)
+    assert [(r["status"], r["stage"]) for r in rows] == [
+        ("indexed", "indexer"),
+        ("duplicate", "indexer"),
+        ("failed", "storage-writer"),  # a second failure does not rewrite the first
+    ]
+    assert counters.new_instances == 1 and counters.duplicates == 1 and counters.failed == 1

@@ -21,7 +21,7 @@ from libs.db.archives import ArchiveInstance, ArchiveListing
 from libs.storage import instance_key
 from libs.storage.memory import MemoryStore
 from services.packager.cache import ArchiveCache
-from services.packager.packager import ArchiveError, Encoding, Packager
+from services.packager.packager import ArchiveError, BuildsBusy, Encoding, Packager
 
 STUDY = "1.2.840.1"
 SERIES = ["1.2.840.1.1", "1.2.840.1.2"]
@@ -218,3 +218,28 @@ async def test_a_missing_object_fails_the_build_and_its_followers(tmp_path: Path
             pass
     with pytest.raises(ArchiveError, match="missing from storage"):
         await w.packager.ensure(plan)
+
+
+async def test_archive_builds_are_capped_and_a_cached_archive_needs_no_slot(
+    tmp_path: Path,
+) -> None:
+    """PACKAGER_MAX_BUILDS at once: one more distinct build is refused (the API answers 503),
+    a request for a build already running joins it, and a cached archive is served."""
+    w = World(tmp_path)
+    w.packager.max_builds = 1
+    for n in range(20):
+        w.add(n % 2, n, os.urandom(200_000))
+    tar = await w.packager.plan(STUDY, None, "tar.zst")
+    zip_ = await w.packager.plan(STUDY, None, "zip")
+    series = await w.packager.plan(STUDY, SERIES[0], "tar.zst")
+    assert tar is not None and zip_ is not None and series is not None
+    running = w.packager.start(tar)
+    assert w.packager.start(tar) is running  # the same archive: joins the build
+    with pytest.raises(BuildsBusy):
+        w.packager.start(zip_)
+    with pytest.raises(BuildsBusy):
+        await w.packager.ensure(series)
+    path = await asyncio.shield(running.done)
+    assert await w.packager.ensure(tar) == path  # cached: no slot needed
+    assert (await w.packager.ensure(zip_)).exists()  # the slot is free again
+    assert w.builds == 2

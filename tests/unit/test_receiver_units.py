@@ -186,3 +186,42 @@ def test_negotiation_rejects_a_context_we_do_not_store() -> None:
 def test_garbage_association_request_is_a_protocol_error() -> None:
     with pytest.raises(pdus.ProtocolError):
         pdus.AssociateRequest.decode(b"\x00\x01" + b"\xff" * 40)
+
+
+def test_metric_labels_of_calling_aes_are_bounded(tmp_path: Path) -> None:
+    """Any peer may send any calling AE title: the label values stay few (allowed callers by
+    name, the rest as one value), so a scan of AE titles cannot grow the metrics forever."""
+    from prometheus_client import CollectorRegistry
+
+    from services.dicom_receiver.config import ReceiverSettings
+    from services.dicom_receiver.pdus import AssociateRequest
+    from services.dicom_receiver.scp import ReceiverMetrics, StoreSCP
+
+    async def record(files: Sequence[NewFile]) -> list[LedgerRow]:
+        return []
+
+    async def publish(events: Sequence[Event]) -> None:
+        return None
+
+    registry = CollectorRegistry()
+    settings = ReceiverSettings(
+        staging_dir=tmp_path, min_free_mb=0, allowed_callers=["MODALITY1", "PACS@10.0.0.5"]
+    )
+    committer = Committer(record=record, publish=publish, batch_size=10)
+    scp = StoreSCP(settings, committer, ReceiverMetrics.create(registry))
+    for n in range(2000):
+        rq = AssociateRequest.decode(
+            associate_rq(CTImageStorage, [ExplicitVRLittleEndian], calling=f"SCAN{n:05d}")[6:]
+        )
+        assert scp.admit(rq, "10.9.9.9") is not None  # unknown callers are refused
+    ok = AssociateRequest.decode(
+        associate_rq(CTImageStorage, [ExplicitVRLittleEndian], calling="MODALITY1")[6:]
+    )
+    assert scp.admit(ok, "10.9.9.9") is None
+    values = {
+        s.labels["calling_ae"]
+        for metric in registry.collect()
+        if metric.name == "dicomflow_dicom_receiver_associations"
+        for s in metric.samples
+    }
+    assert values == {"MODALITY1", "(not allowed)"}

@@ -12,7 +12,13 @@ from libs.dicom.uids import UID_MAX_LENGTH, UID_RE
 from libs.http.auth import Authenticator, Caller
 from libs.imaging.jobs import Kind
 from libs.imaging.window import PRESETS, PresetName, Window, preset
-from services.api.previews import InstanceRef, PreviewSource, PreviewUnavailable
+from services.api.previews import (
+    RETRY_AFTER_SECONDS,
+    InstanceRef,
+    PreviewSource,
+    PreviewUnavailable,
+    RenderBusy,
+)
 
 Uid = Annotated[str, Path(pattern=UID_RE.pattern, max_length=UID_MAX_LENGTH)]
 CACHE = "private, max-age=3600"
@@ -72,6 +78,12 @@ def previews_router(pool: asyncpg.Pool, auth: Authenticator, source: PreviewSour
             jpeg = await source.jpeg(ref, kind, query.frame, query.window())
         except PreviewUnavailable as exc:
             raise HTTPException(status_code=422, detail=f"no image: {exc}") from None
+        except RenderBusy as exc:
+            raise HTTPException(
+                status_code=503,
+                detail=f"previews are busy ({exc}): try again shortly",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
         headers = {"Cache-Control": CACHE}
         if jpeg.stream is not None:
             return StreamingResponse(jpeg.stream, media_type="image/jpeg", headers=headers)

@@ -186,3 +186,22 @@ async def test_no_audit_row_means_no_answer(client, keys, monkeypatch):
     response = await client.get("/v1/studies", headers=keys.headers("clinician"))
     assert response.status_code == 503
     assert response.json() == {"detail": "audit log unavailable"}
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"source_path": '])
+async def test_malformed_body_is_401_before_422_and_audited(client, keys, audit_rows, body):
+    """A malformed JSON body from an unknown caller: 401 (not a validation message that
+    tells how the endpoint parses), and an audit row; an authenticated caller gets 422."""
+    headers = {"Content-Type": "application/json"}
+    before = len(await audit_rows("request.rejected"))  # one database per module
+    response = await client.post("/v1/imports", content=body, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    [row] = (await audit_rows("request.rejected"))[before:]
+    assert (row["status_code"], row["api_key_id"], row["path"]) == (401, None, "/v1/imports")
+    response = await client.post(
+        "/v1/imports", content=body, headers={**headers, **keys.headers("ops")}
+    )
+    assert response.status_code == 422
+    rows = (await audit_rows("request.rejected"))[before:]
+    assert [r["status_code"] for r in rows] == [401, 422] and rows[1]["role"] == "ops"

@@ -3,7 +3,11 @@ a real index (filled by the indexer's own upsert), local storage, isolated rende
 
 from __future__ import annotations
 
+import asyncio
 import io
+import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,3 +180,51 @@ async def test_search_results_carry_a_thumbnail_link(client, keys):
     assert links[header_uids_of(PLAN)[0]] is None  # no image in that study
     thumb = pixels(await client.get(links[header_uids_of(CT)[0]], headers=keys.headers("admin")))
     assert thumb.shape == (256, 256)
+
+
+async def test_renders_are_capped_and_a_burst_beyond_the_queue_is_told_to_retry(
+    pool, registry, store, renderer, keys, tmp_path, monkeypatch
+):
+    """One render at a time, one waiting: the instance is copied out of storage only once a
+    render slot is free (a burst no longer copies every instance to /tmp at once), and
+    requests beyond the queue are answered 503 with Retry-After."""
+    source = PreviewSource(store, renderer, concurrency=1, queue=1)
+
+    async def publish(event: object) -> None:
+        raise AssertionError("previews publish nothing")
+
+    app = create_app(pool, publish, registry, Readiness(), limits=ApiLimits(), previews=source)
+    transport = httpx.ASGITransport(app, client=("10.1.2.3", 4567))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's copies only
+    scratch = tmp_path
+    copies, running = 0, True
+
+    def sample() -> None:
+        nonlocal copies
+        while running:
+            copies = max(copies, len(list(scratch.glob("api-preview-*"))))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
+            responses = await asyncio.gather(
+                *(
+                    c.get(
+                        url(MULTI),
+                        params={"frame": n, "wc": "128", "ww": "256"},
+                        headers=keys.headers("clinician"),
+                    )
+                    for n in range(12)
+                )
+            )
+    finally:
+        running = False
+        sampler.join()
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    busy = [r for r in responses if r.status_code == 503]
+    assert all(int(r.headers["retry-after"]) >= 1 for r in busy)
+    assert all(r.headers["content-type"] == "image/jpeg" for r in responses if r.status_code == 200)
+    assert copies == 1, f"{copies} instances copied out at once"

@@ -1,0 +1,319 @@
+"""Transient faults never become permanent failures: a PostgreSQL restart holds the stage
+(not ready) and retries without limit, without using up the attempts a poison message gets;
+a full disk is held and retried the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from libs.contracts.events import Event, FileRef, ImportRequested, InstanceUnique
+from libs.db.pool import create_pool
+from libs.dicom.extract import extract_file
+from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
+from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
+from libs.kafka.dlq import list_letters
+from libs.kafka.producer import Producer
+from libs.runtime.metrics import ConsumerMetrics
+from libs.storage.local import LocalStore
+from libs.tools.dev_broker import free_port
+from services.storage_writer.handlers import handle_unique, storage_key
+
+pytestmark = pytest.mark.integration
+TOPIC = ImportRequested.TOPIC
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class Cluster:
+    """A throwaway PostgreSQL server of this test alone (the shared one is never restarted)."""
+
+    data: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/faults"
+
+    def ctl(self, *args: str) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.data / "log"),
+                "-o",
+                options,
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    assert (PG_BIN / "initdb").exists(), f"PostgreSQL 15 server binaries missing in {PG_BIN}"
+    folder = Path(tempfile.mkdtemp(prefix="dicomflow-pg-"))
+    shutil.chown(folder, "postgres", "postgres")
+    data = folder / "data"
+    subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    c = Cluster(data, free_port())
+    c.ctl("start")
+    try:
+        yield c
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            c.ctl("-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def request(n: int) -> ImportRequested:
+    return ImportRequested(correlation_id=f"c{n}", source="t", task_id=f"t{n}", source_path="/x")
+
+
+def stage_of(
+    bootstrap: str, producer: Producer, topic: str, route: Route[Any], stopping: asyncio.Event
+) -> StageConsumer:
+    return StageConsumer(
+        stage="indexer",
+        group_id="stage",
+        routes={topic: route},
+        bootstrap_servers=bootstrap,
+        producer=producer,
+        metrics=ConsumerMetrics.create("t", CollectorRegistry()),
+        stopping=stopping,
+        retry=RetryPolicy(max_retries=3, backoff_seconds=0.05),
+        concurrency=4,
+        session_timeout_ms=3000,
+    )
+
+
+async def test_postgres_restarts_are_held_and_retried_never_dead_lettered(
+    cluster: Cluster, broker: object, producer: Producer
+) -> None:
+    bootstrap = broker.bootstrap  # type: ignore[attr-defined]
+    pool = await create_pool(cluster.url, size=4)
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TABLE done (n int PRIMARY KEY)")
+
+    async def handler(event: ImportRequested) -> list[Event]:
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_sleep(0.02)")
+            await conn.execute(
+                "INSERT INTO done VALUES ($1) ON CONFLICT DO NOTHING", int(event.task_id[1:])
+            )
+        return []
+
+    stopping = asyncio.Event()
+    stage = stage_of(bootstrap, producer, TOPIC, Route(ImportRequested, handler), stopping)
+    total = 400
+    await producer.publish(*(request(n) for n in range(total)))
+    await stage.start()
+    run = asyncio.create_task(stage.run())
+    not_ready_seen = False
+
+    async def done() -> int:
+        nonlocal not_ready_seen
+        not_ready_seen |= not stage.healthy
+        try:
+            async with pool.acquire() as conn:
+                return int(await conn.fetchval("SELECT count(*) FROM done"))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return -1
+
+    try:
+        for restart_at in (50, 200):
+            deadline = time.monotonic() + 120
+            while await done() < restart_at:
+                assert time.monotonic() < deadline and not run.done(), "no progress"
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(cluster.ctl, "-m", "fast", "stop")
+            for _ in range(30):  # down for 3 s: far longer than the poison retries take
+                not_ready_seen |= not stage.healthy
+                await asyncio.sleep(0.1)
+            await asyncio.to_thread(cluster.ctl, "start")
+        deadline = time.monotonic() + 180
+        while (n := await done()) < total:
+            assert time.monotonic() < deadline and not run.done(), f"stuck at {n}/{total}"
+            await asyncio.sleep(0.2)
+    finally:
+        stopping.set()
+        await run
+        await stage.stop()
+        await pool.close()
+    assert await list_letters(bootstrap, TOPIC) == []  # nothing dead-lettered
+    assert not_ready_seen, "the stage never reported not-ready during the outage"
+
+
+async def test_outage_retries_do_not_use_up_a_messages_attempts(
+    cluster: Cluster, broker: object, producer: Producer
+) -> None:
+    """The database is away for 3 s (dozens of outage retries); each message then fails once
+    for a reason of its own: it still has its retries, and none is dead-lettered."""
+    bootstrap = broker.bootstrap  # type: ignore[attr-defined]
+    pool = await create_pool(cluster.url, size=4)
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TABLE done (n int PRIMARY KEY)")
+    await pool.close()
+    await asyncio.to_thread(cluster.ctl, "-m", "fast", "stop")
+    pool = await asyncpg.create_pool(cluster.url, min_size=0, max_size=4)
+    failed_once: set[str] = set()
+
+    async def handler(event: ImportRequested) -> list[Event]:
+        async with pool.acquire() as conn:
+            if event.task_id not in failed_once:  # the database answers: one flaky failure
+                failed_once.add(event.task_id)
+                raise RuntimeError("a transient fault of this message")
+            await conn.execute("INSERT INTO done VALUES ($1)", int(event.task_id[1:]))
+        return []
+
+    stopping = asyncio.Event()
+    stage = stage_of(bootstrap, producer, TOPIC, Route(ImportRequested, handler), stopping)
+    await producer.publish(*(request(n) for n in range(8)))
+    await stage.start()
+    run = asyncio.create_task(stage.run())
+    try:
+        deadline = time.monotonic() + 60
+        while stage.healthy:  # the first fetch reaches the handler, which cannot connect
+            assert time.monotonic() < deadline and not run.done(), "never tried the database"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(3)
+        await asyncio.to_thread(cluster.ctl, "start")
+        deadline = time.monotonic() + 60
+        while True:
+            async with pool.acquire() as conn:
+                if await conn.fetchval("SELECT count(*) FROM done") == 8:
+                    break
+            assert time.monotonic() < deadline and not run.done(), "messages not handled"
+            assert await list_letters(bootstrap, TOPIC) == [], "dead-lettered"
+            await asyncio.sleep(0.2)
+        while not stage.healthy:  # ready again once the batch is committed
+            assert time.monotonic() < deadline and not run.done(), "still not ready"
+            await asyncio.sleep(0.05)
+    finally:
+        stopping.set()
+        await run
+        await stage.stop()
+        await pool.close()
+    assert await list_letters(bootstrap, TOPIC) == []
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 4 MiB tmpfs of this test (root is available in CI), unmounted afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="dicomflow-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+        folder.rmdir()
+
+
+async def test_full_storage_is_held_and_retried_until_space_is_freed(
+    small_disk: Path, tmp_path: Path, broker: object, producer: Producer
+) -> None:
+    bootstrap = broker.bootstrap  # type: ignore[attr-defined]
+    events = []
+    for n in range(6):  # 6 instances of ~512 KiB: 3 MiB
+        ds = make_dataset(
+            patient_id="P1",
+            patient_name="Doe^Jane",
+            study_uid=synthetic_uid("full:study"),
+            series_uid=synthetic_uid("full:series"),
+            sop_uid=synthetic_uid(f"full:{n}"),
+            rows=512,
+            columns=512,
+            pixel_seed=n,
+        )
+        path = tmp_path / f"{n}.dcm"
+        write_instance(path, ds)
+        header, hashes = extract_file(str(path))
+        events.append(
+            InstanceUnique(
+                correlation_id=f"c{n}",
+                source="nas",
+                file=FileRef(file_id=n + 1, uri=path.as_uri(), size=path.stat().st_size),
+                header=header,
+                hashes=hashes,
+                disposition="new",
+            )
+        )
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (3 << 20))  # 1 MiB left: the third instance does not fit
+    store = LocalStore((small_disk / "storage").as_uri())
+    stored: list[Event] = []
+
+    async def handler(event: InstanceUnique) -> list[Event]:
+        out = await handle_unique(event, storage=store)
+        stored.extend(out)
+        return out
+
+    stopping = asyncio.Event()
+    topic = InstanceUnique.TOPIC
+    stage = stage_of(bootstrap, producer, topic, Route(InstanceUnique, handler), stopping)
+    await producer.publish(*events)
+    await stage.start()
+    run = asyncio.create_task(stage.run())
+    try:
+        deadline = time.monotonic() + 60
+        while len(stored) < 1:  # one instance fits, then the disk is full
+            assert time.monotonic() < deadline and not run.done(), "nothing stored"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(3)  # far longer than the retries of a poison message take
+        assert await list_letters(bootstrap, topic) == [], "a full disk was dead-lettered"
+        assert not stage.healthy and len(stored) < len(events)
+        filler.unlink()  # space freed
+        deadline = time.monotonic() + 60
+        while len(stored) < len(events):
+            assert time.monotonic() < deadline and not run.done(), f"{len(stored)} stored"
+            await asyncio.sleep(0.1)
+    finally:
+        stopping.set()
+        await run
+        await stage.stop()
+    assert await list_letters(bootstrap, topic) == []
+    for event in events:  # every byte as received, nothing left half-written
+        key = storage_key(event)
+        data = b"".join([c async for c in store.read(key)])
+        assert data == Path(event.file.uri.removeprefix("file://")).read_bytes()
+    assert not list((small_disk / "storage").rglob(".*.tmp"))
