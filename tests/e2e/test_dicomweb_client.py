@@ -95,7 +95,9 @@ async def test_dicomweb_client_finds_and_retrieves_what_the_pipeline_indexed(
         url = f"{stack.api}/dicom-web/studies/{f.study}/series/{f.series}/instances/{f.sop}"
         # The parts as dicomweb-client's multipart decoder gives them (its public retrieve
         # methods parse them into datasets, which would hide a changed byte).
-        [data] = dw._http_get_multipart(url, media_types=(("application/dicom", "*"),))
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        response = dw._http_get(url, headers={"Accept": accept})
+        [data] = list(dw._decode_multipart_message(response, stream=False))
         digest = hashlib.sha256(data).hexdigest()
         assert digest == hashlib.sha256(f.path.read_bytes()).hexdigest(), f.path.name
         stored = storage / instance_key(f.study, f.series, f.sop)

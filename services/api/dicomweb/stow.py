@@ -86,6 +86,31 @@ class Received:
     received: int = 0
 
 
+PREAMBLE = b"\0" * 128 + b"DICM"
+
+
+async def with_preamble(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The part as a PS3.10 file: some clients (dicomweb-client writing a dataset that has
+    no preamble) send the file meta group without the 128-byte preamble and `DICM`; it is
+    put back, as the receiver writes one before what a C-STORE carries."""
+    head = b""
+    async for chunk in chunks:
+        if len(head) >= 132:
+            yield chunk
+            continue
+        head += chunk
+        if len(head) >= 132:
+            yield _fixed(head)
+    if len(head) < 132:
+        yield _fixed(head)
+
+
+def _fixed(head: bytes) -> bytes:
+    if head[128:132] != b"DICM" and head[:2] == b"\x02\x00" and head[4:6].isalpha():
+        return PREAMBLE + head  # group 0002, explicit VR: a file meta group without preamble
+    return head
+
+
 def stow_router(
     pool: asyncpg.Pool,
     auth: Authenticator,
@@ -109,7 +134,7 @@ def stow_router(
 
         async def capped() -> AsyncIterator[bytes]:
             size = 0
-            async for chunk in chunks:
+            async for chunk in with_preamble(chunks):
                 size += len(chunk)
                 if size > cap:
                     raise TooLarge
