@@ -238,7 +238,7 @@ async def dicomweb_figures(
     line(f"{label}: {some} instances one by one (httpx)", size, time.perf_counter() - t)
 
 
-async def bench(work: Path, files: list[Path], studies: int, repeat: int) -> None:
+async def bench(work: Path, files: list[Path], studies: int, repeat: int, orthanc: bool) -> None:
     total = sum(f.stat().st_size for f in files)
     print(f"series: {len(files)} instances, {total / 1e6:.0f} MB; index: {studies} studies")
     t = time.perf_counter()
@@ -292,7 +292,8 @@ async def bench(work: Path, files: list[Path], studies: int, repeat: int) -> Non
         conn = await asyncpg.connect(f"{PG}/postgres")
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()
-    await orthanc_figures(work, files, repeat)
+    if orthanc:
+        await orthanc_figures(work, files, repeat)
 
 
 async def orthanc_figures(work: Path, files: list[Path], repeat: int) -> None:
@@ -331,12 +332,13 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--work", type=Path, default=Path("var/bench"))
+    parser.add_argument("--no-orthanc", action="store_true", help="skip the reference")
     args = parser.parse_args()
     if shutil.which("curl") is None:
         raise SystemExit("curl is not installed: run deploy/dev/system-deps.sh")
     work = args.work.absolute()
     files = series_files(work / "dicomweb-series", args.instances)
-    asyncio.run(bench(work, files, args.studies, args.repeat))
+    asyncio.run(bench(work, files, args.studies, args.repeat, not args.no_orthanc))
 
 
 if __name__ == "__main__":
