@@ -135,7 +135,6 @@ def new_instance(study: str, n: int) -> Dataset:
         sop_uid=synthetic_uid(f"{study}-{n}"),
         instance_number=n,
     )
-    ds.is_little_endian, ds.is_implicit_VR = True, False
     return ds
 
 
