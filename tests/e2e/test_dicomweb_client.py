@@ -127,7 +127,7 @@ async def test_dicomweb_client_finds_and_retrieves_what_the_pipeline_indexed(
 
 
 def new_instance(study: str, n: int) -> Dataset:
-    ds = make_dataset(
+    return make_dataset(
         patient_id="DW-STOW",
         patient_name="Сидорова^Анна",
         study_uid=study,
@@ -135,7 +135,6 @@ def new_instance(study: str, n: int) -> Dataset:
         sop_uid=synthetic_uid(f"{study}-{n}"),
         instance_number=n,
     )
-    return ds
 
 
 async def test_stow_puts_instances_through_the_pipeline_and_refuses_garbage(
