@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -60,8 +59,7 @@ async def stack(
     for name in names:
         s.start(name)
     try:
-        # A busy machine (several test runs sharing two cores) may need longer than 60 s.
-        await s.wait_ready(names, timeout=float(os.environ.get("E2E_READY_SECONDS", "60")))
+        await s.wait_ready(names)
         yield s
     finally:
         s.stop_all()
