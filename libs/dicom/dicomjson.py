@@ -29,6 +29,8 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset
 from pydicom.valuerep import AMBIGUOUS_VR
 
+from libs.dicom.dicomjson_fast import FAST_VRS, fast_element
+
 BULK_THRESHOLD = 1024  # bytes of a binary value above which it is a BulkDataURI
 MAX_JSON_CHARS = 256 * 1024
 BULK_PREFIX = "bulkdata/"
@@ -59,12 +61,13 @@ def header_json(ds: Dataset, pixel: tuple[int, str] | None = None) -> str | None
 def dataset_model(ds: Dataset, path: str) -> dict[str, Any]:
     """{"GGGGEEEE": element} for the elements of `ds` (file meta excluded)."""
     model: dict[str, Any] = {}
-    for tag in sorted(int(t) for t in ds.keys()):  # noqa: SIM118 - iter(ds) converts
+    # `items()` gives the stored elements as read: no conversion, no deferred read.
+    for tag, raw in sorted(ds.items()):
         if tag >> 16 == 0x0002:
             continue
         key = f"{tag:08X}"
         try:
-            value = _element(ds, tag, f"{path}{key}")
+            value = _element(ds, int(tag), raw, f"{path}{key}")
         except (MemoryError, RecursionError):
             raise
         except Exception:  # noqa: S112 - a malformed value: this element is left out
@@ -74,13 +77,20 @@ def dataset_model(ds: Dataset, path: str) -> dict[str, Any]:
     return model
 
 
-def _element(ds: Dataset, tag: int, path: str) -> dict[str, Any] | None:
-    raw = ds.get_item(tag, keep_deferred=True)
+def _element(
+    ds: Dataset, tag: int, raw: DataElement | RawDataElement, path: str
+) -> dict[str, Any] | None:
     if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
         vr = raw.VR or _dictionary_vr(tag)
         if vr not in _BULK_VRS:
             return None  # a deferred value no BulkDataURI may stand for: left out
         return {"vr": vr, "BulkDataURI": BULK_PREFIX + path}
+    if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+        vr = raw.VR or _plain_vr(tag)
+        if vr in FAST_VRS:
+            fast = fast_element(vr, raw.value, raw.is_little_endian, ds, path)
+            if fast is not None:
+                return fast
     elem = _converted(ds, tag, raw)
     if elem.VR == "SQ":
         items = [dataset_model(item, f"{path}/{n}/") for n, item in enumerate(elem.value, 1)]
@@ -98,6 +108,18 @@ def _converted(ds: Dataset, tag: int, raw: DataElement | RawDataElement) -> Data
         if elem.VR not in AMBIGUOUS_VR and elem.VR != "SQ":
             return elem
     return ds[tag]
+
+
+def _plain_vr(tag: int) -> str:
+    """The dictionary's VR of a public tag read with implicit VR; "" when it is ambiguous
+    (US or SS...), private or unknown: pydicom decides those."""
+    if tag & 0x10000:
+        return ""
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return ""
+    return "" if " or " in vr else vr
 
 
 def _dictionary_vr(tag: int) -> str:

@@ -97,6 +97,8 @@ class LocalStore:
         with self.path_for(key).open("rb") as f:
             while chunk := await asyncio.to_thread(f.read, chunk_size):
                 yield chunk
+                if len(chunk) < chunk_size:  # a regular file: a short read is its end
+                    return
 
 
 def _fsync_dir(path: Path) -> None:

@@ -84,3 +84,38 @@ def test_a_header_too_large_for_an_event_is_left_to_the_stored_file(tmp_path: Pa
 def test_malformed_bulk_paths_are_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         bulk_path(bad)
+
+
+def _readable_test_files() -> list[str]:
+    """pydicom's test files its reader takes (some are broken on purpose)."""
+    import warnings
+
+    from pydicom.data import get_testdata_files
+
+    readable = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in sorted(get_testdata_files("*.dcm")):
+            try:
+                dcmread(path, stop_before_pixels=True)
+            except Exception:  # broken on purpose: not a case for this test
+                continue
+            readable.append(path)
+    return readable
+
+
+@pytest.mark.parametrize("path", _readable_test_files(), ids=lambda p: Path(p).name)
+def test_the_fast_path_gives_pydicoms_json_for_every_test_file(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    import libs.dicom.dicomjson as dicomjson
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = header_json(dcmread(path, stop_before_pixels=True, defer_size=1 << 20))
+        monkeypatch.setattr(dicomjson, "FAST_VRS", frozenset())  # every element via pydicom
+        slow = header_json(dcmread(path, stop_before_pixels=True, defer_size=1 << 20))
+    assert fast is not None
+    assert json.loads(fast) == json.loads(slow or "null")

@@ -22,7 +22,6 @@ class Attribute:
     tag: int
     vr: str
     value: Callable[[Row, str], list[Any] | None]  # (row, base URL) -> Value
-    default: bool = True
 
 
 def _da(column: str) -> Callable[[Row, str], list[Any] | None]:
@@ -97,6 +96,11 @@ SERIES = [
     Attribute(0x00201209, "IS", lambda r, _: [r["series_instance_count"]]),
 ]
 SERIES_URL = Attribute(0x00081190, "UR", _url("series"))
+# Sizes have no standard attribute: a private block (creator "DICOMFLOW" in (0009,0010)),
+# returned with includefield=all or when (0009,1011) is named.
+CREATOR = Attribute(0x00090010, "LO", _const("DICOMFLOW"))
+STUDY_SIZE = Attribute(0x00091011, "UV", lambda r, _: [r["size_bytes"]])
+SERIES_SIZE = Attribute(0x00091011, "UV", lambda r, _: [r["series_size"]])
 INSTANCE = [
     Attribute(0x00080016, "UI", _text("sop_class_uid")),
     Attribute(0x00080018, "UI", _text("sop_instance_uid")),
@@ -112,8 +116,8 @@ INSTANCE_URL = Attribute(0x00081190, "UR", _url("instance"))
 # The attributes a level's answer may hold, in the order they are looked up (the level's
 # own RetrieveURL wins over an upper level's).
 LEVELS: dict[Level, list[Attribute]] = {
-    "study": [*STUDY, STUDY_URL],
-    "series": [*SERIES, SERIES_URL, *STUDY],
+    "study": [*STUDY, STUDY_URL, CREATOR, STUDY_SIZE],
+    "series": [*SERIES, SERIES_URL, CREATOR, SERIES_SIZE, *STUDY],
     "instance": [*INSTANCE, INSTANCE_URL, *SERIES, *STUDY],
 }
 # Upper-level attributes returned by default only in queries across studies or series.
@@ -134,6 +138,8 @@ def selected(level: Level, include: set[int] | None, across: set[Level]) -> list
         wanted = include is None or attr.tag in include
         if attr.tag not in chosen and (own or upper or wanted):
             chosen[attr.tag] = attr
+    if 0x00091011 in chosen:  # a private element goes with its creator
+        chosen[CREATOR.tag] = CREATOR
     if level != "study":  # the UIDs that place an answer in its study and series
         for attr in (*STUDY, *SERIES):
             placing = attr.tag == 0x0020000D or (level, attr.tag) == ("instance", 0x0020000E)
@@ -148,6 +154,6 @@ def to_json(row: Row, attrs: list[Attribute], base: str) -> dict[str, Any]:
         value = attr.value(row, base)
         element: dict[str, Any] = {"vr": attr.vr}
         if value:
-            element["Value"] = [int(v) if attr.vr in ("IS", "US") else v for v in value]
+            element["Value"] = [int(v) if attr.vr in ("IS", "US", "UV") else v for v in value]
         out[f"{attr.tag:08X}"] = element
     return out

@@ -28,9 +28,26 @@ def check_uid(value: str) -> str:
 Uid = Annotated[str, AfterValidator(check_uid)]
 
 
+_FORWARDED = ("forwarded", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-for")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def base_url(request: Request) -> str:
-    """The DICOMweb service's URL as the caller reached it (RetrieveURL, BulkDataURI)."""
-    return str(request.base_url).rstrip("/") + PREFIX
+    """The DICOMweb service's URL as the caller reached it (RetrieveURL, BulkDataURI).
+
+    Some clients (dicomweb-client 0.61) send a Host header without the port they connected
+    to; without a proxy in between, the port the request arrived on is put back, so the
+    URLs in the answer lead back here."""
+    url = request.base_url
+    server = request.scope.get("server")
+    if (
+        url.port is None
+        and server is not None
+        and server[1] != _DEFAULT_PORTS.get(url.scheme)
+        and not any(h in request.headers for h in _FORWARDED)
+    ):
+        url = url.replace(port=server[1])
+    return str(url).rstrip("/") + PREFIX
 
 
 def not_acceptable(offered: str) -> HTTPException:

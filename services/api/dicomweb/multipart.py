@@ -102,16 +102,20 @@ class Part:
 
 
 async def write_parts(parts: AsyncIterator[Part], boundary: str) -> AsyncIterator[bytes]:
-    """The multipart body: each part's headers, then its body as it streams."""
+    """The multipart body: each part's headers, then its body as it streams. The small
+    framing pieces go out with the body's first chunk (one write, not three, per part)."""
+    pending = b""
     async for part in parts:
         head = f"--{boundary}\r\nContent-Type: {part.content_type}\r\n"
         if part.location:
             head += f"Content-Location: {part.location}\r\n"
-        yield (head + "\r\n").encode()
+        pending += (head + "\r\n").encode()
         async for chunk in part.body:
+            if pending:
+                chunk, pending = pending + chunk, b""
             yield chunk
-        yield CRLF
-    yield f"--{boundary}--\r\n".encode()
+        pending += CRLF
+    yield pending + f"--{boundary}--\r\n".encode()
 
 
 class MultipartError(ValueError):

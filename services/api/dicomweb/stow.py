@@ -78,10 +78,37 @@ class Outcome:
 
 
 @dataclass
-class Request_:
+class Received:
+    """One STOW request: the study its URL names, each part's outcome, bytes taken so far."""
+
     study: str | None
     outcomes: list[Outcome] = field(default_factory=list)
     received: int = 0
+
+
+PREAMBLE = b"\0" * 128 + b"DICM"
+
+
+async def with_preamble(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The part as a PS3.10 file: some clients (dicomweb-client writing a dataset that has
+    no preamble) send the file meta group without the 128-byte preamble and `DICM`; it is
+    put back, as the receiver writes one before what a C-STORE carries."""
+    head = b""
+    async for chunk in chunks:
+        if len(head) >= 132:
+            yield chunk
+            continue
+        head += chunk
+        if len(head) >= 132:
+            yield _fixed(head)
+    if len(head) < 132:
+        yield _fixed(head)
+
+
+def _fixed(head: bytes) -> bytes:
+    if head[128:132] != b"DICM" and head[:2] == b"\x02\x00" and head[4:6].isalpha():
+        return PREAMBLE + head  # group 0002, explicit VR: a file meta group without preamble
+    return head
 
 
 def stow_router(
@@ -94,7 +121,7 @@ def stow_router(
     router = APIRouter(tags=["DICOMweb"])
     storer = Depends(auth.require("imports", "dicomweb.store"))
 
-    async def stage(req: Request_, headers: PartHeaders, chunks: AsyncIterator[bytes]) -> None:
+    async def stage(req: Received, headers: PartHeaders, chunks: AsyncIterator[bytes]) -> None:
         outcome = Outcome()
         req.outcomes.append(outcome)
         kind = parse_media_type(headers.content_type).media_type if headers.content_type else DICOM
@@ -107,7 +134,7 @@ def stow_router(
 
         async def capped() -> AsyncIterator[bytes]:
             size = 0
-            async for chunk in chunks:
+            async for chunk in with_preamble(chunks):
                 size += len(chunk)
                 if size > cap:
                     raise TooLarge
@@ -132,7 +159,7 @@ def stow_router(
         if not outcome.stored:  # nothing will name it: it goes now
             path.unlink(missing_ok=True)
 
-    async def commit(req: Request_, request: Request, caller: Caller) -> None:
+    async def commit(req: Received, request: Request, caller: Caller) -> None:
         good = [o for o in req.outcomes if o.stored and o.path is not None]
         if not good:
             return
@@ -165,7 +192,7 @@ def stow_router(
             r.matches(DICOM_JSON) or r.matches("application/json") for r in accepts(request)
         ):
             raise HTTPException(status_code=406, detail=f"the answer is {DICOM_JSON}")
-        req = Request_(study)
+        req = Received(study)
         reader = MultipartReader(request.stream(), ctype.params.get("boundary", ""))
         try:
             await reader.parts(lambda h, c: stage(req, h, c))
@@ -207,7 +234,7 @@ def _reference(o: Outcome, base: str) -> dict[str, Any]:
     return item
 
 
-def _answer(req: Request_, base: str) -> Response:
+def _answer(req: Received, base: str) -> Response:
     stored = [_reference(o, base) for o in req.outcomes if o.stored]
     failed = [_reference(o, base) for o in req.outcomes if not o.stored]
     body: dict[str, Any] = {}

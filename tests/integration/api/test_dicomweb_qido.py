@@ -92,13 +92,21 @@ async def test_series_and_instances_at_every_level(client, keys, seeded: list[Se
     assert url.endswith(f"/studies/{study}/series/{ivanov[3].series}/instances/{ivanov[3].sop}")
 
 
-async def test_includefield_limit_and_offset(client, keys) -> None:
+async def test_includefield_limit_and_offset(client, keys, pool) -> None:
     series = await qido(client, keys, "/series", PatientID="DW-1")
     assert "00100010" in series[0]  # across studies: the study's attributes come along
     inside = await qido(client, keys, "/instances", PatientID="DW-1", includefield="all")
     assert "00080061" in inside[0] and "0008103E" in inside[0]
     named = await qido(client, keys, "/instances", PatientID="DW-1", includefield="00080061")
     assert "00080061" in named[0]
+    [study] = await qido(client, keys, "/studies", PatientID="DW-1", includefield="00091011")
+    sizes = await pool.fetchval(
+        "SELECT sum(i.size_bytes) FROM instances i JOIN studies s USING (study_uid) "
+        "JOIN patients p ON p.id = s.patient_pk WHERE p.patient_id = 'DW-1'"
+    )
+    assert study["00091011"] == {"vr": "UV", "Value": [sizes]}
+    assert study["00090010"] == {"vr": "LO", "Value": ["DICOMFLOW"]}
+    assert "00091011" not in (await qido(client, keys, "/studies", PatientID="DW-1"))[0]
     page = await qido(client, keys, "/studies", PatientID="DW-?", limit=2)
     rest = await qido(client, keys, "/studies", PatientID="DW-?", limit=2, offset=2)
     assert pids(page + rest) == [p[0] for p in PATIENTS]

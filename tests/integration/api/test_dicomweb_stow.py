@@ -166,3 +166,17 @@ async def test_a_part_over_the_size_cap_is_refused_and_the_rest_stored(
     assert failed["00081197"]["Value"] == [0xA700]
     assert "larger than" in response.headers["warning"]
     assert len(bus.events) == 1
+
+
+async def test_a_part_without_the_preamble_is_stored_as_a_dicom_file(
+    client, keys, bus, tmp_path
+) -> None:
+    data = instance(tmp_path, synthetic_uid(f"stow-{uuid.uuid4()}"), 1)
+    assert data[128:132] == b"DICM"
+    response = await stow(client, keys, [("application/dicom", data[132:])])
+    assert response.status_code == 200, response.headers.get("warning")
+    [event] = bus.events
+    assert (
+        Path(event.file.uri.removeprefix("file://")).read_bytes()
+        == b"\0" * 128 + b"DICM" + data[132:]
+    )
