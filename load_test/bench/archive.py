@@ -21,23 +21,23 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from pydicom import dcmread
 
 from libs.db.apikeys import create_key
 from libs.db.archives import ArchiveInstance, ArchiveListing
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
-from libs.http.proxy import ProxyTimeouts, upstream_client
 from libs.runtime.probes import Readiness, http_server
 from libs.storage import instance_key, open_store
-from libs.tools.dev_broker import free_port
+from libs.tools.dev_broker import free_port, wait_for_port
 from load_test.bench.pipeline import PG, corpus
-from services.api.app import create_app as create_api
 from services.packager.app import create_app
 from services.packager.cache import ArchiveCache
 from services.packager.packager import Encoding, Packager
@@ -58,6 +58,7 @@ def as_one_study(files: list[Path], store_root: Path) -> ArchiveListing:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.link(path, target)
         data = path.read_bytes()
+        meta = dcmread(path, stop_before_pixels=True).file_meta
         rows.append(
             ArchiveInstance(
                 series_uid,
@@ -68,6 +69,9 @@ def as_one_study(files: list[Path], store_root: Path) -> ArchiveListing:
                 len(data),
                 hashlib.sha256(data).hexdigest(),
                 now,
+                modality="CT",
+                sop_class_uid=str(meta.MediaStorageSOPClassUID),
+                transfer_syntax_uid=str(meta.TransferSyntaxUID),
             )
         )
     return ArchiveListing(STUDY, "Bench^Patient", now.date(), rows)
@@ -103,8 +107,8 @@ async def curl_download(url: str, key: str) -> tuple[int, float]:
     return int(size), float(seconds)
 
 
-def rss_mb() -> float:
-    for text in Path("/proc/self/status").read_text().splitlines():
+def rss_mb(pid: int | str = "self") -> float:
+    for text in Path(f"/proc/{pid}/status").read_text().splitlines():
         if text.startswith("VmRSS:"):
             return int(text.split()[1]) / 1024
     return 0.0
@@ -180,7 +184,7 @@ async def bench(work: Path, files: list[Path], level: int, threads: int) -> None
             assert size == zpath.stat().st_size
             best = max(best, line("packager GET zip (curl -o /dev/null)", size, seconds) / 1000)
         print(f"  best {best:.2f} GB/s; server RSS {rss_before:.0f} -> {rss_mb():.0f} MB")
-        await relayed_download(pool, port, key, zpath.stat().st_size)
+        await relayed_download(port, key, zpath.stat().st_size)
         server.should_exit = True
         await task
     finally:
@@ -192,30 +196,28 @@ async def bench(work: Path, files: list[Path], level: int, threads: int) -> None
         await conn.close()
 
 
-async def relayed_download(pool: object, packager_port: int, key: str, size: int) -> None:
-    """The same archive on the API's origin: API app -> httpx relay -> packager app."""
-
-    async def publish(*_: object) -> None:
-        return None
-
-    relay = upstream_client(f"http://127.0.0.1:{packager_port}", ProxyTimeouts())
+async def relayed_download(packager_port: int, key: str, size: int) -> None:
+    """The same archive on the API's origin: the API's relay in its own process (as deployed)
+    -> the packager app; memory of the relay process before and after."""
     port = free_port()
-    api = create_api(pool, publish, CollectorRegistry(), Readiness(), packager=relay)  # type: ignore[arg-type]
-    server = http_server(api, "127.0.0.1", port)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    rss_before = rss_mb()
-    url = f"http://127.0.0.1:{port}/v1/studies/{STUDY}/archive?format=zip"
-    best = 0.0
-    for _ in range(3):
-        got, seconds = await curl_download(url, key)
-        assert got == size
-        best = max(best, line("API relay GET zip (curl -o /dev/null)", got, seconds) / 1000)
-    print(f"  best {best:.2f} GB/s; both servers' RSS {rss_before:.0f} -> {rss_mb():.0f} MB")
-    server.should_exit = True
-    await task
-    await relay.aclose()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "load_test.bench.relay_server", str(port),
+         f"http://127.0.0.1:{packager_port}"],
+    )  # fmt: skip
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", port)
+        rss_before = rss_mb(proc.pid)
+        url = f"http://127.0.0.1:{port}/v1/studies/{STUDY}/archive?format=zip"
+        best = 0.0
+        for _ in range(3):
+            got, seconds = await curl_download(url, key)
+            assert got == size
+            best = max(best, line("API relay GET zip (curl -o /dev/null)", got, seconds) / 1000)
+        after = rss_mb(proc.pid)
+        print(f"  best {best:.2f} GB/s; relay process RSS {rss_before:.0f} -> {after:.0f} MB")
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def main() -> None:

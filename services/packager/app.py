@@ -59,12 +59,16 @@ def content_disposition(stem: str, ext: str) -> str:
 
 
 def archive_headers(plan: Plan) -> dict[str, str]:
+    """With the instance count and their total size, known before the archive is built: a
+    client's progress bar has a scale even for a tar.zst streamed without Content-Length."""
     return {
         "etag": f'"{plan.key}"',
         "last-modified": plan.last_modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
         "accept-ranges": "bytes",
         "content-disposition": content_disposition(plan.root, plan.format),
         "cache-control": "private, no-transform",
+        "x-archive-instances": str(len(plan.members)),
+        "x-archive-instance-bytes": str(sum(m.size for m in plan.members)),
     }
 
 

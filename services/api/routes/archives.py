@@ -68,6 +68,15 @@ _HEADERS = {
         "description": "Absent when a tar/tar.zst is streamed while it is built",
         "schema": {"type": "integer"},
     },
+    "X-Archive-Instances": {
+        "description": "How many DICOM instances the archive holds",
+        "schema": {"type": "integer"},
+    },
+    "X-Archive-Instance-Bytes": {
+        "description": "Their total size before packing (a progress scale when there is "
+        "no Content-Length; the archive adds headers, and tar.zst compresses)",
+        "schema": {"type": "integer"},
+    },
 }
 
 
@@ -185,4 +194,6 @@ lists every file with its size and SHA-256, and each zstd frame carries a checks
 truncated or altered archive is detected before it is trusted.
 
 Archives are built once per study revision and cached; the first request for a tar or
-tar.zst not cached yet streams it while it is built (no Content-Length)."""
+tar.zst not cached yet streams it while it is built (no Content-Length). For a progress bar,
+HEAD gives the exact size (it waits for the build), and every answer carries
+`X-Archive-Instances` and `X-Archive-Instance-Bytes` (known before the build)."""

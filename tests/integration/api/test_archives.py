@@ -149,7 +149,7 @@ SAME = ("etag", "last-modified", "content-type", "content-disposition", "accept-
     [("tar.zst", "application/zstd"), ("zip", "application/zip"), ("tar", "application/x-tar")],
 )
 async def test_the_api_answers_what_the_packager_answers(
-    client, direct, keys, audit_rows, fmt, media
+    client, direct, keys, audit_rows, sources, fmt, media
 ):
     auth = keys.headers("clinician")
     params = {"format": fmt}
@@ -169,6 +169,9 @@ async def test_the_api_answers_what_the_packager_answers(
 
     head = await client.head(URL, params=params, headers=auth)
     assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["x-archive-instances"]) == 6
+    payload = sum(p.stat().st_size for p in sources)
+    assert int(head.headers["x-archive-instance-bytes"]) == payload
     assert head.headers["etag"] == etag and int(head.headers["content-length"]) == size
 
     # Resume: a range with the ETag it started with; a stale ETag gets the whole archive.
