@@ -19,6 +19,7 @@ from playwright.async_api import (
     Response,
     Route,
     async_playwright,
+    expect,
 )
 
 CHROMIUM = "/usr/bin/chromium"
@@ -29,6 +30,7 @@ ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
+TIMEOUT_MS = 60_000
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 RouteHandler = Callable[[Route, Request], Awaitable[bool]]
 
@@ -76,6 +78,10 @@ async def chromium(
             viewport={"width": 1360, "height": 960},
             accept_downloads=True,
         )
+        # Previews are rendered on the fly on a machine that may be busy: wait for what a
+        # person would wait for, not Playwright's 5 s.
+        context.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)
         page = context.pages[0] if context.pages else await context.new_page()
         browser = Browser(context, page)
 

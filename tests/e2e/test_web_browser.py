@@ -107,6 +107,7 @@ async def test_a_clinician_finds_views_and_downloads_a_study_in_the_browser(
         await search_in_cyrillic(b, study["size_bytes"])
         await page.screenshot(path=ARTIFACTS / "web-search.png", full_page=True)
         await open_the_study_and_window_it(b)
+        await cancel_a_download(b)
         for fmt in ("tar.zst", "zip"):
             data = await download(b, fmt, tmp_path, slow=fmt == "zip")
             files = archive_files(data, fmt)
@@ -207,12 +208,7 @@ async def open_the_study_and_window_it(b: Browser) -> None:
 async def download(b: Browser, fmt: str, tmp_path: Path, *, slow: bool) -> bytes:
     """`slow`: at 25 kB/s, so the progress shows part of the bytes, the total and the speed."""
     page = b.page
-    cdp = await b.context.new_cdp_session(page)
-    rate = 25_000 if slow else -1
-    await cdp.send(
-        "Network.emulateNetworkConditions",
-        {"offline": False, "latency": 0, "downloadThroughput": rate, "uploadThroughput": -1},
-    )
+    await throttle(b, 25_000 if slow else -1)
     async with page.expect_download() as info:
         await page.get_by_role("button", name=f"Download {fmt.upper()}").click()
         if slow:
@@ -222,10 +218,7 @@ async def download(b: Browser, fmt: str, tmp_path: Path, *, slow: bool) -> bytes
             part = await page.eval_on_selector("#download-bar", "b => [b.value, b.max]")
             assert 0 < part[0] < part[1], part
     got = await info.value
-    await cdp.send(
-        "Network.emulateNetworkConditions",
-        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
-    )
+    await throttle(b, -1)
     assert got.suggested_filename.endswith(f".{fmt}"), got.suggested_filename
     assert "Иванов" in got.suggested_filename, got.suggested_filename
     target = tmp_path / got.suggested_filename
@@ -235,6 +228,33 @@ async def download(b: Browser, fmt: str, tmp_path: Path, *, slow: bool) -> bytes
     text = await page.locator("#download-text").inner_text()
     assert re.fullmatch(r"[0-9.]+ (kB|MB) in [0-9.]+ s \([0-9.]+ (kB|MB|GB)/s\)", text), text
     return data
+
+
+async def throttle(b: Browser, rate: int) -> None:
+    """Bytes per second the page may receive (-1: no limit)."""
+    cdp = await b.context.new_cdp_session(b.page)
+    await cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": rate, "uploadThroughput": -1},
+    )
+
+
+async def cancel_a_download(b: Browser) -> None:
+    page = b.page
+    downloads: list[object] = []
+    page.on("download", lambda d: downloads.append(d))
+    await throttle(b, 10_000)
+    await page.get_by_role("button", name="Download ZIP").click()
+    await expect(page.locator("#download-text")).to_contain_text(" kB of ")
+    await page.get_by_role("button", name="Cancel").click()
+    await expect(page.locator("#download-label")).to_have_text("Download cancelled.")
+    await expect(page.get_by_role("button", name="Download ZIP")).to_be_enabled()
+    await expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    await throttle(b, -1)
+    assert downloads == []  # nothing saved
+    aborted = [p for p in b.problems if p.startswith("failed: GET") and "/archive?" in p]
+    assert len(aborted) == 1 and "ERR_ABORTED" in aborted[0], b.problems
+    b.problems.remove(aborted[0])  # the cancel itself
 
 
 async def sign_out(b: Browser, stack: Stack) -> None:

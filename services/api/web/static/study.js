@@ -272,14 +272,22 @@ async function download(format) {
     label.textContent = `Downloading ${name}`;
     if (total) bar.max = total;
     const reader = response.body.getReader();
-    const chunks = [];
+    const parts = []; // Blobs of up to 32 MB: the browser may keep them on disk, not in memory
+    let chunks = [];
+    let pending = 0;
     let received = 0;
     let shown = 0;
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
       chunks.push(value);
+      pending += value.length;
       received += value.length;
+      if (pending >= 32 * 1024 * 1024) {
+        parts.push(new Blob(chunks));
+        chunks = [];
+        pending = 0;
+      }
       if (performance.now() - shown > 200) {
         shown = performance.now();
         progress(received, total, started);
@@ -287,7 +295,8 @@ async function download(format) {
     }
     if (total && received !== total) throw new Error("short");
     progress(received, total, started);
-    save(new Blob(chunks, { type: MEDIA[format] || "application/octet-stream" }), name);
+    parts.push(new Blob(chunks));
+    save(new Blob(parts, { type: MEDIA[format] || "application/octet-stream" }), name);
     label.textContent = `Saved ${name}`;
     bar.max = 1;
     bar.value = 1;
