@@ -58,12 +58,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from dicomflow_client import ClientError
+    try:
+        from dicomflow_client import ClientError
+    except ImportError:
+        print(
+            "dicomflow fetch: the client core is not installed "
+            "(make deps, or: pip install ./clients/core rich).",
+            file=sys.stderr,
+        )
+        return 1
 
     try:
         return _run(args)
     except ClientError as exc:
         print(f"dicomflow fetch: {exc}", file=sys.stderr)
+        return 1
+    except ImportError as exc:  # rich, without the `fetch` extra
+        print(f"dicomflow fetch: {exc.name} is not installed (make deps).", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(

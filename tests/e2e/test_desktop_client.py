@@ -63,7 +63,9 @@ def search(qtbot: object, w: MainWindow, name: str = "", year: str = "") -> None
     w.table.setRowCount(0)
     w.count_label.setText("")
     qtbot.mouseClick(w.search_button, Qt.MouseButton.LeftButton)  # type: ignore[attr-defined]
-    qtbot.waitUntil(lambda: "found" in w.count_label.text() or w.error_label.text(), timeout=WAIT)  # type: ignore[attr-defined]
+    qtbot.waitUntil(  # type: ignore[attr-defined]
+        lambda: "found" in w.count_label.text() or bool(w.error_label.text()), timeout=WAIT
+    )
     assert not w.error_label.text(), w.error_label.text()
 
 
