@@ -91,7 +91,9 @@ class Stack:
                 proc.wait()
                 print(f"{name} did not stop on SIGTERM")
 
-    async def wait_ready(self, names: list[str], timeout: float = 60.0) -> None:
+    async def wait_ready(self, names: list[str], timeout: float | None = None) -> None:
+        # STACK_READY_TIMEOUT: a busy shared machine can take longer than a minute to start.
+        timeout = timeout or float(os.environ.get("STACK_READY_TIMEOUT", "60"))
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient() as client:
             for name in names:
