@@ -51,10 +51,10 @@ test-e2e: deps postgres
 	$(BIN)/pytest -q tests/e2e
 
 schemas: deps
-	$(BIN)/python -m libs.schemas_gen
+	$(BIN)/python -m libs.tools.schemas_gen
 
 monitoring: deps
-	$(BIN)/python -m libs.monitoring.generate
+	$(BIN)/python -m libs.tools.monitoring.generate
 
 LOADTEST_SECONDS ?= 60
 LOADTEST_USERS ?= 20

@@ -21,8 +21,8 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
-from libs.broker import free_port
 from libs.dicom.synthetic import generate_corpus, synthetic_uid
+from libs.tools.dev_broker import free_port
 from load_test.peers import PEER_ENV, require_binary
 
 # storescu proposes only uncompressed syntaxes unless told; one option per syntax

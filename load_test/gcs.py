@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libs.broker import free_port, wait_for_port
+from libs.tools.dev_broker import free_port, wait_for_port
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from libs.broker import free_port
+from libs.tools.dev_broker import free_port
 
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 

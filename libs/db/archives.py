@@ -1,5 +1,6 @@
 """What an archive of a study (or one of its series) holds: the study's naming attributes and
-every indexed instance, in one query, in a stable order."""
+every indexed instance, in one query, in a stable order; with what a DICOMDIR's patient,
+study, series and image records need (PS3.3 F.5)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ class ArchiveInstance:
     size_bytes: int
     file_sha256: str
     indexed_at: datetime
+    modality: str = ""
+    sop_class_uid: str = ""
+    transfer_syntax_uid: str = ""
+
+
+@dataclass(frozen=True)
+class StudyHeader:
+    """The patient and study attributes of a DICOMDIR, as indexed."""
+
+    patient_id: str = ""
+    study_time: str = ""
+    study_id: str = ""
+    accession_number: str = ""
+    study_description: str = ""
 
 
 @dataclass(frozen=True)
@@ -27,6 +42,7 @@ class ArchiveListing:
     patient_name: str
     study_date: date | None
     instances: list[ArchiveInstance]
+    header: StudyHeader = StudyHeader()
 
 
 async def archive_listing(
@@ -36,7 +52,9 @@ async def archive_listing(
     rows = await conn.fetch(
         """SELECT p.patient_name, st.study_date, se.series_uid, se.series_number,
                   se.series_description, i.sop_instance_uid, i.instance_number, i.size_bytes,
-                  i.file_sha256, i.indexed_at
+                  i.file_sha256, i.indexed_at, p.patient_id, st.study_time, st.study_id,
+                  st.accession_number, st.study_description, se.modality, i.sop_class_uid,
+                  i.transfer_syntax_uid
              FROM studies st
              JOIN patients p ON p.id = st.patient_pk
              JOIN series se ON se.study_uid = st.study_uid
@@ -49,10 +67,18 @@ async def archive_listing(
     )
     if not rows:
         return None
+    first = rows[0]
     return ArchiveListing(
         study_uid=study_uid,
-        patient_name=rows[0]["patient_name"],
-        study_date=rows[0]["study_date"],
+        patient_name=first["patient_name"],
+        study_date=first["study_date"],
+        header=StudyHeader(
+            patient_id=first["patient_id"],
+            study_time=first["study_time"],
+            study_id=first["study_id"],
+            accession_number=first["accession_number"],
+            study_description=first["study_description"],
+        ),
         instances=[
             ArchiveInstance(
                 series_uid=r["series_uid"],
@@ -63,6 +89,9 @@ async def archive_listing(
                 size_bytes=r["size_bytes"],
                 file_sha256=r["file_sha256"],
                 indexed_at=r["indexed_at"],
+                modality=r["modality"],
+                sop_class_uid=r["sop_class_uid"],
+                transfer_syntax_uid=r["transfer_syntax_uid"],
             )
             for r in rows
         ],

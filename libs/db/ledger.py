@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+from libs.contracts.events import FileDiscovered, FileRef
 from libs.db import Conn, tasks
-from libs.events import FileDiscovered, FileRef
 
 FINAL = ("indexed", "duplicate", "conflict", "failed")
 

@@ -10,7 +10,7 @@ from importlib import resources
 
 import asyncpg
 
-from libs.logging import get_logger
+from libs.runtime.logging import get_logger
 
 log = get_logger(__name__)
 LOCK_ID = 0x6469636F  # "dico"

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from libs.logging import get_logger
-from libs.settings import redact_url
+from libs.contracts.settings import redact_url
+from libs.runtime.logging import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")

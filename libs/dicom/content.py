@@ -18,7 +18,7 @@ import hashlib
 from io import BufferedReader
 from struct import unpack
 
-from libs.errors import DicomParseError
+from libs.contracts.errors import DicomParseError
 
 CHUNK = 1 << 20
 UNDEFINED = 0xFFFFFFFF
@@ -119,8 +119,11 @@ def _fragment_ranges(f: BufferedReader, pos: int, size: int, e: str) -> Ranges:
         pos = start + length
 
 
-def hash_file(f: BufferedReader, size: int, ranges: Ranges) -> tuple[str, str]:
-    """One streaming pass: every byte into the file hash, `ranges` into the content hash."""
+def hash_file(
+    f: BufferedReader, size: int, ranges: Ranges, *, zero_head: int = 0
+) -> tuple[str, str]:
+    """One streaming pass: every byte into the file hash, `ranges` into the content hash.
+    The first `zero_head` bytes are hashed as zeros (a preamble to be stored zeroed)."""
     whole, content = hashlib.sha256(), hashlib.sha256()
     buf = bytearray(min(CHUNK, size))
     view = memoryview(buf)
@@ -132,6 +135,9 @@ def hash_file(f: BufferedReader, size: int, ranges: Ranges) -> tuple[str, str]:
             raise DicomParseError(f"truncated: the file shrank to {pos} bytes while being read")
         n = min(n, size - pos)
         chunk = view[:n]
+        if pos < zero_head:
+            cut = min(n, zero_head - pos)
+            buf[:cut] = bytes(cut)
         whole.update(chunk)
         end = pos + n
         while i < len(ranges):

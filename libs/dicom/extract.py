@@ -1,11 +1,11 @@
 """Read one file's DICOM header and hash it, safely, without decoding pixels.
 
 `extract_file` is synchronous and pure (it reads only the file it is given) so it
-can run in an isolated worker process (see `isolation.py`). It is written for
+can run in an isolated worker process (see `libs/runtime/sandbox.py`). It is written for
 hostile input: every way pydicom can fail becomes a `NotDicomError` or a
 `DicomParseError` whose message says what is wrong, in words.
 
-How the two hashes are made (the contract is in `libs.events.Hashes`):
+How the two hashes are made (the contract is in `libs.contracts.events.Hashes`):
 - The header is parsed by `dcmread(stop_before_pixels=True)`, which leaves the file
   positioned at the Pixel Data element's tag. That position is verified (the tag
   is read back), then the element header is decoded here, honouring the encoding
@@ -35,10 +35,12 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from libs.contracts.errors import DicomParseError, NotDicomError, PermanentError
+from libs.contracts.events import DicomHeader, Hashes
 from libs.dicom.content import PIXEL_TAGS, UNDEFINED, Ranges, hash_file, meta_end, pixel_ranges
+from libs.dicom.dicomjson import header_json
 from libs.dicom.header import build_header
-from libs.errors import DicomParseError, NotDicomError, PermanentError
-from libs.events import DicomHeader, Hashes
+from libs.dicom.preamble import PREAMBLE, preamble_problem
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # Elements this large are not read into memory while parsing the header (pydicom
@@ -53,6 +55,7 @@ class _Layout:
 
     ranges: Ranges
     has_pixels: bool
+    pixel: tuple[int, str] | None = None  # (tag, VR) of the pixel data element, when present
 
 
 class _TrackedReader:
@@ -80,11 +83,13 @@ class _TrackedReader:
         return data
 
 
-def extract_file(path: str) -> tuple[DicomHeader, Hashes]:
+def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomHeader, Hashes]:
     """Header and hashes of the DICOM file at `path`.
 
     Raises `NotDicomError` (empty, no 'DICM' prefix), `DicomParseError` (truncated,
-    malformed, missing or invalid UIDs) or `PermanentError` (file gone). A genuine
+    malformed, missing or invalid UIDs, a preamble that is not zeros or a TIFF header) or
+    `PermanentError` (file gone). With `zero_hostile_preamble` such a preamble is accepted:
+    `file_sha256` is then of the file with its preamble zeroed, as it is to be stored. A genuine
     I/O error (EIO, ESTALE, EACCES...) is re-raised as is, so the bus retries it.
     MemoryError and KeyboardInterrupt pass through; nothing else escapes.
     """
@@ -96,9 +101,15 @@ def extract_file(path: str) -> tuple[DicomHeader, Hashes]:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 raise NotDicomError("empty file")
+            problem = preamble_problem(f.read(PREAMBLE + 4))
+            if problem and not zero_hostile_preamble:
+                raise DicomParseError(problem)
+            f.seek(0)
             ds, layout = _parse(f, size)
             header = build_header(ds)
-            file_hash, content_hash = hash_file(f, size, layout.ranges)
+            header = header.model_copy(update={"dicom_json": header_json(ds, layout.pixel)})
+            zeroed = PREAMBLE if problem else 0
+            file_hash, content_hash = hash_file(f, size, layout.ranges, zero_head=zeroed)
     except (PermanentError, MemoryError):
         raise
     except RecursionError:
@@ -113,7 +124,10 @@ def extract_file(path: str) -> tuple[DicomHeader, Hashes]:
     except Exception as exc:  # anything pydicom (or a converter) throws on bad bytes
         raise DicomParseError(f"unreadable DICOM: {_describe(exc)}") from None
     return header, Hashes(
-        file_sha256=file_hash, content_sha256=content_hash, has_pixels=layout.has_pixels
+        file_sha256=file_hash,
+        content_sha256=content_hash,
+        has_pixels=layout.has_pixels,
+        preamble_zeroed=bool(problem),
     )
 
 
@@ -157,7 +171,23 @@ def _parse(f: BufferedReader, size: int) -> tuple[Dataset, _Layout]:
     ranges = pixel_ranges(f, pos, size, implicit=implicit, little=little)
     if not ranges:  # zero-length Pixel Data: nothing to identify the image by
         return ds, _Layout(dataset, has_pixels=False)
-    return ds, _Layout(ranges, has_pixels=True)
+    return ds, _Layout(ranges, has_pixels=True, pixel=_pixel_element(f, pos, implicit, little))
+
+
+_PIXEL_VRS = frozenset({b"OB", b"OW", b"OF", b"OD"})
+_IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
+
+
+def _pixel_element(f: BufferedReader, pos: int, implicit: bool, little: bool) -> tuple[int, str]:
+    """(tag, VR) of the pixel data element at `pos` (`pixel_ranges` checked its header)."""
+    f.seek(pos)
+    head = f.read(6)
+    group, elem = unpack(("<" if little else ">") + "HH", head[:4])
+    tag = group << 16 | elem
+    vr = head[4:6]
+    if not implicit and vr in _PIXEL_VRS:
+        return tag, vr.decode()
+    return tag, _IMPLICIT_PIXEL_VR.get(tag, "OW")
 
 
 def _check_elements(ds: Dataset, size: int | None, syntax: str) -> tuple[bool, bool]:

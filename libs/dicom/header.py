@@ -29,9 +29,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.values import convert_PN, convert_text
 
+from libs.contracts.errors import DicomParseError
+from libs.contracts.events import DicomHeader, InstanceAttrs, PatientAttrs, SeriesAttrs, StudyAttrs
 from libs.dicom.uids import require_uid
-from libs.errors import DicomParseError
-from libs.events import DicomHeader, InstanceAttrs, PatientAttrs, SeriesAttrs, StudyAttrs
 
 MAX_TEXT_LENGTH = 1024
 _INT = re.compile(rb"[+-]?[0-9]{1,12}")

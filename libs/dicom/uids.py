@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from libs.errors import PermanentError
+from libs.contracts.errors import PermanentError
 
 UID_MAX_LENGTH = 64
 # `[0-9]`, not `\d`: `\d` also matches non-ASCII digits such as "٣". Always used with

@@ -1,7 +1,14 @@
-"""API keys as bearer tokens, roles as permissions, and the audit context of each request.
+"""API keys as bearer tokens (or a browser session made from one), roles as permissions, and
+the audit context of each request.
 
 Roles grant permissions: clinician reads studies; ops reads studies and manages imports;
 admin may do everything, API keys included.
+
+A browser signs in once (`POST /v1/session`) and then carries an HttpOnly, SameSite=Strict
+cookie instead of the key, so the key never sits in a page, a URL or local storage. A
+request authenticated by that cookie that changes something must also come from our own
+origin (its `Origin`, or else `Referer`, names the host it was sent to): SameSite already
+keeps the cookie off cross-site requests, and this check holds where a browser is lax.
 """
 
 from __future__ import annotations
@@ -9,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import asyncpg
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from libs.db import apikeys
+from libs.db import apikeys, sessions
 from libs.db.apikeys import ApiKey
 
 Permission = Literal["read", "imports", "keys"]
@@ -25,6 +33,8 @@ GRANTS: dict[str, frozenset[Permission]] = {
     "admin": frozenset({"read", "imports", "keys"}),
 }
 AUDIT_STATE = "audit"  # request.state attribute the audit middleware reads
+SESSION_COOKIE = "dicomflow_session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer dfk_...`")
 
@@ -58,6 +68,16 @@ class Caller:
         self.audit.result_count = count
 
 
+def same_origin(request: Request) -> bool:
+    """Whether the request says it was sent by a page of this origin (`Origin`, else
+    `Referer`); a request that says neither is not taken as same-origin."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source:
+        return False
+    parsed = urlsplit(source)
+    return parsed.netloc.lower() == request.headers.get("host", "").lower()
+
+
 def unauthorized() -> HTTPException:
     return HTTPException(
         status_code=401,
@@ -79,6 +99,26 @@ class Authenticator:
         async with self._pool.acquire() as conn:
             return await apikeys.verify_key(conn, token)
 
+    async def _session(self, request: Request) -> ApiKey | None:
+        token = request.cookies.get(SESSION_COOKIE)
+        if not token:
+            return None
+        async with self._pool.acquire() as conn:
+            found = await sessions.session_key(conn, token)
+        if found is None:
+            return None
+        if request.method not in SAFE_METHODS and not same_origin(request):
+            raise HTTPException(
+                status_code=403, detail="a signed-in browser may change things only from this site"
+            )
+        return found[0]
+
+    async def identify(self, request: Request, bearer: str | None) -> ApiKey | None:
+        """The key of a request: its bearer token, else its session cookie."""
+        if bearer is not None:
+            return await self._key(bearer)
+        return await self._session(request)
+
     def require(self, permission: Permission, action: str) -> Guard:
         async def guard(
             request: Request,
@@ -86,7 +126,7 @@ class Authenticator:
         ) -> Caller:
             audit = AuditContext(action)
             setattr(request.state, AUDIT_STATE, audit)
-            key = await self._key(credentials.credentials) if credentials else None
+            key = await self.identify(request, credentials.credentials if credentials else None)
             if key is None:
                 raise unauthorized()
             audit.key = key

@@ -15,8 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.db.audit import AuditEntry, write_audit
 from libs.http.auth import AUDIT_STATE, AuditContext
-from libs.logging import get_logger
-from libs.metrics import LATENCY_BUCKETS, metric_prefix
+from libs.runtime.logging import get_logger
+from libs.runtime.metrics import LATENCY_BUCKETS, metric_prefix
 
 log = get_logger(__name__)
 

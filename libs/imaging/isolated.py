@@ -1,4 +1,4 @@
-"""Rendering in isolated worker processes (libs/dicom/isolation.py): decoding a hostile
+"""Rendering in isolated worker processes (libs/runtime/sandbox.py): decoding a hostile
 file costs one worker and an error, never the calling service."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from libs.dicom.isolation import IsolatedExecutor
 from libs.imaging.jobs import RenderRequest, RenderResult, render_file
+from libs.runtime.sandbox import IsolatedExecutor
 
 
 class Renderer(Protocol):

@@ -1,4 +1,4 @@
-"""What runs inside an isolated worker (libs/dicom/isolation.py): a file path in, JPEG bytes
+"""What runs inside an isolated worker (libs/runtime/sandbox.py): a file path in, JPEG bytes
 out. Arguments and results are small picklable values; the pixels never cross the boundary."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut
 
-from libs.errors import PermanentError
+from libs.contracts.errors import PermanentError
 from libs.imaging.lut import Lut
 from libs.imaging.window import VOI_FUNCTIONS, Window, apply_window, auto_window
 

@@ -7,8 +7,8 @@ import contextlib
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from libs.logging import get_logger
-from libs.topics import TOPICS, dlq_topic
+from libs.contracts.topics import TOPICS, dlq_topic
+from libs.runtime.logging import get_logger
 
 log = get_logger(__name__)
 

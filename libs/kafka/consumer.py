@@ -30,12 +30,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 from pydantic import BaseModel, ValidationError
 
-from libs.errors import PermanentError
-from libs.events import DeadLetter, Event
+from libs.contracts.errors import PermanentError
+from libs.contracts.events import DeadLetter, Event
+from libs.contracts.topics import dlq_topic
 from libs.kafka.producer import Producer
-from libs.logging import get_logger
-from libs.metrics import ConsumerMetrics
-from libs.topics import dlq_topic
+from libs.runtime.logging import get_logger
+from libs.runtime.metrics import ConsumerMetrics
 
 log = get_logger(__name__)
 

@@ -20,9 +20,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
-from libs.events import DeadLetter
+from libs.contracts.events import DeadLetter
+from libs.contracts.topics import dlq_topic
 from libs.kafka.producer import Producer
-from libs.topics import dlq_topic
 
 REPLAY_GROUP = "dicomflow-dlq-replay"
 REPLAY_HEADER = "dlq_replay"

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from libs.events import Event
-from libs.logging import get_logger
-from libs.metrics import ProducerMetrics
+from libs.contracts.events import Event
+from libs.runtime.logging import get_logger
+from libs.runtime.metrics import ProducerMetrics
 
 log = get_logger(__name__)
 

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from libs.dicom.uids import require_uid
 
@@ -77,27 +76,9 @@ def conflict_key(sop_uid: str, content_sha256: str) -> str:
     return f"conflicts/{require_uid(sop_uid, 'SOPInstanceUID')}/{content_sha256}.dcm"
 
 
-_BACKENDS: dict[str, Callable[[str], ObjectStore]] = {}
+# Filled by each backend module as it is imported; `libs.storage.open_store` picks by scheme.
+BACKENDS: dict[str, Callable[[str], ObjectStore]] = {}
 
 
 def register_backend(scheme: str, factory: Callable[[str], ObjectStore]) -> None:
-    _BACKENDS[scheme] = factory
-
-
-def open_store(url: str) -> ObjectStore:
-    """The backend for a storage URL, by scheme."""
-    # Import for their registration side effect; kept here so callers need one import.
-    from libs.storage import local, memory  # noqa: F401
-
-    scheme = urlsplit(url).scheme
-    if scheme == "gs":  # the `gcs` extra: imported only where it is used
-        try:
-            from libs.storage import gcs  # noqa: F401
-        except ImportError as exc:
-            raise ValueError(f"gs:// needs the `gcs` extra (google-cloud-storage): {exc}") from exc
-    try:
-        factory = _BACKENDS[scheme]
-    except KeyError:
-        known = ", ".join(f"{s}://" for s in sorted(_BACKENDS))
-        raise ValueError(f"unsupported STORAGE_URL scheme {scheme!r} (known: {known})") from None
-    return factory(url)
+    BACKENDS[scheme] = factory

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from libs.errors import PermanentError
+from libs.contracts.errors import PermanentError
 from libs.storage.base import ObjectStore
 
 

@@ -37,7 +37,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from libs.errors import PermanentError
+from libs.contracts.errors import PermanentError
 from libs.storage.base import StoredObject, check_key, register_backend
 
 CHUNK = 1 << 20

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from libs.errors import PermanentError
+from libs.contracts.errors import PermanentError
 from libs.storage.base import StoredObject, check_key, register_backend
 
 CHUNK = 1 << 20

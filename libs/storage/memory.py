@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from libs.errors import PermanentError
+from libs.contracts.errors import PermanentError
 from libs.storage.base import StoredObject, check_key, register_backend
 
 

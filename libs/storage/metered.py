@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from libs.metrics import StorageMetrics
+from libs.runtime.metrics import StorageMetrics
 from libs.storage.base import ObjectStore, StoredObject
 
 

@@ -7,7 +7,8 @@ same files in the same run.
    through the ObjectStore, SHA-256 of every member verified, TAR, python-zstandard
    multi-threaded at the same level). Prints both rates, the ratio and the output sizes.
 3. Cached download over loopback: the packager's HTTP app (auth + audit on a fresh database)
-   served by uvicorn, fetched by `curl -o /dev/null`; reference: `cat` of the archive file.
+   served by uvicorn, fetched by `curl -o /dev/null`, directly and through the API's relay
+   (the API's app on its own port, as clients reach it); reference: `cat` of the archive.
 
 Not a test: figures vary with the machine; the ratios are what to compare across runs.
 """
@@ -27,14 +28,16 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from libs.broker import free_port
 from libs.db.apikeys import create_key
 from libs.db.archives import ArchiveInstance, ArchiveListing
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
-from libs.ops import Readiness, http_server
+from libs.http.proxy import ProxyTimeouts, upstream_client
+from libs.runtime.probes import Readiness, http_server
 from libs.storage import instance_key, open_store
+from libs.tools.dev_broker import free_port
 from load_test.bench.pipeline import PG, corpus
+from services.api.app import create_app as create_api
 from services.packager.app import create_app
 from services.packager.cache import ArchiveCache
 from services.packager.packager import Encoding, Packager
@@ -177,6 +180,7 @@ async def bench(work: Path, files: list[Path], level: int, threads: int) -> None
             assert size == zpath.stat().st_size
             best = max(best, line("packager GET zip (curl -o /dev/null)", size, seconds) / 1000)
         print(f"  best {best:.2f} GB/s; server RSS {rss_before:.0f} -> {rss_mb():.0f} MB")
+        await relayed_download(pool, port, key, zpath.stat().st_size)
         server.should_exit = True
         await task
     finally:
@@ -186,6 +190,32 @@ async def bench(work: Path, files: list[Path], level: int, threads: int) -> None
         conn = await asyncpg.connect(f"{PG}/postgres")
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()
+
+
+async def relayed_download(pool: object, packager_port: int, key: str, size: int) -> None:
+    """The same archive on the API's origin: API app -> httpx relay -> packager app."""
+
+    async def publish(*_: object) -> None:
+        return None
+
+    relay = upstream_client(f"http://127.0.0.1:{packager_port}", ProxyTimeouts())
+    port = free_port()
+    api = create_api(pool, publish, CollectorRegistry(), Readiness(), packager=relay)  # type: ignore[arg-type]
+    server = http_server(api, "127.0.0.1", port)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    rss_before = rss_mb()
+    url = f"http://127.0.0.1:{port}/v1/studies/{STUDY}/archive?format=zip"
+    best = 0.0
+    for _ in range(3):
+        got, seconds = await curl_download(url, key)
+        assert got == size
+        best = max(best, line("API relay GET zip (curl -o /dev/null)", got, seconds) / 1000)
+    print(f"  best {best:.2f} GB/s; both servers' RSS {rss_before:.0f} -> {rss_mb():.0f} MB")
+    server.should_exit = True
+    await task
+    await relay.aclose()
 
 
 def main() -> None:

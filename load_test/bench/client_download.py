@@ -27,12 +27,12 @@ from dicomflow_client.download import download
 from dicomflow_client.unpack import unpack
 from prometheus_client import CollectorRegistry
 
-from libs.broker import free_port
 from libs.db.apikeys import create_key
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
-from libs.ops import Readiness, http_server
+from libs.runtime.probes import Readiness, http_server
 from libs.storage import open_store
+from libs.tools.dev_broker import free_port
 from load_test.bench.archive import STUDY, as_one_study, line
 from load_test.bench.pipeline import PG, corpus
 from services.packager.app import create_app

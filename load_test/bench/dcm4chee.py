@@ -27,15 +27,15 @@ from pathlib import Path
 
 import asyncpg
 
+from libs.contracts.events import Event
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
 from libs.dicom.synthetic import synthetic_uid
-from libs.events import Event
 from load_test.dcm4chee_archive import MARIADB, Instance, close_archive, open_archive
 from services.dcm4chee_watcher.archive import _CHANGED_ARC5, _FILES_ARC5, Archive
 from services.dcm4chee_watcher.bootstrap import PgState
 from services.dcm4chee_watcher.connections import connect_archive
-from services.dcm4chee_watcher.handlers import full_round, metadata_round
+from services.dcm4chee_watcher.rounds import full_round, metadata_round
 
 PG = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 T0 = datetime(2024, 1, 1)

@@ -26,12 +26,12 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from libs.broker import broker_argv, free_port, wait_for_port
 from libs.db.apikeys import create_key
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
 from libs.dicom.synthetic import generate_corpus
-from load_test.stack import PIPELINE, Stack, stack_env
+from libs.tools.dev_broker import broker_argv, free_port, wait_for_port
+from load_test.process_stack import PIPELINE, Stack, stack_env
 
 PG = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 

@@ -30,13 +30,13 @@ from typing import Any
 
 import asyncpg
 
-from libs.broker import broker_argv, free_port, wait_for_port
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
+from libs.tools.dev_broker import broker_argv, free_port, wait_for_port
 from load_test.bench.pipeline import PG, corpus
 from load_test.dimse import StoreSCP, storescu_argv
 from load_test.peers import PEER_ENV
-from load_test.stack import PIPELINE, Stack, stack_env
+from load_test.process_stack import PIPELINE, Stack, stack_env
 
 RECEIVER = "dicom-receiver"
 

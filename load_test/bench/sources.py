@@ -24,12 +24,12 @@ from pathlib import Path
 import httpx
 
 from libs.dicom.synthetic import generate_corpus
-from libs.staging import sync_folder
+from libs.staging.files import sync_folder
 from load_test.peers import PEER_ENV, Orthanc, require_binary
 from services.iso_watcher.dicomdir import plan_disc
 from services.iso_watcher.disc import copy_out, open_disc
 from services.orthanc_watcher.client import OrthancClient
-from services.orthanc_watcher.handlers import staged_path
+from services.orthanc_watcher.rounds import staged_path
 
 
 def line(label: str, files: int, total: int, seconds: float) -> float:

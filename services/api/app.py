@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import asyncpg
+import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from libs.http.auth import Authenticator
 from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
-from libs.ops import Readiness, ops_router
+from libs.runtime.probes import Readiness, ops_router
 from services.api.config import ApiLimits
+from services.api.dicomweb import DicomWebPorts, dicomweb_router
+from services.api.docs import add_local_docs
 from services.api.previews import PreviewSource
 from services.api.routes.apikeys import apikeys_router
+from services.api.routes.archives import archives_router
 from services.api.routes.imports import Publish, imports_router
 from services.api.routes.previews import previews_router
 from services.api.routes.retrieve import retrieve_router
+from services.api.routes.session import session_router
 from services.api.routes.studies import studies_router
 
-DESCRIPTION = """Search the DICOM index, view instance previews, follow imports and retrieves
-from a PACS, manage API keys.
+DESCRIPTION = """Search the DICOM index, view instance previews, download studies and series
+as archives (resumable), follow imports and retrieves from a PACS, manage API keys.
 
-Every `/v1` endpoint needs `Authorization: Bearer <API key>`. Roles: `clinician` reads
+Every `/v1` endpoint needs `Authorization: Bearer <API key>`, or the session cookie a
+browser gets from `POST /v1/session` (sign in once with the key). Roles: `clinician` reads
 studies; `ops` reads studies, manages imports and retrieves from a PACS; `admin` may do
 everything. Every call to `/v1` is written to the audit log."""
 
@@ -33,16 +39,31 @@ def create_app(
     *,
     limits: ApiLimits | None = None,
     previews: PreviewSource | None = None,
+    dicomweb: DicomWebPorts | None = None,
+    packager: httpx.AsyncClient | None = None,
 ) -> FastAPI:
+    """`packager`: a client of the packager's HTTP address; its archive routes are relayed."""
     limits = limits or ApiLimits()
     auth = Authenticator(pool)
-    app = FastAPI(title="dicomflow API", version="1", description=DESCRIPTION)
+    app = FastAPI(
+        title="dicomflow API",
+        version="1",
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+    )
+    add_local_docs(app)
     app.include_router(studies_router(pool, auth, limits))
+    if packager is not None:
+        app.include_router(archives_router(packager))
     if previews is not None:
         app.include_router(previews_router(pool, auth, previews))
     app.include_router(imports_router(pool, publish, auth, limits))
     app.include_router(retrieve_router(pool, auth))
     app.include_router(apikeys_router(pool, auth))
+    app.include_router(session_router(pool, auth, limits))
+    if dicomweb is not None:
+        app.include_router(dicomweb_router(pool, auth, dicomweb))
     app.include_router(ops_router("api", readiness, registry))
     # Added last = outermost: metrics see every request, the audit sees the final status.
     app.add_middleware(AuditMiddleware, pool=pool)

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+from prometheus_client import Counter
+
 from libs.db.tasks import count_by_status
+from libs.http.proxy import ProxyTimeouts, upstream_client
 from libs.imaging.isolated import IsolatedRenderer
-from libs.logging import get_logger
-from libs.metrics import TASK_STATES, import_tasks_gauge
-from libs.runtime import Runtime
+from libs.runtime.logging import get_logger
+from libs.runtime.metrics import TASK_STATES, import_tasks_gauge
+from libs.runtime.service import Runtime
+from libs.staging.cleanup import Retention, StagingCleanup
 from libs.storage import open_store
 from services.api.app import create_app
 from services.api.config import ApiSettings
+from services.api.dicomweb import DicomWebPorts, StowLimits
 from services.api.previews import PreviewSource
 
 log = get_logger(__name__)
 TASK_METRICS_SECONDS = 5.0
+STOW_CLEANUP_SECONDS = 600.0
 
 
 async def wire(rt: Runtime) -> None:
@@ -26,7 +34,26 @@ async def wire(rt: Runtime) -> None:
         settings.render_workers, settings.render_memory_limit_mb, settings.render_timeout_seconds
     )
     rt.resources.callback(renderer.close)
-    previews = PreviewSource(open_store(settings.storage_url), renderer)
+    storage = open_store(settings.storage_url)
+    previews = PreviewSource(storage, renderer)
+    stow = StowLimits(
+        staging_dir=settings.stow_staging_dir,
+        max_instance_bytes=settings.stow_max_instance_mb << 20,
+        max_request_bytes=settings.stow_max_request_mb << 20,
+        publish_timeout_seconds=settings.publish_timeout_seconds,
+    )
+    dicomweb = DicomWebPorts(
+        storage,
+        previews,
+        renderer.executor,
+        max_results=settings.max_page_size,
+        publish=producer.publish,
+        stow=stow,
+    )
+    packager = upstream_client(
+        settings.packager_url, ProxyTimeouts(read=settings.packager_timeout_seconds)
+    )
+    rt.resources.push_async_callback(packager.aclose)
     rt.app = create_app(
         pool,
         producer.publish,
@@ -34,6 +61,8 @@ async def wire(rt: Runtime) -> None:
         rt.readiness,
         limits=settings.limits(),
         previews=previews,
+        dicomweb=dicomweb,
+        packager=packager,
     )
     tasks = import_tasks_gauge(rt.name, rt.registry)
 
@@ -51,3 +80,19 @@ async def wire(rt: Runtime) -> None:
                 return
 
     rt.add_worker("task-metrics", count_tasks)
+    settings.stow_staging_dir.mkdir(parents=True, exist_ok=True)
+    cleanup = StagingCleanup(
+        pool,
+        owner=f"api-stow:{settings.stow_staging_dir.absolute()}",
+        root=settings.stow_staging_dir,
+        source_like="stow",
+        retention=Retention(),
+        removed=Counter(
+            "dicomflow_api_stow_staging_removed_total",
+            "STOW-RS staged copies removed, by kind (done, kept, orphan).",
+            ["kind"],
+            registry=rt.registry,
+        ),
+        hour_folders=True,
+    )
+    rt.add_worker("stow-staging-cleanup", partial(cleanup.run, rt, STOW_CLEANUP_SECONDS))

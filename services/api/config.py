@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import ServiceSettings
+from libs.contracts.settings import ServiceSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -23,11 +24,13 @@ class ApiLimits:
     default_page_size: int = 50
     max_page_size: int = HARD_MAX_PAGE_SIZE
     publish_timeout_seconds: float = 10.0
+    session_hours: float = 8.0
 
 
 class ApiSettings(ServiceSettings):
     """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
-    API_PUBLISH_TIMEOUT_SECONDS."""
+    API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS, API_RENDER_*, API_STOW_*, API_PACKAGER_URL,
+    API_PACKAGER_TIMEOUT_SECONDS."""
 
     model_config = SettingsConfigDict(env_prefix="API_", frozen=True, extra="ignore")
 
@@ -38,9 +41,27 @@ class ApiSettings(ServiceSettings):
     publish_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long POST /v1/imports waits for the broker's ack"
     )
+    session_hours: float = Field(
+        default=8.0, gt=0, le=24 * 30, description="How long a browser stays signed in"
+    )
     render_workers: int = Field(default=1, ge=1, description="Processes rendering previews")
     render_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
     render_timeout_seconds: float = Field(default=30.0, gt=0, description="Per rendering")
+    stow_staging_dir: Path = Field(
+        default=Path("./var/stow"), description="Where DICOMweb STOW-RS stages what it receives"
+    )
+    stow_max_instance_mb: int = Field(default=2048, ge=1, description="Largest STOW-RS instance")
+    stow_max_request_mb: int = Field(default=8192, ge=1, description="Largest STOW-RS request")
+    packager_url: str = Field(
+        default="http://127.0.0.1:8107",
+        pattern=r"^https?://",
+        description="The packager's HTTP address; /v1/.../archive requests are relayed there",
+    )
+    packager_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest wait for the packager's next bytes (a ZIP answers once built)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -65,4 +86,5 @@ class ApiSettings(ServiceSettings):
             default_page_size=self.default_page_size,
             max_page_size=self.max_page_size,
             publish_timeout_seconds=self.publish_timeout_seconds,
+            session_hours=self.session_hours,
         )

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from libs.errors import PermanentError
+from libs.contracts.errors import PermanentError
 from libs.imaging.isolated import Renderer
 from libs.imaging.jobs import Kind, RenderRequest
 from libs.imaging.keys import preview_key

@@ -275,3 +275,22 @@ class RetrieveStateOut(BaseModel):
 
 class RetrieveOut(TaskOut):
     retrieve: RetrieveStateOut
+
+
+class SessionCreate(BaseModel):
+    """Sign-in body: the API key a person was given."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    key: str = Field(min_length=1, max_length=256, description="An API key (`dfk_...`)")
+
+
+class SessionOut(BaseModel):
+    """Who a signed-in browser is, and until when."""
+
+    name: str
+    role: Role
+    key_prefix: str
+    expires_at: datetime | None = Field(
+        description="When the browser session ends; null when the caller used a bearer key"
+    )

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from libs.contracts.events import PatientAttrs, SeriesAttrs, StudyAttrs
 from libs.db.dcm4chee import Watermark
-from libs.events import PatientAttrs, SeriesAttrs, StudyAttrs
 
 
 class ArchiveDb(Protocol):

@@ -6,17 +6,17 @@ from collections.abc import Sequence
 import asyncpg
 from prometheus_client import Counter
 
+from libs.contracts.events import Event
 from libs.db import dcm4chee
 from libs.db.dcm4chee import FoundFile, Watermark
 from libs.db.index import SeriesSummary, record_study_summary
 from libs.db.ledger import LedgerRow
-from libs.events import Event
-from libs.logging import get_logger
-from libs.runtime import Runtime
+from libs.runtime.logging import get_logger
+from libs.runtime.service import Runtime
 from services.dcm4chee_watcher.archive import Archive, ArchiveStudy
 from services.dcm4chee_watcher.config import Dcm4cheeWatcherSettings
 from services.dcm4chee_watcher.connections import connect_archive
-from services.dcm4chee_watcher.handlers import (
+from services.dcm4chee_watcher.rounds import (
     Announce,
     RoundReport,
     full_round,

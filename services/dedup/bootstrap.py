@@ -4,10 +4,10 @@ from functools import partial
 
 import asyncpg
 
+from libs.contracts.events import InstanceExtracted
 from libs.db import dedup
-from libs.events import InstanceExtracted
 from libs.kafka.consumer import Route
-from libs.runtime import Runtime
+from libs.runtime.service import Runtime
 from services.dedup.handlers import ClaimFn, handle_extracted
 
 

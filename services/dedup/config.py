@@ -1,6 +1,6 @@
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, Port, ServiceSettings
 
 
 class DedupSettings(ServiceSettings):

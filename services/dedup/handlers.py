@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from libs.contracts.events import Event, InstanceDuplicated, InstanceExtracted, InstanceUnique
 from libs.db.dedup import Claim
-from libs.events import Event, InstanceDuplicated, InstanceExtracted, InstanceUnique
 
 ClaimFn = Callable[[InstanceExtracted], Awaitable[Claim]]
 

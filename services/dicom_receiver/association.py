@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pynetdicom.presentation import PresentationContext
 
-from libs.logging import get_logger
+from libs.runtime.logging import get_logger
 from services.dicom_receiver import dimse, pdus
 from services.dicom_receiver.dimse import Command
 from services.dicom_receiver.handlers import Peer, StagingFile

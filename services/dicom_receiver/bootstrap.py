@@ -4,13 +4,13 @@ import asyncio
 from collections.abc import Sequence
 from functools import partial
 
+from libs.contracts.events import Event
 from libs.db import ledger
 from libs.db.ledger import LedgerRow, NewFile
 from libs.db.pool import PinnedConnection
-from libs.events import Event
-from libs.logging import get_logger
-from libs.runtime import Runtime
-from libs.staging_cleanup import Retention, StagingCleanup
+from libs.runtime.logging import get_logger
+from libs.runtime.service import Runtime
+from libs.staging.cleanup import Retention, StagingCleanup
 from services.dicom_receiver.committer import Committer
 from services.dicom_receiver.config import ReceiverSettings
 from services.dicom_receiver.handlers import free_mb

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
+from libs.contracts.events import Event
 from libs.db.ledger import LedgerRow, NewFile, discovered_event
-from libs.events import Event
-from libs.logging import get_logger
+from libs.runtime.logging import get_logger
 
 log = get_logger(__name__)
 

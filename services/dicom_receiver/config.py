@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from libs.settings import Count, Port, StagingSettings
+from libs.contracts.settings import Count, Port, StagingSettings
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ class StagingFile:
 def sync_folder(folder: Path) -> None:
     """fsync a folder: the names created in it survive a crash.
 
-    Not `libs.staging.sync_folder` (one syncfs per batch, as the other sources use): a
+    Not `libs.staging.files.sync_folder` (one syncfs per batch, as the other sources use): a
     sender waits for each answer, so there is rarely a batch, and syncfs flushes every dirty
     page of the filesystem, the pipeline's writes included (measured slower)."""
     fd = os.open(folder, os.O_RDONLY)

@@ -22,8 +22,8 @@ from pynetdicom.presentation import AllStoragePresentationContexts, Presentation
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from libs.dicom_net.transport import TRANSFER_SYNTAXES
-from libs.logging import get_logger
-from libs.metrics import LATENCY_BUCKETS
+from libs.runtime.logging import get_logger
+from libs.runtime.metrics import LATENCY_BUCKETS
 from services.dicom_receiver import dimse, pdus
 from services.dicom_receiver.association import CHUNK, Association, Limits, Refusal
 from services.dicom_receiver.committer import Committer, NotRecorded

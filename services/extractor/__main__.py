@@ -1,7 +1,7 @@
 import asyncio
 
-from libs.runtime import serve
-from libs.settings import load_settings
+from libs.contracts.settings import load_settings
+from libs.runtime.service import serve
 from services.extractor.bootstrap import wire
 from services.extractor.config import ExtractorSettings
 

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from functools import partial
 
+from libs.contracts.events import DicomHeader, FileDiscovered, Hashes
 from libs.dicom.extract import extract_file
-from libs.dicom.isolation import IsolatedExecutor
-from libs.events import DicomHeader, FileDiscovered, Hashes
 from libs.kafka.consumer import Route
-from libs.runtime import Runtime
+from libs.runtime.sandbox import IsolatedExecutor
+from libs.runtime.service import Runtime
 from services.extractor.config import ExtractorSettings
 from services.extractor.handlers import handle_discovered
 
@@ -24,7 +24,7 @@ async def wire(rt: Runtime) -> None:
     await executor.warm_up()
 
     async def parse(path: str) -> tuple[DicomHeader, Hashes]:
-        header, hashes = await executor.run(extract_file, path)
+        header, hashes = await executor.run(extract_file, path, settings.zero_hostile_preamble)
         return header, hashes
 
     handler = partial(handle_discovered, parse=parse)

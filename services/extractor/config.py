@@ -3,7 +3,7 @@ import os
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, Port, ServiceSettings
 
 
 class ExtractorSettings(ServiceSettings):
@@ -20,3 +20,8 @@ class ExtractorSettings(ServiceSettings):
     concurrency: Count = 8
     memory_limit_mb: int = Field(default=1024, ge=64, description="Address-space cap per parser")
     parse_timeout_seconds: float = Field(default=30.0, gt=0)
+    zero_hostile_preamble: bool = Field(
+        default=False,
+        description="Store files whose preamble is neither zeros nor a TIFF header with the "
+        "preamble zeroed (recorded in instances.modifications) instead of refusing them.",
+    )

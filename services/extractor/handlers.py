@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from libs.events import DicomHeader, Event, FileDiscovered, Hashes, InstanceExtracted
-from libs.sources import local_source
+from libs.contracts.events import DicomHeader, Event, FileDiscovered, Hashes, InstanceExtracted
+from libs.storage.file_uri import local_source
 
 Parse = Callable[[str], Awaitable[tuple[DicomHeader, Hashes]]]
 

@@ -7,18 +7,18 @@ from functools import partial
 import asyncpg
 from prometheus_client import CollectorRegistry
 
+from libs.contracts.events import Event, StudyMetadata
 from libs.db import Conn, publications
-from libs.events import Event, StudyMetadata
 from libs.http.middleware import AuditMiddleware
 from libs.kafka.consumer import Route
-from libs.ops import ops_app
-from libs.runtime import Runtime
+from libs.runtime.probes import ops_app
+from libs.runtime.service import Runtime
 from services.index_publisher.config import IndexPublisherSettings
 from services.index_publisher.delivery import Backoff, Deliverer, ReceiverHealth, Sleep
 from services.index_publisher.handlers import handle_metadata
+from services.index_publisher.http_client import CentralIndexClient
 from services.index_publisher.metrics import PublisherMetrics
 from services.index_publisher.payload import PAYLOADS, StudyKeys
-from services.index_publisher.receiver import HttpReceiver
 from services.index_publisher.replay import replay_router
 
 PublishHandler = Callable[..., Awaitable[list[Event]]]
@@ -48,7 +48,7 @@ class PgPublications:
 def publisher(
     settings: IndexPublisherSettings,
     pool: asyncpg.Pool,
-    receiver: HttpReceiver,
+    receiver: CentralIndexClient,
     *,
     registry: CollectorRegistry,
     sleep: Sleep,
@@ -84,7 +84,7 @@ async def wire(rt: Runtime) -> None:
     assert isinstance(settings, IndexPublisherSettings)
     settings.require_target()
     pool = await rt.pool()
-    receiver = HttpReceiver(settings)
+    receiver = CentralIndexClient(settings)
     rt.resources.push_async_callback(receiver.close)
     handler, health = publisher(settings, pool, receiver, registry=rt.registry, sleep=rt.sleep)
 

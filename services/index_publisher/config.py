@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, Port, ServiceSettings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PayloadFormat = Literal["default", "native"]

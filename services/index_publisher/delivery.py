@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
-from libs.errors import PermanentError
-from libs.logging import get_logger
+from libs.contracts.errors import PermanentError
+from libs.runtime.logging import get_logger
 from services.index_publisher.metrics import PublisherMetrics
 
 log = get_logger(__name__)

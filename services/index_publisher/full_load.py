@@ -17,17 +17,17 @@ import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry
 
+from libs.contracts.errors import PermanentError
+from libs.contracts.events import StudyMetadata, new_id
+from libs.contracts.settings import load_settings
 from libs.db import index, publications
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
-from libs.errors import PermanentError
-from libs.events import StudyMetadata, new_id
-from libs.logging import configure_logging
-from libs.settings import load_settings
+from libs.runtime.logging import configure_logging
 from services.index_publisher.bootstrap import PublishHandler, publisher
 from services.index_publisher.config import IndexPublisherSettings
 from services.index_publisher.delivery import ReceiverUnavailable
-from services.index_publisher.receiver import HttpReceiver
+from services.index_publisher.http_client import CentralIndexClient
 
 PAGE = 200
 SOURCE = "full-load"
@@ -100,7 +100,7 @@ class FullLoad:
 async def publish_all(settings: IndexPublisherSettings, say: Callable[[str], None] = print) -> int:
     url = settings.require_target()
     pool = await create_pool(settings.database_url, size=settings.concurrency + 1)
-    receiver = HttpReceiver(settings)
+    receiver = CentralIndexClient(settings)
     try:
         await migrate(pool)
         handler, _ = publisher(settings, pool, receiver, registry=CollectorRegistry(), sleep=_sleep)

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from libs.events import Event, StudyMetadata
-from libs.logging import get_logger
+from libs.contracts.events import Event, StudyMetadata
+from libs.runtime.logging import get_logger
 from services.index_publisher.delivery import Answer
 from services.index_publisher.payload import StudyKeys, idempotency_key
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from libs.metrics import LATENCY_BUCKETS, metric_prefix
+from libs.runtime.metrics import LATENCY_BUCKETS, metric_prefix
 
 
 @dataclass(frozen=True)

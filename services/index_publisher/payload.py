@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from libs.contracts.events import StudyMetadata
 from libs.db.index import parse_da
-from libs.events import StudyMetadata
 
 NATIVE_FORMAT = "dicomflow.study.v1"
 

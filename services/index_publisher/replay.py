@@ -11,7 +11,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from libs.events import StudyMetadata
+from libs.contracts.events import StudyMetadata
 from libs.http.auth import Authenticator, Caller
 from libs.kafka import dlq
 from libs.kafka.producer import Producer

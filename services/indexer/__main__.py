@@ -1,7 +1,7 @@
 import asyncio
 
-from libs.runtime import serve
-from libs.settings import load_settings
+from libs.contracts.settings import load_settings
+from libs.runtime.service import serve
 from services.indexer.bootstrap import wire
 from services.indexer.config import IndexerSettings
 

@@ -5,14 +5,14 @@ from functools import partial
 import asyncpg
 from prometheus_client import Histogram
 
+from libs.contracts.events import DeadLetter, InstanceDuplicated, InstanceStored
+from libs.contracts.topics import dlq_topic
 from libs.db import index as repo
 from libs.db import ledger
-from libs.events import DeadLetter, InstanceDuplicated, InstanceStored
 from libs.kafka.consumer import Route
-from libs.logging import get_logger
-from libs.metrics import end_to_end_histogram
-from libs.runtime import Runtime
-from libs.topics import dlq_topic
+from libs.runtime.logging import get_logger
+from libs.runtime.metrics import end_to_end_histogram
+from libs.runtime.service import Runtime
 from services.indexer.config import IndexerSettings
 from services.indexer.handlers import (
     handle_dead_letter,

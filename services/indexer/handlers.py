@@ -5,9 +5,15 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from libs.contracts.events import (
+    DeadLetter,
+    Event,
+    InstanceDuplicated,
+    InstanceStored,
+    StudyMetadata,
+)
 from libs.db.index import StudySnapshot
 from libs.db.index import metadata_event as index_metadata_event
-from libs.events import DeadLetter, Event, InstanceDuplicated, InstanceStored, StudyMetadata
 
 SOURCE = "indexer"
 # Consumers of dicom.stored.v1 that produce derived data (previews) also dead-letter to

@@ -9,15 +9,15 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter
 
+from libs.contracts.events import Event
 from libs.db import discs, ledger, tasks
 from libs.db.discs import DISC_KINDS, OpenDisc
 from libs.db.ledger import LedgerRow, NewFile
 from libs.db.tasks import TaskCounters
-from libs.events import Event
-from libs.logging import get_logger
-from libs.runtime import Runtime
+from libs.runtime.logging import get_logger
+from libs.runtime.service import Runtime
 from services.iso_watcher.config import IsoWatcherSettings
-from services.iso_watcher.handlers import Settler, run_round
+from services.iso_watcher.rounds import Settler, run_round
 
 log = get_logger(__name__)
 

@@ -10,7 +10,7 @@ from typing import BinaryIO, Protocol, cast
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-from libs.staging import copy_stream
+from libs.staging.files import copy_stream
 
 DICOM_MAGIC_OFFSET = 128
 
@@ -143,7 +143,7 @@ def looks_like_dicom(disc: Disc, path: str) -> bool:
 
 
 def copy_out(disc: Disc, path: str, size: int, target: Path) -> int:
-    """Stream one file to `target` (not yet durable: see `libs.staging.sync_folder`); a file
+    """Stream one file to `target` (not yet durable: see `libs.staging.files.sync_folder`); a file
     shorter than its directory entry says (a truncated image) is unreadable, and nothing is
     left at `target`."""
     try:

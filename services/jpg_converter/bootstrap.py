@@ -4,11 +4,11 @@ from functools import partial
 
 from prometheus_client import Counter
 
-from libs.events import Event, InstancePreviewed, InstanceStored
+from libs.contracts.events import Event, InstancePreviewed, InstanceStored
 from libs.imaging.isolated import IsolatedRenderer
 from libs.imaging.jobs import RenderRequest
 from libs.kafka.consumer import Route
-from libs.runtime import Runtime
+from libs.runtime.service import Runtime
 from libs.storage import open_store
 from services.jpg_converter.config import JpgConverterSettings
 from services.jpg_converter.handlers import handle_stored

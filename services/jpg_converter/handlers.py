@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from libs.errors import PermanentError
-from libs.events import Event, InstancePreviewed, InstanceStored, PreviewImage
+from libs.contracts.errors import PermanentError
+from libs.contracts.events import Event, InstancePreviewed, InstanceStored, PreviewImage
 from libs.imaging.isolated import Renderer
 from libs.imaging.jobs import RenderedImage, RenderRequest, RenderResult
 from libs.imaging.keys import preview_key

@@ -12,14 +12,15 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import Counter, Gauge
 
+from libs.contracts.events import Event, ImportRequested
 from libs.db import ledger, nas, tasks
 from libs.db.ledger import LedgerRow, NewFile
-from libs.events import Event, ImportRequested
 from libs.kafka.consumer import Route
-from libs.logging import get_logger
-from libs.runtime import Runtime
+from libs.runtime.logging import get_logger
+from libs.runtime.service import Runtime
 from services.nas_watcher.config import NasWatcherSettings
-from services.nas_watcher.handlers import (
+from services.nas_watcher.rounds import (
+    STAGE,
     Publish,
     ScanReport,
     handle_import_requested,
@@ -57,6 +58,13 @@ class PgScanStore:
     async def record_task_files(self, new: Sequence[NewFile]) -> list[LedgerRow]:
         async with self.pool.acquire() as conn:
             return await ledger.record_discovered(conn, new)
+
+    async def record_task_failures(self, task_id: str, new: Sequence[NewFile], reason: str) -> None:
+        """Files the scan refuses to read: recorded as already failed, with the reason."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await ledger.record_discovered(conn, new)
+            failures = [(r.id, reason) for r in rows]
+            await ledger.mark_failed_many(conn, failures, stage=STAGE, task_id=task_id)
 
     async def renew(self, task_id: str) -> bool:
         async with self.pool.acquire() as conn:
@@ -103,7 +111,7 @@ async def wire(rt: Runtime) -> None:
             for root in settings.roots:
                 try:
                     report = await _scan_root_once(
-                        pool, root, store, publish, settings.settle_seconds
+                        pool, root, store, publish, settings.settle_seconds, settings.roots
                     )
                     if report is not None:
                         scans.labels(str(root)).inc()
@@ -163,7 +171,12 @@ async def wire(rt: Runtime) -> None:
 
 
 async def _scan_root_once(
-    pool: asyncpg.Pool, root: Path, store: PgScanStore, publish: Publish, settle: float
+    pool: asyncpg.Pool,
+    root: Path,
+    store: PgScanStore,
+    publish: Publish,
+    settle: float,
+    roots: list[Path],
 ) -> ScanReport | None:
     """One scanner per root across replicas: a session advisory lock keyed by the root."""
     path = root.absolute()
@@ -175,10 +188,12 @@ async def _scan_root_once(
         if not await conn.fetchval("SELECT pg_try_advisory_lock(1, $1)", lock):
             return None  # another replica is scanning this root
         try:
-            report = await scan_root(path, store=store, publish=publish, settle_seconds=settle)
+            report = await scan_root(
+                path, store=store, publish=publish, settle_seconds=settle, roots=roots
+            )
         finally:
             await conn.execute("SELECT pg_advisory_unlock(1, $1)", lock)
-    if report.emitted or report.problems.unreadable_dirs:
+    if report.emitted or report.problems.unreadable_dirs or report.problems.escaping_links:
         log.info(
             "scan done",
             root=str(path),
@@ -186,5 +201,6 @@ async def _scan_root_once(
             emitted=report.emitted,
             unsettled=report.unsettled,
             unreadable=len(report.problems.unreadable_dirs),
+            links_outside_roots=len(report.problems.escaping_links),
         )
     return report

@@ -4,7 +4,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from libs.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, Port, ServiceSettings
 
 PathList = Annotated[list[Path], NoDecode]
 
@@ -25,7 +25,10 @@ class NasWatcherSettings(ServiceSettings):
     )
     scan_interval_seconds: float = Field(default=30.0, gt=0)
     settle_seconds: float = Field(
-        default=2.0, ge=0, description="A file modified more recently may still be being written."
+        default=2.0,
+        ge=0,
+        description="A file is settled when its size and mtime are the same on two looks "
+        "this far apart (a copy keeping timestamps gives a growing file an old mtime).",
     )
     watch: bool = Field(default=True, description="Scan the roots periodically.")
     task_lease_seconds: float = Field(default=60.0, gt=0)

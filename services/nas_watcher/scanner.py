@@ -1,19 +1,23 @@
 """Walk a folder tree one directory at a time, whatever its layout.
 
-Symlinked folders are followed once (a loop is detected by device and inode),
-unreadable folders are reported and skipped, and only the `DirEntry` stat is
-used, so a rescan costs one stat per file.
+Symlinked folders are followed once (a loop is detected by device and inode) and
+only when they lead to somewhere inside the roots: a link whose target is outside
+(or a folder that became one) is reported and never followed, whether its target
+exists or not. Unreadable folders are reported and skipped, and only the
+`DirEntry` stat is used, so a rescan costs one stat per file (plus a resolution
+per link and per folder).
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libs.logging import get_logger
+from libs.runtime.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -33,6 +37,7 @@ class FileStat:
 class ScanProblems:
     unreadable_dirs: list[str] = field(default_factory=list)
     loops: list[str] = field(default_factory=list)
+    escaping_links: list[str] = field(default_factory=list)
 
 
 def wanted(name: str) -> bool:
@@ -41,13 +46,21 @@ def wanted(name: str) -> bool:
     )
 
 
-def walk(root: Path, problems: ScanProblems | None = None) -> Iterator[tuple[str, list[FileStat]]]:
-    """Yield (directory, regular files in it) for every directory under `root`."""
+def walk(
+    root: Path, problems: ScanProblems | None = None, *, roots: list[Path] | None = None
+) -> Iterator[tuple[str, list[FileStat]]]:
+    """Yield (directory, regular files in it) for every directory under `root`, never
+    leaving `roots` (default: `root` itself) through a symbolic link."""
     problems = problems if problems is not None else ScanProblems()
+    real_roots = [os.path.realpath(r) for r in (roots or [root])]
     visited: set[tuple[int, int]] = set()
     stack = [os.path.abspath(root)]
     while stack:
         directory = stack.pop()
+        if not _within(os.path.realpath(directory), real_roots):  # replaced by a link since
+            problems.escaping_links.append(directory)
+            log.warning("folder leads outside the roots, not followed", folder=directory)
+            continue
         try:
             st = os.stat(directory)
         except OSError as exc:
@@ -64,6 +77,10 @@ def walk(root: Path, problems: ScanProblems | None = None) -> Iterator[tuple[str
         try:
             with os.scandir(directory) as entries:
                 for entry in entries:
+                    if entry.is_symlink() and not _within(os.path.realpath(entry.path), real_roots):
+                        problems.escaping_links.append(entry.path)
+                        log.warning("link leads outside the roots, not followed", link=entry.path)
+                        continue
                     kind = _kind(entry)
                     if kind == "dir":
                         subdirs.append(entry.path)
@@ -76,6 +93,12 @@ def walk(root: Path, problems: ScanProblems | None = None) -> Iterator[tuple[str
         stack.extend(sorted(subdirs, reverse=True))
         if files:
             yield directory, sorted(files, key=lambda f: f.name)
+
+
+def _within(real_path: str, real_roots: list[str]) -> bool:
+    return any(
+        real_path == r or real_path.startswith(r.rstrip(os.sep) + os.sep) for r in real_roots
+    )
 
 
 def _kind(entry: os.DirEntry[str]) -> str | tuple[int, int] | None:
@@ -101,9 +124,54 @@ def stat_file(path: str) -> FileStat | None:
     return FileStat(os.path.basename(path), st.st_size, st.st_mtime_ns)
 
 
-def is_settled(f: FileStat, now_ns: int, settle_seconds: float) -> bool:
-    """A file modified within the settle window may still be being written."""
-    return now_ns - f.mtime_ns >= settle_seconds * 1e9
+@dataclass(frozen=True)
+class Look:
+    directory: str
+    file: FileStat
+    at: float  # time.monotonic() of this look
+    first: float  # of the first look at this file in this scan
+
+
+class SecondLook:
+    """A file is settled only when its size and mtime are the same on two looks at least
+    `settle_seconds` apart. Its mtime alone proves nothing: a copy that keeps timestamps
+    (Windows Explorer over SMB, `cp -p`, `rsync -a`) gives a growing file an old mtime.
+    Looks wait in the order they were taken, so a long walk re-stats as it goes."""
+
+    def __init__(self, settle_seconds: float) -> None:
+        self.settle_seconds = settle_seconds
+        self._queue: deque[Look] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, directory: str, files: Iterable[FileStat], now: float) -> None:
+        self._queue.extend(Look(directory, f, now, now) for f in files)
+
+    def again_later(self, look: Look) -> None:
+        self._queue.append(look)
+
+    def wait(self, now: float) -> float:
+        """Seconds until the oldest look is due for its second look."""
+        return max(0.0, self._queue[0].at + self.settle_seconds - now) if self._queue else 0.0
+
+    def due(self, now: float) -> list[Look]:
+        out = []
+        while self._queue and self._queue[0].at + self.settle_seconds <= now:
+            out.append(self._queue.popleft())
+        return out
+
+
+def look_again(looks: Iterable[Look], now: float) -> tuple[list[Look], list[Look]]:
+    """(settled, changed since their look: with the new look); removed files are dropped."""
+    settled, changed = [], []
+    for look in looks:
+        current = stat_file(os.path.join(look.directory, look.file.name))
+        if current == look.file:
+            settled.append(look)
+        elif current is not None:
+            changed.append(Look(look.directory, current, now, look.first))
+    return settled, changed
 
 
 def file_uri(directory: str, name: str) -> str:

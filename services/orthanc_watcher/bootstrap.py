@@ -8,15 +8,15 @@ from collections.abc import Sequence
 import asyncpg
 from prometheus_client import Counter, Gauge
 
+from libs.contracts.events import Event
 from libs.db import orthanc
 from libs.db.ledger import LedgerRow
 from libs.db.orthanc import Finished, StagedInstance
-from libs.events import Event
-from libs.logging import get_logger
-from libs.runtime import Runtime
+from libs.runtime.logging import get_logger
+from libs.runtime.service import Runtime
 from services.orthanc_watcher.client import OrthancClient
 from services.orthanc_watcher.config import OrthancWatcherSettings
-from services.orthanc_watcher.handlers import clean_up, follow_once, ingest_resource
+from services.orthanc_watcher.rounds import clean_up, follow_once, ingest_resource
 from services.orthanc_watcher.webhook import Queue, webhook_app
 
 log = get_logger(__name__)

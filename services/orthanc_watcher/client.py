@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import httpx
 
-from libs.staging import write_async_chunks
+from libs.staging.files import write_async_chunks
 
 Level = Literal["Study", "Series", "Instance"]
 _PLURAL: dict[Level, str] = {"Study": "studies", "Series": "series", "Instance": "instances"}
@@ -88,7 +88,7 @@ class OrthancClient:
 
     async def download(self, instance_id: str, target: Path) -> int:
         """Stream the instance's file, as Orthanc stored it, to `target` (atomically; not yet
-        durable: see `libs.staging.sync_folder`)."""
+        durable: see `libs.staging.files.sync_folder`)."""
         async with self._http.stream("GET", f"/instances/{instance_id}/file") as r:
             if r.status_code == 404:
                 raise ResourceNotFound(instance_id)

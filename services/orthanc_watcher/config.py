@@ -3,7 +3,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, Port, ServiceSettings
 
 
 class OrthancWatcherSettings(ServiceSettings):

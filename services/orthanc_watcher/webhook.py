@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libs.http.auth import AUDIT_STATE, AuditContext, Authenticator
 from libs.http.middleware import AuditMiddleware
-from libs.ops import Readiness, ops_router
+from libs.runtime.probes import Readiness, ops_router
 from services.orthanc_watcher.client import Level
-from services.orthanc_watcher.handlers import ORTHANC_ID
+from services.orthanc_watcher.rounds import ORTHANC_ID
 
 ACTION = "orthanc.ingest"
 SECRET_HEADER = "X-Dicomflow-Secret"  # noqa: S105 - a header name, not a secret

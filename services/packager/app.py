@@ -1,15 +1,20 @@
 """Archive downloads over HTTP, with what a download manager expects: ETag (the revision key)
-and Last-Modified, Accept-Ranges, one Range -> 206 + Content-Range, If-Range, 416, HEAD.
+and Last-Modified, Accept-Ranges, one Range -> 206 + Content-Range, If-Range, 416, HEAD,
+If-None-Match / If-Modified-Since -> 304 (answered from the plan, without building).
 
 A cached archive is sent from disk (Starlette's FileResponse does the Range logic). A
-tar.zst requested while it is not cached is streamed (chunked) as it is built; a Range,
-a HEAD or a ZIP waits for the build, since they need the finished file.
+tar.zst or tar requested while it is not cached is streamed (chunked) as it is built; a
+Range, a HEAD or a ZIP waits for the build, since they need the finished file.
+
+Clients reach these routes through the API's origin (services/api/routes/archives.py relays
+them); the API's OpenAPI document describes them, so this app publishes none of its own.
 
 No `from __future__ import annotations` here: FastAPI must see the route dependencies, which
 are local variables, when it reads the signatures.
 """
 
 import unicodedata
+from email.utils import parsedate_to_datetime
 from typing import Annotated, Literal
 from urllib.parse import quote
 
@@ -21,15 +26,21 @@ from prometheus_client import CollectorRegistry, Counter
 from libs.dicom.uids import UID_MAX_LENGTH, UID_RE
 from libs.http.auth import Authenticator, Caller
 from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
-from libs.metrics import metric_prefix
-from libs.ops import Readiness, ops_router
+from libs.runtime.metrics import metric_prefix
+from libs.runtime.probes import Readiness, ops_router
 from services.packager.layout import Format, Plan, safe_component
 from services.packager.packager import ArchiveError, Packager
 
-MEDIA_TYPES: dict[str, str] = {"tar.zst": "application/zstd", "zip": "application/zip"}
+MEDIA_TYPES: dict[str, str] = {
+    "tar.zst": "application/zstd",
+    "zip": "application/zip",
+    "tar": "application/x-tar",
+}
+STREAMABLE = frozenset({"tar.zst", "tar"})
 Uid = Annotated[str, Path(pattern=UID_RE.pattern, max_length=UID_MAX_LENGTH)]
 FormatParam = Annotated[
-    Literal["tar.zst", "zip"], Query(alias="format", description="tar.zst (default) or zip")
+    Literal["tar.zst", "zip", "tar"],
+    Query(alias="format", description="tar.zst (default), zip or tar"),
 ]
 
 
@@ -39,7 +50,7 @@ class ArchiveFile(FileResponse):
 
 def content_disposition(stem: str, ext: str) -> str:
     """An ASCII fallback for old clients and the UTF-8 name (RFC 6266 / 5987), both made
-    safe (`ext` is ours: "tar.zst" or "zip")."""
+    safe (`ext` is ours: "tar.zst", "zip" or "tar")."""
     stem = safe_component(stem, "archive")
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
     fallback = f"{safe_component(ascii_stem, 'archive')}.{ext}"
@@ -57,6 +68,22 @@ def archive_headers(plan: Plan) -> dict[str, str]:
     }
 
 
+def not_modified(request: Request, plan: Plan) -> bool:
+    """RFC 9110 13.1.2-13.1.3: If-None-Match (weak comparison) wins; else If-Modified-Since."""
+    if (inm := request.headers.get("if-none-match")) is not None:
+        tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+        return "*" in tags or f'"{plan.key}"' in tags
+    if (ims := request.headers.get("if-modified-since")) is not None:
+        try:
+            since = parsedate_to_datetime(ims)
+        except (TypeError, ValueError):
+            return False
+        if since.tzinfo is None:
+            return False
+        return plan.last_modified.replace(microsecond=0) <= since
+    return False
+
+
 def archive_router(packager: Packager, auth: Authenticator, downloads: Counter) -> APIRouter:
     router = APIRouter(prefix="/v1/studies", tags=["archives"])
     study_reader = Depends(auth.require("read", "archive.study"))
@@ -71,10 +98,13 @@ def archive_router(packager: Packager, auth: Authenticator, downloads: Counter) 
             raise HTTPException(status_code=404, detail="no such study or series (or no instances)")
         caller.saw(len(plan.members))
         headers, media = archive_headers(plan), MEDIA_TYPES[fmt]
+        if not_modified(request, plan):
+            downloads.labels(fmt, "not_modified").inc()
+            return Response(status_code=304, headers=headers)
         path = packager.cache.lookup(plan)
         if path is None:
             streamable = (
-                fmt == "tar.zst" and request.method == "GET" and "range" not in request.headers
+                fmt in STREAMABLE and request.method == "GET" and "range" not in request.headers
             )
             if streamable:
                 downloads.labels(fmt, "streamed").inc()
@@ -94,7 +124,8 @@ def archive_router(packager: Packager, auth: Authenticator, downloads: Counter) 
         caller: Annotated[Caller, study_reader],
         fmt: FormatParam = "tar.zst",
     ) -> Response:
-        """The whole study: `<Patient>_<Date>/<Series>/<Instance>.dcm` plus manifest.json."""
+        """The whole study: `<Patient>_<Date>/<Series>/<Instance>.dcm` plus manifest.json
+        (tar.zst), or DICOMDIR + `DICOM/...` plus manifest.json (zip, tar)."""
         return await respond(request, caller, study_uid, None, fmt)
 
     @router.api_route("/{study_uid}/series/{series_uid}/archive", methods=["GET", "HEAD"])
@@ -120,7 +151,9 @@ def create_app(
         ["format", "source"],
         registry=registry,
     )
-    app = FastAPI(title="dicomflow packager", version="1")
+    app = FastAPI(
+        title="dicomflow packager", version="1", docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.include_router(archive_router(packager, Authenticator(pool), downloads))
     app.include_router(ops_router("packager", readiness, registry))
     app.add_middleware(AuditMiddleware, pool=pool)

@@ -8,11 +8,11 @@ from functools import partial
 
 from prometheus_client import Counter
 
+from libs.contracts.events import StudyMetadata
 from libs.db.archives import ArchiveListing, archive_listing
-from libs.events import StudyMetadata
 from libs.kafka.consumer import Route
-from libs.metrics import metric_prefix
-from libs.runtime import Runtime
+from libs.runtime.metrics import metric_prefix
+from libs.runtime.service import Runtime
 from libs.storage import open_store
 from services.packager.app import create_app
 from services.packager.cache import ArchiveCache

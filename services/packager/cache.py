@@ -17,7 +17,7 @@ import os
 import uuid
 from pathlib import Path
 
-from libs.logging import get_logger
+from libs.runtime.logging import get_logger
 from services.packager.layout import Plan
 
 log = get_logger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import Port, ServiceSettings
+from libs.contracts.settings import Port, ServiceSettings
 
 GIB = 1 << 30
 

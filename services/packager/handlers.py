@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.events import Event, StudyMetadata
+from libs.contracts.events import Event, StudyMetadata
 from services.packager.packager import Packager
 
 

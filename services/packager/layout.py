@@ -1,7 +1,10 @@
 """Where each instance goes inside an archive, with names safe on any OS, and the archive's
 revision key (what the cache and the ETag are keyed by).
 
-`<PatientName>_<StudyDate>/<SeriesNumber>_<SeriesDescription>/<InstanceNumber>.dcm`. Every
+tar.zst: `<PatientName>_<StudyDate>/<SeriesNumber>_<SeriesDescription>/<InstanceNumber>.dcm`.
+ZIP and TAR: `<PatientName>_<StudyDate>/DICOMDIR` and
+`<PatientName>_<StudyDate>/DICOM/PT000000/ST000000/SE000000/IM000000` ... (ISO 9660 file IDs
+the DICOMDIR references, services/packager/dicomdir.py). Each has `manifest.json`. Every
 component is NFC, letters/digits/`-`/`_`/`.` only (anything else becomes `_`), no leading or
 trailing dots/spaces, at most 64 characters, never a Windows device name, and unique among
 its siblings ignoring case (macOS and Windows file systems fold case): `_2`, `_3` ... follow.
@@ -13,14 +16,18 @@ import hashlib
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Literal
 
-from libs.db.archives import ArchiveListing
+from libs.db.archives import ArchiveInstance, ArchiveListing, StudyHeader
+from services.packager.dicomdir import Entry, file_id
 
-Format = Literal["tar.zst", "zip"]
-LAYOUT_VERSION = 1  # bump when the layout or the writers change: every key changes with it
+Format = Literal["tar.zst", "zip", "tar"]
+WITH_DICOMDIR: frozenset[Format] = frozenset({"zip", "tar"})
+# Bump when the layout or the writers change: every key changes with it. 2: DICOMDIR in ZIP
+# and TAR, zstd frame checksums, manifest v2.
+LAYOUT_VERSION = 2
 MAX_COMPONENT = 64
 _UNSAFE = re.compile(r"[^\w.-]+")
 _REPEATS = re.compile(r"_{2,}")
@@ -67,6 +74,16 @@ class Member:
 
 
 @dataclass(frozen=True)
+class Directory:
+    """What the DICOMDIR of a ZIP or TAR is made of."""
+
+    patient_name: str
+    study_date: str  # DICOM DA, empty when unknown
+    header: StudyHeader
+    entries: list[Entry]
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything that decides an archive's bytes; `key` changes whenever any of it does."""
 
@@ -77,27 +94,42 @@ class Plan:
     members: list[Member]
     last_modified: datetime
     key: str
+    directory: Directory | None = None
 
     @property
     def manifest_path(self) -> str:
         return f"{self.root}/manifest.json"
 
-    def manifest(self) -> bytes:
-        body = {
+    @property
+    def dicomdir_path(self) -> str:
+        return f"{self.root}/DICOMDIR"
+
+    def manifest(self, dicomdir: bytes | None = None) -> bytes:
+        """What a client checks an unpacked archive against: every file's size and SHA-256
+        (the DICOMDIR's too), so a truncated or altered archive is found out."""
+        body: dict[str, object] = {
+            "manifest_version": 2,
             "study_uid": self.study_uid,
             "series_uid": self.series_uid,
+            "format": self.format,
             "revision": self.key,
-            "files": [
-                {
-                    "path": m.path,
-                    "sop_instance_uid": m.sop_instance_uid,
-                    "series_uid": m.series_uid,
-                    "size": m.size,
-                    "sha256": m.sha256,
-                }
-                for m in self.members
-            ],
         }
+        if dicomdir is not None:
+            body["dicomdir"] = {
+                "path": self.dicomdir_path,
+                "size": len(dicomdir),
+                "sha256": hashlib.sha256(dicomdir).hexdigest(),
+            }
+        body["files"] = [
+            {
+                "path": m.path,
+                "sop_instance_uid": m.sop_instance_uid,
+                "series_uid": m.series_uid,
+                "size": m.size,
+                "sha256": m.sha256,
+            }
+            for m in self.members
+        ]
         return json.dumps(body, indent=1, ensure_ascii=False).encode()
 
 
@@ -107,6 +139,32 @@ def plan_archive(
     """`encoder` names the compression settings (they change the bytes, so the key too)."""
     date = listing.study_date.strftime("%Y%m%d") if listing.study_date else "nodate"
     root = f"{safe_component(listing.patient_name, 'anonymous')}_{date}"
+    if fmt in WITH_DICOMDIR:
+        members, directory = _iso_members(listing, root)
+    else:
+        members, directory = _readable_members(listing, root), None
+    last_modified = max(i.indexed_at for i in listing.instances)
+    identity = json.dumps(
+        [LAYOUT_VERSION, fmt, encoder, listing.study_uid, series_uid, root]
+        + [[m.path, m.sop_instance_uid, m.sha256, m.size] for m in members]
+        + ([asdict(directory)] if directory else []),
+        default=str,
+    )
+    key = hashlib.sha256(identity.encode()).hexdigest()[:40]
+    return Plan(listing.study_uid, series_uid, fmt, root, members, last_modified, key, directory)
+
+
+def _member(path: str, inst: ArchiveInstance) -> Member:
+    return Member(
+        path=path,
+        series_uid=inst.series_uid,
+        sop_instance_uid=inst.sop_instance_uid,
+        size=inst.size_bytes,
+        sha256=inst.file_sha256,
+    )
+
+
+def _readable_members(listing: ArchiveListing, root: str) -> list[Member]:
     folders = UniqueNames()
     series_dirs: dict[str, str] = {}
     files: dict[str, UniqueNames] = {}
@@ -119,19 +177,33 @@ def plan_archive(
             files[inst.series_uid] = UniqueNames()
         stem = inst.sop_instance_uid if inst.instance_number is None else str(inst.instance_number)
         name = files[inst.series_uid].claim(safe_component(stem), ".dcm")
-        members.append(
-            Member(
-                path=f"{root}/{series_dirs[inst.series_uid]}/{name}",
+        members.append(_member(f"{root}/{series_dirs[inst.series_uid]}/{name}", inst))
+    return members
+
+
+def _iso_members(listing: ArchiveListing, root: str) -> tuple[list[Member], Directory]:
+    """`DICOM/PT000000/ST000000/SE<series>/IM<instance>`: indexes in the listing's order
+    (series number, then instance number), unique by construction."""
+    series_index: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    members: list[Member] = []
+    entries: list[Entry] = []
+    for inst in listing.instances:
+        si = series_index.setdefault(inst.series_uid, len(series_index))
+        ii = counts[inst.series_uid] = counts.get(inst.series_uid, -1) + 1
+        fid = file_id(si, ii)
+        members.append(_member(f"{root}/{fid}", inst))
+        entries.append(
+            Entry(
+                file_id=fid,
                 series_uid=inst.series_uid,
+                series_number=si + 1 if inst.series_number is None else inst.series_number,
+                modality=inst.modality,
                 sop_instance_uid=inst.sop_instance_uid,
-                size=inst.size_bytes,
-                sha256=inst.file_sha256,
+                sop_class_uid=inst.sop_class_uid,
+                transfer_syntax_uid=inst.transfer_syntax_uid,
+                instance_number=ii + 1 if inst.instance_number is None else inst.instance_number,
             )
         )
-    last_modified = max(i.indexed_at for i in listing.instances)
-    identity = json.dumps(
-        [LAYOUT_VERSION, fmt, encoder, listing.study_uid, series_uid, root]
-        + [[m.path, m.sop_instance_uid, m.sha256, m.size] for m in members]
-    )
-    key = hashlib.sha256(identity.encode()).hexdigest()[:40]
-    return Plan(listing.study_uid, series_uid, fmt, root, members, last_modified, key)
+    date = listing.study_date.strftime("%Y%m%d") if listing.study_date else ""
+    return members, Directory(listing.patient_name, date, listing.header, entries)

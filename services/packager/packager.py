@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from libs.contracts.events import ArchiveBuilt, new_id
 from libs.db.archives import ArchiveListing
-from libs.events import ArchiveBuilt, new_id
-from libs.logging import get_logger
+from libs.runtime.logging import get_logger
 from libs.storage import ObjectStore, instance_key
 from services.packager.cache import ArchiveCache
+from services.packager.dicomdir import build_dicomdir
 from services.packager.layout import Format, Member, Plan, plan_archive
-from services.packager.writers import ArchiveWriter, TarZstWriter, ZipWriter
+from services.packager.writers import ArchiveWriter, TarWriter, TarZstWriter, ZipWriter
 
 log = get_logger(__name__)
 Listings = Callable[[str, str | None], Awaitable[ArchiveListing | None]]
@@ -157,6 +158,8 @@ class Packager:
     def _writer(self, plan: Plan, out: BinaryIO) -> ArchiveWriter:
         if plan.format == "zip":
             return ZipWriter(out, mtime=plan.last_modified)
+        if plan.format == "tar":
+            return TarWriter(out, mtime=plan.last_modified)
         enc = self.encoding
         return TarZstWriter(
             out, mtime=plan.last_modified, level=enc.zstd_level, threads=enc.zstd_threads
@@ -167,8 +170,11 @@ class Packager:
         # Unbuffered: what the writer wrote is in the file at once, for followers.
         with build.partial.open("r+b", buffering=0) as out:
             writer = self._writer(plan, out)
-            manifest = plan.manifest()
+            dicomdir = await asyncio.to_thread(_dicomdir, plan)
+            manifest = plan.manifest(dicomdir)
             await asyncio.to_thread(_whole_member, writer, plan.manifest_path, manifest)
+            if dicomdir is not None:
+                await asyncio.to_thread(_whole_member, writer, plan.dicomdir_path, dicomdir)
             for member in plan.members:
                 await self._copy_member(writer, member, plan.study_uid, build)
             await asyncio.to_thread(writer.close)  # no fsync: see ArchiveCache
@@ -218,6 +224,20 @@ class Packager:
                         raise ArchiveError("archive build failed") from build.done.exception()
                     return
                 await build.changed()
+
+
+def _dicomdir(plan: Plan) -> bytes | None:
+    d = plan.directory
+    if d is None:
+        return None
+    return build_dicomdir(
+        revision=plan.key,
+        study_uid=plan.study_uid,
+        patient_name=d.patient_name,
+        study_date=d.study_date,
+        header=d.header,
+        entries=d.entries,
+    )
 
 
 def _whole_member(writer: ArchiveWriter, path: str, data: bytes) -> None:

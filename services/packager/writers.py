@@ -1,6 +1,8 @@
-"""Archive writers: TAR compressed with zstd (multi-threaded), and ZIP (stored) for clients
-without zstd. Both are deterministic: the same plan and settings give the same bytes, so an
-evicted archive rebuilt later still matches its ETag and a resumed download stays correct.
+"""Archive writers: TAR compressed with zstd (multi-threaded, every frame with its content
+checksum, so a client's decompressor detects an altered byte), plain TAR, and ZIP (stored,
+CRC-32 per member) for clients without zstd. All are deterministic: the same plan and settings
+give the same bytes, so an evicted archive rebuilt later still matches its ETag and a resumed
+download stays correct.
 
 Blocking (file I/O and compression); the builder calls them from a thread.
 """
@@ -27,18 +29,17 @@ class ArchiveWriter(Protocol):
         ...
 
 
-class TarZstWriter:
-    """POSIX pax TAR, streamed through a zstd compressor into `out`."""
+class TarWriter:
+    """POSIX pax TAR, uncompressed, into `out`."""
 
-    def __init__(self, out: BinaryIO, *, mtime: datetime, level: int, threads: int) -> None:
-        compressor = zstandard.ZstdCompressor(level=level, threads=threads)
-        self._z = compressor.stream_writer(out, closefd=False, write_return_read=True)
+    def __init__(self, out: BinaryIO, *, mtime: datetime) -> None:
+        self._out: BinaryIO = out
         self._mtime = int(mtime.timestamp())
         self._offset = 0
         self._size = 0
 
     def _put(self, data: bytes) -> None:
-        self._z.write(data)
+        self._out.write(data)
         self._offset += len(data)
 
     def begin(self, path: str, size: int) -> None:
@@ -55,10 +56,25 @@ class TarZstWriter:
         if pad := -self._offset % BLOCK:
             self._put(bytes(pad))
 
-    def close(self) -> None:
+    def _trailer(self) -> None:
         self._put(bytes(2 * BLOCK))
         if pad := -self._offset % RECORD:
             self._put(bytes(pad))
+
+    def close(self) -> None:
+        self._trailer()
+
+
+class TarZstWriter(TarWriter):
+    """The same TAR, streamed through a zstd compressor (with frame checksums) into `out`."""
+
+    def __init__(self, out: BinaryIO, *, mtime: datetime, level: int, threads: int) -> None:
+        compressor = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+        self._z = compressor.stream_writer(out, closefd=False, write_return_read=True)
+        super().__init__(self._z, mtime=mtime)
+
+    def close(self) -> None:
+        self._trailer()
         self._z.flush(zstandard.FLUSH_FRAME)
         self._z.close()  # type: ignore[no-untyped-call]  # unannotated in zstandard's stub
 

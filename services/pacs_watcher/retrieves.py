@@ -22,7 +22,6 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
-from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -32,12 +31,10 @@ from libs.db import retrieves as db
 from libs.db.retrieves import StudyRow
 from libs.dicom_net.models import Progress
 from libs.dicom_net.requests import RetrieveRequest
-from libs.logging import get_logger
-from libs.runtime import Runtime
-from services.pacs_watcher.handlers import Failed, give_up, plan, retry_delay, too_many
-
-if TYPE_CHECKING:
-    from services.pacs_watcher.bootstrap import PacsWatch
+from libs.runtime.logging import get_logger
+from libs.runtime.service import Runtime
+from services.pacs_watcher.policy import Failed, give_up, plan, retry_delay, too_many
+from services.pacs_watcher.poller import PacsWatch
 
 log = get_logger(__name__)
 PROGRESS_SECONDS = 1.0

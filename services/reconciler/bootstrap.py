@@ -5,12 +5,12 @@ from collections.abc import Sequence
 import asyncpg
 from prometheus_client import Counter
 
+from libs.contracts.events import Event
 from libs.db import ledger, tasks
 from libs.db.ledger import LedgerRow
-from libs.events import Event
 from libs.kafka.admin import ensure_topics
-from libs.logging import get_logger
-from libs.runtime import Runtime
+from libs.runtime.logging import get_logger
+from libs.runtime.service import Runtime
 from services.reconciler.config import ReconcilerSettings
 from services.reconciler.handlers import reconcile_once
 

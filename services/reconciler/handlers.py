@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from libs.contracts.events import Event
 from libs.db.ledger import LedgerRow, discovered_event
-from libs.events import Event
 
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 from functools import partial
 from urllib.parse import urlsplit
 
-from libs.events import InstanceUnique
+from libs.contracts.events import InstanceUnique
 from libs.kafka.consumer import Route
-from libs.metrics import StorageMetrics
-from libs.runtime import Runtime
+from libs.runtime.metrics import StorageMetrics
+from libs.runtime.service import Runtime
 from libs.storage import open_store
 from libs.storage.local import path_from_file_url
 from libs.storage.metered import MeteredStore

@@ -1,11 +1,16 @@
-"""Copy unique instances byte for byte to canonical storage, conflicts to their own prefix."""
+"""Copy unique instances byte for byte to canonical storage, conflicts to their own prefix
+(a polyglot preamble the operator allows is the one change: it is stored zeroed)."""
 
 from __future__ import annotations
 
-from libs.errors import PermanentError
-from libs.events import Event, InstanceStored, InstanceUnique
-from libs.sources import local_source
+import asyncio
+import contextlib
+
+from libs.contracts.errors import PermanentError
+from libs.contracts.events import Event, InstanceStored, InstanceUnique
+from libs.dicom.preamble import zeroed_copy
 from libs.storage import ObjectStore, conflict_key, instance_key
+from libs.storage.file_uri import local_source
 
 
 def storage_key(event: InstanceUnique) -> str:
@@ -21,9 +26,11 @@ def storage_key(event: InstanceUnique) -> str:
 async def handle_unique(event: InstanceUnique, *, storage: ObjectStore) -> list[Event]:
     key = storage_key(event)
     try:
-        stored = await storage.put_file(
-            key, local_source(event.file.uri), expected_sha256=event.hashes.file_sha256
-        )
+        with contextlib.ExitStack() as stack:
+            source = local_source(event.file.uri)
+            if event.hashes.preamble_zeroed:  # a polyglot the operator allows: zeroed copy
+                source = await asyncio.to_thread(stack.enter_context, zeroed_copy(source))
+            stored = await storage.put_file(key, source, expected_sha256=event.hashes.file_sha256)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         raise PermanentError(f"cannot read source {event.file.uri}: {exc.strerror}") from exc
     return [

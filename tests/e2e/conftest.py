@@ -8,9 +8,9 @@ import asyncpg
 import pytest
 
 from libs.db.apikeys import create_key
-from libs.stack import configured
+from libs.tools.devstack import configured
 from load_test.gcs import GcsEmulator
-from load_test.stack import OPTIONAL, PIPELINE, PREFIX, Stack, stack_env
+from load_test.process_stack import OPTIONAL, PIPELINE, PREFIX, Stack, stack_env
 
 if TYPE_CHECKING:
     from clientkit import Clinic
@@ -71,12 +71,11 @@ async def stack(
 
 @pytest.fixture
 async def archive_base(stack: Stack) -> str:
-    """Where the clients (desktop, `dicomflow fetch`) download archives from: the packager's
-    own port today. When the API serves `/v1/studies/{uid}/archive` (issue 15, item 1),
-    return `stack.api` here and every client test runs against the API origin."""
+    """Where the clients (desktop, `dicomflow fetch`) download archives from: the API's own
+    origin, which relays `/v1/studies/{uid}/archive` to the packager (started here)."""
     stack.start("packager")
     await stack.wait_ready(["packager"])
-    return f"http://127.0.0.1:{stack.ports['packager']}"
+    return stack.api
 
 
 @pytest.fixture

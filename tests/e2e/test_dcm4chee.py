@@ -14,7 +14,7 @@ import asyncpg
 
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
 from load_test.dcm4chee_archive import Instance, close_archive, open_archive
-from load_test.stack import Stack
+from load_test.process_stack import Stack
 
 T0 = datetime(2024, 3, 1, 8, 0, 0)
 

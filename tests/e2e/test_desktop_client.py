@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from clientkit import Clinic, Proxy
 
-from libs.broker import free_port
+from libs.tools.dev_broker import free_port
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
 

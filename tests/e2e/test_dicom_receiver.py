@@ -13,11 +13,11 @@ import httpx
 import pydicom
 import pytest
 
-from libs.broker import free_port
 from libs.dicom.synthetic import generate_corpus
+from libs.tools.dev_broker import free_port
 from load_test.dimse import mixed_corpus, send_corpus, storescu, storescu_argv
 from load_test.peers import PEER_ENV
-from load_test.stack import Stack
+from load_test.process_stack import Stack
 
 RECEIVER = "dicom-receiver"
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from clientkit import Clinic, Proxy
 
-from libs.broker import free_port
+from libs.tools.dev_broker import free_port
 
 DICOMFLOW = Path(sys.executable).with_name("dicomflow")
 

@@ -11,7 +11,7 @@ from trees import build_tree
 
 from libs.storage import open_store
 from libs.storage.local import path_from_file_url
-from load_test.stack import Stack
+from load_test.process_stack import Stack
 
 
 def sha(path: Path) -> str:

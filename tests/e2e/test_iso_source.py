@@ -17,7 +17,7 @@ import pytest
 from discs import dicomdir, disc_tree, iso
 from studies import write_study
 
-from load_test.stack import Stack
+from load_test.process_stack import Stack
 
 SECTOR = 2048
 

@@ -17,14 +17,14 @@ import pytest
 import yaml
 from trees import build_tree
 
-from libs.broker import free_port
 from libs.dicom.synthetic import generate_corpus
-from libs.monitoring.catalog import CONSUMERS, MONITORED
-from libs.monitoring.generate import DASHBOARDS, SCRAPE_CONFIG
-from libs.monitoring.promql import unknown_metrics
+from libs.tools.dev_broker import free_port
+from libs.tools.monitoring.catalog import CONSUMERS, MONITORED
+from libs.tools.monitoring.generate import DASHBOARDS, SCRAPE_CONFIG
+from libs.tools.monitoring.promql import unknown_metrics
 from load_test.dimse import storescu
+from load_test.process_stack import PREFIX, Stack
 from load_test.prometheus import Prometheus, local_config
-from load_test.stack import PREFIX, Stack
 
 RULES = SCRAPE_CONFIG.parent / "alerts.yml"
 # Grafana's variables, as Grafana would fill them in for a short time range.
@@ -34,7 +34,7 @@ BUILTIN = {"up"}
 RECEIVED = 4  # instances sent to the dicom-receiver
 # Monitored services the stack fixture does not run (they need an upstream to be useful):
 # their dashboards cannot be proven here. Keep this empty where possible: run the service in
-# the stack (load_test/stack.py) instead.
+# the stack (load_test/process_stack.py) instead.
 NOT_IN_STACK = {
     "index-publisher",
     "orthanc-watcher",

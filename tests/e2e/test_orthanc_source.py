@@ -15,9 +15,9 @@ import httpx
 import pytest
 from studies import write_study
 
-from libs.broker import free_port
+from libs.tools.dev_broker import free_port
 from load_test.peers import Orthanc
-from load_test.stack import Stack
+from load_test.process_stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA = ROOT / "deploy" / "orthanc" / "dicomflow.lua"

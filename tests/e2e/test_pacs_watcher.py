@@ -17,11 +17,11 @@ import httpx
 import pydicom
 import pytest
 
-from libs.broker import free_port
 from libs.db.apikeys import create_key
 from libs.dicom.synthetic import generate_corpus
+from libs.tools.dev_broker import free_port
 from load_test.peers import Orthanc
-from load_test.stack import Stack
+from load_test.process_stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import asyncpg
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
 from libs.imaging.keys import preview_key
 from libs.storage.local import path_from_file_url
-from load_test.stack import Stack
+from load_test.process_stack import Stack
 
 
 async def test_imported_images_get_previews_served_by_the_api(

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from trees import build_tree
 
-from load_test.stack import PIPELINE, Stack
+from load_test.process_stack import PIPELINE, Stack
 
 # Every crash and bad-input test on both storage backends: local disk and Google Cloud
 # Storage (a GCS emulator process behind the real client).

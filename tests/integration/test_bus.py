@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
-from libs.errors import PermanentError
-from libs.events import DeadLetter, Event, ImportRequested
+from libs.contracts.errors import PermanentError
+from libs.contracts.events import DeadLetter, Event, ImportRequested
+from libs.contracts.topics import dlq_topic
 from libs.kafka.admin import ensure_topics
 from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
 from libs.kafka.producer import Producer
-from libs.metrics import ConsumerMetrics, ProducerMetrics
-from libs.topics import dlq_topic
+from libs.runtime.metrics import ConsumerMetrics, ProducerMetrics
 
 TOPIC = ImportRequested.TOPIC
 

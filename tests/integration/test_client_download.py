@@ -27,7 +27,7 @@ from starlette.routing import Route
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from clientkit import Proxy
 
-from libs.broker import free_port
+from libs.tools.dev_broker import free_port
 
 
 class Server:

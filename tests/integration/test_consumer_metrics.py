@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import pytest
 from prometheus_client import CollectorRegistry
 
-from libs.events import Event, ImportRequested
+from libs.contracts.events import Event, ImportRequested
 from libs.kafka.admin import ensure_topics
 from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
 from libs.kafka.producer import Producer
-from libs.metrics import ConsumerMetrics, ProducerMetrics
+from libs.runtime.metrics import ConsumerMetrics, ProducerMetrics
 
 pytestmark = pytest.mark.integration
 TOPIC = ImportRequested.TOPIC

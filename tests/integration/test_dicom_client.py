@@ -12,11 +12,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from libs.broker import free_port, wait_for_port
 from libs.dicom.synthetic import generate_corpus
 from libs.dicom_net.client import Cancelled, DicomClient
 from libs.dicom_net.errors import ConnectionFailed, FailureStatus
 from libs.dicom_net.models import Level, Peer, Progress, Query, Root
+from libs.tools.dev_broker import free_port, wait_for_port
 from load_test.dimse import StoreSCP, storescu
 from load_test.peers import PEER_ENV, Orthanc, require_binary
 

@@ -14,13 +14,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from libs.errors import PermanentError
-from libs.events import Event, ImportRequested
+from libs.contracts.errors import PermanentError
+from libs.contracts.events import Event, ImportRequested
+from libs.contracts.topics import dlq_topic
 from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
 from libs.kafka.dlq import REPLAY_HEADER, LetterFilter, list_letters, replay, show_letter
 from libs.kafka.producer import Producer
-from libs.metrics import ConsumerMetrics
-from libs.topics import dlq_topic
+from libs.runtime.metrics import ConsumerMetrics
 
 pytestmark = pytest.mark.integration
 TOPIC = ImportRequested.TOPIC
@@ -122,7 +122,16 @@ async def test_list_show_and_replay_once_per_group(broker: object, producer: Pro
     # The operator's command, as a separate process.
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
     listed = subprocess.run(
-        [sys.executable, "-m", "libs.cli", "dlq", "list", TOPIC, "--error-type", "RuntimeError"],
+        [
+            sys.executable,
+            "-m",
+            "libs.tools.cli",
+            "dlq",
+            "list",
+            TOPIC,
+            "--error-type",
+            "RuntimeError",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -132,7 +141,7 @@ async def test_list_show_and_replay_once_per_group(broker: object, producer: Pro
     assert len(listed) == 3 and listed[-1].startswith("# 2 letter(s)"), listed
     position = listed[0].split()[0]
     shown = subprocess.run(
-        [sys.executable, "-m", "libs.cli", "dlq", "show", TOPIC, position],
+        [sys.executable, "-m", "libs.tools.cli", "dlq", "show", TOPIC, position],
         env=env,
         capture_output=True,
         text=True,

@@ -3,7 +3,8 @@
 The corpus (`../shared/data/dicom-fuzz-corpus-v3`, see its README.md and
 manifest.json) holds 594 malformed and CVE-targeted files in 24 categories plus a
 valid baseline. Each file must end as a header with valid UIDs or as a
-PermanentError with a reason (it would be dead-lettered); nothing may hang, crash
+PermanentError with a reason (it would be dead-lettered); a file whose preamble is
+neither zeros nor a TIFF header is refused as a polyglot; nothing may hang, crash
 the executor or escape as another exception. Per-category outcomes are printed
 (`pytest -s` or `-rP` shows them).
 """
@@ -12,24 +13,39 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from libs.contracts.errors import DicomParseError, PermanentError
+from libs.contracts.events import DicomHeader, Hashes
 from libs.dicom.extract import extract_file
-from libs.dicom.isolation import IsolatedExecutor
 from libs.dicom.uids import is_valid_uid
-from libs.errors import DicomParseError, PermanentError
-from libs.events import DicomHeader, Hashes
+from libs.runtime.sandbox import IsolatedExecutor
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-fuzz-corpus-v3"
+CORPUS = Path(  # beside the project; DICOM_FUZZ_CORPUS where a checkout lives elsewhere
+    os.environ.get("DICOM_FUZZ_CORPUS")
+    or Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-fuzz-corpus-v3"
+)
 NOT_CASES = {"README.md", "manifest.json", "LICENSE"}
 PER_FILE_TIMEOUT_S = 10.0
 WHOLE_RUN_LIMIT_S = 120.0
 UID_TAGS = {"(0008,0018)", "(0020,000D)", "(0020,000E)"}
 # The manifest's unconditional accepts (the rest are "accept or reject").
 MUST_ACCEPT = {"Accept", "Accept with correct parsing", "Accept (preamble is unused by standard)"}
+
+
+def hostile_preamble(path: Path) -> bool:
+    """A Part 10 preamble that is neither zeros nor a TIFF header (judged here, not by the
+    code under test): the file is a polyglot and must be refused."""
+    head = path.read_bytes()[:132]
+    return (
+        head[128:] == b"DICM"
+        and head[:128] != bytes(128)
+        and head[:4] not in (b"II*\x00", b"MM\x00*")
+    )
 
 
 def on_disk(manifest_name: str) -> Path:
@@ -93,10 +109,21 @@ async def test_every_corpus_file_reaches_a_final_outcome() -> None:
     assert not escaped, "not a final outcome:\n" + "\n".join(escaped)
     assert elapsed < WHOLE_RUN_LIMIT_S
     assert by_path[CORPUS / manifest["baseline_file"]] == "extracted"
+    polyglots = [p for p in files if hostile_preamble(p)]
+    print(f"  polyglot preambles refused: {len(polyglots)}")
+    assert len(polyglots) == 4  # three JSON (cat24, CVE-2023-33466), one 0xFF (cat07)
+    for path in polyglots:
+        result = by_path[path]
+        assert isinstance(result, DicomParseError), f"{path.name}: {result!r}"
+        assert str(result).startswith("polyglot preamble: "), f"{path.name}: {result}"
     for category in manifest["categories"]:
         for case in category["cases"]:
+            if case["expected_behavior"].startswith("Preamble polyglot"):
+                assert on_disk(case["filename"]) in polyglots, case["filename"]
             if case["expected_behavior"] not in MUST_ACCEPT:
                 continue
+            if on_disk(case["filename"]) in polyglots:
+                continue  # "the preamble is unused by the standard", but a polyglot is refused
             result = by_path[on_disk(case["filename"])]
             if case.get("target_tag") in UID_TAGS:  # a 1-character "A" is no UID: rejected
                 assert isinstance(result, DicomParseError), case["filename"]

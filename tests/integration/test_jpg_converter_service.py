@@ -17,15 +17,15 @@ from prometheus_client import CollectorRegistry
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from libs.broker import free_port
+from libs.contracts.events import DeadLetter, FileRef, InstancePreviewed, InstanceStored
+from libs.contracts.topics import dlq_topic
 from libs.dicom.extract import extract_file
-from libs.events import DeadLetter, FileRef, InstancePreviewed, InstanceStored
 from libs.kafka.admin import ensure_topics
 from libs.kafka.producer import Producer
-from libs.metrics import ProducerMetrics
+from libs.runtime.metrics import ProducerMetrics
 from libs.storage import instance_key
 from libs.storage.local import LocalStore, path_from_file_url, sha256_file
-from libs.topics import dlq_topic
+from libs.tools.dev_broker import free_port
 from tests.integration.test_bus import drain
 
 

@@ -21,9 +21,9 @@ from pynetdicom import AE
 from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from libs.contracts.events import Event
 from libs.db.ledger import LedgerRow, NewFile
 from libs.dicom.synthetic import make_dataset, synthetic_uid
-from libs.events import Event
 from load_test.dimse import associate_rq, command_set
 from load_test.peers import require_binary
 from services.dicom_receiver import pdus

@@ -6,9 +6,7 @@ import asyncio
 
 import asyncpg
 
-from libs.db import dedup, index, ledger, tasks
-from libs.db.ledger import NewFile
-from libs.events import (
+from libs.contracts.events import (
     DicomHeader,
     FileRef,
     Hashes,
@@ -19,6 +17,8 @@ from libs.events import (
     SeriesAttrs,
     StudyAttrs,
 )
+from libs.db import dedup, index, ledger, tasks
+from libs.db.ledger import NewFile
 
 
 def header(
@@ -180,3 +180,22 @@ async def test_task_completes_when_the_last_file_finishes(pool: asyncpg.Pool) ->
         assert counters.files_scanned == 20 and counters.new_instances == 20
         # A late duplicate outcome for a finished file changes nothing.
         assert not await ledger.mark_outcome(conn, ids[0], "failed", stage="t", reason="late")
+
+
+async def test_a_zeroed_preamble_is_recorded_as_a_modification(pool: asyncpg.Pool) -> None:
+    [clean_id, zeroed_id] = await files(pool, 2)
+    clean = stored(clean_id, "1.2.3.1.1")
+    zeroed = stored(zeroed_id, "1.2.3.1.2")
+    zeroed = zeroed.model_copy(
+        update={"hashes": zeroed.hashes.model_copy(update={"preamble_zeroed": True})}
+    )
+    async with pool.acquire() as conn:
+        await index.index_instance(conn, clean)
+        await index.index_instance(conn, zeroed)
+        rows = await conn.fetch(
+            "SELECT sop_instance_uid, modifications FROM instances ORDER BY sop_instance_uid"
+        )
+    assert [(r["sop_instance_uid"], r["modifications"]) for r in rows] == [
+        ("1.2.3.1.1", []),
+        ("1.2.3.1.2", [index.PREAMBLE_ZEROED]),
+    ]

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from libs.db import ledger
 from libs.db.ledger import NewFile
-from libs.staging_cleanup import Retention, StagingCleanup, staged_path
+from libs.staging.cleanup import Retention, StagingCleanup, staged_path
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 RETENTION = Retention(done=timedelta(hours=24), kept=timedelta(days=30))

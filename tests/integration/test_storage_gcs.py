@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from google.cloud import storage
 
-from libs.errors import PermanentError
+from libs.contracts.errors import PermanentError
 from libs.storage import instance_key, open_store
 from libs.storage.gcs import MULTIPART_MAX, GcsStore
 from load_test.gcs import GcsEmulator

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from libs.cli import SERVICES
-from libs.events import Event
-from libs.settings import ServiceSettings
-from libs.topics import all_topic_names
+from libs.contracts.events import Event
+from libs.contracts.settings import ServiceSettings
+from libs.contracts.topics import all_topic_names
+from libs.tools.devstack import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_FILE = ROOT / "docker-compose.yml"
@@ -26,13 +26,13 @@ GCS_FILE = ROOT / "docker-compose.gcs.yml"
 
 JOB = "topics"  # the one-shot `dicomflow topics`
 # Read by the image's HEALTHCHECK or by a client library, not by dicomflow's settings.
-NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS"}
+NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS", "FORWARDED_ALLOW_IPS"}
 # Accepted by the settings class but overwritten from API_HOST/API_PORT: setting them misleads.
 IGNORED = {"api": {"API_OPS_HOST", "API_OPS_PORT"}}
-# Reached from outside the host: the API, the packager's archive downloads, the Orthanc
-# watcher (Orthanc calls its webhook), the DICOM receiver (modalities and PACS send to it) and
-# the PACS watcher (it calls the PACS).
-PUBLIC = {"api", "packager", "orthanc-watcher", "dicom-receiver", "pacs-watcher"}
+# Reached from outside the host: the API (archive downloads included: it relays them to the
+# packager), the Orthanc watcher (Orthanc calls its webhook), the DICOM receiver (modalities
+# and PACS send to it) and the PACS watcher (it calls the PACS).
+PUBLIC = {"api", "orthanc-watcher", "dicom-receiver", "pacs-watcher"}
 # Services that read the source files named by file:// URIs, at the watcher's paths.
 READS_NAS = {"nas-watcher", "extractor", "storage-writer"}
 # Containers with a published port (and so on the public network as well).
@@ -309,7 +309,7 @@ def test_data_stores_are_unreachable_from_outside() -> None:
 
 
 def test_every_topic_the_code_names_is_created_by_the_topics_job() -> None:
-    """The job runs `dicomflow topics`, which creates `libs.topics.TOPICS` and their DLQs:
+    """The job runs `dicomflow topics`, which creates `libs.contracts.topics.TOPICS` and their DLQs:
     every event's topic and every topic name written in the code must be among them."""
     created = set(all_topic_names())
     domains = {name.split(".")[0] for name in created}

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from libs.contracts.events import Event, FileDiscovered, PatientAttrs, SeriesAttrs, StudyAttrs
 from libs.db.dcm4chee import START, FoundFile, Watermark
 from libs.db.ledger import LedgerRow
-from libs.events import Event, FileDiscovered, PatientAttrs, SeriesAttrs, StudyAttrs
 from services.dcm4chee_watcher.archive import ArchiveFile, ArchiveStudy, text
 from services.dcm4chee_watcher.config import Dcm4cheeWatcherSettings
 from services.dcm4chee_watcher.connections import to_format_style
 from services.dcm4chee_watcher.files import resolve
-from services.dcm4chee_watcher.handlers import full_round, metadata_round
+from services.dcm4chee_watcher.rounds import full_round, metadata_round
 
 URL = "postgresql://pacs@127.0.0.1:5432/pacsdb"
 

@@ -12,7 +12,7 @@ from libs.dicom_net.errors import FailureStatus
 from libs.dicom_net.models import Level, Match, Query
 from services.dicom_receiver.config import ReceiverSettings
 from services.pacs_watcher.config import WatcherSettings
-from services.pacs_watcher.handlers import next_backoff, query_window, to_retrieve
+from services.pacs_watcher.policy import next_backoff, query_window, to_retrieve
 
 
 def test_allow_list_with_and_without_ip() -> None:

@@ -12,10 +12,10 @@ from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.dataelem import DataElement
 from pydicom.encaps import generate_fragments
 
+from libs.contracts.errors import DicomParseError, NotDicomError, PermanentError
 from libs.dicom.extract import extract_file
 from libs.dicom.header import MAX_TEXT_LENGTH
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
-from libs.errors import DicomParseError, NotDicomError, PermanentError
 
 
 def sha(data: bytes) -> str:

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from libs.errors import PermanentError
-from libs.events import PatientAttrs, StudyMetadata
+from libs.contracts.errors import PermanentError
+from libs.contracts.events import PatientAttrs, StudyMetadata
 from services.index_publisher.config import IndexPublisherSettings
 from services.index_publisher.delivery import (
     Answer,
@@ -256,7 +256,7 @@ def test_settings_refuse_an_unencrypted_remote_receiver(
 
 
 def test_dicomflow_up_starts_the_publisher_only_when_configured() -> None:
-    from libs.stack import configured
+    from libs.tools.devstack import configured
 
     assert not configured("index-publisher", {})
     assert not configured("index-publisher", {"INDEX_PUBLISHER_URL": ""})

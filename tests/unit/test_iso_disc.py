@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from libs.dicom.synthetic import make_dataset, write_instance
 from services.iso_watcher.dicomdir import normalise, plan_disc, referenced_path
 from services.iso_watcher.disc import FolderDisc, UnreadableFile, copy_out
-from services.iso_watcher.handlers import Entry, Settler, inbox_entries, staged_name
+from services.iso_watcher.rounds import Entry, Settler, inbox_entries, staged_name
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from libs.contracts.errors import NotDicomError, PermanentError
 from libs.dicom.extract import extract_file
-from libs.dicom.isolation import IsolatedExecutor, WorkerCrashed, WorkerTimeout, _Gate
 from libs.dicom.synthetic import make_dataset, write_instance
-from libs.errors import NotDicomError, PermanentError
+from libs.runtime.sandbox import IsolatedExecutor, WorkerCrashed, WorkerTimeout, _Gate
 
 TIMEOUT_S = 2.0
 

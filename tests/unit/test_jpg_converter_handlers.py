@@ -10,9 +10,9 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
+from libs.contracts.errors import PermanentError
+from libs.contracts.events import DeadLetter, FileRef, InstancePreviewed, InstanceStored
 from libs.dicom.extract import extract_file
-from libs.errors import PermanentError
-from libs.events import DeadLetter, FileRef, InstancePreviewed, InstanceStored
 from libs.imaging.jobs import RenderRequest, RenderResult, render_file
 from libs.imaging.keys import preview_key
 from libs.storage import instance_key

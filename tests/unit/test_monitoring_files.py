@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from libs.cli import SERVICES
-from libs.monitoring.catalog import MONITORED
-from libs.monitoring.generate import DASHBOARDS, ROOT, SCRAPE_CONFIG, rendered
-from libs.monitoring.panels import GROUPS, RATE
-from libs.monitoring.promql import selected_metrics, unknown_metrics
+from libs.tools.devstack import SERVICES
+from libs.tools.monitoring.catalog import MONITORED
+from libs.tools.monitoring.generate import DASHBOARDS, ROOT, SCRAPE_CONFIG, rendered
+from libs.tools.monitoring.panels import GROUPS, RATE
+from libs.tools.monitoring.promql import selected_metrics, unknown_metrics
 
 RULES = SCRAPE_CONFIG.parent / "alerts.yml"
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
@@ -39,7 +39,7 @@ def test_generated_files_are_current() -> None:
 
 
 def test_every_service_has_a_dashboard_and_a_scrape_job() -> None:
-    assert set(SERVICES) == set(MONITORED), "add the service to libs/monitoring/catalog.py"
+    assert set(SERVICES) == set(MONITORED), "add the service to libs/tools/monitoring/catalog.py"
     config = yaml.safe_load(SCRAPE_CONFIG.read_text(encoding="utf-8"))
     assert {j["job_name"] for j in config["scrape_configs"]} == set(SERVICES)
 

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from libs.contracts.events import Event, FileDiscovered
 from libs.db.ledger import LedgerRow, NewFile
 from libs.db.tasks import Task
-from libs.events import Event, FileDiscovered
-from services.nas_watcher.handlers import scan_root, scan_task
+from services.nas_watcher.rounds import scan_root, scan_task
 from services.nas_watcher.scanner import FileStat
 
 ids = itertools.count(1)
@@ -47,6 +47,10 @@ class FakeStore:
 
     async def record_task_files(self, new: Sequence[NewFile]) -> list[LedgerRow]:
         return self._rows(new)
+
+    async def record_task_failures(self, task_id: str, new: Sequence[NewFile], reason: str) -> None:
+        for row in self._rows(new):
+            self.failed[row.uri] = reason
 
     async def renew(self, task_id: str) -> bool:
         return True
@@ -84,14 +88,12 @@ async def test_rescanning_an_unchanged_tree_emits_nothing(tmp_path: Path) -> Non
 async def test_changed_file_is_emitted_again_once_settled(tmp_path: Path) -> None:
     make_files(tmp_path, 3)
     store, published = FakeStore(), Published()
-    await scan_root(tmp_path, store=store, publish=published, settle_seconds=2)
+    await scan_root(tmp_path, store=store, publish=published, settle_seconds=0.2)
     target = tmp_path / "P0" / "0.dcm"
-    target.write_bytes(b"grown while being copied")  # mtime now: still being written
-    report = await scan_root(tmp_path, store=store, publish=published, settle_seconds=2)
-    assert report.emitted == 0 and report.unsettled == 1
+    target.write_bytes(b"grown while being copied")
     os.utime(target, (1_600_000_100, 1_600_000_100))
-    report = await scan_root(tmp_path, store=store, publish=published, settle_seconds=2)
-    assert report.emitted == 1
+    report = await scan_root(tmp_path, store=store, publish=published, settle_seconds=0.2)
+    assert report.emitted == 1 and report.unsettled == 0
     event = published[-1]
     assert isinstance(event, FileDiscovered)
     assert event.file.uri == target.as_uri() and event.file.size == len(b"grown while being copied")

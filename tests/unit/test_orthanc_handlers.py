@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from libs.contracts.events import Event, FileDiscovered
 from libs.db.ledger import LedgerRow
 from libs.db.orthanc import Finished, StagedInstance
-from libs.events import Event, FileDiscovered
 from services.orthanc_watcher.client import Change, ChangesPage, Level, ResourceNotFound
-from services.orthanc_watcher.handlers import (
+from services.orthanc_watcher.rounds import (
     clean_up,
     follow_once,
     ingest_resource,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from libs.contracts.events import ArchiveBuilt, Event
 from libs.db.archives import ArchiveInstance, ArchiveListing
-from libs.events import ArchiveBuilt, Event
 from libs.storage import instance_key
 from libs.storage.memory import MemoryStore
 from services.packager.cache import ArchiveCache

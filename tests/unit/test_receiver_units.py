@@ -15,8 +15,8 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 from pynetdicom.dsutils import decode, encode_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_AC
 
+from libs.contracts.events import Event, FileDiscovered
 from libs.db.ledger import LedgerRow, NewFile
-from libs.events import Event, FileDiscovered
 from load_test.dimse import associate_rq, command_set
 from services.dicom_receiver import dimse, pdus
 from services.dicom_receiver.committer import Committer, NotRecorded

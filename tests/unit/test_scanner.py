@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from services.nas_watcher import scanner
-from services.nas_watcher.scanner import FileStat, ScanProblems, is_settled, walk
+from services.nas_watcher.scanner import ScanProblems, SecondLook, look_again, stat_file, walk
 
 
 def tree(root: Path) -> None:
@@ -61,7 +61,48 @@ def test_unreadable_folders_are_reported_and_skipped(
     assert problems.unreadable_dirs[0].endswith("2024-01")
 
 
-def test_files_being_written_are_not_settled() -> None:
-    now = 10**18
-    assert not is_settled(FileStat("a", 1, now - 10**9), now, settle_seconds=2)
-    assert is_settled(FileStat("a", 1, now - 3 * 10**9), now, settle_seconds=2)
+def test_a_file_is_settled_when_it_looks_the_same_twice_settle_seconds_apart(
+    tmp_path: Path,
+) -> None:
+    old = 1_600_000_000
+    for name in ("done.dcm", "growing.dcm"):
+        (tmp_path / name).write_bytes(b"x" * 10)
+        os.utime(tmp_path / name, (old, old))  # both look long settled by their mtime
+    looks = SecondLook(settle_seconds=2)
+    files = [stat_file(str(tmp_path / n)) for n in ("done.dcm", "growing.dcm")]
+    looks.add(str(tmp_path), [f for f in files if f is not None], now=100.0)
+    assert looks.due(now=101.9) == [] and looks.wait(now=101.0) == 1.0
+    with (tmp_path / "growing.dcm").open("ab") as f:
+        f.write(b"more")
+    os.utime(tmp_path / "growing.dcm", (old, old))
+    settled, changed = look_again(looks.due(now=102.0), now=102.0)
+    assert [s.file.name for s in settled] == ["done.dcm"]
+    assert [(c.file.name, c.file.size, c.at, c.first) for c in changed] == [
+        ("growing.dcm", 14, 102.0, 100.0)
+    ]
+
+
+def test_links_leading_out_of_the_roots_are_not_followed(tmp_path: Path) -> None:
+    root, outside = tmp_path / "nas", tmp_path / "etc"
+    tree(root)
+    outside.mkdir()
+    (outside / "passwd").write_bytes(b"root:x:0:0")
+    (root / "evil").symlink_to(outside)
+    (root / "evil.dcm").symlink_to(outside / "passwd")
+    (root / "probe.dcm").symlink_to(outside / "missing")
+    (root / "inside").symlink_to(root / "2024-01")
+    problems = ScanProblems()
+    found = {
+        os.path.relpath(os.path.join(d, f.name), root)
+        for d, files in walk(root, problems, roots=[root])
+        for f in files
+    }
+    assert found == {
+        "2024-01/P1/S1/a.dcm",
+        "2024-01/P1/S1/b.dcm",
+        "flat.dcm",
+        "deep/x/y/z/c.dcm",
+    }  # the link inside the root reaches the same folder: visited once
+    assert sorted(problems.escaping_links) == sorted(
+        str(root / n) for n in ("evil", "evil.dcm", "probe.dcm")
+    )

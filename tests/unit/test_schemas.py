@@ -1,4 +1,4 @@
-from libs.schemas_gen import SCHEMAS_DIR, rendered
+from libs.tools.schemas_gen import SCHEMAS_DIR, rendered
 
 
 def test_schema_files_match_the_event_models() -> None:

@@ -1,6 +1,6 @@
 import pytest
 
-from libs.settings import load_settings, redact_url
+from libs.contracts.settings import load_settings, redact_url
 from services.extractor.config import ExtractorSettings
 from services.nas_watcher.config import NasWatcherSettings
 

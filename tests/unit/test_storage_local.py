@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.errors import PermanentError
+from libs.contracts.errors import PermanentError
 from libs.storage import conflict_key, instance_key, open_store
 from libs.storage.local import LocalStore, path_from_file_url
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from libs.contracts.errors import DicomParseError, PermanentError
 from libs.dicom.uids import UID_MAX_LENGTH, UID_RE, is_valid_uid, require_uid
-from libs.errors import DicomParseError, PermanentError
 
 
 @pytest.mark.parametrize(

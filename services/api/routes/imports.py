@@ -9,10 +9,10 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query
 
+from libs.contracts.events import ImportRequested
 from libs.db import Conn, tasks
-from libs.events import ImportRequested
 from libs.http.auth import Authenticator, Caller
-from libs.logging import get_logger
+from libs.runtime.logging import get_logger
 from services.api.config import ApiLimits
 from services.api.routes import page_limit
 from services.api.schemas import ImportAccepted, ImportCreate, ImportQuery, TaskOut, TaskPage

@@ -16,9 +16,9 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from libs.contracts.events import ImportRequested
 from libs.db.apikeys import create_key
-from libs.events import ImportRequested
-from libs.ops import Readiness
+from libs.runtime.probes import Readiness
 from services.api.app import create_app
 from services.api.config import ApiLimits
 

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from libs.events import ImportRequested
+from libs.contracts.events import ImportRequested
 
 
 async def _create(client, keys, source_path: str = "/nas/import/batch-1", **extra: Any):

@@ -25,7 +25,7 @@ from libs.imaging.jobs import RenderRequest
 from libs.imaging.keys import preview_key
 from libs.imaging.render import render
 from libs.imaging.window import Window, preset
-from libs.ops import Readiness
+from libs.runtime.probes import Readiness
 from libs.storage import instance_key
 from libs.storage.local import LocalStore
 from services.api.app import create_app

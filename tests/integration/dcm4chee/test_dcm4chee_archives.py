@@ -14,17 +14,17 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from libs.contracts.events import Event, FileDiscovered, StudyMetadata
 from libs.db.apikeys import create_key
 from libs.db.dcm4chee import Watermark
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
-from libs.events import Event, FileDiscovered, StudyMetadata
-from libs.ops import Readiness
+from libs.runtime.probes import Readiness
 from load_test.dcm4chee_archive import ArchiveDatabase, Instance
 from services.api.app import create_app
 from services.dcm4chee_watcher.archive import Archive
 from services.dcm4chee_watcher.bootstrap import PgState
 from services.dcm4chee_watcher.connections import connect_archive
-from services.dcm4chee_watcher.handlers import RoundReport, full_round, metadata_round
+from services.dcm4chee_watcher.rounds import RoundReport, full_round, metadata_round
 
 T0 = datetime(2024, 3, 1, 8, 0, 0)
 SOURCE = "pacs1"

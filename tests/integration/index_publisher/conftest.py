@@ -23,9 +23,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from libs.broker import free_port
-from libs.db.index import index_instance, study_snapshot
-from libs.events import (
+from libs.contracts.events import (
     DicomHeader,
     FileRef,
     Hashes,
@@ -36,6 +34,8 @@ from libs.events import (
     StudyAttrs,
     StudyMetadata,
 )
+from libs.db.index import index_instance, study_snapshot
+from libs.tools.dev_broker import free_port
 
 API_KEY = "central-secret"
 CENTER = "SITE-01"

@@ -11,14 +11,14 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from libs.events import DeadLetter, StudyMetadata
+from libs.contracts.events import DeadLetter, StudyMetadata
+from libs.contracts.topics import dlq_topic
 from libs.kafka.admin import ensure_topics
 from libs.kafka.producer import Producer
-from libs.metrics import ProducerMetrics
-from libs.topics import dlq_topic
+from libs.runtime.metrics import ProducerMetrics
 from services.index_publisher.config import IndexPublisherSettings
 from services.index_publisher.delivery import classify
-from services.index_publisher.receiver import HttpReceiver
+from services.index_publisher.http_client import CentralIndexClient
 from tests.conftest import Broker
 from tests.integration.index_publisher.conftest import (
     API_KEY,
@@ -231,9 +231,9 @@ async def test_the_receiver_certificate_is_verified(
     monkeypatch.setenv("INDEX_PUBLISHER_URL", central.url)
     monkeypatch.setenv("INDEX_PUBLISHER_CENTER", CENTER)
     monkeypatch.setenv("INDEX_PUBLISHER_API_KEY", API_KEY)
-    untrusted = HttpReceiver(IndexPublisherSettings())
+    untrusted = CentralIndexClient(IndexPublisherSettings())
     monkeypatch.setenv("INDEX_PUBLISHER_CA_BUNDLE", str(tls["ca"]))
-    trusted = HttpReceiver(IndexPublisherSettings())
+    trusted = CentralIndexClient(IndexPublisherSettings())
     body = b'{"study_iuid": "1.2.3"}'
     try:
         refused = await untrusted.post(body, {"Idempotency-Key": "k1"})

@@ -22,7 +22,7 @@ async def publish_all(env: dict[str, str]) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "libs.cli",
+        "libs.tools.cli",
         "publish",
         "--all",
         env={**os.environ, **env},

@@ -12,11 +12,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 
+from libs.contracts.events import DeadLetter, StudyMetadata
+from libs.contracts.topics import dlq_topic
 from libs.db.apikeys import create_key
-from libs.events import DeadLetter, StudyMetadata
 from libs.http.middleware import AuditMiddleware
 from libs.kafka.producer import Producer
-from libs.topics import dlq_topic
 from services.index_publisher.replay import replay_router
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,327 @@
+"""Event models: one frozen pydantic model per event, each bound to its topic.
+
+Every event carries the envelope (`event_id`, `correlation_id`, `occurred_at`,
+`schema_version`, `source`). Kafka carries references to bytes (claim-check:
+`uri`), never DICOM bytes. A breaking change is a new model and a new topic
+version, never an edit of a v1 model; `schemas/` is generated from these and a
+test fails when they drift.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Event(BaseModel):
+    """The envelope every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    TOPIC: ClassVar[str] = ""
+
+    event_id: str = Field(default_factory=new_id, description="Unique id of this event.")
+    correlation_id: str = Field(description="Id that follows one piece of work across stages.")
+    occurred_at: datetime = Field(default_factory=_now)
+    schema_version: int = 1
+    source: str = Field(description="Where the work came from, e.g. 'nas', 'api', 'reconciler'.")
+
+    def key(self) -> bytes | None:
+        """Kafka message key: StudyInstanceUID once known, so a study stays on one partition."""
+        return None
+
+
+class FileRef(BaseModel):
+    """Where a discovered file is and which ledger row tracks it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file_id: int = Field(
+        description="Ledger row (ingest_files.id) that tracks this file's outcome."
+    )
+    uri: str = Field(description="Claim-check reference to the bytes, e.g. file:///nas/a/b.dcm.")
+    size: int = Field(ge=0)
+    task_id: str | None = Field(default=None, description="Import task this file belongs to.")
+
+
+class FileDiscovered(Event):
+    """A source found a file that may be a DICOM instance."""
+
+    TOPIC: ClassVar[str] = "dicom.discovered.v1"
+
+    file: FileRef
+    origin: str = Field(description="Human-readable origin, e.g. the NAS path or calling AE.")
+
+
+class PatientAttrs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    birth_date: str = ""
+    sex: str = ""
+
+
+class StudyAttrs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    study_uid: str
+    study_date: str = ""
+    study_time: str = ""
+    accession_number: str = ""
+    study_description: str = ""
+    study_id: str = ""
+    referring_physician: str = ""
+
+
+class SeriesAttrs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    series_uid: str
+    modality: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    body_part: str = ""
+
+
+class InstanceAttrs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sop_instance_uid: str
+    sop_class_uid: str = ""
+    instance_number: int | None = None
+    transfer_syntax_uid: str = ""
+    specific_character_set: str = ""
+    rows: int | None = None
+    columns: int | None = None
+    number_of_frames: int | None = None
+
+
+class DicomHeader(BaseModel):
+    """What the extractor read from one instance's header, decoded to text."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    patient: PatientAttrs
+    study: StudyAttrs
+    series: SeriesAttrs
+    instance: InstanceAttrs
+    dicom_json: str | None = Field(
+        default=None,
+        description="The whole header in the DICOM JSON model (PS3.18 F), bulk data as "
+        "BulkDataURIs relative to the instance's WADO-RS URL (bulkdata/<tag>); absent when "
+        "it could not be made or is too large (the API then reads the stored file).",
+    )
+
+
+class Hashes(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file_sha256: str = Field(description="SHA-256 of the whole file as stored at the source.")
+    content_sha256: str = Field(
+        description="SHA-256 of the pixel data element's bytes as stored, or of the dataset "
+        "without file meta when there is no pixel data."
+    )
+    has_pixels: bool
+    preamble_zeroed: bool = Field(
+        default=False,
+        description="The source's preamble was neither zeros nor a TIFF header and the "
+        "operator allows such files: the stored copy has it zeroed, and file_sha256 is of "
+        "that copy.",
+    )
+
+
+class InstanceExtracted(Event):
+    """The extractor parsed a file's header and hashed it."""
+
+    TOPIC: ClassVar[str] = "dicom.extracted.v1"
+
+    file: FileRef
+    header: DicomHeader
+    hashes: Hashes
+
+    def key(self) -> bytes | None:
+        return self.header.study.study_uid.encode()
+
+
+Disposition = Literal["new", "same_content_other_uid", "conflict"]
+
+
+class InstanceUnique(Event):
+    """Dedup decided these bytes must be stored: new, new-but-flagged, or a conflict kept aside."""
+
+    TOPIC: ClassVar[str] = "dicom.unique.v1"
+
+    file: FileRef
+    header: DicomHeader
+    hashes: Hashes
+    disposition: Disposition
+    related_sop_instance_uid: str | None = Field(
+        default=None,
+        description="For same_content_other_uid: the first UID seen with this content; "
+        "for conflict: the UID whose stored content differs.",
+    )
+
+    def key(self) -> bytes | None:
+        return self.header.study.study_uid.encode()
+
+
+class InstanceDuplicated(Event):
+    """Dedup found the same SOPInstanceUID with the same content already claimed."""
+
+    TOPIC: ClassVar[str] = "dicom.duplicate.v1"
+
+    file: FileRef
+    header: DicomHeader
+    hashes: Hashes
+
+    def key(self) -> bytes | None:
+        return self.header.study.study_uid.encode()
+
+
+class InstanceStored(Event):
+    """The storage writer holds a verified byte-for-byte copy."""
+
+    TOPIC: ClassVar[str] = "dicom.stored.v1"
+
+    file: FileRef
+    header: DicomHeader
+    hashes: Hashes
+    disposition: Disposition
+    related_sop_instance_uid: str | None = None
+    storage_url: str = Field(description="Where the canonical (or conflict) copy lives.")
+
+    def key(self) -> bytes | None:
+        return self.header.study.study_uid.encode()
+
+
+class StudyMetadata(Event):
+    """Public, study-level: one event per study change, ordered by `revision` per study."""
+
+    TOPIC: ClassVar[str] = "dicom.metadata.v1"
+
+    study_uid: str
+    revision: int = Field(ge=1, description="Monotonic per study; consumers keep the highest.")
+    stable: bool = Field(description="True once no new instance arrived for STUDY_STABLE_SECONDS.")
+    patient: PatientAttrs
+    study_date: str = ""
+    study_time: str = ""
+    accession_number: str = ""
+    study_description: str = ""
+    modalities: list[str] = Field(default_factory=list)
+    series_count: int
+    instance_count: int
+    size_bytes: int
+    storage_prefix: str
+    correlation_ids: list[str] = Field(
+        default_factory=list, description="Correlation ids of the work that caused this change."
+    )
+
+    def key(self) -> bytes | None:
+        return self.study_uid.encode()
+
+
+class PreviewImage(BaseModel):
+    """One JPEG written next to the canonical copy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    frame: int = Field(ge=0, description="Frame index, 0 = first.")
+    kind: Literal["preview", "thumbnail"]
+    url: str
+    size: int = Field(ge=0)
+    width: int
+    height: int
+
+
+class InstancePreviewed(Event):
+    """The JPG converter's outcome for one stored instance: JPEGs written, or why not."""
+
+    TOPIC: ClassVar[str] = "dicom.preview.v1"
+
+    file_id: int = Field(description="Ledger row of the file the instance came from.")
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    status: Literal["rendered", "unrenderable", "skipped"]
+    reason: str = Field(default="", description="Why nothing was rendered (empty when rendered).")
+    frames: int | None = Field(default=None, description="Frames in the object, when decoded.")
+    voi: str = Field(
+        default="",
+        description="How grey levels were chosen: file (window), lut (VOI LUT), auto, colour.",
+    )
+    images: list[PreviewImage] = Field(default_factory=list)
+
+    def key(self) -> bytes | None:
+        return self.study_uid.encode()
+
+
+class ArchiveBuilt(Event):
+    """The packager holds a downloadable archive of a study (or one series) at a revision."""
+
+    TOPIC: ClassVar[str] = "dicom.archive.v1"
+
+    study_uid: str
+    series_uid: str | None = Field(default=None, description="Set for a one-series archive.")
+    format: Literal["tar.zst", "zip", "tar"]
+    revision: str = Field(description="Archive revision key (its ETag): changes with the study.")
+    size_bytes: int = Field(ge=0)
+    instance_count: int = Field(ge=0)
+    built_seconds: float = Field(ge=0)
+
+    def key(self) -> bytes | None:
+        return self.study_uid.encode()
+
+
+class ImportRequested(Event):
+    """An operator asked for a folder to be imported as a task."""
+
+    TOPIC: ClassVar[str] = "import.requested.v1"
+
+    task_id: str
+    source_path: str
+
+
+class DeadLetter(BaseModel):
+    """What lands on `<topic>.dlq`: the original message and why it failed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    original_topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    payload: str = Field(description="The original message value, decoded as UTF-8 (lossy).")
+    headers: dict[str, str] = Field(default_factory=dict)
+    error: str = Field(description="Why it failed, in words a person understands.")
+    error_type: str
+    stage: str
+    attempts: int
+    correlation_id: str | None = None
+    file_id: int | None = None
+    failed_at: datetime = Field(default_factory=_now)
+
+
+PIPELINE_EVENTS: tuple[type[Event], ...] = (
+    FileDiscovered,
+    InstanceExtracted,
+    InstanceUnique,
+    InstanceDuplicated,
+    InstanceStored,
+    StudyMetadata,
+    ImportRequested,
+    InstancePreviewed,
+    ArchiveBuilt,
+)

@@ -1,0 +1,131 @@
+"""Settings shared by every service, read once from the environment at start.
+
+Shared connection settings have fixed names (`KAFKA_BOOTSTRAP_SERVERS`,
+`DATABASE_URL`, `STORAGE_URL`, `LOG_LEVEL`); each service subclasses
+`ServiceSettings` with its own `env_prefix` for the rest (e.g. `EXTRACTOR_`).
+Invalid values stop the service at once with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Constrained types, so a service that overrides a default keeps the check.
+Port = Annotated[int, Field(ge=0, le=65535)]
+Count = Annotated[int, Field(ge=1)]
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/dicomflow"
+
+
+class ServiceSettings(BaseSettings):
+    """What every stage needs: the bus, the database, storage, logs and its ops port."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True)
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    kafka_enable_idempotence: bool = Field(
+        default=True,
+        validation_alias="KAFKA_ENABLE_IDEMPOTENCE",
+        description="Idempotent producer; off for brokers that refuse InitProducerId (Tansu).",
+    )
+    kafka_session_timeout_ms: int = Field(
+        default=30_000,
+        ge=1000,
+        validation_alias="KAFKA_SESSION_TIMEOUT_MS",
+        description="Consumer-group session; Tansu delays joins by about this, so dev uses 3000.",
+    )
+    kafka_topic_partitions: int = Field(default=6, ge=1, validation_alias="KAFKA_TOPIC_PARTITIONS")
+    kafka_replication_factor: int = Field(
+        default=1, ge=1, validation_alias="KAFKA_REPLICATION_FACTOR"
+    )
+    database_url: str = Field(default=DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
+    database_pool_size: Count = Field(default=4, description="Connections per process")
+    storage_url: str = Field(default="file://./var/storage", validation_alias="STORAGE_URL")
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    ops_host: str = "127.0.0.1"
+    ops_port: Port = Field(default=0, description="/health /ready /metrics; 0 = any")
+    max_retries: int = Field(default=3, ge=0, description="Retries of a failing message before DLQ")
+    retry_backoff_seconds: float = Field(default=0.2, gt=0)
+    batch_size: Count = Field(default=200, description="Messages fetched per poll")
+    concurrency: Count = Field(default=1, description="Messages of a batch handled at once")
+    producer_linger_ms: int = Field(
+        default=5,
+        ge=0,
+        description="How long the producer waits to batch events: throughput vs. latency",
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"postgresql", "postgres"}:
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as they may be logged: passwords in URLs masked."""
+        out = self.model_dump(mode="json")
+        for name, value in out.items():
+            if isinstance(value, str) and "://" in value:
+                out[name] = redact_url(value)
+            elif any(word in name for word in ("password", "secret", "token", "key")):
+                out[name] = "***" if value else value
+        return out
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build settings from the environment, or exit with a message naming each bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        lines = [f"invalid configuration for {cls.__name__}:"]
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"])
+            env = name if name.isupper() else (prefix + name).upper()
+            lines.append(f"  {env}: {err['msg']} (got {err.get('input')!r})")
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class StagingSettings(ServiceSettings):
+    """A service that stages what it receives (under its own env prefix): how long staged
+    copies are kept once the pipeline is done with them (`libs.staging.cleanup`)."""
+
+    keep_done_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="How long staged copies of indexed/duplicate instances are kept.",
+    )
+    keep_failed_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long staged copies of failed/conflicting instances are kept (a DLQ "
+        "replay needs them); the receiver's hour folders older than this go with what is left.",
+    )
+    cleanup_interval_seconds: float = Field(default=600.0, gt=0)

@@ -1,0 +1,18 @@
+"""Reading what a discovery event points at (claim-check URIs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from libs.contracts.errors import PermanentError
+from libs.storage.local import path_from_file_url
+
+
+def local_source(uri: str) -> Path:
+    """The local file behind a `file://` URI; a vanished or unreadable file is permanent."""
+    if not uri.startswith("file://"):
+        raise PermanentError(f"unsupported source URI scheme: {uri[:40]!r}")
+    path = path_from_file_url(uri)
+    if not path.is_file():
+        raise PermanentError(f"source file is gone or not a regular file: {path}")
+    return path
