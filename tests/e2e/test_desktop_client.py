@@ -154,6 +154,7 @@ async def test_desktop_search_download_resume_unpack_and_viewer(
         search(qtbot, w, year="2024")
         assert w.table.rowCount() == 2
         w.table.selectAll()
+        proxy.cut_after = None
         proxy.seen.clear()
         download(qtbot, w)
         assert not w.error_label.text(), w.error_label.text()
