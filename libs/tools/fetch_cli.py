@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive")
     p.add_argument("--url", help=f"API address (env DICOMFLOW_URL, default {DEFAULT_URL})")
     p.add_argument(
-        "--archive-url", help="archive address when not the API's (env DICOMFLOW_ARCHIVE_URL)"
+        "--archive-url",
+        help="archive address when not the API's (env DICOMFLOW_ARCHIVE_URL; rarely needed)",
     )
     p.add_argument("--api-key", help="API key (env DICOMFLOW_API_KEY)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
