@@ -51,19 +51,31 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive")
     p.add_argument("--url", help=f"API address (env DICOMFLOW_URL, default {DEFAULT_URL})")
     p.add_argument(
-        "--archive-url", help="archive address when not the API's (env DICOMFLOW_ARCHIVE_URL)"
+        "--archive-url",
+        help="archive address when not the API's (env DICOMFLOW_ARCHIVE_URL; rarely needed)",
     )
     p.add_argument("--api-key", help="API key (env DICOMFLOW_API_KEY)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dicomflow_client import ClientError
+    try:
+        from dicomflow_client import ClientError
+    except ImportError:
+        print(
+            "dicomflow fetch: the client core is not installed "
+            "(make deps, or: pip install ./clients/core rich).",
+            file=sys.stderr,
+        )
+        return 1
 
     try:
         return _run(args)
     except ClientError as exc:
         print(f"dicomflow fetch: {exc}", file=sys.stderr)
+        return 1
+    except ImportError as exc:  # rich, without the `fetch` extra
+        print(f"dicomflow fetch: {exc.name} is not installed (make deps).", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pydicom import dcmread
 
+NOT_INSTANCES = {"DICOMDIR", "manifest.json", ".dicomflow-study.json"}
+
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -30,8 +32,13 @@ class Clinic:
     patients: dict[str, str] = field(default_factory=dict)  # study uid -> PatientName
 
     def files_of(self, folder: Path) -> dict[str, bytes]:
-        """The DICOM files under an unpacked study folder, by SHA-256."""
-        return {sha(p.read_bytes()): p.read_bytes() for p in folder.rglob("*.dcm")}
+        """The instances under an unpacked study folder (`*.dcm` in tar.zst, ISO 9660 names
+        under `DICOM/` in ZIP and TAR), by SHA-256."""
+        return {
+            sha(p.read_bytes()): p.read_bytes()
+            for p in folder.rglob("*")
+            if p.is_file() and p.name not in NOT_INSTANCES
+        }
 
 
 def originals_by_study(tree: Path) -> tuple[dict[str, dict[str, bytes]], dict[str, str]]:

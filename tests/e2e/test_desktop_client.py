@@ -63,7 +63,9 @@ def search(qtbot: object, w: MainWindow, name: str = "", year: str = "") -> None
     w.table.setRowCount(0)
     w.count_label.setText("")
     qtbot.mouseClick(w.search_button, Qt.MouseButton.LeftButton)  # type: ignore[attr-defined]
-    qtbot.waitUntil(lambda: "found" in w.count_label.text() or w.error_label.text(), timeout=WAIT)  # type: ignore[attr-defined]
+    qtbot.waitUntil(  # type: ignore[attr-defined]
+        lambda: "found" in w.count_label.text() or bool(w.error_label.text()), timeout=WAIT
+    )
     assert not w.error_label.text(), w.error_label.text()
 
 
@@ -132,11 +134,27 @@ async def test_desktop_search_download_resume_unpack_and_viewer(
         qtbot.waitUntil(viewer_log.exists, timeout=WAIT)  # type: ignore[attr-defined]
         qtbot.waitUntil(lambda: viewer_log.read_text() == str(folder), timeout=WAIT)  # type: ignore[attr-defined]
 
+        # "Open folder": the desktop's opener (xdg-open on Linux) gets the study folder.
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        opened = tmp_path / "opened.txt"
+        opener = bin_dir / "xdg-open"
+        opener.write_text(f'#!/bin/sh\nprintf %s "$1" > "{opened}"\n')
+        opener.chmod(0o755)
+        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+        try:
+            qtbot.mouseClick(w.folder_button, Qt.MouseButton.LeftButton)  # type: ignore[attr-defined]
+            wanted = str(folder)
+            qtbot.waitUntil(lambda: opened.exists() and opened.read_text() == wanted, timeout=WAIT)  # type: ignore[attr-defined]
+        finally:
+            os.environ["PATH"] = os.environ["PATH"].split(os.pathsep, 1)[1]
+
         # Several studies at once, as ZIP.
         w.settings.archive_format = "zip"
         search(qtbot, w, year="2024")
         assert w.table.rowCount() == 2
         w.table.selectAll()
+        proxy.cut_after = None
         proxy.seen.clear()
         download(qtbot, w)
         assert not w.error_label.text(), w.error_label.text()

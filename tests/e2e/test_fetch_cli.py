@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from clientkit import Clinic, Proxy
+from clientkit import Clinic, Proxy, sha
+from pydicom.fileset import FileSet
 
 from libs.tools.dev_broker import free_port
 
@@ -152,6 +153,10 @@ async def test_fetch_each_format_and_a_tampered_archive(clinic: Clinic, tmp_path
         folder = Path(done.stdout.strip())
         assert folder.parent == out / "Müller José"
         assert clinic.files_of(folder) == clinic.originals[muller]
+        if fmt != "tar.zst":  # the unpacked DICOMDIR still finds every instance
+            fs = FileSet(folder / "DICOMDIR")
+            got = sorted(sha(Path(i.path).read_bytes()) for i in fs)
+            assert got == sorted(clinic.originals[muller])
 
     upstream = int(clinic.archives.rsplit(":", 1)[1])
     with Proxy(upstream) as proxy:

@@ -242,3 +242,24 @@ print("LEFT", sorted(str(p.relative_to(out)) for p in out.rglob("*")))
     assert "is full" in done.stdout
     left = done.stdout.split("LEFT", 1)[1]
     assert "'p" not in left, left  # neither the study folder nor its patient folder content
+
+
+def test_the_dicomdir_is_checked_against_the_manifest_too(tmp_path: Path) -> None:
+    listed = {"DICOM/IM0": b"image"}
+    body = json.loads(manifest(listed))
+    body["dicomdir"] = {"path": "DICOMDIR", "size": 3, "sha256": hashlib.sha256(b"dir").hexdigest()}
+    members = [tarfile.TarInfo(n) for n in ("manifest.json", "DICOMDIR", "DICOM/IM0")]
+    good = {"manifest.json": json.dumps(body).encode(), "DICOMDIR": b"dir", **listed}
+    unpack(
+        plain_tar(tmp_path / "a.tar", members, good), "tar", tmp_path / "o" / "p" / "s", marker={}
+    )
+    bad = {**good, "DICOMDIR": b"DIR"}
+    members = [tarfile.TarInfo(n) for n in ("manifest.json", "DICOMDIR", "DICOM/IM0")]
+    with pytest.raises(IntegrityError, match="DICOMDIR"):
+        unpack(
+            plain_tar(tmp_path / "b.tar", members, bad),
+            "tar",
+            tmp_path / "o" / "p" / "t",
+            marker={},
+        )
+    assert not (tmp_path / "o" / "p" / "t").exists()

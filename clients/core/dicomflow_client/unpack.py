@@ -189,7 +189,8 @@ def _check_manifest(work: Path, written: Written) -> None:
     path = work.joinpath(*entry_parts(name))
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
-        listed = [(f["path"], int(f["size"]), str(f["sha256"])) for f in body["files"]]
+        entries = [*body["files"], *([body["dicomdir"]] if body.get("dicomdir") else [])]
+        listed = [(f["path"], int(f["size"]), str(f["sha256"])) for f in entries]
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError("The archive's list of files (manifest.json) is unreadable.") from exc
     for entry_path, size, sha in listed:
