@@ -89,6 +89,9 @@ async def up(var: Path, *, only: list[str] | None) -> int:
         env["NAS_ROOTS"] = str(nas)
     if not os.environ.get("RECEIVER_STAGING_DIR"):
         env["RECEIVER_STAGING_DIR"] = str(var / "receiver")
+    viewer = var / "ohif" / "dist"
+    if not os.environ.get("API_VIEWER_DIR") and (viewer / "index.html").is_file():
+        env["API_VIEWER_DIR"] = str(viewer)
     os.environ.update(env)
     settings = load_settings(ServiceSettings)
     try:
@@ -100,6 +103,10 @@ async def up(var: Path, *, only: list[str] | None) -> int:
     api_port = os.environ.get("API_PORT", "8000")
     say(f"API:        http://{host}:{api_port}   (OpenAPI: http://{host}:{api_port}/docs)")
     say(f"admin key:  {key}   (kept in {var / 'admin-key'})")
+    if os.environ.get("API_VIEWER_DIR"):
+        say(f"viewer:     http://{host}:{api_port}/viewer   (sign in with a key)")
+    else:
+        say("viewer:     not installed (bash deploy/dev/ohif.sh, or make deps)")
     say(f'try:        curl -H "Authorization: Bearer {key}" http://{host}:{api_port}/v1/studies')
     names = only or [n for n in SERVICES if configured(n, os.environ)]
     skipped = [n for n in SERVICES if n not in names and not only]

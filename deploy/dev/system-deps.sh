@@ -4,17 +4,21 @@
 # Real peers for the tests: Orthanc and DCMTK (PACS, C-STORE/C-FIND/C-MOVE/C-GET, dcmmkdir),
 # genisoimage/xorriso (CD/DVD images), Prometheus and promtool (dashboards and alert rules),
 # the MariaDB client (dcm4chee archive databases), zstd and curl (the archive benchmark),
-# openssl (certificates for the receiver's TLS test).
+# openssl (certificates for the receiver's TLS test), chromium and a font with Cyrillic
+# glyphs (the viewer test drives Debian's browser; Playwright never downloads one), npm
+# (fetches the OHIF Viewer, deploy/dev/ohif.sh).
 set -euo pipefail
 packages=(
     python3-venv postgresql-client mariadb-client
     orthanc dcmtk genisoimage xorriso prometheus
-    zstd curl openssl
+    zstd curl openssl chromium fonts-dejavu-core
 )
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm ships with some Node.js packages (NodeSource's nodejs), which conflict with Debian's.
+command -v npm >/dev/null || missing+=(npm)
 # A pyenv/system Python that already has venv does not need python3-venv.
 if python3 -c 'import venv, ensurepip' 2>/dev/null; then
     missing=("${missing[@]/python3-venv}")

@@ -17,6 +17,7 @@ from services.api.routes.previews import previews_router
 from services.api.routes.retrieve import retrieve_router
 from services.api.routes.session import session_router
 from services.api.routes.studies import studies_router
+from services.api.viewer import ViewerFiles, viewer_router
 
 DESCRIPTION = """Search the DICOM index, view instance previews, follow imports and retrieves
 from a PACS, manage API keys.
@@ -35,6 +36,7 @@ def create_app(
     *,
     limits: ApiLimits | None = None,
     previews: PreviewSource | None = None,
+    viewer: ViewerFiles | None = None,
 ) -> FastAPI:
     limits = limits or ApiLimits()
     auth = Authenticator(pool)
@@ -47,6 +49,8 @@ def create_app(
     app.include_router(apikeys_router(pool, auth))
     app.include_router(session_router(pool, auth, limits))
     app.include_router(ops_router("api", readiness, registry))
+    if viewer is not None:
+        app.include_router(viewer_router(auth, viewer))
     # Added last = outermost: metrics see every request, the audit sees the final status.
     app.add_middleware(AuditMiddleware, pool=pool)
     app.add_middleware(MetricsMiddleware, metrics=ApiMetrics.create(registry))

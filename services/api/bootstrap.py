@@ -11,6 +11,7 @@ from libs.storage import open_store
 from services.api.app import create_app
 from services.api.config import ApiSettings
 from services.api.previews import PreviewSource
+from services.api.viewer import ViewerFiles
 
 log = get_logger(__name__)
 TASK_METRICS_SECONDS = 5.0
@@ -27,6 +28,7 @@ async def wire(rt: Runtime) -> None:
     )
     rt.resources.callback(renderer.close)
     previews = PreviewSource(open_store(settings.storage_url), renderer)
+    viewer = ViewerFiles.load(settings.viewer_dir) if settings.viewer_dir else None
     rt.app = create_app(
         pool,
         producer.publish,
@@ -34,6 +36,7 @@ async def wire(rt: Runtime) -> None:
         rt.readiness,
         limits=settings.limits(),
         previews=previews,
+        viewer=viewer,
     )
     tasks = import_tasks_gauge(rt.name, rt.registry)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -28,7 +29,7 @@ class ApiLimits:
 
 class ApiSettings(ServiceSettings):
     """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
-    API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS."""
+    API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS, API_VIEWER_DIR."""
 
     model_config = SettingsConfigDict(env_prefix="API_", frozen=True, extra="ignore")
 
@@ -41,6 +42,9 @@ class ApiSettings(ServiceSettings):
     )
     session_hours: float = Field(
         default=8.0, gt=0, le=24 * 30, description="How long a browser stays signed in"
+    )
+    viewer_dir: Path | None = Field(
+        default=None, description="The OHIF Viewer build served at /viewer (deploy/dev/ohif.sh)"
     )
     render_workers: int = Field(default=1, ge=1, description="Processes rendering previews")
     render_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
