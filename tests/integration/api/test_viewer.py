@@ -21,15 +21,7 @@ from libs.ops import Readiness
 from services.api.app import create_app
 from services.api.viewer import ViewerFiles, ViewerNotInstalled
 
-ROOT = Path(__file__).resolve().parents[3]
 ORIGIN = {"Origin": "http://api.test"}
-
-
-@pytest.fixture(scope="session")
-def viewer_dist() -> Path:
-    """The project's own install step (a no-op once installed)."""
-    subprocess.run(["bash", str(ROOT / "deploy/dev/ohif.sh")], check=True, timeout=600)
-    return ROOT / "var/ohif/dist"
 
 
 @pytest.fixture
