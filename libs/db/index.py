@@ -145,8 +145,9 @@ async def index_instance(conn: Conn, ev: InstanceStored) -> float | None:
             """INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,
                    instance_number, transfer_syntax_uid, specific_character_set, rows, columns,
                    number_of_frames, size_bytes, file_sha256, content_sha256, storage_url,
-                   same_content_as, first_file_id)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                   same_content_as, first_file_id, dicom_json)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                       $17)
                ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING true""",
             i.sop_instance_uid,
             h.series.series_uid,
@@ -164,6 +165,7 @@ async def index_instance(conn: Conn, ev: InstanceStored) -> float | None:
             ev.storage_url,
             ev.related_sop_instance_uid,
             ev.file.file_id,
+            h.dicom_json,
         )
         if inserted:
             await _count_instance(conn, h, ev.file.size)

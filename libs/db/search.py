@@ -105,6 +105,9 @@ class _Where:
         return "WHERE " + " AND ".join(self.clauses) if self.clauses else ""
 
 
+Where = _Where  # shared with the DICOMweb queries (libs/db/dicomweb.py)
+
+
 def _where(f: StudyFilter) -> _Where:
     w = _Where()
     if f.patient_name is not None:

@@ -36,6 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from libs.dicom.content import PIXEL_TAGS, UNDEFINED, Ranges, hash_file, meta_end, pixel_ranges
+from libs.dicom.dicomjson import header_json
 from libs.dicom.header import build_header
 from libs.errors import DicomParseError, NotDicomError, PermanentError
 from libs.events import DicomHeader, Hashes
@@ -53,6 +54,7 @@ class _Layout:
 
     ranges: Ranges
     has_pixels: bool
+    pixel: tuple[int, str] | None = None  # (tag, VR) of the pixel data element, when present
 
 
 class _TrackedReader:
@@ -98,6 +100,7 @@ def extract_file(path: str) -> tuple[DicomHeader, Hashes]:
                 raise NotDicomError("empty file")
             ds, layout = _parse(f, size)
             header = build_header(ds)
+            header = header.model_copy(update={"dicom_json": header_json(ds, layout.pixel)})
             file_hash, content_hash = hash_file(f, size, layout.ranges)
     except (PermanentError, MemoryError):
         raise
@@ -157,7 +160,23 @@ def _parse(f: BufferedReader, size: int) -> tuple[Dataset, _Layout]:
     ranges = pixel_ranges(f, pos, size, implicit=implicit, little=little)
     if not ranges:  # zero-length Pixel Data: nothing to identify the image by
         return ds, _Layout(dataset, has_pixels=False)
-    return ds, _Layout(ranges, has_pixels=True)
+    return ds, _Layout(ranges, has_pixels=True, pixel=_pixel_element(f, pos, implicit, little))
+
+
+_PIXEL_VRS = frozenset({b"OB", b"OW", b"OF", b"OD"})
+_IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
+
+
+def _pixel_element(f: BufferedReader, pos: int, implicit: bool, little: bool) -> tuple[int, str]:
+    """(tag, VR) of the pixel data element at `pos` (`pixel_ranges` checked its header)."""
+    f.seek(pos)
+    head = f.read(6)
+    group, elem = unpack(("<" if little else ">") + "HH", head[:4])
+    tag = group << 16 | elem
+    vr = head[4:6]
+    if not implicit and vr in _PIXEL_VRS:
+        return tag, vr.decode()
+    return tag, _IMPLICIT_PIXEL_VR.get(tag, "OW")
 
 
 def _check_elements(ds: Dataset, size: int | None, syntax: str) -> tuple[bool, bool]:

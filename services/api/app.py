@@ -10,6 +10,7 @@ from libs.http.auth import Authenticator
 from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
 from libs.ops import Readiness, ops_router
 from services.api.config import ApiLimits
+from services.api.dicomweb import DicomWebPorts, dicomweb_router
 from services.api.previews import PreviewSource
 from services.api.routes.apikeys import apikeys_router
 from services.api.routes.imports import Publish, imports_router
@@ -37,6 +38,7 @@ def create_app(
     limits: ApiLimits | None = None,
     previews: PreviewSource | None = None,
     viewer: ViewerFiles | None = None,
+    dicomweb: DicomWebPorts | None = None,
 ) -> FastAPI:
     limits = limits or ApiLimits()
     auth = Authenticator(pool)
@@ -48,6 +50,8 @@ def create_app(
     app.include_router(retrieve_router(pool, auth))
     app.include_router(apikeys_router(pool, auth))
     app.include_router(session_router(pool, auth, limits))
+    if dicomweb is not None:
+        app.include_router(dicomweb_router(pool, auth, dicomweb))
     app.include_router(ops_router("api", readiness, registry))
     if viewer is not None:
         app.include_router(viewer_router(auth, viewer))

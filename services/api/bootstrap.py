@@ -10,6 +10,7 @@ from libs.runtime import Runtime
 from libs.storage import open_store
 from services.api.app import create_app
 from services.api.config import ApiSettings
+from services.api.dicomweb import DicomWebPorts
 from services.api.previews import PreviewSource
 from services.api.viewer import ViewerFiles
 
@@ -27,7 +28,11 @@ async def wire(rt: Runtime) -> None:
         settings.render_workers, settings.render_memory_limit_mb, settings.render_timeout_seconds
     )
     rt.resources.callback(renderer.close)
-    previews = PreviewSource(open_store(settings.storage_url), renderer)
+    storage = open_store(settings.storage_url)
+    previews = PreviewSource(storage, renderer)
+    dicomweb = DicomWebPorts(
+        storage, previews, renderer.executor, max_results=settings.max_page_size
+    )
     viewer = ViewerFiles.load(settings.viewer_dir) if settings.viewer_dir else None
     rt.app = create_app(
         pool,
@@ -37,6 +42,7 @@ async def wire(rt: Runtime) -> None:
         limits=settings.limits(),
         previews=previews,
         viewer=viewer,
+        dicomweb=dicomweb,
     )
     tasks = import_tasks_gauge(rt.name, rt.registry)
 
