@@ -74,6 +74,7 @@ bench: deps postgres
 	$(BIN)/python -m load_test.bench.sources
 	$(BIN)/python -m load_test.bench.dcm4chee
 	$(BIN)/python -m load_test.bench.receiver
+	$(BIN)/python -m load_test.bench.dicomweb
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

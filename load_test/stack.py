@@ -178,6 +178,7 @@ def stack_env(
         "ORTHANC_POLL_INTERVAL_SECONDS": "0.5",
         "ORTHANC_CLEANUP_INTERVAL_SECONDS": "1",
         "ISO_STAGING_DIR": str(root / "staging" / "iso"),
+        "API_STOW_STAGING_DIR": str(root / "staging" / "stow"),
         "ISO_SCAN_INTERVAL_SECONDS": "0.5",
         "ISO_SETTLE_SECONDS": "0.5",
         "API_PORT": str(ports["api"]),

@@ -49,6 +49,11 @@ class ApiSettings(ServiceSettings):
     render_workers: int = Field(default=1, ge=1, description="Processes rendering previews")
     render_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
     render_timeout_seconds: float = Field(default=30.0, gt=0, description="Per rendering")
+    stow_staging_dir: Path = Field(
+        default=Path("./var/stow"), description="Where DICOMweb STOW-RS stages what it receives"
+    )
+    stow_max_instance_mb: int = Field(default=2048, ge=1, description="Largest STOW-RS instance")
+    stow_max_request_mb: int = Field(default=8192, ge=1, description="Largest STOW-RS request")
 
     @model_validator(mode="before")
     @classmethod

@@ -161,6 +161,14 @@ async def test_ohif_shows_the_demo_studies_and_a_ct_image(
     rows = await page.locator("tbody tr").all_inner_texts()
     assert len(rows) == 6, rows  # the demo set's six studies
     await page.locator('[data-cy="confirm-and-hide-button"]').click()  # OHIF's notice
+    # A search by name typed in lower case finds the Cyrillic patient (QIDO PatientName with
+    # OHIF's wildcards and fuzzymatching).
+    await page.locator("thead input").first.fill("иванов")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('tbody tr').length === 1", timeout=30_000
+    )
+    (found,) = await page.locator("tbody tr").all_inner_texts()
+    assert "Иванов, Иван" in found, found
     await page.screenshot(path=str(ARTIFACTS / "ohif-study-list.png"))
 
     # Open the CT study as a clinician does: its row, then the basic viewer.

@@ -6,3 +6,7 @@ ALTER TABLE instances ADD COLUMN dicom_json text;
 
 -- QIDO-RS matches series by modality across studies (/series?Modality=CT).
 CREATE INDEX series_modality ON series (modality);
+
+-- QIDO-RS answers newest study first (as the API's search): with this index the first page,
+-- and a filter matching many studies, walk studies in that order instead of sorting them all.
+CREATE INDEX studies_date_desc ON studies (study_date DESC NULLS LAST, study_uid);

@@ -18,14 +18,14 @@ JPEG = "image/jpeg"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
-def _uid(value: str) -> str:
+def check_uid(value: str) -> str:
     """A malformed UID in a path is a 400 with the reason (PS3.18), not FastAPI's 422."""
     if len(value) > UID_MAX_LENGTH or not UID_RE.fullmatch(value):
         raise HTTPException(status_code=400, detail=f"{value[:80]!r} is not a valid UID")
     return value
 
 
-Uid = Annotated[str, AfterValidator(_uid)]
+Uid = Annotated[str, AfterValidator(check_uid)]
 
 
 def base_url(request: Request) -> str:

@@ -50,6 +50,7 @@ IMAGE_TYPES = {
     "1.2.840.10008.1.2.4.91": "image/jp2",
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
+ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}  # older names
 InstancePath = "/studies/{study}/series/{series}/instances/{sop}"
 
 
@@ -72,6 +73,7 @@ def frame_syntax(request: Request, stored: str) -> tuple[bool, str]:
         if r.media_type != MULTIPART:
             continue
         kind = r.params.get("type", OCTETS).lower()
+        kind = ALIASES.get(kind, kind)
         syntax = r.params.get("transfer-syntax")
         if kind == OCTETS and syntax in (None, EXPLICIT_LE):
             decode = stored != EXPLICIT_LE

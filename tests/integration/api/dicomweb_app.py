@@ -17,7 +17,7 @@ from libs.ops import Readiness
 from libs.storage.local import LocalStore
 from services.api.app import create_app
 from services.api.config import ApiLimits
-from services.api.dicomweb import DicomWebPorts
+from services.api.dicomweb import DicomWebPorts, StowLimits
 from services.api.previews import PreviewSource
 from tests.integration.api.dicomweb_seed import Seeded, seed
 
@@ -74,7 +74,13 @@ def app(
     async def publish(event: object) -> None:
         raise AssertionError("DICOMweb does not create import tasks")
 
-    ports = DicomWebPorts(store, PreviewSource(store, renderer), renderer.executor)
+    ports = DicomWebPorts(
+        store,
+        PreviewSource(store, renderer),
+        renderer.executor,
+        publish=bus.publish,
+        stow=StowLimits(staging_dir=staging, max_instance_bytes=1 << 20),
+    )
     return create_app(pool, publish, registry, Readiness(), limits=ApiLimits(), dicomweb=ports)
 
 
