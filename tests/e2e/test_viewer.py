@@ -20,6 +20,9 @@ from playwright.async_api import BrowserContext, Page, async_playwright
 from libs.dicom.synthetic import generate_demo_set, synthetic_uid
 from load_test.stack import Stack
 
+# One parser process: the extractor is ready sooner on a busy machine.
+pytestmark = pytest.mark.stack_env(EXTRACTOR_WORKERS="1")
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
