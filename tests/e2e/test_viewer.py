@@ -3,7 +3,7 @@ no browser download) against the running stack with the demo studies. Sign in, t
 list shows the demo patients with their Cyrillic names, a CT study opens and its image is on
 the viewport's canvas; every request the page made went to this stack and succeeded.
 
-Screenshots: tests/artifacts/ohif-study-list.png and tests/artifacts/ohif-ct.png."""
+Screenshots in tests/artifacts/: ohif-study-list.png, ohif-search.png, ohif-ct.png."""
 
 from __future__ import annotations
 
@@ -161,18 +161,20 @@ async def test_ohif_shows_the_demo_studies_and_a_ct_image(
         raise AssertionError(f"no study list\n{log}\n{stack.tail('api')}") from exc
     for name in DEMO_NAMES:
         await page.locator("tr", has_text=name).first.wait_for(state="visible", timeout=10_000)
-    rows = await page.locator("tbody tr").all_inner_texts()
+    studies = page.locator("tbody tr:not(:has(input))")  # the first row holds the filters
+    rows = await studies.all_inner_texts()
     assert len(rows) == 6, rows  # the demo set's six studies
     await page.locator('[data-cy="confirm-and-hide-button"]').click()  # OHIF's notice
+    await page.screenshot(path=str(ARTIFACTS / "ohif-study-list.png"))
     # A search by name typed in lower case finds the Cyrillic patient (QIDO PatientName with
     # OHIF's wildcards and fuzzymatching).
-    await page.locator("thead input").first.fill("иванов")
+    await page.locator("tr:has(input) input").first.fill("иванов")  # the Patient filter
     await page.wait_for_function(
-        "() => document.querySelectorAll('tbody tr').length === 1", timeout=30_000
+        "() => document.querySelectorAll('tbody tr:not(:has(input))').length === 1", timeout=30_000
     )
-    (found,) = await page.locator("tbody tr").all_inner_texts()
+    (found,) = await studies.all_inner_texts()
     assert "Иванов, Иван" in found, found
-    await page.screenshot(path=str(ARTIFACTS / "ohif-study-list.png"))
+    await page.screenshot(path=str(ARTIFACTS / "ohif-search.png"))
 
     # Open the CT study as a clinician does: its row, then the basic viewer.
     await row.click()
