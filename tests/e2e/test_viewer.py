@@ -3,11 +3,14 @@ no browser download) against the running stack with the demo studies. Sign in, t
 list shows the demo patients with their Cyrillic names, a CT study opens and its image is on
 the viewport's canvas; every request the page made went to this stack and succeeded.
 
-Screenshots in tests/artifacts/: ohif-study-list.png, ohif-search.png, ohif-ct.png."""
+Screenshots in tests/artifacts/: ohif-study-list.png, ohif-search.png, ohif-ct.png; the time
+to the study list and from opening the study to its first image in ohif-timings.json."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +154,7 @@ async def test_ohif_shows_the_demo_studies_and_a_ct_image(
 
     page = await browser.new_page()
     log.watch(page)
+    started = time.monotonic()
     await page.goto(f"{stack.api}/viewer/", wait_until="domcontentloaded")
     # The study list, as OHIF shows it from QIDO-RS: one row per demo study.
     row = page.locator("tr", has_text="Иванов, Иван")
@@ -159,6 +163,7 @@ async def test_ohif_shows_the_demo_studies_and_a_ct_image(
     except Exception as exc:
         await page.screenshot(path=str(ARTIFACTS / "ohif-failure.png"))
         raise AssertionError(f"no study list\n{log}\n{stack.tail('api')}") from exc
+    timings = {"study_list_s": time.monotonic() - started}
     for name in DEMO_NAMES:
         await page.locator("tr", has_text=name).first.wait_for(state="visible", timeout=10_000)
     studies = page.locator("tbody tr:not(:has(input))")  # the first row holds the filters
@@ -179,6 +184,7 @@ async def test_ohif_shows_the_demo_studies_and_a_ct_image(
     # Open the CT study as a clinician does: its row, then the basic viewer.
     await row.click()
     await page.get_by_role("button", name=BASIC_VIEWER).click()
+    opened = time.monotonic()
     await page.wait_for_url(f"**/viewer/viewer?StudyInstanceUIDs={CT_STUDY}*", timeout=LOAD_MS)
     pixels: dict[str, Any] = {}
     for _ in range(LOAD_MS // 500):
@@ -186,6 +192,7 @@ async def test_ohif_shows_the_demo_studies_and_a_ct_image(
         if pixels.get("found") and pixels["lit"] > 0.05 and pixels["levels"] > 16:
             break
         await page.wait_for_timeout(500)
+    timings["first_image_s"] = time.monotonic() - opened
     skip_tour = page.get_by_text(SKIP_TOUR)  # OHIF's first-visit tour
     if await skip_tour.count():
         await skip_tour.click()
@@ -197,6 +204,8 @@ async def test_ohif_shows_the_demo_studies_and_a_ct_image(
     )
     await page.wait_for_load_state("networkidle", timeout=LOAD_MS)
 
+    timings["requests"] = len(log.requests)
+    (ARTIFACTS / "ohif-timings.json").write_text(json.dumps(timings, indent=1))
     assert log.failed == [], log.failed
     assert log.errors == [], log.errors
     assert log.foreign_hosts() == set(), log.foreign_hosts()
