@@ -11,6 +11,20 @@
 # docker-compose.yml builds every service this way.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The api image also carries the OHIF Viewer it serves at /viewer (ADR 0018):
+#   docker build --build-arg SERVICE_EXTRA=api --build-arg VIEWER=ohif -t dicomflow/api .
+ARG VIEWER=none
+
+# --- the OHIF Viewer: @ohif/app's prebuilt files, by the script `make deps` runs -----------
+FROM node:20-bookworm-slim AS viewer-ohif
+COPY deploy/dev/ohif.sh /src/deploy/dev/ohif.sh
+RUN bash /src/deploy/dev/ohif.sh /opt/ohif
+
+# Every other image: no viewer.
+FROM ${PYTHON_IMAGE} AS viewer-none
+RUN mkdir -p /opt/ohif/dist
+
+FROM viewer-${VIEWER} AS viewer
 
 # --- builder: resolve and install into a self-contained virtualenv --------------------------
 FROM ${PYTHON_IMAGE} AS builder
@@ -55,6 +69,8 @@ RUN groupadd --gid 10001 dicomflow \
 
 # Same base image as the builder, so the venv's interpreter path is valid here too.
 COPY --from=builder /opt/venv /opt/venv
+# Empty unless built with VIEWER=ohif; the api finds it through API_VIEWER_DIR=/opt/ohif.
+COPY --from=viewer /opt/ohif/dist /opt/ohif
 
 WORKDIR /app
 # Numeric, so orchestrators can verify runAsNonRoot.

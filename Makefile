@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test test-unit test-integration test-e2e lint typecheck schemas bench deps postgres clean help monitoring loadtest
+.PHONY: viewer up test test-unit test-integration test-e2e lint typecheck schemas bench deps postgres clean help monitoring loadtest
 
 help:
 	@echo "make up     run the whole stack on embedded defaults (API on http://127.0.0.1:8000)"
@@ -22,7 +22,12 @@ $(STAMP): pyproject.toml clients/core/pyproject.toml clients/desktop/pyproject.t
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]' -e clients/core -e clients/desktop
 	touch $(STAMP)
 
-deps: $(STAMP)
+# The OHIF Viewer served at /viewer: @ohif/app's prebuilt files into var/ohif (ADR 0018);
+# a no-op once installed.
+viewer: $(STAMP)
+	bash deploy/dev/ohif.sh
+
+deps: $(STAMP) viewer
 
 postgres:
 	bash deploy/dev/ensure-postgres.sh

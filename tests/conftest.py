@@ -11,6 +11,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -118,3 +119,11 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEmulat
     emulator.start()
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def viewer_dist() -> Path:
+    """The OHIF Viewer build, by the project's own install step (a no-op once installed)."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(["bash", str(root / "deploy/dev/ohif.sh")], check=True, timeout=600)
+    return root / "var/ohif/dist"

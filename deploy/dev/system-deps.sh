@@ -7,7 +7,8 @@
 # the MariaDB client (dcm4chee archive databases), zstd and curl (the archive benchmark),
 # openssl (certificates for the receiver's TLS test), chromium (pages tested headless with
 # Playwright); Xvfb and the X11/xcb libraries Qt's xcb platform plugin loads (the desktop
-# client's screenshot run), DejaVu for Cyrillic text.
+# client's screenshot run), DejaVu for Cyrillic text; npm (fetches the OHIF Viewer,
+# deploy/dev/ohif.sh).
 set -euo pipefail
 packages=(
     python3-venv postgresql-client mariadb-client
@@ -21,6 +22,8 @@ missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm ships with some Node.js packages (NodeSource's nodejs), which conflict with Debian's.
+command -v npm >/dev/null || missing+=(npm)
 # A pyenv/system Python that already has venv does not need python3-venv.
 if python3 -c 'import venv, ensurepip' 2>/dev/null; then
     missing=("${missing[@]/python3-venv}")

@@ -119,6 +119,9 @@ async def up(var: Path, *, only: list[str] | None) -> int:
         env["NAS_ROOTS"] = str(nas)
     if not os.environ.get("RECEIVER_STAGING_DIR"):
         env["RECEIVER_STAGING_DIR"] = str(var / "receiver")
+    viewer = var / "ohif" / "dist"
+    if not os.environ.get("API_VIEWER_DIR") and (viewer / "index.html").is_file():
+        env["API_VIEWER_DIR"] = str(viewer)
     os.environ.update(env)
     settings = load_settings(ServiceSettings)
     try:
@@ -134,6 +137,10 @@ async def up(var: Path, *, only: list[str] | None) -> int:
     else:
         say(f"admin key:  in {var / 'admin-key'}")
     say(f"browser:    http://{host}:{api_port}/   (sign in with the admin key)")
+    if os.environ.get("API_VIEWER_DIR"):
+        say(f"viewer:     http://{host}:{api_port}/viewer   (sign in with a key)")
+    else:
+        say("viewer:     not installed (bash deploy/dev/ohif.sh, or make deps)")
     bearer = f"$(cat {var / 'admin-key'})"
     say(f'try:        curl -H "Authorization: Bearer {bearer}" http://{host}:{api_port}/v1/studies')
     names = only or [n for n in SERVICES if configured(n, os.environ)]

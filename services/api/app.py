@@ -24,6 +24,7 @@ from services.api.routes.previews import previews_router
 from services.api.routes.retrieve import retrieve_router
 from services.api.routes.session import session_router
 from services.api.routes.studies import studies_router
+from services.api.viewer import ViewerFiles, viewer_router
 from services.api.web.router import web_router
 
 DESCRIPTION = """Search the DICOM index, view instance previews, download studies and series
@@ -43,6 +44,7 @@ def create_app(
     *,
     limits: ApiLimits | None = None,
     previews: PreviewSource | None = None,
+    viewer: ViewerFiles | None = None,
     dicomweb: DicomWebPorts | None = None,
     packager: httpx.AsyncClient | None = None,
 ) -> FastAPI:
@@ -72,6 +74,8 @@ def create_app(
     app.include_router(instances_router(pool, auth))
     app.include_router(web_router(pool))  # the study browser at /
     app.include_router(ops_router("api", readiness, registry))
+    if viewer is not None:
+        app.include_router(viewer_router(auth, viewer))
     # Added last = outermost: metrics see every request, the audit sees the final status.
     app.add_middleware(AuditMiddleware, pool=pool)
     app.add_middleware(  # before the audit: a flood is refused without a database write

@@ -18,6 +18,7 @@ from services.api.app import create_app
 from services.api.config import ApiSettings
 from services.api.dicomweb import DicomWebPorts, StowLimits
 from services.api.previews import PreviewSource
+from services.api.viewer import ViewerFiles
 
 TASK_METRICS_SECONDS = 5.0
 STOW_CLEANUP_SECONDS = 600.0
@@ -58,6 +59,7 @@ async def wire(rt: Runtime) -> None:
         settings.packager_url, ProxyTimeouts(read=settings.packager_timeout_seconds)
     )
     rt.resources.push_async_callback(packager.aclose)
+    viewer = ViewerFiles.load(settings.viewer_dir) if settings.viewer_dir else None
     rt.app = create_app(
         pool,
         producer.publish,
@@ -65,6 +67,7 @@ async def wire(rt: Runtime) -> None:
         rt.readiness,
         limits=settings.limits(),
         previews=previews,
+        viewer=viewer,
         dicomweb=dicomweb,
         packager=packager,
     )

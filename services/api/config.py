@@ -33,7 +33,7 @@ class ApiLimits:
 class ApiSettings(ServiceSettings):
     """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
     API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS, API_RENDER_*, API_STOW_*, API_PACKAGER_URL,
-    API_PACKAGER_TIMEOUT_SECONDS."""
+    API_PACKAGER_TIMEOUT_SECONDS, API_VIEWER_DIR."""
 
     model_config = SettingsConfigDict(env_prefix="API_", frozen=True, extra="ignore")
 
@@ -54,6 +54,9 @@ class ApiSettings(ServiceSettings):
     )
     rate_per_address: str = Field(
         default="1200/minute", description="The same for one client address (any key or none)."
+    )
+    viewer_dir: Path | None = Field(
+        default=None, description="The OHIF Viewer build served at /viewer (deploy/dev/ohif.sh)"
     )
     render_workers: int = Field(default=1, ge=1, description="Processes rendering previews")
     render_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
