@@ -92,7 +92,7 @@ class Stack:
                 proc.wait()
                 print(f"{name} did not stop on SIGTERM")
 
-    async def wait_ready(self, names: list[str], timeout: float = 60.0) -> None:
+    async def wait_ready(self, names: list[str], timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient() as client:
             for name in names:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from libs.contracts.errors import PermanentError
 from libs.contracts.events import Event, InstanceStored, InstanceUnique
+from libs.kafka.consumer import Outcome
 from libs.storage import ObjectStore, conflict_key, instance_key
 from libs.storage.file_uri import local_source
 
@@ -38,3 +42,19 @@ async def handle_unique(event: InstanceUnique, *, storage: ObjectStore) -> list[
             storage_url=stored.url,
         )
     ]
+
+
+async def handle_unique_batch(
+    events: Sequence[InstanceUnique], *, storage: ObjectStore
+) -> list[Outcome]:
+    """The batch's copies at once (each fsynced before it is renamed into place); a copy
+    that fails is that message's outcome, retried or dead-lettered alone."""
+    results = await asyncio.gather(
+        *(handle_unique(e, storage=storage) for e in events), return_exceptions=True
+    )
+    out: list[Outcome] = []
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result  # cancelled: stopping
+        out.append(result)
+    return out
