@@ -1,9 +1,12 @@
-"""Previews for the API: the converter's stored JPEG when it fits the request, else rendered
-on the fly from the canonical copy in an isolated worker (custom window, other frames, or
-an instance the converter has not reached yet)."""
+"""Previews for the API: the stored JPEG when it fits the request, else rendered on the fly
+from the canonical copy in an isolated worker (custom window, other frames, or an instance
+the converter did not render ahead: it renders one image per series). A render with the
+file's own window is kept next to the copy, so each is rendered once."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -61,4 +64,14 @@ class PreviewSource:
                 result = await self.renderer.render(path, request)
             except PermanentError as exc:  # Unrenderable, worker died or timed out, gone
                 raise PreviewUnavailable(str(exc)) from None
-        return Jpeg(data=result.images[0].jpeg, rendered=True)
+            data = result.images[0].jpeg
+            if window is None:
+                await self._keep(preview_key(*uids, kind, frame), data, Path(tmp) / "keep.jpg")
+        return Jpeg(data=data, rendered=True)
+
+    async def _keep(self, key: str, data: bytes, tmp: Path) -> None:
+        """Store a render with the file's own window where the converter would have put it.
+        Another render already there (the converter's, a concurrent request) stands."""
+        tmp.write_bytes(data)
+        with contextlib.suppress(PermanentError):
+            await self.storage.put_file(key, tmp, expected_sha256=hashlib.sha256(data).hexdigest())
