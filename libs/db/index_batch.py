@@ -82,7 +82,12 @@ async def index_stored_many(conn: Conn, events: Sequence[InstanceStored]) -> Ind
         if stored:
             await _upsert_levels(conn, stored)
             inserted = await _insert_instances(conn, stored)
-            await _count(conn, [e for e in stored if instance_uid(e) in inserted])
+            # An instance twice in the batch (a redelivery) counts once, as its first event.
+            counted: dict[str, InstanceStored] = {}
+            for e in stored:
+                if instance_uid(e) in inserted:
+                    counted.setdefault(instance_uid(e), e)
+            await _count(conn, list(counted.values()))
         outcomes: list[tuple[InstanceStored, str, str | None]] = []
         for e in events:
             if e.disposition == "conflict":
