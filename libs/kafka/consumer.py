@@ -64,6 +64,11 @@ UNREACHABLE = (
 MAX_OUTAGE_BACKOFF = 10.0
 
 
+def is_outage(exc: BaseException) -> bool:
+    """A dependency away, not a fault of the message: hold and retry, never dead-letter."""
+    return isinstance(exc, UNREACHABLE)
+
+
 class StopRequested(Exception):
     """Raised inside the loop when shutdown interrupts an outage retry."""
 
@@ -254,13 +259,14 @@ class StageConsumer:
                 if len(outcomes) != len(valid):
                     raise RuntimeError(f"{len(outcomes)} outcomes for {len(valid)} events")
                 break
-            except UNREACHABLE as exc:
-                outages += 1
-                self.healthy = False
-                self._metrics.retries.labels(topic, "unreachable").inc()
-                log.warning("dependency unreachable, retrying the batch", error=repr(exc))
-                await self._sleep(self._retry.delay(outages))
             except Exception as exc:
+                if is_outage(exc):
+                    outages += 1
+                    self.healthy = False
+                    self._metrics.retries.labels(topic, "unreachable").inc()
+                    log.warning("dependency unreachable, retrying the batch", error=repr(exc))
+                    await self._sleep(self._retry.delay(outages))
+                    continue
                 # Something in the batch fails it: one message at a time, so only the
                 # guilty one is retried to its limit and dead-lettered.
                 log.warning(
