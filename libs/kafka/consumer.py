@@ -358,13 +358,13 @@ class StageConsumer:
                 futures = [await self._producer.send(e) for e in out]
             except PermanentError as exc:
                 return await self._dead_letter(record, str(exc), type(exc).__name__, attempt, event)
-            except UNREACHABLE as exc:
-                self.healthy = False
-                self._metrics.retries.labels(record.topic, "unreachable").inc()
-                log.warning("dependency unreachable, retrying", error=repr(exc), attempt=attempt)
-                await self._sleep(self._retry.delay(attempt))
-                continue
             except Exception as exc:
+                if is_outage(exc):
+                    self.healthy = False
+                    self._metrics.retries.labels(record.topic, "unreachable").inc()
+                    log.warning("dependency unreachable, retrying", error=repr(exc), attempt=attempt)
+                    await self._sleep(self._retry.delay(attempt))
+                    continue
                 if attempt > self._retry.max_retries:
                     log.exception("handler failed, giving up")
                     reason = f"{type(exc).__name__}: {exc}"
