@@ -362,7 +362,9 @@ class StageConsumer:
                 if is_outage(exc):
                     self.healthy = False
                     self._metrics.retries.labels(record.topic, "unreachable").inc()
-                    log.warning("dependency unreachable, retrying", error=repr(exc), attempt=attempt)
+                    log.warning(
+                        "dependency unreachable, retrying", error=repr(exc), attempt=attempt
+                    )
                     await self._sleep(self._retry.delay(attempt))
                     continue
                 if attempt > self._retry.max_retries:
