@@ -5,7 +5,6 @@ file's own window is kept next to the copy, so each is rendered once."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import tempfile
 from collections.abc import AsyncIterator
@@ -17,10 +16,12 @@ from libs.imaging.isolated import Renderer
 from libs.imaging.jobs import Kind, RenderRequest
 from libs.imaging.keys import preview_key
 from libs.imaging.window import Window
+from libs.runtime.logging import get_logger
 from libs.storage import ObjectStore, instance_key
 from libs.storage.download import download
 
 THUMBNAIL_SIZE = 256
+log = get_logger(__name__)
 
 
 class PreviewUnavailable(Exception):
@@ -71,7 +72,12 @@ class PreviewSource:
 
     async def _keep(self, key: str, data: bytes, tmp: Path) -> None:
         """Store a render with the file's own window where the converter would have put it.
-        Another render already there (the converter's, a concurrent request) stands."""
+        Another render already there (the converter's, a concurrent request) stands; a store
+        that cannot be written (read-only, full) costs a render per request, not the answer."""
         tmp.write_bytes(data)
-        with contextlib.suppress(PermanentError):
+        try:
             await self.storage.put_file(key, tmp, expected_sha256=hashlib.sha256(data).hexdigest())
+        except PermanentError:
+            pass
+        except Exception as exc:
+            log.warning("rendered preview not kept", key=key, error=repr(exc))
