@@ -69,6 +69,7 @@ loadtest: deps postgres
 	$(BIN)/python -m load_test.run --seconds $(LOADTEST_SECONDS) --users $(LOADTEST_USERS)
 
 bench: deps postgres
+	$(BIN)/python -m load_test.bench.ingest
 	$(BIN)/python -m load_test.bench.pipeline
 	$(BIN)/python -m load_test.bench.previews
 	$(BIN)/python -m load_test.bench.archive

@@ -57,11 +57,18 @@ class Stack:
         return self.root / "logs" / f"{name}.log"
 
     def start(self, name: str) -> None:
+        """Start a service, or another replica of one: `extractor#2` runs `extractor` in the
+        same consumer group, on its own ops port."""
+        service = name.split("#", 1)[0]
+        env = {**os.environ, **self.env}
+        if name != service:
+            self.ports.setdefault(name, free_port())
+            env[f"{PREFIX[service]}OPS_PORT"] = str(self.ports[name])
         self.log_path(name).parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path(name).open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", SERVICES[name]],
-            env={**os.environ, **self.env},
+            [sys.executable, "-m", SERVICES[service]],
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.root,

@@ -7,8 +7,9 @@ never as its own duplicate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from libs.db import Conn
 
@@ -53,3 +54,63 @@ async def claim(conn: Conn, *, sop_instance_uid: str, content_sha256: str, file_
         if other is not None:
             return Claim("same_content_other_uid", other)
         return Claim("new")
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    sop_instance_uid: str
+    content_sha256: str
+    file_id: int
+
+
+async def claim_many(conn: Conn, requests: Sequence[ClaimRequest]) -> list[Claim]:
+    """`claim` for a batch in one transaction and two statements, one verdict per request
+    in order; the same as claiming them one after the other (a UID twice in the batch: the
+    first request claims it, the later ones are judged against that claim)."""
+    first: dict[str, ClaimRequest] = {}
+    for r in requests:
+        first.setdefault(r.sop_instance_uid, r)
+    ordered = sorted(first.values(), key=lambda r: r.sop_instance_uid)  # one lock order
+    async with conn.transaction():
+        rows = await conn.fetch(
+            """
+            INSERT INTO dedup_claims (sop_instance_uid, content_sha256, file_id)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+            ON CONFLICT (sop_instance_uid)
+                DO UPDATE SET sop_instance_uid = EXCLUDED.sop_instance_uid
+            RETURNING sop_instance_uid, content_sha256, file_id, claimed_at
+            """,
+            [r.sop_instance_uid for r in ordered],
+            [r.content_sha256 for r in ordered],
+            [r.file_id for r in ordered],
+        )
+        claims = {row["sop_instance_uid"]: row for row in rows}
+        own = [r for r in ordered if _owns(claims[r.sop_instance_uid], r)]
+        # Only claims older than each one: a redelivered message gets its first verdict again.
+        older = await conn.fetch(
+            """SELECT u.uid, (SELECT c.sop_instance_uid FROM dedup_claims c
+                               WHERE c.content_sha256 = u.sha
+                                 AND (c.claimed_at, c.sop_instance_uid) < (u.at, u.uid)
+                               ORDER BY c.claimed_at, c.sop_instance_uid LIMIT 1) AS other
+                 FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(uid, sha, at)""",
+            [r.sop_instance_uid for r in own],
+            [r.content_sha256 for r in own],
+            [claims[r.sop_instance_uid]["claimed_at"] for r in own],
+        )
+    others = {row["uid"]: row["other"] for row in older}
+    out = []
+    for r in requests:
+        row = claims[r.sop_instance_uid]
+        if row["content_sha256"] != r.content_sha256:
+            out.append(Claim("conflict", r.sop_instance_uid))
+        elif row["file_id"] != r.file_id:
+            out.append(Claim("duplicate", r.sop_instance_uid))
+        elif others.get(r.sop_instance_uid) is not None:
+            out.append(Claim("same_content_other_uid", others[r.sop_instance_uid]))
+        else:
+            out.append(Claim("new"))
+    return out
+
+
+def _owns(row: Any, r: ClaimRequest) -> bool:
+    return bool(row["content_sha256"] == r.content_sha256 and row["file_id"] == r.file_id)

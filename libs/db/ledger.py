@@ -115,6 +115,56 @@ async def mark_outcome(
     return float(done) if done is not None else None
 
 
+@dataclass(frozen=True)
+class Outcome:
+    file_id: int
+    status: str
+    reason: str | None
+    sop_instance_uid: str | None
+    study_uid: str | None
+    task_id: str | None
+
+
+async def mark_outcomes(conn: Conn, outcomes: Sequence[Outcome], *, stage: str) -> dict[int, float]:
+    """`mark_outcome` for many files in one statement (a file twice: its first outcome);
+    completes each task whose last pending file this was. Returns, per file whose outcome
+    this call recorded, the seconds since its discovery. Call inside a transaction."""
+    assert conn.is_in_transaction()
+    first: dict[int, Outcome] = {}
+    for o in outcomes:
+        assert o.status in FINAL
+        first.setdefault(o.file_id, o)
+    tasks_ = sorted({o.task_id for o in first.values() if o.task_id is not None})
+    if tasks_:
+        # Serialise outcomes per task (in one order), so the last one sees the others.
+        await conn.execute(
+            "SELECT 1 FROM import_tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", tasks_
+        )
+    ids = sorted(first)
+    rows = await conn.fetch(
+        """
+        UPDATE ingest_files
+           SET status = u.status, stage = $6, reason = u.reason, sop_instance_uid = u.sop,
+               study_uid = u.study, updated_at = now(), finished_at = now()
+          FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
+               AS u(id, status, reason, sop, study)
+         WHERE ingest_files.id = u.id AND ingest_files.status = 'pending'
+        RETURNING ingest_files.id,
+                  extract(epoch FROM ingest_files.finished_at - ingest_files.discovered_at)::float8
+                  AS seconds
+        """,
+        ids,
+        [first[i].status for i in ids],
+        [first[i].reason for i in ids],
+        [first[i].sop_instance_uid for i in ids],
+        [first[i].study_uid for i in ids],
+        stage,
+    )
+    for task_id in tasks_:
+        await complete_task_if_done(conn, task_id)
+    return {r["id"]: float(r["seconds"]) for r in rows}
+
+
 async def mark_failed_many(
     conn: Conn, failures: Sequence[tuple[int, str]], *, stage: str, task_id: str
 ) -> None:

@@ -242,3 +242,18 @@ def _deflated_has_pixels(ds: Dataset) -> bool:
         return False
     group, elem = unpack("<HH", head)
     return (group << 16 | elem) in PIXEL_TAGS
+
+
+def extract_many(
+    paths: list[str], zero_hostile_preamble: bool = False
+) -> list[tuple[DicomHeader, Hashes] | Exception]:
+    """`extract_file` for several files in one call (one round trip to a parser process):
+    per file its result, or the `PermanentError` or I/O error it failed with. Anything else
+    (MemoryError) fails the call, and the caller tries the files one by one."""
+    out: list[tuple[DicomHeader, Hashes] | Exception] = []
+    for path in paths:
+        try:
+            out.append(extract_file(path, zero_hostile_preamble))
+        except (PermanentError, OSError) as exc:
+            out.append(exc)
+    return out

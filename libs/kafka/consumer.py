@@ -1,10 +1,17 @@
 """The consuming half of every stage: at-least-once, manual commits, bounded retries, DLQ.
 
-One loop per stage: fetch a batch, run each message through its handler
-(retrying with backoff), send the events the handler returns, wait for every
-acknowledgement (including DLQ sends), and only then commit the batch's
-offsets. A crash anywhere before the commit means redelivery, so every
-handler's effects must be idempotent.
+One loop per stage: fetch a batch, run it through its handlers (retrying with
+backoff), send the events they return, wait for every acknowledgement (including
+DLQ sends), and only then commit the batch's offsets. A crash anywhere before the
+commit means redelivery, so every handler's effects must be idempotent.
+
+A topic is handled a message at a time (`Route`) or a batch at a time
+(`BatchRoute`: the handler gets every valid event of the batch at once, does its
+effects with set-based statements in one transaction, and returns one outcome per
+event). A batch handler that raises is run again one message at a time, so a
+poison message is retried and dead-lettered alone while the rest reach their
+outcome; an outcome that is an exception is treated the same way for its message.
+One INFO line per batch; per message at DEBUG.
 
 Failures are sorted three ways:
 - `PermanentError` (bad input): to `<topic>.dlq` at once, with the reason.
@@ -42,6 +49,9 @@ log = get_logger(__name__)
 
 E = TypeVar("E", bound=BaseModel)
 Handler = Callable[[E], Awaitable[Sequence[Event]]]
+# One per event of the batch, in order: the events to emit, or why that message failed.
+Outcome = Sequence[Event] | Exception
+BatchHandler = Callable[[Sequence[E]], Awaitable[Sequence[Outcome]]]
 
 UNREACHABLE = (
     ConnectionError,
@@ -75,6 +85,39 @@ class Route(Generic[E]):
 
 
 @dataclass(frozen=True)
+class BatchRoute(Generic[E]):
+    """A topic handled a batch at a time (see the module docstring)."""
+
+    model: type[E]
+    handler: BatchHandler[E]
+
+    def one(self, event: E) -> Awaitable[Sequence[Event]]:
+        """The handler for one message alone (a batch of one)."""
+
+        async def handle() -> Sequence[Event]:
+            outcomes = await self.handler([event])
+            if len(outcomes) != 1:
+                raise RuntimeError(f"batch handler returned {len(outcomes)} outcomes for 1 event")
+            if isinstance(outcomes[0], Exception):
+                raise outcomes[0]
+            return outcomes[0]
+
+        return handle()
+
+
+AnyRoute = Route[Any] | BatchRoute[Any]
+
+
+@dataclass
+class _Tally:
+    """What one batch came to, for its one log line."""
+
+    handled: int = 0
+    emitted: int = 0
+    dead_lettered: int = 0
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     max_retries: int = 3
     backoff_seconds: float = 0.2
@@ -89,7 +132,7 @@ class StageConsumer:
         *,
         stage: str,
         group_id: str,
-        routes: Mapping[str, Route[Any]],
+        routes: Mapping[str, AnyRoute],
         bootstrap_servers: str,
         producer: Producer,
         metrics: ConsumerMetrics,
@@ -113,6 +156,7 @@ class StageConsumer:
         for topic in self._routes:
             metrics.init_topic(topic)
         self._lag_labels: set[tuple[str, str]] = set()
+        self._tally = _Tally()
         self._consumer = AIOKafkaConsumer(
             *self._routes,
             bootstrap_servers=bootstrap_servers,
@@ -156,8 +200,22 @@ class StageConsumer:
             log.info("stopped during a retry; the batch will be redelivered")
 
     async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        pending = await asyncio.gather(*(self._in_order(rs) for rs in _by_key(batch)))
-        acks = [f for futures in pending for f in futures]
+        started = time.perf_counter()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(service=self.stage)
+        self._tally = _Tally()
+        acks: list[asyncio.Future[object]] = []
+        singles: dict[TopicPartition, list[ConsumerRecord]] = {}
+        for topic, records in _by_topic(batch).items():
+            route = self._routes[topic]
+            if isinstance(route, BatchRoute):
+                acks += await self._handle_batch(route, records)
+        for tp, records in batch.items():
+            if not isinstance(self._routes[tp.topic], BatchRoute):
+                singles[tp] = records
+        if singles:
+            pending = await asyncio.gather(*(self._in_order(rs) for rs in _by_key(singles)))
+            acks += [f for futures in pending for f in futures]
         if acks:
             await asyncio.gather(*acks)
         offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
@@ -171,6 +229,76 @@ class StageConsumer:
             lag = (self._consumer.highwater(tp) or 0) - (rs[-1].offset + 1)
             self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
         self._forget_lost_partitions()
+        t = self._tally
+        log.info(
+            "batch handled",
+            messages=sum(len(rs) for rs in batch.values()),
+            ok=t.handled,
+            emitted=t.emitted,
+            dead_lettered=t.dead_lettered,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _handle_batch(
+        self, route: BatchRoute[Any], records: list[ConsumerRecord]
+    ) -> list[asyncio.Future[object]]:
+        """One topic's records of the batch through its batch handler (see BatchRoute)."""
+        futures: list[asyncio.Future[object]] = []
+        valid: list[tuple[ConsumerRecord, Any]] = []
+        for record in records:
+            try:
+                valid.append((record, route.model.model_validate_json(record.value or b"")))
+            except ValidationError as exc:
+                reason = f"invalid {route.model.__name__} event: {_first_errors(exc)}"
+                futures += await self._dead_letter(record, reason, "ValidationError", 1, None)
+        if not valid:
+            return futures
+        topic = records[0].topic
+        started = time.perf_counter()
+        outages = 0
+        while True:
+            try:
+                outcomes = await route.handler([event for _, event in valid])
+                if len(outcomes) != len(valid):
+                    raise RuntimeError(f"{len(outcomes)} outcomes for {len(valid)} events")
+                break
+            except Exception as exc:
+                if is_outage(exc):
+                    outages += 1
+                    self.healthy = False
+                    self._metrics.retries.labels(topic, "unreachable").inc()
+                    log.warning("dependency unreachable, retrying the batch", error=repr(exc))
+                    await self._sleep(self._retry.delay(outages))
+                    continue
+                # Something in the batch fails it: one message at a time, so only the
+                # guilty one is retried to its limit and dead-lettered.
+                log.warning(
+                    "batch failed, handling its messages one at a time",
+                    error=repr(exc),
+                    messages=len(valid),
+                )
+                for record, event in valid:
+                    futures += await self._handle(record, route, event)
+                return futures
+        elapsed = (time.perf_counter() - started) / len(valid)
+        ok = 0
+        for (record, event), outcome in zip(valid, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                futures += await self._handle(record, route, event, first_error=outcome)
+                continue
+            futures += [await self._producer.send(e) for e in outcome]
+            self._metrics.handler_seconds.labels(topic).observe(elapsed)
+            self._tally.emitted += len(outcome)
+            ok += 1
+            log.debug(
+                "handled",
+                offset=record.offset,
+                correlation_id=_correlation_id(event),
+                emitted=[type(e).TOPIC for e in outcome],
+            )
+        self._metrics.messages.labels(topic, "ok").inc(ok)
+        self._tally.handled += ok
+        return futures
 
     def _record_idle_lag(self) -> None:
         for tp in self._consumer.assignment():
@@ -191,10 +319,19 @@ class StageConsumer:
         futures: list[asyncio.Future[object]] = []
         for record in records:
             async with self._slots:
-                futures += await self._handle(record)
+                futures += await self._handle(record, self._routes[record.topic])
         return futures
 
-    async def _handle(self, record: ConsumerRecord) -> list[asyncio.Future[object]]:
+    async def _handle(
+        self,
+        record: ConsumerRecord,
+        route: AnyRoute,
+        event: Any = None,
+        *,
+        first_error: Exception | None = None,
+    ) -> list[asyncio.Future[object]]:
+        """One message alone, retried to its limit; `event` when already validated,
+        `first_error` when its first attempt (in a batch) already failed with it."""
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             service=self.stage,
@@ -203,20 +340,24 @@ class StageConsumer:
             offset=record.offset,
         )
         started = time.perf_counter()
-        route = self._routes[record.topic]
-        try:
-            event = route.model.model_validate_json(record.value or b"")
-        except ValidationError as exc:
-            reason = f"invalid {route.model.__name__} event: {_first_errors(exc)}"
-            return await self._dead_letter(record, reason, "ValidationError", 1, None)
+        if event is None:
+            try:
+                event = route.model.model_validate_json(record.value or b"")
+            except ValidationError as exc:
+                reason = f"invalid {route.model.__name__} event: {_first_errors(exc)}"
+                return await self._dead_letter(record, reason, "ValidationError", 1, None)
         structlog.contextvars.bind_contextvars(correlation_id=_correlation_id(event))
         if record.key:  # keyed topics are keyed by StudyInstanceUID
             structlog.contextvars.bind_contextvars(study_uid=record.key.decode(errors="replace"))
+        handler = route.one if isinstance(route, BatchRoute) else route.handler
         attempt = outages = 0  # the message's own failures; outage retries apart
         while True:
             attempt += 1
             try:
-                out = await route.handler(event)
+                if first_error is not None:
+                    error, first_error = first_error, None
+                    raise error
+                out = await handler(event)
                 futures = [await self._producer.send(e) for e in out]
             except PermanentError as exc:
                 return await self._dead_letter(record, str(exc), type(exc).__name__, attempt, event)
@@ -242,7 +383,9 @@ class StageConsumer:
             elapsed = time.perf_counter() - started
             self._metrics.handler_seconds.labels(record.topic).observe(elapsed)
             self._metrics.messages.labels(record.topic, "ok").inc()
-            log.info("handled", emitted=[type(e).TOPIC for e in out], ms=round(elapsed * 1000, 2))
+            self._tally.handled += 1
+            self._tally.emitted += len(out)
+            log.debug("handled", emitted=[type(e).TOPIC for e in out], ms=round(elapsed * 1000, 2))
             return futures
 
     async def _dead_letter(
@@ -254,7 +397,15 @@ class StageConsumer:
         event: BaseModel | None,
     ) -> list[asyncio.Future[object]]:
         self._metrics.messages.labels(record.topic, "dlq").inc()
-        log.warning("dead-lettered", reason=reason, attempts=attempts)
+        self._tally.dead_lettered += 1
+        log.warning(
+            "dead-lettered",
+            reason=reason,
+            attempts=attempts,
+            topic=record.topic,
+            offset=record.offset,
+            correlation_id=_correlation_id(event),
+        )
         if not self._dead_letters:
             return []
         letter = DeadLetter(
@@ -286,6 +437,14 @@ class StageConsumer:
         except TimeoutError:
             return
         raise StopRequested
+
+
+def _by_topic(batch: dict[TopicPartition, list[ConsumerRecord]]) -> dict[str, list[ConsumerRecord]]:
+    """A batch's records per topic, each partition's in offset order."""
+    out: dict[str, list[ConsumerRecord]] = {}
+    for tp, records in batch.items():
+        out.setdefault(tp.topic, []).extend(records)
+    return out
 
 
 def _by_key(batch: dict[TopicPartition, list[ConsumerRecord]]) -> list[list[ConsumerRecord]]:

@@ -25,7 +25,7 @@ from libs.contracts.settings import ServiceSettings
 from libs.db.migrations import migrate
 from libs.db.pool import DatabaseUnavailable, create_pool
 from libs.kafka.admin import ensure_topics
-from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
+from libs.kafka.consumer import AnyRoute, RetryPolicy, StageConsumer
 from libs.kafka.producer import Producer
 from libs.runtime.logging import configure_logging, get_logger
 from libs.runtime.metrics import ConsumerMetrics, DiskCollector, ProducerMetrics
@@ -84,7 +84,7 @@ class Runtime:
 
     async def consumer(
         self,
-        routes: Mapping[str, Route[Any]],
+        routes: Mapping[str, AnyRoute],
         *,
         group_id: str | None = None,
         metrics: ConsumerMetrics | None = None,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,15 @@ class StoredObject:
     size: int
     sha256: str
     created: bool  # False when an identical object was already there (redelivery)
+
+
+@dataclass(frozen=True)
+class PutRequest:
+    """One `put_file` of a batch."""
+
+    key: str
+    source: Path
+    expected_sha256: str
 
 
 class ObjectStore(Protocol):
@@ -82,3 +92,24 @@ BACKENDS: dict[str, Callable[[str], ObjectStore]] = {}
 
 def register_backend(scheme: str, factory: Callable[[str], ObjectStore]) -> None:
     BACKENDS[scheme] = factory
+
+
+async def put_files(
+    store: ObjectStore, items: Sequence[PutRequest]
+) -> list[StoredObject | Exception]:
+    """`put_file` for each item; a store with a batch method (`put_files`: group durability)
+    uses it. Per item its object, or the error it failed with."""
+    batch = getattr(store, "put_files", None)
+    if batch is not None:
+        result: list[StoredObject | Exception] = await batch(items)
+        return result
+    done = await asyncio.gather(
+        *(store.put_file(i.key, i.source, expected_sha256=i.expected_sha256) for i in items),
+        return_exceptions=True,
+    )
+    out: list[StoredObject | Exception] = []
+    for r in done:
+        if isinstance(r, BaseException) and not isinstance(r, Exception):
+            raise r
+        out.append(r)
+    return out

@@ -6,12 +6,13 @@ import asyncio
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from libs.contracts.errors import PermanentError
-from libs.storage.base import StoredObject, check_key, register_backend
+from libs.staging.files import sync_folder
+from libs.storage.base import PutRequest, StoredObject, check_key, register_backend
 
 CHUNK = 1 << 20
 
@@ -86,6 +87,70 @@ class LocalStore:
         finally:
             tmp.unlink(missing_ok=True)
         return StoredObject(self.url_for(key), size, expected, created=True)
+
+    async def put_files(self, items: Sequence[PutRequest]) -> list[StoredObject | Exception]:
+        """`put_file` for a batch with group durability: every copy is written and checked,
+        then one syncfs makes their bytes durable, then they are renamed into place and a
+        second syncfs makes the names durable; two flushes per batch instead of two fsyncs
+        per file. Per item its object, or the error it failed with."""
+        return await asyncio.to_thread(self._put_files, items)
+
+    def _put_files(self, items: Sequence[PutRequest]) -> list[StoredObject | Exception]:
+        out: list[StoredObject | Exception | None] = [None] * len(items)
+        staged: list[tuple[int, Path, Path, int]] = []
+        try:
+            for n, item in enumerate(items):
+                try:
+                    target = self.path_for(item.key)
+                    if target.exists():
+                        out[n] = self._existing(item.key, target, item.expected_sha256)
+                        continue
+                    tmp, size = self._copy(target, item.source, item.expected_sha256)
+                    staged.append((n, tmp, target, size))
+                except Exception as exc:  # this item only
+                    out[n] = exc
+            if staged:
+                sync_folder(self.root)  # the copies' bytes, before any is named
+                for n, tmp, target, size in staged:
+                    os.replace(tmp, target)
+                    out[n] = StoredObject(
+                        self.url_for(items[n].key), size, items[n].expected_sha256, created=True
+                    )
+                sync_folder(self.root)  # the names
+        finally:
+            for _, tmp, _, _ in staged:
+                tmp.unlink(missing_ok=True)
+        return [o if o is not None else RuntimeError("not stored") for o in out]
+
+    def _existing(self, key: str, target: Path, expected: str) -> StoredObject:
+        existing = sha256_file(target)
+        if existing != expected:
+            raise PermanentError(
+                f"refusing to overwrite {key}: it holds different content ({existing[:12]}…)"
+            )
+        return StoredObject(self.url_for(key), target.stat().st_size, existing, created=False)
+
+    def _copy(self, target: Path, source: Path, expected: str) -> tuple[Path, int]:
+        """Copy and hash in one pass to a temporary file beside `target` (not yet durable)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with source.open("rb") as src, tmp.open("xb") as dst:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                    size += len(chunk)
+            if digest.hexdigest() != expected:
+                raise PermanentError(
+                    f"source changed since it was extracted: SHA-256 {digest.hexdigest()[:12]}… "
+                    f"!= {expected[:12]}…"
+                )
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp, size
 
     async def size(self, key: str) -> int | None:
         try:

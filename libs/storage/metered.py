@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from libs.runtime.metrics import StorageMetrics
-from libs.storage.base import ObjectStore, StoredObject
+from libs.storage.base import ObjectStore, PutRequest, StoredObject, put_files
 
 
 class MeteredStore:
@@ -21,6 +21,14 @@ class MeteredStore:
             self._metrics.objects.inc()
             self._metrics.bytes.inc(stored.size)
         return stored
+
+    async def put_files(self, items: Sequence[PutRequest]) -> list[StoredObject | Exception]:
+        out = await put_files(self._store, items)
+        for stored in out:
+            if isinstance(stored, StoredObject) and stored.created:
+                self._metrics.objects.inc()
+                self._metrics.bytes.inc(stored.size)
+        return out
 
     async def size(self, key: str) -> int | None:
         return await self._store.size(key)

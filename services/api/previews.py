@@ -1,12 +1,14 @@
-"""Previews for the API: the converter's stored JPEG when it fits the request, else rendered
-on the fly from the canonical copy in an isolated worker (custom window, other frames, or
-an instance the converter has not reached yet). Renders are capped: `concurrency` at once,
-`queue` waiting, and the instance is copied out of storage only once its render may start;
-beyond the queue the caller is told to retry (`RenderBusy`)."""
+"""Previews for the API: the stored JPEG when it fits the request, else rendered on the fly
+from the canonical copy in an isolated worker (custom window, other frames, or an instance
+the converter did not render ahead: it renders one image per series). A render with the
+file's own window is kept next to the copy, so each is rendered once. Renders are capped:
+`concurrency` at once, `queue` waiting, and the instance is copied out of storage only once
+its render may start; beyond the queue the caller is told to retry (`RenderBusy`)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,10 +19,13 @@ from libs.imaging.isolated import Renderer
 from libs.imaging.jobs import Kind, RenderRequest
 from libs.imaging.keys import preview_key
 from libs.imaging.window import Window
+from libs.runtime.logging import get_logger
 from libs.storage import ObjectStore, instance_key
 from libs.storage.download import download
 
 THUMBNAIL_SIZE = 256
+log = get_logger(__name__)
+
 RETRY_AFTER_SECONDS = 2
 
 
@@ -82,6 +87,21 @@ class PreviewSource:
                     result = await self.renderer.render(path, request)
                 except PermanentError as exc:  # Unrenderable, worker died or timed out, gone
                     raise PreviewUnavailable(str(exc)) from None
+                data = result.images[0].jpeg
+                if window is None:
+                    await self._keep(preview_key(*uids, kind, frame), data, Path(tmp) / "keep.jpg")
         finally:
             self._slots.release()
-        return Jpeg(data=result.images[0].jpeg, rendered=True)
+        return Jpeg(data=data, rendered=True)
+
+    async def _keep(self, key: str, data: bytes, tmp: Path) -> None:
+        """Store a render with the file's own window where the converter would have put it.
+        Another render already there (the converter's, a concurrent request) stands; a store
+        that cannot be written (read-only, full) costs a render per request, not the answer."""
+        tmp.write_bytes(data)
+        try:
+            await self.storage.put_file(key, tmp, expected_sha256=hashlib.sha256(data).hexdigest())
+        except PermanentError:
+            pass
+        except Exception as exc:
+            log.warning("rendered preview not kept", key=key, error=repr(exc))

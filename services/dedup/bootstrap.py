@@ -1,30 +1,32 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import asyncpg
 
 from libs.contracts.events import InstanceExtracted
 from libs.db import dedup
-from libs.kafka.consumer import Route
+from libs.kafka.consumer import BatchRoute
 from libs.runtime.service import Runtime
-from services.dedup.handlers import ClaimFn, handle_extracted
+from services.dedup.handlers import ClaimManyFn, handle_extracted_batch
 
 
-def make_claim(pool: asyncpg.Pool) -> ClaimFn:
-    async def claim(event: InstanceExtracted) -> dedup.Claim:
-        async with pool.acquire() as conn:
-            return await dedup.claim(
-                conn,
-                sop_instance_uid=event.header.instance.sop_instance_uid,
-                content_sha256=event.hashes.content_sha256,
-                file_id=event.file.file_id,
+def make_claim_many(pool: asyncpg.Pool) -> ClaimManyFn:
+    async def claim_many(events: Sequence[InstanceExtracted]) -> list[dedup.Claim]:
+        requests = [
+            dedup.ClaimRequest(
+                e.header.instance.sop_instance_uid, e.hashes.content_sha256, e.file.file_id
             )
+            for e in events
+        ]
+        async with pool.acquire() as conn:
+            return await dedup.claim_many(conn, requests)
 
-    return claim
+    return claim_many
 
 
 async def wire(rt: Runtime) -> None:
     pool = await rt.pool()
-    handler = partial(handle_extracted, claim=make_claim(pool))
-    await rt.consumer({InstanceExtracted.TOPIC: Route(InstanceExtracted, handler)})
+    handler = partial(handle_extracted_batch, claim_many=make_claim_many(pool))
+    await rt.consumer({InstanceExtracted.TOPIC: BatchRoute(InstanceExtracted, handler)})

@@ -3,16 +3,17 @@ aside; same content under another UID is stored and flagged."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from libs.contracts.events import Event, InstanceDuplicated, InstanceExtracted, InstanceUnique
 from libs.db.dedup import Claim
 
 ClaimFn = Callable[[InstanceExtracted], Awaitable[Claim]]
+# The claims of a batch, in one transaction: one verdict per event, in order.
+ClaimManyFn = Callable[[Sequence[InstanceExtracted]], Awaitable[list[Claim]]]
 
 
-async def handle_extracted(event: InstanceExtracted, *, claim: ClaimFn) -> list[Event]:
-    verdict = await claim(event)
+def decide(event: InstanceExtracted, verdict: Claim) -> Event:
     common = {
         "correlation_id": event.correlation_id,
         "source": event.source,
@@ -21,11 +22,20 @@ async def handle_extracted(event: InstanceExtracted, *, claim: ClaimFn) -> list[
         "hashes": event.hashes,
     }
     if verdict.verdict == "duplicate":
-        return [InstanceDuplicated(**common)]
-    return [
-        InstanceUnique(
-            **common,
-            disposition=verdict.verdict,
-            related_sop_instance_uid=verdict.related_sop_instance_uid,
-        )
-    ]
+        return InstanceDuplicated(**common)
+    return InstanceUnique(
+        **common,
+        disposition=verdict.verdict,
+        related_sop_instance_uid=verdict.related_sop_instance_uid,
+    )
+
+
+async def handle_extracted(event: InstanceExtracted, *, claim: ClaimFn) -> list[Event]:
+    return [decide(event, await claim(event))]
+
+
+async def handle_extracted_batch(
+    events: Sequence[InstanceExtracted], *, claim_many: ClaimManyFn
+) -> list[list[Event]]:
+    verdicts = await claim_many(events)
+    return [[decide(e, v)] for e, v in zip(events, verdicts, strict=True)]

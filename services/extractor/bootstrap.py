@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 
-from libs.contracts.events import DicomHeader, FileDiscovered, Hashes
-from libs.dicom.extract import extract_file
-from libs.kafka.consumer import Route
+from libs.contracts.events import FileDiscovered
+from libs.dicom.extract import extract_many
+from libs.kafka.consumer import BatchRoute
 from libs.runtime.sandbox import IsolatedExecutor
 from libs.runtime.service import Runtime
 from services.extractor.config import ExtractorSettings
-from services.extractor.handlers import handle_discovered
+from services.extractor.handlers import Parsed, handle_discovered_batch
+
+# Files per call to a parser process: few enough that a chunk stays far inside the time
+# limit, enough that the round trip is shared.
+CHUNK = 25
 
 
 async def wire(rt: Runtime) -> None:
@@ -18,14 +23,27 @@ async def wire(rt: Runtime) -> None:
         workers=settings.workers,
         memory_limit_mb=settings.memory_limit_mb,
         timeout_s=settings.parse_timeout_seconds,
-        preload=(extract_file.__module__,),
+        preload=(extract_many.__module__,),
     )
     rt.resources.callback(executor.close)
     await executor.warm_up()
 
-    async def parse(path: str) -> tuple[DicomHeader, Hashes]:
-        header, hashes = await executor.run(extract_file, path, settings.zero_hostile_preamble)
-        return header, hashes
+    async def parse_many(paths: list[str]) -> list[Parsed]:
+        """The batch spread over the parser processes, one call per chunk. A chunk whose
+        process crashed or timed out fails the batch: the bus then parses the files one by
+        one, and only the guilty one is dead-lettered."""
+        size = min(CHUNK, max(1, -(-len(paths) // settings.workers)))
+        chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+        results = await asyncio.gather(
+            *(executor.run(extract_many, c, settings.zero_hostile_preamble) for c in chunks),
+            return_exceptions=True,
+        )
+        out: list[Parsed] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            out += result
+        return out
 
-    handler = partial(handle_discovered, parse=parse)
-    await rt.consumer({FileDiscovered.TOPIC: Route(FileDiscovered, handler)})
+    handler = partial(handle_discovered_batch, parse_many=parse_many)
+    await rt.consumer({FileDiscovered.TOPIC: BatchRoute(FileDiscovered, handler)})

@@ -1,24 +1,41 @@
-"""Read one discovered file's header and hashes (in an isolated parser process)."""
+"""Read discovered files' headers and hashes (in isolated parser processes)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
+from libs.contracts.errors import PermanentError
 from libs.contracts.events import DicomHeader, Event, FileDiscovered, Hashes, InstanceExtracted
+from libs.kafka.consumer import Outcome
 from libs.storage.file_uri import local_source
 
-Parse = Callable[[str], Awaitable[tuple[DicomHeader, Hashes]]]
+Parsed = tuple[DicomHeader, Hashes] | Exception
+# Parses several files (a round trip per parser process, not per file): per path its
+# header and hashes, or the error it failed with.
+ParseMany = Callable[[list[str]], Awaitable[list[Parsed]]]
 
 
-async def handle_discovered(event: FileDiscovered, *, parse: Parse) -> list[Event]:
-    path = local_source(event.file.uri)
-    header, hashes = await parse(str(path))
-    return [
-        InstanceExtracted(
-            correlation_id=event.correlation_id,
-            source=event.source,
-            file=event.file,
-            header=header,
-            hashes=hashes,
-        )
-    ]
+async def handle_discovered_batch(
+    events: Sequence[FileDiscovered], *, parse_many: ParseMany
+) -> list[Outcome]:
+    outcomes: list[Outcome | None] = [None] * len(events)
+    todo: list[tuple[int, str]] = []
+    for n, event in enumerate(events):
+        try:
+            todo.append((n, str(local_source(event.file.uri))))
+        except PermanentError as exc:
+            outcomes[n] = exc
+    parsed = await parse_many([path for _, path in todo])
+    for (n, _), result in zip(todo, parsed, strict=True):
+        outcomes[n] = result if isinstance(result, Exception) else [extracted(events[n], *result)]
+    return [o for o in outcomes if o is not None]
+
+
+def extracted(event: FileDiscovered, header: DicomHeader, hashes: Hashes) -> Event:
+    return InstanceExtracted(
+        correlation_id=event.correlation_id,
+        source=event.source,
+        file=event.file,
+        header=header,
+        hashes=hashes,
+    )

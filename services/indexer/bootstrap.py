@@ -15,16 +15,16 @@ from libs.contracts.events import (
 )
 from libs.contracts.topics import dlq_topic
 from libs.db import index as repo
-from libs.db import ledger
-from libs.kafka.consumer import Route
+from libs.db import index_batch, ledger
+from libs.kafka.consumer import BatchRoute, Route
 from libs.runtime.logging import get_logger
 from libs.runtime.metrics import end_to_end_histogram
 from libs.runtime.service import Runtime
 from services.indexer.config import IndexerSettings
 from services.indexer.handlers import (
     handle_dead_letter,
-    handle_duplicate,
-    handle_stored,
+    handle_duplicate_batch,
+    handle_stored_batch,
     metadata_event,
 )
 
@@ -50,18 +50,17 @@ class PgIndex:
         if seconds is not None:  # None: recorded by an earlier delivery, already observed
             self.end_to_end.labels(outcome).observe(seconds)
 
-    async def index(self, event: InstanceStored) -> StudySnapshot | None:
+    async def index_many(self, events: Sequence[InstanceStored]) -> dict[str, StudySnapshot]:
         async with self.pool.acquire() as conn:
-            seconds = await repo.index_instance(conn, event)
-            if event.disposition == "conflict":
-                self._observe("conflict", seconds)
-                return None
-            self._observe("indexed", seconds)
-            return await repo.study_snapshot(conn, event.header.study.study_uid)
+            done = await index_batch.index_stored_many(conn, events)
+        for e, seconds in zip(events, done.latencies, strict=True):
+            self._observe("conflict" if e.disposition == "conflict" else "indexed", seconds)
+        return done.snapshots
 
-    async def duplicate(self, event: InstanceDuplicated) -> None:
+    async def duplicates_many(self, events: Sequence[InstanceDuplicated]) -> None:
         async with self.pool.acquire() as conn:
-            self._observe("duplicate", await repo.record_duplicate(conn, event))
+            for seconds in await index_batch.record_duplicates_many(conn, events):
+                self._observe("duplicate", seconds)
 
     async def failed(self, file_id: int, stage: str, reason: str) -> None:
         async with self.pool.acquire() as conn:
@@ -75,9 +74,11 @@ async def wire(rt: Runtime) -> None:
     index = PgIndex(pool, end_to_end_histogram(rt.name, rt.registry))
     await rt.consumer(
         {
-            InstanceStored.TOPIC: Route(InstanceStored, partial(handle_stored, index=index)),
-            InstanceDuplicated.TOPIC: Route(
-                InstanceDuplicated, partial(handle_duplicate, index=index)
+            InstanceStored.TOPIC: BatchRoute(
+                InstanceStored, partial(handle_stored_batch, index=index)
+            ),
+            InstanceDuplicated.TOPIC: BatchRoute(
+                InstanceDuplicated, partial(handle_duplicate_batch, index=index)
             ),
         }
     )

@@ -1,17 +1,25 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 from prometheus_client import Counter
 
-from libs.contracts.events import Event, InstancePreviewed, InstanceStored
+from libs.contracts.events import InstancePreviewed, InstanceStored
 from libs.imaging.isolated import IsolatedRenderer
 from libs.imaging.jobs import RenderRequest
-from libs.kafka.consumer import Route
+from libs.kafka.consumer import BatchRoute, Outcome
+from libs.runtime.logging import get_logger
 from libs.runtime.service import Runtime
 from libs.storage import open_store
 from services.jpg_converter.config import JpgConverterSettings
-from services.jpg_converter.handlers import handle_stored
+from services.jpg_converter.handlers import (
+    Representatives,
+    handle_stored,
+    handle_stored_batch,
+)
+
+log = get_logger(__name__)
 
 
 async def wire(rt: Runtime) -> None:
@@ -31,12 +39,21 @@ async def wire(rt: Runtime) -> None:
     )
     request = RenderRequest(thumbnail_size=settings.thumbnail_size, quality=settings.jpeg_quality)
     convert = partial(handle_stored, storage=storage, renderer=renderer, request=request)
+    representatives = Representatives() if settings.eager == "series" else None
 
-    async def handler(event: InstanceStored) -> list[Event]:
-        out = await convert(event)
-        for e in out:
-            if isinstance(e, InstancePreviewed):
-                outcomes.labels(e.status).inc()
+    async def batch(events: Sequence[InstanceStored]) -> list[Outcome]:
+        out = await handle_stored_batch(events, convert=convert, representatives=representatives)
+        for result in out:
+            for e in result if not isinstance(result, Exception) else ():
+                if isinstance(e, InstancePreviewed):
+                    outcomes.labels(e.status).inc()
+                    if e.status == "unrenderable":  # a failure: always logged, with its id
+                        log.warning(
+                            "no preview",
+                            correlation_id=e.correlation_id,
+                            sop_instance_uid=e.sop_instance_uid,
+                            reason=e.reason,
+                        )
         return out
 
-    await rt.consumer({InstanceStored.TOPIC: Route(InstanceStored, handler)})
+    await rt.consumer({InstanceStored.TOPIC: BatchRoute(InstanceStored, batch)})

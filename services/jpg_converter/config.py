@@ -1,3 +1,5 @@
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -16,3 +18,8 @@ class JpgConverterSettings(ServiceSettings):
     render_timeout_seconds: float = Field(default=60.0, gt=0)
     thumbnail_size: int = Field(default=256, ge=16, le=2048, description="Longest side, pixels")
     jpeg_quality: int = Field(default=90, ge=1, le=95)
+    eager: Literal["series", "all"] = Field(
+        default="series",
+        description="Render ahead the first image of each series (others on first request, "
+        "by the API) or every image.",
+    )

@@ -1,11 +1,18 @@
-"""Render each stored instance's first (and middle) frame to a preview and a thumbnail JPEG,
-written next to the canonical copy; announce them, or why there are none, on dicom.preview.v1."""
+"""Render a stored instance's first (and middle) frame to a preview and a thumbnail JPEG,
+written next to the canonical copy; announce them, or why there are none, on dicom.preview.v1.
+
+Eagerly, by default, only the first image of each series seen (its thumbnail is what a
+study list shows): a 600-slice CT needs one, not 1,200 renders nobody asked for. The
+others are announced `skipped`; the API renders them on first request and keeps them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import tempfile
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +21,7 @@ from libs.contracts.events import Event, InstancePreviewed, InstanceStored, Prev
 from libs.imaging.isolated import Renderer
 from libs.imaging.jobs import RenderedImage, RenderRequest, RenderResult
 from libs.imaging.keys import preview_key
+from libs.kafka.consumer import Outcome
 from libs.storage import ObjectStore, instance_key
 from libs.storage.download import download
 
@@ -94,3 +102,48 @@ async def handle_stored(
             return [outcome(event, "unrenderable", reason=f"{type(exc).__name__}: {exc}")]
         images = [await store(storage, event, image, work) for image in result.images]
     return [outcome(event, "rendered", result=result, images=images)]
+
+
+ON_REQUEST = "rendered on first request (not the first image of its series)"
+
+
+class Representatives:
+    """The image of each series rendered eagerly: the first one this process saw (a
+    redelivery of it renders again, idempotently). Bounded: the oldest series are forgotten,
+    at worst costing one more render of a series seen long ago."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._by_series: OrderedDict[str, str] = OrderedDict()
+        self._limit = limit
+
+    def eager(self, event: InstanceStored) -> bool:
+        series, sop = event.header.series.series_uid, event.header.instance.sop_instance_uid
+        first = self._by_series.setdefault(series, sop)
+        self._by_series.move_to_end(series)
+        while len(self._by_series) > self._limit:
+            self._by_series.popitem(last=False)
+        return first == sop
+
+
+async def handle_stored_batch(
+    events: Sequence[InstanceStored],
+    *,
+    convert: Callable[[InstanceStored], Awaitable[list[Event]]],
+    representatives: Representatives | None,
+) -> list[Outcome]:
+    """`convert` (handle_stored) for every event, or with `representatives` only for the
+    first image of each series (and what is skipped anyway: conflicts, no pixels)."""
+    out: list[Outcome | None] = [None] * len(events)
+    todo = []
+    for n, e in enumerate(events):
+        lazy = representatives is not None and e.disposition != "conflict" and e.hashes.has_pixels
+        if lazy and representatives is not None and not representatives.eager(e):
+            out[n] = [outcome(e, "skipped", reason=ON_REQUEST)]
+        else:
+            todo.append(n)
+    results = await asyncio.gather(*(convert(events[n]) for n in todo), return_exceptions=True)
+    for n, result in zip(todo, results, strict=True):
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result  # cancelled: stopping
+        out[n] = result
+    return [o for o in out if o is not None]

@@ -1,7 +1,10 @@
-"""The converter in the running stack: an import is indexed as before, each image gets its
-JPEGs next to the canonical copy, and the API serves them through the search's link."""
+"""The converter in the running stack: an import is indexed as before, the first image of
+the series gets its JPEGs ahead, the others are rendered by the API on first request and
+kept next to the canonical copy; the API serves them through the search's link."""
 
 from __future__ import annotations
+
+import asyncio
 
 import asyncpg
 
@@ -37,14 +40,15 @@ async def test_imported_images_get_previews_served_by_the_api(
     assert task["status"] == "completed" and task["counters"]["new_instances"] == 3, task
 
     storage = path_from_file_url(stack.env["STORAGE_URL"])
-    wanted = [storage / preview_key(study, series, sop, kind) for sop in sops
-              for kind in ("preview", "thumbnail")]  # fmt: skip
-    await eventually(
-        lambda: all(p.exists() for p in wanted),
-        60,
-        what=lambda: stack.tail("jpg-converter"),
-        interval=0.25,
-    )
+
+    def rendered() -> list[str]:
+        return [sop for sop in sops if all(
+            (storage / preview_key(study, series, sop, kind)).exists()
+            for kind in ("preview", "thumbnail"))]  # fmt: skip
+
+    await eventually(rendered, 60, what=lambda: stack.tail("jpg-converter"), interval=0.25)
+    await asyncio.sleep(1)  # the converter's other outcomes (none may render more)
+    assert len(rendered()) == 1, "one image of the series rendered ahead, not every one"
 
     async with stack.client() as c:
         body = (await c.get("/v1/studies", params={"patient_id": "E2E-PREVIEW"})).json()
@@ -52,10 +56,16 @@ async def test_imported_images_get_previews_served_by_the_api(
         assert link == f"/v1/studies/{study}/series/{series}/instances/{sops[0]}/thumbnail.jpg"
         response = await c.get(link)
         assert response.status_code == 200, response.text
-        assert (
-            response.content
-            == (storage / preview_key(study, series, sops[0], "thumbnail")).read_bytes()
-        )
+        kept = storage / preview_key(study, series, sops[0], "thumbnail")
+        assert response.content == kept.read_bytes(), "rendered once, kept next to the copy"
+        assert (await c.get(link)).content == response.content
+        for sop in sops:  # every image, rendered ahead or on request, then kept
+            url = f"/v1/studies/{study}/series/{series}/instances/{sop}/preview.jpg"
+            got = await c.get(url)
+            assert got.status_code == 200 and got.content[:2] == b"\xff\xd8"
+            assert (
+                got.content == (storage / preview_key(study, series, sop, "preview")).read_bytes()
+            )
         windowed = await c.get(link.replace("thumbnail", "preview"), params={"preset": "bone"})
         assert windowed.status_code == 200 and windowed.content[:2] == b"\xff\xd8"
 

@@ -13,7 +13,7 @@ from libs.contracts.errors import PermanentError
 from libs.contracts.events import DeadLetter, Event, ImportRequested
 from libs.contracts.topics import dlq_topic
 from libs.kafka.admin import ensure_topics
-from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
+from libs.kafka.consumer import BatchRoute, Outcome, RetryPolicy, Route, StageConsumer
 from libs.kafka.producer import Producer
 from libs.runtime.metrics import ConsumerMetrics, ProducerMetrics
 
@@ -41,7 +41,12 @@ async def drain(bootstrap: str, topic: str, count: int, timeout: float = 20) -> 
 
 
 async def run_stage(
-    bootstrap: str, handler: object, *, group: str = "g", until: asyncio.Event
+    bootstrap: str,
+    handler: object,
+    *,
+    group: str = "g",
+    until: asyncio.Event,
+    batch: bool = False,
 ) -> tuple[StageConsumer, Producer, asyncio.Task[None]]:
     registry = CollectorRegistry()
     producer = Producer(
@@ -51,7 +56,9 @@ async def run_stage(
     consumer = StageConsumer(
         stage="test-stage",
         group_id=group,
-        routes={TOPIC: Route(ImportRequested, handler)},  # type: ignore[arg-type]
+        routes={
+            TOPIC: (BatchRoute if batch else Route)(ImportRequested, handler)  # type: ignore[arg-type]
+        },
         bootstrap_servers=bootstrap,
         producer=producer,
         metrics=ConsumerMetrics.create("t", registry),
@@ -139,3 +146,63 @@ async def test_commits_only_after_the_handler(broker: object) -> None:
     await consumer2.stop()
     await producer.stop()
     assert seen == ["t7"]
+
+
+async def test_a_poison_message_in_a_batch_is_dead_lettered_alone(broker: object) -> None:
+    """A batch handler whose transaction fails as a whole because of one message (as an SQL
+    statement over the batch would): the batch is handled again one message at a time; the
+    poison one is retried to its limit and dead-lettered, every other message reaches its
+    outcome and its event is produced; a message whose own outcome is a PermanentError is
+    dead-lettered at once without failing the others."""
+    bootstrap = broker.bootstrap  # type: ignore[attr-defined]
+    await ensure_topics(bootstrap, partitions=1, replication_factor=1)
+    committed: list[str] = []  # effects of the batches that went through (their "commit")
+    batches: list[list[str]] = []
+
+    async def handler(events: Sequence[ImportRequested]) -> list[Outcome]:
+        ids = [e.task_id for e in events if e.source != "done"]  # not our own output
+        if ids:
+            batches.append(ids)
+        if "t3" in ids:
+            raise RuntimeError("value too long for type character varying")  # rolled back
+        committed.extend(i for i in ids if i != "t5")
+        return [outcome(e) for e in events]
+
+    def outcome(e: ImportRequested) -> Outcome:
+        if e.source == "done":
+            return []
+        return PermanentError("bad path") if e.task_id == "t5" else [done(e)]
+
+    def done(e: ImportRequested) -> ImportRequested:
+        return ImportRequested(
+            correlation_id=e.correlation_id, source="done", task_id=e.task_id, source_path="/y"
+        )
+
+    stop = asyncio.Event()
+    consumer, producer, task = await run_stage(
+        bootstrap, handler, group="poison", until=stop, batch=True
+    )
+    await producer.publish(*(request(n) for n in range(8)))  # one batch: a single fetch
+    letters = [
+        DeadLetter.model_validate_json(v) for v in await drain(bootstrap, dlq_topic(TOPIC), 2)
+    ]
+    produced = [
+        ImportRequested.model_validate_json(v) for v in await drain(bootstrap, TOPIC, 8 + 6)
+    ]
+    stop.set()
+    await task
+    await consumer.stop()
+    await producer.stop()
+
+    by_type = {letter.error_type: letter for letter in letters}
+    assert sorted(by_type) == ["PermanentError", "RuntimeError"], letters
+    assert by_type["RuntimeError"].correlation_id == "c3"
+    assert by_type["RuntimeError"].attempts == 3  # first try + max_retries, alone
+    assert "value too long" in by_type["RuntimeError"].error
+    assert by_type["PermanentError"].correlation_id == "c5"
+    assert by_type["PermanentError"].attempts == 1
+    outcomes = sorted(e.task_id for e in produced if e.source == "done")
+    assert outcomes == ["t0", "t1", "t2", "t4", "t6", "t7"], "every other message, once"
+    assert sorted(committed) == outcomes
+    assert any("t3" in b and len(b) > 1 for b in batches), f"t3 failed a batch: {batches}"
+    assert batches.count(["t3"]) == 3, "then retried alone"

@@ -4,6 +4,7 @@ names what the handler decides; the bytes, keys and events are checked, not that
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from libs.contracts.errors import DicomParseError, NotDicomError, PermanentError
 from libs.contracts.events import (
     DeadLetter,
     DicomHeader,
+    Event,
     FileDiscovered,
     FileRef,
     Hashes,
@@ -29,8 +31,13 @@ from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
 from libs.storage import conflict_key, instance_key
 from libs.storage.memory import MemoryStore
 from services.dedup.handlers import handle_extracted
-from services.extractor.handlers import handle_discovered
-from services.indexer.handlers import handle_dead_letter, handle_duplicate, handle_stored
+from services.extractor.handlers import Parsed, handle_discovered_batch
+from services.indexer.handlers import (
+    IndexPort,
+    handle_dead_letter,
+    handle_duplicate_batch,
+    handle_stored_batch,
+)
 from services.storage_writer.handlers import handle_unique
 
 STUDY, SERIES, SOP = synthetic_uid("study"), synthetic_uid("series"), synthetic_uid("sop")
@@ -65,6 +72,38 @@ def discovered(path: Path, file_id: int = 7) -> FileDiscovered:
 async def parse_here(path: str) -> tuple[DicomHeader, Hashes]:
     """The extractor's parser without the worker process around it."""
     return extract_file(path)
+
+
+# The stages handle batches; these tests give them a batch of one message and look at its
+# outcome (the events it emits, or the error it is retried or dead-lettered with).
+
+
+async def handle_discovered(
+    event: FileDiscovered, *, parse: Callable[[str], Awaitable[tuple[DicomHeader, Hashes]]]
+) -> list[Event]:
+    async def parse_many(paths: list[str]) -> list[Parsed]:
+        out: list[Parsed] = []
+        for path in paths:
+            try:
+                out.append(await parse(path))
+            except (PermanentError, OSError) as exc:  # what extract_many reports per file
+                out.append(exc)
+        return out
+
+    (outcome,) = await handle_discovered_batch([event], parse_many=parse_many)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+async def handle_stored(event: InstanceStored, *, index: IndexPort) -> list[Event]:
+    (outcome,) = await handle_stored_batch([event], index=index)
+    return outcome
+
+
+async def handle_duplicate(event: InstanceDuplicated, *, index: IndexPort) -> list[Event]:
+    (outcome,) = await handle_duplicate_batch([event], index=index)
+    return outcome
 
 
 async def extracted(path: Path, file_id: int = 7) -> InstanceExtracted:
@@ -270,12 +309,15 @@ class FakeIndex:
         self.duplicates: list[InstanceDuplicated] = []
         self.failures: list[tuple[int, str, str]] = []
 
-    async def index(self, event: InstanceStored) -> StudySnapshot | None:
-        self.indexed.append(event)
-        return self.snapshot
+    async def index_many(self, events: Sequence[InstanceStored]) -> dict[str, StudySnapshot]:
+        self.indexed += events
+        if self.snapshot is None:
+            return {}
+        touched = {e.header.study.study_uid for e in events if e.disposition != "conflict"}
+        return {uid: self.snapshot for uid in touched if uid == self.snapshot.study_uid}
 
-    async def duplicate(self, event: InstanceDuplicated) -> None:
-        self.duplicates.append(event)
+    async def duplicates_many(self, events: Sequence[InstanceDuplicated]) -> None:
+        self.duplicates += events
 
     async def failed(self, file_id: int, stage: str, reason: str) -> None:
         self.failures.append((file_id, stage, reason))

@@ -71,3 +71,35 @@ def test_file_urls_round_trip_odd_names(tmp_path: Path) -> None:
 def test_unknown_scheme_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unsupported STORAGE_URL scheme 's3'"):
         open_store("s3://bucket/x")
+
+
+async def test_a_batch_is_stored_with_one_flush_and_per_item_verdicts(tmp_path: Path) -> None:
+    from libs.storage.base import PutRequest, StoredObject, put_files
+    from libs.storage.memory import MemoryStore
+
+    store = LocalStore((tmp_path / "store").as_uri())
+    sources = [tmp_path / f"{n}.dcm" for n in range(4)]
+    digests = [write(p, f"DICM{n}".encode() * 500) for n, p in enumerate(sources)]
+    keys = [instance_key("1.2.3", "1.2.3.4", f"1.2.3.4.{n}") for n in range(4)]
+    await store.put_file(keys[1], sources[1], expected_sha256=digests[1])  # already there
+    await store.put_file(keys[2], sources[0], expected_sha256=digests[0])  # other content
+    batch = [
+        PutRequest(keys[0], sources[0], digests[0]),
+        PutRequest(keys[1], sources[1], digests[1]),
+        PutRequest(keys[2], sources[2], digests[2]),
+        PutRequest(keys[3], tmp_path / "gone.dcm", digests[3]),
+        PutRequest(keys[3], sources[3], "0" * 64),  # the source changed since extraction
+    ]
+    for results in (await store.put_files(batch), await put_files(MemoryStore(), batch[:1])):
+        first = results[0]
+        assert isinstance(first, StoredObject) and first.created
+    results = await store.put_files(batch)
+    assert isinstance(results[0], StoredObject) and not results[0].created  # the redelivery
+    assert isinstance(results[1], StoredObject) and not results[1].created
+    assert isinstance(results[2], PermanentError) and "refusing to overwrite" in str(results[2])
+    assert isinstance(results[3], FileNotFoundError)
+    assert isinstance(results[4], PermanentError) and "source changed" in str(results[4])
+    assert store.path_for(keys[0]).read_bytes() == sources[0].read_bytes()
+    assert store.path_for(keys[2]).read_bytes() == sources[0].read_bytes(), "never overwritten"
+    assert not store.path_for(keys[3]).exists()
+    assert not list((tmp_path / "store").rglob("*.tmp"))

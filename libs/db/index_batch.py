@@ -1,0 +1,337 @@
+"""The index written a batch at a time: what `index.index_instance` and
+`index.record_duplicate` do for one event, for many in one transaction, with one
+set-based statement per table (`unnest` of arrays).
+
+The result is the same as indexing the events one after the other, except that a study
+gets one new revision per batch rather than one per instance. Rows are written in key
+order, so two indexers writing overlapping batches lock them in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from libs.contracts.events import InstanceDuplicated, InstanceStored, PatientAttrs, StudySnapshot
+from libs.db import Conn, ledger
+from libs.db.index import (
+    PREAMBLE_ZEROED,
+    STAGE,
+    _snapshot,
+    parse_da,
+    patient_key,
+)
+from libs.dicom.names import search_key
+from libs.storage.base import study_prefix
+
+SEP = "\x1f"  # joins a study's new modalities into one text value
+
+# instances: column -> value of an event. One place to add a column (e.g. dicom_json).
+INSTANCE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("sop_instance_uid", "text"),
+    ("series_uid", "text"),
+    ("study_uid", "text"),
+    ("sop_class_uid", "text"),
+    ("instance_number", "int"),
+    ("transfer_syntax_uid", "text"),
+    ("specific_character_set", "text"),
+    ("rows", "int"),
+    ("columns", "int"),
+    ("number_of_frames", "int"),
+    ("size_bytes", "bigint"),
+    ("file_sha256", "text"),
+    ("content_sha256", "text"),
+    ("storage_url", "text"),
+    ("same_content_as", "text"),
+    ("first_file_id", "bigint"),
+    ("dicom_json", "text"),
+    ("modifications", "text"),  # '|'-joined here (unnest flattens arrays), text[] in the table
+)
+# How a column's unnested value becomes what the table holds (default: as it is).
+_SELECT = {"modifications": "COALESCE(string_to_array(u.modifications, '|'), '{}'::text[])"}
+
+
+def instance_row(ev: InstanceStored) -> tuple[object, ...]:
+    h, i = ev.header, ev.header.instance
+    return (
+        i.sop_instance_uid,
+        h.series.series_uid,
+        h.study.study_uid,
+        i.sop_class_uid,
+        i.instance_number,
+        i.transfer_syntax_uid,
+        i.specific_character_set,
+        i.rows,
+        i.columns,
+        i.number_of_frames,
+        ev.file.size,
+        ev.hashes.file_sha256,
+        ev.hashes.content_sha256,
+        ev.storage_url,
+        ev.related_sop_instance_uid,
+        ev.file.file_id,
+        h.dicom_json,
+        PREAMBLE_ZEROED if ev.hashes.preamble_zeroed else None,
+    )
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """Per event, in order: seconds since discovery if its outcome was recorded now (None:
+    recorded before); per study touched by a non-conflict event: its state after the batch."""
+
+    latencies: list[float | None]
+    snapshots: dict[str, StudySnapshot]
+
+
+async def index_stored_many(conn: Conn, events: Sequence[InstanceStored]) -> Indexed:
+    async with conn.transaction():
+        await _record_sources(conn, events)
+        conflicts = [e for e in events if e.disposition == "conflict"]
+        stored = [e for e in events if e.disposition != "conflict"]
+        if conflicts:
+            await _record_conflicts(conn, conflicts)
+        if stored:
+            await _upsert_levels(conn, stored)
+            inserted = await _insert_instances(conn, stored)
+            # An instance twice in the batch (a redelivery) counts once, as its first event.
+            counted: dict[str, InstanceStored] = {}
+            for e in stored:
+                if instance_uid(e) in inserted:
+                    counted.setdefault(instance_uid(e), e)
+            await _count(conn, list(counted.values()))
+        outcomes: list[tuple[InstanceStored, str, str | None]] = []
+        for e in events:
+            if e.disposition == "conflict":
+                outcomes.append((e, "conflict", "same SOPInstanceUID, different content"))
+            else:
+                reason = (
+                    "same_content_other_uid" if e.disposition == "same_content_other_uid" else None
+                )
+                outcomes.append((e, "indexed", reason))
+        latencies = await _outcomes(conn, outcomes)
+        studies = sorted({e.header.study.study_uid for e in stored})
+        rows = await conn.fetch(
+            """SELECT s.*, p.patient_id, p.issuer, p.patient_name, p.birth_date, p.sex
+                 FROM studies s JOIN patients p ON p.id = s.patient_pk
+                WHERE s.study_uid = ANY($1::text[])""",
+            studies,
+        )
+    return Indexed(latencies, {r["study_uid"]: _snapshot(r) for r in rows})
+
+
+async def record_duplicates_many(
+    conn: Conn, events: Sequence[InstanceDuplicated]
+) -> list[float | None]:
+    async with conn.transaction():
+        await _record_sources(conn, events)
+        return await _outcomes(conn, [(e, "duplicate", None) for e in events])
+
+
+def instance_uid(e: InstanceStored) -> str:
+    return e.header.instance.sop_instance_uid
+
+
+async def _record_sources(
+    conn: Conn, events: Sequence[InstanceStored | InstanceDuplicated]
+) -> None:
+    last = {(e.header.instance.sop_instance_uid, e.source, e.file.uri): e for e in events}
+    keys = sorted(last)
+    await conn.execute(
+        """INSERT INTO instance_sources (sop_instance_uid, source, uri, file_id, content_sha256)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+           ON CONFLICT (sop_instance_uid, source, uri)
+           DO UPDATE SET file_id = EXCLUDED.file_id, content_sha256 = EXCLUDED.content_sha256,
+                         seen_at = now()""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [last[k].file.file_id for k in keys],
+        [last[k].hashes.content_sha256 for k in keys],
+    )
+
+
+async def _record_conflicts(conn: Conn, events: Sequence[InstanceStored]) -> None:
+    await conn.execute(
+        """INSERT INTO conflicts (sop_instance_uid, content_sha256, study_uid, storage_url,
+                                  file_id, source, uri)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                                $6::text[], $7::text[])
+           ON CONFLICT DO NOTHING""",
+        [e.header.instance.sop_instance_uid for e in events],
+        [e.hashes.content_sha256 for e in events],
+        [e.header.study.study_uid for e in events],
+        [e.storage_url for e in events],
+        [e.file.file_id for e in events],
+        [e.source for e in events],
+        [e.file.uri for e in events],
+    )
+
+
+def _merge_patients(events: Sequence[InstanceStored]) -> dict[str, PatientAttrs]:
+    """Each patient as upserting the batch's events one by one would leave it: the last
+    name, the last birth date and sex that are not empty."""
+    out: dict[str, PatientAttrs] = {}
+    for e in events:
+        p = e.header.patient
+        key = patient_key(p)
+        before = out.get(key)
+        if before is not None:
+            p = p.model_copy(
+                update={
+                    "birth_date": p.birth_date if parse_da(p.birth_date) else before.birth_date,
+                    "sex": p.sex or before.sex,
+                }
+            )
+        out[key] = p
+    return out
+
+
+async def _upsert_levels(conn: Conn, events: Sequence[InstanceStored]) -> None:
+    patients = _merge_patients(events)
+    keys = sorted(patients)
+    await conn.execute(
+        """INSERT INTO patients (patient_key, patient_id, issuer, patient_name, name_search,
+                                 birth_date, sex)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                $6::date[], $7::text[])
+           ON CONFLICT (patient_key) DO UPDATE
+              SET patient_name = EXCLUDED.patient_name, name_search = EXCLUDED.name_search,
+                  birth_date = coalesce(EXCLUDED.birth_date, patients.birth_date),
+                  sex = CASE WHEN EXCLUDED.sex <> '' THEN EXCLUDED.sex ELSE patients.sex END,
+                  updated_at = now()""",
+        keys,
+        [patients[k].patient_id for k in keys],
+        [patients[k].issuer_of_patient_id for k in keys],
+        [patients[k].patient_name for k in keys],
+        [search_key(patients[k].patient_name) for k in keys],
+        [parse_da(patients[k].birth_date) for k in keys],
+        [patients[k].sex for k in keys],
+    )
+    studies: dict[str, InstanceStored] = {}
+    series: dict[str, InstanceStored] = {}
+    for e in events:
+        studies.setdefault(e.header.study.study_uid, e)
+        series.setdefault(e.header.series.series_uid, e)
+    st = [studies[k].header for k in sorted(studies)]
+    await conn.execute(
+        """INSERT INTO studies (study_uid, patient_pk, study_date, study_time, accession_number,
+                                study_description, study_id, referring_physician, storage_prefix)
+           SELECT u.uid, p.id, u.d, u.t, u.acc, u.descr, u.sid, u.ref, u.prefix
+             FROM unnest($1::text[], $2::text[], $3::date[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::text[])
+                  AS u(uid, pkey, d, t, acc, descr, sid, ref, prefix)
+             JOIN patients p ON p.patient_key = u.pkey
+            ORDER BY u.uid
+           ON CONFLICT (study_uid) DO NOTHING""",
+        [h.study.study_uid for h in st],
+        [patient_key(h.patient) for h in st],
+        [parse_da(h.study.study_date) for h in st],
+        [h.study.study_time for h in st],
+        [h.study.accession_number for h in st],
+        [h.study.study_description for h in st],
+        [h.study.study_id for h in st],
+        [h.study.referring_physician for h in st],
+        [study_prefix(h.study.study_uid) for h in st],
+    )
+    se = [series[k].header for k in sorted(series)]
+    await conn.execute(
+        """INSERT INTO series (series_uid, study_uid, modality, series_number,
+                               series_description, body_part)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
+                                $6::text[])
+           ON CONFLICT (series_uid) DO NOTHING""",
+        [h.series.series_uid for h in se],
+        [h.study.study_uid for h in se],
+        [h.series.modality for h in se],
+        [h.series.series_number for h in se],
+        [h.series.series_description for h in se],
+        [h.series.body_part for h in se],
+    )
+
+
+async def _insert_instances(conn: Conn, events: Sequence[InstanceStored]) -> set[str]:
+    """Insert each instance once (by SOPInstanceUID); returns the UIDs really inserted."""
+    rows = [instance_row(e) for e in events]
+    names = [name for name, _ in INSTANCE_COLUMNS]  # fixed names, never input
+    columns = ", ".join(names)
+    values = ", ".join(_SELECT.get(name, f"u.{name}") for name in names)
+    arrays = ", ".join(f"${n}::{kind}[]" for n, (_, kind) in enumerate(INSTANCE_COLUMNS, 1))
+    inserted = await conn.fetch(
+        f"""INSERT INTO instances ({columns})
+            SELECT {values} FROM unnest({arrays}) AS u({columns})
+            ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING sop_instance_uid""",
+        *(list(column) for column in zip(*rows, strict=True)),
+    )
+    return {r["sop_instance_uid"] for r in inserted}
+
+
+async def _count(conn: Conn, inserted: Sequence[InstanceStored]) -> None:
+    """Only for real inserts: counters, modalities and one new revision per study."""
+    if not inserted:
+        return
+    series: dict[str, list[int]] = {}
+    studies: dict[str, tuple[list[int], list[str]]] = {}
+    for e in inserted:
+        h = e.header
+        n_size = series.setdefault(h.series.series_uid, [0, 0])
+        n_size[0] += 1
+        n_size[1] += e.file.size
+        counts, modalities = studies.setdefault(h.study.study_uid, ([0, 0], []))
+        counts[0] += 1
+        counts[1] += e.file.size
+        if h.series.modality and h.series.modality not in modalities:
+            modalities.append(h.series.modality)
+    se = sorted(series)
+    await conn.execute(
+        """UPDATE series SET instance_count = series.instance_count + u.n,
+                             size_bytes = series.size_bytes + u.size
+             FROM unnest($1::text[], $2::int[], $3::bigint[]) AS u(uid, n, size)
+            WHERE series.series_uid = u.uid""",
+        se,
+        [series[k][0] for k in se],
+        [series[k][1] for k in se],
+    )
+    st = sorted(studies)
+    await conn.execute(
+        """UPDATE studies
+              SET instance_count = studies.instance_count + u.n,
+                  size_bytes = studies.size_bytes + u.size,
+                  series_count = (SELECT count(*) FROM series WHERE series.study_uid = u.uid),
+                  modalities = studies.modalities || ARRAY(
+                      SELECT m FROM unnest(string_to_array(u.mods, $5)) WITH ORDINALITY AS x(m, i)
+                       WHERE m <> '' AND NOT m = ANY (studies.modalities) ORDER BY i),
+                  revision = studies.revision + 1, stable = false, last_instance_at = now(),
+                  updated_at = now()
+             FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[]) AS u(uid, n, size, mods)
+            WHERE studies.study_uid = u.uid""",
+        st,
+        [studies[k][0][0] for k in st],
+        [studies[k][0][1] for k in st],
+        [SEP.join(studies[k][1]) for k in st],
+        SEP,
+    )
+
+
+async def _outcomes(
+    conn: Conn, outcomes: Sequence[tuple[InstanceStored | InstanceDuplicated, str, str | None]]
+) -> list[float | None]:
+    rows = [
+        ledger.Outcome(
+            file_id=e.file.file_id,
+            status=status,
+            reason=reason,
+            sop_instance_uid=e.header.instance.sop_instance_uid,
+            study_uid=e.header.study.study_uid,
+            task_id=e.file.task_id,
+        )
+        for e, status, reason in outcomes
+    ]
+    recorded = await ledger.mark_outcomes(conn, rows, stage=STAGE)
+    seen: set[int] = set()
+    out: list[float | None] = []
+    for e, _, _ in outcomes:  # a file twice in the batch: its first event recorded it
+        fid = e.file.file_id
+        out.append(recorded.get(fid) if fid not in seen else None)
+        seen.add(fid)
+    return out
