@@ -7,6 +7,7 @@ resumed."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import signal
@@ -32,7 +33,9 @@ from libs.dicom.synthetic import generate_demo_set, write_instance
 from libs.imaging.keys import preview_key
 from libs.runtime.probes import Readiness
 from libs.runtime.sandbox import IsolatedExecutor
+from libs.storage import ObjectStore, open_store
 from libs.storage.local import LocalStore, file_url
+from load_test.gcs import GcsEmulator
 from services.api.app import create_app
 from services.dedup.handlers import handle_extracted
 from services.extractor.handlers import handle_discovered
@@ -57,7 +60,7 @@ async def _drop(database_url: str) -> None:
         await conn.close()
 
 
-async def _import_through_pipeline(pool: asyncpg.Pool, nas: Path, store: LocalStore) -> int:
+async def _import_through_pipeline(pool: asyncpg.Pool, nas: Path, store: ObjectStore) -> int:
     """Every file under `nas` through extractor, dedup, storage-writer and indexer handlers,
     as the services run them (the bus left out). Returns the number of files."""
     executor = IsolatedExecutor(2, 1024, 60.0, preload=(extract_file.__module__,))
@@ -93,7 +96,7 @@ async def _import_through_pipeline(pool: asyncpg.Pool, nas: Path, store: LocalSt
             if isinstance(decided, InstanceDuplicated):
                 await handle_duplicate(decided, index=index)
                 continue
-            (stored,) = await handle_unique(decided, storage=store)  # type: ignore[arg-type]
+            (stored,) = await handle_unique(decided, storage=store)  # type: ignore[arg-type]  # an InstanceUnique here
             await handle_stored(stored, index=index)  # type: ignore[arg-type]
     finally:
         executor.close()
@@ -207,9 +210,13 @@ async def _rows(database_url: str) -> dict[str, Any]:
 
 
 def _cli(database_url: str, storage: Path, *extra: str) -> subprocess.Popen[str]:
+    return _cli_url(database_url, file_url(storage), *extra)
+
+
+def _cli_url(database_url: str, url: str, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": os.getcwd()}
     return subprocess.Popen(
-        [DICOMFLOW, "rebuild-index", "--storage-url", file_url(storage), "--workers", "2", *extra],
+        [DICOMFLOW, "rebuild-index", "--storage-url", url, "--workers", "2", *extra],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -340,6 +347,52 @@ async def test_an_interrupted_rebuild_resumes_where_it_stopped(
         await conn.close()
     assert ledger_rows == demo_count + 1  # every object once (the conflict copy included)
     assert [tuple(r) for r in runs] == [("completed", demo_count)]
+    client, headers = await client_factory(database_url)
+    assert await _api_state(client, headers) == before
+    await client.aclose()
+    assert await _rows(database_url) == rows_before
+
+
+async def test_rebuild_from_gs_storage(
+    tmp_path: Path,
+    database_url: str,
+    client_factory: Any,
+    gcs_emulator: GcsEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same from `gs://` (the real client against the emulator): objects are listed in
+    pages, downloaded a batch at a time and parsed in the pool; another prefix of the bucket
+    is not this store's."""
+    for name, value in gcs_emulator.env.items():
+        monkeypatch.setenv(name, value)
+    nas, demo_count = _demo(tmp_path)
+    store = open_store(gcs_emulator.url("site-a"))
+    pool = await create_pool(database_url, size=4)
+    try:
+        await migrate(pool)
+        await _import_through_pipeline(pool, nas, store)
+    finally:
+        await pool.close()
+    client, headers = await client_factory(database_url)
+    before = await _api_state(client, headers)
+    await client.aclose()
+    rows_before = await _rows(database_url)
+    assert rows_before["instances"][0]["storage_url"].startswith("gs://")
+    some = rows_before["instances"][0]
+    uids = (some["study_uid"], some["series_uid"], some["sop_instance_uid"])
+    jpeg = tmp_path / "preview.jpg"
+    jpeg.write_bytes(b"\xff\xd8\xff\xe0 not a real jpeg")
+    sha = hashlib.sha256(jpeg.read_bytes()).hexdigest()
+    await store.put_file(preview_key(*uids, "preview"), jpeg, expected_sha256=sha)
+    elsewhere = open_store(gcs_emulator.url("site-b"))
+    await elsewhere.put_file("studies/1.2/1.2.3/1.2.3.4.dcm", jpeg, expected_sha256=sha)
+
+    await _drop(database_url)
+    proc = _cli_url(database_url, store.url, "--batch-size", "8")
+    code, out, err = await _finish(proc)
+    assert code == 0, (out, err)
+    assert f"indexed            {demo_count} instances" in out, out
+    assert "conflicting copies 1" in out and "skipped            1 (preview: 1)" in out, out
     client, headers = await client_factory(database_url)
     assert await _api_state(client, headers) == before
     await client.aclose()
