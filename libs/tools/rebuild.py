@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +160,7 @@ class Rebuilder:
         if self.local is not None:
             path = self.local.path_for(target.key)
         else:
-            path = tmp / f"{abs(hash(target.key))}.dcm"
+            path = tmp / f"{uuid.uuid4().hex}.dcm"
             await download(self.store, target.key, path)
         try:
             size = path.stat().st_size
@@ -180,17 +182,21 @@ class Rebuilder:
             tally.failures.append((key, f"{type(exc).__name__}: {exc}"))
             return None
 
-    async def batch(self, run: repo.Run, keys: list[str]) -> repo.Tally:
-        """Parse a batch in the worker pool, then index it and move the checkpoint in one
-        transaction. An I/O or database error that is not about one object stops the run
-        (nothing of this batch is committed; a restart does it again)."""
+    async def parse(self, keys: list[str]) -> tuple[list[Parsed], repo.Tally]:
+        """A batch parsed in the worker pool (at most `workers` objects at a time). An I/O
+        error that is not about one object stops the run; a restart does the batch again."""
         tally = repo.Tally()
         with tempfile.TemporaryDirectory(prefix="dicomflow-rebuild-") as tmp:
-            parsed = await asyncio.gather(*(self._one(k, Path(tmp), tally) for k in keys))
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._one(k, Path(tmp), tally)) for k in keys]
+        return [p for t in tasks if (p := t.result()) is not None], tally
+
+    async def write(
+        self, run: repo.Run, keys: list[str], parsed: list[Parsed], tally: repo.Tally
+    ) -> None:
+        """Index a parsed batch and move the checkpoint past it, in one transaction."""
         async with self.pool.acquire() as conn, conn.transaction():
             for p in parsed:
-                if p is None:
-                    continue
                 try:
                     outcome = await repo.index_object(
                         conn,
@@ -207,7 +213,30 @@ class Rebuilder:
                     continue
                 tally.count(outcome)
             await repo.save_batch(conn, run.id, tally, keys[-1])
-        return tally
+
+    async def walk(self, run: repo.Run) -> AsyncIterator[tuple[list[str], repo.Tally]]:
+        """Every batch after the checkpoint, once committed. The next batch is parsed while
+        the previous one is written (writes stay in key order: the checkpoint is a key)."""
+        writing: asyncio.Task[None] | None = None
+        previous: tuple[list[str], repo.Tally] | None = None
+        try:
+            async for keys in _batches(
+                self.store.keys(start_after=run.checkpoint), self.batch_size
+            ):
+                parsed, tally = await self.parse(keys)
+                if writing is not None and previous is not None:
+                    await writing
+                    yield previous
+                writing = asyncio.create_task(self.write(run, keys, parsed, tally))
+                previous = (keys, tally)
+            if writing is not None and previous is not None:
+                await writing
+                yield previous
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writing
 
 
 async def _count(store: ObjectStore, progress: Progress, checkpoint: str, done: int) -> None:
@@ -246,8 +275,7 @@ async def rebuild(
         total, failed = before, failed_before
         started = time.monotonic()
         try:
-            async for keys in _batches(store.keys(start_after=run.checkpoint), batch_size):
-                t = await rebuilder.batch(run, keys)
+            async for keys, t in rebuilder.walk(run):
                 done += len(keys)
                 _add(total, t)
                 failed += len(t.failures)
@@ -343,4 +371,17 @@ def run(args: argparse.Namespace) -> int:
             executor.close()
             await pool.close()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        print("\nrebuild-index interrupted: run it again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the operator gets the cause, not a traceback
+        while isinstance(exc, ExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        print(
+            f"rebuild-index stopped: {type(exc).__name__}: {exc}\n"
+            "Nothing after the last committed batch was kept: run it again to resume.",
+            file=sys.stderr,
+        )
+        return 3
