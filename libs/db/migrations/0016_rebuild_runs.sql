@@ -27,3 +27,8 @@ CREATE TABLE rebuild_failures (
     reason  text   NOT NULL,
     PRIMARY KEY (run_id, key)
 );
+
+-- A claim's time is when it was made, not when its transaction began: a rebuild claims a
+-- batch in one transaction, and "same content as an earlier UID" must follow the order the
+-- claims were made in (the pipeline claims one per transaction: no change there).
+ALTER TABLE dedup_claims ALTER COLUMN claimed_at SET DEFAULT clock_timestamp();
