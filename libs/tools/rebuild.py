@@ -199,9 +199,14 @@ class Rebuilder:
 
 
 async def _count(store: ObjectStore, progress: Progress, checkpoint: str, done: int) -> None:
+    """The total for the ETA, by a second listing beside the walk; best effort (the walk
+    itself reports a storage that cannot be listed)."""
     n = 0
-    async for _ in store.keys(start_after=checkpoint):
-        n += 1
+    try:
+        async for _ in store.keys(start_after=checkpoint):
+            n += 1
+    except Exception:  # without a total the progress line shows no ETA
+        return
     progress.total = done + n
 
 
