@@ -24,6 +24,7 @@ class LockSpace(IntEnum):
     DCM4CHEE_ARCHIVE = 2  # one reader per archive (by its name)
     ISO_INBOX = 3  # one reader per inbox
     ORTHANC_SERVER = 4  # one writer of an Orthanc server's cursor at a time (transaction)
+    REBUILD_INDEX = 5  # one `dicomflow rebuild-index` per storage URL
 
 
 def lock_key(name: str) -> int:

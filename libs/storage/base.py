@@ -54,6 +54,11 @@ class ObjectStore(Protocol):
 
     def url_for(self, key: str) -> str: ...
 
+    def keys(self, prefix: str = "", *, start_after: str = "") -> AsyncIterator[str]:
+        """Every object's key under `prefix`, in ascending (code point) order, starting after
+        `start_after`; the listing is streamed (bounded memory, however many objects)."""
+        ...
+
 
 def check_key(key: str) -> str:
     """A key is relative, '/'-separated, each part a plain name: no '..', no absolute paths."""

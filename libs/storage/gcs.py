@@ -185,5 +185,20 @@ class GcsStore:
         finally:
             reader.close()
 
+    async def keys(self, prefix: str = "", *, start_after: str = "") -> AsyncIterator[str]:
+        # GCS lists names in ascending order; `start_offset` is inclusive, so the checkpoint
+        # itself is dropped below. Pages are fetched one at a time (bounded memory).
+        base = f"{self.prefix}/" if self.prefix else ""
+        pages = self._bucket.list_blobs(
+            prefix=base + prefix,
+            start_offset=base + start_after if start_after else None,
+            retry=RETRY,
+        ).pages
+        while page := await asyncio.to_thread(lambda: list(next(pages, ()))):
+            for blob in page:
+                key = blob.name[len(base) :]
+                if key > start_after and not key.startswith(INCOMING + "/"):
+                    yield key
+
 
 register_backend("gs", GcsStore)

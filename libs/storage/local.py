@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -164,6 +165,34 @@ class LocalStore:
                 yield chunk
                 if len(chunk) < chunk_size:  # a regular file: a short read is its end
                     return
+
+    async def keys(self, prefix: str = "", *, start_after: str = "") -> AsyncIterator[str]:
+        walk = _walk_sorted(self.root, "", prefix, start_after)
+        while batch := await asyncio.to_thread(_take, walk, 1000):
+            for key in batch:
+                yield key
+
+
+def _take(it: Iterator[str], n: int) -> list[str]:
+    return list(itertools.islice(it, n))
+
+
+def _walk_sorted(root: Path, base: str, prefix: str, start_after: str) -> Iterator[str]:
+    """Keys below `root` in the order their strings sort (as GCS lists them): a folder sorts
+    as its name plus '/', so `1.2.3/` comes before `1.2/`, as the keys themselves do. Whole
+    folders before `start_after` (or outside `prefix`) are never opened."""
+    with os.scandir(root) as it:
+        entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in it]
+    for name, entry in sorted(entries, key=lambda pair: pair[0]):
+        key = base + name
+        if name.endswith("/"):
+            if not (key.startswith(prefix) or prefix.startswith(key)):
+                continue
+            if key < start_after and not start_after.startswith(key):
+                continue
+            yield from _walk_sorted(Path(entry.path), key, prefix, start_after)
+        elif entry.is_file(follow_symlinks=False) and key.startswith(prefix) and key > start_after:
+            yield key
 
 
 def _fsync_dir(path: Path) -> None:

@@ -42,5 +42,10 @@ class MemoryStore:
         for i in range(0, len(data), chunk_size):
             yield data[i : i + chunk_size]
 
+    async def keys(self, prefix: str = "", *, start_after: str = "") -> AsyncIterator[str]:
+        for key in sorted(self.objects):
+            if key.startswith(prefix) and key > start_after:
+                yield key
+
 
 register_backend("memory", MemoryStore)

@@ -38,3 +38,6 @@ class MeteredStore:
 
     def url_for(self, key: str) -> str:
         return self._store.url_for(key)
+
+    def keys(self, prefix: str = "", *, start_after: str = "") -> AsyncIterator[str]:
+        return self._store.keys(prefix, start_after=start_after)

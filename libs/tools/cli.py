@@ -16,6 +16,8 @@ from libs.tools.dlq_cli import add_parser as add_dlq_parser
 from libs.tools.dlq_cli import run as run_dlq
 from libs.tools.fetch_cli import add_parser as add_fetch_parser
 from libs.tools.fetch_cli import run as run_fetch
+from libs.tools.rebuild import add_parser as add_rebuild_parser
+from libs.tools.rebuild import run as run_rebuild
 
 FULL_LOAD = "services.index_publisher.full_load"
 
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("topics", help="create every topic and its DLQ if missing")
     add_dlq_parser(sub)
     add_fetch_parser(sub)
+    add_rebuild_parser(sub)
     broker = sub.add_parser("broker", help="run the embedded Kafka-protocol broker")
     broker.add_argument("--port", type=int, default=9092)
 
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_dlq(args)
     if args.command == "fetch":
         return run_fetch(args)
+    if args.command == "rebuild-index":
+        return run_rebuild(args)
     if args.command == "broker":
         from libs.tools.dev_broker import broker_argv
 
