@@ -280,7 +280,7 @@ class DicomClient:
                         if cancel.is_set():
                             raise Cancelled("storage commitment cancelled") from None
                         if not assoc.is_established:
-                            raise AssociationAborted("association ended before the report") from None
+                            raise AssociationAborted("ended before the report") from None
                         continue
                     if str(ds.get("TransactionUID", "")) == uid:
                         return CommitmentResult.from_report(event_type, ds)
