@@ -28,6 +28,9 @@ from libs.db.commitment import State, commitment_states
 from libs.db.index import index_instance
 from libs.db.ledger import LedgerRow, NewFile, mark_outcome
 from libs.dicom.synthetic import make_dataset, synthetic_uid
+from libs.dicom_net.client import DicomClient
+from libs.dicom_net.commitment import FailedReference, SopReference
+from libs.dicom_net.models import Peer
 from libs.storage.local import LocalStore, path_from_file_url
 from services.dicom_receiver.commitment import (
     NO_SUCH_OBJECT,
@@ -366,3 +369,27 @@ async def test_an_instance_indexed_under_another_sop_class_is_not_committed(
     finally:
         await asyncio.to_thread(session.release)
     assert report == Report(2, tx, [], [(*wrong, 0x0119)])
+
+
+async def test_dicom_client_request_commitment_against_the_receiver(receiver: Receiver) -> None:
+    sent = instances(2)
+    assert await asyncio.to_thread(store, receiver.port, sent) == [0, 0]
+    await receiver.pipeline.index()
+    never = SopReference(
+        sop_class_uid=CTImageStorage, sop_instance_uid=synthetic_uid(f"never:{uuid.uuid4()}")
+    )
+    committed = [SopReference(sop_class_uid=c, sop_instance_uid=i) for c, i in refs_of(sent)]
+    client = DicomClient(
+        Peer(ae_title="DICOMFLOW", host="127.0.0.1", port=receiver.port), calling_ae=MODALITY
+    )
+    result = await client.request_commitment([*committed, never], time_limit=60)
+    assert result.event_type == 2
+    assert result.committed == committed
+    assert result.failed == [FailedReference(**never.model_dump(), failure_reason=NO_SUCH_OBJECT)]
+    again = await client.request_commitment(committed, transaction_uid="1.2.3.4", time_limit=60)
+    assert (again.transaction_uid, again.event_type, again.committed, again.failed) == (
+        "1.2.3.4",
+        1,
+        committed,
+        [],
+    )
