@@ -393,3 +393,17 @@ async def test_dicom_client_request_commitment_against_the_receiver(receiver: Re
         committed,
         [],
     )
+
+
+async def test_a_large_report_comes_in_pdus_the_modality_accepts(receiver: Receiver) -> None:
+    """600 references make a ~60 KB report: split to the modality's maximum PDU (16 KB)."""
+    never = [(CTImageStorage, synthetic_uid(f"never:{n}:{uuid.uuid4()}")) for n in range(600)]
+    session = await asyncio.to_thread(Session, receiver.port, scp_role=True)
+    try:
+        assert session.assoc.requestor.maximum_length == 16382  # what we may send it
+        tx, request = commitment_request(never)
+        assert await asyncio.to_thread(session.request, request) == 0x0000
+        report = await next_report(session.reports, 30)
+    finally:
+        await asyncio.to_thread(session.release)
+    assert report == Report(2, tx, [], [(c, i, NO_SUCH_OBJECT) for c, i in never])
