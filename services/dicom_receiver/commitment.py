@@ -46,6 +46,8 @@ MISSING_ATTRIBUTE = 0x0120
 NO_SUCH_ACTION = 0x0123
 INVALID_OBJECT_INSTANCE = 0x0117
 CLASS_INSTANCE_CONFLICT = 0x0119
+RESOURCE_LIMITATION = 0x0213
+MAX_REPORTS = 64  # requests being resolved at once; more are refused (the modality retries)
 REASONS: dict[State, int] = {
     "missing": NO_SUCH_OBJECT,
     "failed": PROCESSING_FAILURE,
@@ -210,6 +212,8 @@ class CommitmentSCP:
     ) -> bytes:
         """The N-ACTION-RSP to send now; the event report follows from a task of its own."""
         request = parse_action(cmd, data, transfer_syntax)
+        if not isinstance(request, int) and len(self.reports) >= MAX_REPORTS:
+            request = RESOURCE_LIMITATION
         if isinstance(request, int):
             log.warning("storage commitment refused", calling_ae=channel.calling_ae, status=request)
             return action_response(cmd, request)

@@ -17,12 +17,15 @@ from pynetdicom.dsutils import decode, encode, encode_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_AC
 
 from libs.contracts.events import Event, FileDiscovered
+from libs.db.commitment import State
 from libs.db.ledger import LedgerRow, NewFile
 from load_test.dimse import associate_rq, command_set
 from services.dicom_receiver import dimse, pdus
 from services.dicom_receiver.commitment import (
+    MAX_REPORTS,
     STORAGE_COMMITMENT,
     WELL_KNOWN_INSTANCE,
+    CommitmentSCP,
     Request,
     action_response,
     event_command,
@@ -301,3 +304,54 @@ def test_n_action_refusals(changes: dict[str, object], status: int) -> None:
     assert parse_action(cmd, encode(ds, True, True) or b"", ImplicitVRLittleEndian) == 0x0120
     broken_sequence = b"\x08\x00\x99\x11\xff\xff\xff\xff\x01\x02"  # (0008,1199), then junk
     assert parse_action(cmd, broken_sequence, ImplicitVRLittleEndian) == 0x0110
+
+
+class _Channel:
+    calling_ae = "MODALITY"
+
+    def may_report(self, context_id: int) -> bool:
+        return False
+
+    async def send_request(self, context_id: int, command: bytes, dataset: bytes) -> None:
+        raise AssertionError("never reached: the lookup never finishes")
+
+    def next_message_id(self) -> int:
+        return 1
+
+
+async def test_commitment_requests_beyond_the_bound_are_refused_for_now() -> None:
+    never = asyncio.Event()
+
+    async def lookup(source: str, refs: Sequence[tuple[str, str]]) -> dict[str, State]:
+        await never.wait()
+        return {}
+
+    scp = CommitmentSCP(
+        ae_title="DICOMFLOW", lookup=lookup, peers={}, wait_seconds=60, poll_seconds=1
+    )
+    cmd = Command(
+        dimse.N_ACTION_RQ,
+        1,
+        "",
+        "",
+        True,
+        requested_sop_class_uid=STORAGE_COMMITMENT,
+        requested_sop_instance_uid=WELL_KNOWN_INSTANCE,
+        action_type=1,
+    )
+    ds = Dataset()
+    ds.TransactionUID = "1.2.3.4"
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CTImageStorage, "1.2.3.5"
+    ds.ReferencedSOPSequence = [item]
+    data = encode(ds, True, True) or b""
+
+    def status() -> int:
+        raw = scp.on_action(_Channel(), 1, ImplicitVRLittleEndian, cmd, data)
+        return int(decode(BytesIO(raw), True, True).Status)
+
+    assert [status() for _ in range(MAX_REPORTS)] == [0x0000] * MAX_REPORTS
+    assert status() == 0x0213
+    await scp.stop()
+    assert status() == 0x0000  # room again once the others are done
+    await scp.stop()
