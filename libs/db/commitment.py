@@ -22,21 +22,24 @@ async def commitment_states(
     conn: Conn, source: str, references: Sequence[tuple[str, str]]
 ) -> dict[str, State]:
     """`references` are (SOP Class UID, SOP Instance UID); the answer is keyed by instance."""
+    # The source's pending files are read once (not once per reference): a modality asking
+    # about a thousand instances while thousands are queued stays one cheap statement.
     rows = await conn.fetch(
         """
         WITH req AS (
             SELECT * FROM unnest($1::text[], $2::text[]) AS r(sop_class_uid, sop_instance_uid)
+        ), pend AS MATERIALIZED (
+            SELECT sop_instance_uid FROM ingest_files WHERE status = 'pending' AND source = $3
+        ), unparsed AS (
+            SELECT EXISTS (SELECT 1 FROM pend WHERE sop_instance_uid IS NULL) AS found
         )
         SELECT r.sop_instance_uid,
                CASE
                  WHEN i.sop_instance_uid IS NOT NULL AND i.sop_class_uid = r.sop_class_uid
                    THEN 'committed'
                  WHEN i.sop_instance_uid IS NOT NULL THEN 'class_conflict'
-                 WHEN EXISTS (
-                   SELECT 1 FROM ingest_files f
-                    WHERE f.status = 'pending' AND f.source = $3
-                      AND (f.sop_instance_uid IS NULL OR f.sop_instance_uid = r.sop_instance_uid)
-                 ) THEN 'pending'
+                 WHEN (SELECT found FROM unparsed)
+                   OR r.sop_instance_uid IN (SELECT sop_instance_uid FROM pend) THEN 'pending'
                  WHEN EXISTS (
                    SELECT 1 FROM ingest_files f
                     WHERE f.sop_instance_uid = r.sop_instance_uid
