@@ -209,7 +209,7 @@ class Association:
         elif cmd.is_response:  # to a request of ours (N-EVENT-REPORT): nothing to answer
             if cmd.has_dataset:
                 self.pending = Pending(cmd, context_id, None, answer=False)
-        elif cmd.field == dimse.N_ACTION_RQ and cmd.has_dataset and self.on_action is not None:
+        elif self._commitment_request(context_id, cmd):
             self.pending = Pending(cmd, context_id, None, buffer=bytearray())
         elif cmd.has_dataset:  # an operation we do not provide: read its data set, then say so
             self.pending = Pending(cmd, context_id, None, dimse.UNRECOGNISED_OPERATION)
@@ -217,6 +217,16 @@ class Association:
             await self._respond(context_id, cmd, dimse.SUCCESS)
         else:
             await self._respond(context_id, cmd, dimse.UNRECOGNISED_OPERATION)
+
+    def _commitment_request(self, context_id: int, cmd: Command) -> bool:
+        """An N-ACTION on the context of the SOP class it names (Storage Commitment)."""
+        cx = str(self.contexts[context_id].abstract_syntax)
+        return (
+            cmd.field == dimse.N_ACTION_RQ
+            and cmd.has_dataset
+            and self.on_action is not None
+            and cmd.requested_sop_class_uid == cx
+        )
 
     def _start_store(self, context_id: int, cmd: Command) -> Pending:
         cx = self.contexts[context_id]
