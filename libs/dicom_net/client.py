@@ -1,4 +1,6 @@
-"""`DicomClient`: C-ECHO, C-FIND, C-GET and C-MOVE over pynetdicom, from asyncio.
+"""`DicomClient`: C-ECHO, C-FIND (Q/R and Modality Worklist), C-GET (to a folder or to
+memory), C-MOVE and Storage Commitment (N-ACTION, then the N-EVENT-REPORT) over pynetdicom,
+from asyncio.
 
 Each call runs its association in a worker thread (pynetdicom blocks), so the event loop
 never waits on the network. Per call: a timeout (the association is aborted when it
@@ -10,18 +12,22 @@ connection, transient rejection), progress callbacks for C-GET/C-MOVE, and cance
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -31,6 +37,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from libs.dicom_net.commitment import (
+    STORAGE_COMMITMENT,
+    WELL_KNOWN_INSTANCE,
+    CommitmentResult,
+    SopReference,
+    request_dataset,
+)
 from libs.dicom_net.errors import (
     AssociationAborted,
     AssociationRejected,
@@ -38,6 +51,7 @@ from libs.dicom_net.errors import (
     DicomNetError,
     DicomTimeout,
     FailureStatus,
+    RetrieveTooLarge,
 )
 from libs.dicom_net.models import Level, Match, Peer, Progress, Query, RetrieveResult, Root
 from libs.dicom_net.transport import (
@@ -46,6 +60,7 @@ from libs.dicom_net.transport import (
     UNCOMPRESSED,
     bound_pdus,
 )
+from libs.dicom_net.worklist import WorklistItem, WorklistQuery
 
 T = TypeVar("T")
 OnProgress = Callable[[Progress], None]
@@ -67,6 +82,15 @@ DEFAULT_MAX_PDU = 1 << 20
 
 class Cancelled(DicomNetError):
     """The call was cancelled; the association was aborted."""
+
+
+@dataclass(frozen=True)
+class InMemory:
+    """A C-GET to memory: the final counters and the data sets received (file meta set)."""
+
+    result: RetrieveResult
+    datasets: list[Dataset]
+    size: int  # encoded bytes received
 
 
 class DicomClient:
@@ -164,6 +188,112 @@ class DicomClient:
                 responses = assoc.send_c_get(query.retrieve_identifier(), model)
                 result = _retrieve("C-GET", assoc, responses, cancel, progress)
             return result.model_copy(update={"files": written})
+
+        return await self._call(run, time_limit)
+
+    async def get_to_memory(
+        self,
+        query: Query,
+        *,
+        max_bytes: int,
+        progress: OnProgress | None = None,
+        time_limit: float | None = None,
+    ) -> InMemory:
+        """C-GET, keeping the data sets in memory; past `max_bytes` of encoded data set the
+        association is aborted and `RetrieveTooLarge` raised (nothing is half-returned)."""
+        model = MODELS["get", query.root]
+        contexts = [(model, UNCOMPRESSED), *[(uid, TRANSFER_SYNTAXES) for uid in GET_STORAGE]]
+
+        def run(cancel: threading.Event) -> InMemory:
+            datasets: list[Dataset] = []
+            size = [0]
+            over = threading.Event()
+
+            def on_store(event: Any) -> int:
+                if cancel.is_set():
+                    return 0xA700
+                with event.request.DataSet.getbuffer() as data:
+                    size[0] += data.nbytes
+                if size[0] > max_bytes:
+                    over.set()
+                    cancel.set()  # aborts the association: the peer stops sending
+                    return 0xA700
+                ds = event.dataset
+                ds.file_meta = event.file_meta
+                datasets.append(ds)
+                return 0x0000
+
+            roles = [build_role(uid, scp_role=True) for uid in GET_STORAGE]
+            handlers = [(evt.EVT_C_STORE, on_store)]
+            try:
+                with self._association(contexts, cancel, roles, handlers) as assoc:
+                    responses = assoc.send_c_get(query.retrieve_identifier(), model)
+                    result = _retrieve("C-GET", assoc, responses, cancel, progress)
+            except DicomNetError:
+                if over.is_set():
+                    raise RetrieveTooLarge(max_bytes) from None
+                raise
+            if over.is_set():
+                raise RetrieveTooLarge(max_bytes)
+            return InMemory(result, datasets, size[0])
+
+        return await self._call(run, time_limit)
+
+    async def find_worklist(
+        self, query: WorklistQuery, *, time_limit: float | None = None
+    ) -> list[WorklistItem]:
+        """Modality Worklist C-FIND: the scheduled procedure steps matching `query`."""
+        model = ModalityWorklistInformationFind
+
+        def run(cancel: threading.Event) -> list[WorklistItem]:
+            items = []
+            with self._association([(model, UNCOMPRESSED)], cancel) as assoc:
+                for status, identifier in assoc.send_c_find(query.identifier(), model):
+                    _check("C-FIND", assoc, status, cancel)
+                    if status.Status in PENDING and identifier is not None:
+                        items.append(WorklistItem.from_dataset(identifier))
+            return items
+
+        return await self._call(run, time_limit)
+
+    async def request_commitment(
+        self,
+        references: Sequence[SopReference],
+        *,
+        transaction_uid: str | None = None,
+        time_limit: float | None = None,
+    ) -> CommitmentResult:
+        """Storage Commitment Push Model: N-ACTION, then wait (within the time limit) for the
+        N-EVENT-REPORT of this transaction on the same association (we propose the SCP role
+        for it). A peer that reports on a new association instead is not listened for: the
+        call then ends in `DicomTimeout`."""
+        uid = transaction_uid or str(generate_uid())
+        request = request_dataset(uid, list(references))
+
+        def run(cancel: threading.Event) -> CommitmentResult:
+            reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
+
+            def on_report(event: Any) -> tuple[int, None]:
+                reports.put((int(event.request.EventTypeID), event.event_information))
+                return 0x0000, None
+
+            roles = [build_role(STORAGE_COMMITMENT, scu_role=True, scp_role=True)]
+            handlers = [(evt.EVT_N_EVENT_REPORT, on_report)]
+            contexts: list[tuple[Any, list[str]]] = [(STORAGE_COMMITMENT, UNCOMPRESSED[:2])]
+            with self._association(contexts, cancel, roles, handlers) as assoc:
+                status, _ = assoc.send_n_action(request, 1, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE)
+                _check("N-ACTION", assoc, status, cancel)
+                while True:
+                    try:
+                        event_type, ds = reports.get(timeout=0.05)
+                    except queue.Empty:
+                        if cancel.is_set():
+                            raise Cancelled("storage commitment cancelled") from None
+                        if not assoc.is_established:
+                            raise AssociationAborted("ended before the report") from None
+                        continue
+                    if str(ds.get("TransactionUID", "")) == uid:
+                        return CommitmentResult.from_report(event_type, ds)
 
         return await self._call(run, time_limit)
 
@@ -337,4 +467,17 @@ def _retrieve(
     return final
 
 
-__all__ = ["Cancelled", "DicomClient", "Level", "Match", "Peer", "Query", "RetrieveResult"]
+__all__ = [
+    "Cancelled",
+    "CommitmentResult",
+    "DicomClient",
+    "InMemory",
+    "Level",
+    "Match",
+    "Peer",
+    "Query",
+    "RetrieveResult",
+    "SopReference",
+    "WorklistItem",
+    "WorklistQuery",
+]

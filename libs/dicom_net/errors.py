@@ -56,3 +56,11 @@ class FailureStatus(DicomNetError):
         self.code = code
         self.meaning = status_meaning(code)
         super().__init__(f"{operation} failed with status 0x{code:04X}: {self.meaning}")
+
+
+class RetrieveTooLarge(DicomNetError):
+    """A C-GET to memory went past its size cap; the association was aborted."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"C-GET to memory exceeded its cap of {limit} bytes")

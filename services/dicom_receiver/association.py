@@ -29,13 +29,16 @@ from services.dicom_receiver.pdus import AssociateRequest, ProtocolError
 log = get_logger(__name__)
 
 CHUNK = 1 << 20  # data set bytes read (and written) at a time
-MAX_ASSOCIATE_RQ = 256 * 1024  # an A-ASSOCIATE-RQ with every storage context is ~30 KB
+MAX_ASSOCIATE_RQ = 256 * 1024
+MAX_ACTION_BYTES = 4 << 20  # an N-ACTION data set naming ~40,000 instances
 
 # Why an association is refused, and the A-ASSOCIATE-RJ (result, source, diagnostic) sent.
 Refusal = tuple[str, tuple[int, int, int]]
 Admit = Callable[[AssociateRequest, str], Refusal | None]
 # (peer, staged file) -> the status to answer; the file is finished (or discarded) by it.
 Store = Callable[[Peer, StagingFile], Awaitable[int]]
+# (association, context id, transfer syntax, N-ACTION-RQ, its data set) -> N-ACTION-RSP
+OnAction = Callable[["Association", int, str, Command, bytes], bytes]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class Pending:
     context_id: int
     file: StagingFile | None  # None: the data set is read and dropped, `status` answered
     status: int = dimse.SUCCESS
+    buffer: bytearray | None = None  # an N-ACTION's data set (small, bounded), kept in memory
+    answer: bool = True  # False for a response's data set: nothing to answer
 
 
 class Association:
@@ -68,6 +73,7 @@ class Association:
         limits: Limits,
         admit: Admit,
         store: Store,
+        on_action: OnAction | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -76,6 +82,9 @@ class Association:
         self.limits = limits
         self.admit = admit
         self.store = store
+        self.on_action = on_action
+        self.peer_max_pdu = 0  # the largest PDU the peer accepts from us (0 = unlimited)
+        self.message_id = 0
         host, port = writer.get_extra_info("peername")[:2]
         self.peer = Peer("", str(host), int(port), uuid.uuid4().hex)
         self.contexts: dict[int, PresentationContext] = {}
@@ -103,6 +112,7 @@ class Association:
             log.exception("association aborted: internal error", correlation_id=self.peer.assoc_id)
             self.writer.write(pdus.abort(0x00))
         finally:
+            self.established = False
             if self.pending is not None and self.pending.file is not None:
                 self.pending.file.discard()
             self.writer.close()
@@ -123,6 +133,7 @@ class Association:
                 raise ProtocolError("A-ASSOCIATE-RQ too long", pdus.ABORT_INVALID_PARAMETER)
             body = await self.reader.readexactly(length)
         rq = AssociateRequest.decode(body)
+        self.peer_max_pdu = rq.max_pdu
         self.peer = Peer(rq.calling_ae, self.peer.address, self.peer.port, self.peer.assoc_id)
         refusal = self.admit(rq, self.peer.address)
         if refusal is not None:
@@ -198,12 +209,27 @@ class Association:
     async def _on_command(self, context_id: int, cmd: Command) -> None:
         if cmd.field == dimse.C_STORE_RQ:
             self.pending = self._start_store(context_id, cmd)
+        elif cmd.is_response:  # to a request of ours (N-EVENT-REPORT): nothing to answer
+            if cmd.has_dataset:
+                self.pending = Pending(cmd, context_id, None, answer=False)
+        elif self._commitment_request(context_id, cmd):
+            self.pending = Pending(cmd, context_id, None, buffer=bytearray())
         elif cmd.has_dataset:  # an operation we do not provide: read its data set, then say so
             self.pending = Pending(cmd, context_id, None, dimse.UNRECOGNISED_OPERATION)
         elif cmd.field == dimse.C_ECHO_RQ:
             await self._respond(context_id, cmd, dimse.SUCCESS)
         else:
             await self._respond(context_id, cmd, dimse.UNRECOGNISED_OPERATION)
+
+    def _commitment_request(self, context_id: int, cmd: Command) -> bool:
+        """An N-ACTION on the context of the SOP class it names (Storage Commitment)."""
+        cx = str(self.contexts[context_id].abstract_syntax)
+        return (
+            cmd.field == dimse.N_ACTION_RQ
+            and cmd.has_dataset
+            and self.on_action is not None
+            and cmd.requested_sop_class_uid == cx
+        )
 
     def _start_store(self, context_id: int, cmd: Command) -> Pending:
         cx = self.contexts[context_id]
@@ -234,6 +260,11 @@ class Association:
         while size:
             chunk = await self._read(min(size, CHUNK), self.limits.network_timeout)
             size -= len(chunk)
+            if pending.buffer is not None:
+                pending.buffer += chunk
+                if len(pending.buffer) > MAX_ACTION_BYTES:
+                    raise ProtocolError("N-ACTION data set too long", pdus.ABORT_INVALID_PARAMETER)
+                continue
             if pending.file is not None:
                 cap = self.limits.max_instance_bytes
                 if cap and pending.file.size + len(chunk) > cap:  # the rest is read, dropped
@@ -250,12 +281,41 @@ class Association:
         if last:
             self.pending = None
             status = pending.status
+            if pending.buffer is not None and self.on_action is not None:
+                syntax = str(self.contexts[context_id].transfer_syntax[0])
+                rsp = self.on_action(
+                    self, context_id, syntax, pending.command, bytes(pending.buffer)
+                )
+                self.writer.write(pdus.command_pdu(context_id, rsp))
+                await self.writer.drain()
+                return
             if pending.file is not None:
                 status = await self.store(self.peer, pending.file)
-            await self._respond(context_id, pending.command, status)
+            if pending.answer:
+                await self._respond(context_id, pending.command, status)
 
     async def _respond(self, context_id: int, cmd: Command, status: int) -> None:
         self.writer.write(pdus.command_pdu(context_id, dimse.response(cmd, status)))
+        await self.writer.drain()
+
+    # -- requests of ours (the storage commitment report) ----------------------------------
+
+    @property
+    def calling_ae(self) -> str:
+        return self.peer.calling_ae
+
+    def may_report(self, context_id: int) -> bool:
+        """Still open, and the peer accepted us as the SCU of this context (role selection)."""
+        cx = self.contexts.get(context_id)
+        return self.established and not self.writer.is_closing() and bool(cx and cx.as_scu)
+
+    def next_message_id(self) -> int:
+        self.message_id = self.message_id % 0xFFFF + 1
+        return self.message_id
+
+    async def send_request(self, context_id: int, command: bytes, dataset: bytes) -> None:
+        """One whole message in one write (never interleaved with a response of ours)."""
+        self.writer.write(pdus.message_pdus(context_id, command, dataset, self.peer_max_pdu))
         await self.writer.drain()
 
     # -- bytes -----------------------------------------------------------------------------

@@ -5,11 +5,13 @@ from collections.abc import Sequence
 from functools import partial
 
 from libs.db import ledger
+from libs.db.commitment import State, commitment_states
 from libs.db.ledger import LedgerRow, NewFile
 from libs.db.pool import PinnedConnection
 from libs.runtime.logging import get_logger
 from libs.runtime.service import Runtime
 from libs.staging.cleanup import Retention, StagingCleanup
+from services.dicom_receiver.commitment import CommitmentSCP, parse_peers
 from services.dicom_receiver.committer import Committer
 from services.dicom_receiver.config import ReceiverSettings
 from services.dicom_receiver.handlers import free_mb
@@ -38,7 +40,23 @@ async def wire(rt: Runtime) -> None:
         batch_size=settings.commit_batch_size,
     )
     metrics = ReceiverMetrics.create(rt.registry)
-    scp = StoreSCP(settings, committer, metrics)
+
+    async def lookup(source: str, refs: Sequence[tuple[str, str]]) -> dict[str, State]:
+        async with pool.acquire() as conn:
+            return await commitment_states(conn, source, refs)
+
+    commitment = (
+        CommitmentSCP(
+            ae_title=settings.ae_title,
+            lookup=lookup,
+            peers=parse_peers(settings.commitment_peers),
+            wait_seconds=settings.commitment_wait_seconds,
+            poll_seconds=settings.commitment_poll_seconds,
+        )
+        if settings.commitment
+        else None
+    )
+    scp = StoreSCP(settings, committer, metrics, commitment)
     cleanup = StagingCleanup(
         pool,
         owner=f"dicom-receiver:{settings.staging_dir.absolute()}",

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from libs.contracts.settings import Count, Port, StagingSettings
+from services.dicom_receiver.commitment import parse_peers
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,20 @@ class ReceiverSettings(StagingSettings):
     )
     commit_batch_size: Count = Field(default=256, description="Instances per ledger/Kafka batch.")
     fsync: bool = Field(default=True, description="fsync each instance before acknowledging it.")
+    commitment: bool = Field(
+        default=True, description="Serve Storage Commitment Push Model (N-ACTION/N-EVENT-REPORT)."
+    )
+    commitment_peers: StrList = Field(
+        default_factory=list,
+        description="Where to send a commitment report when the requesting association is "
+        "gone: `AE=host:port`, comma-separated.",
+    )
+    commitment_wait_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest wait for requested instances still in the pipeline; then failed.",
+    )
+    commitment_poll_seconds: float = Field(default=1.0, gt=0)
     tls_cert: Path | None = Field(default=None, description="PEM server certificate: enables TLS.")
     tls_key: Path | None = None
     tls_ca: Path | None = Field(
@@ -85,6 +100,15 @@ class ReceiverSettings(StagingSettings):
         if isinstance(value, list):
             for item in value:
                 Caller.parse(str(item))  # fail fast with the reason
+        return value
+
+    @field_validator("commitment_peers", mode="before")
+    @classmethod
+    def _peers(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        if isinstance(value, list):
+            parse_peers([str(v) for v in value])  # fail fast with the reason
         return value
 
     @model_validator(mode="after")

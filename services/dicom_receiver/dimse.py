@@ -17,6 +17,8 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 
 C_STORE_RQ = 0x0001
 C_ECHO_RQ = 0x0030
+N_EVENT_REPORT_RQ = 0x0100
+N_ACTION_RQ = 0x0130
 RESPONSE = 0x8000
 NO_DATASET = 0x0101
 
@@ -42,6 +44,9 @@ MESSAGE_ID_RESPONDED = 0x0120
 DATASET_TYPE = 0x0800
 STATUS = 0x0900
 AFFECTED_SOP_INSTANCE = 0x1000
+REQUESTED_SOP_CLASS = 0x0003
+REQUESTED_SOP_INSTANCE = 0x1001
+ACTION_TYPE = 0x1008
 
 
 def read_command(raw: bytes) -> dict[int, bytes]:
@@ -98,17 +103,30 @@ class Command:
     sop_class_uid: str
     sop_instance_uid: str
     has_dataset: bool
+    requested_sop_class_uid: str = ""  # N-ACTION and the like
+    requested_sop_instance_uid: str = ""
+    action_type: int = 0
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.field & RESPONSE)
 
     @classmethod
     def decode(cls, raw: bytes) -> Command:
         """Raises ValueError with the reason when the bytes are not a usable command set."""
         elements = read_command(raw)
+        field = _us(elements, COMMAND_FIELD)
+        # A response (ours to ignore, e.g. an N-EVENT-REPORT-RSP) carries the id it answers.
+        answered = _us(elements, MESSAGE_ID_RESPONDED, 0) if field & RESPONSE else None
         return cls(
-            field=_us(elements, COMMAND_FIELD),
-            message_id=_us(elements, MESSAGE_ID),
+            field=field,
+            message_id=_us(elements, MESSAGE_ID, answered),
             sop_class_uid=_ui(elements, AFFECTED_SOP_CLASS),
             sop_instance_uid=_ui(elements, AFFECTED_SOP_INSTANCE),
             has_dataset=_us(elements, DATASET_TYPE, NO_DATASET) != NO_DATASET,
+            requested_sop_class_uid=_ui(elements, REQUESTED_SOP_CLASS),
+            requested_sop_instance_uid=_ui(elements, REQUESTED_SOP_INSTANCE),
+            action_type=_us(elements, ACTION_TYPE, 0),
         )
 
     def store_problem(self, context_abstract_syntax: str) -> str | None:

@@ -130,3 +130,17 @@ def command_pdu(context_id: int, command: bytes) -> bytes:
     """One P-DATA-TF carrying a whole command set (responses are a few hundred bytes)."""
     item = ITEM.pack(len(command) + 2, context_id, COMMAND | LAST)
     return HEADER.pack(P_DATA_TF, len(item) + len(command)) + item + command
+
+
+def message_pdus(context_id: int, command: bytes, dataset: bytes, max_pdu: int) -> bytes:
+    """A whole DIMSE message we send (a command set and its data set), as P-DATA-TF PDUs no
+    longer than the peer's maximum (`max_pdu`, 0 = unlimited), one PDV each (PS3.8 9.3.5)."""
+    room = max(max_pdu - 6, 2) if max_pdu else max(len(command), len(dataset), 1)
+    out = bytearray()
+    for payload, kind in ((command, COMMAND), (dataset, 0)):
+        for at in range(0, len(payload), room):
+            chunk = payload[at : at + room]
+            control = kind | (LAST if at + room >= len(payload) else 0)
+            item = ITEM.pack(len(chunk) + 2, context_id, control)
+            out += HEADER.pack(P_DATA_TF, len(item) + len(chunk)) + item + chunk
+    return bytes(out)

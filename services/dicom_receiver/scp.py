@@ -26,6 +26,7 @@ from libs.runtime.logging import get_logger
 from libs.runtime.metrics import LATENCY_BUCKETS
 from services.dicom_receiver import dimse, pdus
 from services.dicom_receiver.association import CHUNK, Association, Limits, Refusal
+from services.dicom_receiver.commitment import STORAGE_COMMITMENT, CommitmentSCP
 from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.config import ReceiverSettings
 from services.dicom_receiver.handlers import Peer, StagingFile, free_mb, new_file
@@ -96,13 +97,18 @@ class ReceiverMetrics:
 
 class StoreSCP:
     def __init__(
-        self, settings: ReceiverSettings, committer: Committer, metrics: ReceiverMetrics
+        self,
+        settings: ReceiverSettings,
+        committer: Committer,
+        metrics: ReceiverMetrics,
+        commitment: CommitmentSCP | None = None,
     ) -> None:
         self.settings = settings
         self.committer = committer
         self.metrics = metrics
+        self.commitment = commitment
         self.root = settings.staging_dir.absolute()
-        self.supported = supported_contexts()
+        self.supported = supported_contexts(commitment=commitment is not None)
         self.limits = Limits(
             max_pdu=settings.max_pdu,
             acse_timeout=settings.acse_timeout_seconds,
@@ -160,6 +166,7 @@ class StoreSCP:
             limits=self.limits,
             admit=self.admit,
             store=self.store,
+            on_action=self.commitment.on_action if self.commitment else None,
         )
         if len(self.associations) >= self.settings.max_associations + SPARE_CONNECTIONS:
             # Connections that have not associated yet count too, or idle sockets could
@@ -238,15 +245,23 @@ class StoreSCP:
             task.cancel()
         await asyncio.gather(*self.associations.values(), return_exceptions=True)
         await server.wait_closed()
+        if self.commitment is not None:  # unreported: the modality asks again
+            await self.commitment.stop()
 
 
-def supported_contexts() -> list[PresentationContext]:
-    """Every storage SOP class and Verification, with the transfer syntaxes we accept."""
+def supported_contexts(*, commitment: bool = False) -> list[PresentationContext]:
+    """Every storage SOP class and Verification, with the transfer syntaxes we accept, and
+    Storage Commitment Push Model when it is served: there we accept either role, so a
+    modality proposing to be the SCP of its N-EVENT-REPORT gets it on the same association."""
     ae = AE()
     for cx in AllStoragePresentationContexts:
         if cx.abstract_syntax is not None:
             ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES[:3])
+    if commitment:
+        ae.add_supported_context(
+            STORAGE_COMMITMENT, TRANSFER_SYNTAXES[:2], scu_role=True, scp_role=True
+        )
     return list(ae.supported_contexts)
 
 

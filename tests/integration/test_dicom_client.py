@@ -6,19 +6,26 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import date
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import build_context
 
-from libs.dicom.synthetic import generate_corpus
+from libs.dicom.synthetic import generate_corpus, synthetic_uid
 from libs.dicom_net.client import Cancelled, DicomClient
-from libs.dicom_net.errors import ConnectionFailed, FailureStatus
+from libs.dicom_net.errors import ConnectionFailed, DicomTimeout, FailureStatus, RetrieveTooLarge
 from libs.dicom_net.models import Level, Peer, Progress, Query, Root
+from libs.dicom_net.transport import UNCOMPRESSED
+from libs.dicom_net.worklist import WorklistItem, WorklistQuery
 from libs.tools.dev_broker import free_port, wait_for_port
 from load_test.dimse import StoreSCP, storescu
 from load_test.peers import PEER_ENV, Orthanc, require_binary
+from services.dicom_receiver import pdus
+from services.dicom_receiver.scp import supported_contexts
 from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
@@ -221,3 +228,190 @@ async def test_dcmqrscp_find_get_and_move(
     moved = await client.move(Query(level=Level.STUDY, study_uid=study.study_uid), "STORESCP")
     assert (moved.completed, moved.failed) == (count, 0)
     await eventually(lambda: len([p for p in scp.folder.rglob("*") if p.is_file()]) >= count, 30)
+
+
+async def test_dcmqrscp_get_to_memory_within_and_beyond_the_cap(
+    dcmqrscp: tuple[int, StoreSCP, int],
+) -> None:
+    port, _, count = dcmqrscp
+    client = DicomClient(
+        Peer(ae_title="DCMQRSCP", host="127.0.0.1", port=port), calling_ae="DFCLIENT"
+    )
+    (study,) = await client.find(Query(level=Level.STUDY))
+    images = await client.find(Query(level=Level.IMAGE, study_uid=study.study_uid))
+    query = Query(level=Level.STUDY, study_uid=study.study_uid)
+    got = await client.get_to_memory(query, max_bytes=64 << 20)
+    assert (got.result.completed, got.result.failed) == (count, 0)
+    assert sorted(str(ds.SOPInstanceUID) for ds in got.datasets) == sorted(
+        m.sop_instance_uid for m in images
+    )
+    assert all(ds.pixel_array.shape == (32, 32) for ds in got.datasets)
+    assert all(ds.file_meta.TransferSyntaxUID for ds in got.datasets)
+    per_instance = got.size // count
+    with pytest.raises(RetrieveTooLarge):
+        await client.get_to_memory(query, max_bytes=3 * per_instance)
+    await client.echo()  # the peer is still there for the next call
+
+
+def write_worklist_item(
+    folder: Path,
+    *,
+    patient_id: str,
+    patient_name: str,
+    station: str,
+    day: str,
+    modality: str,
+) -> None:
+    step = pydicom.Dataset()
+    step.ScheduledStationAETitle = station
+    step.ScheduledStationName = f"{station} room"
+    step.ScheduledProcedureStepStartDate = day
+    step.ScheduledProcedureStepStartTime = "093000"
+    step.Modality = modality
+    step.ScheduledPerformingPhysicianName = "Doctor^Dee"
+    step.ScheduledProcedureStepDescription = f"{modality} of {patient_id}"
+    step.ScheduledProcedureStepID = f"SPS-{patient_id}"
+    ds = pydicom.Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.AccessionNumber = f"ACC-{patient_id}"
+    ds.ReferringPhysicianName = "Referrer^Ray"
+    ds.StudyInstanceUID = synthetic_uid(f"worklist:{patient_id}")
+    ds.RequestedProcedureID = f"RP-{patient_id}"
+    ds.RequestedProcedureDescription = f"{modality} scan"
+    ds.RequestedProcedurePriority = "ROUTINE"
+    ds.ScheduledProcedureStepSequence = [step]
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.31"
+    ds.file_meta.MediaStorageSOPInstanceUID = synthetic_uid(f"worklist-file:{patient_id}")
+    ds.save_as(folder / f"{patient_id}.wl", enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def wlmscpfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomClient]:
+    """DCMTK's worklist SCP on a folder of .wl files the test writes."""
+    root = tmp_path_factory.mktemp("worklist")
+    folder = root / "WLMSCP"
+    folder.mkdir()
+    (folder / "lockfile").touch()
+    for pid, name, station, day, modality in [
+        ("WL-1", "Alpha^Ann", "CT01", "20260105", "CT"),
+        ("WL-2", "Beta^Bob", "CT01", "20260110", "CT"),
+        ("WL-3", "Gamma^Gus", "MR01", "20260107", "MR"),
+    ]:
+        write_worklist_item(
+            folder, patient_id=pid, patient_name=name, station=station, day=day, modality=modality
+        )
+    port = free_port()
+    proc = subprocess.Popen(
+        [require_binary("wlmscpfs"), "-dfp", str(root), str(port)],
+        env=PEER_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port("127.0.0.1", port)
+        yield DicomClient(Peer(ae_title="WLMSCP", host="127.0.0.1", port=port), calling_ae="CT01")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (WorklistQuery(), ["WL-1", "WL-2", "WL-3"]),
+        (WorklistQuery(scheduled_station_ae="CT01"), ["WL-1", "WL-2"]),
+        (WorklistQuery(date_from=date(2026, 1, 6), date_to=date(2026, 1, 10)), ["WL-2", "WL-3"]),
+        (WorklistQuery(date_to=date(2026, 1, 7)), ["WL-1", "WL-3"]),
+        (WorklistQuery(date_from=date(2026, 1, 7), date_to=date(2026, 1, 7)), ["WL-3"]),
+        (WorklistQuery(modality="MR"), ["WL-3"]),
+        (WorklistQuery(patient_id="WL-1"), ["WL-1"]),
+        (WorklistQuery(patient_name="Beta*"), ["WL-2"]),
+        (WorklistQuery(scheduled_station_ae="CT01", date_to=date(2026, 1, 7)), ["WL-1"]),
+        (WorklistQuery(scheduled_station_ae="XR09"), []),
+    ],
+)
+async def test_find_worklist_against_wlmscpfs(
+    wlmscpfs: DicomClient, query: WorklistQuery, expected: list[str]
+) -> None:
+    items = await wlmscpfs.find_worklist(query)
+    assert sorted(i.patient_id for i in items) == expected
+
+
+async def test_worklist_item_carries_the_scheduled_step(wlmscpfs: DicomClient) -> None:
+    (item,) = await wlmscpfs.find_worklist(WorklistQuery(patient_id="WL-3"))
+    assert item == WorklistItem(
+        patient_id="WL-3",
+        patient_name="Gamma^Gus",
+        patient_birth_date="19700101",
+        patient_sex="O",
+        accession_number="ACC-WL-3",
+        study_uid=synthetic_uid("worklist:WL-3"),
+        requested_procedure_id="RP-WL-3",
+        requested_procedure_description="MR scan",
+        scheduled_station_ae="MR01",
+        scheduled_station_name="MR01 room",
+        scheduled_date="20260107",
+        scheduled_time="093000",
+        modality="MR",
+        performing_physician="Doctor^Dee",
+        step_id="SPS-WL-3",
+        step_description="MR of WL-3",
+    )
+
+
+@pytest.fixture
+async def silent_peer() -> AsyncIterator[tuple[int, list[int]]]:
+    """Accepts the association (every context offered), then never says a word; records
+    the PDU types it receives after that."""
+    received: list[int] = []
+    supported = supported_contexts()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            _, length = pdus.HEADER.unpack(await reader.readexactly(pdus.HEADER.size))
+            rq = pdus.AssociateRequest.decode(await reader.readexactly(length))
+            for cx in rq.contexts:  # whatever was offered (worklist, Q/R...), accepted
+                if all(str(cx.abstract_syntax) != str(s.abstract_syntax) for s in supported):
+                    supported.append(build_context(cx.abstract_syntax, UNCOMPRESSED))
+            accept, _ = pdus.negotiate(rq, supported, 0)
+            writer.write(accept)
+            await writer.drain()
+            while True:
+                kind, length = pdus.HEADER.unpack(await reader.readexactly(pdus.HEADER.size))
+                await reader.readexactly(length)
+                received.append(kind)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], received
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_timeout_against_a_peer_that_accepts_then_says_nothing(
+    silent_peer: tuple[int, list[int]],
+) -> None:
+    port, received = silent_peer
+    client = DicomClient(Peer(ae_title="SILENT", host="127.0.0.1", port=port), timeout=30)
+    started = time.monotonic()
+    with pytest.raises(DicomTimeout):
+        await client.echo(time_limit=2)
+    with pytest.raises(DicomTimeout):
+        await client.find_worklist(WorklistQuery(modality="CT"), time_limit=2)
+    assert time.monotonic() - started < 15
+    # Each call sent its request (C-FIND: command and identifier, a P-DATA-TF each), then
+    # aborted its association when the time was up.
+    await eventually(lambda: received.count(pdus.ABORT) == 2, 10, what=str(received))
+    data, abort = pdus.P_DATA_TF, pdus.ABORT
+    assert received == [data, abort, data, data, abort]

@@ -5,20 +5,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dsutils import decode, encode_file_meta
+from pynetdicom.dsutils import decode, encode, encode_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_AC
 
 from libs.contracts.events import Event, FileDiscovered
+from libs.db.commitment import State
 from libs.db.ledger import LedgerRow, NewFile
 from load_test.dimse import associate_rq, command_set
 from services.dicom_receiver import dimse, pdus
+from services.dicom_receiver.commitment import (
+    MAX_REPORTS,
+    STORAGE_COMMITMENT,
+    WELL_KNOWN_INSTANCE,
+    CommitmentSCP,
+    Request,
+    action_response,
+    event_command,
+    parse_action,
+)
 from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.dimse import Command
 from services.dicom_receiver.handlers import PREAMBLE, StagingFile
@@ -225,3 +237,160 @@ def test_metric_labels_of_calling_aes_are_bounded(tmp_path: Path) -> None:
         for s in metric.samples
     }
     assert values == {"MODALITY1", "(not allowed)"}
+
+
+def _pdus(raw: bytes) -> list[tuple[int, int, bytes]]:
+    """(PDU length, message control, PDV bytes) of each P-DATA-TF in `raw` (one PDV each)."""
+    out, at = [], 0
+    while at < len(raw):
+        kind, length = pdus.HEADER.unpack_from(raw, at)
+        assert kind == pdus.P_DATA_TF
+        size, _, control = pdus.ITEM.unpack_from(raw, at + pdus.HEADER.size)
+        assert size + 4 == length
+        start = at + pdus.HEADER.size + pdus.ITEM.size
+        out.append((length, control, raw[start : start + size - 2]))
+        at += pdus.HEADER.size + length
+    return out
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16382, 100])
+def test_a_message_we_send_fits_the_peers_maximum_pdu(max_pdu: int) -> None:
+    command, dataset = bytes(range(90)) * 3, bytes(range(256)) * 200
+    pieces = _pdus(pdus.message_pdus(3, command, dataset, max_pdu))
+    assert all(length <= max_pdu for length, _, _ in pieces) or max_pdu == 0
+    commands = [p for p in pieces if p[1] & pdus.COMMAND]
+    data = [p for p in pieces if not p[1] & pdus.COMMAND]
+    assert b"".join(p[2] for p in commands) == command
+    assert b"".join(p[2] for p in data) == dataset
+    # the last bit on the last fragment of each, and only there
+    assert [bool(p[1] & pdus.LAST) for p in commands] == [False] * (len(commands) - 1) + [True]
+    assert [bool(p[1] & pdus.LAST) for p in data] == [False] * (len(data) - 1) + [True]
+    assert len(data) == (1 if max_pdu == 0 else -(-len(dataset) // (max_pdu - 6)))
+
+
+def test_n_action_request_decoded_and_answered_as_pynetdicom_encodes() -> None:
+    raw = command_set(
+        CommandField=dimse.N_ACTION_RQ,
+        MessageID=5,
+        CommandDataSetType=0x0001,
+        RequestedSOPClassUID=STORAGE_COMMITMENT,
+        RequestedSOPInstanceUID=WELL_KNOWN_INSTANCE,
+        ActionTypeID=1,
+    )
+    cmd = Command.decode(raw)
+    assert (cmd.field, cmd.message_id, cmd.has_dataset, cmd.action_type) == (0x0130, 5, True, 1)
+    assert (cmd.requested_sop_class_uid, cmd.requested_sop_instance_uid) == (
+        STORAGE_COMMITMENT,
+        WELL_KNOWN_INSTANCE,
+    )
+    rsp = decode(BytesIO(action_response(cmd, 0x0000)), True, True)
+    assert rsp.CommandGroupLength == len(action_response(cmd, 0x0000)) - 12
+    assert (rsp.CommandField, rsp.MessageIDBeingRespondedTo, rsp.Status) == (0x8130, 5, 0)
+    assert (rsp.AffectedSOPClassUID, rsp.AffectedSOPInstanceUID, rsp.ActionTypeID) == (
+        STORAGE_COMMITMENT,
+        WELL_KNOWN_INSTANCE,
+        1,
+    )
+    report = decode(BytesIO(event_command(9, 2)), True, True)
+    assert (report.CommandField, report.MessageID, report.EventTypeID) == (0x0100, 9, 2)
+    assert report.CommandDataSetType == 0x0000
+
+
+def test_a_response_command_is_decoded_by_the_id_it_answers() -> None:
+    raw = command_set(
+        AffectedSOPClassUID=STORAGE_COMMITMENT,
+        CommandField=0x8100,
+        MessageIDBeingRespondedTo=9,
+        CommandDataSetType=0x0101,
+        Status=0,
+    )
+    cmd = Command.decode(raw)
+    assert cmd.is_response and cmd.message_id == 9 and not cmd.has_dataset
+
+
+@pytest.mark.parametrize(
+    ("changes", "status"),
+    [
+        ({"action_type": 2}, 0x0123),
+        ({"requested_sop_instance_uid": "1.2.3"}, 0x0117),
+        ({"requested_sop_class_uid": "1.2.840.10008.1.1"}, 0x0122),
+    ],
+)
+def test_n_action_refusals(changes: dict[str, object], status: int) -> None:
+    cmd = Command(
+        dimse.N_ACTION_RQ,
+        1,
+        "",
+        "",
+        True,
+        requested_sop_class_uid=STORAGE_COMMITMENT,
+        requested_sop_instance_uid=WELL_KNOWN_INSTANCE,
+        action_type=1,
+    )
+    ds = Dataset()
+    ds.TransactionUID = "1.2.3.4"
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CTImageStorage, "1.2.3.5"
+    ds.ReferencedSOPSequence = [item]
+    data = encode(ds, True, True)
+    assert data is not None
+    assert parse_action(cmd, data, ImplicitVRLittleEndian) == Request(
+        "1.2.3.4", [(CTImageStorage, "1.2.3.5")]
+    )
+    refused = replace(cmd, **changes)  # type: ignore[arg-type]
+    assert parse_action(refused, data, ImplicitVRLittleEndian) == status
+    del ds.TransactionUID
+    assert parse_action(cmd, encode(ds, True, True) or b"", ImplicitVRLittleEndian) == 0x0120
+    broken_sequence = b"\x08\x00\x99\x11\xff\xff\xff\xff\x01\x02"  # (0008,1199), then junk
+    assert parse_action(cmd, broken_sequence, ImplicitVRLittleEndian) == 0x0110
+
+
+class _Channel:
+    calling_ae = "MODALITY"
+
+    def may_report(self, context_id: int) -> bool:
+        return False
+
+    async def send_request(self, context_id: int, command: bytes, dataset: bytes) -> None:
+        raise AssertionError("never reached: the lookup never finishes")
+
+    def next_message_id(self) -> int:
+        return 1
+
+
+async def test_commitment_requests_beyond_the_bound_are_refused_for_now() -> None:
+    never = asyncio.Event()
+
+    async def lookup(source: str, refs: Sequence[tuple[str, str]]) -> dict[str, State]:
+        await never.wait()
+        return {}
+
+    scp = CommitmentSCP(
+        ae_title="DICOMFLOW", lookup=lookup, peers={}, wait_seconds=60, poll_seconds=1
+    )
+    cmd = Command(
+        dimse.N_ACTION_RQ,
+        1,
+        "",
+        "",
+        True,
+        requested_sop_class_uid=STORAGE_COMMITMENT,
+        requested_sop_instance_uid=WELL_KNOWN_INSTANCE,
+        action_type=1,
+    )
+    ds = Dataset()
+    ds.TransactionUID = "1.2.3.4"
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CTImageStorage, "1.2.3.5"
+    ds.ReferencedSOPSequence = [item]
+    data = encode(ds, True, True) or b""
+
+    def status() -> int:
+        raw = scp.on_action(_Channel(), 1, ImplicitVRLittleEndian, cmd, data)
+        return int(decode(BytesIO(raw), True, True).Status)
+
+    assert [status() for _ in range(MAX_REPORTS)] == [0x0000] * MAX_REPORTS
+    assert status() == 0x0213
+    await scp.stop()
+    assert status() == 0x0000  # room again once the others are done
+    await scp.stop()
