@@ -6,6 +6,7 @@ study's counters and bumps its `revision`, so redelivery never counts twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -102,6 +103,65 @@ async def upsert_levels(conn: Conn, p: PatientAttrs, s: StudyAttrs, se: SeriesAt
     )
 
 
+INSTANCE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("sop_instance_uid", "text"),
+    ("series_uid", "text"),
+    ("study_uid", "text"),
+    ("sop_class_uid", "text"),
+    ("instance_number", "int"),
+    ("transfer_syntax_uid", "text"),
+    ("specific_character_set", "text"),
+    ("rows", "int"),
+    ("columns", "int"),
+    ("number_of_frames", "int"),
+    ("size_bytes", "bigint"),
+    ("file_sha256", "text"),
+    ("content_sha256", "text"),
+    ("storage_url", "text"),
+    ("same_content_as", "text"),
+    ("first_file_id", "bigint"),
+    ("dicom_json", "text"),
+    ("modifications", "text"),  # '|'-joined here (unnest flattens arrays), text[] in the table
+)
+
+
+def instance_values(value: Callable[[str], str]) -> str:
+    """The INSERT's value list for INSTANCE_COLUMNS, `value(name)` being where each comes
+    from (a placeholder, an unnested column); `modifications` goes from '|'-joined text to
+    the table's text[]."""
+    out = [value(name) for name, _ in INSTANCE_COLUMNS]
+    at = [name for name, _ in INSTANCE_COLUMNS].index("modifications")
+    out[at] = f"COALESCE(string_to_array({out[at]}, '|'), '{{}}'::text[])"
+    return ", ".join(out)
+
+
+def instance_row(ev: InstanceStored) -> tuple[object, ...]:
+    h, i = ev.header, ev.header.instance
+    return (
+        i.sop_instance_uid,
+        h.series.series_uid,
+        h.study.study_uid,
+        i.sop_class_uid,
+        i.instance_number,
+        i.transfer_syntax_uid,
+        i.specific_character_set,
+        i.rows,
+        i.columns,
+        i.number_of_frames,
+        ev.file.size,
+        ev.hashes.file_sha256,
+        ev.hashes.content_sha256,
+        ev.storage_url,
+        ev.related_sop_instance_uid,
+        ev.file.file_id,
+        h.dicom_json,
+        PREAMBLE_ZEROED if ev.hashes.preamble_zeroed else None,
+    )
+
+
+_POSITION = {name: n for n, (name, _) in enumerate(INSTANCE_COLUMNS, 1)}
+
+
 async def index_instance(conn: Conn, ev: InstanceStored) -> float | None:
     """Index a stored instance (or record a conflict); idempotent. Returns the seconds since
     the file's discovery when this call recorded its outcome (see `ledger.mark_outcome`)."""
@@ -123,32 +183,12 @@ async def index_instance(conn: Conn, ev: InstanceStored) -> float | None:
             )
             return await _outcome(conn, ev, "conflict", "same SOPInstanceUID, different content")
         await _upsert_hierarchy(conn, h)
+        columns = ", ".join(name for name, _ in INSTANCE_COLUMNS)  # fixed names, never input
+        values = instance_values(lambda name: f"${_POSITION[name]}")
         inserted = await conn.fetchval(
-            """INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,
-                   instance_number, transfer_syntax_uid, specific_character_set, rows, columns,
-                   number_of_frames, size_bytes, file_sha256, content_sha256, storage_url,
-                   same_content_as, first_file_id, dicom_json, modifications)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                       $17, $18)
-               ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING true""",
-            i.sop_instance_uid,
-            h.series.series_uid,
-            h.study.study_uid,
-            i.sop_class_uid,
-            i.instance_number,
-            i.transfer_syntax_uid,
-            i.specific_character_set,
-            i.rows,
-            i.columns,
-            i.number_of_frames,
-            ev.file.size,
-            ev.hashes.file_sha256,
-            ev.hashes.content_sha256,
-            ev.storage_url,
-            ev.related_sop_instance_uid,
-            ev.file.file_id,
-            h.dicom_json,
-            [PREAMBLE_ZEROED] if ev.hashes.preamble_zeroed else [],
+            f"""INSERT INTO instances ({columns}) VALUES ({values})
+                ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING true""",
+            *instance_row(ev),
         )
         if inserted:
             await _count_instance(conn, h, ev.file.size)

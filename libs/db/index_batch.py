@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from libs.contracts.events import InstanceDuplicated, InstanceStored, PatientAttrs, StudySnapshot
 from libs.db import Conn, ledger
 from libs.db.index import (
-    PREAMBLE_ZEROED,
+    INSTANCE_COLUMNS,
     STAGE,
     _snapshot,
+    instance_row,
+    instance_values,
     parse_da,
     patient_key,
 )
@@ -26,55 +28,8 @@ from libs.storage.base import study_prefix
 
 SEP = "\x1f"  # joins a study's new modalities into one text value
 
+
 # instances: column -> value of an event. One place to add a column (e.g. dicom_json).
-INSTANCE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("sop_instance_uid", "text"),
-    ("series_uid", "text"),
-    ("study_uid", "text"),
-    ("sop_class_uid", "text"),
-    ("instance_number", "int"),
-    ("transfer_syntax_uid", "text"),
-    ("specific_character_set", "text"),
-    ("rows", "int"),
-    ("columns", "int"),
-    ("number_of_frames", "int"),
-    ("size_bytes", "bigint"),
-    ("file_sha256", "text"),
-    ("content_sha256", "text"),
-    ("storage_url", "text"),
-    ("same_content_as", "text"),
-    ("first_file_id", "bigint"),
-    ("dicom_json", "text"),
-    ("modifications", "text"),  # '|'-joined here (unnest flattens arrays), text[] in the table
-)
-# How a column's unnested value becomes what the table holds (default: as it is).
-_SELECT = {"modifications": "COALESCE(string_to_array(u.modifications, '|'), '{}'::text[])"}
-
-
-def instance_row(ev: InstanceStored) -> tuple[object, ...]:
-    h, i = ev.header, ev.header.instance
-    return (
-        i.sop_instance_uid,
-        h.series.series_uid,
-        h.study.study_uid,
-        i.sop_class_uid,
-        i.instance_number,
-        i.transfer_syntax_uid,
-        i.specific_character_set,
-        i.rows,
-        i.columns,
-        i.number_of_frames,
-        ev.file.size,
-        ev.hashes.file_sha256,
-        ev.hashes.content_sha256,
-        ev.storage_url,
-        ev.related_sop_instance_uid,
-        ev.file.file_id,
-        h.dicom_json,
-        PREAMBLE_ZEROED if ev.hashes.preamble_zeroed else None,
-    )
-
-
 @dataclass(frozen=True)
 class Indexed:
     """Per event, in order: seconds since discovery if its outcome was recorded now (None:
@@ -255,7 +210,7 @@ async def _insert_instances(conn: Conn, events: Sequence[InstanceStored]) -> set
     rows = [instance_row(e) for e in events]
     names = [name for name, _ in INSTANCE_COLUMNS]  # fixed names, never input
     columns = ", ".join(names)
-    values = ", ".join(_SELECT.get(name, f"u.{name}") for name in names)
+    values = instance_values(lambda name: f"u.{name}")
     arrays = ", ".join(f"${n}::{kind}[]" for n, (_, kind) in enumerate(INSTANCE_COLUMNS, 1))
     inserted = await conn.fetch(
         f"""INSERT INTO instances ({columns})

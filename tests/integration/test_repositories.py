@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from libs.contracts.events import (
     DicomHeader,
@@ -17,7 +18,7 @@ from libs.contracts.events import (
     SeriesAttrs,
     StudyAttrs,
 )
-from libs.db import dedup, index, ledger, tasks
+from libs.db import dedup, index, index_batch, ledger, tasks
 from libs.db.ledger import NewFile
 
 
@@ -182,22 +183,34 @@ async def test_task_completes_when_the_last_file_finishes(pool: asyncpg.Pool) ->
         assert not await ledger.mark_outcome(conn, ids[0], "failed", stage="t", reason="late")
 
 
-async def test_a_zeroed_preamble_is_recorded_as_a_modification(pool: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "batch"])
+async def test_a_zeroed_preamble_and_the_header_json_are_kept_with_the_instance(
+    pool: asyncpg.Pool, batched: bool
+) -> None:
+    """Both ways the indexer writes an instance (one event, a batch) keep what dicomflow
+    changed in it and the DICOM JSON header DICOMweb answers metadata from."""
     [clean_id, zeroed_id] = await files(pool, 2)
     clean = stored(clean_id, "1.2.3.1.1")
+    clean = clean.model_copy(
+        update={"header": clean.header.model_copy(update={"dicom_json": '{"00080060":{}}'})}
+    )
     zeroed = stored(zeroed_id, "1.2.3.1.2")
     zeroed = zeroed.model_copy(
         update={"hashes": zeroed.hashes.model_copy(update={"preamble_zeroed": True})}
     )
     async with pool.acquire() as conn:
-        await index.index_instance(conn, clean)
-        await index.index_instance(conn, zeroed)
+        if batched:
+            await index_batch.index_stored_many(conn, [clean, zeroed])
+        else:
+            await index.index_instance(conn, clean)
+            await index.index_instance(conn, zeroed)
         rows = await conn.fetch(
-            "SELECT sop_instance_uid, modifications FROM instances ORDER BY sop_instance_uid"
+            """SELECT sop_instance_uid, modifications, dicom_json FROM instances
+                ORDER BY sop_instance_uid"""
         )
-    assert [(r["sop_instance_uid"], r["modifications"]) for r in rows] == [
-        ("1.2.3.1.1", []),
-        ("1.2.3.1.2", [index.PREAMBLE_ZEROED]),
+    assert [tuple(r) for r in rows] == [
+        ("1.2.3.1.1", [], '{"00080060":{}}'),
+        ("1.2.3.1.2", [index.PREAMBLE_ZEROED], None),
     ]
 
 
