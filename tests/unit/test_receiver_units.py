@@ -308,15 +308,8 @@ def test_a_response_command_is_decoded_by_the_id_it_answers() -> None:
     assert cmd.is_response and cmd.message_id == 9 and not cmd.has_dataset
 
 
-@pytest.mark.parametrize(
-    ("changes", "status"),
-    [
-        ({"action_type": 2}, 0x0123),
-        ({"requested_sop_instance_uid": "1.2.3"}, 0x0117),
-        ({"requested_sop_class_uid": "1.2.840.10008.1.1"}, 0x0122),
-    ],
-)
-def test_n_action_refusals(changes: dict[str, object], status: int) -> None:
+def commitment_request() -> tuple[Command, Dataset]:
+    """An N-ACTION-RQ for storage commitment of one CT instance, and its data set."""
     cmd = Command(
         dimse.N_ACTION_RQ,
         1,
@@ -332,6 +325,19 @@ def test_n_action_refusals(changes: dict[str, object], status: int) -> None:
     item = Dataset()
     item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CTImageStorage, "1.2.3.5"
     ds.ReferencedSOPSequence = [item]
+    return cmd, ds
+
+
+@pytest.mark.parametrize(
+    ("changes", "status"),
+    [
+        ({"action_type": 2}, 0x0123),
+        ({"requested_sop_instance_uid": "1.2.3"}, 0x0117),
+        ({"requested_sop_class_uid": "1.2.840.10008.1.1"}, 0x0122),
+    ],
+)
+def test_n_action_refusals(changes: dict[str, object], status: int) -> None:
+    cmd, ds = commitment_request()
     data = encode(ds, True, True)
     assert data is not None
     assert parse_action(cmd, data, ImplicitVRLittleEndian) == Request(
@@ -368,21 +374,7 @@ async def test_commitment_requests_beyond_the_bound_are_refused_for_now() -> Non
     scp = CommitmentSCP(
         ae_title="DICOMFLOW", lookup=lookup, peers={}, wait_seconds=60, poll_seconds=1
     )
-    cmd = Command(
-        dimse.N_ACTION_RQ,
-        1,
-        "",
-        "",
-        True,
-        requested_sop_class_uid=STORAGE_COMMITMENT,
-        requested_sop_instance_uid=WELL_KNOWN_INSTANCE,
-        action_type=1,
-    )
-    ds = Dataset()
-    ds.TransactionUID = "1.2.3.4"
-    item = Dataset()
-    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CTImageStorage, "1.2.3.5"
-    ds.ReferencedSOPSequence = [item]
+    cmd, ds = commitment_request()
     data = encode(ds, True, True) or b""
 
     def status() -> int:
