@@ -6,7 +6,6 @@ the pipeline (found by QIDO once indexed) and refuses garbage per instance with 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import time
@@ -26,6 +25,7 @@ from libs.storage import instance_key
 from libs.storage.local import path_from_file_url
 from load_test.process_stack import Stack
 from tests.integration.api.dicomweb_seed import Seeded, codec_files, synthetic_files
+from tests.polling import eventually
 
 EVRLE = "1.2.840.10008.1.2.1"
 # One parser process: the stack starts faster on a busy machine; throughput is not measured.
@@ -145,10 +145,12 @@ async def test_stow_puts_instances_through_the_pipeline_and_refuses_garbage(
     answer = dw.store_instances([new_instance(study, 1), new_instance(study, 2)])
     assert len(answer.ReferencedSOPSequence) == 2
     assert "FailedSOPSequence" not in answer
-    deadline = time.monotonic() + 90
-    while len(dw.search_for_instances(study)) < 2:
-        assert time.monotonic() < deadline, stack.tail("indexer")
-        await asyncio.sleep(0.5)
+    await eventually(
+        lambda: len(dw.search_for_instances(study)) >= 2,
+        90,
+        what=lambda: stack.tail("indexer"),
+        interval=0.5,
+    )
     [found] = dw.search_for_studies(search_filters={"PatientName": "сидорова*"})
     assert first(found, "0020000D") == study and first(found, "00201208") == 2
 

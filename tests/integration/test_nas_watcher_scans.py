@@ -4,7 +4,6 @@ where it leads or whether that exists), and a file still being copied is never e
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -17,6 +16,7 @@ from libs.contracts.events import Event, FileDiscovered
 from libs.db import tasks
 from services.nas_watcher.bootstrap import PgScanStore
 from services.nas_watcher.rounds import OUTSIDE_ROOTS, scan_root, scan_task
+from tests.polling import eventually
 
 
 class Published(list[Event]):
@@ -124,7 +124,9 @@ async def test_import_of_a_file_copied_with_its_old_mtime_waits_until_complete(
     assert task is not None
     store, published = PgScanStore(pool, "test", 60), Published()
     copy.start()
-    await asyncio.sleep(0.3)  # the copy has begun
+    await eventually(  # the copy has begun: the scan meets a file still growing
+        lambda: copy.target.exists() and copy.target.stat().st_size > 0, 10, interval=0.01
+    )
     await scan_task(task, store=store, publish=published, allowed_roots=[root], settle_seconds=1.0)
     copy.join()
     sizes = [e.file.size for e in published if isinstance(e, FileDiscovered)]
