@@ -73,7 +73,7 @@ def download(qtbot: object, w: MainWindow) -> None:
     w.error_label.setText("")
     w.progress_label.setText("")
     qtbot.mouseClick(w.download_button, Qt.MouseButton.LeftButton)  # type: ignore[attr-defined]
-    qtbot.waitUntil(lambda: not w.download_worker.isRunning(), timeout=WAIT)  # type: ignore[attr-defined,union-attr]
+    qtbot.waitUntil(lambda: not w.downloading, timeout=WAIT)  # type: ignore[attr-defined]
 
 
 def cells(w: MainWindow, row: int) -> list[str]:
@@ -192,7 +192,7 @@ async def test_desktop_resumes_after_cancel_and_restart_and_explains_errors(
         assert " of " in w.progress_label.text() and "/s" in w.progress_label.text()
         assert "left" in w.progress_label.text()
         qtbot.mouseClick(w.cancel_button, Qt.MouseButton.LeftButton)  # type: ignore[attr-defined]
-        qtbot.waitUntil(lambda: not w.download_worker.isRunning(), timeout=WAIT)  # type: ignore[attr-defined,union-attr]
+        qtbot.waitUntil(lambda: not w.downloading, timeout=WAIT)  # type: ignore[attr-defined]
         assert w.error_label.text().startswith("Download cancelled.")
         kept = part.stat().st_size
         assert not (out / "Müller José").exists()
@@ -246,7 +246,7 @@ while w.table.rowCount() < 2 and time.monotonic() < deadline:
     time.sleep(0.05)
 w.table.selectRow(0)
 w.download()
-while w.download_worker.isRunning() and time.monotonic() < deadline:
+while w.downloading and time.monotonic() < deadline:
     app.processEvents()
     time.sleep(0.05)
 for _ in range(20):

@@ -74,6 +74,9 @@ class MainWindow(QMainWindow):
         self.folders: dict[str, Path] = {}
         self.search_worker: SearchWorker | None = None
         self.download_worker: DownloadWorker | None = None
+        # True from the click until the worker's last signal has reached this window (the
+        # thread may stop before its queued study_done/failed signals are delivered).
+        self.downloading = False
         self.last_folder: Path | None = None
         self._current = ""
         self._first_progress = False
@@ -290,8 +293,9 @@ class MainWindow(QMainWindow):
         worker.failed.connect(self._download_failed)
         worker.all_done.connect(self._all_done)
         worker.finished.connect(client.close)
-        worker.finished.connect(self._sync_buttons)
+        worker.finished.connect(self._download_finished)
         self.download_worker = worker
+        self.downloading = True
         self._resumed_note = ""
         worker.start()
         self._sync_buttons()
@@ -338,6 +342,10 @@ class MainWindow(QMainWindow):
         self._sync_buttons()
 
     def _all_done(self) -> None:
+        self._sync_buttons()
+
+    def _download_finished(self) -> None:
+        self.downloading = False
         self._sync_buttons()
 
     def _download_failed(self, message: str) -> None:
