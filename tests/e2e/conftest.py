@@ -42,7 +42,8 @@ async def stack(
     monkeypatch: pytest.MonkeyPatch,
     extra_env: dict[str, str],
 ) -> AsyncIterator[Stack]:
-    """Overrides per test: `@pytest.mark.stack_env(NAS_WATCH="true")`, then `extra_env`.
+    """Overrides per test: `@pytest.mark.stack_env(NAS_WATCH="true")`, then `extra_env`;
+    `@pytest.mark.stack_also("packager")` starts more services with the pipeline.
     An optional source (orthanc-watcher, iso-watcher) starts when it is configured."""
     env, ports = stack_env(tmp_path, database_url, broker.bootstrap)  # type: ignore[attr-defined]
     if storage_backend == "gs":
@@ -60,6 +61,8 @@ async def stack(
     async with pool.acquire() as conn:
         _, s.key = await create_key(conn, "admin", "e2e")
     names = [*PIPELINE, *(n for n in OPTIONAL if configured(n, env)), "api"]
+    also = request.node.get_closest_marker("stack_also")  # started, and waited for, together
+    names += list(also.args) if also else []
     for name in names:
         s.start(name)
     try:
