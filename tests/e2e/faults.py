@@ -112,7 +112,10 @@ class Sender:
                 continue
             try:
                 while path is not None:
-                    status = assoc.send_c_store(path)
+                    try:  # the receiver may have gone (killed) since the last answer
+                        status = assoc.send_c_store(path) if assoc.is_established else None
+                    except RuntimeError:
+                        status = None
                     if not status or status.Status != 0x0000:
                         self.retries += 1
                         break  # lost mid-send or refused for now: send it again

@@ -1,0 +1,225 @@
+"""kill -9 of every service mid-import: nothing lost, nothing stored twice, every stored byte
+what its source holds."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import asyncpg
+import pytest
+from discs import dicomdir, disc_tree, iso
+from faults import (
+    RECEIVER,
+    Sender,
+    receiver_env,
+    sources_under,
+    task_finished,
+    verify_storage,
+)
+from test_resilience import counts, handled, handled_more, scanned_at_least
+from trees import Expected, build_tree
+
+from libs.tools.dev_broker import free_port
+from load_test.process_stack import Stack
+from tests.polling import eventually
+
+# Every service that `dicomflow up` runs here, killed in pairs (a pipeline stage with a
+# service beside it) so one round of kills is 6 restarts long, not 11. The services that
+# boot a worker pool (extractor, jpg-converter, iso-watcher) are never paired together.
+KILL_STEPS = [
+    ("nas-watcher", "jpg-converter"),
+    ("extractor", "api"),
+    ("dedup", "packager"),
+    ("storage-writer", RECEIVER),
+    ("indexer", "iso-watcher"),
+    ("reconciler",),
+]
+KILL_ROUNDS = 2
+
+
+def kill_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **receiver_env(tmp_path, free_port()),
+        "ISO_INBOX": str(tmp_path / "inbox"),
+        "PACKAGER_PREBUILD": "true",  # the packager builds each study's archive once stable
+        "EXTRACTOR_WORKERS": "1",  # each restart boots one parser process, not two
+    }
+
+
+async def kill_every_service(stack: Stack, task_id: str, discs: list[Path]) -> dict[str, int]:
+    """KILL_ROUNDS rounds of kill -9 + restart of every service; a disc is put in the ISO
+    inbox as each round begins. Returns how many kills of each landed mid-import."""
+    mid_import: dict[str, int] = {}
+    inbox = Path(stack.env["ISO_INBOX"])
+    for round_ in range(KILL_ROUNDS):
+        shutil.move(discs[round_], inbox / discs[round_].name)
+        for step in KILL_STEPS:
+            running = await task_finished(stack, task_id) is None
+            for name in step:
+                mid_import[name] = mid_import.get(name, 0) + running
+                stack.kill(name, signal.SIGKILL)
+            for name in step:
+                stack.start(name)
+            await stack.wait_ready(list(step), timeout=300)
+    return mid_import
+
+
+async def settled(pool: asyncpg.Pool) -> bool:
+    return not await pool.fetchval("SELECT count(*) FROM ingest_files WHERE status = 'pending'")
+
+
+async def pending_rows(stack: Stack, pool: asyncpg.Pool) -> str:
+    rows = await pool.fetch(
+        """SELECT source, origin, stage, emitted, now() - updated_at AS age FROM ingest_files
+            WHERE status = 'pending' ORDER BY id LIMIT 10"""
+    )
+    return "\n".join(map(str, rows)) + "\n" + stack.tail("reconciler", 10)
+
+
+@pytest.fixture
+def extra_env(tmp_path: Path) -> dict[str, str]:
+    return kill_env(tmp_path)
+
+
+@dataclass
+class Inputs:
+    tree: Path
+    expected: Expected
+    discs: list[Path]
+    disc_sources: dict[str, Path]
+
+
+def build_inputs(root: Path) -> Inputs:
+    tree = root / "imports" / "kill-all"
+    expected = build_tree(tree, patients=4, series_per_study=2, per_series=250)
+    discs, disc_sources = build_kill_discs(root / "discs", KILL_ROUNDS)
+    return Inputs(tree, expected, discs, disc_sources)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Iterator[Future[Inputs]]:
+    """Built in a thread while the stack starts (a fixture requested after this one)."""
+    with ThreadPoolExecutor(1) as builder:
+        yield builder.submit(build_inputs, tmp_path)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.stack_also("jpg-converter", "packager", RECEIVER)
+async def test_kill_9_of_every_service_twice_during_a_2000_file_import(
+    inputs: Future[Inputs], stack: Stack, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """kill -9 of every service, each twice, while a 2,000-file folder import, a C-STORE
+    stream and two ISO discs are under way; then exact counts, each instance stored once,
+    and every stored object read back and compared with its source.
+
+    On local storage only: the gs variant below covers what the backend changes (the
+    storage-writer's and the readers' calls to GCS); the other kills do not depend on it."""
+    t0 = time.monotonic()
+    made = await asyncio.wrap_future(inputs)
+    tree, expected, discs, disc_sops = made.tree, made.expected, made.discs, made.disc_sources
+    assert expected.files >= 2000
+    print(f"\ninputs ready after the stack by {time.monotonic() - t0:.0f}s", flush=True)
+    sender = Sender(int(stack.env["RECEIVER_PORT"]), tmp_path / "sent")
+    sender.start()
+    started = time.monotonic()
+    task_id = await stack.start_import(tree)
+    try:
+        mid_import = await kill_every_service(stack, task_id, discs)
+    finally:
+        acked = sender.stop()
+    killed_for = time.monotonic() - started
+    task = await eventually(partial(task_finished, stack, task_id), 240, interval=0.5)
+    assert task["status"] == "completed", task
+    assert {k: task["counters"][k] for k in expected.counters()} == expected.counters()
+    inbox = Path(stack.env["ISO_INBOX"])
+    await eventually(
+        lambda: all((inbox / "processed" / d.name).exists() for d in discs), 120,
+        what=lambda: stack.tail("iso-watcher"), interval=0.5,
+    )  # fmt: skip
+    await eventually(partial(settled, pool), 180, what=partial(pending_rows, stack, pool))
+    sources = {**sources_under(tree), **acked}
+    instances, counted, conflicts = await counts(pool)
+    assert instances == counted == expected.new + len(acked) + len(disc_sops)
+    assert conflicts == expected.conflicts
+    indexed = {
+        r["sop_instance_uid"] for r in await pool.fetch("SELECT sop_instance_uid FROM instances")
+    }
+    assert set(acked) <= indexed and set(disc_sops) <= indexed
+    failed = await pool.fetchval("SELECT count(*) FROM ingest_files WHERE status = 'failed'")
+    assert failed == expected.failed, "only the tree's not-DICOM files fail"
+    sources.update(disc_sops)
+    check = await verify_storage(stack, pool, sources, sent=set(acked))
+    assert check.instances == instances
+    # The packager, killed while building, still serves a whole archive.
+    async with stack.client() as c:
+        r = await c.head(f"/v1/studies/{expected.study_uids[0]}/archive?format=tar.zst")
+    assert r.status_code == 200 and int(r.headers["content-length"]) > 0
+    for name in [n for step in KILL_STEPS for n in step]:
+        assert stack.procs[name].poll() is None, f"{name} died:\n{stack.tail(name)}"
+    assert all(mid_import[n] >= 1 for n in mid_import), mid_import
+    print(
+        f"\nkill -9 x{KILL_ROUNDS} of {len(mid_import)} services ({sum(mid_import.values())}"
+        f" of {KILL_ROUNDS * len(mid_import)} mid-import) in {killed_for:.0f}s; "
+        f"{instances} instances ({len(acked)} by C-STORE, {sender.retries} resends; "
+        f"{len(disc_sops)} from discs), {check.bytes_verified} bytes verified"
+    )
+
+
+def build_kill_discs(work: Path, count: int) -> tuple[list[Path], dict[str, Path]]:
+    """`count` ISO images of one small study each; returns them and {SOP UID: source}."""
+    images: list[Path] = []
+    sources: dict[str, Path] = {}
+    for n in range(count):
+        tree = work / f"disc{n}"
+        sops = disc_tree(tree, [f"Disc^Patient{n}"], per_series=4)
+        dicomdir(tree)
+        images.append(iso(tree, work / f"kill{n}.iso"))
+        sources.update({sop: tree / rel for sop, rel in sops.items()})
+    return images, sources
+
+
+@pytest.mark.parametrize("storage_backend", ["gs"])
+async def test_kill_9_of_the_storage_users_on_gcs(
+    stack: Stack, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """The gs variant: only the services whose work is a GCS call (the storage-writer's
+    verified uploads, the jpg-converter's and packager's reads and writes) are killed, each
+    twice, the storage-writer with a backlog in hand; the same exact counts and byte checks."""
+    tree = stack.root / "imports" / "kill-gcs"
+    expected = build_tree(tree, patients=2, per_series=75)
+    for name in ("jpg-converter", "packager"):
+        stack.start(name)
+    await stack.wait_ready(["jpg-converter", "packager"])
+    stack.pause("storage-writer")  # let its input pile up
+    task_id = await stack.start_import(tree)
+    await eventually(partial(scanned_at_least, stack, task_id, expected.files), 60)
+    stack.resume("storage-writer")
+    mid_import = 0
+    for _ in range(2):
+        before = await handled(stack, "storage-writer")
+        await eventually(
+            partial(handled_more, stack, "storage-writer", before), 60,
+            what=partial(stack.tail, "storage-writer"), interval=0.02,
+        )  # fmt: skip
+        mid_import += await task_finished(stack, task_id) is None
+        for name in ("storage-writer", "jpg-converter", "packager"):
+            stack.kill(name, signal.SIGKILL)
+            stack.start(name)
+        await stack.wait_ready(["storage-writer", "jpg-converter", "packager"])
+    task = await eventually(partial(task_finished, stack, task_id), 180, interval=0.5)
+    assert task["status"] == "completed", task
+    assert {k: task["counters"][k] for k in expected.counters()} == expected.counters()
+    assert mid_import >= 1, "the kills should land while the import is under way"
+    instances, counted, conflicts = await counts(pool)
+    assert instances == counted == expected.new
+    assert conflicts == expected.conflicts
+    check = await verify_storage(stack, pool, sources_under(tree))
+    print(f"\ngs: {instances} instances, {check.bytes_verified} bytes verified")
