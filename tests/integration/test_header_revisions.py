@@ -18,7 +18,7 @@ from libs.contracts.events import (
     InstanceUnique,
     StudyMetadata,
 )
-from libs.db import index
+from libs.db import index, search
 from libs.dicom.extract import extract_file
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
 from libs.storage.local import LocalStore
@@ -136,6 +136,12 @@ async def test_a_corrected_header_is_a_new_revision_and_the_original_is_kept(
         assert snap is not None and snap.revision == 2
         assert snap.patient.patient_name == "Ivanova^Anna"
         assert await conn.fetchval("SELECT count(*) FROM instance_revisions") == 1
+        # The study's history as the API shows it (GET /v1/studies/{uid}: `corrections`).
+        detail = await search.get_study(conn, STUDY)
+        assert detail is not None
+        assert [(c.sop_instance_uid, c.revision, c.patient_name) for c in detail.corrections] == [
+            (SOP, 2, "Ivanova^Anna")
+        ]
 
 
 async def test_a_patient_merge_moves_the_study_to_the_corrected_patient(
