@@ -33,7 +33,7 @@ class ApiLimits:
 class ApiSettings(ServiceSettings):
     """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
     API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS, API_RENDER_*, API_STOW_*, API_PACKAGER_URL,
-    API_PACKAGER_TIMEOUT_SECONDS, API_VIEWER_DIR."""
+    API_PACKAGER_TIMEOUT_SECONDS, API_VIEWER_DIR, API_EXPORT_*."""
 
     model_config = SettingsConfigDict(env_prefix="API_", frozen=True, extra="ignore")
 
@@ -75,6 +75,19 @@ class ApiSettings(ServiceSettings):
         default=600.0,
         gt=0,
         description="Longest wait for the packager's next bytes (a ZIP answers once built)",
+    )
+    export_dir: Path = Field(
+        default=Path("./var/exports"),
+        description="Where de-identified export archives are written and served from",
+    )
+    export_workers: int = Field(default=1, ge=1, description="Processes de-identifying files")
+    export_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
+    export_timeout_seconds: float = Field(default=120.0, gt=0, description="Per instance")
+    export_retention_hours: float = Field(
+        default=72.0, gt=0, description="Completed export archives are removed after this"
+    )
+    export_max_attempts: int = Field(
+        default=3, ge=1, description="Runs of one export interrupted by outages before it fails"
     )
     render_queue: int = Field(
         default=8, ge=0, description="Renders waiting for a worker; beyond, 503 + Retry-After"
