@@ -32,7 +32,8 @@ from libs.storage.local import LocalStore
 from services.api.app import create_app
 from services.api.config import ApiLimits
 from services.api.exports import ExportRunner
-from tests.integration.api.conftest import AuditRows, Keys as ApiKeys
+from tests.integration.api.conftest import AuditRows
+from tests.integration.api.conftest import Keys as ApiKeys
 from tests.integration.test_jpg_converter_service import put_canonical
 
 ROOT = "1.2.826.0.1.3680043.10.7"
