@@ -64,6 +64,10 @@ _METHOD_CODES = {
     "modified_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
     "clean_descriptors": ("113105", "Clean Descriptors Option"),
 }
+# Values replaced by a dummy inside a sequence whose action is D (Content Sequence, Person
+# Identification Code Sequence...), when the table does not list them: the free text of a
+# structured report, the code of a person or institution.
+_DUMMY_INSIDE = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT"})
 _IDENTIFYING = ("PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate")
 _WORD = re.compile(r"[^\W_]{2,}", re.UNICODE)
 
@@ -133,20 +137,22 @@ class _Run:
         self.days = keys.shift_days(self.patient_id)
         self.words = _identifying_words(ds) if options.clean_descriptors else frozenset()
 
-    def dataset(self, ds: Dataset) -> None:
+    def dataset(self, ds: Dataset, inside_dummy: bool = False) -> None:
         ds.remove_private_tags()
         for elem in list(ds):
-            self.element(ds, elem)
+            self.element(ds, elem, inside_dummy)
 
-    def element(self, ds: Dataset, elem: DataElement) -> None:
+    def element(self, ds: Dataset, elem: DataElement, inside_dummy: bool = False) -> None:
         tag = BaseTag(elem.tag)
         if tag.group == 0x0000:  # command elements never belong in a stored object
             del ds[tag]
             return
         action = self.profile.action(tag, self.options)
         if elem.VR == "SQ":
-            self.sequence(ds, elem, action)
+            self.sequence(ds, elem, action, inside_dummy)
             return
+        if action is None and inside_dummy and elem.VR in _DUMMY_INSIDE and elem.value:
+            action = "D"
         if action is None or action == "K":
             return
         if action == "X":
@@ -160,14 +166,17 @@ class _Run:
         elif action == "C":
             elem.value = self.clean(elem)
 
-    def sequence(self, ds: Dataset, elem: DataElement, action: str | None) -> None:
+    def sequence(
+        self, ds: Dataset, elem: DataElement, action: str | None, inside_dummy: bool
+    ) -> None:
         if action == "X":
             del ds[elem.tag]
         elif action == "Z":
             elem.value = Sequence()
-        else:  # kept, dummy, cleaned or U*: the items stay, de-identified by the same rules
+        else:  # kept, dummy, cleaned or U*: the items stay, de-identified by the same rules;
+            # in a dummy (D) sequence, text and dates the table does not list become dummies
             for item in elem.value:
-                self.dataset(item)
+                self.dataset(item, inside_dummy or action == "D")
 
     def pseudonym(self, tag: BaseTag) -> str | None:
         """PatientName and PatientID get the patient's pseudonym (a dummy value PS3.15

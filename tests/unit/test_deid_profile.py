@@ -262,6 +262,30 @@ def test_patient_becomes_one_pseudonym() -> None:
     assert deidentify(_dated("P2", "20240115", 3), Options(), KEYS).PatientID != a.PatientID
 
 
+def test_free_text_and_codes_inside_dummy_sequences_are_replaced() -> None:
+    ds = make_dataset(
+        patient_id="P1",
+        patient_name=PATIENT,
+        study_uid="1.2.3",
+        series_uid="1.2.3.4",
+        sop_uid="1.2.3.4.5",
+    )
+    text = Dataset()
+    text.ValueType = "TEXT"
+    text.TextValue = "Patient Jane Doe, bed 12, seen by Dr Smith"
+    ds.ContentSequence = Sequence([text])
+    code = Dataset()
+    code.CodeValue, code.CodeMeaning, code.CodingSchemeDesignator = "EMP-4711", "Dr Smith", "L"
+    person = Dataset()
+    person.PersonIdentificationCodeSequence = Sequence([code])
+    ds.OperatorIdentificationSequence = Sequence([person])
+    result = deidentify(ds, Options(), KEYS)
+    assert result.ContentSequence[0].TextValue == "ANONYMIZED"
+    assert result.ContentSequence[0].ValueType == "TEXT"  # the structure stays
+    item = result.OperatorIdentificationSequence[0].PersonIdentificationCodeSequence[0]
+    assert (item.CodeValue, item.CodeMeaning) == ("ANONYMIZED", "ANONYMIZED")
+
+
 @pytest.mark.parametrize(
     ("modality", "flag", "sop_class", "risky"),
     [
