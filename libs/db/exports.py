@@ -104,6 +104,7 @@ class Progress:
     excluded: int = 0
     failed: int = 0
     outcomes: list[dict[str, Any]] = field(default_factory=list)
+    missing: int = 0  # of the failed: not in storage (all of them: storage is unreachable)
 
     def note(self, outcome: dict[str, Any]) -> None:
         if len(self.outcomes) < OUTCOMES_KEPT:
@@ -138,7 +139,7 @@ async def complete(
     done = await conn.fetchval(
         """UPDATE export_jobs SET status = 'completed', total = $3, processed = $4,
                   exported = $5, excluded = $6, failed = $7, outcomes = $8, archive_name = $9,
-                  archive_size = $10, archive_sha256 = $11, lease_owner = NULL,
+                  archive_size = $10, archive_sha256 = $11, error = NULL, lease_owner = NULL,
                   lease_until = NULL, updated_at = now(), finished_at = now()
             WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING true""",
         job_id,
@@ -167,13 +168,16 @@ async def fail(conn: Conn, job_id: str, owner: str, error: str) -> None:
     )
 
 
-async def release(conn: Conn, job_id: str, owner: str) -> None:
-    """Give the job back (an outage, a stop): the next round, here or elsewhere, retries it."""
+async def release(conn: Conn, job_id: str, owner: str, error: str) -> None:
+    """Give the job back (an outage, a stop): the next round, here or elsewhere, retries it;
+    `error` says why (shown while it waits, and in the final error if it never succeeds)."""
     await conn.execute(
-        """UPDATE export_jobs SET lease_owner = NULL, lease_until = NULL, updated_at = now()
+        """UPDATE export_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL,
+                  error = $3, updated_at = now()
             WHERE id = $1 AND lease_owner = $2 AND status = 'running'""",
         job_id,
         owner,
+        error,
     )
 
 

@@ -18,6 +18,7 @@ next round starts it again from the beginning (the archive is rewritten whole), 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -50,6 +51,11 @@ EXTENSIONS = {"zip": "zip", "tar.zst": "tar.zst"}
 
 class LeaseLost(Exception):
     """Another runner took the job (ours ran out): stop without touching it."""
+
+
+class StorageUnavailable(Exception):
+    """Not one instance of the export could be read: storage is down or not mounted, not
+    every file lost. The job is given back and tried again later."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,8 @@ class ExportRunner:
             if job is None:
                 return None
             if job.attempts > self.limits.max_attempts:
-                await exports.fail(conn, job.id, self.owner, "gave up after repeated outages")
+                reason = f"gave up after {job.attempts - 1} attempts; last: {job.error}"
+                await exports.fail(conn, job.id, self.owner, reason)
                 return AT_ONCE
         log.info("export started", export_id=job.id, studies=len(job.study_uids))
         try:
@@ -102,7 +109,7 @@ class ExportRunner:
         except BaseException as exc:
             log.warning("export interrupted; it will be retried", export_id=job.id, error=repr(exc))
             async with self.pool.acquire() as conn:
-                await exports.release(conn, job.id, self.owner)
+                await exports.release(conn, job.id, self.owner, _reason(exc))
             raise
         return AT_ONCE
 
@@ -125,15 +132,21 @@ class ExportRunner:
         try:
             with partial.open("wb") as out:
                 writer = self._writer(fmt, out)
-                last = 0.0
-                for study_uid, instance in instances:
-                    await self._one(
-                        writer, scratch, study_uid, instance, (options, keys, include),
-                        progress, files,
-                    )  # fmt: skip
-                    if time.monotonic() - last > REPORT_EVERY_SECONDS:
-                        await self._report(job.id, progress)
-                        last = time.monotonic()
+                try:
+                    last = 0.0
+                    for study_uid, instance in instances:
+                        await self._one(
+                            writer, scratch, study_uid, instance, (options, keys, include),
+                            progress, files,
+                        )  # fmt: skip
+                        if time.monotonic() - last > REPORT_EVERY_SECONDS:
+                            await self._report(job.id, progress)
+                            last = time.monotonic()
+                    if progress.total and progress.missing == progress.total:
+                        raise StorageUnavailable(f"none of {progress.total} instances read")
+                except BaseException:
+                    _abandon(writer)
+                    raise
                 manifest = _manifest(job, keys, options, include, files, progress)
                 await asyncio.to_thread(_member, writer, "manifest.json", manifest)
                 await asyncio.to_thread(writer.close)
@@ -198,6 +211,7 @@ class ExportRunner:
             await self._download(key, source)
         except FileNotFoundError:
             progress.failed += 1
+            progress.missing += 1
             progress.note({"outcome": "failed", "reason": "missing from storage", **ids})
             return
         try:
@@ -247,7 +261,7 @@ class ExportRunner:
             log.info("export archives expired", count=len(names))
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:300]
 
@@ -281,6 +295,14 @@ def _manifest(
         "left_out": [{k: v for k, v in o.items() if k != "original"} for o in progress.outcomes],
     }
     return json.dumps(doc, indent=1, ensure_ascii=False).encode()
+
+
+def _abandon(writer: ArchiveWriter) -> None:
+    """Close a writer whose archive is thrown away (a ZipFile left open complains when
+    collected); the partial file is deleted after."""
+    for step in (writer.end, writer.close):
+        with contextlib.suppress(Exception):
+            step()
 
 
 def _member(writer: ArchiveWriter, path: str, data: bytes) -> None:

@@ -28,10 +28,11 @@ from libs.deid.deidentify import Keys
 from libs.dicom.synthetic import make_dataset, write_instance
 from libs.runtime.probes import Readiness
 from libs.runtime.sandbox import IsolatedExecutor
+from libs.storage import instance_key
 from libs.storage.local import LocalStore
 from services.api.app import create_app
 from services.api.config import ApiLimits
-from services.api.exports import ExportRunner
+from services.api.exports import ExportLimits, ExportRunner, StorageUnavailable
 from tests.integration.api.conftest import AuditRows
 from tests.integration.api.conftest import Keys as ApiKeys
 from tests.integration.test_jpg_converter_service import put_canonical
@@ -43,6 +44,12 @@ STUDIES = [
     ("DEID-A", "Sidorov^Petr", 2, "20240320", [(1, "MR", 2)]),
     ("DEID-B", "Kuznetsova^Olga", 3, "20240201", [(1, "CT", 2)]),
 ]
+# Studies the failure tests damage in storage: 4 loses one object and has one corrupted,
+# 5 loses all of them (as when the storage is not mounted).
+DAMAGED = [
+    ("DEID-C", "Popov^Ivan", 4, "20240501", [(1, "CT", 3)]),
+    ("DEID-C", "Popov^Ivan", 5, "20240601", [(1, "CT", 2)]),
+]
 BURNED_IN = f"{ROOT}.1.2.2"  # series 2 of study 1, instance 2: BurnedInAnnotation YES
 ULTRASOUND = f"{ROOT}.1.2.1"  # modality US, no BurnedInAnnotation
 REFERRING = f"{ROOT}.1.1.2"  # refers to instance 1 of the same series
@@ -50,7 +57,7 @@ REFERRING = f"{ROOT}.1.1.2"  # refers to instance 1 of the same series
 
 def _datasets() -> list[Dataset]:
     out = []
-    for pid, name, study, day, series_list in STUDIES:
+    for pid, name, study, day, series_list in STUDIES + DAMAGED:
         for series, modality, count in series_list:
             for n in range(1, count + 1):
                 ds = make_dataset(
@@ -199,7 +206,7 @@ async def test_export_is_de_identified_consistent_and_valid_dicom(
 
     members = [n for n in archive.namelist() if n.endswith(".dcm")]
     assert len(members) == len(manifest["files"]) == 7
-    originals = [pydicom.dcmread(p) for p in sources]
+    originals = [ds for ds in map(pydicom.dcmread, sources) if ds.StudyInstanceUID in STUDY_UIDS]
     secrets = {b"Sidorov", b"Kuznetsova", b"DEID-A", b"DEID-B", b"ACC1", b"Nowhere", b"Who"}
     secrets |= {o.StudyInstanceUID.encode() for o in originals}
     by_sop: dict[str, Dataset] = {}
@@ -290,3 +297,66 @@ async def test_only_ops_may_export_and_every_call_is_audited(
         "/v1/exports/00000000-0000-0000-0000-000000000000", headers=keys.headers("ops")
     )
     assert missing.status_code == 404
+
+
+def _object(store: LocalStore, study: int, n: int) -> Path:
+    return store.path_for(
+        instance_key(f"{ROOT}.{study}", f"{ROOT}.{study}.1", f"{ROOT}.{study}.1.{n}")
+    )
+
+
+async def test_missing_and_unreadable_instances_are_listed_and_the_rest_exported(
+    client: httpx.AsyncClient, keys: ApiKeys, runner: ExportRunner, store: LocalStore
+) -> None:
+    _object(store, 4, 1).unlink()
+    _object(store, 4, 2).write_bytes(b"not DICOM at all" * 64)
+    created = await client.post(
+        "/v1/exports", json={"study_uids": [f"{ROOT}.4"]}, headers=keys.headers("ops")
+    )
+    while await runner.round() is not None:
+        pass
+    job = (
+        await client.get(f"/v1/exports/{created.json()['export_id']}", headers=keys.headers("ops"))
+    ).json()
+    assert job["status"] == "completed"
+    assert (job["progress"]["exported"], job["progress"]["failed"]) == (1, 2)
+    reasons = {o["original"]["sop_uid"]: o["reason"] for o in job["left_out"]}
+    assert reasons[f"{ROOT}.4.1.1"] == "missing from storage"
+    assert "InvalidDicomError" in reasons[f"{ROOT}.4.1.2"]
+    archive = zipfile.ZipFile(
+        io.BytesIO((await client.get(job["archive_url"], headers=keys.headers("ops"))).content)
+    )
+    manifest = json.loads(archive.read("manifest.json"))
+    assert [o["outcome"] for o in manifest["left_out"]] == ["failed", "failed"]
+    assert len(manifest["files"]) == 1
+
+
+async def test_unreachable_storage_is_waited_for_then_the_export_fails(
+    client: httpx.AsyncClient,
+    keys: ApiKeys,
+    pool: asyncpg.Pool,
+    store: LocalStore,
+    executor: IsolatedExecutor,
+    exports_dir: Path,
+) -> None:
+    for n in (1, 2):
+        _object(store, 5, n).unlink()
+    exports_dir.mkdir()
+    runner = ExportRunner(
+        pool, store, executor, exports_dir, limits=ExportLimits(max_attempts=2), owner="t"
+    )
+    created = await client.post(
+        "/v1/exports", json={"study_uids": [f"{ROOT}.5"]}, headers=keys.headers("ops")
+    )
+    url = f"/v1/exports/{created.json()['export_id']}"
+    for attempt in (1, 2):
+        with pytest.raises(StorageUnavailable):
+            await runner.round()
+        job = (await client.get(url, headers=keys.headers("ops"))).json()
+        assert job["status"] == "queued" and "none of 2 instances read" in job["error"], attempt
+    while await runner.round() is not None:
+        pass
+    job = (await client.get(url, headers=keys.headers("ops"))).json()
+    assert job["status"] == "failed"
+    assert job["error"].startswith("gave up after 2 attempts")
+    assert not list(exports_dir.iterdir())  # no archive, no scratch left behind
