@@ -34,6 +34,7 @@ PREFIX = {
     "dcm4chee-watcher": "DCM4CHEE_",
     "dicom-receiver": "RECEIVER_",
     "pacs-watcher": "WATCHER_",
+    "router": "ROUTER_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
 # Sources that run only when configured, like under `dicomflow up`
