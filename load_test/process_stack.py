@@ -37,9 +37,9 @@ PREFIX = {
     "router": "ROUTER_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
-# Sources that run only when configured, like under `dicomflow up`
+# Sources (and the router) that run only when configured, like under `dicomflow up`
 # (libs.tools.devstack.CONFIGURED_BY).
-OPTIONAL = ["orthanc-watcher", "iso-watcher"]
+OPTIONAL = ["orthanc-watcher", "iso-watcher", "router"]
 
 
 @dataclass

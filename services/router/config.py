@@ -20,6 +20,10 @@ class RouterSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ROUTER_", frozen=True, extra="ignore")
 
     ops_port: Port = 8120
+    database_pool_size: Count = Field(
+        default=8,
+        description="Connections: 2 per destination (its lock and its queries) and 2 more",
+    )
     rules_file: Path | None = Field(
         default=None, description="YAML file of destinations and rules (docs/configuration.md)"
     )
@@ -46,4 +50,11 @@ class RouterSettings(ServiceSettings):
         """The rules file, read and validated; ValueError naming the problem."""
         if self.rules_file is None:
             raise ValueError("ROUTER_RULES_FILE is not set: nothing to route")
-        return load_rules(self.rules_file)
+        config = load_rules(self.rules_file)
+        needed = 2 * len(config.destinations) + 2
+        if self.database_pool_size < needed:
+            raise ValueError(
+                f"ROUTER_DATABASE_POOL_SIZE is {self.database_pool_size}: "
+                f"{len(config.destinations)} destinations need at least {needed}"
+            )
+        return config

@@ -13,7 +13,7 @@ from libs.runtime.metrics import LATENCY_BUCKETS, metric_prefix
 class RouterMetrics:
     sent: Counter
     failed: Counter
-    retries: Counter
+    refused: Counter
     in_doubt: Counter
     queue: Gauge
     destination_up: Gauge
@@ -35,9 +35,9 @@ class RouterMetrics:
                 ["destination", "reason"],
                 registry=registry,
             ),
-            retries=Counter(
-                f"{p}_retries_total",
-                "Instances put back in their queue after a refusal, by reason kind.",
+            refused=Counter(
+                f"{p}_refused_total",
+                "Refusals of an instance by a destination, retried later (by DIMSE status).",
                 ["destination", "reason"],
                 registry=registry,
             ),

@@ -224,7 +224,7 @@ class Sender:
             await self._give_up(item, f"{exc} (after {attempts} attempts)", "refused")
             return
         delay = backoff(attempts, self._base, self._ceiling)
-        self._metrics.retries.labels(self.name, "refused").inc()
+        self._metrics.refused.labels(self.name, f"0x{exc.code:04X}").inc()
         log.warning("refused, retrying later", error=str(exc), retry_in=round(delay, 1))
         await self._routes.requeue(item, delay_seconds=delay, error=str(exc), attempt=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from libs.contracts.events import (
     DicomHeader,
@@ -16,7 +17,9 @@ from libs.contracts.events import (
     SeriesAttrs,
     StudyAttrs,
 )
+from libs.runtime.metrics import ConsumerMetrics
 from services.router.handlers import handle_stored_batch, routed
+from services.router.metrics import RouterMetrics
 from services.router.rules import Facts, RoutingConfig, load_rules, route
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,3 +187,9 @@ async def test_a_redelivered_batch_queues_nothing_twice() -> None:
         ("pacs", "1.2.3.4"),
         ("pacs", "1.2.3.5"),
     ]
+
+
+def test_the_router_metrics_live_beside_the_consumer_metrics() -> None:
+    registry = CollectorRegistry()
+    ConsumerMetrics.create("router", registry)
+    RouterMetrics.create("router", registry)  # no name taken twice

@@ -365,15 +365,15 @@ def _routing(p: str, job: str) -> list[Panel]:
             [Target(f"min by (destination) ({p}_destination_up)", "{{destination}}")],
         ),
         Panel(
-            "Failed and retried, by destination and reason",
+            "Failed and refused, by destination and reason",
             [
                 Target(
                     f"sum by (destination, reason) (increase({p}_failed_total[1h]))",
                     "failed {{destination}} {{reason}}",
                 ),
                 Target(
-                    f"sum by (destination, reason) (increase({p}_retries_total[1h]))",
-                    "retried {{destination}} {{reason}}",
+                    f"sum by (destination, reason) (increase({p}_refused_total[1h]))",
+                    "refused {{destination}} {{reason}}",
                 ),
             ],
         ),
