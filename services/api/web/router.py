@@ -1,4 +1,5 @@
-"""Serves the study browser (and an import's live progress page): four HTML shells and their assets, all from this package.
+"""Serves the study browser (and an import's live progress page): four HTML shells and
+their assets, all from this package.
 
 Why a static app on the JSON API rather than server-rendered pages: the pages need
 JavaScript anyway (downloads with progress through `fetch` streams, windowed previews,
