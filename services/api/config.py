@@ -35,8 +35,9 @@ class ApiLimits:
 class ApiSettings(ServiceSettings):
     """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
     API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS, API_RENDER_*, API_STOW_*, API_PACKAGER_URL,
-    API_PACKAGER_TIMEOUT_SECONDS, API_VIEWER_DIR, API_EXPORT_*,
-    API_IMPORT_EVENTS_INTERVAL_SECONDS, API_IMPORT_EVENTS_HEARTBEAT_SECONDS."""
+    API_PACKAGER_TIMEOUT_SECONDS, API_PACKAGER_CA_BUNDLE, API_VIEWER_DIR, API_EXPORT_*,
+    API_IMPORT_EVENTS_INTERVAL_SECONDS, API_IMPORT_EVENTS_HEARTBEAT_SECONDS,
+    API_HTTPS_CERTFILE, API_HTTPS_KEYFILE (HTTPS)."""
 
     model_config = SettingsConfigDict(env_prefix="API_", frozen=True, extra="ignore")
 
@@ -73,6 +74,10 @@ class ApiSettings(ServiceSettings):
         default="http://127.0.0.1:8107",
         pattern=r"^https?://",
         description="The packager's HTTP address; /v1/.../archive requests are relayed there",
+    )
+    packager_ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM CA file an https:// API_PACKAGER_URL is verified against",
     )
     packager_timeout_seconds: float = Field(
         default=600.0,
