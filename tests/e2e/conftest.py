@@ -35,10 +35,15 @@ def extra_env() -> dict[str, str]:
 
 
 async def start_stack(
-    root: Path, database_url: str, pool: asyncpg.Pool, bootstrap: str, overrides: dict[str, str]
+    root: Path,
+    database_url: str,
+    pool: asyncpg.Pool,
+    bootstrap: str,
+    overrides: dict[str, str],
+    also: tuple[str, ...] = (),
 ) -> Stack:
-    """The pipeline, the API and each configured optional source, ready; the caller stops it
-    (`stop_all()`), also when this fails."""
+    """The pipeline, the API, each configured optional source and the services in `also`,
+    started; the caller waits for them and stops them (`stop_all()`), also when this fails."""
     env, ports = stack_env(root, database_url, bootstrap)
     env.update(overrides)
     for name, prefix in PREFIX.items():  # an ops port chosen by the test wins
@@ -46,7 +51,7 @@ async def start_stack(
     s = Stack(root=root, env=env, ports=ports)
     async with pool.acquire() as conn:
         _, s.key = await create_key(conn, "admin", "e2e")
-    names = [*PIPELINE, *(n for n in OPTIONAL if configured(n, env)), "api"]
+    names = [*PIPELINE, *(n for n in OPTIONAL if configured(n, env)), "api", *also]
     for name in names:
         s.start(name)
     return s
@@ -63,7 +68,8 @@ async def stack(
     monkeypatch: pytest.MonkeyPatch,
     extra_env: dict[str, str],
 ) -> AsyncIterator[Stack]:
-    """Overrides per test: `@pytest.mark.stack_env(NAS_WATCH="true")`, then `extra_env`.
+    """Overrides per test: `@pytest.mark.stack_env(NAS_WATCH="true")`, then `extra_env`;
+    `@pytest.mark.stack_also("packager")` starts more services with the pipeline.
     An optional source (orthanc-watcher, iso-watcher) starts when it is configured."""
     overrides: dict[str, str] = {}
     if storage_backend == "gs":
@@ -75,7 +81,15 @@ async def stack(
     if marker:
         overrides.update(marker.kwargs)
     overrides.update(extra_env)
-    s = await start_stack(tmp_path, database_url, pool, broker.bootstrap, overrides)  # type: ignore[attr-defined]
+    also = request.node.get_closest_marker("stack_also")  # started, and waited for, together
+    s = await start_stack(
+        tmp_path,
+        database_url,
+        pool,
+        broker.bootstrap,  # type: ignore[attr-defined]
+        overrides,
+        tuple(also.args) if also else (),
+    )
     try:
         await s.wait_ready(list(s.procs))
         yield s
