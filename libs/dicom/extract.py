@@ -41,6 +41,7 @@ from libs.dicom.content import PIXEL_TAGS, UNDEFINED, Ranges, hash_file, meta_en
 from libs.dicom.dicomjson import header_json
 from libs.dicom.header import build_header
 from libs.dicom.preamble import PREAMBLE, preamble_problem
+from libs.storage.stamp import source_stamp
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # Elements this large are not read into memory while parsing the header (pydicom
@@ -98,7 +99,8 @@ def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomH
         # here is the verdict, so the warnings are not surfaced.
         with warnings.catch_warnings(), open(path, "rb") as f:
             warnings.simplefilter("ignore")
-            size = os.fstat(f.fileno()).st_size
+            opened = os.fstat(f.fileno())
+            size = opened.st_size
             if size == 0:
                 raise NotDicomError("empty file")
             problem = preamble_problem(f.read(PREAMBLE + 4))
@@ -110,6 +112,7 @@ def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomH
             header = header.model_copy(update={"dicom_json": header_json(ds, layout.pixel)})
             zeroed = PREAMBLE if problem else 0
             file_hash, content_hash = hash_file(f, size, layout.ranges, zero_head=zeroed)
+            stamp = None if problem else source_stamp(opened, os.fstat(f.fileno()))
     except (PermanentError, MemoryError):
         raise
     except RecursionError:
@@ -128,6 +131,7 @@ def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomH
         content_sha256=content_hash,
         has_pixels=layout.has_pixels,
         preamble_zeroed=bool(problem),
+        source_stamp=stamp,
     )
 
 
