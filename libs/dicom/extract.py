@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomH
     I/O error (EIO, ESTALE, EACCES...) is re-raised as is, so the bus retries it.
     MemoryError and KeyboardInterrupt pass through; nothing else escapes.
     """
+    started = time.time_ns()  # the stamp's age counts up to before the file was read
     try:
         # pydicom warns (and logs) about every oddity of a hostile file; the outcome
         # here is the verdict, so the warnings are not surfaced.
@@ -112,7 +114,7 @@ def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomH
             header = header.model_copy(update={"dicom_json": header_json(ds, layout.pixel)})
             zeroed = PREAMBLE if problem else 0
             file_hash, content_hash = hash_file(f, size, layout.ranges, zero_head=zeroed)
-            stamp = None if problem else source_stamp(opened, os.fstat(f.fileno()))
+            stamp = None if problem else source_stamp(opened, os.fstat(f.fileno()), now_ns=started)
     except (PermanentError, MemoryError):
         raise
     except RecursionError:

@@ -28,7 +28,8 @@ def source_stamp(
     before: os.stat_result, after: os.stat_result, *, now_ns: int | None = None
 ) -> str | None:
     """The stamp of a file read between `before` and `after` (its fstat), or None when it
-    changed meanwhile or its change times are too recent to vouch for its bytes."""
+    changed meanwhile or its change times are too recent to vouch for its bytes: less than
+    `MIN_AGE_NS` before `now_ns`, a time taken before the file was first read."""
     stamp = _stamp(before)
     if _stamp(after) != stamp:
         return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -307,6 +308,8 @@ async def bench_dicomflow(work: Path, files: list[Path]) -> dict[str, Any]:
             await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         finally:
             await conn.close()
+        with contextlib.suppress(OSError):  # the stack's log, for a look at batch sizes
+            shutil.copyfile(var / "up.log", work / "up-last.log")
         shutil.rmtree(var, ignore_errors=True)
 
 
