@@ -232,7 +232,11 @@ SEARCHES: dict[str, Params] = {
 }
 
 
-async def search_figures(api: str, key: str, repeat: int) -> dict[str, dict[str, float]]:
+async def search_figures(
+    api: str, key: str, repeat: int, cpu: Callable[[], dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Latency of each search, and the CPU the API process and PostgreSQL spent on it (the
+    steadier figure on a shared machine)."""
     out: dict[str, dict[str, float]] = {}
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=api, headers=headers, timeout=30) as c:
@@ -242,6 +246,7 @@ async def search_figures(api: str, key: str, repeat: int) -> dict[str, dict[str,
         cases: list[tuple[str, Params | None]] = [*SEARCHES.items(), ("study detail", None)]
         for label, params in cases:
             samples, matched = [], 0
+            cpu0 = cpu()
             for n in range(repeat):
                 if params is None:
                     url, query = f"/v1/studies/{UID}.{1 + n * 7919 % STUDIES}", {}
@@ -254,21 +259,30 @@ async def search_figures(api: str, key: str, repeat: int) -> dict[str, dict[str,
                 body = r.json()
                 matched += body["total"] if params is not None else len(body["series"])
             every += samples
-            out[label] = row(label, samples, matched / repeat)
-        out["all"] = row("all of them", every, None)
+            cpu1 = cpu()
+            used = {k: 1000 * (cpu1[k] - cpu0.get(k, 0.0)) / repeat for k in SERVER}
+            out[label] = row(label, samples, matched / repeat, used)
+        out["all"] = row("all of them", every, None, {})
     return out
 
 
-def row(label: str, samples: list[float], matched: float | None) -> dict[str, float]:
+SERVER = ("api", "postgresql (backends)")
+
+
+def row(
+    label: str, samples: list[float], matched: float | None, cpu: dict[str, float]
+) -> dict[str, float]:
     r = {
         "median_ms": statistics.median(samples),
         "p95_ms": pct(samples, 0.95),
         "max_ms": max(samples),
+        **{f"cpu_ms_{k.split()[0]}": v for k, v in cpu.items()},
     }
-    hits = f"  ({matched:,.0f} matching on average)" if matched is not None else ""
+    hits = f"  {matched:>7,.0f} match" if matched is not None else ""
+    used = f"  CPU api {cpu[SERVER[0]]:5.1f} + pg {cpu[SERVER[1]]:5.1f} ms" if cpu else ""
     print(
-        f"    {label:<40} median {r['median_ms']:6.1f}  p95 {r['p95_ms']:6.1f}  "
-        f"max {r['max_ms']:6.1f} ms{hits}"
+        f"    {label:<38} median {r['median_ms']:6.1f}  p95 {r['p95_ms']:6.1f}  "
+        f"max {r['max_ms']:6.1f} ms{used}{hits}"
     )
     return r
 
@@ -289,7 +303,12 @@ async def run_stack(
         figures = {}
         if searches:
             print(f"  GET /v1/studies on the generated index, {searches} requests each ({load()}):")
-            figures = await search_figures(api, key, searches)
+            pid = up.process.pid
+
+            def server_cpu() -> dict[str, float]:
+                return cpu_by_owner(pid, db)[0]
+
+            figures = await search_figures(api, key, searches, server_cpu)
         cpu0, _ = cpu_by_owner(up.process.pid, db)
         load0 = load()
         async with httpx.AsyncClient(
