@@ -188,6 +188,7 @@ def stack_env(
         "ORTHANC_CLEANUP_INTERVAL_SECONDS": "1",
         "ISO_STAGING_DIR": str(root / "staging" / "iso"),
         "API_STOW_STAGING_DIR": str(root / "staging" / "stow"),
+        "API_EXPORT_DIR": str(root / "exports"),
         "ISO_SCAN_INTERVAL_SECONDS": "0.5",
         "ISO_SETTLE_SECONDS": "0.5",
         "API_PORT": str(ports["api"]),

@@ -55,6 +55,7 @@ from libs.dicom_net.errors import (
 )
 from libs.dicom_net.models import Level, Match, Peer, Progress, Query, RetrieveResult, Root
 from libs.dicom_net.store import NotAccepted, StoreSession
+from libs.dicom_net.tls import DicomTls
 from libs.dicom_net.transport import (
     NODELAY_HANDLERS,
     TRANSFER_SYNTAXES,
@@ -105,8 +106,11 @@ class DicomClient:
         connect_timeout: float = 10.0,
         retries: int = 2,
         retry_backoff: float = 0.5,
+        tls: DicomTls | None = None,
     ) -> None:
         self.peer = peer
+        # Built once: an unreadable CA or key file fails here, at start, not on a poll.
+        self._tls_args = (tls.client_context(), peer.host) if tls is not None else None
         self.calling_ae = calling_ae
         if max_pdu <= 0:
             raise ValueError("max_pdu must be positive: an unbounded PDU is a memory hazard")
@@ -350,6 +354,7 @@ class DicomClient:
                 ae_title=self.peer.ae_title,
                 max_pdu=self.max_pdu,
                 ext_neg=roles,
+                tls_args=self._tls_args,
                 evt_handlers=[
                     *NODELAY_HANDLERS,
                     (evt.EVT_CONN_OPEN, bound_pdus(self.max_pdu)),

@@ -121,6 +121,8 @@ async def up(var: Path, *, only: list[str] | None) -> int:
         env["NAS_ROOTS"] = str(nas)
     if not os.environ.get("RECEIVER_STAGING_DIR"):
         env["RECEIVER_STAGING_DIR"] = str(var / "receiver")
+    if not os.environ.get("API_EXPORT_DIR"):
+        env["API_EXPORT_DIR"] = str(var / "exports")
     viewer = var / "ohif" / "dist"
     if not os.environ.get("API_VIEWER_DIR") and (viewer / "index.html").is_file():
         env["API_VIEWER_DIR"] = str(viewer)
