@@ -67,7 +67,7 @@ ENV PYTHONUNBUFFERED=1 \
 RUN groupadd --gid 10001 dicomflow \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /app \
         --shell /usr/sbin/nologin dicomflow \
- && mkdir -p /app /data/storage /data/archives /staging /nas /dcm4chee /inbox \
+ && mkdir -p /app /data/storage /data/archives /staging /nas /dcm4chee /inbox /etc/dicomflow/routing \
  && chown dicomflow:dicomflow /app /data/storage /data/archives /staging
 
 # Same base image as the builder, so the venv's interpreter path is valid here too.
