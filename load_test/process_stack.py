@@ -34,11 +34,12 @@ PREFIX = {
     "dcm4chee-watcher": "DCM4CHEE_",
     "dicom-receiver": "RECEIVER_",
     "pacs-watcher": "WATCHER_",
+    "router": "ROUTER_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
-# Sources that run only when configured, like under `dicomflow up`
+# Sources (and the router) that run only when configured, like under `dicomflow up`
 # (libs.tools.devstack.CONFIGURED_BY).
-OPTIONAL = ["orthanc-watcher", "iso-watcher"]
+OPTIONAL = ["orthanc-watcher", "iso-watcher", "router"]
 
 
 @dataclass
@@ -187,6 +188,7 @@ def stack_env(
         "ORTHANC_CLEANUP_INTERVAL_SECONDS": "1",
         "ISO_STAGING_DIR": str(root / "staging" / "iso"),
         "API_STOW_STAGING_DIR": str(root / "staging" / "stow"),
+        "API_EXPORT_DIR": str(root / "exports"),
         "ISO_SCAN_INTERVAL_SECONDS": "0.5",
         "ISO_SETTLE_SECONDS": "0.5",
         "API_PORT": str(ports["api"]),
