@@ -152,7 +152,7 @@ class Stack:
         async with self.client() as c:
             while True:
                 body: dict[str, Any] = (await c.get(f"/v1/imports/{task_id}")).json()
-                if body["status"] in ("completed", "failed"):
+                if body["status"] in ("completed", "failed", "cancelled"):
                     return body
                 if time.monotonic() > deadline:
                     logs = "\n".join(f"--- {n}\n{self.tail(n, 15)}" for n in self.procs)
