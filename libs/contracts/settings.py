@@ -8,6 +8,7 @@ Invalid values stop the service at once with a message naming the variable.
 
 from __future__ import annotations
 
+import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,14 @@ class ServiceSettings(BaseSettings):
         ):
             if path is not None and not path.is_file():
                 raise ValueError(f"{path}: no such file")
-        self.kafka  # noqa: B018 - SASL without credentials fails here, at start
+        # Unreadable PEM files or a key that is not the certificate's: stop here, at start.
+        try:
+            self.kafka.ssl_context()  # SASL without credentials fails here too
+            if self.https_certfile is not None and self.https_keyfile is not None:
+                server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                server.load_cert_chain(self.https_certfile, self.https_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"TLS files unusable: {exc}") from None
         return self
 
     @property
