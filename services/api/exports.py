@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import asyncpg
+from prometheus_client import CollectorRegistry, Counter
 
 from libs.db import exports
 from libs.db.archives import ArchiveInstance, archive_listing
@@ -66,6 +67,30 @@ class ExportLimits:
     zstd_level: int = 3
 
 
+@dataclass(frozen=True)
+class ExportMetrics:
+    jobs: Counter  # by how a run ended: completed, failed, retried
+    instances: Counter  # by outcome: exported, excluded, failed
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ExportMetrics:
+        return cls(
+            Counter(
+                "dicomflow_api_exports_total",
+                "De-identified export runs, by how they ended (retried: given back after "
+                "an outage or a stop).",
+                ["status"],
+                registry=registry,
+            ),
+            Counter(
+                "dicomflow_api_export_instances_total",
+                "Instances of completed de-identified exports, by outcome.",
+                ["outcome"],
+                registry=registry,
+            ),
+        )
+
+
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -80,6 +105,7 @@ class ExportRunner:
         *,
         limits: ExportLimits | None = None,
         owner: str | None = None,
+        metrics: ExportMetrics | None = None,
     ) -> None:
         self.pool = pool
         self.store = store
@@ -87,6 +113,7 @@ class ExportRunner:
         self.directory = directory
         self.limits = limits or ExportLimits()
         self.owner = owner or default_owner()
+        self.metrics = metrics or ExportMetrics.create(CollectorRegistry())
 
     def archive_path(self, name: str) -> Path:
         return self.directory / name
@@ -100,6 +127,7 @@ class ExportRunner:
             if job.attempts > self.limits.max_attempts:
                 reason = f"gave up after {job.attempts - 1} attempts; last: {job.error}"
                 await exports.fail(conn, job.id, self.owner, reason)
+                self.metrics.jobs.labels("failed").inc()
                 return AT_ONCE
         log.info("export started", export_id=job.id, studies=len(job.study_uids))
         try:
@@ -108,6 +136,7 @@ class ExportRunner:
             log.warning("export lease lost", export_id=job.id)
         except BaseException as exc:
             log.warning("export interrupted; it will be retried", export_id=job.id, error=repr(exc))
+            self.metrics.jobs.labels("retried").inc()
             async with self.pool.acquire() as conn:
                 await exports.release(conn, job.id, self.owner, _reason(exc))
             raise
@@ -158,6 +187,9 @@ class ExportRunner:
         async with self.pool.acquire() as conn:
             if not await exports.complete(conn, job.id, self.owner, progress, name, size, digest):
                 raise LeaseLost(job.id)
+        self.metrics.jobs.labels("completed").inc()
+        for outcome in ("exported", "excluded", "failed"):
+            self.metrics.instances.labels(outcome).inc(getattr(progress, outcome))
         log.info(
             "export completed",
             export_id=job.id,

@@ -32,7 +32,7 @@ from libs.storage import instance_key
 from libs.storage.local import LocalStore
 from services.api.app import create_app
 from services.api.config import ApiLimits
-from services.api.exports import ExportLimits, ExportRunner, StorageUnavailable
+from services.api.exports import ExportLimits, ExportMetrics, ExportRunner, StorageUnavailable
 from tests.integration.api.conftest import AuditRows
 from tests.integration.api.conftest import Keys as ApiKeys
 from tests.integration.test_jpg_converter_service import put_canonical
@@ -342,8 +342,15 @@ async def test_unreachable_storage_is_waited_for_then_the_export_fails(
     for n in (1, 2):
         _object(store, 5, n).unlink()
     exports_dir.mkdir()
+    registry = CollectorRegistry()
     runner = ExportRunner(
-        pool, store, executor, exports_dir, limits=ExportLimits(max_attempts=2), owner="t"
+        pool,
+        store,
+        executor,
+        exports_dir,
+        limits=ExportLimits(max_attempts=2),
+        owner="t",
+        metrics=ExportMetrics.create(registry),
     )
     created = await client.post(
         "/v1/exports", json={"study_uids": [f"{ROOT}.5"]}, headers=keys.headers("ops")
@@ -359,4 +366,7 @@ async def test_unreachable_storage_is_waited_for_then_the_export_fails(
     job = (await client.get(url, headers=keys.headers("ops"))).json()
     assert job["status"] == "failed"
     assert job["error"].startswith("gave up after 2 attempts")
+    runs = "dicomflow_api_exports_total"
+    assert registry.get_sample_value(runs, {"status": "retried"}) == 2
+    assert registry.get_sample_value(runs, {"status": "failed"}) == 1
     assert not list(exports_dir.iterdir())  # no archive, no scratch left behind
