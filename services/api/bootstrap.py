@@ -126,6 +126,7 @@ def wire_exports(rt: Runtime, settings: ApiSettings, pool: asyncpg.Pool, storage
             retention_hours=settings.export_retention_hours,
         ),
         metrics=ExportMetrics.create(rt.registry),
+        stopping=rt.stopping,
     )
     rt.every("exports", EXPORT_POLL_SECONDS, runner.round)
     rt.every("export-expiry", EXPORT_EXPIRY_SECONDS, runner.expire)

@@ -54,6 +54,10 @@ class LeaseLost(Exception):
     """Another runner took the job (ours ran out): stop without touching it."""
 
 
+class Stopping(Exception):
+    """The service is stopping: the job is given back between two instances."""
+
+
 class StorageUnavailable(Exception):
     """Not one instance of the export could be read: storage is down or not mounted, not
     every file lost. The job is given back and tried again later."""
@@ -106,6 +110,7 @@ class ExportRunner:
         limits: ExportLimits | None = None,
         owner: str | None = None,
         metrics: ExportMetrics | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.pool = pool
         self.store = store
@@ -114,6 +119,7 @@ class ExportRunner:
         self.limits = limits or ExportLimits()
         self.owner = owner or default_owner()
         self.metrics = metrics or ExportMetrics.create(CollectorRegistry())
+        self.stopping = stopping or asyncio.Event()
 
     def archive_path(self, name: str) -> Path:
         return self.directory / name
@@ -134,13 +140,20 @@ class ExportRunner:
             await self.run(job)
         except LeaseLost:
             log.warning("export lease lost", export_id=job.id)
+        except Stopping:
+            log.info("export given back: the service is stopping", export_id=job.id)
+            await self._give_back(job.id, "interrupted by a restart", counts=False)
+            return None
         except BaseException as exc:
             log.warning("export interrupted; it will be retried", export_id=job.id, error=repr(exc))
-            self.metrics.jobs.labels("retried").inc()
-            async with self.pool.acquire() as conn:
-                await exports.release(conn, job.id, self.owner, _reason(exc))
+            await self._give_back(job.id, _reason(exc))
             raise
         return AT_ONCE
+
+    async def _give_back(self, job_id: str, reason: str, *, counts: bool = True) -> None:
+        self.metrics.jobs.labels("retried").inc()
+        async with self.pool.acquire() as conn:
+            await exports.release(conn, job_id, self.owner, reason, counts=counts)
 
     async def run(self, job: exports.ExportJob) -> None:
         started = time.monotonic()
@@ -164,6 +177,8 @@ class ExportRunner:
                 try:
                     last = 0.0
                     for study_uid, instance in instances:
+                        if self.stopping.is_set():
+                            raise Stopping(job.id)
                         await self._one(
                             writer, scratch, study_uid, instance, (options, keys, include),
                             progress, files,

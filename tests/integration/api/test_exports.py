@@ -370,3 +370,25 @@ async def test_unreachable_storage_is_waited_for_then_the_export_fails(
     assert registry.get_sample_value(runs, {"status": "retried"}) == 2
     assert registry.get_sample_value(runs, {"status": "failed"}) == 1
     assert not list(exports_dir.iterdir())  # no archive, no scratch left behind
+
+
+async def test_a_stopping_api_gives_the_export_back_and_the_next_round_finishes_it(
+    client: httpx.AsyncClient, keys: ApiKeys, runner: ExportRunner, pool: asyncpg.Pool
+) -> None:
+    created = await client.post(
+        "/v1/exports", json={"study_uids": STUDY_UIDS[2:]}, headers=keys.headers("ops")
+    )
+    url = f"/v1/exports/{created.json()['export_id']}"
+    runner.stopping.set()  # SIGTERM: the round gives the job back before its next instance
+    assert await runner.round() is None
+    job = (await client.get(url, headers=keys.headers("ops"))).json()
+    assert (job["status"], job["error"]) == ("queued", "interrupted by a restart")
+    attempts = await pool.fetchval(
+        "SELECT attempts FROM export_jobs WHERE id = $1", job["export_id"]
+    )
+    assert attempts == 0  # a restart is not an attempt
+    runner.stopping.clear()  # the next process
+    while await runner.round() is not None:
+        pass
+    job = (await client.get(url, headers=keys.headers("ops"))).json()
+    assert (job["status"], job["error"], job["progress"]["exported"]) == ("completed", None, 2)
