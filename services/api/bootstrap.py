@@ -122,6 +122,10 @@ def wire_exports(rt: Runtime, settings: ApiSettings, pool: asyncpg.Pool, storage
         executor,
         settings.export_dir,
         limits=ExportLimits(
+            # Renewed after each instance: longer than the slowest one may take (its copy
+            # out of storage, then at most the worker's time limit), so no other replica
+            # takes over a job that is still running.
+            lease_seconds=60.0 + 2 * settings.export_timeout_seconds,
             max_attempts=settings.export_max_attempts,
             retention_hours=settings.export_retention_hours,
         ),
