@@ -34,11 +34,12 @@ PREFIX = {
     "dcm4chee-watcher": "DCM4CHEE_",
     "dicom-receiver": "RECEIVER_",
     "pacs-watcher": "WATCHER_",
+    "router": "ROUTER_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
-# Sources that run only when configured, like under `dicomflow up`
+# Sources (and the router) that run only when configured, like under `dicomflow up`
 # (libs.tools.devstack.CONFIGURED_BY).
-OPTIONAL = ["orthanc-watcher", "iso-watcher"]
+OPTIONAL = ["orthanc-watcher", "iso-watcher", "router"]
 
 
 @dataclass

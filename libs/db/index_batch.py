@@ -145,11 +145,14 @@ def _merge_patients(events: Sequence[InstanceStored]) -> dict[str, PatientAttrs]
 async def _upsert_levels(conn: Conn, events: Sequence[InstanceStored]) -> None:
     patients = _merge_patients(events)
     keys = sorted(patients)
+    first_file: dict[str, int] = {}  # the file that brings a new patient into the index
+    for e in events:
+        first_file.setdefault(patient_key(e.header.patient), e.file.file_id)
     await conn.execute(
         """INSERT INTO patients (patient_key, patient_id, issuer, patient_name, name_search,
-                                 birth_date, sex)
+                                 birth_date, sex, first_file_id)
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                $6::date[], $7::text[])
+                                $6::date[], $7::text[], $8::bigint[])
            ON CONFLICT (patient_key) DO UPDATE
               SET patient_name = EXCLUDED.patient_name, name_search = EXCLUDED.name_search,
                   birth_date = coalesce(EXCLUDED.birth_date, patients.birth_date),
@@ -162,6 +165,7 @@ async def _upsert_levels(conn: Conn, events: Sequence[InstanceStored]) -> None:
         [search_key(patients[k].patient_name) for k in keys],
         [parse_da(patients[k].birth_date) for k in keys],
         [patients[k].sex for k in keys],
+        [first_file[k] for k in keys],
     )
     studies: dict[str, InstanceStored] = {}
     series: dict[str, InstanceStored] = {}

@@ -122,7 +122,7 @@ async def _topics() -> list[str]:
 
     s = _common()
     return await ensure_topics(
-        s.kafka_bootstrap_servers,
+        s.kafka,
         partitions=s.kafka_topic_partitions,
         replication_factor=s.kafka_replication_factor,
     )

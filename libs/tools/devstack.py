@@ -33,6 +33,7 @@ SERVICES: dict[str, str] = {
     "dcm4chee-watcher": "services.dcm4chee_watcher",
     "dicom-receiver": "services.dicom_receiver",
     "pacs-watcher": "services.pacs_watcher",
+    "router": "services.router",
 }
 
 EMBEDDED_BROKER_PORT = 9092
@@ -44,6 +45,7 @@ CONFIGURED_BY = {
     "iso-watcher": "ISO_INBOX",
     "dcm4chee-watcher": "DCM4CHEE_ARCHIVE_URL",
     "pacs-watcher": "WATCHER_PACS",
+    "router": "ROUTER_RULES_FILE",
 }
 
 

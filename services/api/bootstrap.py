@@ -61,7 +61,9 @@ async def wire(rt: Runtime) -> None:
         stow=stow,
     )
     packager = upstream_client(
-        settings.packager_url, ProxyTimeouts(read=settings.packager_timeout_seconds)
+        settings.packager_url,
+        ProxyTimeouts(read=settings.packager_timeout_seconds),
+        settings.packager_ca_bundle,
     )
     rt.resources.push_async_callback(packager.aclose)
     viewer = ViewerFiles.load(settings.viewer_dir) if settings.viewer_dir else None

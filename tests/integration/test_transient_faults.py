@@ -5,13 +5,8 @@ a full disk is held and retried the same way."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,82 +23,17 @@ from libs.kafka.dlq import list_letters
 from libs.kafka.producer import Producer
 from libs.runtime.metrics import ConsumerMetrics
 from libs.storage.local import LocalStore
-from libs.tools.dev_broker import free_port
 from services.storage_writer.handlers import handle_unique, storage_key
+from tests.private_servers import Cluster, private_cluster, small_filesystem
 
 pytestmark = pytest.mark.integration
 TOPIC = ImportRequested.TOPIC
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@dataclass
-class Cluster:
-    """A throwaway PostgreSQL server of this test alone (the shared one is never restarted)."""
-
-    data: Path
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/faults"
-
-    def ctl(self, *args: str) -> None:
-        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(self.data),
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                str(self.data / "log"),
-                "-o",
-                options,
-                *args,
-            ],
-            check=True,
-            capture_output=True,
-        )
 
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    assert (PG_BIN / "initdb").exists(), f"PostgreSQL 15 server binaries missing in {PG_BIN}"
-    folder = Path(tempfile.mkdtemp(prefix="dicomflow-pg-"))
-    shutil.chown(folder, "postgres", "postgres")
-    data = folder / "data"
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    c = Cluster(data, free_port())
-    c.ctl("start")
-    try:
+    with private_cluster() as c:
         yield c
-    finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            c.ctl("-m", "immediate", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def request(n: int) -> ImportRequested:
@@ -240,13 +170,8 @@ async def test_outage_retries_do_not_use_up_a_messages_attempts(
 @pytest.fixture
 def small_disk() -> Iterator[Path]:
     """A 4 MiB tmpfs of this test (root is available in CI), unmounted afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix="dicomflow-full-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=True)
-    try:
+    with small_filesystem("4m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
-        folder.rmdir()
 
 
 async def test_full_storage_is_held_and_retried_until_space_is_freed(

@@ -346,6 +346,41 @@ def _pacs(p: str, job: str) -> list[Panel]:
     ]
 
 
+def _routing(p: str, job: str) -> list[Panel]:
+    """router: per-destination queues and what was forwarded."""
+    return [
+        Panel(
+            "Queue, by destination and state",
+            [Target(f"sum by (destination, state) ({p}_queue)", "{{destination}} {{state}}")],
+            description="queued: waiting (a destination that is down piles up here); "
+            "failed: given up with a reason (runbook: retry after fixing the cause).",
+        ),
+        Panel(
+            "Instances sent, by destination",
+            [Target(f"sum by (destination) (rate({p}_sent_total[{RATE}]))", "{{destination}}")],
+            unit="ops",
+        ),
+        Panel(
+            "Destinations up",
+            [Target(f"min by (destination) ({p}_destination_up)", "{{destination}}")],
+        ),
+        Panel(
+            "Failed and refused, by destination and reason",
+            [
+                Target(
+                    f"sum by (destination, reason) (increase({p}_failed_total[1h]))",
+                    "failed {{destination}} {{reason}}",
+                ),
+                Target(
+                    f"sum by (destination, reason) (increase({p}_refused_total[1h]))",
+                    "refused {{destination}} {{reason}}",
+                ),
+            ],
+        ),
+        Panel("C-STORE latency", quantiles(f"{p}_store_seconds"), unit="s"),
+    ]
+
+
 GROUPS = {
     "consumer": _consumer,
     "producer": _producer,
@@ -364,6 +399,7 @@ GROUPS = {
     "dcm4chee": _dcm4chee,
     "receiver": _receiver,
     "pacs": _pacs,
+    "routing": _routing,
 }
 
 
