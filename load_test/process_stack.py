@@ -35,11 +35,12 @@ PREFIX = {
     "dicom-receiver": "RECEIVER_",
     "pacs-watcher": "WATCHER_",
     "router": "ROUTER_",
+    "backend-connector": "CONNECTOR_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
 # Sources (and the router) that run only when configured, like under `dicomflow up`
 # (libs.tools.devstack.CONFIGURED_BY).
-OPTIONAL = ["orthanc-watcher", "iso-watcher", "router"]
+OPTIONAL = ["orthanc-watcher", "iso-watcher", "router", "backend-connector"]
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Stack:
         async with self.client() as c:
             while True:
                 body: dict[str, Any] = (await c.get(f"/v1/imports/{task_id}")).json()
-                if body["status"] in ("completed", "failed"):
+                if body["status"] in ("completed", "failed", "cancelled"):
                     return body
                 if time.monotonic() > deadline:
                     logs = "\n".join(f"--- {n}\n{self.tail(n, 15)}" for n in self.procs)

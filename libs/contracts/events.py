@@ -186,6 +186,14 @@ class Hashes(BaseModel):
         "operator allows such files: the stored copy has it zeroed, and file_sha256 is of "
         "that copy.",
     )
+    source_stamp: str | None = Field(
+        default=None,
+        description="The source file as it was when hashed: `inode:size:mtime_ns:ctime_ns`, "
+        "recorded only when unchanged over the hashing and at least "
+        "2 s old (older than any timestamp granularity). A copy made while the source "
+        "still shows this stamp is of the hashed bytes, so the storage-writer does not hash "
+        "it again; absent, it does.",
+    )
 
 
 class InstanceEvent(Event):

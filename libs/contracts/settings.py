@@ -164,12 +164,14 @@ class ServiceSettings(BaseSettings):
         return HttpTls(self.https_certfile, self.https_keyfile)
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as they may be logged: passwords in URLs masked."""
+        """The settings as they may be logged: passwords in URLs and secret settings masked.
+        A secret is named by its last word (`password`, `webhook_secret`, `api_key`); a name
+        that merely contains one (`rate_per_key`, `tls_key` the path of a key file) is shown."""
         out = self.model_dump(mode="json")
         for name, value in out.items():
             if isinstance(value, str) and "://" in value:
                 out[name] = redact_url(value)
-            elif any(word in name for word in ("password", "secret", "token", "key")):
+            elif is_secret(name):
                 out[name] = "***" if value else value
         return out
 
@@ -184,6 +186,14 @@ class HttpTls:
 
     certfile: Path
     keyfile: Path
+
+
+SECRET_NAMES = ("password", "secret", "token", "api_key", "passphrase")
+
+
+def is_secret(name: str) -> bool:
+    """A setting whose value must never be logged: its name is, or ends in, a secret's name."""
+    return any(name == word or name.endswith(f"_{word}") for word in SECRET_NAMES)
 
 
 def redact_url(url: str) -> str:

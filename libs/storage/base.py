@@ -29,6 +29,8 @@ class PutRequest:
     key: str
     source: Path
     expected_sha256: str
+    # `Hashes.source_stamp`: a store may copy without hashing while the source still shows it.
+    source_stamp: str | None = None
 
 
 class ObjectStore(Protocol):

@@ -75,7 +75,8 @@ async def handle_unique_batch(
             continue
         try:
             source = local_source(event.file.uri)
-            todo.append((n, PutRequest(storage_key(event), source, event.hashes.file_sha256)))
+            h = event.hashes
+            todo.append((n, PutRequest(storage_key(event), source, h.file_sha256, h.source_stamp)))
         except PermanentError as exc:
             out[n] = exc
     results = await put_files(storage, [request for _, request in todo])

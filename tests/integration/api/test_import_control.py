@@ -328,3 +328,34 @@ async def test_openapi_documents_the_new_routes(client):
     events = paths["/v1/imports/{task_id}/events"]["get"]
     assert "text/event-stream" in events["responses"]["200"]["content"]
     assert "get" in paths["/v1/imports/{task_id}/stats"]
+
+
+async def test_a_quiet_stream_sends_heartbeats_and_each_change_once(client, keys, pool):
+    from services.api.import_events import progress_stream
+    from services.api.routes.imports import _snapshot
+
+    task_id = await _task(client, keys)
+    await _running(pool, task_id, scanned=False)
+    [f] = await _files(pool, task_id, 1)
+    stream = progress_stream(
+        pool,
+        lambda conn: _snapshot(conn, task_id=task_id),
+        last_event_id=None,
+        interval=0.02,
+        heartbeat=0.1,
+    )
+    assert await anext(stream) == "retry: 2000\n\n"
+    first = _events(await anext(stream))[0]
+    assert json.loads(first["data"])["counters"]["pending"] == 1
+    assert await anext(stream) == ": heartbeat\n\n"  # nothing changed meanwhile
+    async with pool.acquire() as conn:
+        await pool.execute(
+            "UPDATE import_tasks SET scan_completed = true WHERE id = $1", uuid.UUID(task_id)
+        )
+        await ledger.mark_outcome(conn, f, "indexed", stage="indexer")
+    chunks = [chunk async for chunk in stream]
+    events = [e for c in chunks for e in _events(c)]
+    assert [e["event"] for e in events] == ["progress", "end"]
+    last = json.loads(events[0]["data"])
+    assert (last["status"], last["counters"]["new_instances"]) == ("completed", 1)
+    assert events[0]["id"] != first["id"]
