@@ -95,3 +95,18 @@ async def test_fetch_cli_takes_a_ca_bundle(
     # client core's message, checked above; the CLI prints it as its one line.
     code, err = await fetch("--ca-bundle", str(pki.ca))
     assert (code, err.strip()) == (1, "dicomflow fetch: no study matches the search."), err
+
+
+async def test_import_cli_takes_a_ca_bundle(https_url: str, pki: Pki, keys: Keys) -> None:
+    """`dicomflow imports stats` through the HTTPS API, verified with --ca-bundle: the API's
+    own answer (no such task) comes back, not a certificate error."""
+    proc = await asyncio.create_subprocess_exec(
+        str(DICOMFLOW),
+        *("imports", "stats", "00000000-0000-0000-0000-000000000000", "--url", https_url),
+        *("--api-key", keys.plain["admin"], "--ca-bundle", str(pki.ca)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 1, err.decode()
+    assert err.decode().strip() == "dicomflow imports: no such import task."
