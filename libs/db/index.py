@@ -166,6 +166,16 @@ def instance_row(ev: InstanceStored) -> tuple[object, ...]:
 _POSITION = {name: n for n, (name, _) in enumerate(INSTANCE_COLUMNS, 1)}
 
 
+async def revised_instances(conn: Conn, uids: list[str]) -> set[str]:
+    """Those of `uids` indexed with a header correction (ADR 0025): their original, indexed
+    again (a redelivery, a rebuild), must not put its patient, study and series back."""
+    rows = await conn.fetch(
+        "SELECT sop_instance_uid FROM instances WHERE sop_instance_uid = any($1) AND revision > 1",
+        uids,
+    )
+    return {r["sop_instance_uid"] for r in rows}
+
+
 async def index_instance(conn: Conn, ev: InstanceStored) -> float | None:
     """Index a stored instance (or record a conflict); idempotent. Returns the seconds since
     the file's discovery when this call recorded its outcome (see `ledger.mark_outcome`)."""
@@ -186,7 +196,8 @@ async def index_instance(conn: Conn, ev: InstanceStored) -> float | None:
                 ev.file.uri,
             )
             return await _outcome(conn, ev, "conflict", "same SOPInstanceUID, different content")
-        await _upsert_hierarchy(conn, h, ev.file.file_id)
+        if not await revised_instances(conn, [i.sop_instance_uid]):  # else keep the correction
+            await _upsert_hierarchy(conn, h, ev.file.file_id)
         columns = ", ".join(name for name, _ in INSTANCE_COLUMNS)  # fixed names, never input
         values = instance_values(lambda name: f"${_POSITION[name]}")
         inserted = await conn.fetchval(

@@ -22,9 +22,10 @@ from libs.db.index import (
     instance_values,
     parse_da,
     patient_key,
+    revised_instances,
 )
 from libs.dicom.names import search_key
-from libs.storage.base import study_prefix
+from libs.storage.base import revision_key, study_prefix
 
 SEP = "\x1f"  # joins a study's new modalities into one text value
 
@@ -45,14 +46,16 @@ async def index_stored_many(conn: Conn, events: Sequence[InstanceStored]) -> Ind
         conflicts = [e for e in events if e.disposition == "conflict"]
         revisions = [e for e in events if e.disposition == "revision"]
         # A correction of an instance not indexed (its original failed) is indexed as it.
-        unapplied = await _apply_revisions(conn, revisions) if revisions else []
+        unapplied = await apply_revisions(conn, revisions) if revisions else []
         stored = [
             e for e in events if e.disposition not in ("conflict", "revision") or e in unapplied
         ]
         if conflicts:
             await _record_conflicts(conn, conflicts)
         if stored:
-            await _upsert_levels(conn, stored)
+            # The original redelivered after its correction: the index keeps the correction.
+            revised = await revised_instances(conn, [instance_uid(e) for e in stored])
+            await _upsert_levels(conn, [e for e in stored if instance_uid(e) not in revised])
             inserted = await _insert_instances(conn, stored)
             # An instance twice in the batch (a redelivery) counts once, as its first event.
             counted: dict[str, InstanceStored] = {}
@@ -130,7 +133,7 @@ async def _record_conflicts(conn: Conn, events: Sequence[InstanceStored]) -> Non
     )
 
 
-async def _apply_revisions(conn: Conn, events: Sequence[InstanceStored]) -> list[InstanceStored]:
+async def apply_revisions(conn: Conn, events: Sequence[InstanceStored]) -> list[InstanceStored]:
     """Each correction once (by file): recorded in `instance_revisions` with the next revision
     number, its patient, study and series attributes made the index's, the study's revision
     bumped. The instance row keeps the original (its file and DICOM JSON). One statement set
@@ -167,8 +170,33 @@ async def _apply_revisions(conn: Conn, events: Sequence[InstanceStored]) -> list
             # Moving an instance between studies or series is not a header correction the
             # index applies; the revision is recorded (and stored) for a person to look at.
             continue
+        await _serve_revision(conn, e, revision)
         await _correct_levels(conn, e)
     return unindexed
+
+
+async def _serve_revision(conn: Conn, e: InstanceStored, revision: int) -> None:
+    """The instance row becomes the correction: its bytes (`revision_key`, size, hash), its
+    instance attributes and its DICOM JSON are what WADO, archives and exports serve. The
+    original stays at its canonical key; `first_file_id` still names the file that brought it."""
+    i = e.header.instance
+    await conn.execute(
+        """UPDATE instances
+              SET revision = $2, revision_key = $3, size_bytes = $4, file_sha256 = $5,
+                  storage_url = $6, dicom_json = $7, instance_number = $8,
+                  transfer_syntax_uid = $9, specific_character_set = $10
+            WHERE sop_instance_uid = $1 AND revision < $2""",
+        i.sop_instance_uid,
+        revision,
+        revision_key(i.sop_instance_uid, e.hashes.file_sha256),
+        e.file.size,
+        e.hashes.file_sha256,
+        e.storage_url,
+        e.header.dicom_json,
+        i.instance_number,
+        i.transfer_syntax_uid,
+        i.specific_character_set,
+    )
 
 
 async def _correct_levels(conn: Conn, e: InstanceStored) -> None:

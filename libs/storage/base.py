@@ -100,6 +100,13 @@ def revision_key(sop_uid: str, file_sha256: str) -> str:
     return f"revisions/{require_uid(sop_uid, 'SOPInstanceUID')}/{file_sha256}.dcm"
 
 
+def served_key(study_uid: str, series_uid: str, sop_uid: str, revision_key: str | None) -> str:
+    """The key of the bytes served for an indexed instance: its latest header correction's
+    (`instances.revision_key`, ADR 0025) or else its canonical copy. Every reader (WADO,
+    archives, exports) resolves an instance through this one function."""
+    return revision_key or instance_key(study_uid, series_uid, sop_uid)
+
+
 # Filled by each backend module as it is imported; `libs.storage.open_store` picks by scheme.
 BACKENDS: dict[str, Callable[[str], ObjectStore]] = {}
 

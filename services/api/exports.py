@@ -40,7 +40,7 @@ from libs.deid.files import FileResult, deidentify_file
 from libs.runtime.logging import get_logger
 from libs.runtime.periodic import AT_ONCE, After
 from libs.runtime.sandbox import IsolatedExecutor
-from libs.storage import ObjectStore, instance_key
+from libs.storage import ObjectStore, served_key
 from services.packager.writers import ArchiveWriter, TarZstWriter, ZipWriter
 
 log = get_logger(__name__)
@@ -240,7 +240,9 @@ class ExportRunner:
     ) -> None:
         options, keys, include = how
         source, target = scratch / "in.dcm", scratch / "out.dcm"
-        key = instance_key(study_uid, instance.series_uid, instance.sop_instance_uid)
+        key = served_key(
+            study_uid, instance.series_uid, instance.sop_instance_uid, instance.revision_key
+        )
         progress.processed += 1
         ids = {
             "study_uid": keys.uid(study_uid),
