@@ -130,25 +130,28 @@ async def test_a_corrected_header_is_a_new_revision_and_the_original_is_kept(
     # Redelivered: the same revision again, nothing bumped twice.
     again = await pipeline.run(_extracted(corrected, ids[1]))
     assert isinstance(again, InstanceUnique) and again.disposition == "revision"
-    # Another copy of the corrected file, and the original once more: duplicates.
+    # Another copy of the corrected file: a duplicate. The original header once more, after
+    # the correction (A -> B -> A): a third revision, the header back to the original's.
     assert isinstance(await pipeline.run(_extracted(copy_of_corrected, ids[2])), InstanceDuplicated)
-    assert isinstance(await pipeline.run(_extracted(original, ids[3])), InstanceDuplicated)
+    back = await pipeline.run(_extracted(original, ids[3]))
+    assert isinstance(back, InstanceUnique) and back.disposition == "revision"
     async with pool.acquire() as conn:
         snap = await index.study_snapshot(conn, STUDY)
-        assert snap is not None and snap.revision == 2
-        assert snap.patient.patient_name == "Ivanova^Anna"
-        assert await conn.fetchval("SELECT count(*) FROM instance_revisions") == 1
+        assert snap is not None and snap.revision == 3
+        assert snap.patient.patient_name == "Ivanov^Ivan"
+        assert await conn.fetchval("SELECT count(*) FROM instance_revisions") == 2
         counters = await tasks.task_counters(conn, task.id)
         assert (counters.new_instances, counters.header_revisions, counters.duplicates) == (
+            3,
             2,
             1,
-            2,
         )
         # The study's history as the API shows it (GET /v1/studies/{uid}: `corrections`).
         detail = await search.get_study(conn, STUDY)
         assert detail is not None
         assert [(c.sop_instance_uid, c.revision, c.patient_name) for c in detail.corrections] == [
-            (SOP, 2, "Ivanova^Anna")
+            (SOP, 2, "Ivanova^Anna"),
+            (SOP, 3, "Ivanov^Ivan"),
         ]
 
 
