@@ -11,6 +11,7 @@ from libs.db import Conn
 class PendingImage:
     sop_instance_uid: str
     series_uid: str
+    revision_key: str | None = None  # the latest header correction's bytes (ADR 0025)
 
 
 async def patient(conn: Conn, patient_id: str) -> str | None:
@@ -32,14 +33,14 @@ async def remember_patient(conn: Conn, patient_id: str, backend_id: str) -> None
 async def pending_images(conn: Conn, study_uid: str) -> list[PendingImage]:
     """The study's indexed instances the backend does not have yet, in series order."""
     rows = await conn.fetch(
-        """SELECT i.sop_instance_uid, i.series_uid FROM instances i
+        """SELECT i.sop_instance_uid, i.series_uid, i.revision_key FROM instances i
             WHERE i.study_uid = $1
               AND NOT EXISTS (SELECT 1 FROM connector_images c
                                WHERE c.sop_instance_uid = i.sop_instance_uid)
             ORDER BY i.series_uid, i.instance_number NULLS LAST, i.sop_instance_uid""",
         study_uid,
     )
-    return [PendingImage(r["sop_instance_uid"], r["series_uid"]) for r in rows]
+    return [PendingImage(r["sop_instance_uid"], r["series_uid"], r["revision_key"]) for r in rows]
 
 
 async def image_done(

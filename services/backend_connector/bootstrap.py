@@ -18,7 +18,7 @@ from libs.imaging.jobs import RenderRequest
 from libs.kafka.consumer import Route
 from libs.runtime.probes import ops_app
 from libs.runtime.service import Runtime
-from libs.storage import ObjectStore, instance_key, open_store
+from libs.storage import ObjectStore, open_store, served_key
 from libs.storage.local import LocalStore
 from services.backend_connector.backend import Backend
 from services.backend_connector.config import ConnectorSettings
@@ -64,7 +64,7 @@ class StoredImages:
 
     async def content(self, study_uid: str, image: PendingImage) -> Content:
         path = self._store.path_for(
-            instance_key(study_uid, image.series_uid, image.sop_instance_uid)
+            served_key(study_uid, image.series_uid, image.sop_instance_uid, image.revision_key)
         )
         if not await asyncio.to_thread(path.is_file):
             return f"the stored copy {path.name} is gone"
