@@ -384,6 +384,10 @@ async def bench(work: Path, files: list[Path], repeat: int) -> dict[str, Any]:
         f"\n  import into the 1M index / into an empty one: {ratio:.2f}x "
         f"({full['inst_s']:.0f} vs {bare['inst_s']:.0f} instances/s; target >= 0.80x)"
     )
+    print(
+        f"  CPU ms/instance, 1M index / empty: {full['cpu_ms']:.2f} / {bare['cpu_ms']:.2f} = "
+        f"{full['cpu_ms'] / bare['cpu_ms']:.2f}x (the steadier figure on a shared machine)"
+    )
     print(f"  worst search/detail p95: {worst:.1f} ms (target < 20 ms) ({load()})")
     return {"searches": figures, "import_full": full, "import_empty": bare, "ratio": ratio}
 
