@@ -6,8 +6,8 @@ gives travels as a `$n` parameter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 from libs.db import Conn
@@ -68,9 +68,21 @@ class SeriesRow:
 
 
 @dataclass(frozen=True)
+class CorrectionRow:
+    """A header correction indexed for one of the study's instances (ADR 0025)."""
+
+    sop_instance_uid: str
+    revision: int
+    patient_id: str
+    patient_name: str
+    indexed_at: datetime
+
+
+@dataclass(frozen=True)
 class StudyDetail:
     study: StudyRow
     series: list[SeriesRow]
+    corrections: list[CorrectionRow] = field(default_factory=list)
 
 
 _STUDY_COLUMNS = """s.study_uid, s.study_date, s.study_time, s.accession_number,
@@ -192,4 +204,15 @@ async def get_study(conn: Conn, study_uid: str) -> StudyDetail | None:
             ORDER BY series_number NULLS LAST, series_uid""",
         study_uid,
     )
-    return StudyDetail(study=_study(row), series=[SeriesRow(**dict(r)) for r in series])
+    corrections = await conn.fetch(
+        """SELECT sop_instance_uid, revision, header->'patient'->>'patient_id' AS patient_id,
+                  header->'patient'->>'patient_name' AS patient_name, indexed_at
+             FROM instance_revisions WHERE study_uid = $1
+            ORDER BY indexed_at, sop_instance_uid, revision""",
+        study_uid,
+    )
+    return StudyDetail(
+        study=_study(row),
+        series=[SeriesRow(**dict(r)) for r in series],
+        corrections=[CorrectionRow(**dict(r)) for r in corrections],
+    )
