@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -159,6 +160,14 @@ async def ensure_template() -> str:
     name = template_name()
     admin = await asyncpg.connect(f"{PG}/postgres")
     try:
+        stale = await admin.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'dicomflow\\_bench\\_index\\_%'"
+            " AND datname <> $1",
+            name,
+        )
+        for row in stale:  # built for other migrations, 1.4 GB each; left alone while in use
+            with contextlib.suppress(asyncpg.ObjectInUseError):
+                await admin.execute(f'DROP DATABASE IF EXISTS "{row[0]}"')
         if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             return name
         building = f"{name}_building"
