@@ -198,6 +198,10 @@ class CountersOut(BaseModel):
     pending: int
     new_instances: int
     flagged_same_content: int
+    header_revisions: int = Field(
+        description="Of new_instances: corrected headers of instances already indexed, indexed "
+        "as revisions (the original kept)."
+    )
     duplicates: int
     conflicts: int
     failed: int

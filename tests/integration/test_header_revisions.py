@@ -18,7 +18,7 @@ from libs.contracts.events import (
     InstanceUnique,
     StudyMetadata,
 )
-from libs.db import index, search
+from libs.db import index, search, tasks
 from libs.dicom.extract import extract_file
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
 from libs.storage.local import LocalStore
@@ -89,7 +89,9 @@ async def test_a_corrected_header_is_a_new_revision_and_the_original_is_kept(
     corrected = _write(tmp_path / "corrected.dcm", "Ivanova^Anna")
     copy_of_corrected = tmp_path / "copy.dcm"
     copy_of_corrected.write_bytes(corrected.read_bytes())
-    ids = await files(pool, 4)
+    async with pool.acquire() as conn:
+        task = await tasks.create_task(conn, source_path="/imports/corrections")
+    ids = await files(pool, 4, task.id)
     first, second = _extracted(original, ids[0]), _extracted(corrected, ids[1])
     assert first.hashes.content_sha256 == second.hashes.content_sha256  # same pixels
     assert first.hashes.file_sha256 != second.hashes.file_sha256
@@ -136,6 +138,12 @@ async def test_a_corrected_header_is_a_new_revision_and_the_original_is_kept(
         assert snap is not None and snap.revision == 2
         assert snap.patient.patient_name == "Ivanova^Anna"
         assert await conn.fetchval("SELECT count(*) FROM instance_revisions") == 1
+        counters = await tasks.task_counters(conn, task.id)
+        assert (counters.new_instances, counters.header_revisions, counters.duplicates) == (
+            2,
+            1,
+            2,
+        )
         # The study's history as the API shows it (GET /v1/studies/{uid}: `corrections`).
         detail = await search.get_study(conn, STUDY)
         assert detail is not None

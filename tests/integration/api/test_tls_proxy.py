@@ -91,6 +91,11 @@ async def test_the_proxy_serves_the_api_over_verified_https(
         assert r.headers["strict-transport-security"].startswith("max-age=")
         assert "server" not in r.headers
         assert (await c.get(f"{url}/v1/studies")).status_code == 401  # no key, no data
+        # The API sees the proxy's X-Forwarded-Proto: the session cookie is Secure.
+        signed = await c.post(f"{url}/v1/session", json={"key": keys.plain["clinician"]})
+        assert signed.status_code == 200, signed.text
+        cookie = signed.headers["set-cookie"].lower()
+        assert "secure" in cookie and "httponly" in cookie
     async with httpx.AsyncClient() as c:  # the system's CAs do not know the test CA
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await c.get(f"{url}/health")
