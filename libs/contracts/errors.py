@@ -17,3 +17,8 @@ class NotDicomError(PermanentError):
 
 class DicomParseError(PermanentError):
     """The file looks like DICOM but cannot be read (truncated, malformed, missing UIDs)."""
+
+
+class StorageUnavailable(ConnectionError):
+    """The object store is away or failing on its side (5xx, 429, connection resets) after
+    the client's own retries: an outage (hold and retry), never the fault of the message."""

@@ -50,18 +50,21 @@ def patient_key(p: PatientAttrs) -> str:
     return f"name:{p.patient_name.strip()}\x1f{p.birth_date.strip()}"
 
 
-async def _upsert_hierarchy(conn: Conn, h: DicomHeader) -> None:
-    await upsert_levels(conn, h.patient, h.study, h.series)
+async def _upsert_hierarchy(conn: Conn, h: DicomHeader, file_id: int | None) -> None:
+    await upsert_levels(conn, h.patient, h.study, h.series, file_id)
 
 
-async def upsert_levels(conn: Conn, p: PatientAttrs, s: StudyAttrs, se: SeriesAttrs) -> None:
+async def upsert_levels(
+    conn: Conn, p: PatientAttrs, s: StudyAttrs, se: SeriesAttrs, file_id: int | None = None
+) -> None:
     """Patient, study and series in one round trip (the study takes the patient's id from
-    RETURNING; the series' foreign key is checked at the end of the statement)."""
+    RETURNING; the series' foreign key is checked at the end of the statement). `file_id`:
+    the discovered file behind it, kept as the patient's first when the patient is new."""
     await conn.execute(
         """WITH patient AS (
                INSERT INTO patients (patient_key, patient_id, issuer, patient_name, name_search,
-                                     birth_date, sex)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                     birth_date, sex, first_file_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $21::bigint)
                ON CONFLICT (patient_key) DO UPDATE
                   SET patient_name = EXCLUDED.patient_name, name_search = EXCLUDED.name_search,
                       birth_date = coalesce(EXCLUDED.birth_date, patients.birth_date),
@@ -100,6 +103,7 @@ async def upsert_levels(conn: Conn, p: PatientAttrs, s: StudyAttrs, se: SeriesAt
         se.series_number,
         se.series_description,
         se.body_part,
+        file_id,
     )
 
 
@@ -182,7 +186,7 @@ async def index_instance(conn: Conn, ev: InstanceStored) -> float | None:
                 ev.file.uri,
             )
             return await _outcome(conn, ev, "conflict", "same SOPInstanceUID, different content")
-        await _upsert_hierarchy(conn, h)
+        await _upsert_hierarchy(conn, h, ev.file.file_id)
         columns = ", ".join(name for name, _ in INSTANCE_COLUMNS)  # fixed names, never input
         values = instance_values(lambda name: f"${_POSITION[name]}")
         inserted = await conn.fetchval(

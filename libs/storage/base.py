@@ -93,6 +93,13 @@ def conflict_key(sop_uid: str, content_sha256: str) -> str:
     return f"conflicts/{require_uid(sop_uid, 'SOPInstanceUID')}/{content_sha256}.dcm"
 
 
+def revision_key(sop_uid: str, file_sha256: str) -> str:
+    """A corrected header of an instance (ADR 0025) is kept beside the original, never over it."""
+    if not re.fullmatch(r"[0-9a-f]{64}", file_sha256):
+        raise ValueError("file hash must be 64 lowercase hex digits")
+    return f"revisions/{require_uid(sop_uid, 'SOPInstanceUID')}/{file_sha256}.dcm"
+
+
 # Filled by each backend module as it is imported; `libs.storage.open_store` picks by scheme.
 BACKENDS: dict[str, Callable[[str], ObjectStore]] = {}
 

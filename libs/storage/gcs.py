@@ -16,7 +16,9 @@ single source; rewrite also copies objects of any size within a bucket.
 The SHA-256 is kept in the object's custom metadata (`sha256`), so an idempotent re-put
 compares hashes without downloading the object. Every call is blocking (the official client),
 so each runs in a thread. Transient errors (429, 5xx, connection resets) are retried with
-exponential backoff by `RETRY`; what still fails reaches the consumer's bounded retries.
+exponential backoff by `RETRY`; what still fails that way is raised as `StorageUnavailable`
+(an outage: the consumer holds and retries it without limit, the service not ready), and only
+the rest reaches the consumer's bounded retries and the DLQ.
 """
 
 from __future__ import annotations
@@ -26,18 +28,20 @@ import base64
 import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import google_crc32c
+import requests
 from google.api_core import exceptions as gexc
+from google.auth.exceptions import TransportError
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from libs.contracts.errors import PermanentError
+from libs.contracts.errors import PermanentError, StorageUnavailable
 from libs.storage.base import StoredObject, check_key, register_backend
 
 CHUNK = 1 << 20
@@ -45,6 +49,27 @@ MULTIPART_MAX = 8 << 20  # the client's own single-request limit
 RESUMABLE_CHUNK = 16 << 20  # a multiple of 256 KiB, as GCS requires
 RETRY = DEFAULT_RETRY.with_delay(initial=0.2, maximum=10.0, multiplier=2.0).with_timeout(120.0)
 INCOMING = ".incoming"
+# What GCS (or the way to it) answers when it is away or overloaded, not about the object.
+TRANSIENT = (
+    gexc.ServerError,  # 5xx
+    gexc.TooManyRequests,
+    gexc.RetryError,  # RETRY's deadline passed on one of the above
+    requests.exceptions.ConnectionError,  # refused, reset, DNS
+    requests.exceptions.Timeout,
+    TransportError,  # google-auth could not reach its token endpoint
+    ConnectionError,
+)
+
+
+@contextlib.contextmanager
+def outage_on_transient(url: str) -> Iterator[None]:
+    """Re-raise a transient failure as `StorageUnavailable` (see the module docstring)."""
+    try:
+        yield
+    except TRANSIENT as exc:
+        if isinstance(exc, StorageUnavailable):
+            raise
+        raise StorageUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -86,7 +111,11 @@ def parse_gs_url(url: str) -> tuple[str, str]:
 
 class GcsStore:
     def __init__(
-        self, url: str, client: Any = None, resumable_chunk: int = RESUMABLE_CHUNK
+        self,
+        url: str,
+        client: Any = None,
+        resumable_chunk: int = RESUMABLE_CHUNK,
+        retry_timeout: float = 120.0,
     ) -> None:
         self.bucket_name, self.prefix = parse_gs_url(url)
         self.url = f"gs://{self.bucket_name}" + (f"/{self.prefix}" if self.prefix else "")
@@ -97,6 +126,7 @@ class GcsStore:
         if resumable_chunk % (256 * 1024):
             raise ValueError("resumable_chunk must be a multiple of 256 KiB")
         self._resumable_chunk = resumable_chunk
+        self._retry = RETRY.with_timeout(retry_timeout)
 
     def name_for(self, key: str) -> str:
         key = check_key(key)
@@ -106,7 +136,8 @@ class GcsStore:
         return f"gs://{self.bucket_name}/{self.name_for(key)}"
 
     async def put_file(self, key: str, source: Path, *, expected_sha256: str) -> StoredObject:
-        return await asyncio.to_thread(self._put_file, key, source, expected_sha256)
+        with outage_on_transient(self.url):
+            return await asyncio.to_thread(self._put_file, key, source, expected_sha256)
 
     def _put_file(self, key: str, source: Path, expected: str) -> StoredObject:
         name = self.name_for(key)
@@ -116,7 +147,7 @@ class GcsStore:
                 f"source changed since it was extracted: SHA-256 {digests.sha256[:12]}… "
                 f"!= {expected[:12]}…"
             )
-        existing = self._bucket.get_blob(name, retry=RETRY)
+        existing = self._bucket.get_blob(name, retry=self._retry)
         if existing is not None:
             return self._same_or_refuse(key, existing, digests)
         try:
@@ -125,7 +156,9 @@ class GcsStore:
             else:
                 self._upload_via_incoming(name, source, digests)
         except gexc.PreconditionFailed:  # another writer created it first
-            return self._same_or_refuse(key, self._bucket.get_blob(name, retry=RETRY), digests)
+            return self._same_or_refuse(
+                key, self._bucket.get_blob(name, retry=self._retry), digests
+            )
         return StoredObject(self.url_for(key), digests.size, digests.sha256, created=True)
 
     def _same_or_refuse(self, key: str, blob: Any, digests: Digests) -> StoredObject:
@@ -147,7 +180,7 @@ class GcsStore:
         blob = self._new_blob(name, digests)
         with source.open("rb") as f:
             blob.upload_from_file(
-                f, size=digests.size, checksum="crc32c", if_generation_match=0, retry=RETRY
+                f, size=digests.size, checksum="crc32c", if_generation_match=0, retry=self._retry
             )
 
     def _upload_via_incoming(self, name: str, source: Path, digests: Digests) -> None:
@@ -157,33 +190,47 @@ class GcsStore:
             with source.open("rb") as f:
                 # A fresh name, so the upload is idempotent and every chunk may be retried.
                 tmp.upload_from_file(
-                    f, size=digests.size, checksum="crc32c", if_generation_match=0, retry=RETRY
+                    f,
+                    size=digests.size,
+                    checksum="crc32c",
+                    if_generation_match=0,
+                    retry=self._retry,
                 )
             if tmp.md5_hash and tmp.md5_hash != digests.md5_b64:
                 raise RuntimeError(f"MD5 of the uploaded {name} differs from the local file")
             final = self._bucket.blob(name)
-            token, _, _ = final.rewrite(tmp, if_generation_match=0, retry=RETRY)
+            token, _, _ = final.rewrite(tmp, if_generation_match=0, retry=self._retry)
             while token is not None:
-                token, _, _ = final.rewrite(tmp, token=token, if_generation_match=0, retry=RETRY)
+                token, _, _ = final.rewrite(
+                    tmp, token=token, if_generation_match=0, retry=self._retry
+                )
         finally:
             with contextlib.suppress(gexc.NotFound):
-                tmp.delete(retry=RETRY)
+                tmp.delete(retry=self._retry)
 
     async def size(self, key: str) -> int | None:
-        blob = await asyncio.to_thread(self._bucket.get_blob, self.name_for(key), retry=RETRY)
+        with outage_on_transient(self.url):
+            blob = await asyncio.to_thread(
+                self._bucket.get_blob, self.name_for(key), retry=self._retry
+            )
         return None if blob is None else int(blob.size)
 
     async def read(self, key: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
         # Ranged reads, `chunk_size` at a time; objects are never replaced, so they agree.
-        blob = await asyncio.to_thread(self._bucket.get_blob, self.name_for(key), retry=RETRY)
-        if blob is None:
-            raise FileNotFoundError(self.url_for(key))
-        reader = await asyncio.to_thread(blob.open, "rb", chunk_size=chunk_size, retry=RETRY)
-        try:
-            while chunk := await asyncio.to_thread(reader.read, chunk_size):
-                yield chunk
-        finally:
-            reader.close()
+        with outage_on_transient(self.url):
+            blob = await asyncio.to_thread(
+                self._bucket.get_blob, self.name_for(key), retry=self._retry
+            )
+            if blob is None:
+                raise FileNotFoundError(self.url_for(key))
+            reader = await asyncio.to_thread(
+                blob.open, "rb", chunk_size=chunk_size, retry=self._retry
+            )
+            try:
+                while chunk := await asyncio.to_thread(reader.read, chunk_size):
+                    yield chunk
+            finally:
+                reader.close()
 
     async def keys(self, prefix: str = "", *, start_after: str = "") -> AsyncIterator[str]:
         # GCS lists names in ascending order; `start_offset` is inclusive, so the checkpoint
@@ -192,9 +239,13 @@ class GcsStore:
         pages = self._bucket.list_blobs(
             prefix=base + prefix,
             start_offset=base + start_after if start_after else None,
-            retry=RETRY,
+            retry=self._retry,
         ).pages
-        while page := await asyncio.to_thread(lambda: list(next(pages, ()))):
+        while True:
+            with outage_on_transient(self.url):
+                page = await asyncio.to_thread(lambda: list(next(pages, ())))
+            if not page:
+                return
             for blob in page:
                 key = blob.name[len(base) :]
                 if key > start_after and not key.startswith(INCOMING + "/"):

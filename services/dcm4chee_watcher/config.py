@@ -25,7 +25,8 @@ class Dcm4cheeWatcherSettings(ServiceSettings):
     schema_version: Literal["arc5", "dcm4chee2"] = Field(
         default="arc5",
         validation_alias="DCM4CHEE_SCHEMA",
-        description="arc5: dcm4chee-arc-light 5.x; dcm4chee2: the legacy 2.x schema (MySQL).",
+        description="arc5: dcm4chee-arc-light 5.x; dcm4chee2: the legacy 2.x schema (MySQL, "
+        "MariaDB or PostgreSQL).",
     )
     mode: Literal["metadata", "full"] = Field(
         default="metadata",
@@ -66,8 +67,6 @@ class Dcm4cheeWatcherSettings(ServiceSettings):
     def _archive(self) -> "Dcm4cheeWatcherSettings":
         if self.archive_dialect() is None:
             raise ValueError("DCM4CHEE_ARCHIVE_URL: use postgresql://, mysql:// or mariadb://")
-        if self.schema_version == "dcm4chee2" and self.archive_dialect() != "mysql":
-            raise ValueError("DCM4CHEE_SCHEMA=dcm4chee2 is supported on MySQL/MariaDB only")
         if self.mode == "full" and not self.storage_roots:
             raise ValueError("DCM4CHEE_MODE=full needs DCM4CHEE_STORAGE_ROOTS (key=/folder,...)")
         return self

@@ -94,8 +94,6 @@ async def wire(rt: Runtime) -> None:
     rt.readiness.add("receiver", receiver_up)
     # /health /ready /metrics, plus the DLQ replay for operators (API key, audited).
     rt.app = ops_app(rt.name, rt.readiness, rt.registry)
-    rt.app.include_router(
-        replay_router(pool, settings.kafka_bootstrap_servers, await rt.producer())
-    )
+    rt.app.include_router(replay_router(pool, settings.kafka, await rt.producer()))
     rt.app.add_middleware(AuditMiddleware, pool=pool)
     await rt.consumer({StudyMetadata.TOPIC: Route(StudyMetadata, handler)})

@@ -5,13 +5,8 @@ a full disk is held and retried the same way."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,82 +23,18 @@ from libs.kafka.dlq import list_letters
 from libs.kafka.producer import Producer
 from libs.runtime.metrics import ConsumerMetrics
 from libs.storage.local import LocalStore
-from libs.tools.dev_broker import free_port
 from services.storage_writer.handlers import handle_unique, storage_key
+from tests.polling import eventually
+from tests.private_servers import Cluster, private_cluster, small_filesystem
 
 pytestmark = pytest.mark.integration
 TOPIC = ImportRequested.TOPIC
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@dataclass
-class Cluster:
-    """A throwaway PostgreSQL server of this test alone (the shared one is never restarted)."""
-
-    data: Path
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/faults"
-
-    def ctl(self, *args: str) -> None:
-        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(self.data),
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                str(self.data / "log"),
-                "-o",
-                options,
-                *args,
-            ],
-            check=True,
-            capture_output=True,
-        )
 
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    assert (PG_BIN / "initdb").exists(), f"PostgreSQL 15 server binaries missing in {PG_BIN}"
-    folder = Path(tempfile.mkdtemp(prefix="dicomflow-pg-"))
-    shutil.chown(folder, "postgres", "postgres")
-    data = folder / "data"
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    c = Cluster(data, free_port())
-    c.ctl("start")
-    try:
+    with private_cluster() as c:
         yield c
-    finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            c.ctl("-m", "immediate", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def request(n: int) -> ImportRequested:
@@ -160,21 +91,29 @@ async def test_postgres_restarts_are_held_and_retried_never_dead_lettered(
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return -1
 
+    counts = [0]
+
+    async def reached(n: int) -> bool:
+        counts.append(await done())
+        if counts[-1] >= n:
+            return True
+        assert not run.done(), f"the stage stopped at {counts[-1]}/{n}"
+        return False
+
     try:
         for restart_at in (50, 200):
-            deadline = time.monotonic() + 120
-            while await done() < restart_at:
-                assert time.monotonic() < deadline and not run.done(), "no progress"
-                await asyncio.sleep(0.05)
+            await eventually(partial(reached, restart_at), 120, what="no progress", interval=0.05)
             await asyncio.to_thread(cluster.ctl, "-m", "fast", "stop")
             for _ in range(30):  # down for 3 s: far longer than the poison retries take
                 not_ready_seen |= not stage.healthy
                 await asyncio.sleep(0.1)
             await asyncio.to_thread(cluster.ctl, "start")
-        deadline = time.monotonic() + 180
-        while (n := await done()) < total:
-            assert time.monotonic() < deadline and not run.done(), f"stuck at {n}/{total}"
-            await asyncio.sleep(0.2)
+        await eventually(
+            partial(reached, total),
+            180,
+            what=lambda: f"stuck at {counts[-1]}/{total}",
+            interval=0.2,
+        )
     finally:
         stopping.set()
         await run
@@ -211,24 +150,27 @@ async def test_outage_retries_do_not_use_up_a_messages_attempts(
     await producer.publish(*(request(n) for n in range(8)))
     await stage.start()
     run = asyncio.create_task(stage.run())
+
+    def healthy() -> bool:
+        assert not run.done(), "the stage stopped"
+        return stage.healthy
+
+    async def all_handled() -> bool:
+        async with pool.acquire() as conn:
+            if await conn.fetchval("SELECT count(*) FROM done") == 8:
+                return True
+        assert not run.done(), "the stage stopped"
+        assert await list_letters(bootstrap, TOPIC) == [], "dead-lettered"
+        return False
+
     try:
-        deadline = time.monotonic() + 60
-        while stage.healthy:  # the first fetch reaches the handler, which cannot connect
-            assert time.monotonic() < deadline and not run.done(), "never tried the database"
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(3)
+        # The first fetch reaches the handler, which cannot connect: not ready.
+        await eventually(lambda: not healthy(), 60, what="never tried the database", interval=0.05)
+        await asyncio.sleep(3)  # the outage: dozens of outage retries
         await asyncio.to_thread(cluster.ctl, "start")
-        deadline = time.monotonic() + 60
-        while True:
-            async with pool.acquire() as conn:
-                if await conn.fetchval("SELECT count(*) FROM done") == 8:
-                    break
-            assert time.monotonic() < deadline and not run.done(), "messages not handled"
-            assert await list_letters(bootstrap, TOPIC) == [], "dead-lettered"
-            await asyncio.sleep(0.2)
-        while not stage.healthy:  # ready again once the batch is committed
-            assert time.monotonic() < deadline and not run.done(), "still not ready"
-            await asyncio.sleep(0.05)
+        await eventually(all_handled, 60, what="messages not handled", interval=0.2)
+        # Ready again once the batch is committed.
+        await eventually(healthy, 60, what="still not ready", interval=0.05)
     finally:
         stopping.set()
         await run
@@ -240,13 +182,8 @@ async def test_outage_retries_do_not_use_up_a_messages_attempts(
 @pytest.fixture
 def small_disk() -> Iterator[Path]:
     """A 4 MiB tmpfs of this test (root is available in CI), unmounted afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix="dicomflow-full-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=True)
-    try:
+    with small_filesystem("4m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
-        folder.rmdir()
 
 
 async def test_full_storage_is_held_and_retried_until_space_is_freed(
@@ -294,19 +231,23 @@ async def test_full_storage_is_held_and_retried_until_space_is_freed(
     await producer.publish(*events)
     await stage.start()
     run = asyncio.create_task(stage.run())
+
+    def stored_at_least(n: int) -> bool:
+        if len(stored) >= n:
+            return True
+        assert not run.done(), f"the stage stopped, {len(stored)} stored"
+        return False
+
     try:
-        deadline = time.monotonic() + 60
-        while len(stored) < 1:  # one instance fits, then the disk is full
-            assert time.monotonic() < deadline and not run.done(), "nothing stored"
-            await asyncio.sleep(0.05)
+        # One instance fits, then the disk is full.
+        await eventually(partial(stored_at_least, 1), 60, what="nothing stored", interval=0.05)
         await asyncio.sleep(3)  # far longer than the retries of a poison message take
         assert await list_letters(bootstrap, topic) == [], "a full disk was dead-lettered"
         assert not stage.healthy and len(stored) < len(events)
         filler.unlink()  # space freed
-        deadline = time.monotonic() + 60
-        while len(stored) < len(events):
-            assert time.monotonic() < deadline and not run.done(), f"{len(stored)} stored"
-            await asyncio.sleep(0.1)
+        await eventually(
+            partial(stored_at_least, len(events)), 60, what=lambda: f"{len(stored)} stored"
+        )
     finally:
         stopping.set()
         await run
