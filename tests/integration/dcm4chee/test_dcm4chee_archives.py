@@ -320,6 +320,18 @@ async def test_a_study_deleted_from_the_archive_is_marked_in_the_index_and_kept(
         uid("study-bert"): (True, SOURCE, 2),  # marked, and still all there
     }
     assert await check() == []  # marked once
+    async with pool.acquire() as conn:  # and said by the API
+        _, key = await create_key(conn, "clinician", "deleted")
+    app = create_app(pool, recorder_publish_none, CollectorRegistry(), Readiness())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://api.test"
+    ) as client:
+        detail = await client.get(
+            f"/v1/studies/{uid('study-bert')}", headers={"Authorization": f"Bearer {key}"}
+        )
+        body = detail.json()
+        assert body["source_deleted_at"] is not None and body["source_deleted_from"] == SOURCE
+        assert body["instance_count"] == 2
 
     # The archive gets the study again (sent anew): the mark goes.
     later = T0 + timedelta(minutes=5)
