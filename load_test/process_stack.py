@@ -35,11 +35,12 @@ PREFIX = {
     "dicom-receiver": "RECEIVER_",
     "pacs-watcher": "WATCHER_",
     "router": "ROUTER_",
+    "backend-connector": "CONNECTOR_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
 # Sources (and the router) that run only when configured, like under `dicomflow up`
 # (libs.tools.devstack.CONFIGURED_BY).
-OPTIONAL = ["orthanc-watcher", "iso-watcher", "router"]
+OPTIONAL = ["orthanc-watcher", "iso-watcher", "router", "backend-connector"]
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from libs.db.migrations import migrate
@@ -72,14 +73,13 @@ def migrated_template() -> Iterator[str]:
     asyncio.run(_drop_database(name))
 
 
-@pytest.fixture
-async def pool(database_url: str, migrated_template: str) -> AsyncIterator[asyncpg.Pool]:
+async def _migrated_pool(database_url: str, template: str) -> asyncpg.Pool:
     """A pool on a migrated database: a copy of the template, or the database a wider-scoped
     `database_url` (one per module in tests/integration/api) already holds."""
     name = database_url.rsplit("/", 1)[1]
     conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
     try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         copied = True
     except asyncpg.DuplicateDatabaseError:
         copied = False
@@ -88,6 +88,30 @@ async def pool(database_url: str, migrated_template: str) -> AsyncIterator[async
     pool = await create_pool(database_url, size=4)
     applied = await migrate(pool)
     assert not (copied and applied), f"the template lacks {applied}"
+    return pool
+
+
+@pytest.fixture
+async def pool(database_url: str, migrated_template: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await _migrated_pool(database_url, migrated_template)
+    yield pool
+    await pool.close()
+
+
+# One database and broker for a whole module, for tests that only read what a module-scoped
+# stack holds (tests/e2e `clinic`): async fixtures on the module's event loop.
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_database_url() -> AsyncIterator[str]:
+    name = f"dicomflow_test_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_SERVER}/{name}"
+    await _drop_database(name)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_pool(
+    module_database_url: str, migrated_template: str
+) -> AsyncIterator[asyncpg.Pool]:
+    pool = await _migrated_pool(module_database_url, migrated_template)
     yield pool
     await pool.close()
 
@@ -125,6 +149,14 @@ class Broker:
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
+    b = Broker(free_port())
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def module_broker() -> Iterator[Broker]:
     b = Broker(free_port())
     b.start()
     yield b

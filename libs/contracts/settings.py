@@ -8,6 +8,7 @@ Invalid values stop the service at once with a message naming the variable.
 
 from __future__ import annotations
 
+import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,14 @@ class ServiceSettings(BaseSettings):
         ):
             if path is not None and not path.is_file():
                 raise ValueError(f"{path}: no such file")
-        self.kafka  # noqa: B018 - SASL without credentials fails here, at start
+        # Unreadable PEM files or a key that is not the certificate's: stop here, at start.
+        try:
+            self.kafka.ssl_context()  # SASL without credentials fails here too
+            if self.https_certfile is not None and self.https_keyfile is not None:
+                server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                server.load_cert_chain(self.https_certfile, self.https_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"TLS files unusable: {exc}") from None
         return self
 
     @property
@@ -156,12 +164,14 @@ class ServiceSettings(BaseSettings):
         return HttpTls(self.https_certfile, self.https_keyfile)
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as they may be logged: passwords in URLs masked."""
+        """The settings as they may be logged: passwords in URLs and secret settings masked.
+        A secret is named by its last word (`password`, `webhook_secret`, `api_key`); a name
+        that merely contains one (`rate_per_key`, `tls_key` the path of a key file) is shown."""
         out = self.model_dump(mode="json")
         for name, value in out.items():
             if isinstance(value, str) and "://" in value:
                 out[name] = redact_url(value)
-            elif any(word in name for word in ("password", "secret", "token", "key")):
+            elif is_secret(name):
                 out[name] = "***" if value else value
         return out
 
@@ -176,6 +186,14 @@ class HttpTls:
 
     certfile: Path
     keyfile: Path
+
+
+SECRET_NAMES = ("password", "secret", "token", "api_key", "passphrase")
+
+
+def is_secret(name: str) -> bool:
+    """A setting whose value must never be logged: its name is, or ends in, a secret's name."""
+    return any(name == word or name.endswith(f"_{word}") for word in SECRET_NAMES)
 
 
 def redact_url(url: str) -> str:

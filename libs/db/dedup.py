@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from libs.db import Conn
 
-Verdict = Literal["new", "same_content_other_uid", "duplicate", "conflict"]
+Verdict = Literal["new", "same_content_other_uid", "duplicate", "conflict", "revision"]
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,20 @@ class ClaimRequest:
     sop_instance_uid: str
     content_sha256: str
     file_id: int
+    # `DicomHeader.indexed_digest()`: with it, the same content under a header the claim has
+    # not seen is a revision (ADR 0025); None judges by content alone.
+    header_sha256: str | None = None
 
 
 async def claim_many(conn: Conn, requests: Sequence[ClaimRequest]) -> list[Claim]:
-    """`claim` for a batch in one transaction and two statements, one verdict per request
-    in order; the same as claiming them one after the other (a UID twice in the batch: the
-    first request claims it, the later ones are judged against that claim)."""
+    """`claim` for a batch in one transaction and two statements (three with corrected
+    headers), one verdict per request in order; the same as claiming them one after the other
+    (a UID twice in the batch: the first request claims it, the later ones are judged against
+    that claim).
+
+    Same UID, same content, another file: a duplicate when its header digest is the claim's
+    (or unknown), else a `revision`, owned like a claim by the first file that carried that
+    header (its redelivery is the same revision again, another copy of it a duplicate)."""
     first: dict[str, ClaimRequest] = {}
     for r in requests:
         first.setdefault(r.sop_instance_uid, r)
@@ -74,17 +82,19 @@ async def claim_many(conn: Conn, requests: Sequence[ClaimRequest]) -> list[Claim
     async with conn.transaction():
         rows = await conn.fetch(
             """
-            INSERT INTO dedup_claims (sop_instance_uid, content_sha256, file_id)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+            INSERT INTO dedup_claims (sop_instance_uid, content_sha256, file_id, header_sha256)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
             ON CONFLICT (sop_instance_uid)
                 DO UPDATE SET sop_instance_uid = EXCLUDED.sop_instance_uid
-            RETURNING sop_instance_uid, content_sha256, file_id, claimed_at
+            RETURNING sop_instance_uid, content_sha256, file_id, claimed_at, header_sha256
             """,
             [r.sop_instance_uid for r in ordered],
             [r.content_sha256 for r in ordered],
             [r.file_id for r in ordered],
+            [r.header_sha256 for r in ordered],
         )
         claims = {row["sop_instance_uid"]: row for row in rows}
+        revisions = await _claim_revisions(conn, [r for r in requests if _corrects(claims, r)])
         own = [r for r in ordered if _owns(claims[r.sop_instance_uid], r)]
         # Only claims older than each one: a redelivered message gets its first verdict again.
         older = await conn.fetch(
@@ -104,12 +114,49 @@ async def claim_many(conn: Conn, requests: Sequence[ClaimRequest]) -> list[Claim
         if row["content_sha256"] != r.content_sha256:
             out.append(Claim("conflict", r.sop_instance_uid))
         elif row["file_id"] != r.file_id:
-            out.append(Claim("duplicate", r.sop_instance_uid))
+            owner = revisions.get((r.sop_instance_uid, r.header_sha256 or ""))
+            verdict: Verdict = "revision" if owner == r.file_id else "duplicate"
+            out.append(Claim(verdict, r.sop_instance_uid))
         elif others.get(r.sop_instance_uid) is not None:
             out.append(Claim("same_content_other_uid", others[r.sop_instance_uid]))
         else:
             out.append(Claim("new"))
     return out
+
+
+def _corrects(claims: dict[str, Any], r: ClaimRequest) -> bool:
+    """Same content as the claim, another file, and a header the claim's file did not have."""
+    row = claims[r.sop_instance_uid]
+    return bool(
+        row["content_sha256"] == r.content_sha256
+        and row["file_id"] != r.file_id
+        and row["header_sha256"] is not None
+        and r.header_sha256 is not None
+        and row["header_sha256"] != r.header_sha256
+    )
+
+
+async def _claim_revisions(
+    conn: Conn, requests: Sequence[ClaimRequest]
+) -> dict[tuple[str, str], int]:
+    """(UID, header digest) -> the file owning that revision (the first to claim it)."""
+    if not requests:
+        return {}
+    first: dict[tuple[str, str], ClaimRequest] = {}
+    for r in requests:
+        first.setdefault((r.sop_instance_uid, r.header_sha256 or ""), r)
+    keys = sorted(first)  # one lock order
+    rows = await conn.fetch(
+        """INSERT INTO dedup_revisions (sop_instance_uid, header_sha256, file_id)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+           ON CONFLICT (sop_instance_uid, header_sha256)
+               DO UPDATE SET sop_instance_uid = EXCLUDED.sop_instance_uid
+           RETURNING sop_instance_uid, header_sha256, file_id""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [first[k].file_id for k in keys],
+    )
+    return {(row["sop_instance_uid"], row["header_sha256"]): row["file_id"] for row in rows}
 
 
 def _owns(row: Any, r: ClaimRequest) -> bool:

@@ -168,16 +168,19 @@ async def fail(conn: Conn, job_id: str, owner: str, error: str) -> None:
     )
 
 
-async def release(conn: Conn, job_id: str, owner: str, error: str) -> None:
+async def release(conn: Conn, job_id: str, owner: str, error: str, *, counts: bool = True) -> None:
     """Give the job back (an outage, a stop): the next round, here or elsewhere, retries it;
-    `error` says why (shown while it waits, and in the final error if it never succeeds)."""
+    `error` says why (shown while it waits, and in the final error if it never succeeds).
+    `counts=False` (a restart): the run is not counted among the job's attempts."""
     await conn.execute(
         """UPDATE export_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL,
-                  error = $3, updated_at = now()
+                  error = $3, updated_at = now(),
+                  attempts = attempts - CASE WHEN $4 THEN 0 ELSE 1 END
             WHERE id = $1 AND lease_owner = $2 AND status = 'running'""",
         job_id,
         owner,
         error,
+        counts,
     )
 
 

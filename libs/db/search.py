@@ -6,7 +6,7 @@ gives travels as a `$n` parameter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -71,9 +71,21 @@ class SeriesRow:
 
 
 @dataclass(frozen=True)
+class CorrectionRow:
+    """A header correction indexed for one of the study's instances (ADR 0025)."""
+
+    sop_instance_uid: str
+    revision: int
+    patient_id: str
+    patient_name: str
+    indexed_at: datetime
+
+
+@dataclass(frozen=True)
 class StudyDetail:
     study: StudyRow
     series: list[SeriesRow]
+    corrections: list[CorrectionRow] = field(default_factory=list)
 
 
 _STUDY_COLUMNS = """s.study_uid, s.study_date, s.study_time, s.accession_number,
@@ -113,20 +125,28 @@ Where = _Where  # shared with the DICOMweb queries (libs/db/dicomweb.py)
 
 
 def _where(f: StudyFilter) -> _Where:
-    w = _Where()
+    """Conditions on studies only (no join): the patient's fields are matched once, in an
+    InitPlan whose ids the studies are then looked up by (`studies_patient`). Joined row by
+    row instead, a page walked the date index probing patients for each study, and the
+    count joined every patient: 50-280 ms on 100,000 studies instead of a few."""
+    p = _Where()
     if f.patient_name is not None:
         prefix, word_start = search_patterns(f.patient_name)
-        w.add(
+        p.add(
             r"p.name_search LIKE {} ESCAPE '\' OR p.name_search LIKE {} ESCAPE '\'",
             prefix,
             word_start,
         )
     if f.patient_id is not None:
-        w.add("p.patient_id = {}", f.patient_id)
+        p.add("p.patient_id = {}", f.patient_id)
     if f.birth_date is not None:
-        w.add("p.birth_date = {}", f.birth_date)
+        p.add("p.birth_date = {}", f.birth_date)
     if f.sex is not None:
-        w.add("p.sex = {}", f.sex)
+        p.add("p.sex = {}", f.sex)
+    w = _Where()
+    if p.clauses:
+        w.clauses.append(f"(s.patient_pk = ANY(ARRAY(SELECT p.id FROM patients p {p.sql()})))")
+        w.args.extend(p.args)
     if f.year is not None:  # a range, so the index on study_date is used
         w.add(
             "s.study_date >= {} AND s.study_date < {}", date(f.year, 1, 1), date(f.year + 1, 1, 1)
@@ -157,15 +177,19 @@ def _study(row: Any) -> StudyRow:
 async def search_studies(
     conn: Conn, f: StudyFilter, *, limit: int, offset: int
 ) -> tuple[int, list[StudyRow]]:
-    """(total matching, one page) ordered by study date, newest first, then study UID."""
+    """(total matching, one page) ordered by study date, newest first, then study UID. The
+    page is chosen on studies alone; only its rows are joined to their patient and
+    thumbnail."""
     w = _where(f)
-    total = await conn.fetchval(f"SELECT count(*) {_FROM} {w.sql()}", *w.args)
+    total = await conn.fetchval(f"SELECT count(*) FROM studies s {w.sql()}", *w.args)
     n = len(w.args)
     rows = await conn.fetch(
         f"""SELECT {_STUDY_COLUMNS}, t.thumbnail_series_uid, t.thumbnail_sop_uid
-              {_FROM} {_THUMBNAIL} {w.sql()}
-             ORDER BY s.study_date DESC NULLS LAST, s.study_uid
-             LIMIT ${n + 1} OFFSET ${n + 2}""",
+              FROM (SELECT * FROM studies s {w.sql()}
+                     ORDER BY s.study_date DESC NULLS LAST, s.study_uid
+                     LIMIT ${n + 1} OFFSET ${n + 2}) s
+              JOIN patients p ON p.id = s.patient_pk {_THUMBNAIL}
+             ORDER BY s.study_date DESC NULLS LAST, s.study_uid""",
         *w.args,
         limit,
         offset,
@@ -184,4 +208,15 @@ async def get_study(conn: Conn, study_uid: str) -> StudyDetail | None:
             ORDER BY series_number NULLS LAST, series_uid""",
         study_uid,
     )
-    return StudyDetail(study=_study(row), series=[SeriesRow(**dict(r)) for r in series])
+    corrections = await conn.fetch(
+        """SELECT sop_instance_uid, revision, header->'patient'->>'patient_id' AS patient_id,
+                  header->'patient'->>'patient_name' AS patient_name, indexed_at
+             FROM instance_revisions WHERE study_uid = $1
+            ORDER BY indexed_at, sop_instance_uid, revision""",
+        study_uid,
+    )
+    return StudyDetail(
+        study=_study(row),
+        series=[SeriesRow(**dict(r)) for r in series],
+        corrections=[CorrectionRow(**dict(r)) for r in corrections],
+    )

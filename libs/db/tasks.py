@@ -19,6 +19,7 @@ class TaskCounters:
     pending: int = 0
     new_instances: int = 0
     flagged_same_content: int = 0
+    header_revisions: int = 0  # of new_instances: header corrections of indexed instances
     duplicates: int = 0
     conflicts: int = 0
     failed: int = 0
@@ -108,8 +109,9 @@ async def counters_for(conn: Conn, task_ids: list[str]) -> dict[str, TaskCounter
     file in the index is one of the task's."""
     rows = await conn.fetch(
         """SELECT task_id::text AS task_id, status,
-                  reason = 'same_content_other_uid' AS flagged, count(*) AS n
-             FROM ingest_files WHERE task_id = ANY($1::uuid[]) GROUP BY 1, 2, 3""",
+                  reason = 'same_content_other_uid' AS flagged,
+                  reason = 'revision' AS revision, count(*) AS n
+             FROM ingest_files WHERE task_id = ANY($1::uuid[]) GROUP BY 1, 2, 3, 4""",
         task_ids,
     )
     failures = await conn.fetch(
@@ -134,11 +136,14 @@ async def counters_for(conn: Conn, task_ids: list[str]) -> dict[str, TaskCounter
     people = {r["task_id"]: (int(r["found"]), int(r["new"])) for r in patients}
     by: dict[str, dict[str, int]] = {t: {} for t in task_ids}
     flagged: dict[str, int] = dict.fromkeys(task_ids, 0)
+    revisions: dict[str, int] = dict.fromkeys(task_ids, 0)
     for r in rows:
         counts = by[r["task_id"]]
         counts[r["status"]] = counts.get(r["status"], 0) + r["n"]
         if r["status"] == "indexed" and r["flagged"]:
             flagged[r["task_id"]] += r["n"]
+        if r["status"] == "indexed" and r["revision"]:
+            revisions[r["task_id"]] += r["n"]
     failed: dict[str, list[dict[str, Any]]] = {t: [] for t in task_ids}
     for r in failures:
         failed[r["task_id"]].append({k: r[k] for k in ("uri", "origin", "stage", "reason")})
@@ -148,6 +153,7 @@ async def counters_for(conn: Conn, task_ids: list[str]) -> dict[str, TaskCounter
             pending=c.get("pending", 0),
             new_instances=c.get("indexed", 0),
             flagged_same_content=flagged[t],
+            header_revisions=revisions[t],
             duplicates=c.get("duplicate", 0),
             conflicts=c.get("conflict", 0),
             failed=c.get("failed", 0),

@@ -23,8 +23,10 @@ import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
@@ -69,6 +71,8 @@ _METHOD_CODES = {
 # structured report, the code of a person or institution.
 _DUMMY_INSIDE = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT"})
 _IDENTIFYING = ("PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate")
+_MANY = (MultiValue, list, tuple)  # a multi-valued element (pydicom reads them as MultiValue)
+_IDENTIFYING_TAGS = frozenset(tag_for_keyword(k) for k in _IDENTIFYING)
 _WORD = re.compile(r"[^\W_]{2,}", re.UNICODE)
 
 
@@ -138,16 +142,21 @@ class _Run:
         self.words = _identifying_words(ds) if options.clean_descriptors else frozenset()
 
     def dataset(self, ds: Dataset, inside_dummy: bool = False) -> None:
-        ds.remove_private_tags()
-        for elem in list(ds):
-            self.element(ds, elem, inside_dummy)
+        """Elements are looked at by tag and VR before their values are decoded: the ones
+        the profile keeps as they are (Pixel Data above all) are never read or converted."""
+        for tag in list(ds.keys()):
+            if tag.is_private or tag.group == 0x0000:  # private; command elements
+                del ds[tag]
+                continue
+            action = self.profile.action(tag, self.options)
+            vr = _vr(ds, tag)
+            if vr == "SQ" or action not in (None, "K") or (inside_dummy and vr in _DUMMY_INSIDE):
+                self.element(ds, ds[tag], action, inside_dummy)
 
-    def element(self, ds: Dataset, elem: DataElement, inside_dummy: bool = False) -> None:
+    def element(
+        self, ds: Dataset, elem: DataElement, action: str | None, inside_dummy: bool
+    ) -> None:
         tag = BaseTag(elem.tag)
-        if tag.group == 0x0000:  # command elements never belong in a stored object
-            del ds[tag]
-            return
-        action = self.profile.action(tag, self.options)
         if elem.VR == "SQ":
             self.sequence(ds, elem, action, inside_dummy)
             return
@@ -186,18 +195,18 @@ class _Run:
         return None
 
     def uids(self, value: object) -> object:
-        if isinstance(value, list | tuple):
+        if isinstance(value, _MANY):
             return [self.keys.uid(str(v)) for v in value]
         return self.keys.uid(str(value)) if value else value
 
     def clean(self, elem: DataElement) -> object:
         if elem.VR in ("DA", "DT", "TM"):
-            if isinstance(elem.value, list | tuple):
+            if isinstance(elem.value, _MANY):
                 return [_shift(str(v), elem.VR, self.days) for v in elem.value]
             return _shift(str(elem.value or ""), elem.VR, self.days) if elem.value else elem.value
         if isinstance(elem.value, str):
             return self.clean_text(elem.value)
-        if isinstance(elem.value, list | tuple):
+        if isinstance(elem.value, _MANY):
             return [self.clean_text(str(v)) for v in elem.value]
         return dummy(elem)
 
@@ -211,17 +220,30 @@ def _identifying_words(ds: Dataset) -> frozenset[str]:
     words: set[str] = set()
 
     def collect(item: Dataset) -> None:
-        for elem in item:
-            if elem.VR == "SQ":
-                for sub in elem.value:
+        for tag in item.keys():  # noqa: SIM118  # iterating a Dataset decodes every element
+            vr = _vr(item, tag)
+            if vr == "SQ":
+                for sub in item[tag].value or ():
                     collect(sub)
-            elif elem.VR == "PN" or elem.keyword in _IDENTIFYING:
-                values = elem.value if isinstance(elem.value, list | tuple) else [elem.value]
+            elif vr == "PN" or tag in _IDENTIFYING_TAGS:
+                value = item[tag].value
+                values = value if isinstance(value, _MANY) else [value]
                 for v in values:
                     words.update(w.casefold() for w in _WORD.findall(str(v or "")))
 
     collect(ds)
     return frozenset(words)
+
+
+def _vr(ds: Dataset, tag: BaseTag) -> str:
+    """The element's VR without decoding its value (the dictionary's for implicit VR)."""
+    vr = ds.get_item(tag).VR
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"
 
 
 def dummy(elem: DataElement) -> object:

@@ -34,6 +34,7 @@ SERVICES: dict[str, str] = {
     "dicom-receiver": "services.dicom_receiver",
     "pacs-watcher": "services.pacs_watcher",
     "router": "services.router",
+    "backend-connector": "services.backend_connector",
 }
 
 EMBEDDED_BROKER_PORT = 9092
@@ -46,6 +47,7 @@ CONFIGURED_BY = {
     "dcm4chee-watcher": "DCM4CHEE_ARCHIVE_URL",
     "pacs-watcher": "WATCHER_PACS",
     "router": "ROUTER_RULES_FILE",
+    "backend-connector": "CONNECTOR_URL",
 }
 
 

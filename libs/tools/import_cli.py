@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +48,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help=f"API address (env DICOMFLOW_URL, default {DEFAULT_URL})")
     p.add_argument("--api-key", help="API key (env DICOMFLOW_API_KEY)")
+    p.add_argument(
+        "--ca-bundle",
+        help="PEM file of the CA that signed an https:// server's certificate "
+        "(env DICOMFLOW_CA_BUNDLE; default: the system's CAs)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="only the final line")
 
 
@@ -63,8 +69,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
     base = (args.url or os.environ.get("DICOMFLOW_URL") or DEFAULT_URL).rstrip("/")
     headers = {"Authorization": f"Bearer {key}"}
+    ca_bundle = args.ca_bundle or os.environ.get("DICOMFLOW_CA_BUNDLE") or None
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        verify = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+    except (OSError, ssl.SSLError) as exc:
+        print(
+            f"{name}: the CA certificate file {ca_bundle} cannot be read ({exc}).", file=sys.stderr
+        )
+        return 1
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=30, verify=verify) as client:
             return _run(client, args)
     except CliError as exc:
         print(f"{name}: {exc}", file=sys.stderr)

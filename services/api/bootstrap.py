@@ -19,7 +19,7 @@ from libs.storage import open_store
 from services.api.app import create_app
 from services.api.config import ApiSettings
 from services.api.dicomweb import DicomWebPorts, StowLimits
-from services.api.exports import ExportLimits, ExportRunner
+from services.api.exports import ExportLimits, ExportMetrics, ExportRunner
 from services.api.previews import PreviewSource
 from services.api.viewer import ViewerFiles
 
@@ -124,9 +124,15 @@ def wire_exports(rt: Runtime, settings: ApiSettings, pool: asyncpg.Pool, storage
         executor,
         settings.export_dir,
         limits=ExportLimits(
+            # Renewed after each instance: longer than the slowest one may take (its copy
+            # out of storage, then at most the worker's time limit), so no other replica
+            # takes over a job that is still running.
+            lease_seconds=60.0 + 2 * settings.export_timeout_seconds,
             max_attempts=settings.export_max_attempts,
             retention_hours=settings.export_retention_hours,
         ),
+        metrics=ExportMetrics.create(rt.registry),
+        stopping=rt.stopping,
     )
     rt.every("exports", EXPORT_POLL_SECONDS, runner.round)
     rt.every("export-expiry", EXPORT_EXPIRY_SECONDS, runner.expire)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import asyncpg
+from prometheus_client import CollectorRegistry, Counter
 
 from libs.db import exports
 from libs.db.archives import ArchiveInstance, archive_listing
@@ -53,6 +54,10 @@ class LeaseLost(Exception):
     """Another runner took the job (ours ran out): stop without touching it."""
 
 
+class Stopping(Exception):
+    """The service is stopping: the job is given back between two instances."""
+
+
 class StorageUnavailable(Exception):
     """Not one instance of the export could be read: storage is down or not mounted, not
     every file lost. The job is given back and tried again later."""
@@ -64,6 +69,30 @@ class ExportLimits:
     max_attempts: int = 3
     retention_hours: float = 72.0
     zstd_level: int = 3
+
+
+@dataclass(frozen=True)
+class ExportMetrics:
+    jobs: Counter  # by how a run ended: completed, failed, retried
+    instances: Counter  # by outcome: exported, excluded, failed
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ExportMetrics:
+        return cls(
+            Counter(
+                "dicomflow_api_exports_total",
+                "De-identified export runs, by how they ended (retried: given back after "
+                "an outage or a stop).",
+                ["status"],
+                registry=registry,
+            ),
+            Counter(
+                "dicomflow_api_export_instances_total",
+                "Instances of completed de-identified exports, by outcome.",
+                ["outcome"],
+                registry=registry,
+            ),
+        )
 
 
 def default_owner() -> str:
@@ -80,6 +109,8 @@ class ExportRunner:
         *,
         limits: ExportLimits | None = None,
         owner: str | None = None,
+        metrics: ExportMetrics | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.pool = pool
         self.store = store
@@ -87,6 +118,8 @@ class ExportRunner:
         self.directory = directory
         self.limits = limits or ExportLimits()
         self.owner = owner or default_owner()
+        self.metrics = metrics or ExportMetrics.create(CollectorRegistry())
+        self.stopping = stopping or asyncio.Event()
 
     def archive_path(self, name: str) -> Path:
         return self.directory / name
@@ -100,18 +133,27 @@ class ExportRunner:
             if job.attempts > self.limits.max_attempts:
                 reason = f"gave up after {job.attempts - 1} attempts; last: {job.error}"
                 await exports.fail(conn, job.id, self.owner, reason)
+                self.metrics.jobs.labels("failed").inc()
                 return AT_ONCE
         log.info("export started", export_id=job.id, studies=len(job.study_uids))
         try:
             await self.run(job)
         except LeaseLost:
             log.warning("export lease lost", export_id=job.id)
+        except Stopping:
+            log.info("export given back: the service is stopping", export_id=job.id)
+            await self._give_back(job.id, "interrupted by a restart", counts=False)
+            return None
         except BaseException as exc:
             log.warning("export interrupted; it will be retried", export_id=job.id, error=repr(exc))
-            async with self.pool.acquire() as conn:
-                await exports.release(conn, job.id, self.owner, _reason(exc))
+            await self._give_back(job.id, _reason(exc))
             raise
         return AT_ONCE
+
+    async def _give_back(self, job_id: str, reason: str, *, counts: bool = True) -> None:
+        self.metrics.jobs.labels("retried").inc()
+        async with self.pool.acquire() as conn:
+            await exports.release(conn, job_id, self.owner, reason, counts=counts)
 
     async def run(self, job: exports.ExportJob) -> None:
         started = time.monotonic()
@@ -135,6 +177,8 @@ class ExportRunner:
                 try:
                     last = 0.0
                     for study_uid, instance in instances:
+                        if self.stopping.is_set():
+                            raise Stopping(job.id)
                         await self._one(
                             writer, scratch, study_uid, instance, (options, keys, include),
                             progress, files,
@@ -158,6 +202,9 @@ class ExportRunner:
         async with self.pool.acquire() as conn:
             if not await exports.complete(conn, job.id, self.owner, progress, name, size, digest):
                 raise LeaseLost(job.id)
+        self.metrics.jobs.labels("completed").inc()
+        for outcome in ("exported", "excluded", "failed"):
+            self.metrics.instances.labels(outcome).inc(getattr(progress, outcome))
         log.info(
             "export completed",
             export_id=job.id,

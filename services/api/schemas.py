@@ -143,8 +143,21 @@ class SeriesOut(BaseModel):
     size_bytes: int
 
 
+class CorrectionOut(BaseModel):
+    sop_instance_uid: str
+    revision: int = Field(description="2 for an instance's first correction (1 is the original)")
+    patient_id: str
+    patient_name: str
+    indexed_at: datetime
+
+
 class StudyDetailOut(StudyOut):
     series: list[SeriesOut]
+    corrections: list[CorrectionOut] = Field(
+        default_factory=list,
+        description="Header corrections of the study's instances (same instance, same pixels, "
+        "another header), oldest first; the study's attributes are the latest ones.",
+    )
 
 
 class ImportCreate(BaseModel):
@@ -191,6 +204,10 @@ class CountersOut(BaseModel):
     pending: int
     new_instances: int
     flagged_same_content: int
+    header_revisions: int = Field(
+        description="Of new_instances: corrected headers of instances already indexed, indexed "
+        "as revisions (the original kept)."
+    )
     duplicates: int
     conflicts: int
     failed: int

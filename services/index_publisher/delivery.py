@@ -109,9 +109,10 @@ class ReceiverHealth:
     """Shared by every delivery of the process: when the receiver last accepted a study (to
     tell an outage from a study the receiver cannot take), and whether it is up."""
 
-    def __init__(self, metrics: PublisherMetrics) -> None:
+    def __init__(self, metrics: PublisherMetrics, target: str = "central index") -> None:
         self.last_success = float("-inf")  # time.monotonic()
         self.up = True
+        self.target = target
         self._metrics = metrics
         metrics.receiver_up.set(1)
 
@@ -119,7 +120,7 @@ class ReceiverHealth:
         if up:
             self.last_success = time.monotonic()
         if up != self.up:
-            log.warning("central index is back" if up else "central index is down")
+            log.warning(f"{self.target} is back" if up else f"{self.target} is down")
         self.up = up
         self._metrics.receiver_up.set(1 if up else 0)
 
@@ -140,6 +141,7 @@ class Deliverer:
         sleep: Sleep,
     ) -> None:
         self._send = send
+        self._target = health.target
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._health = health
@@ -162,11 +164,11 @@ class Deliverer:
                 return answer
             if verdict == "rejected":
                 self._metrics.deliveries.labels("rejected").inc()
-                raise ReceiverRejected(f"central index rejected the study: {answer.describe()}")
+                raise ReceiverRejected(f"{self._target} rejected the study: {answer.describe()}")
             if verdict == "refused":
                 self._health.record(up=False)
                 raise ReceiverUnavailable(
-                    f"central index refuses our credentials: {answer.describe()}"
+                    f"{self._target} refuses our credentials: {answer.describe()}"
                 )
             if attempt == self._max_attempts:
                 break
@@ -185,10 +187,10 @@ class Deliverer:
         if first < self._health.last_success < last:
             self._metrics.deliveries.labels("gave_up").inc()
             raise ReceiverGaveUp(
-                f"gave up after {self._max_attempts} attempts while the central index accepted "
+                f"gave up after {self._max_attempts} attempts while the {self._target} accepted "
                 f"other studies; last answer: {answer.describe()}"
             )
         self._health.record(up=False)
         raise ReceiverUnavailable(
-            f"central index unavailable after {self._max_attempts} attempts: {answer.describe()}"
+            f"{self._target} unavailable after {self._max_attempts} attempts: {answer.describe()}"
         )

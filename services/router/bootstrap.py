@@ -19,6 +19,7 @@ from libs.db.locks import LockSpace, SingleReader
 from libs.db.routing import QueueItem, Routed
 from libs.dicom_net.client import DicomClient
 from libs.dicom_net.models import Peer
+from libs.dicom_net.tls import DicomTls
 from libs.kafka.consumer import BatchRoute
 from libs.runtime.service import Runtime
 from libs.storage import ObjectStore, instance_key, open_store
@@ -113,6 +114,9 @@ def client_for(settings: RouterSettings, destination: Destination) -> DicomClien
         timeout=settings.timeout_seconds,
         connect_timeout=settings.connect_timeout_seconds,
         retries=0,  # the sender backs the destination off itself
+        tls=DicomTls(settings.tls_ca, settings.tls_cert, settings.tls_key)
+        if destination.tls
+        else None,
     )
 
 

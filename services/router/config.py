@@ -24,6 +24,13 @@ class RouterSettings(ServiceSettings):
         default=8,
         description="Connections: 2 per destination (its lock and its queries) and 2 more",
     )
+    tls_ca: Path | None = Field(
+        default=None, description="PEM CA bundle a `tls: true` destination is verified against"
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="Our PEM certificate, for destinations requiring mutual TLS"
+    )
+    tls_key: Path | None = None
     rules_file: Path | None = Field(
         default=None, description="YAML file of destinations and rules (docs/configuration.md)"
     )

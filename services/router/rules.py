@@ -54,6 +54,7 @@ class Destination(BaseModel):
         "C-FIND of it at the destination, or it is sent again.",
     )
     max_attempts: int | None = Field(default=None, ge=1, description="ROUTER_MAX_ATTEMPTS")
+    tls: bool = Field(default=False, description="DICOM over TLS (ROUTER_TLS_CA/CERT/KEY)")
 
 
 class Match(BaseModel):

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pydicom
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
@@ -91,8 +92,8 @@ class Sender:
 
     def _send(self) -> None:
         ae = AE(ae_title=CALLING_AE)
-        for sop_class in (CTImageStorage, MRImageStorage):
-            ae.add_requested_context(sop_class)
+        for sop_class in (CTImageStorage, MRImageStorage):  # the files' own syntax only, so
+            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)  # sent as they are
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
         self.folder.mkdir(parents=True, exist_ok=True)
         study, series, pid = (f"2.25.{uuid.uuid4().int}", f"2.25.{uuid.uuid4().int}", "STREAM")

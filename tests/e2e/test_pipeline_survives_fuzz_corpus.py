@@ -1,15 +1,22 @@
 """The malformed and CVE-targeted corpus through the running pipeline: every file reaches a
-final outcome (indexed, or dead-lettered with a reason); no service crashes or hangs."""
+final outcome (indexed, or dead-lettered with a reason); no service crashes or hangs; and each
+file's outcome is the one its category (the corpus manifest) allows."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from libs.dicom.uids import is_valid_uid
+from libs.storage import open_store
 from libs.storage.local import path_from_file_url
 from load_test.process_stack import PIPELINE, Stack
 
@@ -58,6 +65,7 @@ async def test_every_hostile_file_reaches_a_final_outcome(
     if url.startswith("file:"):  # and nothing stored carries one
         stored = [p for p in path_from_file_url(url).rglob("*") if p.is_file()]
         assert stored and not any(_hostile_preamble(p.read_bytes()[:132]) for p in stored)
+    await assert_each_file_meets_its_category(stack, pool, task["task_id"])
     # Nothing was written outside the storage root: the source tree is as it was, and the
     # services (whose working folder is the stack's root) wrote only to storage and logs.
     assert files_under(CORPUS) == corpus_before, "the imported folder was written to"
@@ -81,3 +89,79 @@ def files_under(root: Path) -> dict[str, tuple[int, int]]:
         for p in root.rglob("*")
         if p.is_file()
     }
+
+
+ACCEPTED = {"indexed", "duplicate", "conflict"}
+# The manifest's unconditional accepts (the rest are "accept or reject").
+MUST_ACCEPT = {"Accept", "Accept with correct parsing", "Accept (preamble is unused by standard)"}
+UID_TAGS = {"(0008,0018)", "(0020,000D)", "(0020,000E)"}
+
+
+def on_disk(manifest_name: str) -> Path:
+    """Names were made filesystem-safe: characters outside A-Za-z0-9._- became `_`."""
+    folder, _, name = manifest_name.rpartition("/")
+    return CORPUS / folder / re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def expectation(case: dict[str, Any], path: Path) -> str:
+    """What the file must become: `refused` (failed with a reason), `accepted`, or `safe`
+    (refused, or accepted with valid UIDs and stored with a clean preamble)."""
+    behaviour = case["expected_behavior"]
+    if _hostile_preamble(path.read_bytes()[:132]) or behaviour.startswith("Preamble polyglot"):
+        return "refused"
+    if behaviour in MUST_ACCEPT:
+        return "refused" if case.get("target_tag") in UID_TAGS else "accepted"
+    return "safe"
+
+
+async def assert_each_file_meets_its_category(
+    stack: Stack, pool: asyncpg.Pool, task_id: str
+) -> None:
+    """One ledger row per corpus file, judged against its manifest case: every failure has
+    its stage and reason, polyglots are refused as such, the unconditional accepts are
+    accepted, and whatever a CVE file became, what is stored of it has valid UIDs and a
+    preamble of zeros (or TIFF)."""
+    manifest = json.loads((CORPUS / "manifest.json").read_text())
+    cases = {on_disk(c["filename"]): (cat["name"], c) for cat in manifest["categories"]
+             for c in cat["cases"]}  # fmt: skip
+    rows = await pool.fetch(
+        """SELECT f.origin, f.status, f.reason, f.stage, f.sop_instance_uid, i.storage_url
+             FROM ingest_files f LEFT JOIN instances i ON i.first_file_id = f.id
+            WHERE f.task_id = $1""",
+        task_id,
+    )
+    by_origin = {r["origin"]: r for r in rows}
+    assert len(by_origin) == len(rows), "a corpus file has two ledger rows"
+    store = open_store(stack.env["STORAGE_URL"])
+    prefix = store.url.rstrip("/") + "/"
+    table: dict[str, Counter[str]] = defaultdict(Counter)
+    wrong = []
+    for path, (category, case) in sorted(cases.items()):
+        row = by_origin.get(str(path))
+        assert row is not None, f"{path.name}: no ledger row"
+        status = row["status"]
+        table[category][status] += 1
+        if status == "failed":
+            assert row["reason"] and row["stage"], f"{path.name}: failed without a reason"
+        want = expectation(case, path)
+        if want == "refused" and status != "failed":
+            wrong.append(f"{path.name}: {status}, must be refused")
+        if want == "accepted" and status not in ACCEPTED:
+            wrong.append(f"{path.name}: {status} ({row['reason']}), must be accepted")
+        if _hostile_preamble(path.read_bytes()[:132]):
+            assert "polyglot preamble: " in (row["reason"] or ""), (path.name, row["reason"])
+        if status in ACCEPTED:  # accepted: its UID is a UID, whatever the file claimed
+            assert is_valid_uid(row["sop_instance_uid"] or ""), (path.name, row)
+        if row["storage_url"]:  # the object stored from this very file
+            key = row["storage_url"][len(prefix) :]
+            head = b"".join([c async for c in store.read(key)])[:132]
+            assert not _hostile_preamble(head), f"{path.name}: stored with a hostile preamble"
+            table[category]["stored"] += 1
+    baseline = by_origin[str(CORPUS / manifest["baseline_file"])]
+    assert baseline["status"] == "indexed" and baseline["storage_url"], baseline
+    assert not wrong, "\n".join(wrong)
+    print(f"\nfuzz corpus through the pipeline ({stack.env['STORAGE_URL'].split(':')[0]}):")
+    for category in sorted(table):
+        print(
+            f"  {category:40s} " + ", ".join(f"{k} {v}" for k, v in sorted(table[category].items()))
+        )

@@ -8,8 +8,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 
+from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
 from libs.dicom_net.client import DicomClient
 from libs.dicom_net.errors import DicomNetError
 from libs.dicom_net.models import Peer
@@ -17,6 +19,9 @@ from libs.dicom_net.tls import DicomTls
 from libs.tools.dev_broker import free_port, wait_for_port
 from load_test.peers import require_binary
 from services.pacs_watcher.config import Pacs, WatcherSettings
+from services.router.bootstrap import client_for
+from services.router.config import RouterSettings
+from services.router.rules import Destination
 from tests.certs import Pki, make_pki
 
 pytestmark = pytest.mark.integration
@@ -28,8 +33,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def storescp_tls(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
-    out = tmp_path_factory.mktemp("received")
+def received(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("received")
+
+
+@pytest.fixture(scope="module")
+def storescp_tls(pki: Pki, received: Path) -> Iterator[Peer]:
+    out = received
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -85,3 +95,32 @@ def test_the_pacs_watcher_uses_tls_for_the_pacs_that_ask_for_it(pki: Pki) -> Non
     assert settings.dicom_tls(plain) is None
     with pytest.raises(ValueError, match="WATCHER_TLS_CERT and WATCHER_TLS_KEY"):
         WatcherSettings(tls_cert=pki.client_cert)  # type: ignore[call-arg]
+
+
+async def test_the_router_stores_over_tls_to_a_tls_destination(
+    storescp_tls: Peer, pki: Pki, received: Path, tmp_path: Path
+) -> None:
+    """C-STORE carries images: a `tls: true` destination gets them over TLS, byte for byte."""
+    sop = synthetic_uid("tls-store")
+    ds = make_dataset(
+        patient_id="TLS1",
+        patient_name="Tls^Test",
+        study_uid=synthetic_uid("tls-study"),
+        series_uid=synthetic_uid("tls-series"),
+        sop_uid=sop,
+        rows=16,
+        columns=16,
+    )
+    path = tmp_path / "one.dcm"
+    write_instance(path, ds)
+    settings = RouterSettings(tls_ca=pki.ca, tls_cert=pki.client_cert, tls_key=pki.client_key)  # type: ignore[call-arg]
+    destination = Destination(
+        name="tlsdest", ae_title=storescp_tls.ae_title, host="localhost",
+        port=storescp_tls.port, tls=True,
+    )  # fmt: skip
+    client = client_for(settings, destination)
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    async with client.storing([(str(ds.SOPClassUID), syntax)]) as session:
+        assert await session.send(path, str(ds.SOPClassUID), syntax) == 0
+    (got,) = [p for p in received.iterdir() if sop in p.name]
+    assert pydicom.dcmread(got).PixelData == ds.PixelData

@@ -170,3 +170,14 @@ def test_sasl_without_credentials_stops_the_service(
     with pytest.raises(SystemExit):
         load_settings(ServiceSettings)
     assert "KAFKA_SASL_USERNAME" in capsys.readouterr().err
+
+
+def test_a_key_that_is_not_the_certificates_stops_the_service(
+    monkeypatch: pytest.MonkeyPatch, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("KAFKA_SSL_CERTFILE", str(pki.client_cert))
+    monkeypatch.setenv("KAFKA_SSL_KEYFILE", str(pki.server_key))
+    with pytest.raises(SystemExit):
+        load_settings(ServiceSettings)
+    assert "TLS files unusable" in capsys.readouterr().err

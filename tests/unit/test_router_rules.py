@@ -193,3 +193,19 @@ def test_the_router_metrics_live_beside_the_consumer_metrics() -> None:
     registry = CollectorRegistry()
     ConsumerMetrics.create("router", registry)
     RouterMetrics.create("router", registry)  # no name taken twice
+
+
+def test_the_router_starts_only_with_a_rules_file_and_enough_connections(tmp_path: Path) -> None:
+    from libs.tools.devstack import configured
+    from services.router.config import RouterSettings
+
+    assert not configured("router", {})
+    assert configured("router", {"ROUTER_RULES_FILE": "/etc/dicomflow/routing/rules.yaml"})
+    with pytest.raises(ValueError, match="ROUTER_RULES_FILE is not set"):
+        RouterSettings().routing()
+    with pytest.raises(ValueError, match="cannot read ROUTER_RULES_FILE"):
+        RouterSettings(rules_file=tmp_path / "missing.yaml").routing()  # type: ignore[call-arg]
+    rules = ROOT / "deploy/routing/rules.example.yaml"  # 2 destinations: 6 connections
+    assert len(RouterSettings(rules_file=rules).routing().destinations) == 2  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="need at least 6"):
+        RouterSettings(rules_file=rules, database_pool_size=5).routing()  # type: ignore[call-arg]

@@ -33,6 +33,7 @@ MONITORED: dict[str, tuple[str, ...]] = {
     "dicom-receiver": ("receiver",),
     "pacs-watcher": ("pacs",),
     "router": ("consumer", "routing"),
+    "backend-connector": ("consumer", "publisher"),
 }
 
 # The stages of the pipeline in the order a file passes them (overview rows).

@@ -216,9 +216,14 @@ def _previews(p: str, job: str) -> list[Panel]:
 
 
 def _publisher(p: str, job: str) -> list[Panel]:
-    """index-publisher: deliveries to the central index (services/index_publisher/metrics.py)."""
+    """index-publisher (deliveries to the central index) and backend-connector (requests to
+    the patient-aware backend): services/index_publisher/metrics.py."""
     return [
-        Panel("Central index reachable", [Target(f"min({p}_receiver_up)", "up")], kind="stat"),
+        Panel(
+            "Central index reachable" if "index-publisher" in job else "Backend reachable",
+            [Target(f"min({p}_receiver_up)", "up")],
+            kind="stat",
+        ),
         Panel(
             "Study revisions delivered, by outcome",
             [Target(f"sum by (outcome) (rate({p}_deliveries_total[{RATE}]))", "{{outcome}}")],

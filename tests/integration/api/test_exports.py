@@ -32,7 +32,7 @@ from libs.storage import instance_key
 from libs.storage.local import LocalStore
 from services.api.app import create_app
 from services.api.config import ApiLimits
-from services.api.exports import ExportLimits, ExportRunner, StorageUnavailable
+from services.api.exports import ExportLimits, ExportMetrics, ExportRunner, StorageUnavailable
 from tests.integration.api.conftest import AuditRows
 from tests.integration.api.conftest import Keys as ApiKeys
 from tests.integration.test_jpg_converter_service import put_canonical
@@ -168,6 +168,11 @@ async def _export(
     got = await client.get(job["archive_url"], headers=keys.headers("ops"))
     assert got.status_code == 200
     assert got.headers["content-type"] == "application/zip"
+    assert int(got.headers["content-length"]) == job["archive_size"] == len(got.content)
+    resumed = await client.get(
+        job["archive_url"], headers={**keys.headers("ops"), "Range": "bytes=100-"}
+    )
+    assert resumed.status_code == 206 and resumed.content == got.content[100:]
     return job, zipfile.ZipFile(io.BytesIO(got.content))
 
 
@@ -342,8 +347,15 @@ async def test_unreachable_storage_is_waited_for_then_the_export_fails(
     for n in (1, 2):
         _object(store, 5, n).unlink()
     exports_dir.mkdir()
+    registry = CollectorRegistry()
     runner = ExportRunner(
-        pool, store, executor, exports_dir, limits=ExportLimits(max_attempts=2), owner="t"
+        pool,
+        store,
+        executor,
+        exports_dir,
+        limits=ExportLimits(max_attempts=2),
+        owner="t",
+        metrics=ExportMetrics.create(registry),
     )
     created = await client.post(
         "/v1/exports", json={"study_uids": [f"{ROOT}.5"]}, headers=keys.headers("ops")
@@ -359,4 +371,29 @@ async def test_unreachable_storage_is_waited_for_then_the_export_fails(
     job = (await client.get(url, headers=keys.headers("ops"))).json()
     assert job["status"] == "failed"
     assert job["error"].startswith("gave up after 2 attempts")
+    runs = "dicomflow_api_exports_total"
+    assert registry.get_sample_value(runs, {"status": "retried"}) == 2
+    assert registry.get_sample_value(runs, {"status": "failed"}) == 1
     assert not list(exports_dir.iterdir())  # no archive, no scratch left behind
+
+
+async def test_a_stopping_api_gives_the_export_back_and_the_next_round_finishes_it(
+    client: httpx.AsyncClient, keys: ApiKeys, runner: ExportRunner, pool: asyncpg.Pool
+) -> None:
+    created = await client.post(
+        "/v1/exports", json={"study_uids": STUDY_UIDS[2:]}, headers=keys.headers("ops")
+    )
+    url = f"/v1/exports/{created.json()['export_id']}"
+    runner.stopping.set()  # SIGTERM: the round gives the job back before its next instance
+    assert await runner.round() is None
+    job = (await client.get(url, headers=keys.headers("ops"))).json()
+    assert (job["status"], job["error"]) == ("queued", "interrupted by a restart")
+    attempts = await pool.fetchval(
+        "SELECT attempts FROM export_jobs WHERE id = $1", job["export_id"]
+    )
+    assert attempts == 0  # a restart is not an attempt
+    runner.stopping.clear()  # the next process
+    while await runner.round() is not None:
+        pass
+    job = (await client.get(url, headers=keys.headers("ops"))).json()
+    assert (job["status"], job["error"], job["progress"]["exported"]) == ("completed", None, 2)
