@@ -51,6 +51,9 @@ class StudyRow:
     stable: bool
     revision: int
     patient: PatientRow
+    # The archive it was taken from no longer has it (our copy stays): when, which archive.
+    source_deleted_at: datetime | None = None
+    source_deleted_from: str | None = None
     # The study's representative image (search results only): first series, first image.
     thumbnail_series_uid: str | None = None
     thumbnail_sop_uid: str | None = None
@@ -87,7 +90,8 @@ class StudyDetail:
 
 _STUDY_COLUMNS = """s.study_uid, s.study_date, s.study_time, s.accession_number,
     s.study_description, s.modalities, s.series_count, s.instance_count, s.size_bytes,
-    s.stable, s.revision, p.patient_id, p.patient_name, p.birth_date, p.sex"""
+    s.stable, s.revision, s.source_deleted_at, s.source_deleted_from, p.patient_id,
+    p.patient_name, p.birth_date, p.sex"""
 _FROM = "FROM studies s JOIN patients p ON p.id = s.patient_pk"
 # An instance with Rows is an image; the lowest series number, then instance number, wins.
 _THUMBNAIL = """LEFT JOIN LATERAL (
