@@ -309,7 +309,6 @@ class DicomClient:
         return StoreSession(
             contexts,
             open_association=self._association,
-            call=self._call,
             timeout=self.timeout,
             peer=self.peer.ae_title,
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,8 @@ from libs.dicom_net.errors import (
 )
 
 Contexts = list[tuple[Any, list[str]]]
-# The client's plumbing (`DicomClient._association` and `_call`), passed in by `storing`.
+# The client's plumbing (`DicomClient._association`), passed in by `storing`.
 Open = Callable[[Contexts, threading.Event], Any]
-Call = Callable[[Callable[[threading.Event], Any], float | None], Awaitable[Any]]
 MAX_CONTEXTS = 128  # presentation contexts in one association (PS3.8 9.3.2.2: odd ids 1-255)
 
 
@@ -53,7 +52,6 @@ class StoreSession:
         contexts: Sequence[tuple[str, str]],
         *,
         open_association: Open,
-        call: Call,
         timeout: float,
         peer: str,
     ) -> None:
@@ -68,7 +66,6 @@ class StoreSession:
             (c, [t]) for c, syntaxes in by_class.items() for t in syntaxes
         ]
         self._open = open_association
-        self._call = call
         self._timeout = timeout
         self._peer = peer
         self._cancel = threading.Event()
@@ -77,10 +74,19 @@ class StoreSession:
         self._message_id = 0
 
     async def __aenter__(self) -> StoreSession:
-        def open_it(cancel: threading.Event) -> Any:
-            return self._open(self._contexts, self._cancel)
-
-        self._associated = await self._call(open_it, None)
+        future = asyncio.get_running_loop().run_in_executor(
+            None, self._open, self._contexts, self._cancel
+        )
+        try:
+            self._associated = await asyncio.wait_for(asyncio.shield(future), self._timeout)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            self._cancel.set()  # no retry of the association after this
+            late = (await asyncio.gather(future, return_exceptions=True))[0]
+            if not isinstance(late, BaseException):  # established too late: abort it
+                await asyncio.to_thread(late.__exit__, exc, exc, None)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise DicomTimeout(f"no association with {self._peer} in time") from None
         self._assoc = self._associated.__enter__()
         return self
 

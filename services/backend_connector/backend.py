@@ -15,8 +15,10 @@ write, or a retry after an answer that never arrived): taken as done.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -40,7 +42,14 @@ from services.index_publisher.metrics import PublisherMetrics
 USER_AGENT = "dicomflow-backend-connector/1"
 MAX_JSON = 1 << 20
 EXISTS = 409
+CHUNK = 1 << 20
 Body = bytes | Path
+
+
+async def _chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, CHUNK):
+            yield chunk
 
 
 class Backend:
@@ -86,7 +95,13 @@ class Backend:
         statuses: list[int] = [0]
 
         async def send(_: bytes, extra: dict[str, str]) -> Answer:
-            content = body.read_bytes() if isinstance(body, Path) else body
+            content: bytes | AsyncIterator[bytes] | None = None
+            if isinstance(body, Path):  # streamed from the file, again on each attempt
+                size = (await asyncio.to_thread(body.stat)).st_size
+                extra = {**extra, "Content-Length": str(size)}
+                content = _chunks(body)
+            else:
+                content = body
             try:
                 r = await self._client.request(
                     method, f"{self._base}{path}", content=content, headers=extra
