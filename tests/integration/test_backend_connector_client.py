@@ -16,15 +16,15 @@ from prometheus_client import CollectorRegistry
 from pydicom.data import get_testdata_file
 
 from libs.contracts.events import PatientAttrs
-from libs.tools.dev_broker import free_port, wait_for_port
-from services.backend_connector.backend import Backend
-from services.backend_connector.config import ConnectorSettings
-from services.index_publisher.delivery import (
+from libs.http.delivery import (
+    DeliveryMetrics,
     ReceiverHealth,
     ReceiverRejected,
     ReceiverUnavailable,
 )
-from services.index_publisher.metrics import PublisherMetrics
+from libs.tools.dev_broker import free_port, wait_for_port
+from services.backend_connector.backend import Backend
+from services.backend_connector.config import ConnectorSettings
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def client(url: str) -> Backend:
     settings = ConnectorSettings(  # type: ignore[call-arg]
         url=url, max_attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.02, upload="dicom"
     )
-    metrics = PublisherMetrics.create("backend-connector", CollectorRegistry())
+    metrics = DeliveryMetrics.create("backend-connector", CollectorRegistry())
 
     async def sleep(seconds: float) -> bool:
         await asyncio.sleep(seconds)
