@@ -151,6 +151,7 @@ class Writer(Protocol):
     ) -> int: ...
     async def add_instance(self, study_pk: int, inst: Instance, when: datetime) -> None: ...
     async def touch_study(self, study_pk: int, when: datetime, description: str) -> None: ...
+    async def delete_study(self, study_pk: int) -> None: ...
 
 
 STAR3 = {"custom1": "*", "custom2": "*", "custom3": "*"}
@@ -317,6 +318,18 @@ class Arc5Writer:
             study_pk,
         )
 
+    async def delete_study(self, study_pk: int) -> None:
+        """As the archive deletes a study: its locations, instances, series, then itself."""
+        for statement in (
+            "DELETE FROM location WHERE instance_fk IN (SELECT i.pk FROM instance i"
+            " JOIN series se ON se.pk = i.series_fk WHERE se.study_fk = $1)",
+            "DELETE FROM instance WHERE series_fk IN (SELECT pk FROM series WHERE study_fk = $1)",
+            "DELETE FROM series WHERE study_fk = $1",
+            "DELETE FROM study WHERE pk = $1",
+        ):
+            await self.sql.execute(statement, study_pk)
+        self.series.clear()  # the pks of the series deleted are gone
+
 
 class Dcm4chee2Writer:
     """Rows as dcm4chee 2.x writes them (updated_time to the second: ties are common)."""
@@ -407,6 +420,18 @@ class Dcm4chee2Writer:
             description,
             study_pk,
         )
+
+    async def delete_study(self, study_pk: int) -> None:
+        """As dcm4chee 2.x deletes a study: its files, instances, series, then itself."""
+        for statement in (
+            "DELETE FROM files WHERE instance_fk IN (SELECT i.pk FROM instance i"
+            " JOIN series se ON se.pk = i.series_fk WHERE se.study_fk = $1)",
+            "DELETE FROM instance WHERE series_fk IN (SELECT pk FROM series WHERE study_fk = $1)",
+            "DELETE FROM series WHERE study_fk = $1",
+            "DELETE FROM study WHERE pk = $1",
+        ):
+            await self.sql.execute(statement, study_pk)
+        self.series.clear()  # the pks of the series deleted are gone
 
 
 @dataclass

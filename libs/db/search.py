@@ -51,6 +51,9 @@ class StudyRow:
     stable: bool
     revision: int
     patient: PatientRow
+    # The archive it was taken from no longer has it (our copy stays): when, which archive.
+    source_deleted_at: datetime | None = None
+    source_deleted_from: str | None = None
     # The study's representative image (search results only): first series, first image.
     thumbnail_series_uid: str | None = None
     thumbnail_sop_uid: str | None = None
@@ -87,7 +90,8 @@ class StudyDetail:
 
 _STUDY_COLUMNS = """s.study_uid, s.study_date, s.study_time, s.accession_number,
     s.study_description, s.modalities, s.series_count, s.instance_count, s.size_bytes,
-    s.stable, s.revision, p.patient_id, p.patient_name, p.birth_date, p.sex"""
+    s.stable, s.revision, s.source_deleted_at, s.source_deleted_from, p.patient_id,
+    p.patient_name, p.birth_date, p.sex"""
 _FROM = "FROM studies s JOIN patients p ON p.id = s.patient_pk"
 # An instance with Rows is an image; the lowest series number, then instance number, wins.
 _THUMBNAIL = """LEFT JOIN LATERAL (
@@ -120,11 +124,19 @@ class _Where:
 Where = _Where  # shared with the DICOMweb queries (libs/db/dicomweb.py)
 
 
-def _where(f: StudyFilter) -> _Where:
+# Beyond this many matching studies a page walks the date index and keeps the studies of
+# the matching patients (a hashed semi-join) rather than looking up every one of them by
+# patient and sorting: 10,000 studies of 5,000 patients took 31 ms that way, 2.4 this way;
+# for 1,000 studies the lookup is faster (3 ms against 23).
+WALK_DATES_BEYOND = 3000
+
+
+def _where(f: StudyFilter, *, many: bool = False) -> _Where:
     """Conditions on studies only (no join): the patient's fields are matched once, in an
-    InitPlan whose ids the studies are then looked up by (`studies_patient`). Joined row by
-    row instead, a page walked the date index probing patients for each study, and the
-    count joined every patient: 50-280 ms on 100,000 studies instead of a few."""
+    InitPlan whose ids the studies are then looked up by (`studies_patient`), or, when
+    `many` studies match, as a semi-join the planner can hash. Joined row by row instead, a
+    page walked the date index probing patients for each study, and the count joined every
+    patient: 50-280 ms on 100,000 studies instead of a few."""
     p = _Where()
     if f.patient_name is not None:
         prefix, word_start = search_patterns(f.patient_name)
@@ -141,7 +153,12 @@ def _where(f: StudyFilter) -> _Where:
         p.add("p.sex = {}", f.sex)
     w = _Where()
     if p.clauses:
-        w.clauses.append(f"(s.patient_pk = ANY(ARRAY(SELECT p.id FROM patients p {p.sql()})))")
+        patients = f"SELECT p.id FROM patients p {p.sql()}"
+        w.clauses.append(
+            f"(s.patient_pk IN ({patients}))"
+            if many
+            else f"(s.patient_pk = ANY(ARRAY({patients})))"
+        )
         w.args.extend(p.args)
     if f.year is not None:  # a range, so the index on study_date is used
         w.add(
@@ -178,6 +195,8 @@ async def search_studies(
     thumbnail."""
     w = _where(f)
     total = await conn.fetchval(f"SELECT count(*) FROM studies s {w.sql()}", *w.args)
+    if total > WALK_DATES_BEYOND:
+        w = _where(f, many=True)
     n = len(w.args)
     rows = await conn.fetch(
         f"""SELECT {_STUDY_COLUMNS}, t.thumbnail_series_uid, t.thumbnail_sop_uid

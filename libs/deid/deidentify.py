@@ -26,6 +26,7 @@ from datetime import date, timedelta
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
@@ -70,6 +71,7 @@ _METHOD_CODES = {
 # structured report, the code of a person or institution.
 _DUMMY_INSIDE = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC", "DA", "DT"})
 _IDENTIFYING = ("PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate")
+_MANY = (MultiValue, list, tuple)  # a multi-valued element (pydicom reads them as MultiValue)
 _IDENTIFYING_TAGS = frozenset(tag_for_keyword(k) for k in _IDENTIFYING)
 _WORD = re.compile(r"[^\W_]{2,}", re.UNICODE)
 
@@ -193,18 +195,18 @@ class _Run:
         return None
 
     def uids(self, value: object) -> object:
-        if isinstance(value, list | tuple):
+        if isinstance(value, _MANY):
             return [self.keys.uid(str(v)) for v in value]
         return self.keys.uid(str(value)) if value else value
 
     def clean(self, elem: DataElement) -> object:
         if elem.VR in ("DA", "DT", "TM"):
-            if isinstance(elem.value, list | tuple):
+            if isinstance(elem.value, _MANY):
                 return [_shift(str(v), elem.VR, self.days) for v in elem.value]
             return _shift(str(elem.value or ""), elem.VR, self.days) if elem.value else elem.value
         if isinstance(elem.value, str):
             return self.clean_text(elem.value)
-        if isinstance(elem.value, list | tuple):
+        if isinstance(elem.value, _MANY):
             return [self.clean_text(str(v)) for v in elem.value]
         return dummy(elem)
 
@@ -225,7 +227,7 @@ def _identifying_words(ds: Dataset) -> frozenset[str]:
                     collect(sub)
             elif vr == "PN" or tag in _IDENTIFYING_TAGS:
                 value = item[tag].value
-                values = value if isinstance(value, list | tuple) else [value]
+                values = value if isinstance(value, _MANY) else [value]
                 for v in values:
                     words.update(w.casefold() for w in _WORD.findall(str(v or "")))
 

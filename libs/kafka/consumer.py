@@ -16,7 +16,8 @@ One INFO line per batch; per message at DEBUG.
 Failures are sorted three ways:
 - `PermanentError` (bad input): to `<topic>.dlq` at once, with the reason.
 - an outage (`is_outage`: database or broker unreachable or restarting, a full
-  disk): retried without limit, since dead-lettering every message during an
+  disk, object storage failing on its side (`StorageUnavailable`, a ConnectionError)):
+  retried without limit, since dead-lettering every message during an
   outage would lose the work; the service reports not-ready meanwhile. These
   retries do not count against the message's own attempts.
 - anything else: retried `max_retries` times with exponential backoff, then DLQ.

@@ -306,7 +306,8 @@ async def default_stack_rates(
             cpu1, rss = cpu_by_owner(up.process.pid, db)
         finally:
             await pool.close()
-        cpu = per_instance(cpu0, cpu1, n)
+        every = per_instance(cpu0, cpu1, n)  # "<part> [sys]": the kernel's share, counted in <part>
+        cpu = {k: v for k, v in every.items() if not k.endswith(" [sys]")}
         return Figures(n / acked, load=acked_load), Figures(n / seconds, cpu, rss, load())
     finally:
         up.stop()

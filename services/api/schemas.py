@@ -108,6 +108,12 @@ class StudyOut(BaseModel):
     stable: bool
     revision: int
     patient: PatientOut
+    source_deleted_at: datetime | None = Field(
+        default=None,
+        description="When the archive the study was taken from (a dcm4chee watcher) was found "
+        "no longer to have it; our copy is kept. Null otherwise.",
+    )
+    source_deleted_from: str | None = Field(default=None, description="That archive's name.")
 
 
 class StudyHit(StudyOut):

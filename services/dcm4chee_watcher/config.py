@@ -49,6 +49,15 @@ class Dcm4cheeWatcherSettings(ServiceSettings):
     )
     study_batch_size: Count = Field(default=50, description="Studies read per round trip.")
     archive_pool_size: Count = Field(default=2, description="Connections to the archive.")
+    deletion_check_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often a batch of the studies taken from the archive is checked "
+        "against it; a study it no longer has is marked deleted at the source in the index.",
+    )
+    deletion_batch_size: Count = Field(
+        default=1000, description="Studies checked per deletion check."
+    )
 
     @field_validator("storage_roots", mode="before")
     @classmethod

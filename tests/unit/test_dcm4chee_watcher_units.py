@@ -121,7 +121,7 @@ class FakeState:
         await self.advance(study.watermark)
 
     async def record_round(
-        self, files: Sequence[FoundFile], to: Watermark, studies: int
+        self, files: Sequence[FoundFile], to: Watermark, studies: Sequence[str]
     ) -> list[LedgerRow]:
         self.recorded.extend(files)
         await self.advance(to)

@@ -307,6 +307,21 @@ def test_burned_in_annotation_risk(
     assert (burned_in_risk(ds) is not None) is risky
 
 
+def test_multi_valued_uids_and_dates_read_from_a_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ds = _dated("P1", "20240115", 1)
+    ds.add_new(0x00181200, "DA", ["20240110", "20240112"])  # Date of Last Calibration, 1-n
+    ds.add_new(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2")  # a SOP class: not listed
+    ds.add_new(0x0020000E, "UI", ds.SeriesInstanceUID)
+    ds.save_as(tmp_path / "in.dcm", enforce_file_format=True)
+    back = pydicom.dcmread(tmp_path / "in.dcm")  # multi-valued elements as read: MultiValue
+    result = deidentify(back, Options(modified_dates=True), KEYS)
+    shift = KEYS.shift_days("P1")
+    assert [
+        _days(a, b) for a, b in zip(["20240110", "20240112"], result[0x00181200].value, strict=True)
+    ] == [shift, shift]
+    assert result[0x00081150].value == "1.2.840.10008.5.1.4.1.1.2"
+
+
 def test_shift_date_keeps_precision() -> None:
     assert shift_date("20240301", -1) == "20240229"
     assert shift_date("2024", -400) == "2022"

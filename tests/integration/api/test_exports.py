@@ -168,6 +168,11 @@ async def _export(
     got = await client.get(job["archive_url"], headers=keys.headers("ops"))
     assert got.status_code == 200
     assert got.headers["content-type"] == "application/zip"
+    assert int(got.headers["content-length"]) == job["archive_size"] == len(got.content)
+    resumed = await client.get(
+        job["archive_url"], headers={**keys.headers("ops"), "Range": "bytes=100-"}
+    )
+    assert resumed.status_code == 206 and resumed.content == got.content[100:]
     return job, zipfile.ZipFile(io.BytesIO(got.content))
 
 

@@ -98,13 +98,18 @@ function follow() {
     show(JSON.parse(event.data));
     refreshStats(event.type === "end");
   };
+  let ended = false;
   source.addEventListener("progress", take);
+  // The server closes the stream after `end`; closing ours when that close arrives (the
+  // "error" that precedes a reconnection) rather than at once never cuts a response short.
   source.addEventListener("end", (event) => {
-    source.close();
+    ended = true;
     take(event);
   });
   source.addEventListener("error", () => {
-    if (source.readyState === EventSource.CLOSED) {
+    if (ended) {
+      source.close();
+    } else if (source.readyState === EventSource.CLOSED) {
       say(box, "Live progress stopped. Reload the page to follow the import again.");
     }
   });
