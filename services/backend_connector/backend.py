@@ -6,11 +6,12 @@
     POST {url}/patients/{id}/images  (JPEG or DICOM bytes; Idempotency-Key: SOPInstanceUID)
                                             -> 201; 409 when it has that image
 
-Every request goes through the index-publisher's `Deliverer`: bounded retries with backoff and
-`Retry-After`, an outage (nothing accepted meanwhile) held rather than dead-lettered, a 4xx
-other than 401/403/408/409/429 a rejection of the study. A 409 is the backend's uniqueness
-answering a request it already applied (our record was lost between its success and the
-write, or a retry after an answer that never arrived): taken as done.
+Every request goes through the `Deliverer` shared with the index-publisher
+(libs/http/delivery.py): bounded retries with backoff and `Retry-After`, an outage (nothing
+accepted meanwhile) held rather than dead-lettered, a 4xx other than 401/403/408/409/429 a
+rejection of the study. A 409 is the backend's uniqueness answering a request it already
+applied (our record was lost between its success and the write, or a retry after an answer
+that never arrived): taken as done.
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ import httpx
 from libs.contracts.errors import PermanentError
 from libs.contracts.events import PatientAttrs
 from libs.db.index import parse_da
-from services.backend_connector.config import ConnectorSettings
-from services.index_publisher.delivery import (
+from libs.http.delivery import (
     Answer,
     Backoff,
     Deliverer,
+    DeliveryMetrics,
     ReceiverHealth,
     Sleep,
     parse_retry_after,
+    tls_verify,
 )
-from services.index_publisher.metrics import PublisherMetrics
+from services.backend_connector.config import ConnectorSettings
 
 USER_AGENT = "dicomflow-backend-connector/1"
 MAX_JSON = 1 << 20
@@ -58,7 +60,7 @@ class Backend:
         settings: ConnectorSettings,
         *,
         health: ReceiverHealth,
-        metrics: PublisherMetrics,
+        metrics: DeliveryMetrics,
         sleep: Sleep,
     ) -> None:
         self._base = settings.require_url()
@@ -69,7 +71,7 @@ class Backend:
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(settings.timeout_seconds),
-            verify=settings.verify_tls,
+            verify=tls_verify(settings.ca_bundle),
             follow_redirects=False,
         )
         self._options: dict[str, Any] = {

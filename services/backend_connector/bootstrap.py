@@ -13,6 +13,7 @@ from libs.contracts.errors import PermanentError
 from libs.contracts.events import StudyMetadata
 from libs.db import connector
 from libs.db.connector import PendingImage
+from libs.http.delivery import DeliveryMetrics, ReceiverHealth
 from libs.imaging.isolated import IsolatedRenderer
 from libs.imaging.jobs import RenderRequest
 from libs.kafka.consumer import Route
@@ -23,8 +24,6 @@ from libs.storage.local import LocalStore
 from services.backend_connector.backend import Backend
 from services.backend_connector.config import ConnectorSettings
 from services.backend_connector.handlers import Content, handle_metadata
-from services.index_publisher.delivery import ReceiverHealth
-from services.index_publisher.metrics import PublisherMetrics
 
 PREVIEW = RenderRequest(kinds=("preview",))
 
@@ -90,7 +89,7 @@ async def wire(rt: Runtime) -> None:
         renderer = IsolatedRenderer(1, 2048, 120.0)
         rt.resources.callback(renderer.close)
         await renderer.warm_up()
-    metrics = PublisherMetrics.create(rt.name, rt.registry)
+    metrics = DeliveryMetrics.create(rt.name, rt.registry)
     health = ReceiverHealth(metrics, target="backend")
     backend = Backend(settings, health=health, metrics=metrics, sleep=rt.sleep)
     rt.resources.push_async_callback(backend.close)

@@ -3,6 +3,7 @@ service refuses to start and `dicomflow up` does not start it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -29,7 +30,11 @@ class ConnectorSettings(ServiceSettings):
         default="jpeg", description="What is uploaded per image: a JPEG preview or the DICOM file"
     )
     timeout_seconds: float = Field(default=30.0, gt=0)
-    verify_tls: bool = True
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM CA file the backend's certificate is verified against (default: the "
+        "system's CAs); verification cannot be turned off",
+    )
     max_attempts: Count = Field(default=6, description="HTTP attempts per request")
     backoff_seconds: float = Field(default=0.5, gt=0, description="First retry delay (doubles)")
     max_backoff_seconds: float = Field(default=30.0, gt=0)
@@ -46,6 +51,13 @@ class ConnectorSettings(ServiceSettings):
         if parts.scheme == "http" and parts.hostname in LOOPBACK:
             return value.rstrip("/")  # development backends on this host only
         raise ValueError("must be an https:// URL (http:// only for a loopback backend)")
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
 
     def require_url(self) -> str:
         if not self.url:

@@ -217,7 +217,7 @@ def _previews(p: str, job: str) -> list[Panel]:
 
 def _publisher(p: str, job: str) -> list[Panel]:
     """index-publisher (deliveries to the central index) and backend-connector (requests to
-    the patient-aware backend): services/index_publisher/metrics.py."""
+    the patient-aware backend): libs/http/delivery.py."""
     return [
         Panel(
             "Central index reachable" if "index-publisher" in job else "Backend reachable",
