@@ -59,13 +59,17 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     OPS_PORT_FOR_HEALTHCHECK=8000
 
-# /data/storage belongs to the service user, so a named volume mounted there starts out
-# writable by it (Docker copies the ownership into a new volume). /nas is a mount point only.
+# Every named volume's mount point (docker-compose.yml: storage, archives, exports, staging)
+# belongs to the service user, so a volume mounted there starts out writable by it (Docker
+# copies the ownership into a new volume; a path the image lacks would be created root-owned).
+# tests/unit/test_compose.py checks this against the compose file. /nas, /dcm4chee, /inbox
+# and /etc/dicomflow/routing are mount points of host folders (bind mounts keep the host's owner).
 RUN groupadd --gid 10001 dicomflow \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /app \
         --shell /usr/sbin/nologin dicomflow \
- && mkdir -p /app /data/storage /nas \
- && chown dicomflow:dicomflow /app /data/storage
+ && mkdir -p /app /data/storage /data/archives /data/exports /staging /nas /dcm4chee /inbox \
+        /etc/dicomflow/routing \
+ && chown dicomflow:dicomflow /app /data/storage /data/archives /data/exports /staging
 
 # Same base image as the builder, so the venv's interpreter path is valid here too.
 COPY --from=builder /opt/venv /opt/venv

@@ -76,7 +76,9 @@ bench: deps postgres
 	$(BIN)/python -m load_test.bench.client_download
 	$(BIN)/python -m load_test.bench.sources
 	$(BIN)/python -m load_test.bench.dcm4chee
+	$(BIN)/python -m load_test.bench.routing
 	$(BIN)/python -m load_test.bench.receiver
+	$(BIN)/python -m load_test.bench.search
 	$(BIN)/python -m load_test.bench.dicomweb
 
 clean:

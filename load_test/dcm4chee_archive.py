@@ -1,7 +1,7 @@
 """A dcm4chee archive database for the tests and `make bench`: a fresh database each time,
 created from the dcm4chee-arc-light 5.35 DDL (PostgreSQL, MariaDB) or from the legacy 2.x
-columns (MariaDB), and rows inserted the way the archive inserts them (every NOT NULL column,
-`*` for empty)."""
+columns (MariaDB, PostgreSQL), and rows inserted the way the archive inserts them (every NOT
+NULL column, `*` for empty)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,25 @@ CREATE TABLE files (pk BIGINT AUTO_INCREMENT PRIMARY KEY, instance_fk BIGINT,
   file_md5 VARCHAR(255), file_tsuid VARCHAR(255),
   FOREIGN KEY (instance_fk) REFERENCES instance (pk),
   FOREIGN KEY (filesystem_fk) REFERENCES filesystem (pk));
+"""
+
+# The same tables as dcm4chee 2.x creates them on PostgreSQL (its create-psql DDL: SERIAL8
+# keys, TIMESTAMP without time zone, the same names).
+DCM4CHEE2_PG_DDL = """
+CREATE TABLE filesystem (pk SERIAL8 PRIMARY KEY, dirpath VARCHAR(255) NOT NULL);
+CREATE TABLE patient (pk SERIAL8 PRIMARY KEY, pat_id VARCHAR(64), pat_name VARCHAR(255),
+  pat_birthdate VARCHAR(255), pat_sex VARCHAR(16), updated_time TIMESTAMP);
+CREATE TABLE study (pk SERIAL8 PRIMARY KEY, patient_fk INT8 NOT NULL REFERENCES patient (pk),
+  study_iuid VARCHAR(255) NOT NULL UNIQUE, study_datetime TIMESTAMP, study_desc VARCHAR(255),
+  accession_no VARCHAR(64), mods_in_study VARCHAR(255), num_series INT4, num_instances INT4,
+  updated_time TIMESTAMP);
+CREATE TABLE series (pk SERIAL8 PRIMARY KEY, study_fk INT8 NOT NULL REFERENCES study (pk),
+  series_iuid VARCHAR(255) NOT NULL UNIQUE, modality VARCHAR(16), num_instances INT4);
+CREATE TABLE instance (pk SERIAL8 PRIMARY KEY, series_fk INT8 NOT NULL REFERENCES series (pk),
+  sop_iuid VARCHAR(255) NOT NULL UNIQUE, sop_cuid VARCHAR(255));
+CREATE TABLE files (pk SERIAL8 PRIMARY KEY, instance_fk INT8 REFERENCES instance (pk),
+  filesystem_fk INT8 REFERENCES filesystem (pk), filepath VARCHAR(255) NOT NULL,
+  file_size INT8, file_md5 VARCHAR(255), file_tsuid VARCHAR(255));
 """
 
 
@@ -132,6 +151,7 @@ class Writer(Protocol):
     ) -> int: ...
     async def add_instance(self, study_pk: int, inst: Instance, when: datetime) -> None: ...
     async def touch_study(self, study_pk: int, when: datetime, description: str) -> None: ...
+    async def delete_study(self, study_pk: int) -> None: ...
 
 
 STAR3 = {"custom1": "*", "custom2": "*", "custom3": "*"}
@@ -298,6 +318,18 @@ class Arc5Writer:
             study_pk,
         )
 
+    async def delete_study(self, study_pk: int) -> None:
+        """As the archive deletes a study: its locations, instances, series, then itself."""
+        for statement in (
+            "DELETE FROM location WHERE instance_fk IN (SELECT i.pk FROM instance i"
+            " JOIN series se ON se.pk = i.series_fk WHERE se.study_fk = $1)",
+            "DELETE FROM instance WHERE series_fk IN (SELECT pk FROM series WHERE study_fk = $1)",
+            "DELETE FROM series WHERE study_fk = $1",
+            "DELETE FROM study WHERE pk = $1",
+        ):
+            await self.sql.execute(statement, study_pk)
+        self.series.clear()  # the pks of the series deleted are gone
+
 
 class Dcm4chee2Writer:
     """Rows as dcm4chee 2.x writes them (updated_time to the second: ties are common)."""
@@ -389,12 +421,24 @@ class Dcm4chee2Writer:
             study_pk,
         )
 
+    async def delete_study(self, study_pk: int) -> None:
+        """As dcm4chee 2.x deletes a study: its files, instances, series, then itself."""
+        for statement in (
+            "DELETE FROM files WHERE instance_fk IN (SELECT i.pk FROM instance i"
+            " JOIN series se ON se.pk = i.series_fk WHERE se.study_fk = $1)",
+            "DELETE FROM instance WHERE series_fk IN (SELECT pk FROM series WHERE study_fk = $1)",
+            "DELETE FROM series WHERE study_fk = $1",
+            "DELETE FROM study WHERE pk = $1",
+        ):
+            await self.sql.execute(statement, study_pk)
+        self.series.clear()  # the pks of the series deleted are gone
+
 
 @dataclass
 class ArchiveDatabase:
     """What a test gets: the URL to give the watcher, and a writer for rows."""
 
-    kind: str  # arc5-postgresql, arc5-mariadb, dcm4chee2-mariadb
+    kind: str  # arc5-postgresql, arc5-mariadb, dcm4chee2-mariadb, dcm4chee2-postgresql
     url: str
     schema: str
     dialect: str
@@ -403,18 +447,24 @@ class ArchiveDatabase:
     name: str
 
 
-async def create_pg_arc5() -> tuple[str, Sql]:
-    name = f"dcm4chee_arc_{uuid.uuid4().hex[:12]}"
+async def create_pg(*scripts: str) -> tuple[str, Sql]:
+    name = f"dcm4chee_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(f"{PG_SERVER}/postgres")
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     conn = await asyncpg.connect(f"{PG_SERVER}/{name}")
-    ddl = arc_ddl_dir()
-    await conn.execute((ddl / "create-psql.sql").read_text())
-    await conn.execute((ddl / "create-fk-index.sql").read_text())
+    for script in scripts:
+        await conn.execute(script)
     return name, PgSql(conn)
+
+
+async def create_pg_arc5() -> tuple[str, Sql]:
+    ddl = arc_ddl_dir()
+    return await create_pg(
+        (ddl / "create-psql.sql").read_text(), (ddl / "create-fk-index.sql").read_text()
+    )
 
 
 async def drop_pg(name: str) -> None:
@@ -459,6 +509,11 @@ async def open_archive(kind: str) -> ArchiveDatabase:
         name, sql = await create_mariadb((arc_ddl_dir() / "create-mariadb.sql").read_text())
         return ArchiveDatabase(
             kind, f"{MARIADB_URL}/{name}", "arc5", "mysql", Arc5Writer(sql), sql, name
+        )
+    if kind == "dcm4chee2-postgresql":
+        name, sql = await create_pg(DCM4CHEE2_PG_DDL)
+        return ArchiveDatabase(
+            kind, f"{PG_SERVER}/{name}", "dcm4chee2", "postgresql", Dcm4chee2Writer(sql), sql, name
         )
     name, sql = await create_mariadb(DCM4CHEE2_DDL)
     return ArchiveDatabase(

@@ -171,6 +171,7 @@ class StoreSCP:
     aet: str = "STORESCP"
     port: int = 0
     fork: bool = False
+    unique_names: bool = False  # a file per C-STORE, even of an instance received before
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -187,6 +188,7 @@ class StoreSCP:
                 str(self.folder),
                 "+B",  # bit-preserving: write the dataset as received, like our receiver
                 *(["--fork"] if self.fork else []),
+                *(["+uf"] if self.unique_names else []),
                 str(self.port),
             ],
             env=PEER_ENV,

@@ -34,11 +34,13 @@ PREFIX = {
     "dcm4chee-watcher": "DCM4CHEE_",
     "dicom-receiver": "RECEIVER_",
     "pacs-watcher": "WATCHER_",
+    "router": "ROUTER_",
+    "backend-connector": "CONNECTOR_",
 }
 PIPELINE = ["nas-watcher", "extractor", "dedup", "storage-writer", "indexer", "reconciler"]
-# Sources that run only when configured, like under `dicomflow up`
+# Sources (and the router) that run only when configured, like under `dicomflow up`
 # (libs.tools.devstack.CONFIGURED_BY).
-OPTIONAL = ["orthanc-watcher", "iso-watcher"]
+OPTIONAL = ["orthanc-watcher", "iso-watcher", "router", "backend-connector"]
 
 
 @dataclass
@@ -150,7 +152,7 @@ class Stack:
         async with self.client() as c:
             while True:
                 body: dict[str, Any] = (await c.get(f"/v1/imports/{task_id}")).json()
-                if body["status"] in ("completed", "failed"):
+                if body["status"] in ("completed", "failed", "cancelled"):
                     return body
                 if time.monotonic() > deadline:
                     logs = "\n".join(f"--- {n}\n{self.tail(n, 15)}" for n in self.procs)
@@ -187,6 +189,7 @@ def stack_env(
         "ORTHANC_CLEANUP_INTERVAL_SECONDS": "1",
         "ISO_STAGING_DIR": str(root / "staging" / "iso"),
         "API_STOW_STAGING_DIR": str(root / "staging" / "stow"),
+        "API_EXPORT_DIR": str(root / "exports"),
         "ISO_SCAN_INTERVAL_SECONDS": "0.5",
         "ISO_SETTLE_SECONDS": "0.5",
         "API_PORT": str(ports["api"]),

@@ -2,10 +2,16 @@
 
 The real dependencies are required: when PostgreSQL or the broker binary is missing the
 tests fail with the reason (they never skip), in CI and locally alike.
+
+A migrated database is a copy of a template migrated once per test session
+(`CREATE DATABASE ... TEMPLATE`): running the migrations into each of ~300 databases cost
+about a second each; the copy costs about half. `migrate()` still runs on each copy and must
+find nothing left to apply.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import uuid
@@ -15,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from libs.db.migrations import migrate
@@ -32,6 +39,23 @@ PG_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1
 async def database_url() -> AsyncIterator[str]:
     name = f"dicomflow_test_{uuid.uuid4().hex[:12]}"
     yield f"{PG_SERVER}/{name}"
+    await _drop_database(name)
+
+
+async def _create_template(name: str) -> None:
+    conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    pool = await create_pool(f"{PG_SERVER}/{name}", size=1)
+    try:
+        await migrate(pool)
+    finally:
+        await pool.close()  # no session may stay on a template while it is copied
+
+
+async def _drop_database(name: str) -> None:
     conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -39,10 +63,55 @@ async def database_url() -> AsyncIterator[str]:
         await conn.close()
 
 
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+@pytest.fixture(scope="session")
+def migrated_template() -> Iterator[str]:
+    """A database with every migration applied, made once per session (per xdist worker),
+    the source of each test's `pool` database."""
+    name = f"dicomflow_template_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_create_template(name))
+    yield name
+    asyncio.run(_drop_database(name))
+
+
+async def _migrated_pool(database_url: str, template: str) -> asyncpg.Pool:
+    """A pool on a migrated database: a copy of the template, or the database a wider-scoped
+    `database_url` (one per module in tests/integration/api) already holds."""
+    name = database_url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        copied = True
+    except asyncpg.DuplicateDatabaseError:
+        copied = False
+    finally:
+        await conn.close()
     pool = await create_pool(database_url, size=4)
-    await migrate(pool)
+    applied = await migrate(pool)
+    assert not (copied and applied), f"the template lacks {applied}"
+    return pool
+
+
+@pytest.fixture
+async def pool(database_url: str, migrated_template: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await _migrated_pool(database_url, migrated_template)
+    yield pool
+    await pool.close()
+
+
+# One database and broker for a whole module, for tests that only read what a module-scoped
+# stack holds (tests/e2e `clinic`): async fixtures on the module's event loop.
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_database_url() -> AsyncIterator[str]:
+    name = f"dicomflow_test_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_SERVER}/{name}"
+    await _drop_database(name)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_pool(
+    module_database_url: str, migrated_template: str
+) -> AsyncIterator[asyncpg.Pool]:
+    pool = await _migrated_pool(module_database_url, migrated_template)
     yield pool
     await pool.close()
 
@@ -80,6 +149,14 @@ class Broker:
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
+    b = Broker(free_port())
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def module_broker() -> Iterator[Broker]:
     b = Broker(free_port())
     b.start()
     yield b

@@ -1,4 +1,5 @@
-"""Waiting in tests: poll with a deadline, never sleep and hope. The one helper for it."""
+"""Waiting in tests: poll with a deadline, never sleep and hope. The one helper for it,
+`eventually()` in async code and `eventually_sync()` in threads and sync fixtures."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+def _timed_out(timeout: float, what: str | Callable[[], str]) -> AssertionError:
+    said = what() if callable(what) else what
+    return AssertionError(f"not true after {timeout:g}s" + (f":\n{said}" if said else ""))
 
 
 async def eventually(
@@ -32,6 +38,24 @@ async def eventually(
         if result:
             return result  # type: ignore[return-value]
         if time.monotonic() > deadline:
-            said = what() if callable(what) else what
-            raise AssertionError(f"not true after {timeout:g}s" + (f":\n{said}" if said else ""))
+            raise _timed_out(timeout, what)
         await asyncio.sleep(interval)
+
+
+def eventually_sync(
+    check: Callable[[], T],
+    timeout: float = 30.0,
+    *,
+    what: str | Callable[[], str] = "",
+    interval: float = 0.05,
+) -> T:
+    """`eventually()` for code without an event loop (sync fixtures, threads, a Qt test
+    that must keep processing events): blocks between calls of `check`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise _timed_out(timeout, what)
+        time.sleep(interval)

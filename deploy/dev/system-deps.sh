@@ -8,12 +8,13 @@
 # openssl (certificates for the receiver's TLS test), chromium (pages tested headless with
 # Playwright); Xvfb and the X11/xcb libraries Qt's xcb platform plugin loads (the desktop
 # client's screenshot run), DejaVu for Cyrillic text; npm (fetches the OHIF Viewer,
-# deploy/dev/ohif.sh).
+# deploy/dev/ohif.sh); caddy (the compose TLS proxy's Caddyfile, run in front of the API by a
+# test).
 set -euo pipefail
 packages=(
     python3-venv postgresql-client mariadb-client
     orthanc orthanc-dicomweb dcmtk genisoimage xorriso prometheus
-    zstd curl openssl chromium
+    zstd curl openssl chromium caddy
     xvfb xauth fonts-dejavu-core libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0
     libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1
     libegl1 libfontconfig1 libdbus-1-3

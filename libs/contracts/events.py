@@ -9,6 +9,8 @@ test fails when they drift.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import ClassVar, Literal, Protocol
@@ -154,6 +156,20 @@ class DicomHeader(BaseModel):
         "it could not be made or is too large (the API then reads the stored file).",
     )
 
+    def indexed_digest(self) -> str:
+        """SHA-256 of what the index holds of this header (patient, study, series and
+        instance attributes; not how they were encoded: transfer syntax, character set, nor
+        the DICOM JSON): two copies of an instance differing here are two revisions."""
+        attrs = self.model_dump(
+            mode="json",
+            exclude={
+                "dicom_json": True,
+                "instance": {"transfer_syntax_uid", "specific_character_set"},
+            },
+        )
+        text = json.dumps(attrs, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
 
 class Hashes(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -169,6 +185,14 @@ class Hashes(BaseModel):
         description="The source's preamble was neither zeros nor a TIFF header and the "
         "operator allows such files: the stored copy has it zeroed, and file_sha256 is of "
         "that copy.",
+    )
+    source_stamp: str | None = Field(
+        default=None,
+        description="The source file as it was when hashed: `inode:size:mtime_ns:ctime_ns`, "
+        "recorded only when unchanged over the hashing and at least "
+        "2 s old (older than any timestamp granularity). A copy made while the source "
+        "still shows this stamp is of the hashed bytes, so the storage-writer does not hash "
+        "it again; absent, it does.",
     )
 
 
@@ -189,11 +213,13 @@ class InstanceExtracted(InstanceEvent):
     TOPIC: ClassVar[str] = "dicom.extracted.v1"
 
 
-Disposition = Literal["new", "same_content_other_uid", "conflict"]
+# "revision": the same SOPInstanceUID and pixels with a corrected header (ADR 0025).
+Disposition = Literal["new", "same_content_other_uid", "conflict", "revision"]
 
 
 class InstanceUnique(InstanceEvent):
-    """Dedup decided these bytes must be stored: new, new-but-flagged, or a conflict kept aside."""
+    """Dedup decided these bytes must be stored: new, new-but-flagged, a conflict kept aside,
+    or a revision (the same instance with a corrected header, kept beside the original)."""
 
     TOPIC: ClassVar[str] = "dicom.unique.v1"
 
@@ -201,7 +227,8 @@ class InstanceUnique(InstanceEvent):
     related_sop_instance_uid: str | None = Field(
         default=None,
         description="For same_content_other_uid: the first UID seen with this content; "
-        "for conflict: the UID whose stored content differs.",
+        "for conflict: the UID whose stored content differs; for revision: the instance's own "
+        "UID.",
     )
 
 

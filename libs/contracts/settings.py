@@ -8,12 +8,17 @@ Invalid values stop the service at once with a message naming the variable.
 
 from __future__ import annotations
 
+import ssl
 import sys
-from typing import Annotated, Any, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from libs.kafka.connection import KafkaConnection
 
 # Constrained types, so a service that overrides a default keeps the check.
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -41,6 +46,30 @@ class ServiceSettings(BaseSettings):
         validation_alias="KAFKA_SESSION_TIMEOUT_MS",
         description="Consumer-group session; Tansu delays joins by about this, so dev uses 3000.",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        validation_alias="KAFKA_SECURITY_PROTOCOL",
+        description="SSL: TLS to the brokers; SASL_SSL: TLS and a SASL login (Tansu has neither)",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        validation_alias="KAFKA_SSL_CAFILE",
+        description="PEM CA bundle the brokers' certificates are verified against; unset: system",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None,
+        validation_alias="KAFKA_SSL_CERTFILE",
+        description="Client certificate (PEM) for brokers that require mutual TLS",
+    )
+    kafka_ssl_keyfile: Path | None = Field(default=None, validation_alias="KAFKA_SSL_KEYFILE")
+    kafka_ssl_key_password: str | None = Field(
+        default=None, validation_alias="KAFKA_SSL_KEY_PASSWORD"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", validation_alias="KAFKA_SASL_MECHANISM"
+    )
+    kafka_sasl_username: str | None = Field(default=None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: str | None = Field(default=None, validation_alias="KAFKA_SASL_PASSWORD")
     kafka_topic_partitions: int = Field(default=6, ge=1, validation_alias="KAFKA_TOPIC_PARTITIONS")
     kafka_replication_factor: int = Field(
         default=1, ge=1, validation_alias="KAFKA_REPLICATION_FACTOR"
@@ -51,6 +80,11 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     ops_host: str = "127.0.0.1"
     ops_port: Port = Field(default=0, description="/health /ready /metrics; 0 = any")
+    https_certfile: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) of the service's HTTP server: set, it serves HTTPS",
+    )
+    https_keyfile: Path | None = Field(default=None, description="Its PEM private key")
     max_retries: int = Field(default=3, ge=0, description="Retries of a failing message before DLQ")
     retry_backoff_seconds: float = Field(default=0.2, gt=0)
     batch_size: Count = Field(default=200, description="Messages fetched per poll")
@@ -76,15 +110,90 @@ class ServiceSettings(BaseSettings):
             raise ValueError("must be a postgresql:// URL")
         return value
 
+    @model_validator(mode="after")
+    def _tls_files(self) -> Self:
+        pairs = [
+            ("HTTPS_CERTFILE/HTTPS_KEYFILE", self.https_certfile, self.https_keyfile),
+            (
+                "KAFKA_SSL_CERTFILE/KAFKA_SSL_KEYFILE",
+                self.kafka_ssl_certfile,
+                self.kafka_ssl_keyfile,
+            ),
+        ]
+        for names, cert, key in pairs:
+            if (cert is None) != (key is None):
+                raise ValueError(f"{names} go together: set both or neither")
+        for path in (
+            self.https_certfile,
+            self.https_keyfile,
+            self.kafka_ssl_cafile,
+            self.kafka_ssl_certfile,
+            self.kafka_ssl_keyfile,
+        ):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path}: no such file")
+        # Unreadable PEM files or a key that is not the certificate's: stop here, at start.
+        try:
+            self.kafka.ssl_context()  # SASL without credentials fails here too
+            if self.https_certfile is not None and self.https_keyfile is not None:
+                server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                server.load_cert_chain(self.https_certfile, self.https_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"TLS files unusable: {exc}") from None
+        return self
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """What every Kafka client of the service is built with (libs.kafka.connection)."""
+        return KafkaConnection(
+            self.kafka_bootstrap_servers,
+            security_protocol=self.kafka_security_protocol,
+            ssl_cafile=_str(self.kafka_ssl_cafile),
+            ssl_certfile=_str(self.kafka_ssl_certfile),
+            ssl_keyfile=_str(self.kafka_ssl_keyfile),
+            ssl_key_password=self.kafka_ssl_key_password,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+        )
+
+    @property
+    def http_tls(self) -> HttpTls | None:
+        if self.https_certfile is None or self.https_keyfile is None:
+            return None
+        return HttpTls(self.https_certfile, self.https_keyfile)
+
     def redacted(self) -> dict[str, Any]:
-        """The settings as they may be logged: passwords in URLs masked."""
+        """The settings as they may be logged: passwords in URLs and secret settings masked.
+        A secret is named by its last word (`password`, `webhook_secret`, `api_key`); a name
+        that merely contains one (`rate_per_key`, `tls_key` the path of a key file) is shown."""
         out = self.model_dump(mode="json")
         for name, value in out.items():
             if isinstance(value, str) and "://" in value:
                 out[name] = redact_url(value)
-            elif any(word in name for word in ("password", "secret", "token", "key")):
+            elif is_secret(name):
                 out[name] = "***" if value else value
         return out
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+@dataclass(frozen=True)
+class HttpTls:
+    """The certificate and key an HTTP server (uvicorn) serves HTTPS with."""
+
+    certfile: Path
+    keyfile: Path
+
+
+SECRET_NAMES = ("password", "secret", "token", "api_key", "passphrase")
+
+
+def is_secret(name: str) -> bool:
+    """A setting whose value must never be logged: its name is, or ends in, a secret's name."""
+    return any(name == word or name.endswith(f"_{word}") for word in SECRET_NAMES)
 
 
 def redact_url(url: str) -> str:

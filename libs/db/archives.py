@@ -23,6 +23,7 @@ class ArchiveInstance:
     modality: str = ""
     sop_class_uid: str = ""
     transfer_syntax_uid: str = ""
+    revision_key: str | None = None  # the latest header correction's bytes (ADR 0025)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ async def archive_listing(
                   se.series_description, i.sop_instance_uid, i.instance_number, i.size_bytes,
                   i.file_sha256, i.indexed_at, p.patient_id, st.study_time, st.study_id,
                   st.accession_number, st.study_description, se.modality, i.sop_class_uid,
-                  i.transfer_syntax_uid
+                  i.transfer_syntax_uid, i.revision_key
              FROM studies st
              JOIN patients p ON p.id = st.patient_pk
              JOIN series se ON se.study_uid = st.study_uid
@@ -92,6 +93,7 @@ async def archive_listing(
                 modality=r["modality"],
                 sop_class_uid=r["sop_class_uid"],
                 transfer_syntax_uid=r["transfer_syntax_uid"],
+                revision_key=r["revision_key"],
             )
             for r in rows
         ],

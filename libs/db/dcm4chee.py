@@ -77,17 +77,84 @@ async def emitted(conn: Conn, source: str, study_uids: Sequence[str]) -> set[str
 
 
 async def record_round(
-    conn: Conn, source: str, files: Sequence[FoundFile], to: Watermark, studies: int
+    conn: Conn,
+    source: str,
+    files: Sequence[FoundFile],
+    to: Watermark,
+    studies: int,
+    study_uids: Sequence[str] = (),
 ) -> list[LedgerRow]:
     """One transaction: an import task holding the round's files (unreachable ones recorded
-    as failed with their reason), the instances taken, and the watermark. Returns the ledger
-    rows to publish; a lost publish is re-emitted by the reconciler."""
+    as failed with their reason), the instances taken, the studies seen, and the watermark.
+    Returns the ledger rows to publish; a lost publish is re-emitted by the reconciler."""
     async with conn.transaction():
         rows: list[LedgerRow] = []
         if files:
             rows = await _task_with_files(conn, source, files)
+        await record_studies(conn, source, study_uids)
         await advance(conn, source, to, studies)
     return rows
+
+
+async def record_studies(conn: Conn, source: str, study_uids: Sequence[str]) -> None:
+    """Studies the archive has now: remembered for the deletion check; one found gone
+    before and seen again is no longer marked deleted (in our index either)."""
+    if not study_uids:
+        return
+    await conn.execute(
+        """INSERT INTO dcm4chee_studies (source, study_uid)
+           SELECT $1, u FROM unnest($2::text[]) AS u ORDER BY u
+           ON CONFLICT (source, study_uid) DO UPDATE
+              SET seen_at = now(), checked_at = now(), gone_at = NULL""",
+        source,
+        sorted(set(study_uids)),
+    )
+    await conn.execute(
+        """UPDATE studies SET source_deleted_at = NULL, source_deleted_from = NULL
+            WHERE study_uid = ANY($1::text[]) AND source_deleted_from = $2""",
+        list(study_uids),
+        source,
+    )
+
+
+async def studies_to_check(conn: Conn, source: str, limit: int) -> list[str]:
+    """The studies taken from this archive checked longest ago (not already found gone)."""
+    rows = await conn.fetch(
+        """SELECT study_uid FROM dcm4chee_studies WHERE source = $1 AND gone_at IS NULL
+            ORDER BY checked_at, study_uid LIMIT $2""",
+        source,
+        limit,
+    )
+    return [r["study_uid"] for r in rows]
+
+
+async def record_check(
+    conn: Conn, source: str, present: Sequence[str], gone: Sequence[str]
+) -> list[str]:
+    """The archive still has `present`, no longer has `gone`: those are marked deleted at
+    the source in our index (nothing of ours is removed). Returns the ones newly marked."""
+    async with conn.transaction():
+        await conn.execute(
+            """UPDATE dcm4chee_studies SET checked_at = now()
+                WHERE source = $1 AND study_uid = ANY($2::text[])""",
+            source,
+            list(present),
+        )
+        rows = await conn.fetch(
+            """UPDATE dcm4chee_studies SET checked_at = now(), gone_at = now()
+                WHERE source = $1 AND study_uid = ANY($2::text[]) AND gone_at IS NULL
+            RETURNING study_uid""",
+            source,
+            list(gone),
+        )
+        newly = sorted(r["study_uid"] for r in rows)
+        await conn.execute(
+            """UPDATE studies SET source_deleted_at = now(), source_deleted_from = $2
+                WHERE study_uid = ANY($1::text[]) AND source_deleted_at IS NULL""",
+            newly,
+            source,
+        )
+    return newly
 
 
 async def _task_with_files(conn: Conn, source: str, files: Sequence[FoundFile]) -> list[LedgerRow]:

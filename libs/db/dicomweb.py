@@ -196,6 +196,7 @@ class StoredInstance:
     size_bytes: int
     number_of_frames: int | None
     dicom_json: str | None
+    revision_key: str | None = None  # the latest header correction's bytes (ADR 0025)
 
 
 async def stored_instances(
@@ -217,7 +218,8 @@ async def stored_instances(
     column = "i.dicom_json" if with_json else "NULL::text AS dicom_json"
     rows = await conn.fetch(
         f"""SELECT i.study_uid, i.series_uid, i.sop_instance_uid AS sop_uid,
-                   i.transfer_syntax_uid, i.size_bytes, i.number_of_frames, {column}
+                   i.transfer_syntax_uid, i.size_bytes, i.number_of_frames, {column},
+                   i.revision_key
               FROM instances i JOIN series se ON se.series_uid = i.series_uid
              {w.sql()} ORDER BY {_BY_SERIES}, {_BY_INSTANCE}""",
         *w.args,

@@ -50,18 +50,21 @@ def patient_key(p: PatientAttrs) -> str:
     return f"name:{p.patient_name.strip()}\x1f{p.birth_date.strip()}"
 
 
-async def _upsert_hierarchy(conn: Conn, h: DicomHeader) -> None:
-    await upsert_levels(conn, h.patient, h.study, h.series)
+async def _upsert_hierarchy(conn: Conn, h: DicomHeader, file_id: int | None) -> None:
+    await upsert_levels(conn, h.patient, h.study, h.series, file_id)
 
 
-async def upsert_levels(conn: Conn, p: PatientAttrs, s: StudyAttrs, se: SeriesAttrs) -> None:
+async def upsert_levels(
+    conn: Conn, p: PatientAttrs, s: StudyAttrs, se: SeriesAttrs, file_id: int | None = None
+) -> None:
     """Patient, study and series in one round trip (the study takes the patient's id from
-    RETURNING; the series' foreign key is checked at the end of the statement)."""
+    RETURNING; the series' foreign key is checked at the end of the statement). `file_id`:
+    the discovered file behind it, kept as the patient's first when the patient is new."""
     await conn.execute(
         """WITH patient AS (
                INSERT INTO patients (patient_key, patient_id, issuer, patient_name, name_search,
-                                     birth_date, sex)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                     birth_date, sex, first_file_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $21::bigint)
                ON CONFLICT (patient_key) DO UPDATE
                   SET patient_name = EXCLUDED.patient_name, name_search = EXCLUDED.name_search,
                       birth_date = coalesce(EXCLUDED.birth_date, patients.birth_date),
@@ -100,6 +103,7 @@ async def upsert_levels(conn: Conn, p: PatientAttrs, s: StudyAttrs, se: SeriesAt
         se.series_number,
         se.series_description,
         se.body_part,
+        file_id,
     )
 
 
@@ -162,6 +166,16 @@ def instance_row(ev: InstanceStored) -> tuple[object, ...]:
 _POSITION = {name: n for n, (name, _) in enumerate(INSTANCE_COLUMNS, 1)}
 
 
+async def revised_instances(conn: Conn, uids: list[str]) -> set[str]:
+    """Those of `uids` indexed with a header correction (ADR 0025): their original, indexed
+    again (a redelivery, a rebuild), must not put its patient, study and series back."""
+    rows = await conn.fetch(
+        "SELECT sop_instance_uid FROM instances WHERE sop_instance_uid = any($1) AND revision > 1",
+        uids,
+    )
+    return {r["sop_instance_uid"] for r in rows}
+
+
 async def index_instance(conn: Conn, ev: InstanceStored) -> float | None:
     """Index a stored instance (or record a conflict); idempotent. Returns the seconds since
     the file's discovery when this call recorded its outcome (see `ledger.mark_outcome`)."""
@@ -182,7 +196,8 @@ async def index_instance(conn: Conn, ev: InstanceStored) -> float | None:
                 ev.file.uri,
             )
             return await _outcome(conn, ev, "conflict", "same SOPInstanceUID, different content")
-        await _upsert_hierarchy(conn, h)
+        if not await revised_instances(conn, [i.sop_instance_uid]):  # else keep the correction
+            await _upsert_hierarchy(conn, h, ev.file.file_id)
         columns = ", ".join(name for name, _ in INSTANCE_COLUMNS)  # fixed names, never input
         values = instance_values(lambda name: f"${_POSITION[name]}")
         inserted = await conn.fetchval(

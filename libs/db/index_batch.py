@@ -22,9 +22,10 @@ from libs.db.index import (
     instance_values,
     parse_da,
     patient_key,
+    revised_instances,
 )
 from libs.dicom.names import search_key
-from libs.storage.base import study_prefix
+from libs.storage.base import revision_key, study_prefix
 
 SEP = "\x1f"  # joins a study's new modalities into one text value
 
@@ -43,11 +44,18 @@ async def index_stored_many(conn: Conn, events: Sequence[InstanceStored]) -> Ind
     async with conn.transaction():
         await _record_sources(conn, events)
         conflicts = [e for e in events if e.disposition == "conflict"]
-        stored = [e for e in events if e.disposition != "conflict"]
+        revisions = [e for e in events if e.disposition == "revision"]
+        # A correction of an instance not indexed (its original failed) is indexed as it.
+        unapplied = await apply_revisions(conn, revisions) if revisions else []
+        stored = [
+            e for e in events if e.disposition not in ("conflict", "revision") or e in unapplied
+        ]
         if conflicts:
             await _record_conflicts(conn, conflicts)
         if stored:
-            await _upsert_levels(conn, stored)
+            # The original redelivered after its correction: the index keeps the correction.
+            revised = await revised_instances(conn, [instance_uid(e) for e in stored])
+            await _upsert_levels(conn, [e for e in stored if instance_uid(e) not in revised])
             inserted = await _insert_instances(conn, stored)
             # An instance twice in the batch (a redelivery) counts once, as its first event.
             counted: dict[str, InstanceStored] = {}
@@ -59,13 +67,15 @@ async def index_stored_many(conn: Conn, events: Sequence[InstanceStored]) -> Ind
         for e in events:
             if e.disposition == "conflict":
                 outcomes.append((e, "conflict", "same SOPInstanceUID, different content"))
+            elif e.disposition == "revision":
+                outcomes.append((e, "indexed", "revision"))
             else:
                 reason = (
                     "same_content_other_uid" if e.disposition == "same_content_other_uid" else None
                 )
                 outcomes.append((e, "indexed", reason))
         latencies = await _outcomes(conn, outcomes)
-        studies = sorted({e.header.study.study_uid for e in stored})
+        studies = sorted({e.header.study.study_uid for e in [*stored, *revisions]})
         rows = await conn.fetch(
             """SELECT s.*, p.patient_id, p.issuer, p.patient_name, p.birth_date, p.sex
                  FROM studies s JOIN patients p ON p.id = s.patient_pk
@@ -123,6 +133,108 @@ async def _record_conflicts(conn: Conn, events: Sequence[InstanceStored]) -> Non
     )
 
 
+async def apply_revisions(conn: Conn, events: Sequence[InstanceStored]) -> list[InstanceStored]:
+    """Each correction once (by file): recorded in `instance_revisions` with the next revision
+    number, its patient, study and series attributes made the index's, the study's revision
+    bumped. The instance row keeps the original (its file and DICOM JSON). One statement set
+    per event: corrections are rare. Returns the events whose instance is not indexed."""
+    unindexed = []
+    for e in events:
+        uid, h = instance_uid(e), e.header
+        indexed = await conn.fetchrow(
+            "SELECT study_uid, series_uid FROM instances WHERE sop_instance_uid = $1 FOR UPDATE",
+            uid,
+        )
+        if indexed is None:
+            unindexed.append(e)
+            continue
+        revision = await conn.fetchval(
+            """INSERT INTO instance_revisions (sop_instance_uid, revision, file_id, study_uid,
+                                               storage_url, file_sha256, header)
+               SELECT $1, coalesce(max(revision), 1) + 1, $2, $3, $4, $5, $6
+                 FROM instance_revisions WHERE sop_instance_uid = $1
+               ON CONFLICT (sop_instance_uid, file_id) DO NOTHING RETURNING revision""",
+            uid,
+            e.file.file_id,
+            h.study.study_uid,
+            e.storage_url,
+            e.hashes.file_sha256,
+            h.model_dump(mode="json", exclude={"dicom_json"}),  # the pool encodes jsonb
+        )
+        if revision is None:  # redelivered: applied before
+            continue
+        if (indexed["study_uid"], indexed["series_uid"]) != (
+            h.study.study_uid,
+            h.series.series_uid,
+        ):
+            # Moving an instance between studies or series is not a header correction the
+            # index applies; the revision is recorded (and stored) for a person to look at.
+            continue
+        await _serve_revision(conn, e, revision)
+        await _correct_levels(conn, e)
+    return unindexed
+
+
+async def _serve_revision(conn: Conn, e: InstanceStored, revision: int) -> None:
+    """The instance row becomes the correction: its bytes (`revision_key`, size, hash), its
+    instance attributes and its DICOM JSON are what WADO, archives and exports serve. The
+    original stays at its canonical key; `first_file_id` still names the file that brought it."""
+    i = e.header.instance
+    await conn.execute(
+        """UPDATE instances
+              SET revision = $2, revision_key = $3, size_bytes = $4, file_sha256 = $5,
+                  storage_url = $6, dicom_json = $7, instance_number = $8,
+                  transfer_syntax_uid = $9, specific_character_set = $10
+            WHERE sop_instance_uid = $1 AND revision < $2""",
+        i.sop_instance_uid,
+        revision,
+        revision_key(i.sop_instance_uid, e.hashes.file_sha256),
+        e.file.size,
+        e.hashes.file_sha256,
+        e.storage_url,
+        e.header.dicom_json,
+        i.instance_number,
+        i.transfer_syntax_uid,
+        i.specific_character_set,
+    )
+
+
+async def _correct_levels(conn: Conn, e: InstanceStored) -> None:
+    """The patient, study and series attributes of a correction become the index's; the
+    study gets a new revision and is announced (and, in time, stable) again."""
+    h = e.header
+    await _upsert_levels(conn, [e])  # the patient as corrected (a merge: a new patient)
+    s = h.study
+    await conn.execute(
+        """UPDATE studies
+              SET patient_pk = (SELECT id FROM patients WHERE patient_key = $2),
+                  study_date = $3, study_time = $4, accession_number = $5,
+                  study_description = $6, study_id = $7, referring_physician = $8,
+                  revision = revision + 1, stable = false, last_instance_at = now(),
+                  updated_at = now()
+            WHERE study_uid = $1""",
+        s.study_uid,
+        patient_key(h.patient),
+        parse_da(s.study_date),
+        s.study_time,
+        s.accession_number,
+        s.study_description,
+        s.study_id,
+        s.referring_physician,
+    )
+    se = h.series
+    await conn.execute(
+        """UPDATE series SET modality = $2, series_number = $3, series_description = $4,
+                             body_part = $5
+            WHERE series_uid = $1""",
+        se.series_uid,
+        se.modality,
+        se.series_number,
+        se.series_description,
+        se.body_part,
+    )
+
+
 def _merge_patients(events: Sequence[InstanceStored]) -> dict[str, PatientAttrs]:
     """Each patient as upserting the batch's events one by one would leave it: the last
     name, the last birth date and sex that are not empty."""
@@ -145,11 +257,14 @@ def _merge_patients(events: Sequence[InstanceStored]) -> dict[str, PatientAttrs]
 async def _upsert_levels(conn: Conn, events: Sequence[InstanceStored]) -> None:
     patients = _merge_patients(events)
     keys = sorted(patients)
+    first_file: dict[str, int] = {}  # the file that brings a new patient into the index
+    for e in events:
+        first_file.setdefault(patient_key(e.header.patient), e.file.file_id)
     await conn.execute(
         """INSERT INTO patients (patient_key, patient_id, issuer, patient_name, name_search,
-                                 birth_date, sex)
+                                 birth_date, sex, first_file_id)
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                $6::date[], $7::text[])
+                                $6::date[], $7::text[], $8::bigint[])
            ON CONFLICT (patient_key) DO UPDATE
               SET patient_name = EXCLUDED.patient_name, name_search = EXCLUDED.name_search,
                   birth_date = coalesce(EXCLUDED.birth_date, patients.birth_date),
@@ -162,6 +277,7 @@ async def _upsert_levels(conn: Conn, events: Sequence[InstanceStored]) -> None:
         [search_key(patients[k].patient_name) for k in keys],
         [parse_da(patients[k].birth_date) for k in keys],
         [patients[k].sex for k in keys],
+        [first_file[k] for k in keys],
     )
     studies: dict[str, InstanceStored] = {}
     series: dict[str, InstanceStored] = {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from libs.db import Conn, tasks
 
-FINAL = ("indexed", "duplicate", "conflict", "failed")
+FINAL = ("indexed", "duplicate", "conflict", "failed", "cancelled")
 
 
 class _Lookup(enum.Enum):
@@ -187,10 +187,14 @@ async def mark_failed_many(
 
 
 async def complete_task_if_done(conn: Conn, task_id: str) -> bool:
+    """A running task whose scan is over and none of whose files is pending completes; a
+    cancelling one ends `cancelled` (a paused one waits to be resumed or cancelled)."""
     done = await conn.fetchval(
         """
-        UPDATE import_tasks SET status = 'completed', completed_at = now(), updated_at = now()
-         WHERE id = $1 AND status = 'running' AND scan_completed
+        UPDATE import_tasks
+           SET status = CASE status WHEN 'cancelling' THEN 'cancelled' ELSE 'completed' END,
+               completed_at = now(), updated_at = now()
+         WHERE id = $1 AND status IN ('running', 'cancelling') AND scan_completed
            AND NOT EXISTS (SELECT 1 FROM ingest_files WHERE task_id = $1 AND status = 'pending')
         RETURNING true
         """,
@@ -209,13 +213,16 @@ async def finish_task_scan(conn: Conn, task_id: str) -> bool:
 
 
 async def stale_pending(conn: Conn, *, older_than_seconds: float, limit: int) -> list[LedgerRow]:
-    """Pending files not touched for a while, oldest first; marks them re-emitted."""
+    """Pending files not touched for a while, oldest first; marks them re-emitted. Files of
+    a paused task wait for it to be resumed (which emits the ones set aside)."""
     rows = await conn.fetch(
         """
         UPDATE ingest_files SET emitted = emitted + 1, updated_at = now()
          WHERE id IN (SELECT id FROM ingest_files
                        WHERE status = 'pending'
                          AND updated_at < now() - make_interval(secs => $1)
+                         AND (task_id IS NULL OR task_id NOT IN (
+                              SELECT id FROM import_tasks WHERE status = 'paused'))
                        ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
         RETURNING id, source, uri, origin, size, correlation_id, task_id::text
         """,

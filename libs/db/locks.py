@@ -25,6 +25,7 @@ class LockSpace(IntEnum):
     ISO_INBOX = 3  # one reader per inbox
     ORTHANC_SERVER = 4  # one writer of an Orthanc server's cursor at a time (transaction)
     REBUILD_INDEX = 5  # one `dicomflow rebuild-index` per storage URL
+    ROUTE_DESTINATION = 6  # one router sending to a destination (by its name) at a time
 
 
 def lock_key(name: str) -> int:

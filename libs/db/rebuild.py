@@ -18,7 +18,7 @@ from typing import Any, Literal
 import asyncpg
 
 from libs.contracts.events import DicomHeader, FileRef, Hashes, InstanceStored
-from libs.db import Conn, dedup, index, ledger
+from libs.db import Conn, dedup, index, index_batch, ledger
 
 SOURCE = "rebuild"
 Outcome = Literal["indexed", "already_indexed", "conflict", "failed"]
@@ -105,8 +105,13 @@ async def index_object(
         related = None
         sop = header.instance.sop_instance_uid
         if not conflict:
-            claim = await dedup.claim(
-                conn, sop_instance_uid=sop, content_sha256=hashes.content_sha256, file_id=row.id
+            (claim,) = await dedup.claim_many(
+                conn,
+                [
+                    dedup.ClaimRequest(
+                        sop, hashes.content_sha256, row.id, header_sha256=header.indexed_digest()
+                    )
+                ],
             )
             if claim.verdict == "conflict":
                 raise IndexConflict(
@@ -132,6 +137,50 @@ async def index_object(
     if conflict:
         return "conflict"
     return "already_indexed" if known else "indexed"
+
+
+async def index_revision(
+    conn: Conn, run_id: int, *, url: str, key: str, size: int, header: DicomHeader, hashes: Hashes
+) -> Outcome:
+    """A header correction kept under `revisions/` (ADR 0025) indexed as the pipeline did: a
+    ledger row, its revision claim (so a later copy of it is a duplicate), then the indexer's
+    own `apply_revisions`, which makes it the instance's served revision. The original must be
+    indexed first (the caller indexes its canonical copy before). Call inside the batch's
+    transaction."""
+    async with conn.transaction():  # a savepoint: a failure here loses this object only
+        (row,) = await ledger.record_discovered(
+            conn, [ledger.NewFile(SOURCE, url, key, size, f"rebuild-{run_id}")]
+        )
+        sop = header.instance.sop_instance_uid
+        (claim,) = await dedup.claim_many(
+            conn,
+            [
+                dedup.ClaimRequest(
+                    sop, hashes.content_sha256, row.id, header_sha256=header.indexed_digest()
+                )
+            ],
+        )
+        if claim.verdict == "conflict":
+            raise IndexConflict("the correction's pixels differ from the indexed instance's")
+        known = await conn.fetchval(
+            "SELECT 1 FROM instance_revisions WHERE sop_instance_uid = $1 AND file_sha256 = $2",
+            sop,
+            hashes.file_sha256,
+        )
+        if known or claim.verdict != "revision":  # rebuilt before, or the original's header
+            return "already_indexed"
+        event = InstanceStored(
+            correlation_id=row.correlation_id,
+            source=SOURCE,
+            file=FileRef(file_id=row.id, uri=url, size=size),
+            header=header,
+            hashes=hashes,
+            disposition="revision",
+            storage_url=url,
+        )
+        if await index_batch.apply_revisions(conn, [event]):
+            raise IndexConflict("the corrected instance's original is not indexed")
+    return "indexed"
 
 
 class IndexConflict(Exception):

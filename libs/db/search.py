@@ -6,8 +6,8 @@ gives travels as a `$n` parameter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 from libs.db import Conn
@@ -51,6 +51,9 @@ class StudyRow:
     stable: bool
     revision: int
     patient: PatientRow
+    # The archive it was taken from no longer has it (our copy stays): when, which archive.
+    source_deleted_at: datetime | None = None
+    source_deleted_from: str | None = None
     # The study's representative image (search results only): first series, first image.
     thumbnail_series_uid: str | None = None
     thumbnail_sop_uid: str | None = None
@@ -68,14 +71,27 @@ class SeriesRow:
 
 
 @dataclass(frozen=True)
+class CorrectionRow:
+    """A header correction indexed for one of the study's instances (ADR 0025)."""
+
+    sop_instance_uid: str
+    revision: int
+    patient_id: str
+    patient_name: str
+    indexed_at: datetime
+
+
+@dataclass(frozen=True)
 class StudyDetail:
     study: StudyRow
     series: list[SeriesRow]
+    corrections: list[CorrectionRow] = field(default_factory=list)
 
 
 _STUDY_COLUMNS = """s.study_uid, s.study_date, s.study_time, s.accession_number,
     s.study_description, s.modalities, s.series_count, s.instance_count, s.size_bytes,
-    s.stable, s.revision, p.patient_id, p.patient_name, p.birth_date, p.sex"""
+    s.stable, s.revision, s.source_deleted_at, s.source_deleted_from, p.patient_id,
+    p.patient_name, p.birth_date, p.sex"""
 _FROM = "FROM studies s JOIN patients p ON p.id = s.patient_pk"
 # An instance with Rows is an image; the lowest series number, then instance number, wins.
 _THUMBNAIL = """LEFT JOIN LATERAL (
@@ -108,21 +124,42 @@ class _Where:
 Where = _Where  # shared with the DICOMweb queries (libs/db/dicomweb.py)
 
 
-def _where(f: StudyFilter) -> _Where:
-    w = _Where()
+# Beyond this many matching studies a page walks the date index and keeps the studies of
+# the matching patients (a hashed semi-join) rather than looking up every one of them by
+# patient and sorting: 10,000 studies of 5,000 patients took 31 ms that way, 2.4 this way;
+# for 1,000 studies the lookup is faster (3 ms against 23).
+WALK_DATES_BEYOND = 3000
+
+
+def _where(f: StudyFilter, *, many: bool = False) -> _Where:
+    """Conditions on studies only (no join): the patient's fields are matched once, in an
+    InitPlan whose ids the studies are then looked up by (`studies_patient`), or, when
+    `many` studies match, as a semi-join the planner can hash. Joined row by row instead, a
+    page walked the date index probing patients for each study, and the count joined every
+    patient: 50-280 ms on 100,000 studies instead of a few."""
+    p = _Where()
     if f.patient_name is not None:
         prefix, word_start = search_patterns(f.patient_name)
-        w.add(
+        p.add(
             r"p.name_search LIKE {} ESCAPE '\' OR p.name_search LIKE {} ESCAPE '\'",
             prefix,
             word_start,
         )
     if f.patient_id is not None:
-        w.add("p.patient_id = {}", f.patient_id)
+        p.add("p.patient_id = {}", f.patient_id)
     if f.birth_date is not None:
-        w.add("p.birth_date = {}", f.birth_date)
+        p.add("p.birth_date = {}", f.birth_date)
     if f.sex is not None:
-        w.add("p.sex = {}", f.sex)
+        p.add("p.sex = {}", f.sex)
+    w = _Where()
+    if p.clauses:
+        patients = f"SELECT p.id FROM patients p {p.sql()}"
+        w.clauses.append(
+            f"(s.patient_pk IN ({patients}))"
+            if many
+            else f"(s.patient_pk = ANY(ARRAY({patients})))"
+        )
+        w.args.extend(p.args)
     if f.year is not None:  # a range, so the index on study_date is used
         w.add(
             "s.study_date >= {} AND s.study_date < {}", date(f.year, 1, 1), date(f.year + 1, 1, 1)
@@ -153,15 +190,21 @@ def _study(row: Any) -> StudyRow:
 async def search_studies(
     conn: Conn, f: StudyFilter, *, limit: int, offset: int
 ) -> tuple[int, list[StudyRow]]:
-    """(total matching, one page) ordered by study date, newest first, then study UID."""
+    """(total matching, one page) ordered by study date, newest first, then study UID. The
+    page is chosen on studies alone; only its rows are joined to their patient and
+    thumbnail."""
     w = _where(f)
-    total = await conn.fetchval(f"SELECT count(*) {_FROM} {w.sql()}", *w.args)
+    total = await conn.fetchval(f"SELECT count(*) FROM studies s {w.sql()}", *w.args)
+    if total > WALK_DATES_BEYOND:
+        w = _where(f, many=True)
     n = len(w.args)
     rows = await conn.fetch(
         f"""SELECT {_STUDY_COLUMNS}, t.thumbnail_series_uid, t.thumbnail_sop_uid
-              {_FROM} {_THUMBNAIL} {w.sql()}
-             ORDER BY s.study_date DESC NULLS LAST, s.study_uid
-             LIMIT ${n + 1} OFFSET ${n + 2}""",
+              FROM (SELECT * FROM studies s {w.sql()}
+                     ORDER BY s.study_date DESC NULLS LAST, s.study_uid
+                     LIMIT ${n + 1} OFFSET ${n + 2}) s
+              JOIN patients p ON p.id = s.patient_pk {_THUMBNAIL}
+             ORDER BY s.study_date DESC NULLS LAST, s.study_uid""",
         *w.args,
         limit,
         offset,
@@ -180,4 +223,15 @@ async def get_study(conn: Conn, study_uid: str) -> StudyDetail | None:
             ORDER BY series_number NULLS LAST, series_uid""",
         study_uid,
     )
-    return StudyDetail(study=_study(row), series=[SeriesRow(**dict(r)) for r in series])
+    corrections = await conn.fetch(
+        """SELECT sop_instance_uid, revision, header->'patient'->>'patient_id' AS patient_id,
+                  header->'patient'->>'patient_name' AS patient_name, indexed_at
+             FROM instance_revisions WHERE study_uid = $1
+            ORDER BY indexed_at, sop_instance_uid, revision""",
+        study_uid,
+    )
+    return StudyDetail(
+        study=_study(row),
+        series=[SeriesRow(**dict(r)) for r in series],
+        corrections=[CorrectionRow(**dict(r)) for r in corrections],
+    )

@@ -8,7 +8,9 @@ from datetime import datetime
 
 from libs.db import Conn
 
-KINDS = {"done": ("indexed", "duplicate"), "kept": ("failed", "conflict")}
+# A cancelled file was never read: its staged copy is no more needed than a done one's (the
+# source still has it; importing it again means taking it from the source again).
+KINDS = {"done": ("indexed", "duplicate", "cancelled"), "kept": ("failed", "conflict")}
 
 
 @dataclass(frozen=True)

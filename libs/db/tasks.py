@@ -19,9 +19,13 @@ class TaskCounters:
     pending: int = 0
     new_instances: int = 0
     flagged_same_content: int = 0
+    header_revisions: int = 0  # of new_instances: header corrections of indexed instances
     duplicates: int = 0
     conflicts: int = 0
     failed: int = 0
+    cancelled: int = 0
+    patients_found: int = 0
+    patients_new: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -39,12 +43,16 @@ class Task:
     started_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+    paused_at: datetime | None = None
+    cancelled_at: datetime | None = None
 
 
 COLUMNS = (
     "id::text, kind, source_path, description, status, error, scan_completed, created_by,"
-    " created_at, started_at, completed_at, updated_at"
+    " created_at, started_at, completed_at, updated_at, paused_at, cancelled_at"
 )
+# Statuses a task does not leave.
+ENDED = ("completed", "failed", "cancelled")
 
 
 async def create_task(
@@ -96,11 +104,14 @@ async def task_counters(conn: Conn, task_id: str) -> TaskCounters:
 
 
 async def counters_for(conn: Conn, task_ids: list[str]) -> dict[str, TaskCounters]:
-    """Counters of many tasks in two queries (a listing page must not cost two per task)."""
+    """Counters of many tasks in three queries (a listing page must not cost three per
+    task). Patients found: those of the studies its files belong to; new: those whose first
+    file in the index is one of the task's."""
     rows = await conn.fetch(
         """SELECT task_id::text AS task_id, status,
-                  reason = 'same_content_other_uid' AS flagged, count(*) AS n
-             FROM ingest_files WHERE task_id = ANY($1::uuid[]) GROUP BY 1, 2, 3""",
+                  reason = 'same_content_other_uid' AS flagged,
+                  reason = 'revision' AS revision, count(*) AS n
+             FROM ingest_files WHERE task_id = ANY($1::uuid[]) GROUP BY 1, 2, 3, 4""",
         task_ids,
     )
     failures = await conn.fetch(
@@ -112,13 +123,27 @@ async def counters_for(conn: Conn, task_ids: list[str]) -> dict[str, TaskCounter
         task_ids,
         FAILED_REASONS_SHOWN,
     )
+    patients = await conn.fetch(
+        """SELECT t.id::text AS task_id,
+                  (SELECT count(DISTINCT s.patient_pk) FROM ingest_files f
+                     JOIN studies s ON s.study_uid = f.study_uid
+                    WHERE f.task_id = t.id AND f.study_uid IS NOT NULL) AS found,
+                  (SELECT count(*) FROM ingest_files f JOIN patients p ON p.first_file_id = f.id
+                    WHERE f.task_id = t.id) AS new
+             FROM unnest($1::uuid[]) AS t(id)""",
+        task_ids,
+    )
+    people = {r["task_id"]: (int(r["found"]), int(r["new"])) for r in patients}
     by: dict[str, dict[str, int]] = {t: {} for t in task_ids}
     flagged: dict[str, int] = dict.fromkeys(task_ids, 0)
+    revisions: dict[str, int] = dict.fromkeys(task_ids, 0)
     for r in rows:
         counts = by[r["task_id"]]
         counts[r["status"]] = counts.get(r["status"], 0) + r["n"]
         if r["status"] == "indexed" and r["flagged"]:
             flagged[r["task_id"]] += r["n"]
+        if r["status"] == "indexed" and r["revision"]:
+            revisions[r["task_id"]] += r["n"]
     failed: dict[str, list[dict[str, Any]]] = {t: [] for t in task_ids}
     for r in failures:
         failed[r["task_id"]].append({k: r[k] for k in ("uri", "origin", "stage", "reason")})
@@ -128,9 +153,13 @@ async def counters_for(conn: Conn, task_ids: list[str]) -> dict[str, TaskCounter
             pending=c.get("pending", 0),
             new_instances=c.get("indexed", 0),
             flagged_same_content=flagged[t],
+            header_revisions=revisions[t],
             duplicates=c.get("duplicate", 0),
             conflicts=c.get("conflict", 0),
             failed=c.get("failed", 0),
+            cancelled=c.get("cancelled", 0),
+            patients_found=people.get(t, (0, 0))[0],
+            patients_new=people.get(t, (0, 0))[1],
             failures=failed[t],
         )
         for t, c in by.items()
@@ -161,10 +190,12 @@ async def lease_next_scan(
 
 
 async def renew_lease(conn: Conn, task_id: str, *, owner: str, lease_seconds: float) -> bool:
+    """False once the lease is lost: taken over, or the task paused or cancelled (both clear
+    the lease), so the scanner stops."""
     return bool(
         await conn.fetchval(
             """UPDATE import_tasks SET lease_until = now() + make_interval(secs => $3)
-                WHERE id = $1 AND lease_owner = $2 RETURNING true""",
+                WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING true""",
             task_id,
             owner,
             lease_seconds,
@@ -193,7 +224,7 @@ async def fail_task(conn: Conn, task_id: str, error: str) -> None:
     await conn.execute(
         """UPDATE import_tasks SET status = 'failed', error = $2, scan_completed = true,
                   lease_owner = NULL, lease_until = NULL, completed_at = now(), updated_at = now()
-            WHERE id = $1""",
+            WHERE id = $1 AND status NOT IN ('cancelling', 'cancelled')""",
         task_id,
         error,
     )
@@ -201,7 +232,8 @@ async def fail_task(conn: Conn, task_id: str, error: str) -> None:
 
 async def running_task_ids(conn: Conn) -> list[str]:
     rows = await conn.fetch(
-        "SELECT id::text FROM import_tasks WHERE status = 'running' AND scan_completed"
+        """SELECT id::text FROM import_tasks
+            WHERE status IN ('running', 'cancelling') AND scan_completed"""
     )
     return [r["id"] for r in rows]
 

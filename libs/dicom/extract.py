@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from libs.dicom.content import PIXEL_TAGS, UNDEFINED, Ranges, hash_file, meta_en
 from libs.dicom.dicomjson import header_json
 from libs.dicom.header import build_header
 from libs.dicom.preamble import PREAMBLE, preamble_problem
+from libs.storage.stamp import source_stamp
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # Elements this large are not read into memory while parsing the header (pydicom
@@ -93,12 +95,14 @@ def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomH
     I/O error (EIO, ESTALE, EACCES...) is re-raised as is, so the bus retries it.
     MemoryError and KeyboardInterrupt pass through; nothing else escapes.
     """
+    started = time.time_ns()  # the stamp's age counts up to before the file was read
     try:
         # pydicom warns (and logs) about every oddity of a hostile file; the outcome
         # here is the verdict, so the warnings are not surfaced.
         with warnings.catch_warnings(), open(path, "rb") as f:
             warnings.simplefilter("ignore")
-            size = os.fstat(f.fileno()).st_size
+            opened = os.fstat(f.fileno())
+            size = opened.st_size
             if size == 0:
                 raise NotDicomError("empty file")
             problem = preamble_problem(f.read(PREAMBLE + 4))
@@ -110,6 +114,7 @@ def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomH
             header = header.model_copy(update={"dicom_json": header_json(ds, layout.pixel)})
             zeroed = PREAMBLE if problem else 0
             file_hash, content_hash = hash_file(f, size, layout.ranges, zero_head=zeroed)
+            stamp = None if problem else source_stamp(opened, os.fstat(f.fileno()), now_ns=started)
     except (PermanentError, MemoryError):
         raise
     except RecursionError:
@@ -128,6 +133,7 @@ def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomH
         content_sha256=content_hash,
         has_pixels=layout.has_pixels,
         preamble_zeroed=bool(problem),
+        source_stamp=stamp,
     )
 
 

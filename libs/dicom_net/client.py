@@ -1,6 +1,6 @@
-"""`DicomClient`: C-ECHO, C-FIND (Q/R and Modality Worklist), C-GET (to a folder or to
-memory), C-MOVE and Storage Commitment (N-ACTION, then the N-EVENT-REPORT) over pynetdicom,
-from asyncio.
+"""`DicomClient`: C-ECHO, C-STORE (`storing`), C-FIND (Q/R and Modality Worklist), C-GET (to
+a folder or to memory), C-MOVE and Storage Commitment (N-ACTION, then the N-EVENT-REPORT)
+over pynetdicom, from asyncio.
 
 Each call runs its association in a worker thread (pynetdicom blocks), so the event loop
 never waits on the network. Per call: a timeout (the association is aborted when it
@@ -54,6 +54,8 @@ from libs.dicom_net.errors import (
     RetrieveTooLarge,
 )
 from libs.dicom_net.models import Level, Match, Peer, Progress, Query, RetrieveResult, Root
+from libs.dicom_net.store import NotAccepted, StoreSession
+from libs.dicom_net.tls import DicomTls
 from libs.dicom_net.transport import (
     NODELAY_HANDLERS,
     TRANSFER_SYNTAXES,
@@ -104,8 +106,11 @@ class DicomClient:
         connect_timeout: float = 10.0,
         retries: int = 2,
         retry_backoff: float = 0.5,
+        tls: DicomTls | None = None,
     ) -> None:
         self.peer = peer
+        # Built once: an unreadable CA or key file fails here, at start, not on a poll.
+        self._tls_args = (tls.client_context(), peer.host) if tls is not None else None
         self.calling_ae = calling_ae
         if max_pdu <= 0:
             raise ValueError("max_pdu must be positive: an unbounded PDU is a memory hazard")
@@ -297,6 +302,17 @@ class DicomClient:
 
         return await self._call(run, time_limit)
 
+    def storing(self, contexts: Sequence[tuple[str, str]]) -> StoreSession:
+        """C-STORE: `async with client.storing([(sop_class, syntax), ...]) as session:` opens
+        one association proposing each pair; `await session.send(path, sop_class, syntax)`
+        sends one file as stored (`libs.dicom_net.store`)."""
+        return StoreSession(
+            contexts,
+            open_association=self._association,
+            timeout=self.timeout,
+            peer=self.peer.ae_title,
+        )
+
     # -- plumbing --------------------------------------------------------------------------
 
     async def _call(self, run: Callable[[threading.Event], T], time_limit: float | None) -> T:
@@ -337,6 +353,7 @@ class DicomClient:
                 ae_title=self.peer.ae_title,
                 max_pdu=self.max_pdu,
                 ext_neg=roles,
+                tls_args=self._tls_args,
                 evt_handlers=[
                     *NODELAY_HANDLERS,
                     (evt.EVT_CONN_OPEN, bound_pdus(self.max_pdu)),
@@ -474,10 +491,12 @@ __all__ = [
     "InMemory",
     "Level",
     "Match",
+    "NotAccepted",
     "Peer",
     "Query",
     "RetrieveResult",
     "SopReference",
+    "StoreSession",
     "WorklistItem",
     "WorklistQuery",
 ]

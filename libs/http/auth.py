@@ -14,8 +14,8 @@ keeps the cookie off cross-site requests, and this check holds where a browser i
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -53,6 +53,7 @@ class AuditContext:
     action: str
     key: ApiKey | None = None
     result_count: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # beside the query in audit_log
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class Caller:
     def saw(self, count: int) -> None:
         """Record how many results the caller was given (audit_log.result_count)."""
         self.audit.result_count = count
+
+    def note(self, **details: Any) -> None:
+        """Record what a request body asked for (audit_log.query, beside the URL's query)."""
+        self.audit.details.update(details)
 
 
 def same_origin(request: Request) -> bool:

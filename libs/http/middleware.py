@@ -101,7 +101,7 @@ def _entry(scope: Scope, audit: AuditContext, status: int) -> AuditEntry:
         status_code=status,
         api_key_id=audit.key.id if audit.key else None,
         role=audit.key.role if audit.key else None,
-        query=_query(scope),
+        query={**_query(scope), **audit.details},
         result_count=audit.result_count,
         client=client[0] if client else None,
     )

@@ -19,8 +19,10 @@ sees a short or unterminated body, never a wrong byte).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from starlette.requests import Request
@@ -63,9 +65,13 @@ class ProxyTimeouts:
     read: float = 600.0
 
 
-def upstream_client(base_url: str, timeouts: ProxyTimeouts) -> httpx.AsyncClient:
-    """One pooled client per upstream; no automatic decompression or redirects."""
+def upstream_client(
+    base_url: str, timeouts: ProxyTimeouts, ca_bundle: Path | None = None
+) -> httpx.AsyncClient:
+    """One pooled client per upstream; no automatic decompression or redirects. An https://
+    upstream is verified against `ca_bundle` (a private CA's PEM file), else the system's CAs."""
     return httpx.AsyncClient(
+        verify=ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else True,
         base_url=base_url.rstrip("/"),
         timeout=httpx.Timeout(timeouts.read, connect=timeouts.connect),
         follow_redirects=False,

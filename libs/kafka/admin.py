@@ -8,16 +8,21 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from libs.contracts.topics import TOPICS, dlq_topic
+from libs.kafka.connection import Kafka, client_args
 from libs.runtime.logging import get_logger
 
 log = get_logger(__name__)
 
 
+def admin_client(kafka: Kafka) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**client_args(kafka))
+
+
 async def ensure_topics(
-    bootstrap_servers: str, *, partitions: int, replication_factor: int
+    bootstrap_servers: Kafka, *, partitions: int, replication_factor: int
 ) -> list[str]:
     """Create every declared topic that does not exist yet; returns those created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = admin_client(bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

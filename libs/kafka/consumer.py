@@ -42,6 +42,7 @@ from pydantic import BaseModel, ValidationError
 from libs.contracts.errors import FULL_DISK, PermanentError
 from libs.contracts.events import DeadLetter, Event
 from libs.contracts.topics import dlq_topic
+from libs.kafka.connection import Kafka, client_args
 from libs.kafka.producer import Producer
 from libs.runtime.logging import get_logger
 from libs.runtime.metrics import ConsumerMetrics
@@ -134,7 +135,7 @@ class StageConsumer:
         stage: str,
         group_id: str,
         routes: Mapping[str, AnyRoute],
-        bootstrap_servers: str,
+        bootstrap_servers: Kafka,
         producer: Producer,
         metrics: ConsumerMetrics,
         stopping: asyncio.Event,
@@ -160,7 +161,7 @@ class StageConsumer:
         self._tally = _Tally()
         self._consumer = AIOKafkaConsumer(
             *self._routes,
-            bootstrap_servers=bootstrap_servers,
+            **client_args(bootstrap_servers),
             group_id=group_id,
             client_id=f"dicomflow-{stage}",
             enable_auto_commit=False,

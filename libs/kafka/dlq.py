@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from libs.contracts.events import DeadLetter
 from libs.contracts.topics import dlq_topic
+from libs.kafka.connection import Kafka, client_args
 from libs.kafka.producer import Producer
 
 REPLAY_GROUP = "dicomflow-dlq-replay"
@@ -108,11 +109,11 @@ async def _read(
 
 
 async def list_letters(
-    bootstrap_servers: str, topic: str, flt: LetterFilter | None = None, limit: int | None = None
+    bootstrap_servers: Kafka, topic: str, flt: LetterFilter | None = None, limit: int | None = None
 ) -> list[Letter]:
     flt = flt or LetterFilter()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+        **client_args(bootstrap_servers), group_id=None, enable_auto_commit=False
     )
     await consumer.start()
     try:
@@ -123,7 +124,7 @@ async def list_letters(
     return letters[:limit] if limit is not None else letters
 
 
-async def show_letter(bootstrap_servers: str, topic: str, partition: int, offset: int) -> Letter:
+async def show_letter(bootstrap_servers: Kafka, topic: str, partition: int, offset: int) -> Letter:
     for item in await list_letters(bootstrap_servers, topic):
         if (item.partition, item.offset) == (partition, offset):
             return item
@@ -144,7 +145,7 @@ class ReplayReport:
 
 
 async def replay(
-    bootstrap_servers: str,
+    bootstrap_servers: Kafka,
     topic: str,
     producer: Producer,
     flt: LetterFilter | None = None,
@@ -156,7 +157,7 @@ async def replay(
     flt = flt or LetterFilter()
     dlq = as_dlq(topic)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False
+        **client_args(bootstrap_servers), group_id=group_id, enable_auto_commit=False
     )
     await consumer.start()
     try:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from aiokafka import AIOKafkaProducer
 
 from libs.contracts.events import Event
+from libs.kafka.connection import Kafka, client_args
 from libs.runtime.logging import get_logger
 from libs.runtime.metrics import ProducerMetrics
 
@@ -26,7 +27,7 @@ def event_headers(event: Event) -> list[tuple[str, bytes]]:
 class Producer:
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: Kafka,
         *,
         idempotence: bool,
         metrics: ProducerMetrics,
@@ -40,7 +41,7 @@ class Producer:
                 reason="KAFKA_ENABLE_IDEMPOTENCE=false (the embedded Tansu broker refuses it)",
             )
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+            **client_args(bootstrap_servers),
             client_id=client_id,
             acks="all",
             enable_idempotence=idempotence,

@@ -135,7 +135,7 @@ def end_to_end_histogram(stage: str, registry: CollectorRegistry) -> Histogram:
     return histogram
 
 
-TASK_STATES = ("pending", "running", "completed", "failed")
+TASK_STATES = ("pending", "running", "paused", "cancelling", "cancelled", "completed", "failed")
 
 
 def import_tasks_gauge(stage: str, registry: CollectorRegistry) -> Gauge:

@@ -11,6 +11,8 @@ from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from libs.contracts.settings import HttpTls
+
 Check = Callable[[], Awaitable[bool]]
 
 
@@ -71,11 +73,14 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def http_server(app: FastAPI, host: str, port: int) -> EmbeddedServer:
+def http_server(app: FastAPI, host: str, port: int, tls: HttpTls | None = None) -> EmbeddedServer:
+    """HTTP, or HTTPS with `tls` (the service's HTTPS_CERTFILE/HTTPS_KEYFILE)."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        ssl_certfile=str(tls.certfile) if tls else None,
+        ssl_keyfile=str(tls.keyfile) if tls else None,
         log_config=None,
         access_log=False,
         lifespan="off",

@@ -66,12 +66,12 @@ class Runtime:
         if self._producer is None:
             s = self.settings
             await ensure_topics(
-                s.kafka_bootstrap_servers,
+                s.kafka,
                 partitions=s.kafka_topic_partitions,
                 replication_factor=s.kafka_replication_factor,
             )
             producer = Producer(
-                s.kafka_bootstrap_servers,
+                s.kafka,
                 idempotence=s.kafka_enable_idempotence,
                 metrics=ProducerMetrics.create(self.name, self.registry),
                 client_id=f"dicomflow-{self.name}",
@@ -95,7 +95,7 @@ class Runtime:
             stage=self.name,
             group_id=group_id or f"dicomflow-{self.name}",
             routes=routes,
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            bootstrap_servers=s.kafka,
             producer=await self.producer(),
             metrics=metrics or self.consumer_metrics(),
             stopping=self.stopping,
@@ -181,7 +181,7 @@ async def serve(
             log.error("cannot start", error=str(exc))
             return 2
         app = rt.app or ops_app(name, rt.readiness, rt.registry)
-        server = http_server(app, settings.ops_host, settings.ops_port)
+        server = http_server(app, settings.ops_host, settings.ops_port, settings.http_tls)
         server_task = asyncio.create_task(server.serve(), name="http")
         tasks = [asyncio.create_task(w(), name=n) for n, w in rt.workers]
         rt.readiness.started = True

@@ -5,9 +5,23 @@ The backends register themselves in `base.BACKENDS` when imported; `open_store` 
 
 from urllib.parse import urlsplit
 
-from libs.storage.base import BACKENDS, ObjectStore, StoredObject, conflict_key, instance_key
+from libs.storage.base import (
+    BACKENDS,
+    ObjectStore,
+    StoredObject,
+    conflict_key,
+    instance_key,
+    served_key,
+)
 
-__all__ = ["ObjectStore", "StoredObject", "conflict_key", "instance_key", "open_store"]
+__all__ = [
+    "ObjectStore",
+    "StoredObject",
+    "conflict_key",
+    "instance_key",
+    "open_store",
+    "served_key",
+]
 
 
 def open_store(url: str) -> ObjectStore:

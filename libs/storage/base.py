@@ -29,6 +29,8 @@ class PutRequest:
     key: str
     source: Path
     expected_sha256: str
+    # `Hashes.source_stamp`: a store may copy without hashing while the source still shows it.
+    source_stamp: str | None = None
 
 
 class ObjectStore(Protocol):
@@ -89,6 +91,20 @@ def conflict_key(sop_uid: str, content_sha256: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{64}", content_sha256):
         raise ValueError("content hash must be 64 lowercase hex digits")
     return f"conflicts/{require_uid(sop_uid, 'SOPInstanceUID')}/{content_sha256}.dcm"
+
+
+def revision_key(sop_uid: str, file_sha256: str) -> str:
+    """A corrected header of an instance (ADR 0025) is kept beside the original, never over it."""
+    if not re.fullmatch(r"[0-9a-f]{64}", file_sha256):
+        raise ValueError("file hash must be 64 lowercase hex digits")
+    return f"revisions/{require_uid(sop_uid, 'SOPInstanceUID')}/{file_sha256}.dcm"
+
+
+def served_key(study_uid: str, series_uid: str, sop_uid: str, revision_key: str | None) -> str:
+    """The key of the bytes served for an indexed instance: its latest header correction's
+    (`instances.revision_key`, ADR 0025) or else its canonical copy. Every reader (WADO,
+    archives, exports) resolves an instance through this one function."""
+    return revision_key or instance_key(study_uid, series_uid, sop_uid)
 
 
 # Filled by each backend module as it is imported; `libs.storage.open_store` picks by scheme.

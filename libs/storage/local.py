@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from libs.contracts.errors import PermanentError
 from libs.staging.files import sync_folder
 from libs.storage.base import PutRequest, StoredObject, check_key, register_backend
+from libs.storage.stamp import shows_stamp
 
 CHUNK = 1 << 20
 
@@ -106,7 +109,9 @@ class LocalStore:
                     if target.exists():
                         out[n] = self._existing(item.key, target, item.expected_sha256)
                         continue
-                    tmp, size = self._copy(target, item.source, item.expected_sha256)
+                    tmp, size = self._copy(
+                        target, item.source, item.expected_sha256, item.source_stamp
+                    )
                     staged.append((n, tmp, target, size))
                 except Exception as exc:  # this item only
                     out[n] = exc
@@ -131,14 +136,21 @@ class LocalStore:
             )
         return StoredObject(self.url_for(key), target.stat().st_size, existing, created=False)
 
-    def _copy(self, target: Path, source: Path, expected: str) -> tuple[Path, int]:
-        """Copy and hash in one pass to a temporary file beside `target` (not yet durable)."""
+    def _copy(
+        self, target: Path, source: Path, expected: str, stamp: str | None = None
+    ) -> tuple[Path, int]:
+        """Copy to a temporary file beside `target` (not yet durable): in the kernel without
+        hashing while the source shows the stamp it had when it was hashed (before and
+        after the copy), else copying and hashing in one pass."""
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         digest = hashlib.sha256()
         size = 0
         try:
             with source.open("rb") as src, tmp.open("xb") as dst:
+                if stamp is not None and (size := _stamped_copy(src, dst, stamp)) >= 0:
+                    return tmp, size
+                size = 0
                 while chunk := src.read(CHUNK):
                     digest.update(chunk)
                     dst.write(chunk)
@@ -193,6 +205,37 @@ def _walk_sorted(root: Path, base: str, prefix: str, start_after: str) -> Iterat
             yield from _walk_sorted(Path(entry.path), key, prefix, start_after)
         elif entry.is_file(follow_symlinks=False) and key.startswith(prefix) and key > start_after:
             yield key
+
+
+def _stamped_copy(src: BinaryIO, dst: BinaryIO, stamp: str) -> int:
+    """Copy `src` to `dst` in the kernel (copy_file_range: no pass through this process)
+    if `src` shows `stamp` before and after; its size, or -1 with both rewound (and `dst`
+    emptied) when it does not, or the kernel cannot copy between them: hash instead."""
+    fd_in, fd_out = src.fileno(), dst.fileno()
+    if not shows_stamp(os.fstat(fd_in), stamp):
+        return -1
+    size = os.fstat(fd_in).st_size
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(fd_in, fd_out, size - done, done, done)
+            if n == 0:
+                break
+            done += n
+    except OSError as exc:
+        if exc.errno not in _NO_KERNEL_COPY:
+            raise
+        done = -1
+    if done == size and shows_stamp(os.fstat(fd_in), stamp):
+        return size
+    os.ftruncate(fd_out, 0)
+    src.seek(0)
+    dst.seek(0)
+    return -1
+
+
+# copy_file_range refused: not supported here, across filesystems (before Linux 5.19), etc.
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
 
 
 def _fsync_dir(path: Path) -> None:

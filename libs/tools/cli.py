@@ -16,6 +16,8 @@ from libs.tools.dlq_cli import add_parser as add_dlq_parser
 from libs.tools.dlq_cli import run as run_dlq
 from libs.tools.fetch_cli import add_parser as add_fetch_parser
 from libs.tools.fetch_cli import run as run_fetch
+from libs.tools.import_cli import add_parser as add_import_parser
+from libs.tools.import_cli import run as run_import
 from libs.tools.rebuild import add_parser as add_rebuild_parser
 from libs.tools.rebuild import run as run_rebuild
 
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("topics", help="create every topic and its DLQ if missing")
     add_dlq_parser(sub)
     add_fetch_parser(sub)
+    add_import_parser(sub)
     add_rebuild_parser(sub)
     broker = sub.add_parser("broker", help="run the embedded Kafka-protocol broker")
     broker.add_argument("--port", type=int, default=9092)
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "dlq":
         return run_dlq(args)
+    if args.command in ("import", "imports"):
+        return run_import(args)
     if args.command == "fetch":
         return run_fetch(args)
     if args.command == "rebuild-index":
@@ -122,7 +127,7 @@ async def _topics() -> list[str]:
 
     s = _common()
     return await ensure_topics(
-        s.kafka_bootstrap_servers,
+        s.kafka,
         partitions=s.kafka_topic_partitions,
         replication_factor=s.kafka_replication_factor,
     )

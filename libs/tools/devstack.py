@@ -33,6 +33,8 @@ SERVICES: dict[str, str] = {
     "dcm4chee-watcher": "services.dcm4chee_watcher",
     "dicom-receiver": "services.dicom_receiver",
     "pacs-watcher": "services.pacs_watcher",
+    "router": "services.router",
+    "backend-connector": "services.backend_connector",
 }
 
 EMBEDDED_BROKER_PORT = 9092
@@ -44,6 +46,8 @@ CONFIGURED_BY = {
     "iso-watcher": "ISO_INBOX",
     "dcm4chee-watcher": "DCM4CHEE_ARCHIVE_URL",
     "pacs-watcher": "WATCHER_PACS",
+    "router": "ROUTER_RULES_FILE",
+    "backend-connector": "CONNECTOR_URL",
 }
 
 
@@ -119,6 +123,8 @@ async def up(var: Path, *, only: list[str] | None) -> int:
         env["NAS_ROOTS"] = str(nas)
     if not os.environ.get("RECEIVER_STAGING_DIR"):
         env["RECEIVER_STAGING_DIR"] = str(var / "receiver")
+    if not os.environ.get("API_EXPORT_DIR"):
+        env["API_EXPORT_DIR"] = str(var / "exports")
     viewer = var / "ohif" / "dist"
     if not os.environ.get("API_VIEWER_DIR") and (viewer / "index.html").is_file():
         env["API_VIEWER_DIR"] = str(viewer)

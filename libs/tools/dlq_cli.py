@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, s: ServiceSettings) -> int:
-    bootstrap = s.kafka_bootstrap_servers
+    bootstrap = s.kafka
     if args.action == "list":
         letters = await list_letters(bootstrap, args.topic, _filter(args), args.limit)
         for item in letters:

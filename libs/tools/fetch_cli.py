@@ -55,6 +55,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="archive address when not the API's (env DICOMFLOW_ARCHIVE_URL; rarely needed)",
     )
     p.add_argument("--api-key", help="API key (env DICOMFLOW_API_KEY)")
+    p.add_argument(
+        "--ca-bundle",
+        type=Path,
+        help="PEM file of the CA that signed an https:// server's certificate "
+        "(env DICOMFLOW_CA_BUNDLE; default: the system's CAs)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -106,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
         args.url or os.environ.get("DICOMFLOW_URL") or DEFAULT_URL,
         key,
         archive_base_url=args.archive_url or os.environ.get("DICOMFLOW_ARCHIVE_URL") or None,
+        ca_bundle=args.ca_bundle or os.environ.get("DICOMFLOW_CA_BUNDLE") or None,
     ) as client:
         studies = _studies(client, args, criteria)
         viewer = args.viewer or os.environ.get("DICOMFLOW_VIEWER", "")

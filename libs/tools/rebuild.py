@@ -1,8 +1,10 @@
 """`dicomflow rebuild-index`: the index rebuilt from what storage holds.
 
 Walks every key of `STORAGE_URL` (`file://` or `gs://`) in ascending order, a batch at a
-time. Each canonical copy (`studies/<study>/<series>/<sop>.dcm`) and each conflicting copy
-(`conflicts/<sop>/<content sha256>.dcm`) is parsed and hashed by the extractor's own
+time. Each canonical copy (`studies/<study>/<series>/<sop>.dcm`), each conflicting copy
+(`conflicts/<sop>/<content sha256>.dcm`) and each header correction
+(`revisions/<sop>/<file sha256>.dcm`, restored as the instance's served revision after its
+original, ADR 0025) is parsed and hashed by the extractor's own
 `extract_file`, in the isolated parser pool (a hostile object costs one worker and is a
 failure with its reason, never the run); previews, temporary files and any other object are
 skipped and counted by kind. The batch is then indexed by the indexer's own writes
@@ -23,7 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -31,12 +33,13 @@ import asyncpg
 
 from libs.contracts.errors import PermanentError
 from libs.contracts.events import DicomHeader, Hashes
+from libs.db import Conn
 from libs.db import rebuild as repo
 from libs.db.locks import LockSpace, SingleReader
 from libs.dicom.extract import extract_file
 from libs.dicom.uids import is_valid_uid
 from libs.runtime.sandbox import IsolatedExecutor
-from libs.storage import ObjectStore
+from libs.storage import ObjectStore, instance_key
 from libs.storage.download import download
 from libs.storage.local import LocalStore
 from libs.tools.rebuild_report import Progress, report
@@ -48,12 +51,13 @@ class Target:
 
     key: str
     sop_uid: str
-    study_uid: str | None = None  # None for a conflicting copy (its key has no study)
+    study_uid: str | None = None  # None for a conflicting copy or a revision (no study)
     series_uid: str | None = None
+    revision: bool = False  # a header correction (`revisions/<sop>/<sha256>.dcm`, ADR 0025)
 
     @property
     def conflict(self) -> bool:
-        return self.study_uid is None
+        return self.study_uid is None and not self.revision
 
 
 def classify(key: str) -> Target | str:
@@ -72,6 +76,8 @@ def classify(key: str) -> Target | str:
         return Target(key, stem, parts[1], parts[2])
     if len(parts) == 3 and parts[0] == "conflicts" and is_valid_uid(parts[1]):
         return Target(key, parts[1])
+    if len(parts) == 3 and parts[0] == "revisions" and is_valid_uid(parts[1]):
+        return Target(key, parts[1], revision=True)
     return "outside the storage layout"
 
 
@@ -92,6 +98,7 @@ class Parsed:
     size: int
     header: DicomHeader
     hashes: Hashes
+    ahead: bool = False  # a revision's original, indexed before its own key comes
 
 
 async def _batches(keys: AsyncIterator[str], size: int) -> AsyncIterator[list[str]]:
@@ -130,16 +137,28 @@ class Rebuilder:
         check_uids(target, header)
         return Parsed(target, size, header, hashes)
 
-    async def _one(self, key: str, tmp: Path, tally: repo.Tally) -> Parsed | None:
+    async def _one(self, key: str, tmp: Path, tally: repo.Tally) -> list[Parsed]:
+        """The object parsed; for a revision, its instance's canonical copy before it (keys
+        sort `revisions/` before `studies/`, and a correction applies to an indexed original:
+        the original is indexed here, and counted when its own key comes)."""
         target = classify(key)
         if isinstance(target, str):
             tally.skipped[target] += 1
-            return None
+            return []
         try:
-            return await self._parse(target, tmp)
+            parsed = await self._parse(target, tmp)
+            if not target.revision:
+                return [parsed]
+            h = parsed.header
+            uids = (h.study.study_uid, h.series.series_uid, h.instance.sop_instance_uid)
+            original = Target(instance_key(*uids), uids[2], uids[0], uids[1])
+            try:
+                return [replace(await self._parse(original, tmp), ahead=True), parsed]
+            except PermanentError:  # no original: the correction fails with that reason
+                return [parsed]
         except PermanentError as exc:  # not DICOM, malformed, hostile, misplaced, gone
             tally.failures.append((key, f"{type(exc).__name__}: {exc}"))
-            return None
+            return []
 
     async def parse(self, keys: list[str]) -> tuple[list[Parsed], repo.Tally]:
         """A batch parsed in the worker pool (at most `workers` objects at a time). An I/O
@@ -148,7 +167,7 @@ class Rebuilder:
         with tempfile.TemporaryDirectory(prefix="dicomflow-rebuild-") as tmp:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self._one(k, Path(tmp), tally)) for k in keys]
-        return [p for t in tasks if (p := t.result()) is not None], tally
+        return [p for t in tasks for p in t.result()], tally
 
     async def write(
         self, run: repo.Run, keys: list[str], parsed: list[Parsed], tally: repo.Tally
@@ -157,21 +176,32 @@ class Rebuilder:
         async with self.pool.acquire() as conn, conn.transaction():
             for p in parsed:
                 try:
-                    outcome = await repo.index_object(
-                        conn,
-                        run.id,
-                        url=self.store.url_for(p.target.key),
-                        key=p.target.key,
-                        size=p.size,
-                        header=p.header,
-                        hashes=p.hashes,
-                        conflict=p.target.conflict,
-                    )
+                    outcome = await self._index(conn, run, p)
                 except repo.DB_ERRORS as exc:
-                    tally.failures.append((p.target.key, f"{type(exc).__name__}: {exc}"))
+                    if not p.ahead:  # else the original fails again at its own key
+                        tally.failures.append((p.target.key, f"{type(exc).__name__}: {exc}"))
                     continue
-                tally.count(outcome)
+                if not p.ahead:  # an original is counted at its own key
+                    tally.count(outcome)
             await repo.save_batch(conn, run.id, tally, keys[-1])
+
+    async def _index(self, conn: Conn, run: repo.Run, p: Parsed) -> repo.Outcome:
+        key = p.target.key
+        url = self.store.url_for(key)
+        if p.target.revision:
+            return await repo.index_revision(
+                conn, run.id, url=url, key=key, size=p.size, header=p.header, hashes=p.hashes
+            )
+        return await repo.index_object(
+            conn,
+            run.id,
+            url=url,
+            key=key,
+            size=p.size,
+            header=p.header,
+            hashes=p.hashes,
+            conflict=p.target.conflict,
+        )
 
     async def walk(self, run: repo.Run) -> AsyncIterator[tuple[list[str], repo.Tally]]:
         """Every batch after the checkpoint, once committed. The next batch is parsed while

@@ -9,15 +9,22 @@ with 4 storescu associations in parallel:
 3. the dicomflow receiver alone (broker and PostgreSQL up, pipeline stopped): the
    receive-and-acknowledge step, every answered instance fdatasynced, in the ledger and
    acknowledged by Kafka; once more with RECEIVER_FSYNC=false, to show what durability costs;
-4. the dicomflow receiver with the whole pipeline running: acknowledged, and until every
-   instance is indexed (the pipeline shares the 2 cores with the receiver).
-Prints each rate and its ratio to storescp.
+4. the default stack as `dicomflow up` starts it (every default service, default settings):
+   acknowledged, and until every instance is indexed (the stack shares the 2 cores).
+Prints each rate and its ratio to storescp, the CPU ms/instance of each receiving process
+(from /proc/<pid>/stat: utime+stime, storescp's forked children included; for dicomflow the
+receiver, the broker and the database's PostgreSQL backends, and with the pipeline every
+stage), the peak RSS of the receiving processes, and the load average beside each figure;
+writes them to load_test/results/receiver-latest.json.
+
+    python -m load_test.bench.receiver --count 600 --parallel 4
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -25,18 +32,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
 from libs.tools.dev_broker import broker_argv, free_port, wait_for_port
+from load_test.bench.ingest import RESULTS, Up, cpu_by_owner, load, peak_rss_mb
 from load_test.bench.pipeline import PG, corpus
 from load_test.dimse import StoreSCP, storescu_argv
 from load_test.peers import PEER_ENV
-from load_test.process_stack import PIPELINE, Stack, stack_env
+from load_test.process_stack import Stack, stack_env
 
 RECEIVER = "dicom-receiver"
 
@@ -57,22 +67,73 @@ def send(port: int, called: str, files: list[Path], parallel: int) -> float:
     return time.perf_counter() - t
 
 
-def storescp_rate(work: Path, files: list[Path], parallel: int) -> float:
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of `pid`, of its children already reaped, and of its children still in
+    /proc (running or exited and not yet reaped: a zombie keeps its times)."""
+    own = stat_fields(pid)
+    if own is None:
+        return 0.0
+    total = sum(int(own[i]) for i in (11, 12, 13, 14))
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        f = stat_fields(int(stat.parent.name))
+        if f is not None and int(f[1]) == pid:
+            total += int(f[11]) + int(f[12])
+    return total / TICKS
+
+
+def backends_cpu(db: str) -> float:
+    """CPU seconds of the PostgreSQL backends serving `db` (and their children)."""
+    total = 0.0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if f" {db} ".encode() in cmdline.read_bytes().replace(b"\0", b" "):
+                total += tree_cpu(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return total
+
+
+@dataclass
+class Figures:
+    rate: float
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # per process, per instance
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    load: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def storescp_rate(work: Path, files: list[Path], parallel: int) -> Figures:
     out = work / "storescp"
     shutil.rmtree(out, ignore_errors=True)
     scp = StoreSCP(out, fork=parallel > 1)
     scp.start()
+    assert scp.process is not None
     try:
         wait_for_port("127.0.0.1", scp.port)
+        before = tree_cpu(scp.process.pid)
         seconds = send(scp.port, scp.aet, files, parallel)
+        time.sleep(0.3)  # the forked children end after their release
+        cpu = tree_cpu(scp.process.pid) - before
+        rss = peak_rss_mb(scp.process.pid)
     finally:
         scp.stop()
     written = sum(1 for _ in out.rglob("*") if _.is_file())
     assert written == len(files), f"storescp wrote {written} of {len(files)}"
-    return len(files) / seconds
+    n = len(files)
+    return Figures(n / seconds, {"storescp": 1000 * cpu / n}, {"storescp (parent)": rss}, load())
 
 
-def pynetdicom_rate(work: Path, files: list[Path], parallel: int) -> float:
+def pynetdicom_rate(work: Path, files: list[Path], parallel: int) -> Figures:
     """A plain pynetdicom C-STORE SCP writing `encoded_dataset()` (no fsync)."""
     from pynetdicom import AE, evt
     from pynetdicom.presentation import AllStoragePresentationContexts
@@ -103,13 +164,13 @@ def pynetdicom_rate(work: Path, files: list[Path], parallel: int) -> float:
         server.shutdown()
     written = sum(1 for _ in out.iterdir())
     assert written == len(files), f"pynetdicom wrote {written} of {len(files)}"
-    return len(files) / seconds
+    return Figures(len(files) / seconds, load=load())
 
 
 @asynccontextmanager
 async def receiver_stack(
-    work: Path, *, pipeline: bool, fsync: bool = True
-) -> AsyncIterator[tuple[Stack, asyncpg.Pool, int]]:
+    work: Path, *, fsync: bool = True
+) -> AsyncIterator[tuple[Stack, asyncpg.Pool, int, Probe]]:
     db = f"dicomflow_bench_{uuid.uuid4().hex[:8]}"
     url = f"{PG}/{db}"
     pool = await create_pool(url, size=2)
@@ -132,20 +193,18 @@ async def receiver_stack(
         RECEIVER_FSYNC=str(fsync).lower(),
     )
     stack = Stack(root=state, env=env, ports=ports)
-    names = [*PIPELINE, RECEIVER] if pipeline else [RECEIVER]
+    names = [RECEIVER]
     for name in names:
         stack.start(name)
     try:
         await stack.wait_ready(names)
-        yield stack, pool, dport
+        yield stack, pool, dport, Probe(stack, broker.pid, db)
     finally:
         stack.stop_all()
         broker.terminate()
         broker.wait()
         await pool.close()
-        conn = await asyncpg.connect(f"{PG}/postgres")
-        await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        await conn.close()
+        await drop_database(db)
 
 
 async def until_indexed(pool: asyncpg.Pool, total: int, timeout: float = 1800) -> None:
@@ -157,47 +216,179 @@ async def until_indexed(pool: asyncpg.Pool, total: int, timeout: float = 1800) -
         await asyncio.sleep(0.1)
 
 
-async def receiver_rates(work: Path, files: list[Path], parallel: int) -> dict[str, float]:
+@dataclass
+class Probe:
+    """CPU and peak RSS of what one receiver stack runs."""
+
+    stack: Stack
+    broker: int
+    db: str
+
+    def cpu(self) -> dict[str, float]:
+        out = {name: tree_cpu(p.pid) for name, p in self.stack.procs.items()}
+        return out | {"broker (tansu)": tree_cpu(self.broker), "postgresql": backends_cpu(self.db)}
+
+    def rss(self) -> dict[str, float]:
+        return {name: peak_rss_mb(p.pid) for name, p in self.stack.procs.items()}
+
+
+def per_instance(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    return {k: 1000 * (after[k] - before.get(k, 0.0)) / n for k in after}
+
+
+async def store_seconds(stack: Stack) -> float:
+    """Mean C-STORE handling time (fsync, ledger, Kafka acknowledgement), from /metrics."""
+    async with httpx.AsyncClient() as c:
+        text = (await c.get(f"http://127.0.0.1:{stack.ports[RECEIVER]}/metrics")).text
+    names = ("_sum", "_count")
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith(tuple(f"dicomflow_dicom_receiver_store_seconds{n} " for n in names))
+    }
+    count = values.get("dicomflow_dicom_receiver_store_seconds_count", 0.0)
+    return values.get("dicomflow_dicom_receiver_store_seconds_sum", 0.0) / count if count else 0
+
+
+async def receiver_rates(work: Path, files: list[Path], parallel: int) -> dict[str, Figures]:
     """Each round on a fresh stack: the receiver alone (fsync on, off), then with the
     pipeline (acknowledged, indexed)."""
     out = {}
+    n = len(files)
     for label, fsync in (("alone", True), ("alone, no fsync", False)):
-        async with receiver_stack(work, pipeline=False, fsync=fsync) as (_, _, port):
+        async with receiver_stack(work, fsync=fsync) as (stack, _, port, probe):
+            cpu0 = probe.cpu()
             seconds = await asyncio.to_thread(send, port, "DICOMFLOW", files, parallel)
-            out[label] = len(files) / seconds
-    async with receiver_stack(work, pipeline=True) as (_, pool, port):
-        t = time.perf_counter()
-        acked = await asyncio.to_thread(send, port, "DICOMFLOW", files, parallel)
-        await until_indexed(pool, len(files))
-        out["with pipeline"] = len(files) / acked
-        out["indexed"] = len(files) / (time.perf_counter() - t)
+            out[label] = Figures(
+                n / seconds,
+                per_instance(cpu0, probe.cpu(), n),
+                probe.rss(),
+                load(),
+                {"store_ms": 1000 * await store_seconds(stack)},
+            )
+    out["with pipeline"], out["indexed"] = await default_stack_rates(work, files, parallel)
     return out
+
+
+@dataclass
+class UpWithReceiver(Up):
+    """`dicomflow up` (every default service, default settings) with a known DICOM port."""
+
+    receiver_port: int = 0
+
+    def env(self) -> dict[str, str]:
+        return super().env() | {"RECEIVER_PORT": str(self.receiver_port)}
+
+
+async def default_stack_rates(
+    work: Path, files: list[Path], parallel: int
+) -> tuple[Figures, Figures]:
+    """storescu into the default stack as `dicomflow up` starts it: acknowledged, and until
+    every instance is indexed."""
+    db = f"dicomflow_bench_{uuid.uuid4().hex[:8]}"
+    var = work / "receiver-up"
+    shutil.rmtree(var, ignore_errors=True)
+    up = UpWithReceiver(var=var, db=db, corpus=work / "dimse-corpus", receiver_port=free_port())
+    up.start()
+    assert up.process is not None
+    n = len(files)
+    try:
+        await up.wait_ready()
+        await asyncio.sleep(2)  # start-up rounds settle
+        pool = await create_pool(f"{PG}/{db}", size=1)
+        try:
+            cpu0, _ = cpu_by_owner(up.process.pid, db)
+            t = time.perf_counter()
+            acked = await asyncio.to_thread(send, up.receiver_port, "DICOMFLOW", files, parallel)
+            acked_load = load()
+            await until_indexed(pool, n)
+            seconds = time.perf_counter() - t
+            cpu1, rss = cpu_by_owner(up.process.pid, db)
+        finally:
+            await pool.close()
+        every = per_instance(cpu0, cpu1, n)  # "<part> [sys]": the kernel's share, counted in <part>
+        cpu = {k: v for k, v in every.items() if not k.endswith(" [sys]")}
+        return Figures(n / acked, load=acked_load), Figures(n / seconds, cpu, rss, load())
+    finally:
+        up.stop()
+        await drop_database(db)
+        shutil.rmtree(var, ignore_errors=True)
+
+
+async def drop_database(db: str) -> None:
+    conn = await asyncpg.connect(f"{PG}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def show(label: str, f: Figures, ref: float) -> None:
+    cpu = sum(f.cpu_ms.values())
+    cpu_text = f"{cpu:6.2f} ms CPU/inst" if f.cpu_ms else " " * 18
+    print(f"    {label:<40} {f.rate:>6.0f} inst/s  {f.rate / ref:5.2f}x  {cpu_text}  ({f.load})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=int(os.environ.get("BENCH_DIMSE_COUNT", 600)))
+    parser.add_argument("--parallel", default="4", help="associations, comma-separated: 1,4")
     parser.add_argument("--work", type=Path, default=Path("var/bench"))
     args = parser.parse_args()
     work = args.work.absolute()
     files = corpus(work / "dimse-corpus", args.count)
     total = sum(f.stat().st_size for f in files)
     print(f"\nC-STORE: {len(files)} instances, {total / 1e6:.0f} MB, on {os.cpu_count()} cores")
-    for parallel in (1, 4):
-        ours = asyncio.run(receiver_rates(work, files, parallel))
+    results: dict[str, Any] = {"count": len(files), "mb": total / 1e6, "cpus": os.cpu_count()}
+    for parallel in (int(p) for p in args.parallel.split(",")):
         ref = storescp_rate(work, files, parallel)
+        ours = asyncio.run(receiver_rates(work, files, parallel))
+        ref_again = storescp_rate(work, files, parallel)  # the load may have changed
         plain = pynetdicom_rate(work, files, parallel)
-        print(f"\n  {parallel} association(s):")
-        rows = [
-            ("DCMTK storescp (receive + write)", ref),
-            ("pynetdicom SCP (raw write, no fsync)", plain),
-            ("dicomflow receiver alone (acked)", ours["alone"]),
-            ("  same, RECEIVER_FSYNC=false", ours["alone, no fsync"]),
-            ("dicomflow + pipeline (acked)", ours["with pipeline"]),
-            ("dicomflow + pipeline (indexed)", ours["indexed"]),
-        ]
-        for label, rate in rows:
-            print(f"    {label:<40} {rate:>7.0f} inst/s  {rate / ref:.2f}x")
+        rows = {
+            "DCMTK storescp (receive + write)": ref,
+            "pynetdicom SCP (raw write, no fsync)": plain,
+            "dicomflow receiver alone (acked)": ours["alone"],
+            "  same, RECEIVER_FSYNC=false": ours["alone, no fsync"],
+            "dicomflow + pipeline (acked)": ours["with pipeline"],
+            "dicomflow + pipeline (indexed)": ours["indexed"],
+            "DCMTK storescp again, after": ref_again,
+        }
+        print(f"\n  {parallel} association(s), TCP_NODELAY on both sides; ratios to storescp:")
+        for label, f in rows.items():
+            show(label, f, ref.rate)
+        alone = ours["alone"]
+        print(
+            "    CPU ms/instance, receiver alone (acked): "
+            + ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(alone.cpu_ms.items(), key=lambda kv: -kv[1])
+            )
+        )
+        print(
+            "    mean C-STORE handling (fsync, ledger, Kafka ack): "
+            f"{alone.extra['store_ms']:.1f} ms"
+        )
+        print(
+            "    CPU ms/instance to indexed: "
+            + ", ".join(
+                f"{k} {v:.2f}"
+                for k, v in sorted(ours["indexed"].cpu_ms.items(), key=lambda kv: -kv[1])
+                if v >= 0.005
+            )
+        )
+        print(
+            "    peak RSS (MB): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in {**ref.rss_mb, **ours["indexed"].rss_mb}.items())
+        )
+        slower = min(ref.rate, ref_again.rate)
+        print(
+            f"    receiver alone / storescp: {alone.rate / ref.rate:.2f}x "
+            f"({alone.rate / slower:.2f}x against the slower storescp run; target >= 0.5x); "
+            f"indexed {ours['indexed'].rate:.0f}/s (target >= 300/s)"
+        )
+        results[f"{parallel}"] = {k.strip(): asdict(v) for k, v in rows.items()}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "receiver-latest.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
 import httpx
 from fastapi import FastAPI
@@ -18,6 +20,7 @@ from services.api.docs import add_local_docs
 from services.api.previews import PreviewSource
 from services.api.routes.apikeys import apikeys_router
 from services.api.routes.archives import archives_router
+from services.api.routes.exports import exports_router
 from services.api.routes.imports import Publish, imports_router
 from services.api.routes.instances import instances_router
 from services.api.routes.previews import previews_router
@@ -28,12 +31,13 @@ from services.api.viewer import ViewerFiles, viewer_router
 from services.api.web.router import web_router
 
 DESCRIPTION = """Search the DICOM index, view instance previews, download studies and series
-as archives (resumable), follow imports and retrieves from a PACS, manage API keys.
+as archives (resumable), follow imports and retrieves from a PACS, export studies
+de-identified (DICOM PS3.15), manage API keys.
 
 Every `/v1` endpoint needs `Authorization: Bearer <API key>`, or the session cookie a
 browser gets from `POST /v1/session` (sign in once with the key). Roles: `clinician` reads
-studies; `ops` reads studies, manages imports and retrieves from a PACS; `admin` may do
-everything. Every call to `/v1` is written to the audit log."""
+studies; `ops` reads studies, manages imports, retrieves from a PACS and de-identified
+exports; `admin` may do everything. Every call to `/v1` is written to the audit log."""
 
 
 def create_app(
@@ -47,8 +51,10 @@ def create_app(
     viewer: ViewerFiles | None = None,
     dicomweb: DicomWebPorts | None = None,
     packager: httpx.AsyncClient | None = None,
+    exports_dir: Path | None = None,
 ) -> FastAPI:
-    """`packager`: a client of the packager's HTTP address; its archive routes are relayed."""
+    """`packager`: a client of the packager's HTTP address; its archive routes are relayed.
+    `exports_dir`: where the export round writes de-identified archives (served from there)."""
     limits = limits or ApiLimits()
     auth = Authenticator(pool)
     app = FastAPI(
@@ -67,6 +73,7 @@ def create_app(
         app.include_router(previews_router(pool, auth, previews))
     app.include_router(imports_router(pool, publish, auth, limits))
     app.include_router(retrieve_router(pool, auth))
+    app.include_router(exports_router(pool, auth, exports_dir or Path("./var/exports")))
     app.include_router(apikeys_router(pool, auth))
     app.include_router(session_router(pool, auth, limits))
     if dicomweb is not None:

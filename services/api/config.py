@@ -28,12 +28,16 @@ class ApiLimits:
     session_hours: float = 8.0
     rate_per_key: str = "600/minute"
     rate_per_address: str = "1200/minute"
+    import_events_interval_seconds: float = 1.0
+    import_events_heartbeat_seconds: float = 15.0
 
 
 class ApiSettings(ServiceSettings):
     """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
     API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS, API_RENDER_*, API_STOW_*, API_PACKAGER_URL,
-    API_PACKAGER_TIMEOUT_SECONDS, API_VIEWER_DIR."""
+    API_PACKAGER_TIMEOUT_SECONDS, API_PACKAGER_CA_BUNDLE, API_VIEWER_DIR, API_EXPORT_*,
+    API_IMPORT_EVENTS_INTERVAL_SECONDS, API_IMPORT_EVENTS_HEARTBEAT_SECONDS,
+    API_HTTPS_CERTFILE, API_HTTPS_KEYFILE (HTTPS)."""
 
     model_config = SettingsConfigDict(env_prefix="API_", frozen=True, extra="ignore")
 
@@ -71,10 +75,35 @@ class ApiSettings(ServiceSettings):
         pattern=r"^https?://",
         description="The packager's HTTP address; /v1/.../archive requests are relayed there",
     )
+    packager_ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM CA file an https:// API_PACKAGER_URL is verified against",
+    )
     packager_timeout_seconds: float = Field(
         default=600.0,
         gt=0,
         description="Longest wait for the packager's next bytes (a ZIP answers once built)",
+    )
+    export_dir: Path = Field(
+        default=Path("./var/exports"),
+        description="Where de-identified export archives are written and served from",
+    )
+    export_workers: int = Field(default=1, ge=1, description="Processes de-identifying files")
+    export_memory_limit_mb: int = Field(default=1024, ge=128, description="RLIMIT_AS of each")
+    export_timeout_seconds: float = Field(default=120.0, gt=0, description="Per instance")
+    export_retention_hours: float = Field(
+        default=72.0, gt=0, description="Completed export archives are removed after this"
+    )
+    export_max_attempts: int = Field(
+        default=3, ge=1, description="Runs of one export interrupted by outages before it fails"
+    )
+    import_events_interval_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often an import's live progress is looked at"
+    )
+    import_events_heartbeat_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A live-progress stream that has nothing new sends a heartbeat this often",
     )
     render_queue: int = Field(
         default=8, ge=0, description="Renders waiting for a worker; beyond, 503 + Retry-After"
@@ -112,4 +141,6 @@ class ApiSettings(ServiceSettings):
             session_hours=self.session_hours,
             rate_per_key=self.rate_per_key,
             rate_per_address=self.rate_per_address,
+            import_events_interval_seconds=self.import_events_interval_seconds,
+            import_events_heartbeat_seconds=self.import_events_heartbeat_seconds,
         )

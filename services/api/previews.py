@@ -83,6 +83,7 @@ class PreviewSource:
             with tempfile.TemporaryDirectory(prefix="api-preview-") as tmp:
                 path = Path(tmp) / "instance.dcm"
                 try:
+                    # The original's pixels: a header correction (ADR 0025) has the same ones.
                     await download(self.storage, instance_key(*uids), path)
                     result = await self.renderer.render(path, request)
                 except PermanentError as exc:  # Unrenderable, worker died or timed out, gone

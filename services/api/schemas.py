@@ -13,7 +13,9 @@ from libs.dicom.names import search_key
 from services.api.config import HARD_MAX_PAGE_SIZE
 
 Role = Literal["clinician", "ops", "admin"]
-TaskStatus = Literal["pending", "running", "completed", "failed"]
+TaskStatus = Literal[
+    "pending", "running", "paused", "cancelling", "cancelled", "completed", "failed"
+]
 MAX_OFFSET = 1_000_000
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}")  # ASCII digits only
 
@@ -106,6 +108,12 @@ class StudyOut(BaseModel):
     stable: bool
     revision: int
     patient: PatientOut
+    source_deleted_at: datetime | None = Field(
+        default=None,
+        description="When the archive the study was taken from (a dcm4chee watcher) was found "
+        "no longer to have it; our copy is kept. Null otherwise.",
+    )
+    source_deleted_from: str | None = Field(default=None, description="That archive's name.")
 
 
 class StudyHit(StudyOut):
@@ -135,8 +143,21 @@ class SeriesOut(BaseModel):
     size_bytes: int
 
 
+class CorrectionOut(BaseModel):
+    sop_instance_uid: str
+    revision: int = Field(description="2 for an instance's first correction (1 is the original)")
+    patient_id: str
+    patient_name: str
+    indexed_at: datetime
+
+
 class StudyDetailOut(StudyOut):
     series: list[SeriesOut]
+    corrections: list[CorrectionOut] = Field(
+        default_factory=list,
+        description="Header corrections of the study's instances (same instance, same pixels, "
+        "another header), oldest first; the study's attributes are the latest ones.",
+    )
 
 
 class ImportCreate(BaseModel):
@@ -183,9 +204,16 @@ class CountersOut(BaseModel):
     pending: int
     new_instances: int
     flagged_same_content: int
+    header_revisions: int = Field(
+        description="Of new_instances: corrected headers of instances already indexed, indexed "
+        "as revisions (the original kept)."
+    )
     duplicates: int
     conflicts: int
     failed: int
+    cancelled: int = Field(description="Files not read because the import was cancelled.")
+    patients_found: int = Field(description="Patients of the studies the files belong to.")
+    patients_new: int = Field(description="Of those, patients this import brought into the index.")
     failures: list[FailureOut]
 
 
@@ -202,6 +230,8 @@ class TaskOut(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+    paused_at: datetime | None = None
+    cancelled_at: datetime | None = None
     counters: CountersOut
 
 

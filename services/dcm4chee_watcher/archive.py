@@ -150,6 +150,17 @@ class Archive:
                 files[f.sop_instance_uid] = f
         return {pk: list(files.values()) for pk, files in by_study.items()}
 
+    async def existing(self, study_uids: Sequence[str]) -> set[str]:
+        """Of these StudyInstanceUIDs, those the archive still has (a `study` row: both
+        schemas delete it with the study)."""
+        if not study_uids:
+            return set()
+        marks = ", ".join(f"${n}" for n in range(1, len(study_uids) + 1))
+        rows = await self.db.fetch(
+            f"SELECT study_iuid FROM study WHERE study_iuid IN ({marks})", *study_uids
+        )
+        return {str(r["study_iuid"]) for r in rows}
+
 
 def _study_arc5(r: dict[str, Any]) -> ArchiveStudy:
     return ArchiveStudy(

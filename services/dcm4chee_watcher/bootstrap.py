@@ -21,6 +21,7 @@ from services.dcm4chee_watcher.connections import connect_archive
 from services.dcm4chee_watcher.rounds import (
     Announce,
     RoundReport,
+    deletion_round,
     full_round,
     metadata_round,
 )
@@ -52,15 +53,24 @@ class PgState:
     ) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             snapshot = await record_study_summary(conn, study.patient, study.study, series)
+            await dcm4chee.record_studies(conn, self.source, [study.study.study_uid])
             await dcm4chee.advance(conn, self.source, study.watermark, 1)
             # Commit only once the announcement is acknowledged: none goes unannounced.
             await announce(snapshot)
 
     async def record_round(
-        self, files: Sequence[FoundFile], to: Watermark, studies: int
+        self, files: Sequence[FoundFile], to: Watermark, studies: Sequence[str]
     ) -> list[LedgerRow]:
         async with self.pool.acquire() as conn:
-            return await dcm4chee.record_round(conn, self.source, files, to, studies)
+            return await dcm4chee.record_round(conn, self.source, files, to, len(studies), studies)
+
+    async def studies_to_check(self, limit: int) -> list[str]:
+        async with self.pool.acquire() as conn:
+            return await dcm4chee.studies_to_check(conn, self.source, limit)
+
+    async def record_check(self, present: Sequence[str], gone: Sequence[str]) -> list[str]:
+        async with self.pool.acquire() as conn:
+            return await dcm4chee.record_check(conn, self.source, present, gone)
 
 
 async def wire(rt: Runtime) -> None:
@@ -128,6 +138,30 @@ async def wire(rt: Runtime) -> None:
         settings.poll_interval_seconds,
         partial(watch_round, one_round, lock, metrics, settings.mode, settings.study_batch_size),
     )
+    gone = Counter(
+        "dicomflow_dcm4chee_watcher_studies_gone_total",
+        "Studies found deleted from the archive (marked in the index, our copy kept).",
+        registry=rt.registry,
+    )
+    sweep = SingleReader(pool, LockSpace.DCM4CHEE_ARCHIVE, f"{settings.name}#deletions")
+    rt.every(
+        "deletions",
+        settings.deletion_check_seconds,
+        partial(check_deletions, archive, state, sweep, gone, settings.deletion_batch_size),
+    )
+
+
+async def check_deletions(
+    archive: Archive, state: PgState, lock: Exclusive, gone: Counter, batch_size: int
+) -> After | None:
+    """A batch of the known studies (checked longest ago first) against the archive, by one
+    replica; the next batch at the next interval."""
+    async with lock.held() as mine:
+        if not mine:
+            return None
+        newly = await deletion_round(archive, state, limit=batch_size)
+    gone.inc(len(newly))
+    return None
 
 
 @dataclass(frozen=True)

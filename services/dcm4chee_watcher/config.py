@@ -25,7 +25,8 @@ class Dcm4cheeWatcherSettings(ServiceSettings):
     schema_version: Literal["arc5", "dcm4chee2"] = Field(
         default="arc5",
         validation_alias="DCM4CHEE_SCHEMA",
-        description="arc5: dcm4chee-arc-light 5.x; dcm4chee2: the legacy 2.x schema (MySQL).",
+        description="arc5: dcm4chee-arc-light 5.x; dcm4chee2: the legacy 2.x schema (MySQL, "
+        "MariaDB or PostgreSQL).",
     )
     mode: Literal["metadata", "full"] = Field(
         default="metadata",
@@ -48,6 +49,15 @@ class Dcm4cheeWatcherSettings(ServiceSettings):
     )
     study_batch_size: Count = Field(default=50, description="Studies read per round trip.")
     archive_pool_size: Count = Field(default=2, description="Connections to the archive.")
+    deletion_check_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often a batch of the studies taken from the archive is checked "
+        "against it; a study it no longer has is marked deleted at the source in the index.",
+    )
+    deletion_batch_size: Count = Field(
+        default=1000, description="Studies checked per deletion check."
+    )
 
     @field_validator("storage_roots", mode="before")
     @classmethod
@@ -66,8 +76,6 @@ class Dcm4cheeWatcherSettings(ServiceSettings):
     def _archive(self) -> "Dcm4cheeWatcherSettings":
         if self.archive_dialect() is None:
             raise ValueError("DCM4CHEE_ARCHIVE_URL: use postgresql://, mysql:// or mariadb://")
-        if self.schema_version == "dcm4chee2" and self.archive_dialect() != "mysql":
-            raise ValueError("DCM4CHEE_SCHEMA=dcm4chee2 is supported on MySQL/MariaDB only")
         if self.mode == "full" and not self.storage_roots:
             raise ValueError("DCM4CHEE_MODE=full needs DCM4CHEE_STORAGE_ROOTS (key=/folder,...)")
         return self

@@ -30,6 +30,7 @@ class ArchivePort(Protocol):
         self, after: Watermark, *, settle_seconds: float, limit: int
     ) -> list[ArchiveStudy]: ...
     async def files(self, study_pks: Sequence[int]) -> dict[int, list[ArchiveFile]]: ...
+    async def existing(self, study_uids: Sequence[str]) -> set[str]: ...
 
 
 class StatePort(Protocol):
@@ -40,8 +41,10 @@ class StatePort(Protocol):
         self, study: ArchiveStudy, series: list[SeriesSummary], announce: Announce
     ) -> None: ...
     async def record_round(
-        self, files: Sequence[FoundFile], to: Watermark, studies: int
+        self, files: Sequence[FoundFile], to: Watermark, studies: Sequence[str]
     ) -> list[LedgerRow]: ...
+    async def studies_to_check(self, limit: int) -> list[str]: ...
+    async def record_check(self, present: Sequence[str], gone: Sequence[str]) -> list[str]: ...
 
 
 @dataclass
@@ -125,11 +128,27 @@ async def full_round(
         for ff in await asyncio.to_thread(_found_all, study, new, roots, source):
             found.setdefault(ff.sop_instance_uid, ff)
     files = _unique_uris(list(found.values()))
-    rows = await state.record_round(files, studies[-1].watermark, len(studies))
+    uids = [s.study.study_uid for s in studies]
+    rows = await state.record_round(files, studies[-1].watermark, uids)
     await publish([discovered_event(r) for r in rows])
     report.emitted = len(rows)
     report.unreachable = sum(1 for f in files if f.reason)
     return report
+
+
+async def deletion_round(archive: ArchivePort, state: StatePort, *, limit: int) -> list[str]:
+    """Up to `limit` of the studies taken from the archive, checked longest ago: those it
+    no longer has are marked deleted at the source in our index (our copy stays). Returns
+    the studies newly found gone."""
+    uids = await state.studies_to_check(limit)
+    if not uids:
+        return []
+    present = await archive.existing(uids)
+    gone = [u for u in uids if u not in present]
+    newly = await state.record_check(sorted(present), gone)
+    for uid in newly:
+        log.warning("study deleted from the archive; kept and marked in the index", study=uid)
+    return newly
 
 
 def _found_all(

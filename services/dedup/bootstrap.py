@@ -16,7 +16,10 @@ def make_claim_many(pool: asyncpg.Pool) -> ClaimManyFn:
     async def claim_many(events: Sequence[InstanceExtracted]) -> list[dedup.Claim]:
         requests = [
             dedup.ClaimRequest(
-                e.header.instance.sop_instance_uid, e.hashes.content_sha256, e.file.file_id
+                e.header.instance.sop_instance_uid,
+                e.hashes.content_sha256,
+                e.file.file_id,
+                e.header.indexed_digest(),
             )
             for e in events
         ]

@@ -1,5 +1,6 @@
-"""Dedup: same UID + same content is a duplicate; same UID + other content a conflict kept
-aside; same content under another UID is stored and flagged."""
+"""Dedup: same UID + same content is a duplicate (unless its header is a correction: a
+revision, ADR 0025); same UID + other content a conflict kept aside; same content under
+another UID is stored and flagged."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from libs.runtime.service import Runtime
 from libs.staging.cleanup import Retention, StagingCleanup
 from services.dicom_receiver.commitment import CommitmentSCP, parse_peers
 from services.dicom_receiver.committer import Committer
-from services.dicom_receiver.config import ReceiverSettings
-from services.dicom_receiver.handlers import free_mb
+from services.dicom_receiver.config import ReceiverSettings, is_loopback
+from services.dicom_receiver.handlers import free_mb, sync_folders
 from services.dicom_receiver.scp import ReceiverMetrics, StoreSCP
 
 log = get_logger(__name__)
@@ -23,8 +23,9 @@ log = get_logger(__name__)
 async def wire(rt: Runtime) -> None:
     settings = rt.settings
     assert isinstance(settings, ReceiverSettings)
-    if not settings.allowed_callers and settings.host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("any calling AE may store: set RECEIVER_ALLOWED_CALLERS", host=settings.host)
+    if not settings.allowed_callers and not is_loopback(settings.host):
+        # Only with RECEIVER_ALLOW_ANY_CALLER=true (the settings refuse it otherwise).
+        log.warning("any calling AE may store (RECEIVER_ALLOW_ANY_CALLER)", host=settings.host)
     pool = await rt.pool()
     producer = await rt.producer()
 
@@ -38,6 +39,7 @@ async def wire(rt: Runtime) -> None:
         record=record,
         publish=producer.publish_all,
         batch_size=settings.commit_batch_size,
+        sync_folders=sync_folders,
     )
     metrics = ReceiverMetrics.create(rt.registry)
 

@@ -1,15 +1,23 @@
-"""Group commit: what concurrent associations received is recorded and published together.
+"""Group commit: what concurrent associations received is made durable, recorded and
+published together.
 
-An association awaits `commit` for each instance it has made durable. One coroutine takes
-everything queued so far (so instances of concurrent associations share one ledger INSERT
-and one Kafka round trip), and resolves each waiter only after the ledger row exists and the
-broker acknowledged the `dicom.discovered.v1` event.
+An association awaits `commit` for each instance whose bytes it has fdatasynced. The waiter
+is resolved only after the instance's staging folder is fsynced (its name survives a crash),
+its ledger row exists and the broker acknowledged its `dicom.discovered.v1` event. Those
+three steps are a pipeline of stages, each taking everything that reached it while it was
+busy (so instances of concurrent associations share one folder fsync, one ledger INSERT and
+one Kafka round trip), and each working on the next group while the later stages work on
+the previous one: the folder fsync of one group overlaps the INSERT of the one before, and
+up to MAX_IN_FLIGHT groups await their acknowledgement at once. INSERTs stay one at a time
+(one pinned connection). No group is answered before its own acknowledgement.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 from libs.contracts.events import Event, discovered_event
 from libs.db.ledger import LedgerRow, NewFile
@@ -19,60 +27,126 @@ log = get_logger(__name__)
 
 Record = Callable[[Sequence[NewFile]], Awaitable[list[LedgerRow]]]
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
-Item = tuple[NewFile, "asyncio.Future[None]"]
+# Blocking (run in a worker thread): fsync each folder, so the names created in it survive.
+SyncFolders = Callable[[Collection[Path]], None]
+Item = tuple[NewFile, Path | None, "asyncio.Future[None]"]
+T = TypeVar("T")
+MAX_IN_FLIGHT = 4  # groups whose Kafka acknowledgement is awaited at once
 
 
 class Committer:
-    def __init__(self, *, record: Record, publish: Publish, batch_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        record: Record,
+        publish: Publish,
+        batch_size: int,
+        sync_folders: SyncFolders | None = None,
+    ) -> None:
         self._record = record
         self._publish = publish
         self._batch_size = batch_size
+        self._sync_folders = sync_folders
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
 
-    async def commit(self, new: NewFile) -> None:
-        """Returns once the instance is recorded and published; raises what stopped it."""
+    async def commit(self, new: NewFile, folder: Path | None = None) -> None:
+        """Returns once `folder` (the staged file's, when given) is synced and the instance
+        recorded and published; raises what stopped it."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((new, fut))
+        self._queue.put_nowait((new, folder, fut))
         await fut
 
     async def run(self, stopping: asyncio.Event) -> None:
+        """Until `stopping` is set and everything queued is answered."""
+        synced: asyncio.Queue[list[Item] | None] = asyncio.Queue()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._record_stage(synced))
+            try:
+                await self._sync_stage(stopping, synced)
+            finally:
+                synced.put_nowait(None)  # the record stage ends after what is queued
+
+    async def _sync_stage(
+        self, stopping: asyncio.Event, synced: asyncio.Queue[list[Item] | None]
+    ) -> None:
         while not (stopping.is_set() and self._queue.empty()):
             try:
                 first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
             except TimeoutError:
                 continue
-            batch = [first]
-            while len(batch) < self._batch_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._commit(batch)
+            batch = live([first, *drain(self._queue, self._batch_size - 1)])
+            folders = {folder for _, folder, _ in batch if folder is not None}
+            if folders and self._sync_folders is not None:
+                try:
+                    await asyncio.to_thread(self._sync_folders, folders)
+                except Exception as exc:  # nothing names the files yet: they may go
+                    self._fail(batch, NotRecorded(repr(exc)))
+                    continue
+            if batch:
+                synced.put_nowait(batch)
 
-    async def _commit(self, batch: list[Item]) -> None:
-        # A waiter that gave up (commit timeout) was answered 0xA700: its sender resends, so
-        # recording it now would only make a second copy.
-        batch = [item for item in batch if not item[1].done()]
-        if not batch:
-            return
+    async def _record_stage(self, synced: asyncio.Queue[list[Item] | None]) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        done, waiting = False, list[Item]()
         try:
-            rows = await self._record([new for new, _ in batch])
-        except Exception as exc:
-            self._fail(batch, NotRecorded(repr(exc)))
-            return
+            while not (done and not waiting):
+                while not done and (not waiting or not synced.empty()):
+                    group = await synced.get()
+                    done = group is None
+                    waiting += group or []
+                    if len(waiting) >= self._batch_size:
+                        break
+                # A waiter that gave up (commit timeout) was answered 0xA700: its sender
+                # resends, so recording it now would only make a second copy.
+                batch = live(waiting[: self._batch_size])
+                waiting = waiting[self._batch_size :]
+                if not batch:
+                    continue
+                try:
+                    rows = await self._record([new for new, _, _ in batch])
+                except Exception as exc:
+                    self._fail(batch, NotRecorded(repr(exc)))
+                    continue
+                await slots.acquire()
+                task = asyncio.create_task(self._publish_rows(batch, rows))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _publish_rows(self, batch: list[Item], rows: list[LedgerRow]) -> None:
         try:
             await self._publish([discovered_event(r) for r in rows])
         except Exception as exc:  # recorded: the reconciler re-emits it, the file must stay
             self._fail(batch, exc)
             return
-        for _, fut in batch:
+        for _, _, fut in batch:
             if not fut.done():
                 fut.set_result(None)
 
     def _fail(self, batch: list[Item], exc: Exception) -> None:
         """Every waiting sender gets a failure status and retries."""
         log.warning("commit failed", instances=len(batch), error=repr(exc))
-        for _, fut in batch:
+        for _, _, fut in batch:
             if not fut.done():
                 fut.set_exception(exc)
 
 
+def drain(queue: asyncio.Queue[T], most: int) -> list[T]:
+    """What `queue` holds now, up to `most` items, without waiting."""
+    out: list[T] = []
+    while len(out) < most and not queue.empty():
+        out.append(queue.get_nowait())
+    return out
+
+
+def live(batch: list[Item]) -> list[Item]:
+    return [item for item in batch if not item[2].done()]
+
+
 class NotRecorded(Exception):
-    """The ledger INSERT failed: nothing names the staged file, which may go."""
+    """The folder fsync or the ledger INSERT failed: nothing names the staged file, which
+    may go."""

@@ -33,6 +33,16 @@ class Caller:
         return self.ae == ae and (self.ip is None or self.ip == ip)
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect: localhost or a loopback address (not 0.0.0.0/::)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it resolves to who knows what
+        return False
+
+
 StrList = Annotated[list[str], NoDecode]
 
 
@@ -51,7 +61,12 @@ class ReceiverSettings(StagingSettings):
     allowed_callers: StrList = Field(
         default_factory=list,
         description="Calling AE titles accepted, comma-separated, each optionally `AE@IP`; "
-        "empty accepts any caller (only sensible on a loopback host).",
+        "empty accepts any caller: refused beyond loopback unless RECEIVER_ALLOW_ANY_CALLER.",
+    )
+    allow_any_caller: bool = Field(
+        default=False,
+        description="Start on a non-loopback RECEIVER_HOST with an empty allow-list (any "
+        "calling AE may store); without it the receiver refuses to start.",
     )
     staging_dir: Path = Field(default=Path("./var/receiver"))
     min_free_mb: int = Field(
@@ -117,6 +132,16 @@ class ReceiverSettings(StagingSettings):
             raise ValueError("RECEIVER_TLS_CERT and RECEIVER_TLS_KEY go together")
         if self.tls_ca is not None and self.tls_cert is None:
             raise ValueError("RECEIVER_TLS_CA needs RECEIVER_TLS_CERT and RECEIVER_TLS_KEY")
+        return self
+
+    @model_validator(mode="after")
+    def _open_to_anyone(self) -> ReceiverSettings:
+        if not self.allowed_callers and not self.allow_any_caller and not is_loopback(self.host):
+            raise ValueError(
+                f"the DICOM port would listen on {self.host}, beyond this host, and accept any "
+                "calling AE: list the senders in RECEIVER_ALLOWED_CALLERS (AE or AE@IP, "
+                "comma-separated), or set RECEIVER_ALLOW_ANY_CALLER=true to accept anyone"
+            )
         return self
 
     def allows(self, ae: str, ip: str) -> bool:

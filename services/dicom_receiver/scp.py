@@ -2,10 +2,10 @@
 
 Each TCP connection is an `Association` coroutine on the service's event loop (no polling
 threads): its data sets stream into staging files; `store` makes one durable (fdatasync in a
-worker thread, concurrently across associations), then the `Committer` records and publishes
-it with whatever else is ready, and only then is Success answered. Any failure on that path
-answers 0xA700, so the sender keeps the instance. pynetdicom decodes and encodes the
-negotiation PDUs (see ADR 0012 for why the transfer path is our own).
+worker thread, concurrently across associations), then the `Committer` syncs its folder,
+records and publishes it with whatever else is ready, and only then is Success answered. Any
+failure on that path answers 0xA700, so the sender keeps the instance. pynetdicom decodes and
+encodes the negotiation PDUs (see ADR 0012 for why the transfer path is our own).
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ class StoreSCP:
         else:
             try:
                 async with asyncio.timeout(self.settings.commit_timeout_seconds):  # no extra task
-                    await self.committer.commit(new_file(staged, peer))
+                    folder = staged.path.parent if self.settings.fsync else None
+                    await self.committer.commit(new_file(staged, peer), folder)
             except Exception as exc:  # ledger or Kafka away: the sender keeps it and retries
                 log.error("cannot record instance", correlation_id=peer.assoc_id, error=repr(exc))
                 status = dimse.OUT_OF_RESOURCES

@@ -4,6 +4,7 @@ import asyncio
 from functools import partial
 
 from libs.contracts.events import FileDiscovered
+from libs.db import task_control
 from libs.dicom.extract import extract_many
 from libs.kafka.consumer import BatchRoute
 from libs.runtime.sandbox import IsolatedExecutor
@@ -45,5 +46,12 @@ async def wire(rt: Runtime) -> None:
             out += result
         return out
 
-    handler = partial(handle_discovered_batch, parse_many=parse_many)
+    pool = await rt.pool()
+
+    async def gate(files: list[tuple[int, str]]) -> frozenset[int]:
+        async with pool.acquire() as conn:
+            gated = await task_control.gate(conn, files)
+        return gated.held | gated.cancelled
+
+    handler = partial(handle_discovered_batch, parse_many=parse_many, gate=gate)
     await rt.consumer({FileDiscovered.TOPIC: BatchRoute(FileDiscovered, handler)})

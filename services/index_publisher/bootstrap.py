@@ -9,15 +9,14 @@ from prometheus_client import CollectorRegistry
 
 from libs.contracts.events import Event, StudyMetadata
 from libs.db import Conn, publications
+from libs.http.delivery import Backoff, Deliverer, DeliveryMetrics, ReceiverHealth, Sleep
 from libs.http.middleware import AuditMiddleware
 from libs.kafka.consumer import Route
 from libs.runtime.probes import ops_app
 from libs.runtime.service import Runtime
 from services.index_publisher.config import IndexPublisherSettings
-from services.index_publisher.delivery import Backoff, Deliverer, ReceiverHealth, Sleep
 from services.index_publisher.handlers import handle_metadata
 from services.index_publisher.http_client import CentralIndexClient
-from services.index_publisher.metrics import PublisherMetrics
 from services.index_publisher.payload import PAYLOADS, StudyKeys
 from services.index_publisher.replay import replay_router
 
@@ -54,7 +53,7 @@ def publisher(
     sleep: Sleep,
 ) -> tuple[PublishHandler, ReceiverHealth]:
     """The handler with its ports wired (shared by the service and the full load)."""
-    metrics = PublisherMetrics.create("index-publisher", registry)
+    metrics = DeliveryMetrics.create("index-publisher", registry)
     health = ReceiverHealth(metrics)
     deliverer = Deliverer(
         receiver.post,
@@ -94,8 +93,6 @@ async def wire(rt: Runtime) -> None:
     rt.readiness.add("receiver", receiver_up)
     # /health /ready /metrics, plus the DLQ replay for operators (API key, audited).
     rt.app = ops_app(rt.name, rt.readiness, rt.registry)
-    rt.app.include_router(
-        replay_router(pool, settings.kafka_bootstrap_servers, await rt.producer())
-    )
+    rt.app.include_router(replay_router(pool, settings.kafka, await rt.producer()))
     rt.app.add_middleware(AuditMiddleware, pool=pool)
     await rt.consumer({StudyMetadata.TOPIC: Route(StudyMetadata, handler)})

@@ -37,8 +37,11 @@ class IndexPublisherSettings(ServiceSettings):
     idempotency_header: str = Field(default="Idempotency-Key", min_length=1)
     payload_format: PayloadFormat = "default"
     timeout_seconds: float = Field(default=10.0, gt=0)
-    verify_tls: bool = Field(default=True, description="Verify the receiver's certificate")
-    ca_bundle: Path | None = Field(default=None, description="PEM CA file to verify it against")
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM CA file the receiver's certificate is verified against (default: the "
+        "system's CAs); verification cannot be turned off",
+    )
     max_attempts: Count = Field(default=6, description="HTTP attempts per study revision")
     backoff_seconds: float = Field(default=0.5, gt=0, description="First retry delay (doubles)")
     max_backoff_seconds: float = Field(default=30.0, gt=0)

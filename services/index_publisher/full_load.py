@@ -23,10 +23,10 @@ from libs.contracts.settings import load_settings
 from libs.db import index, publications
 from libs.db.migrations import migrate
 from libs.db.pool import create_pool
+from libs.http.delivery import ReceiverUnavailable
 from libs.runtime.logging import configure_logging
 from services.index_publisher.bootstrap import PublishHandler, publisher
 from services.index_publisher.config import IndexPublisherSettings
-from services.index_publisher.delivery import ReceiverUnavailable
 from services.index_publisher.http_client import CentralIndexClient
 
 PAGE = 200

@@ -12,8 +12,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from libs.contracts.events import Event, StudyMetadata
+from libs.http.delivery import Answer
 from libs.runtime.logging import get_logger
-from services.index_publisher.delivery import Answer
 from services.index_publisher.payload import StudyKeys, idempotency_key
 
 log = get_logger(__name__)

@@ -5,23 +5,14 @@ become an answer without a status, so the retry policy sees every failure the sa
 from __future__ import annotations
 
 import logging
-import ssl
 
 import httpx
 
+from libs.http.delivery import Answer, parse_retry_after, tls_verify
 from services.index_publisher.config import IndexPublisherSettings
-from services.index_publisher.delivery import Answer, parse_retry_after
 
 EXCERPT_BYTES = 1000
 USER_AGENT = "dicomflow-index-publisher/1"
-
-
-def tls_verify(settings: IndexPublisherSettings) -> ssl.SSLContext | bool:
-    if not settings.verify_tls:
-        return False
-    if settings.ca_bundle is not None:
-        return ssl.create_default_context(cafile=str(settings.ca_bundle))
-    return True
 
 
 class CentralIndexClient:
@@ -35,7 +26,7 @@ class CentralIndexClient:
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(settings.timeout_seconds),
-            verify=tls_verify(settings),
+            verify=tls_verify(settings.ca_bundle),
             follow_redirects=False,  # a redirect is a misconfigured URL, reported as such
         )
 

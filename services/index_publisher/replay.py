@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from libs.contracts.events import StudyMetadata
 from libs.http.auth import Authenticator, Caller
 from libs.kafka import dlq
+from libs.kafka.connection import Kafka
 from libs.kafka.producer import Producer
 
 
@@ -24,7 +25,7 @@ class ReplayOut(BaseModel):
     unreadable: int
 
 
-def replay_router(pool: asyncpg.Pool, bootstrap_servers: str, producer: Producer) -> APIRouter:
+def replay_router(pool: asyncpg.Pool, bootstrap_servers: Kafka, producer: Producer) -> APIRouter:
     router = APIRouter(tags=["operations"])
     replayer = Depends(Authenticator(pool).require("imports", "dlq.replay"))
 

@@ -17,9 +17,10 @@ from libs.contracts.events import (
 from libs.contracts.events import metadata_event as index_metadata_event
 
 SOURCE = "indexer"
-# Consumers of dicom.stored.v1 that produce derived data (previews) also dead-letter to
-# dicom.stored.v1.dlq; their failures say nothing about the file's ingest outcome.
-NOT_INGEST_STAGES = frozenset({"jpg-converter"})
+# Consumers of dicom.stored.v1 that produce derived data (previews) or forward instances
+# (routing) also dead-letter to dicom.stored.v1.dlq; their failures say nothing about the
+# file's ingest outcome.
+NOT_INGEST_STAGES = frozenset({"jpg-converter", "router"})
 
 
 class IndexPort(Protocol):

@@ -86,6 +86,8 @@ async def handle_stored(
 ) -> list[Event]:
     if event.disposition == "conflict":
         return [outcome(event, "skipped", reason="conflicting copy, not the canonical instance")]
+    if event.disposition == "revision":  # same pixels as the instance already rendered
+        return [outcome(event, "skipped", reason="header revision, the pixels are unchanged")]
     if not event.hashes.has_pixels:
         return [outcome(event, "skipped", reason="no pixel data (not an image object)")]
     h = event.header
@@ -136,7 +138,11 @@ async def handle_stored_batch(
     out: list[Outcome | None] = [None] * len(events)
     todo = []
     for n, e in enumerate(events):
-        lazy = representatives is not None and e.disposition != "conflict" and e.hashes.has_pixels
+        lazy = (
+            representatives is not None
+            and e.disposition not in ("conflict", "revision")
+            and e.hashes.has_pixels
+        )
         if lazy and representatives is not None and not representatives.eager(e):
             out[n] = [outcome(e, "skipped", reason=ON_REQUEST)]
         else:

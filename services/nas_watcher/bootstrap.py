@@ -22,6 +22,7 @@ from libs.runtime.service import Runtime
 from services.nas_watcher.config import NasWatcherSettings
 from services.nas_watcher.rounds import (
     STAGE,
+    LeaseLost,
     Publish,
     ScanReport,
     handle_import_requested,
@@ -181,6 +182,9 @@ async def run_task(
                 settle_seconds=settings.settle_seconds,
                 batch_size=settings.scan_batch_size,
             )
+    except LeaseLost:
+        log.info("import scan stopped: task paused, cancelled or taken over", task_id=task.id)
+        return AT_ONCE
     except Exception as exc:  # the lease expires and the scan resumes (idempotently)
         log.warning("import scan interrupted", task_id=task.id, error=repr(exc))
         return None

@@ -52,6 +52,11 @@ class ScanStore(Protocol):
     async def fail(self, task_id: str, error: str) -> None: ...
 
 
+class LeaseLost(Exception):
+    """The task was paused or cancelled (either clears its lease), or another scanner took it
+    over: this scan stops; a resumed task is leased again and its scan resumes."""
+
+
 @dataclass
 class ScanReport:
     files_seen: int = 0
@@ -143,11 +148,12 @@ async def scan_task(
     pending: list[NewFile] = []
 
     async def flush() -> None:
+        # The lease first: a paused or cancelled task (the lease cleared) records no more.
+        if not await store.renew(task.id):
+            raise LeaseLost(task.id)
         rows = await store.record_task_files(pending)
         await publish([discovered_event(r) for r in rows])
         pending.clear()
-        if not await store.renew(task.id):
-            raise RuntimeError(f"lost the lease on task {task.id}")
 
     problems = ScanProblems()
     looks = SecondLook(settle_seconds)

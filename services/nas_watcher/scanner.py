@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,11 +27,22 @@ SKIPPED_NAMES = {"DICOMDIR", "Thumbs.db", "desktop.ini"}
 SKIPPED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 
 
+# A file whose mtime and ctime are both this old is settled on the first look: ctime moves
+# with every write and no copy tool can set it back, so nothing is writing to it. The margin
+# is wide because a NAS's clock may be minutes off this host's.
+QUIET_NS = 600 * 10**9
+
+
 @dataclass(frozen=True)
 class FileStat:
     name: str
     size: int
     mtime_ns: int
+    ctime_ns: int = 0  # 0: unknown (never settled on the first look)
+
+    def quiet(self, wall_ns: int) -> bool:
+        """Unchanged for `QUIET_NS` by both its times (see `SecondLook`)."""
+        return self.ctime_ns > 0 and wall_ns - max(self.mtime_ns, self.ctime_ns) >= QUIET_NS
 
 
 @dataclass
@@ -85,7 +97,7 @@ def walk(
                     if kind == "dir":
                         subdirs.append(entry.path)
                     elif isinstance(kind, tuple) and wanted(entry.name):
-                        files.append(FileStat(entry.name, kind[0], kind[1]))
+                        files.append(FileStat(entry.name, *kind))
         except OSError as exc:
             problems.unreadable_dirs.append(directory)
             log.warning("folder unreadable, skipped", folder=directory, error=exc.strerror)
@@ -101,8 +113,9 @@ def _within(real_path: str, real_roots: list[str]) -> bool:
     )
 
 
-def _kind(entry: os.DirEntry[str]) -> str | tuple[int, int] | None:
-    """'dir', (size, mtime_ns) for a regular file, or None (special file, broken link)."""
+def _kind(entry: os.DirEntry[str]) -> str | tuple[int, int, int] | None:
+    """'dir', (size, mtime_ns, ctime_ns) for a regular file, or None (special file, broken
+    link)."""
     try:
         st = entry.stat(follow_symlinks=True)
     except OSError:
@@ -110,7 +123,7 @@ def _kind(entry: os.DirEntry[str]) -> str | tuple[int, int] | None:
     if stat.S_ISDIR(st.st_mode):
         return "dir"
     if stat.S_ISREG(st.st_mode):
-        return (st.st_size, st.st_mtime_ns)
+        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     return None
 
 
@@ -121,7 +134,7 @@ def stat_file(path: str) -> FileStat | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return FileStat(os.path.basename(path), st.st_size, st.st_mtime_ns)
+    return FileStat(os.path.basename(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -136,27 +149,40 @@ class SecondLook:
     """A file is settled only when its size and mtime are the same on two looks at least
     `settle_seconds` apart. Its mtime alone proves nothing: a copy that keeps timestamps
     (Windows Explorer over SMB, `cp -p`, `rsync -a`) gives a growing file an old mtime.
-    Looks wait in the order they were taken, so a long walk re-stats as it goes."""
+    Looks wait in the order they were taken, so a long walk re-stats as it goes.
+
+    Its ctime does: every write moves it, and no tool can set it back. A file whose mtime
+    and ctime are both older than `QUIET_NS` (an import of files at rest, the usual case)
+    takes its second look at once instead of `settle_seconds` later: an import's first
+    files reach the extractor without waiting."""
 
     def __init__(self, settle_seconds: float) -> None:
         self.settle_seconds = settle_seconds
         self._queue: deque[Look] = deque()
+        self._quiet: list[Look] = []  # due now, whatever the clock
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._quiet)
 
-    def add(self, directory: str, files: Iterable[FileStat], now: float) -> None:
-        self._queue.extend(Look(directory, f, now, now) for f in files)
+    def add(
+        self, directory: str, files: Iterable[FileStat], now: float, *, wall_ns: int | None = None
+    ) -> None:
+        wall = time.time_ns() if wall_ns is None else wall_ns
+        for f in files:
+            look = Look(directory, f, now, now)
+            (self._quiet if f.quiet(wall) else self._queue).append(look)
 
     def again_later(self, look: Look) -> None:
         self._queue.append(look)
 
     def wait(self, now: float) -> float:
         """Seconds until the oldest look is due for its second look."""
-        return max(0.0, self._queue[0].at + self.settle_seconds - now) if self._queue else 0.0
+        if self._quiet or not self._queue:
+            return 0.0
+        return max(0.0, self._queue[0].at + self.settle_seconds - now)
 
     def due(self, now: float) -> list[Look]:
-        out = []
+        out, self._quiet = self._quiet, []
         while self._queue and self._queue[0].at + self.settle_seconds <= now:
             out.append(self._queue.popleft())
         return out

@@ -58,7 +58,11 @@ async def wire(rt: Runtime) -> None:
     pool = await rt.pool()
     producer = await rt.producer()
     client = OrthancClient(
-        s.url, username=s.username, password=s.password, timeout=s.request_timeout_seconds
+        s.url,
+        username=s.username,
+        password=s.password,
+        timeout=s.request_timeout_seconds,
+        ca_bundle=s.ca_bundle,
     )
     rt.resources.push_async_callback(client.close)
     rt.readiness.add("orthanc", client.alive)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,12 +37,20 @@ class ChangesPage:
 
 class OrthancClient:
     def __init__(
-        self, url: str, *, username: str = "", password: str = "", timeout: float = 60.0
+        self,
+        url: str,
+        *,
+        username: str = "",
+        password: str = "",
+        timeout: float = 60.0,
+        ca_bundle: Path | None = None,
     ) -> None:
         auth = httpx.BasicAuth(username, password) if username else None
         self.url = url
         nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]  # no Nagle/delayed-ACK stalls
-        transport = httpx.AsyncHTTPTransport(socket_options=nodelay)
+        # An https:// Orthanc: verified against `ca_bundle` (a private CA), else the system's.
+        verify = ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else True
+        transport = httpx.AsyncHTTPTransport(verify=verify, socket_options=nodelay)
         # identity: Orthanc would otherwise gzip every file on the fly (HttpCompressionEnabled),
         # costing both sides far more CPU than the loopback or LAN transfer it saves.
         self._http = httpx.AsyncClient(

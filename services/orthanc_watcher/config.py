@@ -16,6 +16,9 @@ class OrthancWatcherSettings(ServiceSettings):
     url: str = Field(description="Orthanc's REST API, e.g. http://orthanc:8042 (required).")
     username: str = ""
     password: str = ""
+    ca_bundle: Path | None = Field(
+        default=None, description="PEM CA file an https:// ORTHANC_URL is verified against."
+    )
     staging_dir: Path = Field(
         default=Path("./var/staging/orthanc"),
         description="Downloaded instances wait here; extractor and storage-writer read it.",

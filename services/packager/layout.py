@@ -71,6 +71,7 @@ class Member:
     sop_instance_uid: str
     size: int
     sha256: str
+    revision_key: str | None = None  # the latest header correction's bytes (ADR 0025)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def _member(path: str, inst: ArchiveInstance) -> Member:
         sop_instance_uid=inst.sop_instance_uid,
         size=inst.size_bytes,
         sha256=inst.file_sha256,
+        revision_key=inst.revision_key,
     )
 
 

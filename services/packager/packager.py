@@ -19,7 +19,7 @@ from typing import BinaryIO
 from libs.contracts.events import ArchiveBuilt, new_id
 from libs.db.archives import ArchiveListing
 from libs.runtime.logging import get_logger
-from libs.storage import ObjectStore, instance_key
+from libs.storage import ObjectStore, served_key
 from services.packager.cache import ArchiveCache
 from services.packager.dicomdir import build_dicomdir
 from services.packager.layout import Format, Member, Plan, plan_archive
@@ -191,7 +191,7 @@ class Packager:
     async def _copy_member(
         self, writer: ArchiveWriter, member: Member, study_uid: str, build: Build
     ) -> None:
-        key = instance_key(study_uid, member.series_uid, member.sop_instance_uid)
+        key = served_key(study_uid, member.series_uid, member.sop_instance_uid, member.revision_key)
         digest, size = hashlib.sha256(), 0
         await asyncio.to_thread(writer.begin, member.path, member.size)
         chunks = self.store.read(key)

@@ -3,13 +3,14 @@ from __future__ import annotations
 import re
 from datetime import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.contracts.settings import Count, Port, StagingSettings
 from libs.dicom_net.client import DEFAULT_MAX_PDU
+from libs.dicom_net.tls import DicomTls
 
 WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 
@@ -23,10 +24,14 @@ class Pacs(BaseModel):
     port: int = Field(ge=1, le=65535)
     retrieve: Literal["move", "get"] = "move"
     max_concurrent: Count = Field(default=2, description="Retrieves at once from this PACS.")
+    tls: bool = Field(
+        default=False, description="DICOM over TLS to this PACS (WATCHER_TLS_* below)."
+    )
 
 
 class WatcherSettings(StagingSettings):
-    """Env prefix `WATCHER_`."""
+    """Env prefix `WATCHER_`. DICOM TLS: a PACS item with `"tls": true`, and
+    WATCHER_TLS_CA / WATCHER_TLS_CERT / WATCHER_TLS_KEY."""
 
     model_config = SettingsConfigDict(env_prefix="WATCHER_", frozen=True, extra="ignore")
 
@@ -65,6 +70,29 @@ class WatcherSettings(StagingSettings):
     retrieve_max_studies: int = Field(
         default=200, ge=1, description="A query matching more studies to retrieve fails."
     )
+
+    tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle a TLS PACS's certificate is verified against; unset: system.",
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="Our PEM certificate, for PACS that require mutual TLS."
+    )
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("WATCHER_TLS_CERT and WATCHER_TLS_KEY go together")
+        for path in (self.tls_ca, self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path}: no such file")
+        return self
+
+    def dicom_tls(self, pacs: Pacs) -> DicomTls | None:
+        if not pacs.tls:
+            return None
+        return DicomTls(ca_file=self.tls_ca, cert_file=self.tls_cert, key_file=self.tls_key)
 
     @field_validator("night_window")
     @classmethod

@@ -50,6 +50,7 @@ class PacsWatch:
             calling_ae=settings.calling_ae,
             max_pdu=settings.max_pdu,
             timeout=settings.timeout_seconds,
+            tls=settings.dicom_tls(pacs),
         )
         self.slots = asyncio.Semaphore(pacs.max_concurrent)
         # study -> (upstream count, when retrieved): not asked again while the pipeline

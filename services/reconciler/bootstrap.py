@@ -96,7 +96,7 @@ async def reconcile_round(
     try:
         # A restarted in-memory broker has no topics: declare them again.
         await ensure_topics(
-            settings.kafka_bootstrap_servers,
+            settings.kafka,
             partitions=settings.kafka_topic_partitions,
             replication_factor=settings.kafka_replication_factor,
         )

@@ -1,5 +1,6 @@
-"""Copy unique instances byte for byte to canonical storage, conflicts to their own prefix
-(a polyglot preamble the operator allows is the one change: it is stored zeroed)."""
+"""Copy unique instances byte for byte to canonical storage, conflicts and header revisions
+to their own prefixes (a polyglot preamble the operator allows is the one change: it is
+stored zeroed)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from libs.contracts.events import Event, InstanceStored, InstanceUnique
 from libs.dicom.preamble import zeroed_copy
 from libs.kafka.consumer import Outcome
 from libs.storage import ObjectStore, conflict_key, instance_key
-from libs.storage.base import PutRequest, StoredObject, put_files
+from libs.storage.base import PutRequest, StoredObject, put_files, revision_key
 from libs.storage.file_uri import local_source
 
 
@@ -21,6 +22,8 @@ def storage_key(event: InstanceUnique) -> str:
     try:
         if event.disposition == "conflict":
             return conflict_key(h.instance.sop_instance_uid, event.hashes.content_sha256)
+        if event.disposition == "revision":
+            return revision_key(h.instance.sop_instance_uid, event.hashes.file_sha256)
         return instance_key(h.study.study_uid, h.series.series_uid, h.instance.sop_instance_uid)
     except ValueError as exc:
         raise PermanentError(str(exc)) from exc
@@ -72,7 +75,8 @@ async def handle_unique_batch(
             continue
         try:
             source = local_source(event.file.uri)
-            todo.append((n, PutRequest(storage_key(event), source, event.hashes.file_sha256)))
+            h = event.hashes
+            todo.append((n, PutRequest(storage_key(event), source, h.file_sha256, h.source_stamp)))
         except PermanentError as exc:
             out[n] = exc
     results = await put_files(storage, [request for _, request in todo])

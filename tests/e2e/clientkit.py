@@ -26,7 +26,7 @@ class Clinic:
     """What the tests compare against: per study UID, its original files' bytes by SHA-256."""
 
     api: str
-    archives: str  # where archives are downloaded (see the `archive_base` fixture)
+    archives: str  # where archives are downloaded (the API, see the `clinic` fixture)
     key: str  # a clinician's key
     originals: dict[str, dict[str, bytes]] = field(default_factory=dict)
     patients: dict[str, str] = field(default_factory=dict)  # study uid -> PatientName

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
+import pytest_asyncio
 
 from libs.db.apikeys import create_key
 from libs.tools.devstack import configured
@@ -14,6 +15,8 @@ from load_test.process_stack import OPTIONAL, PIPELINE, PREFIX, Stack, stack_env
 
 if TYPE_CHECKING:
     from clientkit import Clinic
+
+    from tests.conftest import Broker
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +34,29 @@ def extra_env() -> dict[str, str]:
     return {}
 
 
+async def start_stack(
+    root: Path,
+    database_url: str,
+    pool: asyncpg.Pool,
+    bootstrap: str,
+    overrides: dict[str, str],
+    also: tuple[str, ...] = (),
+) -> Stack:
+    """The pipeline, the API, each configured optional source and the services in `also`,
+    started; the caller waits for them and stops them (`stop_all()`), also when this fails."""
+    env, ports = stack_env(root, database_url, bootstrap)
+    env.update(overrides)
+    for name, prefix in PREFIX.items():  # an ops port chosen by the test wins
+        ports[name] = int(env.get(f"{prefix}OPS_PORT", ports[name]))
+    s = Stack(root=root, env=env, ports=ports)
+    async with pool.acquire() as conn:
+        _, s.key = await create_key(conn, "admin", "e2e")
+    names = [*PIPELINE, *(n for n in OPTIONAL if configured(n, env)), "api", *also]
+    for name in names:
+        s.start(name)
+    return s
+
+
 @pytest.fixture
 async def stack(
     request: pytest.FixtureRequest,
@@ -45,60 +71,65 @@ async def stack(
     """Overrides per test: `@pytest.mark.stack_env(NAS_WATCH="true")`, then `extra_env`;
     `@pytest.mark.stack_also("packager")` starts more services with the pipeline.
     An optional source (orthanc-watcher, iso-watcher) starts when it is configured."""
-    env, ports = stack_env(tmp_path, database_url, broker.bootstrap)  # type: ignore[attr-defined]
+    overrides: dict[str, str] = {}
     if storage_backend == "gs":
         emulator: GcsEmulator = request.getfixturevalue("gcs_emulator")
-        env.update(emulator.env, STORAGE_URL=emulator.url())
+        overrides.update(emulator.env, STORAGE_URL=emulator.url())
         for name, value in emulator.env.items():  # the test reads back through the client too
             monkeypatch.setenv(name, value)
     marker = request.node.get_closest_marker("stack_env")
     if marker:
-        env.update(marker.kwargs)
-    env.update(extra_env)
-    for name, prefix in PREFIX.items():  # an ops port chosen by the test wins
-        ports[name] = int(env.get(f"{prefix}OPS_PORT", ports[name]))
-    s = Stack(root=tmp_path, env=env, ports=ports)
-    async with pool.acquire() as conn:
-        _, s.key = await create_key(conn, "admin", "e2e")
-    names = [*PIPELINE, *(n for n in OPTIONAL if configured(n, env)), "api"]
+        overrides.update(marker.kwargs)
+    overrides.update(extra_env)
     also = request.node.get_closest_marker("stack_also")  # started, and waited for, together
-    names += list(also.args) if also else []
-    for name in names:
-        s.start(name)
+    s = await start_stack(
+        tmp_path,
+        database_url,
+        pool,
+        broker.bootstrap,  # type: ignore[attr-defined]
+        overrides,
+        tuple(also.args) if also else (),
+    )
     try:
-        await s.wait_ready(names)
+        await s.wait_ready(list(s.procs))
         yield s
     finally:
         s.stop_all()
 
 
-@pytest.fixture
-async def archive_base(stack: Stack) -> str:
-    """Where the clients (desktop, `dicomflow fetch`) download archives from: the API's own
-    origin, which relays `/v1/studies/{uid}/archive` to the packager (started here)."""
-    stack.start("packager")
-    await stack.wait_ready(["packager"])
-    return stack.api
-
-
-@pytest.fixture
-async def clinic(stack: Stack, archive_base: str, pool: asyncpg.Pool) -> Clinic:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def clinic(
+    tmp_path_factory: pytest.TempPathFactory,
+    module_database_url: str,
+    module_pool: asyncpg.Pool,
+    module_broker: Broker,
+) -> AsyncIterator[Clinic]:
     """Two patients (one Cyrillic), one study each (2 series x 12 images), imported through
-    the pipeline; each archive format the server offers built once (HEAD waits for it), so
-    responses carry a Content-Length."""
+    the pipeline of a stack shared by the module's tests (they only read from it: search and
+    download); each archive format the server offers built once (HEAD waits for it), so
+    responses carry a Content-Length. Archives are downloaded from the API's own origin,
+    which relays `/v1/studies/{uid}/archive` to the packager (started here)."""
     import httpx
     from clientkit import Clinic, originals_by_study
     from trees import build_tree
 
-    tree = stack.root / "imports" / "clinic"
-    build_tree(tree, patients=2, series_per_study=2, per_series=12, extras=False)
-    assert (await stack.wait_task(await stack.start_import(tree)))["status"] == "completed"
-    originals, patients = originals_by_study(tree)
-    async with pool.acquire() as conn:
-        _, key = await create_key(conn, "clinician", "clients")
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
-        for uid in originals:
-            for fmt in ("tar.zst", "zip"):
-                r = await c.head(f"{archive_base}/v1/studies/{uid}/archive?format={fmt}")
-                assert r.status_code == 200, (uid, fmt, r.status_code)
-    return Clinic(stack.api, archive_base, key, originals, patients)
+    root = tmp_path_factory.mktemp("clinic")
+    s = await start_stack(root, module_database_url, module_pool, module_broker.bootstrap, {})
+    try:
+        s.start("packager")
+        await s.wait_ready(list(s.procs))
+        tree = s.root / "imports" / "clinic"
+        build_tree(tree, patients=2, series_per_study=2, per_series=12, extras=False)
+        assert (await s.wait_task(await s.start_import(tree)))["status"] == "completed"
+        originals, patients = originals_by_study(tree)
+        async with module_pool.acquire() as conn:
+            _, key = await create_key(conn, "clinician", "clients")
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(headers=headers, timeout=60) as c:
+            for uid in originals:
+                for fmt in ("tar.zst", "zip"):
+                    r = await c.head(f"{s.api}/v1/studies/{uid}/archive?format={fmt}")
+                    assert r.status_code == 200, (uid, fmt, r.status_code)
+        yield Clinic(s.api, s.api, key, originals, patients)
+    finally:
+        s.stop_all()

@@ -13,8 +13,8 @@ import io
 import json
 import re
 import tarfile
-import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -178,7 +178,14 @@ async def test_archive_download_resume_revisions_and_single_flight(
         "SELECT action, status_code FROM audit_log WHERE action LIKE 'archive.%'"
     )
     assert {r["action"] for r in rows} == {"archive.study", "archive.series"}
-    announced = await archive_events(stack.env["KAFKA_BOOTSTRAP_SERVERS"], count=4)
+
+    def announced_both(events: list[dict[str, object]]) -> bool:
+        return {(e["study_uid"], e["format"]) for e in events} >= {
+            (study, "tar.zst"),
+            (study, "zip"),
+        } and etag.strip('"') in {e["revision"] for e in events}
+
+    announced = await archive_events(stack.env["KAFKA_BOOTSTRAP_SERVERS"], announced_both)
     assert {(e["study_uid"], e["format"]) for e in announced} >= {
         (study, "tar.zst"),
         (study, "zip"),
@@ -222,18 +229,23 @@ async def workstation_archive(
         assert instance.load().SOPInstanceUID == instance.SOPInstanceUID
 
 
-async def archive_events(bootstrap: str, count: int) -> list[dict[str, object]]:
-    """dicom.archive.v1 from the start, until `count` events arrived (30 s at most)."""
+async def archive_events(
+    bootstrap: str, enough: Callable[[list[dict[str, object]]], bool]
+) -> list[dict[str, object]]:
+    """dicom.archive.v1 from the start, until the events read are `enough` (30 s at most)."""
     consumer = AIOKafkaConsumer(
         "dicom.archive.v1", bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
     )
     await consumer.start()
     events: list[dict[str, object]] = []
-    deadline = time.monotonic() + 30
+
+    async def more() -> bool:
+        for msgs in (await consumer.getmany(timeout_ms=300)).values():
+            events.extend(json.loads(m.value) for m in msgs)
+        return enough(events)
+
     try:
-        while len(events) < count and time.monotonic() < deadline:
-            for msgs in (await consumer.getmany(timeout_ms=300)).values():
-                events.extend(json.loads(m.value) for m in msgs)
+        await eventually(more, 30, what=lambda: f"dicom.archive.v1 holds {events}", interval=0)
     finally:
         await consumer.stop()
     return events

@@ -22,6 +22,7 @@ from libs.tools.dev_broker import free_port
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
 
 from dicomflow_desktop.settings import Settings, Store
+from dicomflow_desktop.settings_dialog import SettingsDialog
 from dicomflow_desktop.window import MainWindow
 from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QKeyEvent
@@ -224,6 +225,26 @@ async def test_desktop_resumes_after_cancel_and_restart_and_explains_errors(
         qtbot.mouseClick(again.search_button, Qt.MouseButton.LeftButton)  # type: ignore[attr-defined]
         assert again.error_label.text().startswith("Date of birth: write the date as")
         again.close()
+
+
+def test_desktop_ca_bundle_setting_is_kept_and_reaches_the_client(
+    qtbot: object, tmp_path: Path
+) -> None:
+    """The CA certificate file is a setting (dialog, settings.json) and is what the client
+    verifies an https:// server with: an unreadable one is said in the window."""
+    missing = str(tmp_path / "hospital-ca.pem")
+    store = Store(tmp_path / "config")
+    store.save(Settings(server_url="https://localhost:1", api_key="dfk_" + "k" * 43))
+    w = window(qtbot, store)
+    dialog = SettingsDialog(w.settings)
+    dialog.ca_bundle.setText(missing)
+    w.apply_settings(dialog.settings())
+    assert Store(tmp_path / "config").load().ca_bundle == missing
+    w.name.setText("Иванов")
+    qtbot.mouseClick(w.search_button, Qt.MouseButton.LeftButton)  # type: ignore[attr-defined]
+    qtbot.waitUntil(lambda: bool(w.error_label.text()), timeout=WAIT)  # type: ignore[attr-defined]
+    assert w.error_label.text().startswith(f"The CA certificate file {missing} cannot be read")
+    w.close()
 
 
 SCREENSHOT = """

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from clientkit import Clinic, Proxy, sha
 from pydicom.fileset import FileSet
 
 from libs.tools.dev_broker import free_port
+from tests.polling import eventually
 
 DICOMFLOW = Path(sys.executable).with_name("dicomflow")
 
@@ -101,10 +101,7 @@ async def test_fetch_by_cyrillic_name_resumes_after_a_drop_and_a_kill_and_opens_
         assert first.body_sent + second.body_sent == size  # resumed, not downloaded again
         assert "if-range:" in second.head.lower()
         assert second.head.startswith("GET ")
-        deadline = time.monotonic() + 20
-        while not viewer_log.exists():
-            assert time.monotonic() < deadline, "the viewer was not started"
-            time.sleep(0.1)
+        await eventually(viewer_log.exists, 20, what="the viewer was not started")
         assert viewer_log.read_text().splitlines() == ["--study", str(folder)]
         assert not list((out / ".dicomflow" / "downloads").iterdir())  # archive removed
 
@@ -117,10 +114,14 @@ async def test_fetch_by_cyrillic_name_resumes_after_a_drop_and_a_kill_and_opens_
             env=fetch_env(clinic, proxy.url, None),
         )  # fmt: skip
         part = tmp_path / "again" / ".dicomflow" / "downloads" / f"{ivanov}.zip.part"
-        deadline = time.monotonic() + 60
-        while not part.exists() or part.stat().st_size < 20_000:
-            assert time.monotonic() < deadline and slow.poll() is None, "no partial download"
-            time.sleep(0.05)
+
+        def partly_downloaded() -> bool:
+            if part.exists() and part.stat().st_size >= 20_000:
+                return True
+            assert slow.poll() is None, "the download ended before it could be killed"
+            return False
+
+        await eventually(partly_downloaded, 60, what="no partial download", interval=0.05)
         slow.kill()
         slow.wait()
         kept = part.stat().st_size

@@ -40,6 +40,8 @@ NOT_IN_STACK = {
     "orthanc-watcher",
     "dcm4chee-watcher",
     "pacs-watcher",
+    "router",  # needs DICOM destinations (tests/e2e/test_routing.py checks its metrics)
+    "backend-connector",  # needs a backend (tests/e2e/test_backend_connector.py)
 }
 
 

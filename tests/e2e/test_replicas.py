@@ -4,15 +4,14 @@ counted or stored twice."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 
 import asyncpg
 from trees import build_tree
 
 from libs.storage.local import path_from_file_url
 from load_test.process_stack import Stack
+from tests.polling import eventually
 
 STAGES = ["extractor", "dedup", "storage-writer", "indexer"]
 
@@ -29,10 +28,10 @@ async def test_two_replicas_of_every_stage_and_a_kill_mid_import(
     expected = build_tree(tree, patients=4, per_series=60)
     task_id = await stack.start_import(tree)
 
-    deadline = time.monotonic() + 120
-    while (await stack.task(task_id))["counters"]["new_instances"] < expected.new // 4:
-        assert time.monotonic() < deadline, "the import did not start"
-        await asyncio.sleep(0.05)
+    async def started() -> bool:
+        return bool((await stack.task(task_id))["counters"]["new_instances"] >= expected.new // 4)
+
+    await eventually(started, 120, what="the import did not start", interval=0.05)
     in_flight = (await stack.task(task_id))["status"] != "completed"
     for name in STAGES:  # one replica of each: its partitions move to the other
         stack.kill(name if name in ("dedup", "indexer") else f"{name}#2", signal.SIGKILL)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer
@@ -16,6 +15,7 @@ from libs.kafka.admin import ensure_topics
 from libs.kafka.consumer import BatchRoute, Outcome, RetryPolicy, Route, StageConsumer
 from libs.kafka.producer import Producer
 from libs.runtime.metrics import ConsumerMetrics, ProducerMetrics
+from tests.polling import eventually
 
 TOPIC = ImportRequested.TOPIC
 
@@ -30,11 +30,16 @@ async def drain(bootstrap: str, topic: str, count: int, timeout: float = 20) -> 
     )
     await consumer.start()
     out: list[bytes] = []
-    deadline = time.monotonic() + timeout
+
+    async def enough() -> bool:
+        batch = await consumer.getmany(timeout_ms=200)
+        out.extend(m.value for ms in batch.values() for m in ms)
+        return len(out) >= count
+
     try:
-        while len(out) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            out += [m.value for ms in batch.values() for m in ms]
+        await eventually(
+            enough, timeout, what=lambda: f"{len(out)} of {count} on {topic}", interval=0
+        )
     finally:
         await consumer.stop()
     return out

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from clientkit import Proxy
 
 from libs.tools.dev_broker import free_port
+from tests.polling import eventually_sync
 
 
 class Server:
@@ -54,10 +54,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     s = Server(tmp_path / "served.bin")
     s.publish(os.urandom(400_000), 1)
     s.thread.start()
-    deadline = time.monotonic() + 30
-    while not s.server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually_sync(lambda: s.server.started, 30, what="the server did not start")
     yield s
     s.server.should_exit = True
     s.thread.join(10)

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -74,11 +73,14 @@ async def read_topic(bootstrap: str, count: int) -> list[ConsumerRecord]:
     )
     await consumer.start()
     out: list[ConsumerRecord] = []
-    deadline = time.monotonic() + 20
+
+    async def enough() -> bool:
+        batch = await consumer.getmany(timeout_ms=200)
+        out.extend(r for rs in batch.values() for r in rs)
+        return len(out) >= count
+
     try:
-        while len(out) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            out += [r for rs in batch.values() for r in rs]
+        await eventually(enough, 20, what=lambda: f"{len(out)} of {count} records", interval=0)
     finally:
         await consumer.stop()
     return out

@@ -102,9 +102,12 @@ async def test_watched_file_copied_with_its_old_mtime_is_emitted_once_complete(
     copy = SlowCopy(root / "big.dcm", chunks=40, chunk_size=1 << 20, pause=0.1)
     store, published = PgScanStore(pool, "test", 60), Published()
     copy.start()
-    deadline = time.monotonic() + 60
-    while copy.is_alive() and time.monotonic() < deadline:
+
+    async def scanned_until_copied() -> bool:  # rounds keep coming while the copy grows
         await scan_root(root, store=store, publish=published, settle_seconds=1.0)
+        return not copy.is_alive()
+
+    await eventually(scanned_until_copied, 60, what="the copy did not finish", interval=0)
     copy.join()
     for _ in range(2):  # the copy is complete: the next scans see it settled, then unchanged
         await scan_root(root, store=store, publish=published, settle_seconds=1.0)

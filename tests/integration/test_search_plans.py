@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from libs.db.search import StudyFilter, get_study, search_studies
+from libs.db.search import WALK_DATES_BEYOND, StudyFilter, get_study, search_studies
 
 BIG = {"patients", "studies", "series", "instances"}
 LATIN = ["ka", "mo", "ri", "ta", "sen", "lu", "ber", "vo", "ni", "gra"]
@@ -110,6 +110,7 @@ SEARCHES = {
     "name prefix, Cyrillic": StudyFilter(patient_name="Молу"),
     "name prefix, Latin": StudyFilter(patient_name="bermo"),
     "a later word of the name": StudyFilter(patient_name="ivan", birth_date=date(1950, 1, 1)),
+    "a later word of the name, alone (every study)": StudyFilter(patient_name="ivan"),
     "birth date": StudyFilter(birth_date=date(1950, 3, 2)),
     "year": StudyFilter(year=2010),
     "modality": StudyFilter(modality="NM"),
@@ -155,3 +156,37 @@ async def test_each_search_and_the_study_detail_use_indexes(pool: asyncpg.Pool) 
         assert detail is not None and len(detail.series) == 2
         failures += [f"detail: {bad}" for bad in await plans_with_seq_scans(conn, recording)]
     assert not failures, "\n\n".join(failures)
+
+
+def tables_read(node: dict[str, Any]) -> set[str]:
+    found = {node["Relation Name"]} if "Relation Name" in node else set()
+    for child in node.get("Plans", []):
+        found |= tables_read(child)
+    return found
+
+
+async def test_patients_are_read_once_per_search_not_once_per_study(pool: asyncpg.Pool) -> None:
+    """A search on study fields counts its matches without joining patients (joined, a
+    modality count read every patient: 280 ms on 100,000 studies), and a search on patient
+    fields matches the patients once (an InitPlan) and looks their studies up by patient,
+    rather than probing patients study by study."""
+    async with pool.acquire() as conn:
+        await generate(conn)
+        for name in ("modality", "year", "accession number"):
+            recording = Recording(conn)
+            await search_studies(recording, SEARCHES[name], limit=50, offset=0)  # type: ignore[arg-type]
+            sql, args = recording.statements[0]
+            plan = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))
+            assert "patients" not in tables_read(plan[0]["Plan"]), (name, sql)
+        for name in ("name prefix, Latin", "patient id", "birth date"):
+            recording = Recording(conn)
+            await search_studies(recording, SEARCHES[name], limit=50, offset=0)  # type: ignore[arg-type]
+            for sql, _ in recording.statements:
+                assert "ANY(ARRAY(SELECT p.id FROM patients p" in sql, (name, sql)
+        # Matching many studies, the page keeps the matching patients' studies as it walks
+        # the dates (a semi-join) instead of looking each of them up and sorting them all.
+        recording = Recording(conn)
+        search = SEARCHES["a later word of the name, alone (every study)"]
+        total, _ = await search_studies(recording, search, limit=50, offset=0)  # type: ignore[arg-type]
+        assert total > WALK_DATES_BEYOND
+        assert "s.patient_pk IN (SELECT p.id FROM patients p" in recording.statements[1][0]

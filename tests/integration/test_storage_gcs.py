@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from libs.contracts.errors import PermanentError
 from libs.storage import instance_key, open_store
 from libs.storage.gcs import MULTIPART_MAX, GcsStore
 from load_test.gcs import GcsEmulator
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -138,11 +138,16 @@ async def test_an_upload_killed_midway_leaves_nothing_under_the_final_name(
             [sys.executable, "-c", CHILD, emulator.url(), key, str(src), sha],
             env={**os.environ, **emulator.env},
         )
-        deadline = time.monotonic() + 60
-        while emulator.log.read_text(errors="replace").count("upload_id=") < 5:
+
+        def uploading() -> bool:
+            if emulator.log.read_text(errors="replace").count("upload_id=") >= 5:
+                return True
             assert child.poll() is None, "the upload ended before it could be interrupted"
-            assert time.monotonic() < deadline, emulator.log.read_text()[-2000:]
-            time.sleep(0.01)
+            return False
+
+        await eventually(
+            uploading, 60, what=lambda: emulator.log.read_text()[-2000:], interval=0.01
+        )
         child.send_signal(signal.SIGKILL)
         child.wait(10)
         assert f"dicomflow/{key}" not in names(emulator)  # at most a temporary object

@@ -5,8 +5,8 @@ a full disk is held and retried the same way."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from libs.kafka.producer import Producer
 from libs.runtime.metrics import ConsumerMetrics
 from libs.storage.local import LocalStore
 from services.storage_writer.handlers import handle_unique, storage_key
+from tests.polling import eventually
 from tests.private_servers import Cluster, private_cluster, small_filesystem
 
 pytestmark = pytest.mark.integration
@@ -90,21 +91,29 @@ async def test_postgres_restarts_are_held_and_retried_never_dead_lettered(
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return -1
 
+    counts = [0]
+
+    async def reached(n: int) -> bool:
+        counts.append(await done())
+        if counts[-1] >= n:
+            return True
+        assert not run.done(), f"the stage stopped at {counts[-1]}/{n}"
+        return False
+
     try:
         for restart_at in (50, 200):
-            deadline = time.monotonic() + 120
-            while await done() < restart_at:
-                assert time.monotonic() < deadline and not run.done(), "no progress"
-                await asyncio.sleep(0.05)
+            await eventually(partial(reached, restart_at), 120, what="no progress", interval=0.05)
             await asyncio.to_thread(cluster.ctl, "-m", "fast", "stop")
             for _ in range(30):  # down for 3 s: far longer than the poison retries take
                 not_ready_seen |= not stage.healthy
                 await asyncio.sleep(0.1)
             await asyncio.to_thread(cluster.ctl, "start")
-        deadline = time.monotonic() + 180
-        while (n := await done()) < total:
-            assert time.monotonic() < deadline and not run.done(), f"stuck at {n}/{total}"
-            await asyncio.sleep(0.2)
+        await eventually(
+            partial(reached, total),
+            180,
+            what=lambda: f"stuck at {counts[-1]}/{total}",
+            interval=0.2,
+        )
     finally:
         stopping.set()
         await run
@@ -141,24 +150,27 @@ async def test_outage_retries_do_not_use_up_a_messages_attempts(
     await producer.publish(*(request(n) for n in range(8)))
     await stage.start()
     run = asyncio.create_task(stage.run())
+
+    def healthy() -> bool:
+        assert not run.done(), "the stage stopped"
+        return stage.healthy
+
+    async def all_handled() -> bool:
+        async with pool.acquire() as conn:
+            if await conn.fetchval("SELECT count(*) FROM done") == 8:
+                return True
+        assert not run.done(), "the stage stopped"
+        assert await list_letters(bootstrap, TOPIC) == [], "dead-lettered"
+        return False
+
     try:
-        deadline = time.monotonic() + 60
-        while stage.healthy:  # the first fetch reaches the handler, which cannot connect
-            assert time.monotonic() < deadline and not run.done(), "never tried the database"
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(3)
+        # The first fetch reaches the handler, which cannot connect: not ready.
+        await eventually(lambda: not healthy(), 60, what="never tried the database", interval=0.05)
+        await asyncio.sleep(3)  # the outage: dozens of outage retries
         await asyncio.to_thread(cluster.ctl, "start")
-        deadline = time.monotonic() + 60
-        while True:
-            async with pool.acquire() as conn:
-                if await conn.fetchval("SELECT count(*) FROM done") == 8:
-                    break
-            assert time.monotonic() < deadline and not run.done(), "messages not handled"
-            assert await list_letters(bootstrap, TOPIC) == [], "dead-lettered"
-            await asyncio.sleep(0.2)
-        while not stage.healthy:  # ready again once the batch is committed
-            assert time.monotonic() < deadline and not run.done(), "still not ready"
-            await asyncio.sleep(0.05)
+        await eventually(all_handled, 60, what="messages not handled", interval=0.2)
+        # Ready again once the batch is committed.
+        await eventually(healthy, 60, what="still not ready", interval=0.05)
     finally:
         stopping.set()
         await run
@@ -219,19 +231,23 @@ async def test_full_storage_is_held_and_retried_until_space_is_freed(
     await producer.publish(*events)
     await stage.start()
     run = asyncio.create_task(stage.run())
+
+    def stored_at_least(n: int) -> bool:
+        if len(stored) >= n:
+            return True
+        assert not run.done(), f"the stage stopped, {len(stored)} stored"
+        return False
+
     try:
-        deadline = time.monotonic() + 60
-        while len(stored) < 1:  # one instance fits, then the disk is full
-            assert time.monotonic() < deadline and not run.done(), "nothing stored"
-            await asyncio.sleep(0.05)
+        # One instance fits, then the disk is full.
+        await eventually(partial(stored_at_least, 1), 60, what="nothing stored", interval=0.05)
         await asyncio.sleep(3)  # far longer than the retries of a poison message take
         assert await list_letters(bootstrap, topic) == [], "a full disk was dead-lettered"
         assert not stage.healthy and len(stored) < len(events)
         filler.unlink()  # space freed
-        deadline = time.monotonic() + 60
-        while len(stored) < len(events):
-            assert time.monotonic() < deadline and not run.done(), f"{len(stored)} stored"
-            await asyncio.sleep(0.1)
+        await eventually(
+            partial(stored_at_least, len(events)), 60, what=lambda: f"{len(stored)} stored"
+        )
     finally:
         stopping.set()
         await run

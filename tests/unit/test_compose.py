@@ -29,14 +29,17 @@ JOB = "topics"  # the one-shot `dicomflow topics`
 NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS", "FORWARDED_ALLOW_IPS"}
 # Accepted by the settings class but overwritten from API_HOST/API_PORT: setting them misleads.
 IGNORED = {"api": {"API_OPS_HOST", "API_OPS_PORT"}}
-# Reached from outside the host: the API (archive downloads included: it relays them to the
-# packager), the Orthanc watcher (Orthanc calls its webhook), the DICOM receiver (modalities
-# and PACS send to it) and the PACS watcher (it calls the PACS).
-PUBLIC = {"api", "orthanc-watcher", "dicom-receiver", "pacs-watcher"}
+# Reached from outside the host: the Orthanc watcher (Orthanc calls its webhook), the DICOM
+# receiver (modalities and PACS send to it) and the PACS watcher (it calls the PACS). The API
+# (archive downloads included: it relays them to the packager) only through the TLS proxy.
+PUBLIC = {"orthanc-watcher", "dicom-receiver", "pacs-watcher"}
 # Services that read the source files named by file:// URIs, at the watcher's paths.
 READS_NAS = {"nas-watcher", "extractor", "storage-writer"}
 # Containers with a published port (and so on the public network as well).
-PUBLISHED = {"api", "grafana", "orthanc"}
+PUBLISHED = {"proxy", "grafana", "orthanc"}
+# What the operator must set for a service to start (its compose defaults refuse to).
+OPERATOR_ENV = {"dicom-receiver": {"RECEIVER_ALLOWED_CALLERS": "CT1,MR1@10.0.0.5"}}
+SERVICE_UID = "10001"
 TOPIC_LITERAL = re.compile(r"""["']([a-z][a-z_]*\.[a-z][a-z_]*\.v[0-9]+(?:\.dlq)?)["']""")
 TOPIC_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PARTITIONS", "KAFKA_REPLICATION_FACTOR")
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "CREDENTIALS")
@@ -173,7 +176,8 @@ def test_healthcheck_probes_the_ops_port_the_service_listens_on(
 ) -> None:
     for service, spec in run_services(compose):
         env = environment(spec)
-        settings = build_settings(service, env, monkeypatch)  # the values validate, too
+        # The values validate, too (with what the operator must set).
+        settings = build_settings(service, {**env, **OPERATOR_ENV.get(service, {})}, monkeypatch)
         assert settings.ops_host == "0.0.0.0", f"{service}: ops server unreachable from outside"
         assert env.get("OPS_PORT_FOR_HEALTHCHECK") == str(settings.ops_port), service
         assert settings.ops_port != 0, f"{service}: a fixed port, so it can be probed"
@@ -356,3 +360,71 @@ def test_monitoring_gets_the_repository_files() -> None:
     for key in ("prometheus", "grafana", "orthanc"):
         assert services[key]["healthcheck"]["test"], key
         assert services[key]["restart"] == "unless-stopped", key
+
+
+def test_receiver_refuses_to_start_open_to_anyone_with_the_compose_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Published on every address with no allow-list, it needs RECEIVER_ALLOW_ANY_CALLER."""
+    spec = BASE["services"]["dicom-receiver"]
+    env = environment(spec)
+    assert spec["ports"] and resolve(env["RECEIVER_HOST"]) == "0.0.0.0"
+    with pytest.raises(ValueError, match="RECEIVER_ALLOWED_CALLERS"):
+        build_settings("dicom-receiver", env, monkeypatch)
+    build_settings("dicom-receiver", {**env, "RECEIVER_ALLOW_ANY_CALLER": "true"}, monkeypatch)
+
+
+def _runtime_stage_paths(dockerfile: str) -> tuple[set[str], set[str], str]:
+    """(directories created, directories chowned to the service user, USER) of the image's
+    final stage, from its RUN lines (continuations joined)."""
+    stage = dockerfile.rsplit("\nFROM ", 1)[1].replace("\\\n", " ")
+    created: set[str] = set()
+    owned: set[str] = set()
+    for line in stage.splitlines():
+        if not line.startswith("RUN "):
+            continue
+        for command in re.split(r"&&|;", line[4:]):
+            words = command.split()
+            if words[:2] == ["mkdir", "-p"]:
+                created.update(w for w in words[2:] if w.startswith("/"))
+            elif words[:1] == ["chown"]:
+                assert words[1] in {"dicomflow:dicomflow", f"{SERVICE_UID}:{SERVICE_UID}"}
+                owned.update(w for w in words[2:] if w.startswith("/"))
+    user = re.findall(r"^USER (\S+)$", stage, re.M)[-1]
+    return created, owned, user
+
+
+def test_every_volume_mount_point_is_created_and_owned_by_the_service_user() -> None:
+    """A named volume takes the ownership of the image's directory it is first mounted on;
+    a path the image lacks is created root-owned, and uid 10001 cannot write it. (Bind
+    mounts keep the host folder's owner: the compose header says what each needs.)"""
+    created, owned, user = _runtime_stage_paths((ROOT / "Dockerfile").read_text("utf-8"))
+    assert user.split(":")[0] in {"dicomflow", SERVICE_UID}
+    checked = set()
+    for compose in (BASE, MERGED):
+        for key, spec in compose["services"].items():
+            if "build" not in spec:
+                continue  # third-party images own their paths
+            for volume in spec.get("volumes", []):
+                source, target = resolve(volume).split(":")[:2]
+                if source not in compose["volumes"]:
+                    continue  # a bind mount: the host's folder and its owner, as they are
+                # Named: a new volume takes the ownership of the image's directory.
+                assert target in created, f"{key}: {target} is not created in the Dockerfile"
+                assert target in owned, f"{key}: {target} not owned by uid {SERVICE_UID}"
+                checked.add(source)
+    assert {"storage", "archives", "staging"} <= checked
+
+
+def test_the_api_is_published_only_through_the_tls_proxy() -> None:
+    services = BASE["services"]
+    api, proxy = services["api"], services["proxy"]
+    assert "ports" not in api and set(api["networks"]) == {"internal"}
+    assert environment(api)["FORWARDED_ALLOW_IPS"] == "*"  # only the proxy reaches it
+    assert [p.rsplit(":", 1)[-1] for p in proxy["ports"]] == ["443"]
+    assert "./deploy/caddy/Caddyfile:/etc/caddy/Caddyfile:ro" in proxy["volumes"]
+    caddyfile = (ROOT / "deploy" / "caddy" / "Caddyfile").read_text("utf-8")
+    assert re.search(r"^\{\$PROXY_SITE\}:443 \{$", caddyfile, re.M)
+    assert "\ttls {$PROXY_TLS}" in caddyfile
+    assert "reverse_proxy api:" + environment(api)["API_PORT"] in caddyfile
+    assert "flush_interval -1" in caddyfile  # downloads stream, never buffered

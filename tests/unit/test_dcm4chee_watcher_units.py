@@ -48,8 +48,8 @@ def test_settings_parse_storage_roots_and_refuse_what_cannot_work(
         settings(monkeypatch)  # required
     with pytest.raises(ValidationError, match="postgresql://, mysql://"):
         settings(monkeypatch, DCM4CHEE_ARCHIVE_URL="sqlite:///x.db")
-    with pytest.raises(ValidationError, match="MySQL/MariaDB only"):
-        settings(monkeypatch, DCM4CHEE_ARCHIVE_URL=URL, DCM4CHEE_SCHEMA="dcm4chee2")
+    legacy_pg = settings(monkeypatch, DCM4CHEE_ARCHIVE_URL=URL, DCM4CHEE_SCHEMA="dcm4chee2")
+    assert (legacy_pg.schema_version, legacy_pg.archive_dialect()) == ("dcm4chee2", "postgresql")
     with pytest.raises(ValidationError, match="needs DCM4CHEE_STORAGE_ROOTS"):
         settings(monkeypatch, DCM4CHEE_ARCHIVE_URL=URL, DCM4CHEE_MODE="full")
     with pytest.raises(ValidationError, match="key=/folder"):
@@ -121,7 +121,7 @@ class FakeState:
         await self.advance(study.watermark)
 
     async def record_round(
-        self, files: Sequence[FoundFile], to: Watermark, studies: int
+        self, files: Sequence[FoundFile], to: Watermark, studies: Sequence[str]
     ) -> list[LedgerRow]:
         self.recorded.extend(files)
         await self.advance(to)

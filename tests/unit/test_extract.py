@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from struct import unpack
 
@@ -441,3 +442,17 @@ def test_deeply_nested_sequences(tmp_path: Path) -> None:
     path.write_bytes(data[:at] + nested + data[at:])
     with pytest.raises(DicomParseError, match="nested too deeply"):
         extract_file(str(path))
+
+
+def test_a_stamp_vouches_only_for_a_file_old_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storage-writer copies a stamped file without hashing it again: the stamp is
+    `inode:size:mtime_ns:ctime_ns`, and a file changed within the last 2 s gets none."""
+    path, _ = synthetic(tmp_path)
+    _, fresh = extract_file(str(path))
+    assert fresh.source_stamp is None, "just written: a later write could keep its times"
+    monkeypatch.setattr("libs.storage.stamp.MIN_AGE_NS", 0)  # as if 2 s had passed
+    _, old = extract_file(str(path))
+    st = os.stat(path)
+    assert old.source_stamp == f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"

@@ -13,11 +13,11 @@ from pydantic import ValidationError
 
 from libs.contracts.errors import PermanentError
 from libs.contracts.events import PatientAttrs, StudyMetadata
-from services.index_publisher.config import IndexPublisherSettings
-from services.index_publisher.delivery import (
+from libs.http.delivery import (
     Answer,
     Backoff,
     Deliverer,
+    DeliveryMetrics,
     ReceiverGaveUp,
     ReceiverHealth,
     ReceiverRejected,
@@ -25,7 +25,7 @@ from services.index_publisher.delivery import (
     classify,
     parse_retry_after,
 )
-from services.index_publisher.metrics import PublisherMetrics
+from services.index_publisher.config import IndexPublisherSettings
 from services.index_publisher.payload import (
     StudyKeys,
     default_payload,
@@ -165,7 +165,7 @@ class Script:
 
 
 def deliverer(script: Script, attempts: int = 3) -> tuple[Deliverer, ReceiverHealth]:
-    metrics = PublisherMetrics.create("index-publisher", CollectorRegistry())
+    metrics = DeliveryMetrics.create("index-publisher", CollectorRegistry())
     health = ReceiverHealth(metrics)
     d = Deliverer(
         script.send,

@@ -390,9 +390,10 @@ async def test_indexer_a_dead_letter_is_the_files_final_failure() -> None:
     assert index.failures == [(3, "storage-writer", "PermanentError: cannot read")]
 
 
-async def test_indexer_ignores_the_converters_dead_letters() -> None:
+async def test_indexer_ignores_the_converters_and_the_routers_dead_letters() -> None:
     index = FakeIndex(None)
     await handle_dead_letter(letter("jpg-converter"), index=index)
+    await handle_dead_letter(letter("router"), index=index)
     await handle_dead_letter(letter("indexer"), index=index)
     assert [(f, s) for f, s, _ in index.failures] == [(3, "indexer")]
 

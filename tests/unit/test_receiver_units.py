@@ -4,7 +4,7 @@ checked against pydicom's and pynetdicom's own encoders."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
@@ -35,6 +35,7 @@ from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.dimse import Command
 from services.dicom_receiver.handlers import PREAMBLE, StagingFile
 from services.dicom_receiver.scp import supported_contexts
+from tests.polling import eventually
 
 CMD = Command(dimse.C_STORE_RQ, 7, CTImageStorage, "1.2.826.0.1.3680043.8.498.1", True)
 
@@ -386,3 +387,73 @@ async def test_commitment_requests_beyond_the_bound_are_refused_for_now() -> Non
     await scp.stop()
     assert status() == 0x0000  # room again once the others are done
     await scp.stop()
+
+
+async def test_committer_syncs_a_groups_folders_once_before_recording() -> None:
+    """One fsync per staging folder per group, before the ledger INSERT; a failed fsync
+    records nothing (NotRecorded: the files may go, the senders resend)."""
+    order: list[str] = []
+    sync_fails = False
+
+    def sync(folders: Collection[Path]) -> None:
+        if sync_fails:
+            raise OSError("EIO")
+        order.append("sync " + ",".join(sorted(f.name for f in folders)))
+
+    async def record(files: Sequence[NewFile]) -> list[LedgerRow]:
+        order.append(f"record {len(files)}")
+        return [
+            LedgerRow(i, f.source, f.uri, f.origin, f.size, f.correlation_id, None)
+            for i, f in enumerate(files)
+        ]
+
+    async def publish(events: Sequence[Event]) -> None:
+        order.append(f"publish {len(events)}")
+
+    committer = Committer(record=record, publish=publish, batch_size=100, sync_folders=sync)
+    new = NewFile("dicom:A", "file:///x.dcm", "A@127.0.0.1:1", 1, "assoc")
+    folders = [Path("/staging/2026120601"), Path("/staging/2026120601"), Path("/staging/b")]
+    waiters = [asyncio.create_task(committer.commit(new, f)) for f in folders]
+    await asyncio.sleep(0)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(committer.run(stop))
+    await asyncio.gather(*waiters)
+    assert order == ["sync 2026120601,b", "record 3", "publish 3"]
+
+    sync_fails = True
+    with pytest.raises(NotRecorded):
+        await committer.commit(new, folders[0])
+    assert order[-1] == "publish 3"  # nothing recorded after the failed fsync
+    stop.set()
+    await runner
+
+
+async def test_committer_records_the_next_group_while_one_awaits_its_acknowledgement() -> None:
+    """The broker's acknowledgement of one group does not hold back the next group's INSERT;
+    each group is answered only after its own acknowledgement."""
+    recorded: list[int] = []
+    release_first = asyncio.Event()
+
+    async def record(files: Sequence[NewFile]) -> list[LedgerRow]:
+        recorded.append(len(files))
+        return [
+            LedgerRow(1, f.source, f.uri, f.origin, f.size, f.correlation_id, None) for f in files
+        ]
+
+    async def publish(events: Sequence[Event]) -> None:
+        if len(recorded) == 1:  # the first group's acknowledgement is slow
+            await release_first.wait()
+
+    committer = Committer(record=record, publish=publish, batch_size=100)
+    new = NewFile("dicom:A", "file:///x.dcm", "A@127.0.0.1:1", 1, "assoc")
+    stop = asyncio.Event()
+    runner = asyncio.create_task(committer.run(stop))
+    first = asyncio.create_task(committer.commit(new))
+    await eventually(lambda: recorded == [1])
+    second = asyncio.create_task(committer.commit(new))
+    await asyncio.wait_for(second, timeout=5)  # answered while the first still waits
+    assert recorded == [1, 1] and not first.done()
+    release_first.set()
+    await asyncio.wait_for(first, timeout=5)
+    stop.set()
+    await runner

@@ -82,6 +82,28 @@ def test_a_file_is_settled_when_it_looks_the_same_twice_settle_seconds_apart(
     ]
 
 
+def test_a_file_at_rest_by_its_ctime_takes_its_second_look_at_once(tmp_path: Path) -> None:
+    """ctime moves with every write and cannot be set back: a file whose mtime and ctime are
+    both older than QUIET_NS is not being written, and waits for no settle delay (an import
+    of files at rest starts at once). An old mtime alone still waits (`cp -p`)."""
+    from services.nas_watcher.scanner import QUIET_NS
+
+    for name in ("rest.dcm", "copied.dcm"):
+        (tmp_path / name).write_bytes(b"x" * 10)
+    os.utime(tmp_path / "copied.dcm", (1_600_000_000, 1_600_000_000))  # old mtime only
+    rest, copied = (stat_file(str(tmp_path / n)) for n in ("rest.dcm", "copied.dcm"))
+    assert rest is not None and copied is not None and rest.ctime_ns > 0
+    looks = SecondLook(settle_seconds=2)
+    looks.add(str(tmp_path), [rest, copied], now=100.0, wall_ns=rest.ctime_ns + QUIET_NS)
+    assert len(looks) == 2 and looks.wait(now=100.0) == 0.0
+    assert [look.file.name for look in looks.due(now=100.0)] == ["rest.dcm"]
+    assert looks.wait(now=100.0) == 2.0, "the copy with an old mtime waits as before"
+    looks.add(str(tmp_path), [rest], now=100.0, wall_ns=rest.ctime_ns + QUIET_NS - 1)
+    assert looks.due(now=100.0) == [], "changed within QUIET_NS: two looks"
+    settled, _ = look_again(looks.due(now=102.0), now=102.0)
+    assert sorted(s.file.name for s in settled) == ["copied.dcm", "rest.dcm"]
+
+
 def test_links_leading_out_of_the_roots_are_not_followed(tmp_path: Path) -> None:
     root, outside = tmp_path / "nas", tmp_path / "etc"
     tree(root)

@@ -1,8 +1,13 @@
+from pathlib import Path
+
 import pytest
 
-from libs.contracts.settings import load_settings, redact_url
+from libs.contracts.settings import is_secret, load_settings, redact_url
+from services.api.config import ApiSettings
+from services.dicom_receiver.config import ReceiverSettings
 from services.extractor.config import ExtractorSettings
 from services.nas_watcher.config import NasWatcherSettings
+from services.orthanc_watcher.config import OrthancWatcherSettings
 
 
 def test_bad_values_stop_the_service_naming_the_variable(
@@ -31,3 +36,29 @@ def test_passwords_never_reach_the_logs() -> None:
     s = ExtractorSettings(database_url="postgresql://u:secret@db/x")  # type: ignore[call-arg]
     assert "secret" in s.database_url
     assert "secret" not in str(s.redacted())
+
+
+def test_secret_settings_are_masked_by_name_and_the_rest_shown() -> None:
+    orthanc = OrthancWatcherSettings(  # type: ignore[call-arg]
+        database_url="postgresql://u@db/x",
+        url="http://orthanc:8042",
+        username="dicomflow",
+        password="orthanc-pw",
+        webhook_secret="hook-secret",
+    ).redacted()
+    assert orthanc["password"] == "***" and orthanc["webhook_secret"] == "***"
+    assert orthanc["username"] == "dicomflow"
+    assert "orthanc-pw" not in str(orthanc) and "hook-secret" not in str(orthanc)
+    api = ApiSettings(database_url="postgresql://u@db/x", rate_per_key="5/second")  # type: ignore[call-arg]
+    assert api.redacted()["rate_per_key"] == "5/second"  # contains "key", is no secret
+    receiver = ReceiverSettings(  # type: ignore[call-arg]
+        database_url="postgresql://u@db/x",
+        tls_cert=Path("/etc/dicomflow/receiver.crt"),
+        tls_key=Path("/etc/dicomflow/receiver.key"),
+    )
+    assert receiver.redacted()["tls_key"] == "/etc/dicomflow/receiver.key"  # a path, shown
+    assert [n for n in ("api_key", "password", "auth_token", "tls_key") if is_secret(n)] == [
+        "api_key",
+        "password",
+        "auth_token",
+    ]

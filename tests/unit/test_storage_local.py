@@ -1,4 +1,5 @@
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -102,4 +103,55 @@ async def test_a_batch_is_stored_with_one_flush_and_per_item_verdicts(tmp_path: 
     assert store.path_for(keys[0]).read_bytes() == sources[0].read_bytes()
     assert store.path_for(keys[2]).read_bytes() == sources[0].read_bytes(), "never overwritten"
     assert not store.path_for(keys[3]).exists()
+    assert not list((tmp_path / "store").rglob("*.tmp"))
+
+
+def _aged(path: Path, seconds: float = 60.0) -> os.stat_result:
+    """`path` with mtime moved into the past (ctime stays now: it is aged by the clock)."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+    return path.stat()
+
+
+def test_a_stamp_is_given_only_to_a_file_unchanged_and_old_enough(tmp_path: Path) -> None:
+    from libs.storage.stamp import MIN_AGE_NS, source_stamp
+
+    source = tmp_path / "a.dcm"
+    write(source, b"DICM" * 100)
+    st = _aged(source)
+    later = st.st_ctime_ns + MIN_AGE_NS
+    assert source_stamp(st, st, now_ns=later) is not None
+    assert source_stamp(st, st, now_ns=later - 1) is None, "ctime too recent: racy"
+    source.write_bytes(b"DICM" * 101)
+    assert source_stamp(st, source.stat(), now_ns=later + MIN_AGE_NS) is None, "changed"
+
+
+async def test_a_stamped_source_is_copied_unhashed_and_a_changed_one_hashed(
+    tmp_path: Path,
+) -> None:
+    from libs.storage.base import PutRequest, StoredObject
+
+    store = LocalStore((tmp_path / "store").as_uri())
+    sources = [tmp_path / f"{n}.dcm" for n in range(3)]
+    digests = [write(p, f"DICM{n}".encode() * 300_000) for n, p in enumerate(sources)]
+    stamps = [
+        f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+        for st in (p.stat() for p in sources)
+    ]
+    keys = [instance_key("1.2.3", "1.2.3.4", f"1.2.3.4.{n}") for n in range(3)]
+    sources[1].write_bytes(b"DICM-changed" * 1000)  # after it was stamped: hashed, refused
+    batch = [
+        # the stamp vouches for the bytes: even a wrong expected hash is not looked at,
+        # which shows the copy was made without hashing
+        PutRequest(keys[0], sources[0], "0" * 64, stamps[0]),
+        PutRequest(keys[1], sources[1], digests[1], stamps[1]),
+        PutRequest(keys[2], sources[2], digests[2], "1:2:3:4"),  # another file's stamp
+    ]
+    results = await store.put_files(batch)
+    assert isinstance(results[0], StoredObject) and results[0].created
+    assert store.path_for(keys[0]).read_bytes() == sources[0].read_bytes()
+    assert isinstance(results[1], PermanentError) and "source changed" in str(results[1])
+    assert not store.path_for(keys[1]).exists()
+    assert isinstance(results[2], StoredObject) and results[2].created
+    assert store.path_for(keys[2]).read_bytes() == sources[2].read_bytes()
     assert not list((tmp_path / "store").rglob("*.tmp"))

@@ -6,9 +6,11 @@ foreground (the CLI), and a blocking client is the simplest one to cancel betwee
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -110,7 +112,9 @@ def _date(value: Any) -> date | None:
 
 class Client:
     """`base_url` is the API (e.g. http://127.0.0.1:8000); `archive_base_url` the address
-    serving `/v1/studies/{uid}/archive`, the API itself unless given."""
+    serving `/v1/studies/{uid}/archive`, the API itself unless given. An https:// server is
+    verified against `ca_bundle` (a PEM file of the hospital's own CA) when given, else
+    against the system's certificate authorities."""
 
     def __init__(
         self,
@@ -120,6 +124,7 @@ class Client:
         archive_base_url: str | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        ca_bundle: str | Path | None = None,
     ) -> None:
         if not base_url.strip():
             raise ClientError("No server address is set. Enter it in the settings.")
@@ -128,6 +133,7 @@ class Client:
         self.base_url = base_url.strip().rstrip("/")
         self.archive_base_url = (archive_base_url or self.base_url).strip().rstrip("/")
         self.http = httpx.Client(
+            verify=_verify(ca_bundle),
             headers={"Authorization": f"Bearer {api_key.strip()}"},
             timeout=httpx.Timeout(timeout, connect=10.0),
             follow_redirects=False,
@@ -180,9 +186,26 @@ class Client:
         return body
 
 
+def _verify(ca_bundle: str | Path | None) -> ssl.SSLContext | bool:
+    if ca_bundle is None or not str(ca_bundle).strip():
+        return True
+    path = Path(str(ca_bundle).strip()).expanduser()
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientError(
+            f"The CA certificate file {path} cannot be read ({exc}). Check it in the settings."
+        ) from None
+
+
 def unreachable(base: str, exc: httpx.HTTPError) -> ClientError:
     if isinstance(exc, httpx.TimeoutException):
         return Unreachable(f"The server at {base} did not answer in time. Try again later.")
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
+        return Unreachable(
+            f"The server at {base} presented a certificate that could not be verified. "
+            "Set the CA certificate file of your hospital's certificate authority in the settings."
+        )
     return Unreachable(
         f"Cannot reach the server at {base}. Check the address and the network connection."
     )

@@ -25,6 +25,7 @@ class Settings:
     download_folder: str = ""
     viewer_command: str = ""  # with {folder}; empty: open the folder
     archive_format: str = "tar.zst"
+    ca_bundle: str = ""  # PEM file of a private CA for an https:// server; empty: system CAs
     api_key: str = ""  # not written to settings.json
 
     def folder(self) -> Path:

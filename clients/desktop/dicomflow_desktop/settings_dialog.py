@@ -36,6 +36,8 @@ class SettingsDialog(QDialog):
         self.key.setPlaceholderText("the key you were given (dfk_...)")
         self.archive = QLineEdit(settings.archive_url)
         self.archive.setPlaceholderText("same as the server (leave empty)")
+        self.ca_bundle = QLineEdit(settings.ca_bundle)
+        self.ca_bundle.setPlaceholderText("only for a hospital's own certificate authority")
         self.folder = QLineEdit(str(settings.folder()))
         browse = QPushButton("Choose…")
         browse.clicked.connect(self._browse)
@@ -58,6 +60,7 @@ class SettingsDialog(QDialog):
         form.addRow("", QLabel(VIEWER_HINT))
         form.addRow("Archive format", self.format)
         form.addRow("Archive address (optional)", self.archive)
+        form.addRow("CA certificate file (optional)", self.ca_bundle)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
         )
@@ -78,4 +81,5 @@ class SettingsDialog(QDialog):
             viewer_command=self.viewer.text().strip(),
             archive_format=self.format.currentText(),
             api_key=self.key.text().strip(),
+            ca_bundle=self.ca_bundle.text().strip(),
         )

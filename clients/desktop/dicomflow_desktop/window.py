@@ -200,7 +200,12 @@ class MainWindow(QMainWindow):
 
     def _client(self) -> Client:
         s = self.settings
-        return Client(s.server_url, s.api_key, archive_base_url=s.archive_url or None)
+        return Client(
+            s.server_url,
+            s.api_key,
+            archive_base_url=s.archive_url or None,
+            ca_bundle=s.ca_bundle or None,
+        )
 
     # ---- search
     def criteria(self) -> SearchFilter:

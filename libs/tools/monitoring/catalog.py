@@ -14,7 +14,8 @@ from libs.runtime.metrics import metric_prefix
 # end_to_end (discovery -> outcome), tasks (import tasks by state), disk (free space),
 # nas (scans), reconciler (rounds), previews (jpg-converter), publisher (index-publisher),
 # archives (packager), orthanc (orthanc-watcher), iso (iso-watcher), dcm4chee
-# (dcm4chee-watcher), receiver (dicom-receiver), pacs (pacs-watcher).
+# (dcm4chee-watcher), receiver (dicom-receiver), pacs (pacs-watcher), routing
+# (router).
 MONITORED: dict[str, tuple[str, ...]] = {
     "nas-watcher": ("consumer", "producer", "nas"),
     "extractor": ("consumer", "producer"),
@@ -31,6 +32,8 @@ MONITORED: dict[str, tuple[str, ...]] = {
     "dcm4chee-watcher": ("dcm4chee",),
     "dicom-receiver": ("receiver",),
     "pacs-watcher": ("pacs",),
+    "router": ("consumer", "routing"),
+    "backend-connector": ("consumer", "publisher"),
 }
 
 # The stages of the pipeline in the order a file passes them (overview rows).

@@ -216,9 +216,14 @@ def _previews(p: str, job: str) -> list[Panel]:
 
 
 def _publisher(p: str, job: str) -> list[Panel]:
-    """index-publisher: deliveries to the central index (services/index_publisher/metrics.py)."""
+    """index-publisher (deliveries to the central index) and backend-connector (requests to
+    the patient-aware backend): libs/http/delivery.py."""
     return [
-        Panel("Central index reachable", [Target(f"min({p}_receiver_up)", "up")], kind="stat"),
+        Panel(
+            "Central index reachable" if "index-publisher" in job else "Backend reachable",
+            [Target(f"min({p}_receiver_up)", "up")],
+            kind="stat",
+        ),
         Panel(
             "Study revisions delivered, by outcome",
             [Target(f"sum by (outcome) (rate({p}_deliveries_total[{RATE}]))", "{{outcome}}")],
@@ -346,6 +351,41 @@ def _pacs(p: str, job: str) -> list[Panel]:
     ]
 
 
+def _routing(p: str, job: str) -> list[Panel]:
+    """router: per-destination queues and what was forwarded."""
+    return [
+        Panel(
+            "Queue, by destination and state",
+            [Target(f"sum by (destination, state) ({p}_queue)", "{{destination}} {{state}}")],
+            description="queued: waiting (a destination that is down piles up here); "
+            "failed: given up with a reason (runbook: retry after fixing the cause).",
+        ),
+        Panel(
+            "Instances sent, by destination",
+            [Target(f"sum by (destination) (rate({p}_sent_total[{RATE}]))", "{{destination}}")],
+            unit="ops",
+        ),
+        Panel(
+            "Destinations up",
+            [Target(f"min by (destination) ({p}_destination_up)", "{{destination}}")],
+        ),
+        Panel(
+            "Failed and refused, by destination and reason",
+            [
+                Target(
+                    f"sum by (destination, reason) (increase({p}_failed_total[1h]))",
+                    "failed {{destination}} {{reason}}",
+                ),
+                Target(
+                    f"sum by (destination, reason) (increase({p}_refused_total[1h]))",
+                    "refused {{destination}} {{reason}}",
+                ),
+            ],
+        ),
+        Panel("C-STORE latency", quantiles(f"{p}_store_seconds"), unit="s"),
+    ]
+
+
 GROUPS = {
     "consumer": _consumer,
     "producer": _producer,
@@ -364,6 +404,7 @@ GROUPS = {
     "dcm4chee": _dcm4chee,
     "receiver": _receiver,
     "pacs": _pacs,
+    "routing": _routing,
 }
 
 

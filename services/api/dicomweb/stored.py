@@ -18,13 +18,13 @@ from pydicom import dcmread
 from libs.db.dicomweb import StoredInstance, stored_instances
 from libs.dicom.dicomjson import absolute_bulk_uris, header_json
 from libs.http.auth import Caller
-from libs.storage import ObjectStore, instance_key
+from libs.storage import ObjectStore, served_key
 from libs.storage.download import download
 from libs.storage.local import LocalStore
 
 
 def key_of(i: StoredInstance) -> str:
-    return instance_key(i.study_uid, i.series_uid, i.sop_uid)
+    return served_key(i.study_uid, i.series_uid, i.sop_uid, i.revision_key)
 
 
 def instance_url(base: str, i: StoredInstance) -> str:

@@ -58,6 +58,9 @@ def studies_router(pool: asyncpg.Pool, auth: Authenticator, limits: ApiLimits) -
         if detail is None:
             raise HTTPException(status_code=404, detail="study not found")
         series = [asdict(s) for s in detail.series]
-        return StudyDetailOut.model_validate({**asdict(detail.study), "series": series})
+        corrections = [asdict(c) for c in detail.corrections]
+        return StudyDetailOut.model_validate(
+            {**asdict(detail.study), "series": series, "corrections": corrections}
+        )
 
     return router

@@ -1,4 +1,5 @@
-"""Serves the study browser: three HTML shells and their assets, all from this package.
+"""Serves the study browser (and an import's live progress page): four HTML shells and
+their assets, all from this package.
 
 Why a static app on the JSON API rather than server-rendered pages: the pages need
 JavaScript anyway (downloads with progress through `fetch` streams, windowed previews,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -160,6 +162,10 @@ def web_router(pool: asyncpg.Pool) -> APIRouter:
         study_uid: Annotated[str, PathParam(pattern=UID_RE.pattern, max_length=UID_MAX_LENGTH)],
     ) -> Response:
         return await app_page(request, "study")
+
+    @router.get("/imports/{task_id}")
+    async def import_page(request: Request, task_id: uuid.UUID) -> Response:
+        return await app_page(request, "import")
 
     @router.get("/signin")
     async def signin_page(request: Request, next: str | None = None) -> Response:

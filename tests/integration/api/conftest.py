@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from libs.contracts.events import ImportRequested
+from libs.contracts.events import Event
 from libs.db.apikeys import create_key
 from libs.runtime.probes import Readiness
 from services.api.app import create_app
@@ -45,16 +45,16 @@ class RecordingPublisher:
     """The `publish` port: records events; can be told to fail or to hang."""
 
     def __init__(self) -> None:
-        self.events: list[ImportRequested] = []
+        self.events: list[Event] = []
         self.error: Exception | None = None
         self.hang = False
 
-    async def publish(self, event: ImportRequested) -> None:
+    async def publish(self, *events: Event) -> None:
         if self.hang:
             await asyncio.Event().wait()
         if self.error is not None:
             raise self.error
-        self.events.append(event)
+        self.events.extend(events)
 
 
 @pytest.fixture

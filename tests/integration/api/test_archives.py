@@ -31,6 +31,7 @@ from services.packager.app import create_app as create_packager
 from services.packager.cache import ArchiveCache
 from services.packager.packager import Encoding, Packager
 from tests.integration.test_jpg_converter_service import put_canonical
+from tests.polling import eventually
 
 STUDY = "1.2.826.0.1.3680043.10.2.1"
 SERIES = [f"{STUDY}.{n}" for n in (1, 2)]
@@ -84,9 +85,9 @@ class Upstream:
 
     async def start(self) -> None:
         self.task = asyncio.create_task(self.server.serve())
-        async with asyncio.timeout(20):
-            while not self.server.started:
-                await asyncio.sleep(0.02)
+        await eventually(
+            lambda: self.server.started, 20, what="the packager did not start", interval=0.02
+        )
 
     async def stop(self) -> None:
         self.server.should_exit = True

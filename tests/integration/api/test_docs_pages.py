@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from libs.runtime.probes import Readiness, http_server
 from libs.tools.dev_broker import free_port
 from services.api.app import create_app
+from tests.polling import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -52,9 +53,7 @@ async def base_url() -> AsyncIterator[str]:
     port = free_port()
     server = http_server(app, "127.0.0.1", port)
     task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(20):
-        while not server.started:
-            await asyncio.sleep(0.02)
+    await eventually(lambda: server.started, 20, what="the API did not start", interval=0.02)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     await task

@@ -118,9 +118,13 @@ async def test_status_has_counters_from_the_ledger(client, keys, pool):
         "pending": 2,
         "new_instances": 3,
         "flagged_same_content": 1,
+        "header_revisions": 0,
         "duplicates": 1,
         "conflicts": 1,
         "failed": 1,
+        "cancelled": 0,
+        "patients_found": 0,
+        "patients_new": 0,
         "failures": [
             {
                 "uri": "file:///nas/import/batch-1/5.dcm",

@@ -203,6 +203,8 @@ async def test_result_fields_counts_and_sizes(client, keys):
                 "birth_date": "1970-01-02",
                 "sex": "M",
             },
+            "source_deleted_at": None,
+            "source_deleted_from": None,
             "thumbnail_url": None,  # no instance rows seeded here (see test_previews.py)
         }
     ]

@@ -1,6 +1,7 @@
 """The dcm4chee watcher against real archive databases (arc-light 5.35 on PostgreSQL and
-MariaDB, 2.x on MariaDB) and dicomflow's real PostgreSQL: every new or updated study is
-taken exactly once across restarts, also when several share one timestamp."""
+MariaDB, 2.x on MariaDB and PostgreSQL) and dicomflow's real PostgreSQL: every new or updated
+study is taken exactly once across restarts, also when several share one timestamp; a study
+deleted from the archive is marked in the index, never removed."""
 
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ from services.api.app import create_app
 from services.dcm4chee_watcher.archive import Archive
 from services.dcm4chee_watcher.bootstrap import PgState
 from services.dcm4chee_watcher.connections import connect_archive
-from services.dcm4chee_watcher.rounds import RoundReport, full_round, metadata_round
+from services.dcm4chee_watcher.rounds import (
+    RoundReport,
+    deletion_round,
+    full_round,
+    metadata_round,
+)
 
 T0 = datetime(2024, 3, 1, 8, 0, 0)
 SOURCE = "pacs1"
@@ -273,3 +279,70 @@ async def test_the_watchers_connections_cannot_write_to_the_archive(
             await conn.fetch("UPDATE study SET study_desc = $1", "changed by the watcher")
     finally:
         await conn.close()
+
+
+async def test_a_study_deleted_from_the_archive_is_marked_in_the_index_and_kept(
+    archive: ArchiveDatabase, pool: asyncpg.Pool
+) -> None:
+    recorder = Recorder()
+    await add_study(archive, "anna", T0, 1)
+    bert = await add_study(archive, "bert", T0, 2)
+    assert await drain(archive, pool, recorder, mode="metadata", limit=10) == 2
+
+    async def check(limit: int = 10) -> list[str]:
+        conn = await connect_archive(archive.url, archive.dialect, size=1)
+        try:
+            return await deletion_round(
+                Archive(conn, archive.schema), PgState(pool, SOURCE), limit=limit
+            )
+        finally:
+            await conn.close()
+
+    async def marks() -> dict[str, tuple[object, object, int]]:
+        rows = await pool.fetch(
+            "SELECT study_uid, source_deleted_at, source_deleted_from, instance_count FROM studies"
+        )
+        return {
+            r["study_uid"]: (
+                r["source_deleted_at"] is not None,
+                r["source_deleted_from"],
+                r["instance_count"],
+            )
+            for r in rows
+        }
+
+    assert await check() == []
+    await archive.writer.delete_study(bert)
+    assert await check(limit=1) in ([], [uid("study-bert")])  # a batch of one: either study
+    assert await check() in ([], [uid("study-bert")])
+    assert await marks() == {
+        uid("study-anna"): (False, None, 1),
+        uid("study-bert"): (True, SOURCE, 2),  # marked, and still all there
+    }
+    assert await check() == []  # marked once
+    async with pool.acquire() as conn:  # and said by the API
+        _, key = await create_key(conn, "clinician", "deleted")
+    app = create_app(pool, recorder_publish_none, CollectorRegistry(), Readiness())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://api.test"
+    ) as client:
+        detail = await client.get(
+            f"/v1/studies/{uid('study-bert')}", headers={"Authorization": f"Bearer {key}"}
+        )
+        body = detail.json()
+        assert body["source_deleted_at"] is not None and body["source_deleted_from"] == SOURCE
+        assert body["instance_count"] == 2
+
+    # The archive gets the study again (sent anew): the mark goes.
+    later = T0 + timedelta(minutes=5)
+    again = await archive.writer.add_study(
+        patient_id="P-bert-again",  # (the archive kept the patient)
+        patient_name="BERT^TEST",
+        study_uid=uid("study-bert"),
+        description="study bert",
+        when=later,
+    )
+    await archive.writer.add_instance(again, instance("bert", 0), later)
+    assert await drain(archive, pool, recorder, mode="metadata", limit=10) == 1
+    assert (await marks())[uid("study-bert")][:2] == (False, None)
+    assert await check() == []

@@ -36,7 +36,7 @@ from libs.contracts.events import (
 )
 from libs.db.index import index_instance, study_snapshot
 from libs.tools.dev_broker import free_port
-from tests.polling import eventually
+from tests.polling import eventually, eventually_sync
 
 API_KEY = "central-secret"
 CENTER = "SITE-01"
@@ -163,11 +163,12 @@ def central(tls: dict[str, Path]) -> Iterator[Central]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="central-index", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
+
+    def started() -> bool:
         assert thread.is_alive(), "the central index server did not start"
-        assert time.monotonic() < deadline, "the central index server did not start in 20 s"
-        time.sleep(0.02)
+        return bool(server.started)
+
+    eventually_sync(started, 20, what="the central index server did not start", interval=0.02)
     state.url = f"https://127.0.0.1:{port}/studies"
     yield state
     server.should_exit = True

@@ -320,6 +320,69 @@ async function download(format) {
   }
 }
 
+// ---- de-identified copy (ops and admin) ----------------------------------------------
+
+const deid = document.getElementById("deid");
+const deidStatus = document.getElementById("deid-status");
+const deidLink = document.getElementById("deid-link");
+const deidStart = document.getElementById("deid-start");
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function exportDeidentified(event) {
+  event.preventDefault();
+  say(box, "");
+  deidStart.disabled = true;
+  deidLink.hidden = true;
+  deidStatus.textContent = "Asking for a de-identified copy…";
+  try {
+    const body = {
+      study_uids: [uid],
+      profile: {
+        modified_dates: document.getElementById("deid-dates").checked,
+        clean_descriptors: document.getElementById("deid-descriptions").checked,
+      },
+      include_burned_in: document.getElementById("deid-burned").checked,
+      format: "zip",
+    };
+    const created = await call("/v1/exports", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+    });
+    const id = (await created.json()).export_id;
+    for (;;) {
+      const job = await getJson(`/v1/exports/${encodeURIComponent(id)}`);
+      const p = job.progress;
+      if (job.status === "completed") {
+        const left = p.excluded ? ` ${formatCount(p.excluded)} left out: they may show the patient's name in the picture.` : "";
+        const failed = p.failed ? ` ${formatCount(p.failed)} could not be read.` : "";
+        deidStatus.textContent = `Ready: ${formatCount(p.exported)} of ${formatCount(p.total)} images, ${formatSize(job.archive_size)}.${left}${failed}`;
+        deidLink.href = job.archive_url;
+        deidLink.hidden = false;
+        return;
+      }
+      if (job.status === "failed") {
+        deidStatus.textContent = "The de-identified copy could not be made. Tell your administrator.";
+        return;
+      }
+      deidStatus.textContent = job.status === "queued"
+        ? "Waiting for another copy to finish…"
+        : `Working: ${formatCount(p.processed)} of ${formatCount(p.total)} images`;
+      await sleep(1000);
+    }
+  } catch (err) {
+    deidStatus.textContent = "";
+    reportError(box, err);
+  } finally {
+    deidStart.disabled = false;
+  }
+}
+
+if (["ops", "admin"].includes(document.body.dataset.role)) {
+  deid.hidden = false;
+  document.getElementById("deid-form").addEventListener("submit", exportDeidentified);
+}
+
 buttons.forEach((button) => button.addEventListener("click", () => download(button.dataset.format)));
 cancel.addEventListener("click", () => controller?.abort());
 

@@ -1,4 +1,8 @@
-"""One study revision to the central index: bounded retries with exponential backoff and
+"""Delivery of one request to an HTTP receiver, shared by the index-publisher (a study
+revision to the central index) and the backend connector (a patient or an image to the
+patient-aware backend).
+
+One study revision to the central index: bounded retries with exponential backoff and
 jitter, `Retry-After` honoured, and the difference between "this study is refused" (to the
 DLQ) and "the receiver is down" (held, never dead-lettered).
 
@@ -14,22 +18,74 @@ same way, so it is held too.
 from __future__ import annotations
 
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from libs.contracts.errors import PermanentError
 from libs.runtime.logging import get_logger
-from services.index_publisher.metrics import PublisherMetrics
+from libs.runtime.metrics import LATENCY_BUCKETS, metric_prefix
 
 log = get_logger(__name__)
 
 Verdict = Literal["delivered", "retry", "rejected", "refused"]
 RETRYABLE_4XX = {408, 429}
 REFUSED = {401, 403}
+
+
+@dataclass(frozen=True)
+class DeliveryMetrics:
+    """The sender's own metrics (`<stage>_attempts_total`...), next to the consumer metrics
+    every stage exports."""
+
+    attempts: Counter
+    deliveries: Counter
+    request_seconds: Histogram
+    receiver_up: Gauge
+
+    @classmethod
+    def create(cls, stage: str, registry: CollectorRegistry) -> DeliveryMetrics:
+        p = metric_prefix(stage)
+        return cls(
+            attempts=Counter(
+                f"{p}_attempts_total",
+                "HTTP attempts, by answer (2xx, 4xx, 5xx, no_answer).",
+                ["answer"],
+                registry=registry,
+            ),
+            deliveries=Counter(
+                f"{p}_deliveries_total",
+                "Study revisions, by outcome (delivered, rejected, gave_up).",
+                ["outcome"],
+                registry=registry,
+            ),
+            request_seconds=Histogram(
+                f"{p}_request_seconds",
+                "Time of one HTTP attempt.",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            receiver_up=Gauge(
+                f"{p}_receiver_up",
+                "1 while the central index accepts deliveries, 0 during an outage.",
+                registry=registry,
+            ),
+        )
+
+
+def tls_verify(ca_bundle: Path | None) -> ssl.SSLContext | bool:
+    """What httpx verifies the receiver's certificate with: the CA(s) of `ca_bundle` (a PEM
+    file: a hospital's private CA), else the system's store. Never off."""
+    if ca_bundle is not None:
+        return ssl.create_default_context(cafile=str(ca_bundle))
+    return True
 
 
 @dataclass(frozen=True)
@@ -109,9 +165,10 @@ class ReceiverHealth:
     """Shared by every delivery of the process: when the receiver last accepted a study (to
     tell an outage from a study the receiver cannot take), and whether it is up."""
 
-    def __init__(self, metrics: PublisherMetrics) -> None:
+    def __init__(self, metrics: DeliveryMetrics, target: str = "central index") -> None:
         self.last_success = float("-inf")  # time.monotonic()
         self.up = True
+        self.target = target
         self._metrics = metrics
         metrics.receiver_up.set(1)
 
@@ -119,7 +176,7 @@ class ReceiverHealth:
         if up:
             self.last_success = time.monotonic()
         if up != self.up:
-            log.warning("central index is back" if up else "central index is down")
+            log.warning(f"{self.target} is back" if up else f"{self.target} is down")
         self.up = up
         self._metrics.receiver_up.set(1 if up else 0)
 
@@ -136,10 +193,11 @@ class Deliverer:
         max_attempts: int,
         backoff: Backoff,
         health: ReceiverHealth,
-        metrics: PublisherMetrics,
+        metrics: DeliveryMetrics,
         sleep: Sleep,
     ) -> None:
         self._send = send
+        self._target = health.target
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._health = health
@@ -162,11 +220,11 @@ class Deliverer:
                 return answer
             if verdict == "rejected":
                 self._metrics.deliveries.labels("rejected").inc()
-                raise ReceiverRejected(f"central index rejected the study: {answer.describe()}")
+                raise ReceiverRejected(f"{self._target} rejected the study: {answer.describe()}")
             if verdict == "refused":
                 self._health.record(up=False)
                 raise ReceiverUnavailable(
-                    f"central index refuses our credentials: {answer.describe()}"
+                    f"{self._target} refuses our credentials: {answer.describe()}"
                 )
             if attempt == self._max_attempts:
                 break
@@ -185,10 +243,10 @@ class Deliverer:
         if first < self._health.last_success < last:
             self._metrics.deliveries.labels("gave_up").inc()
             raise ReceiverGaveUp(
-                f"gave up after {self._max_attempts} attempts while the central index accepted "
+                f"gave up after {self._max_attempts} attempts while the {self._target} accepted "
                 f"other studies; last answer: {answer.describe()}"
             )
         self._health.record(up=False)
         raise ReceiverUnavailable(
-            f"central index unavailable after {self._max_attempts} attempts: {answer.describe()}"
+            f"{self._target} unavailable after {self._max_attempts} attempts: {answer.describe()}"
         )
