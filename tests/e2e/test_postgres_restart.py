@@ -17,6 +17,8 @@ from faults import outcomes_at_least, ready, sources_under, task_finished, verif
 from test_resilience import counts
 from trees import build_tree
 
+from libs.db.migrations import migrate
+from libs.db.pool import create_pool
 from load_test.process_stack import PIPELINE, Stack
 from tests.polling import eventually
 from tests.private_servers import Cluster, private_cluster
@@ -37,6 +39,15 @@ async def database_url(cluster: Cluster) -> AsyncIterator[str]:
     finally:
         await conn.close()
     yield cluster.url
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """Migrated here, on the private cluster (the shared server's template is not on it)."""
+    pool = await create_pool(database_url, size=4)
+    await migrate(pool)
+    yield pool
+    await pool.close()
 
 
 async def test_postgres_restarted_twice_mid_import(
