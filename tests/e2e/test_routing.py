@@ -5,6 +5,7 @@ instance it was routed exactly once."""
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 from functools import partial
@@ -22,6 +23,7 @@ from load_test.process_stack import Stack
 from tests.polling import eventually
 
 ROUTER = "router"
+ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
 
 
 @pytest.fixture
@@ -162,3 +164,16 @@ async def test_each_instance_reaches_each_destination_once_through_an_outage_and
     # restarted router sent Orthanc the 8 that waited, none of the first 8 again.
     assert received(scp.folder) == ct
     assert await router_metric(stack, 'dicomflow_router_sent_total{destination="pacs"}') == 8
+
+    # The routing alerts' series exist on the router (the monitoring e2e does not run it).
+    async with httpx.AsyncClient() as c:
+        body = (await c.get(f"http://127.0.0.1:{stack.ports[ROUTER]}/metrics")).text
+    rules = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
+    used = {
+        name
+        for group in rules
+        for rule in group["rules"]
+        for name in re.findall(r"dicomflow_router_[a-z_]+", rule["expr"])
+    }
+    assert used, "no routing alert"
+    assert {name for name in used if name not in body} == set()
