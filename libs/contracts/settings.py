@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.kafka.connection import KafkaConnection
@@ -23,6 +23,16 @@ from libs.kafka.connection import KafkaConnection
 # Constrained types, so a service that overrides a default keeps the check.
 Port = Annotated[int, Field(ge=0, le=65535)]
 Count = Annotated[int, Field(ge=1)]
+
+
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
+# A file the service reads at start (a CA bundle): missing, it stops the service with the path.
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/dicomflow"
 

@@ -3,14 +3,13 @@ service refuses to start and `dicomflow up` does not start it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.contracts.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, ExistingFile, Port, ServiceSettings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -30,7 +29,7 @@ class ConnectorSettings(ServiceSettings):
         default="jpeg", description="What is uploaded per image: a JPEG preview or the DICOM file"
     )
     timeout_seconds: float = Field(default=30.0, gt=0)
-    ca_bundle: Path | None = Field(
+    ca_bundle: ExistingFile | None = Field(
         default=None,
         description="PEM CA file the backend's certificate is verified against (default: the "
         "system's CAs); verification cannot be turned off",
@@ -51,13 +50,6 @@ class ConnectorSettings(ServiceSettings):
         if parts.scheme == "http" and parts.hostname in LOOPBACK:
             return value.rstrip("/")  # development backends on this host only
         raise ValueError("must be an https:// URL (http:// only for a loopback backend)")
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _ca(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
 
     def require_url(self) -> str:
         if not self.url:

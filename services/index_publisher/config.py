@@ -7,14 +7,13 @@ without it (`dicomflow up` does not start the publisher at all without a URL).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.contracts.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, ExistingFile, Port, ServiceSettings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PayloadFormat = Literal["default", "native"]
@@ -37,7 +36,7 @@ class IndexPublisherSettings(ServiceSettings):
     idempotency_header: str = Field(default="Idempotency-Key", min_length=1)
     payload_format: PayloadFormat = "default"
     timeout_seconds: float = Field(default=10.0, gt=0)
-    ca_bundle: Path | None = Field(
+    ca_bundle: ExistingFile | None = Field(
         default=None,
         description="PEM CA file the receiver's certificate is verified against (default: the "
         "system's CAs); verification cannot be turned off",
@@ -67,13 +66,6 @@ class IndexPublisherSettings(ServiceSettings):
         if value and not (value.isascii() and value.isprintable()):
             raise ValueError("must be printable ASCII (it is part of an HTTP header)")
         return value.strip()
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _ca(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
 
     def require_target(self) -> str:
         """The receiver URL, or a ValueError naming what is missing."""
