@@ -21,15 +21,14 @@ from pathlib import Path
 import pytest
 
 from libs.contracts.errors import StorageUnavailable
-from libs.contracts.events import Event, FileRef, InstanceUnique
-from libs.dicom.extract import extract_file
-from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
+from libs.contracts.events import Event, InstanceUnique
 from libs.kafka.consumer import Route, is_outage
 from libs.kafka.dlq import list_letters
 from libs.kafka.producer import Producer
 from libs.storage.gcs import GcsStore
 from load_test.gcs import GcsEmulator
 from services.storage_writer.handlers import handle_unique, storage_key
+from tests.instances import unique_events
 from tests.integration.test_transient_faults import stage_of
 from tests.polling import eventually
 
@@ -106,32 +105,7 @@ def proxy(gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 def events_for(tmp_path: Path, count: int) -> list[InstanceUnique]:
-    out = []
-    for n in range(count):
-        ds = make_dataset(
-            patient_id="P1",
-            patient_name="Doe^Jane",
-            study_uid=synthetic_uid("gcs:study"),
-            series_uid=synthetic_uid("gcs:series"),
-            sop_uid=synthetic_uid(f"gcs:{n}:{tmp_path}"),
-            rows=32,
-            columns=32,
-            pixel_seed=n,
-        )
-        path = tmp_path / f"{n}.dcm"
-        write_instance(path, ds)
-        header, hashes = extract_file(str(path))
-        out.append(
-            InstanceUnique(
-                correlation_id=f"c{n}",
-                source="nas",
-                file=FileRef(file_id=n + 1, uri=path.as_uri(), size=path.stat().st_size),
-                header=header,
-                hashes=hashes,
-                disposition="new",
-            )
-        )
-    return out
+    return unique_events(tmp_path, count, f"gcs:{tmp_path}", 32)
 
 
 @pytest.mark.parametrize("fault", ["503", "reset"])

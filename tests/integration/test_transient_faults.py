@@ -14,16 +14,15 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from libs.contracts.events import Event, FileRef, ImportRequested, InstanceUnique
+from libs.contracts.events import Event, ImportRequested, InstanceUnique
 from libs.db.pool import create_pool
-from libs.dicom.extract import extract_file
-from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
 from libs.kafka.consumer import RetryPolicy, Route, StageConsumer
 from libs.kafka.dlq import list_letters
 from libs.kafka.producer import Producer
 from libs.runtime.metrics import ConsumerMetrics
 from libs.storage.local import LocalStore
 from services.storage_writer.handlers import handle_unique, storage_key
+from tests.instances import unique_events
 from tests.polling import eventually
 from tests.private_servers import Cluster, private_cluster, small_filesystem
 
@@ -190,31 +189,7 @@ async def test_full_storage_is_held_and_retried_until_space_is_freed(
     small_disk: Path, tmp_path: Path, broker: object, producer: Producer
 ) -> None:
     bootstrap = broker.bootstrap  # type: ignore[attr-defined]
-    events = []
-    for n in range(6):  # 6 instances of ~512 KiB: 3 MiB
-        ds = make_dataset(
-            patient_id="P1",
-            patient_name="Doe^Jane",
-            study_uid=synthetic_uid("full:study"),
-            series_uid=synthetic_uid("full:series"),
-            sop_uid=synthetic_uid(f"full:{n}"),
-            rows=512,
-            columns=512,
-            pixel_seed=n,
-        )
-        path = tmp_path / f"{n}.dcm"
-        write_instance(path, ds)
-        header, hashes = extract_file(str(path))
-        events.append(
-            InstanceUnique(
-                correlation_id=f"c{n}",
-                source="nas",
-                file=FileRef(file_id=n + 1, uri=path.as_uri(), size=path.stat().st_size),
-                header=header,
-                hashes=hashes,
-                disposition="new",
-            )
-        )
+    events = unique_events(tmp_path, 6, "full", 512)  # 6 instances of ~512 KiB: 3 MiB
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (3 << 20))  # 1 MiB left: the third instance does not fit
     store = LocalStore((small_disk / "storage").as_uri())
