@@ -75,6 +75,10 @@ function showStats(stats) {
   document.querySelector("#failures tbody").replaceChildren(...stats.failure_groups.map((g) => row(
     [g.reason || "(no reason given)"], [g.stage || ""], [formatCount(g.files), "num"], [g.example],
   )));
+  // An empty table with only its header reads as "something is missing"; say so in words.
+  const noFailures = stats.failure_groups.length === 0;
+  document.getElementById("failures").hidden = noFailures;
+  document.getElementById("failures-none").hidden = !noFailures;
 }
 
 async function refreshStats(now = false) {
