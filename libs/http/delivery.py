@@ -18,13 +18,11 @@ same way, so it is held too.
 from __future__ import annotations
 
 import random
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -78,14 +76,6 @@ class DeliveryMetrics:
                 registry=registry,
             ),
         )
-
-
-def tls_verify(ca_bundle: Path | None) -> ssl.SSLContext | bool:
-    """What httpx verifies the receiver's certificate with: the CA(s) of `ca_bundle` (a PEM
-    file: a hospital's private CA), else the system's store. Never off."""
-    if ca_bundle is not None:
-        return ssl.create_default_context(cafile=str(ca_bundle))
-    return True
 
 
 @dataclass(frozen=True)

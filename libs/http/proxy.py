@@ -19,7 +19,6 @@ sees a short or unterminated body, never a wrong byte).
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from libs.http.auth import SESSION_COOKIE
+from libs.http.tls import tls_verify
 from libs.runtime.logging import get_logger
 
 log = get_logger(__name__)
@@ -71,7 +71,7 @@ def upstream_client(
     """One pooled client per upstream; no automatic decompression or redirects. An https://
     upstream is verified against `ca_bundle` (a private CA's PEM file), else the system's CAs."""
     return httpx.AsyncClient(
-        verify=ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else True,
+        verify=tls_verify(ca_bundle),
         base_url=base_url.rstrip("/"),
         timeout=httpx.Timeout(timeouts.read, connect=timeouts.connect),
         follow_redirects=False,

@@ -11,7 +11,7 @@ from limits import parse_many
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.contracts.settings import ServiceSettings
+from libs.contracts.settings import ExistingFile, ServiceSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -75,7 +75,7 @@ class ApiSettings(ServiceSettings):
         pattern=r"^https?://",
         description="The packager's HTTP address; /v1/.../archive requests are relayed there",
     )
-    packager_ca_bundle: Path | None = Field(
+    packager_ca_bundle: ExistingFile | None = Field(
         default=None,
         description="PEM CA file an https:// API_PACKAGER_URL is verified against",
     )

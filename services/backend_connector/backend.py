@@ -37,8 +37,8 @@ from libs.http.delivery import (
     ReceiverHealth,
     Sleep,
     parse_retry_after,
-    tls_verify,
 )
+from libs.http.tls import tls_verify
 from services.backend_connector.config import ConnectorSettings
 
 USER_AGENT = "dicomflow-backend-connector/1"

@@ -8,7 +8,8 @@ import logging
 
 import httpx
 
-from libs.http.delivery import Answer, parse_retry_after, tls_verify
+from libs.http.delivery import Answer, parse_retry_after
+from libs.http.tls import tls_verify
 from services.index_publisher.config import IndexPublisherSettings
 
 EXCERPT_BYTES = 1000

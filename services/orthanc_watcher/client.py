@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import socket
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
+from libs.http.tls import tls_verify
 from libs.staging.files import write_async_chunks
 
 Level = Literal["Study", "Series", "Instance"]
@@ -49,8 +49,7 @@ class OrthancClient:
         self.url = url
         nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]  # no Nagle/delayed-ACK stalls
         # An https:// Orthanc: verified against `ca_bundle` (a private CA), else the system's.
-        verify = ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle else True
-        transport = httpx.AsyncHTTPTransport(verify=verify, socket_options=nodelay)
+        transport = httpx.AsyncHTTPTransport(verify=tls_verify(ca_bundle), socket_options=nodelay)
         # identity: Orthanc would otherwise gzip every file on the fly (HttpCompressionEnabled),
         # costing both sides far more CPU than the loopback or LAN transfer it saves.
         self._http = httpx.AsyncClient(

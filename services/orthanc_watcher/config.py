@@ -3,7 +3,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.contracts.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, ExistingFile, Port, ServiceSettings
 
 
 class OrthancWatcherSettings(ServiceSettings):
@@ -16,7 +16,7 @@ class OrthancWatcherSettings(ServiceSettings):
     url: str = Field(description="Orthanc's REST API, e.g. http://orthanc:8042 (required).")
     username: str = ""
     password: str = ""
-    ca_bundle: Path | None = Field(
+    ca_bundle: ExistingFile | None = Field(
         default=None, description="PEM CA file an https:// ORTHANC_URL is verified against."
     )
     staging_dir: Path = Field(

@@ -2,10 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from libs.contracts.settings import is_secret, load_settings, redact_url
+from libs.contracts.settings import ServiceSettings, is_secret, load_settings, redact_url
 from services.api.config import ApiSettings
+from services.backend_connector.config import ConnectorSettings
 from services.dicom_receiver.config import ReceiverSettings
 from services.extractor.config import ExtractorSettings
+from services.index_publisher.config import IndexPublisherSettings
 from services.nas_watcher.config import NasWatcherSettings
 from services.orthanc_watcher.config import OrthancWatcherSettings
 
@@ -22,6 +24,36 @@ def test_bad_values_stop_the_service_naming_the_variable(
     err = capsys.readouterr().err
     for name in ("EXTRACTOR_CONCURRENCY", "EXTRACTOR_OPS_PORT", "DATABASE_URL"):
         assert name in err
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable", "required"),
+    [
+        (ApiSettings, "API_PACKAGER_CA_BUNDLE", {}),
+        (OrthancWatcherSettings, "ORTHANC_CA_BUNDLE", {"ORTHANC_URL": "https://orthanc:8042"}),
+        (IndexPublisherSettings, "INDEX_PUBLISHER_CA_BUNDLE", {}),
+        (ConnectorSettings, "CONNECTOR_CA_BUNDLE", {}),
+    ],
+)
+def test_a_missing_ca_bundle_stops_the_service_at_start(
+    settings: type[ServiceSettings],
+    variable: str,
+    required: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A mistyped CA path would otherwise surface only at the first https:// request, as a
+    TLS error far from its cause."""
+    for name, value in required.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(variable, str(tmp_path / "ca.pem"))
+    with pytest.raises(SystemExit):
+        load_settings(settings)
+    err = capsys.readouterr().err
+    assert variable in err and "no such file" in err
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert load_settings(settings) is not None
 
 
 def test_roots_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
