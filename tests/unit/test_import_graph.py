@@ -8,11 +8,18 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("libs", "services")
+# Each import root and the top-level packages under it: the server's code, the benches, and
+# the two client packages clinicians install on their own (`pip install clients/core`).
+PACKAGES = {
+    ROOT: ("libs", "services", "load_test"),
+    ROOT / "clients" / "core": ("dicomflow_client",),
+    ROOT / "clients" / "desktop": ("dicomflow_desktop",),
+}
+CLIENTS = ("dicomflow_client", "dicomflow_desktop")
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -20,8 +27,15 @@ def module_name(path: Path) -> str:
 
 def modules() -> dict[str, Path]:
     return {
-        module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))
+        module_name(p, root): p
+        for root, packages in PACKAGES.items()
+        for package in packages
+        for p in sorted((root / package).rglob("*.py"))
     }
+
+
+def top(name: str) -> str:
+    return name.partition(".")[0]
 
 
 def imported(name: str, path: Path, known: set[str]) -> set[str]:
@@ -90,15 +104,34 @@ def test_the_graph_sees_the_project() -> None:
     assert len(g) > 150
 
 
+def test_the_graph_sees_the_clients_and_benches() -> None:
+    g = graph()
+    assert "dicomflow_client" in {top(t) for t in g["dicomflow_desktop.window"]}
+    assert any(top(n) == "load_test" for n in g)
+
+
 def test_libs_never_imports_services() -> None:
     upward = {
         (name, target)
         for name, targets in graph().items()
-        if name.startswith("libs")
+        if top(name) == "libs"
         for target in targets
-        if target.startswith("services")
+        if top(target) in ("services", "load_test")
     }
     assert upward == set(), "run service code by module name (runpy) instead"
+
+
+def test_the_clients_stand_alone() -> None:
+    """The client packages are installed on clinicians' machines without the server's code:
+    an import of libs or services there works in the repository and fails on a workstation."""
+    reaching = {
+        (name, target)
+        for name, targets in graph().items()
+        if top(name) in CLIENTS
+        for target in targets
+        if top(target) not in CLIENTS
+    }
+    assert reaching == set()
 
 
 def test_no_import_cycles() -> None:
