@@ -1,6 +1,5 @@
 """The images of one series (permission `read`): what a page needs to page through them."""
 
-from dataclasses import asdict
 from typing import Annotated
 
 import asyncpg
@@ -56,7 +55,7 @@ def instances_router(pool: asyncpg.Pool, auth: Authenticator) -> APIRouter:
         for row in found:
             thumb = thumbnail_path(study_uid, series_uid, row.sop_uid) if row.rows else None
             preview = thumb.removesuffix("thumbnail.jpg") + "preview.jpg" if thumb else None
-            items.append(InstanceOut(**asdict(row), thumbnail_url=thumb, preview_url=preview))
+            items.append(InstanceOut(**vars(row), thumbnail_url=thumb, preview_url=preview))
         return InstanceList(study_uid=study_uid, series_uid=series_uid, items=items)
 
     return router

@@ -1,6 +1,5 @@
 """Study search and study detail (permission `read`)."""
 
-from dataclasses import asdict
 from typing import Annotated
 
 import asyncpg
@@ -36,9 +35,12 @@ def studies_router(pool: asyncpg.Pool, auth: Authenticator, limits: ApiLimits) -
                 conn, criteria, limit=limit, offset=query.offset
             )
         caller.saw(len(rows))
+        # Shallow dicts: dataclasses.asdict deep-copies every value and was half the
+        # request's CPU for a page of 50 studies.
         items = [
             {
-                **asdict(r),
+                **vars(r),
+                "patient": vars(r.patient),
                 "thumbnail_url": thumbnail_path(
                     r.study_uid, r.thumbnail_series_uid, r.thumbnail_sop_uid
                 ),
@@ -57,10 +59,16 @@ def studies_router(pool: asyncpg.Pool, auth: Authenticator, limits: ApiLimits) -
         caller.saw(1 if detail else 0)
         if detail is None:
             raise HTTPException(status_code=404, detail="study not found")
-        series = [asdict(s) for s in detail.series]
-        corrections = [asdict(c) for c in detail.corrections]
+        study = vars(detail.study)
+        series = [vars(s) for s in detail.series]
+        corrections = [vars(c) for c in detail.corrections]
         return StudyDetailOut.model_validate(
-            {**asdict(detail.study), "series": series, "corrections": corrections}
+            {
+                **study,
+                "patient": vars(detail.study.patient),
+                "series": series,
+                "corrections": corrections,
+            }
         )
 
     return router
