@@ -6,11 +6,8 @@ failed, not counted), and fetched once it is back."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -22,89 +19,27 @@ from libs.db.ledger import LedgerRow
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
 from libs.dicom_net.client import DicomClient
 from libs.dicom_net.models import Peer
-from libs.tools.dev_broker import free_port, wait_for_port
 from load_test.dcm4chee_archive import ArchiveDatabase, Instance
-from load_test.dimse import storescu
-from load_test.peers import PEER_ENV, require_binary
+from load_test.dimse import QueryRetrieveSCP, storescu
 from services.dcm4chee_watcher.archive import Archive
 from services.dcm4chee_watcher.bootstrap import PgMoves, PgState
 from services.dcm4chee_watcher.connections import connect_archive
 from services.dcm4chee_watcher.moves import MovePolicy, Mover
 from services.dcm4chee_watcher.rounds import full_round
 from tests.integration.dcm4chee.test_dcm4chee_archives import T0, Recorder
-from tests.integration.test_storage_commitment import Pipeline, start_receiver
+from tests.integration.test_storage_commitment import Receiver, running_receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 SOURCE = "arch1"
 ARCHIVE_AE = "ARCHIVE"
-
-QR_CONFIG = """\
-NetworkTCPPort  = {port}
-MaxPDUSize      = 131072
-MaxAssociations = 16
-
-HostTable BEGIN
-watcher = (DFWATCH, 127.0.0.1, 0)
-receiver = (DICOMFLOW, 127.0.0.1, {receiver_port})
-HostTable END
-
-VendorTable BEGIN
-VendorTable END
-
-AETable BEGIN
-ARCHIVE  {db}  RW  (200, 1024mb)  ANY
-AETable END
-"""
-
-
-@dataclass
-class Dcmqrscp:
-    """DCMTK's dcmqrscp on a fixed port; its database folder survives a restart."""
-
-    root: Path
-    port: int
-    receiver_port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        (self.root / "db").mkdir(parents=True, exist_ok=True)
-        config = self.root / "qr.cfg"
-        config.write_text(
-            QR_CONFIG.format(port=self.port, receiver_port=self.receiver_port, db=self.root / "db")
-        )
-        self.process = subprocess.Popen(
-            [require_binary("dcmqrscp"), "-c", str(config)],
-            env=PEER_ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port("127.0.0.1", self.port)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
-@dataclass
-class Receiver:
-    port: int
-    pipeline: Pipeline
 
 
 @pytest.fixture
 async def receiver(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Receiver]:
     """Our receiver (the move destination, AE DICOMFLOW); its `pipeline` plays the stages
     after it (canonical copy, index rows, ledger outcome)."""
-    scp, committer, pipeline, port = await start_receiver(pool, tmp_path, wait=5.0, peers=[])
-    stop = asyncio.Event()
-    runner = asyncio.create_task(committer.run(stop))
-    try:
-        yield Receiver(port, pipeline)
-    finally:
-        await scp.stop()
-        stop.set()
-        await runner
+    async with running_receiver(pool, tmp_path, wait=5.0, peers=[]) as r:
+        yield r
 
 
 def uid(seed: str) -> str:
@@ -168,9 +103,11 @@ async def test_unreachable_files_are_fetched_by_cmove_and_counted_once(
             if inst.path.startswith(f"{study}/"):
                 await archive.writer.add_instance(pk, inst, T0)
 
-    qr = Dcmqrscp(tmp_path / "dcmqrscp", free_port(), receiver.port)
-    qr.start()
+    qr = QueryRetrieveSCP(
+        tmp_path / "dcmqrscp", {"DFWATCH": 0, "DICOMFLOW": receiver.port}, aet=ARCHIVE_AE
+    )
     try:
+        qr.start()
         loaded = storescu("127.0.0.1", qr.port, tmp_path / "qr", called=ARCHIVE_AE)
         assert loaded.returncode == 0, loaded.output
     finally:
