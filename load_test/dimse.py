@@ -22,7 +22,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
 from libs.dicom.synthetic import generate_corpus, synthetic_uid
-from libs.tools.dev_broker import free_port
+from libs.tools.dev_broker import free_port, wait_for_port
 from load_test.peers import PEER_ENV, require_binary
 
 # storescu proposes only uncompressed syntaxes unless told; one option per syntax
@@ -195,6 +195,60 @@ class StoreSCP:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+QR_CONFIG = """\
+NetworkTCPPort  = {port}
+MaxPDUSize      = 131072
+MaxAssociations = 16
+
+HostTable BEGIN
+{hosts}
+HostTable END
+
+VendorTable BEGIN
+VendorTable END
+
+AETable BEGIN
+{aet}  {db}  RW  (200, 1024mb)  ANY
+AETable END
+"""
+
+
+@dataclass
+class QueryRetrieveSCP:
+    """DCMTK's dcmqrscp on a fixed port (free at the first start), its database under
+    `folder` (kept across a restart); `peers` are the AE titles it knows (our callers, with
+    port 0, and move destinations)."""
+
+    folder: Path
+    peers: dict[str, int]
+    aet: str = "DCMQRSCP"
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.port = self.port or free_port()
+        (self.folder / "db").mkdir(parents=True, exist_ok=True)
+        hosts = "\n".join(
+            f"{ae.lower()} = ({ae}, 127.0.0.1, {port})" for ae, port in self.peers.items()
+        )
+        config = self.folder / "qr.cfg"
+        config.write_text(
+            QR_CONFIG.format(port=self.port, hosts=hosts, aet=self.aet, db=self.folder / "db")
+        )
+        self.process = subprocess.Popen(
+            [require_binary("dcmqrscp"), "-c", str(config)],
+            env=PEER_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port("127.0.0.1", self.port)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -31,7 +31,8 @@ START = Watermark(datetime(1970, 1, 1), 0)
 
 @dataclass(frozen=True)
 class FoundFile:
-    """An archive instance for the pipeline: a reachable file (`reason` None) or not."""
+    """An archive instance for the pipeline: a reachable file (`reason` None) or not; one
+    not reachable is fetched by C-MOVE when `retrieve` (its ledger row then stays pending)."""
 
     study_uid: str
     sop_instance_uid: str
@@ -39,6 +40,10 @@ class FoundFile:
     origin: str
     size: int
     reason: str | None = None
+    retrieve: bool = False
+    series_uid: str = ""
+    series_size: int = 0  # instances of its series / study in the archive (C-MOVE level)
+    study_size: int = 0
 
 
 async def watermark(conn: Conn, source: str) -> Watermark:
@@ -66,10 +71,11 @@ async def advance(conn: Conn, source: str, to: Watermark, studies: int) -> None:
 
 
 async def emitted(conn: Conn, source: str, study_uids: Sequence[str]) -> set[str]:
-    """SOPInstanceUIDs of these studies already handed to the pipeline."""
+    """SOPInstanceUIDs of these studies already handed to the pipeline (their file read, or
+    being fetched by C-MOVE, or fetched): all but the unreachable ones."""
     rows = await conn.fetch(
         """SELECT sop_instance_uid FROM dcm4chee_instances
-            WHERE source = $1 AND study_uid = ANY($2::text[]) AND status = 'emitted'""",
+            WHERE source = $1 AND study_uid = ANY($2::text[]) AND status <> 'unreachable'""",
         source,
         list(study_uids),
     )
@@ -179,24 +185,41 @@ async def _task_with_files(conn: Conn, source: str, files: Sequence[FoundFile]) 
         ],
     )
     by_uri = {r.uri: r for r in rows}
-    failures = [(by_uri[f.uri].id, f.reason) for f in files if f.reason is not None]
+    failures = [
+        (by_uri[f.uri].id, f.reason) for f in files if f.reason is not None and not f.retrieve
+    ]
     if failures:
         await ledger.mark_failed_many(conn, failures, stage=STAGE, task_id=task.id)
     await conn.execute(
         """INSERT INTO dcm4chee_instances (source, sop_instance_uid, study_uid, status, reason,
-                                           file_id)
-           SELECT $1, u.sop, u.study, u.status, u.reason, u.file_id
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
-                  AS u(sop, study, status, reason, file_id)
+                                           file_id, series_uid, series_size, study_size,
+                                           next_attempt_at)
+           SELECT $1, u.sop, u.study, u.status, u.reason, u.file_id, u.series, u.series_size,
+                  u.study_size, now()
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                         $7::text[], $8::int[], $9::int[])
+                  AS u(sop, study, status, reason, file_id, series, series_size, study_size)
            ON CONFLICT (source, sop_instance_uid) DO UPDATE
               SET status = EXCLUDED.status, reason = EXCLUDED.reason,
-                  file_id = EXCLUDED.file_id, seen_at = now()""",
+                  file_id = EXCLUDED.file_id, series_uid = EXCLUDED.series_uid,
+                  series_size = EXCLUDED.series_size, study_size = EXCLUDED.study_size,
+                  attempts = 0, next_attempt_at = now(), moved_at = NULL, last_error = NULL,
+                  seen_at = now()""",
         source,
         [f.sop_instance_uid for f in files],
         [f.study_uid for f in files],
-        ["unreachable" if f.reason else "emitted" for f in files],
+        [_status(f) for f in files],
         [f.reason for f in files],
         [by_uri[f.uri].id for f in files],
+        [f.series_uid for f in files],
+        [f.series_size for f in files],
+        [f.study_size for f in files],
     )
     await ledger.complete_task_if_done(conn, task.id)
     return [by_uri[f.uri] for f in files if f.reason is None]
+
+
+def _status(f: FoundFile) -> str:
+    if f.reason is None:
+        return "emitted"
+    return "retrieving" if f.retrieve else "unreachable"

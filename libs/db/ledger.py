@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from libs.db import Conn, tasks
 
 FINAL = ("indexed", "duplicate", "conflict", "failed", "cancelled")
+# Ledger rows of instances a source is still fetching (the dcm4chee watcher's C-MOVE): no
+# stage can read them, their outcome comes from the fetched copy, so they are never re-emitted.
+NOT_YET_FETCHED = "dcm4chee://%"
 
 
 class _Lookup(enum.Enum):
@@ -214,13 +217,15 @@ async def finish_task_scan(conn: Conn, task_id: str) -> bool:
 
 async def stale_pending(conn: Conn, *, older_than_seconds: float, limit: int) -> list[LedgerRow]:
     """Pending files not touched for a while, oldest first; marks them re-emitted. Files of
-    a paused task wait for it to be resumed (which emits the ones set aside)."""
+    a paused task wait for it to be resumed (which emits the ones set aside); files still
+    being fetched (`NOT_YET_FETCHED`) are not emitted at all."""
     rows = await conn.fetch(
         """
         UPDATE ingest_files SET emitted = emitted + 1, updated_at = now()
          WHERE id IN (SELECT id FROM ingest_files
                        WHERE status = 'pending'
                          AND updated_at < now() - make_interval(secs => $1)
+                         AND uri NOT LIKE $3
                          AND (task_id IS NULL OR task_id NOT IN (
                               SELECT id FROM import_tasks WHERE status = 'paused'))
                        ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
@@ -228,6 +233,7 @@ async def stale_pending(conn: Conn, *, older_than_seconds: float, limit: int) ->
         """,
         older_than_seconds,
         limit,
+        NOT_YET_FETCHED,
     )
     return [LedgerRow(**dict(r)) for r in rows]
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections import Counter as CounterOf
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -8,16 +9,21 @@ import asyncpg
 from prometheus_client import Counter
 
 from libs.db import dcm4chee
+from libs.db import dcm4chee_moves as moves_db
 from libs.db.dcm4chee import FoundFile, Watermark
+from libs.db.dcm4chee_moves import Awaiting
 from libs.db.index import SeriesSummary, record_study_summary
 from libs.db.ledger import LedgerRow
 from libs.db.locks import LockSpace, SingleReader
+from libs.dicom_net.client import DicomClient
+from libs.dicom_net.models import Peer
 from libs.runtime.logging import get_logger
 from libs.runtime.periodic import AT_ONCE, After, Exclusive
 from libs.runtime.service import Runtime
 from services.dcm4chee_watcher.archive import Archive, ArchiveStudy
 from services.dcm4chee_watcher.config import Dcm4cheeWatcherSettings
 from services.dcm4chee_watcher.connections import connect_archive
+from services.dcm4chee_watcher.moves import MovePolicy, Mover
 from services.dcm4chee_watcher.rounds import (
     Announce,
     RoundReport,
@@ -71,6 +77,44 @@ class PgState:
     async def record_check(self, present: Sequence[str], gone: Sequence[str]) -> list[str]:
         async with self.pool.acquire() as conn:
             return await dcm4chee.record_check(conn, self.source, present, gone)
+
+
+class PgMoves:
+    """The instances fetched by C-MOVE from one archive (`source`), in dicomflow's database."""
+
+    def __init__(self, pool: asyncpg.Pool, source: str) -> None:
+        self.pool = pool
+        self.source = source
+
+    async def cancel_stopped(self) -> int:
+        async with self.pool.acquire() as conn:
+            return await moves_db.cancel_stopped(conn, self.source)
+
+    async def link(self, timeout_seconds: float) -> CounterOf[str]:
+        async with self.pool.acquire() as conn:
+            return await moves_db.link(conn, self.source, timeout_seconds=timeout_seconds)
+
+    async def due(self, studies: int) -> list[Awaiting]:
+        async with self.pool.acquire() as conn:
+            return await moves_db.due(conn, self.source, studies=studies)
+
+    async def start(self, sop_uids: Sequence[str]) -> None:
+        async with self.pool.acquire() as conn:
+            await moves_db.start(conn, self.source, sop_uids)
+
+    async def moved(self, sop_uids: Sequence[str]) -> None:
+        async with self.pool.acquire() as conn:
+            await moves_db.moved(conn, self.source, sop_uids)
+
+    async def defer(
+        self, sop_uids: Sequence[str], *, error: str, delay: float, count: bool
+    ) -> None:
+        async with self.pool.acquire() as conn:
+            await moves_db.defer(conn, self.source, sop_uids, error=error, delay=delay, count=count)
+
+    async def fail(self, failures: Sequence[tuple[str, str]]) -> int:
+        async with self.pool.acquire() as conn:
+            return await moves_db.fail(conn, self.source, failures)
 
 
 async def wire(rt: Runtime) -> None:
@@ -129,6 +173,7 @@ async def wire(rt: Runtime) -> None:
             settle_seconds=settings.settle_seconds,
             limit=settings.study_batch_size,
             source=settings.name,
+            retrieve=settings.retrieves(),
         )
     metrics = WatchMetrics(rounds=rounds, studies=studies, unreachable=unreachable)
     # One reader per archive across replicas: a session advisory lock keyed by its name.
@@ -149,6 +194,92 @@ async def wire(rt: Runtime) -> None:
         settings.deletion_check_seconds,
         partial(check_deletions, archive, state, sweep, gone, settings.deletion_batch_size),
     )
+    if settings.retrieves():
+        wire_moves(rt, settings, pool)
+
+
+def wire_moves(rt: Runtime, settings: Dcm4cheeWatcherSettings, pool: asyncpg.Pool) -> None:
+    """Full mode with the archive's DICOM side configured: unreachable files by C-MOVE."""
+    s = settings
+    client = DicomClient(
+        Peer(ae_title=s.dicom_ae_title, host=s.dicom_host, port=s.dicom_port),
+        calling_ae=s.calling_ae,
+        timeout=s.dicom_timeout_seconds,
+    )
+    policy = MovePolicy(
+        archive_ae=s.dicom_ae_title,
+        destination=s.move_destination,
+        studies=s.move_study_batch,
+        max_attempts=s.move_max_attempts,
+        backoff=s.move_backoff_seconds,
+        max_backoff=s.move_max_backoff_seconds,
+        link_timeout=s.move_link_timeout_seconds,
+        interval=s.move_interval_seconds,
+    )
+    mover = Mover(PgMoves(pool, s.name), client, policy)
+    metrics = MoveMetrics(
+        rounds=Counter(
+            "dicomflow_dcm4chee_watcher_move_rounds_total",
+            "Rounds fetching unreachable files by C-MOVE, by outcome (ok, archive_away, failed).",
+            ["outcome"],
+            registry=rt.registry,
+        ),
+        moved=Counter(
+            "dicomflow_dcm4chee_watcher_moved_instances_total",
+            "Instances the archive said it sent to our receiver by C-MOVE.",
+            registry=rt.registry,
+        ),
+        outcomes=Counter(
+            "dicomflow_dcm4chee_watcher_fetch_outcomes_total",
+            "Outcomes written on the ledger rows of instances fetched by C-MOVE (indexed, "
+            "duplicate, conflict, failed, cancelled; not_fetched: failed before any copy).",
+            ["outcome"],
+            registry=rt.registry,
+        ),
+    )
+    lock = SingleReader(pool, LockSpace.DCM4CHEE_ARCHIVE, f"{s.name}#moves")
+    log.info(
+        "unreachable files fetched by C-MOVE",
+        archive=f"{s.dicom_ae_title}@{s.dicom_host}:{s.dicom_port}",
+        destination=s.move_destination,
+    )
+    rt.every("moves", s.move_interval_seconds, partial(move_round, mover, lock, metrics))
+
+
+@dataclass(frozen=True)
+class MoveMetrics:
+    rounds: Counter
+    moved: Counter
+    outcomes: Counter
+
+
+async def move_round(mover: Mover, lock: Exclusive, metrics: MoveMetrics) -> After | None:
+    """One fetch round if this replica holds the archive's fetch lock."""
+    try:
+        async with lock.held() as mine:
+            if not mine:
+                return None
+            report = await mover.round()
+    except Exception:
+        metrics.rounds.labels("failed").inc()
+        raise
+    metrics.rounds.labels("archive_away" if report.away else "ok").inc()
+    metrics.moved.inc(report.moved)
+    metrics.outcomes.labels("not_fetched").inc(report.failed)
+    metrics.outcomes.labels("cancelled").inc(report.cancelled)
+    for status, n in report.linked.items():
+        metrics.outcomes.labels(status).inc(n)
+    if report.studies or report.linked or report.cancelled:
+        log.info(
+            "fetch round",
+            studies=report.studies,
+            moved=report.moved,
+            not_fetched=report.failed,
+            cancelled=report.cancelled,
+            linked=dict(report.linked),
+            archive_away=report.away,
+        )
+    return mover.after()
 
 
 async def check_deletions(

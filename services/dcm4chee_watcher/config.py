@@ -58,6 +58,40 @@ class Dcm4cheeWatcherSettings(ServiceSettings):
     deletion_batch_size: Count = Field(
         default=1000, description="Studies checked per deletion check."
     )
+    # The archive's DICOM side: full mode fetches the files it cannot read by C-MOVE.
+    dicom_host: str = Field(
+        default="",
+        description="The archive's DICOM host; set (full mode): unreachable files are "
+        "fetched by C-MOVE to our receiver. Empty: they fail with the reason.",
+    )
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    dicom_ae_title: str = Field(default="DCM4CHEE", min_length=1, max_length=16)
+    calling_ae: str = Field(default="DICOMFLOW", min_length=1, max_length=16)
+    move_destination: str = Field(
+        default="DICOMFLOW",
+        min_length=1,
+        max_length=16,
+        description="Our receiver's AE title, as the archive knows it (its host and port).",
+    )
+    dicom_timeout_seconds: float = Field(default=300.0, gt=0, description="Per DICOM call.")
+    move_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often instances to fetch are looked for."
+    )
+    move_study_batch: Count = Field(default=10, description="Studies fetched per round.")
+    move_max_attempts: Count = Field(
+        default=5,
+        description="Refused C-MOVEs (not an archive that is away, which is waited for) "
+        "before its instances fail.",
+    )
+    move_backoff_seconds: float = Field(
+        default=30.0, gt=0, description="Wait after a failed attempt; doubles."
+    )
+    move_max_backoff_seconds: float = Field(default=900.0, gt=0)
+    move_link_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A moved instance none of whose copies reached the index by then fails.",
+    )
 
     @field_validator("storage_roots", mode="before")
     @classmethod
@@ -76,9 +110,18 @@ class Dcm4cheeWatcherSettings(ServiceSettings):
     def _archive(self) -> "Dcm4cheeWatcherSettings":
         if self.archive_dialect() is None:
             raise ValueError("DCM4CHEE_ARCHIVE_URL: use postgresql://, mysql:// or mariadb://")
-        if self.mode == "full" and not self.storage_roots:
-            raise ValueError("DCM4CHEE_MODE=full needs DCM4CHEE_STORAGE_ROOTS (key=/folder,...)")
+        if self.mode == "full" and not self.storage_roots and not self.dicom_host:
+            raise ValueError(
+                "DCM4CHEE_MODE=full needs DCM4CHEE_STORAGE_ROOTS (key=/folder,...) "
+                "or DCM4CHEE_DICOM_HOST (every file fetched by C-MOVE)"
+            )
+        if self.dicom_host and self.mode != "full":
+            raise ValueError("DCM4CHEE_DICOM_HOST is for DCM4CHEE_MODE=full (files fetched)")
         return self
+
+    def retrieves(self) -> bool:
+        """Unreachable files are fetched by C-MOVE."""
+        return self.mode == "full" and bool(self.dicom_host)
 
     def archive_dialect(self) -> str | None:
         return ARCHIVE_SCHEMES.get(urlsplit(self.archive_url).scheme)

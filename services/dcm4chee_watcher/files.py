@@ -7,7 +7,7 @@ from pathlib import Path
 
 from services.dcm4chee_watcher.archive import ArchiveFile
 
-NO_RETRIEVE = "retrieval by C-MOVE is not available yet"
+NO_RETRIEVE = "not fetched by C-MOVE: DCM4CHEE_DICOM_HOST is not set"
 
 
 def resolve(f: ArchiveFile, roots: dict[str, Path]) -> Path | str:
@@ -20,13 +20,13 @@ def resolve(f: ArchiveFile, roots: dict[str, Path]) -> Path | str:
         return f"the archive marks its file unusable (location status {f.status})"
     root = roots.get(f.storage)
     if root is None:
-        return f"storage {f.storage!r} is not in DCM4CHEE_STORAGE_ROOTS ({NO_RETRIEVE})"
+        return f"storage {f.storage!r} is not in DCM4CHEE_STORAGE_ROOTS"
     base = root.resolve()
     candidate = (base / f.path.replace("\\", "/")).resolve()
     if not candidate.is_relative_to(base):
         return f"file path {f.path!r} leads outside storage {f.storage!r}"
     if not candidate.is_file():
-        return f"file not found at {candidate} ({NO_RETRIEVE})"
+        return f"file not found at {candidate}"
     if not os.access(candidate, os.R_OK):
         return f"file not readable at {candidate}"
     return candidate

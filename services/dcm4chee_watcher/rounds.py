@@ -5,6 +5,7 @@ either index their metadata (metadata mode) or hand their files to the pipeline 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from libs.db.ledger import LedgerRow
 from libs.dicom.uids import is_valid_uid
 from libs.runtime.logging import get_logger
 from services.dcm4chee_watcher.archive import ArchiveFile, ArchiveStudy
-from services.dcm4chee_watcher.files import resolve
+from services.dcm4chee_watcher.files import NO_RETRIEVE, resolve
 
 log = get_logger(__name__)
 
@@ -53,6 +54,7 @@ class RoundReport:
     indexed: int = 0
     emitted: int = 0
     unreachable: int = 0
+    to_fetch: int = 0  # unreachable here, to be fetched by C-MOVE
 
 
 def summarize(files: list[ArchiveFile]) -> list[SeriesSummary]:
@@ -105,9 +107,11 @@ async def full_round(
     settle_seconds: float,
     limit: int,
     source: str,
+    retrieve: bool = False,
 ) -> RoundReport:
     """New instances of the changed studies go to the pipeline in one import task; the ones
-    whose file is not reachable here are recorded as failed with the reason."""
+    whose file is not reachable here are fetched by C-MOVE when `retrieve` (their ledger rows
+    stay pending until then, `moves.py`), else recorded as failed with the reason."""
     report = RoundReport()
     studies = await archive.changed_studies(
         await state.watermark(), settle_seconds=settle_seconds, limit=limit
@@ -125,14 +129,16 @@ async def full_round(
             if f.sop_instance_uid not in done and f.sop_instance_uid not in found
         ]
         # Path checks stat the archive's filesystem: in a thread, once per study.
-        for ff in await asyncio.to_thread(_found_all, study, new, roots, source):
+        sizes = _sizes(files_of[study.pk])
+        for ff in await asyncio.to_thread(_found_all, study, new, roots, source, retrieve, sizes):
             found.setdefault(ff.sop_instance_uid, ff)
     files = _unique_uris(list(found.values()))
     uids = [s.study.study_uid for s in studies]
     rows = await state.record_round(files, studies[-1].watermark, uids)
     await publish([discovered_event(r) for r in rows])
     report.emitted = len(rows)
-    report.unreachable = sum(1 for f in files if f.reason)
+    report.unreachable = sum(1 for f in files if f.reason and not f.retrieve)
+    report.to_fetch = sum(1 for f in files if f.retrieve)
     return report
 
 
@@ -152,12 +158,31 @@ async def deletion_round(archive: ArchivePort, state: StatePort, *, limit: int) 
 
 
 def _found_all(
-    study: ArchiveStudy, files: list[ArchiveFile], roots: dict[str, Path], source: str
+    study: ArchiveStudy,
+    files: list[ArchiveFile],
+    roots: dict[str, Path],
+    source: str,
+    retrieve: bool,
+    sizes: Counter[str],
 ) -> list[FoundFile]:
-    return [_found(study, f, roots, source) for f in files]
+    return [_found(study, f, roots, source, retrieve, sizes) for f in files]
 
 
-def _found(study: ArchiveStudy, f: ArchiveFile, roots: dict[str, Path], source: str) -> FoundFile:
+def _sizes(files: list[ArchiveFile]) -> Counter[str]:
+    """Instances per series of a study in the archive, and of the whole study under ""."""
+    sizes = Counter(f.series.series_uid for f in files)
+    sizes[""] = len(files)
+    return sizes
+
+
+def _found(
+    study: ArchiveStudy,
+    f: ArchiveFile,
+    roots: dict[str, Path],
+    source: str,
+    retrieve: bool,
+    sizes: Counter[str],
+) -> FoundFile:
     origin = f"{source}: {f.storage}/{f.path}" if f.path else f"{source}: {f.sop_instance_uid}"
     where = resolve(f, roots)
     if isinstance(where, Path):
@@ -169,7 +194,18 @@ def _found(study: ArchiveStudy, f: ArchiveFile, roots: dict[str, Path], source: 
             where.stat().st_size,
         )
     uri = f"dcm4chee://{source}/{study.study.study_uid}/{f.sop_instance_uid}"
-    return FoundFile(study.study.study_uid, f.sop_instance_uid, uri, origin, f.size, where)
+    return FoundFile(
+        study.study.study_uid,
+        f.sop_instance_uid,
+        uri,
+        origin,
+        f.size,
+        where if retrieve else f"{where} ({NO_RETRIEVE})",
+        retrieve=retrieve,
+        series_uid=f.series.series_uid,
+        series_size=sizes[f.series.series_uid],
+        study_size=sizes[""],
+    )
 
 
 def _unique_uris(files: list[FoundFile]) -> list[FoundFile]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 
-from libs.dicom_net.errors import AssociationRejected, DicomNetError, FailureStatus
 from libs.dicom_net.models import Match
+from libs.dicom_net.retry import transient
 
 
 def query_window(watermark: date | None, today: date, *, lookback: int, overlap: int) -> str:
@@ -52,16 +52,6 @@ def too_many(studies: int, limit: int) -> str | None:
     )
 
 
-def transient(exc: BaseException) -> bool:
-    """Worth another attempt later: the PACS is away, busy or out of resources. A refusal
-    it will repeat (unknown move destination, our AE not allowed, a bad identifier) is not."""
-    if isinstance(exc, FailureStatus):
-        return 0xA700 <= exc.code <= 0xA7FF
-    if isinstance(exc, AssociationRejected):
-        return exc.transient
-    return isinstance(exc, (DicomNetError, OSError))
-
-
 class Failed(Exception):
     """A retrieve task that cannot succeed; the message is its `error`."""
 
@@ -76,8 +66,3 @@ def give_up(exc: BaseException, *, pacs: str, attempts: int, max_attempts: int) 
     if attempts >= max_attempts:
         return f"PACS {pacs} unreachable after {attempts} attempts: {exc}"
     return None
-
-
-def retry_delay(attempts: int, *, base: float, ceiling: float) -> float:
-    """Before attempt `attempts + 1`: base, 2 × base, 4 × base ... at most `ceiling`."""
-    return float(min(ceiling, base * 2 ** max(0, attempts - 1)))

@@ -31,9 +31,10 @@ from libs.db import retrieves as db
 from libs.db.retrieves import StudyRow
 from libs.dicom_net.models import Progress
 from libs.dicom_net.requests import RetrieveRequest
+from libs.dicom_net.retry import retry_delay
 from libs.runtime.logging import get_logger
 from libs.runtime.periodic import AT_ONCE, After, meanwhile
-from services.pacs_watcher.policy import Failed, give_up, plan, retry_delay, too_many
+from services.pacs_watcher.policy import Failed, give_up, plan, too_many
 from services.pacs_watcher.poller import PacsWatch
 
 log = get_logger(__name__)

@@ -35,8 +35,10 @@ class PgLedger:
             return bool(
                 await conn.fetchval(
                     """SELECT EXISTS (SELECT 1 FROM ingest_files WHERE status = 'pending'
-                           AND updated_at < now() - make_interval(secs => $1))""",
+                           AND updated_at < now() - make_interval(secs => $1)
+                           AND uri NOT LIKE $2)""",
                     seconds,
+                    ledger.NOT_YET_FETCHED,
                 )
             )
 

@@ -22,7 +22,7 @@ from libs.dicom_net.models import Level, Peer, Progress, Query, Root
 from libs.dicom_net.transport import UNCOMPRESSED
 from libs.dicom_net.worklist import WorklistItem, WorklistQuery
 from libs.tools.dev_broker import free_port, wait_for_port
-from load_test.dimse import StoreSCP, storescu
+from load_test.dimse import QueryRetrieveSCP, StoreSCP, storescu
 from load_test.peers import PEER_ENV, Orthanc, require_binary
 from services.dicom_receiver import pdus
 from services.dicom_receiver.scp import supported_contexts
@@ -159,25 +159,6 @@ async def test_clear_errors(upstream: Upstream, tmp_path: Path) -> None:
         await task
 
 
-QR_CONFIG = """\
-NetworkTCPPort  = {port}
-MaxPDUSize      = 131072
-MaxAssociations = 16
-
-HostTable BEGIN
-dfclient = (DFCLIENT, 127.0.0.1, 0)
-storescp = (STORESCP, 127.0.0.1, {scp_port})
-HostTable END
-
-VendorTable BEGIN
-VendorTable END
-
-AETable BEGIN
-DCMQRSCP  {db}  RW  (200, 1024mb)  ANY
-AETable END
-"""
-
-
 @pytest.fixture(scope="module")
 def dcmqrscp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, StoreSCP, int]]:
     """DCMTK's dcmqrscp holding one synthetic study of 20 instances (sent with storescu)."""
@@ -185,24 +166,14 @@ def dcmqrscp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, St
     generate_corpus(root / "corpus", 20, rows=32, columns=32)
     scp = StoreSCP(root / "moved")
     scp.start()
-    port = free_port()
-    (root / "db").mkdir()
-    config = root / "qr.cfg"
-    config.write_text(QR_CONFIG.format(port=port, scp_port=scp.port, db=root / "db"))
-    proc = subprocess.Popen(
-        [require_binary("dcmqrscp"), "-c", str(config)],
-        env=PEER_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    qr = QueryRetrieveSCP(root / "qr", {"DFCLIENT": 0, "STORESCP": scp.port})
     try:
-        wait_for_port("127.0.0.1", port)
-        sent = storescu("127.0.0.1", port, root / "corpus", called="DCMQRSCP")
+        qr.start()
+        sent = storescu("127.0.0.1", qr.port, root / "corpus", called="DCMQRSCP")
         assert sent.returncode == 0, sent.output
-        yield port, scp, 20
+        yield qr.port, scp, 20
     finally:
-        proc.terminate()
-        proc.wait(10)
+        qr.stop()
         scp.stop()
 
 

@@ -8,6 +8,7 @@ else on a new association to its configured address."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -158,9 +159,16 @@ async def receiver(
 ) -> AsyncIterator[Receiver]:
     options = getattr(request, "param", {})
     peers = [f"{MODALITY}=127.0.0.1:{request.getfixturevalue('modality_scp').port}"]
-    scp, committer, pipeline, port = await start_receiver(
-        pool, tmp_path, wait=options.get("wait", 30.0), peers=peers
-    )
+    async with running_receiver(pool, tmp_path, wait=options.get("wait", 30.0), peers=peers) as r:
+        yield r
+
+
+@contextlib.asynccontextmanager
+async def running_receiver(
+    pool: asyncpg.Pool, tmp_path: Path, *, wait: float, peers: list[str]
+) -> AsyncIterator[Receiver]:
+    """The receiver listening, its committer running, until the block ends."""
+    scp, committer, pipeline, port = await start_receiver(pool, tmp_path, wait=wait, peers=peers)
     stop = asyncio.Event()
     runner = asyncio.create_task(committer.run(stop))
     try:

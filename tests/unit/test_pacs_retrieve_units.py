@@ -16,7 +16,8 @@ from libs.dicom_net.errors import (
 )
 from libs.dicom_net.models import Level, Match
 from libs.dicom_net.requests import RetrieveRequest
-from services.pacs_watcher.policy import Failed, give_up, plan, retry_delay, too_many, transient
+from libs.dicom_net.retry import retry_delay, transient
+from services.pacs_watcher.policy import Failed, give_up, plan, too_many
 
 
 def match(uid: str, n: int | None) -> Match:

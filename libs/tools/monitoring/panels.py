@@ -288,6 +288,14 @@ def _dcm4chee(p: str, job: str) -> list[Panel]:
             "Instances whose file is unreachable",
             [Target(f"sum(increase({p}_unreachable_total[1h]))", "last hour")],
         ),
+        Panel(
+            "Fetch rounds (C-MOVE), by outcome",
+            [Target(f"sum by (outcome) (rate({p}_move_rounds_total[{RATE}]))", "{{outcome}}")],
+        ),
+        Panel(
+            "Fetched instances, by outcome",
+            [Target(f"sum by (outcome) (increase({p}_fetch_outcomes_total[1h]))", "{{outcome}}")],
+        ),
     ]
 
 
