@@ -3,12 +3,11 @@ host, and in headless Chromium (Debian's, driven by Playwright) they render the 
 operations with every request answered by dicomflow itself; requests elsewhere are refused
 and would fail the test, and what a bundle still tries elsewhere is refused by the pages'
 Content-Security-Policy before any request (ReDoc's "powered by" logo, which it then drops).
-Screenshots are kept as test artefacts."""
+Screenshots are kept as test artefacts in tests/artifacts/ (swagger-ui.png, redoc.png)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,7 +31,7 @@ ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-ARTEFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", "test-artifacts"))
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"  # tests/artifacts, as in tests/e2e
 URL_IN_PAGE = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url\(\s*['"]?([^'")]+)""")
 
 
@@ -90,7 +89,7 @@ async def _open(page: Page, url: str, requested: list[str], refused: list[str]) 
 
 
 async def test_swagger_ui_and_redoc_render_offline(base_url: str) -> None:
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     requested: list[str] = []
     refused: list[str] = []
     async with async_playwright() as pw:
@@ -108,7 +107,7 @@ async def test_swagger_ui_and_redoc_render_offline(base_url: str) -> None:
             assert await page.locator("#operations-archives-inspect_study_archive").count() == 1
             title = await page.locator(".info .title").inner_text()
             assert "dicomflow API" in title
-            await page.screenshot(path=ARTEFACTS / "swagger-ui.png", full_page=False)
+            await page.screenshot(path=ARTIFACTS / "swagger-ui.png", full_page=False)
 
             page = await context.new_page()
             page.on("requestfailed", lambda r: failed.append((r.url, r.failure)))
@@ -117,7 +116,7 @@ async def test_swagger_ui_and_redoc_render_offline(base_url: str) -> None:
             heading = page.locator("h2", has_text="The whole study as an archive")
             await heading.wait_for(timeout=30_000)
             assert await page.locator("h1").first.inner_text() == "dicomflow API (1)"
-            await page.screenshot(path=ARTEFACTS / "redoc.png", full_page=False)
+            await page.screenshot(path=ARTIFACTS / "redoc.png", full_page=False)
         finally:
             await browser.close()
     assert refused == [], refused  # nothing reached the network for another host
@@ -134,4 +133,4 @@ async def test_swagger_ui_and_redoc_render_offline(base_url: str) -> None:
         "/docs-assets/swagger-ui.css",
         "/docs-assets/redoc.standalone.js",
     } <= loaded
-    assert (ARTEFACTS / "swagger-ui.png").stat().st_size > 10_000
+    assert (ARTIFACTS / "swagger-ui.png").stat().st_size > 10_000
