@@ -88,6 +88,11 @@ class ServiceSettings(BaseSettings):
     database_pool_size: Count = Field(default=4, description="Connections per process")
     storage_url: str = Field(default="file://./var/storage", validation_alias="STORAGE_URL")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    profile_dir: Path | None = Field(
+        default=None,
+        validation_alias="DICOMFLOW_PROFILE_DIR",
+        description="Development: run under cProfile and write <service>-<pid>.prof here",
+    )
     ops_host: str = "127.0.0.1"
     ops_port: Port = Field(default=0, description="/health /ready /metrics; 0 = any")
     https_certfile: Path | None = Field(

@@ -31,6 +31,7 @@ from libs.runtime.logging import configure_logging, get_logger
 from libs.runtime.metrics import ConsumerMetrics, DiskCollector, ProducerMetrics
 from libs.runtime.periodic import Exclusive, Round, pause, periodically
 from libs.runtime.probes import Readiness, http_server, ops_app
+from libs.runtime.profiling import profiled
 
 log = get_logger(__name__)
 Worker = Callable[[], Coroutine[Any, Any, None]]
@@ -164,6 +165,13 @@ async def serve(
 ) -> int:
     """Run a service until SIGTERM/SIGINT or until a worker fails; returns the exit code."""
     configure_logging(name, settings.log_level)
+    with profiled(name, settings.profile_dir):
+        return await _serve(name, settings, wire)
+
+
+async def _serve(
+    name: str, settings: ServiceSettings, wire: Callable[[Runtime], Awaitable[None]]
+) -> int:
     rt = Runtime(name, settings)
     log.info("starting", settings=settings.redacted())
     loop = asyncio.get_running_loop()
