@@ -25,6 +25,7 @@ from services.dicom_receiver import dimse, pdus
 from services.dicom_receiver.dimse import Command
 from services.dicom_receiver.handlers import Peer, StagingFile
 from services.dicom_receiver.pdus import AssociateRequest, ProtocolError
+from services.dicom_receiver.transport import PduReader
 
 log = get_logger(__name__)
 
@@ -65,7 +66,7 @@ class Pending:
 class Association:
     def __init__(
         self,
-        reader: asyncio.StreamReader,
+        reader: PduReader,
         writer: asyncio.StreamWriter,
         *,
         root: Path,
@@ -136,7 +137,7 @@ class Association:
                 raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {kind:#04x}")
             if length > MAX_ASSOCIATE_RQ:
                 raise ProtocolError("A-ASSOCIATE-RQ too long", pdus.ABORT_INVALID_PARAMETER)
-            body = await self.reader.readexactly(length)
+            body = bytes(await self.reader.readexactly(length))
         rq = AssociateRequest.decode(body)
         self.peer_max_pdu = rq.max_pdu
         self.peer = Peer(rq.calling_ae, self.peer.address, self.peer.port, self.peer.assoc_id)
@@ -234,10 +235,10 @@ class Association:
             else:
                 await self._dataset_fragment(context_id, size - 2, last=last)
 
-    async def _pdata_whole(self, body: bytes) -> None:
+    async def _pdata_whole(self, body: memoryview) -> None:
         """Every PDV item of one P-DATA-TF read whole: fragments are slices of it, no read
         (nor copy) per item."""
-        view = memoryview(body)
+        view = body
         at, end = 0, len(body)
         while at < end:
             if end - at < pdus.ITEM.size:
@@ -255,9 +256,7 @@ class Association:
             else:
                 await self._dataset_fragment(context_id, len(fragment), last=last, data=fragment)
 
-    async def _command_fragment(
-        self, context_id: int, fragment: bytes | memoryview, *, last: bool
-    ) -> None:
+    async def _command_fragment(self, context_id: int, fragment: memoryview, *, last: bool) -> None:
         if self.pending is not None:
             raise ProtocolError("command fragment while a data set is arriving")
         if len(self.command) + len(fragment) > dimse.MAX_COMMAND_BYTES:
@@ -394,8 +393,9 @@ class Association:
             raise ProtocolError("P-DATA-TF larger than the maximum we accepted", 0x06)
         return int(kind), int(length)
 
-    async def _read(self, n: int) -> bytes:
-        """`n` bytes from the peer; the watchdog of `_transfer_watched` bounds the wait."""
+    async def _read(self, n: int) -> memoryview:
+        """`n` bytes from the peer, valid until the next read; the watchdog of
+        `_transfer_watched` bounds the wait."""
         loop = asyncio.get_running_loop()
         self._progress, self._reading = loop.time(), True
         try:
