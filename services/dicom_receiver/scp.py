@@ -230,6 +230,7 @@ class StoreSCP:
             ssl=tls_context(s),
             ssl_handshake_timeout=s.acse_timeout_seconds if s.tls_cert else None,
             backlog=128,
+            reuse_port=s.processes > 1,
         )
         host, port = self.server.sockets[0].getsockname()[:2]
         return str(host), int(port)
