@@ -132,6 +132,7 @@ class PduProtocol(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reader.finish(exc)
+        self.reader.transport = None  # nothing to pause or resume any more
         super().connection_lost(exc)  # wakes a writer waiting in drain()
 
     def _get_close_waiter(self, stream: Any) -> asyncio.Future[None]:
