@@ -25,6 +25,7 @@ from services.dicom_receiver import dimse, pdus
 from services.dicom_receiver.dimse import Command
 from services.dicom_receiver.handlers import Peer, StagingFile
 from services.dicom_receiver.pdus import AssociateRequest, ProtocolError
+from services.dicom_receiver.transport import PduReader
 
 log = get_logger(__name__)
 
@@ -65,7 +66,7 @@ class Pending:
 class Association:
     def __init__(
         self,
-        reader: asyncio.StreamReader,
+        reader: PduReader,
         writer: asyncio.StreamWriter,
         *,
         root: Path,
@@ -91,6 +92,11 @@ class Association:
         self.command = bytearray()
         self.pending: Pending | None = None
         self.established = False
+        # Idle watchdog (see `_read`): one timer per association, not one per read.
+        self._reading = False  # awaiting the peer's bytes
+        self._progress = 0.0  # loop time the last read began or ended
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._timed_out = False
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -99,7 +105,7 @@ class Association:
         try:
             if await self._associate():
                 self.established = True
-                await self._transfer()
+                await self._transfer_watched()
         except ProtocolError as exc:
             self._log("association aborted: protocol error", error=str(exc))
             self.writer.write(pdus.abort(exc.reason))
@@ -131,7 +137,7 @@ class Association:
                 raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {kind:#04x}")
             if length > MAX_ASSOCIATE_RQ:
                 raise ProtocolError("A-ASSOCIATE-RQ too long", pdus.ABORT_INVALID_PARAMETER)
-            body = await self.reader.readexactly(length)
+            body = bytes(await self.reader.readexactly(length))
         rq = AssociateRequest.decode(body)
         self.peer_max_pdu = rq.max_pdu
         self.peer = Peer(rq.calling_ae, self.peer.address, self.peer.port, self.peer.assoc_id)
@@ -152,22 +158,57 @@ class Association:
 
     # -- data transfer ---------------------------------------------------------------------
 
+    async def _transfer_watched(self) -> None:
+        """`_transfer` under the idle watchdog: a peer silent for `network_timeout` while we
+        wait for its bytes is a TimeoutError. An `asyncio.timeout` around each read cost a
+        timer scheduled and cancelled per read (~10 per instance); this is one timer that
+        re-arms itself only when it fires."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        within = self.limits.network_timeout
+
+        def check() -> None:
+            idle = loop.time() - self._progress
+            if self._reading and idle >= within:
+                self._timed_out = True
+                task.cancel()
+                return
+            self._watchdog = loop.call_at(
+                (self._progress if self._reading else loop.time()) + within, check
+            )
+
+        self._progress = loop.time()
+        self._watchdog = loop.call_at(self._progress + within, check)
+        try:
+            await self._transfer()
+        except asyncio.CancelledError:
+            if not self._timed_out:
+                raise
+            task.uncancel()
+            raise TimeoutError from None
+        finally:
+            self._watchdog.cancel()
+
     async def _transfer(self) -> None:
         while True:
-            kind, length = await self._header(self.limits.network_timeout)
+            kind, length = await self._header()
             if kind == pdus.P_DATA_TF:
-                await self._pdata(length)
+                if length <= CHUNK:  # one read for the whole PDU, its items parsed in memory
+                    await self._pdata_whole(await self._read(length))
+                else:
+                    await self._pdata(length)
             elif kind == pdus.RELEASE_RQ:
                 if length != 4:
                     raise ProtocolError("A-RELEASE-RQ length is not 4", 0x06)
-                await self._read(length, self.limits.network_timeout)
+                await self._read(length)
                 if self.pending is not None:  # an unanswered C-STORE is no clean release
                     raise ProtocolError("A-RELEASE-RQ while a data set is arriving")
                 self.writer.write(pdus.release_reply())
                 await self.writer.drain()
                 return
             elif kind == pdus.ABORT:
-                await self._read(min(length, 64), self.limits.network_timeout)
+                await self._read(min(length, 64))
                 self._log("association aborted by the peer")
                 return
             elif kind in (pdus.ASSOCIATE_RQ, pdus.ASSOCIATE_AC, pdus.ASSOCIATE_RJ, pdus.RELEASE_RP):
@@ -176,28 +217,51 @@ class Association:
                 raise ProtocolError(f"unrecognised PDU type {kind:#04x}", 0x01)
 
     async def _pdata(self, length: int) -> None:
-        """Every PDV item of one P-DATA-TF (PS3.8 9.3.5)."""
-        timeout = self.limits.network_timeout
+        """Every PDV item of one P-DATA-TF (PS3.8 9.3.5) longer than CHUNK, streamed."""
         while length > 0:
             if length < pdus.ITEM.size:
                 raise ProtocolError("truncated PDV item", pdus.ABORT_INVALID_PARAMETER)
-            size, context_id, control = pdus.ITEM.unpack(await self._read(pdus.ITEM.size, timeout))
+            size, context_id, control = pdus.ITEM.unpack(await self._read(pdus.ITEM.size))
             if size < 2 or size + 4 > length:
                 raise ProtocolError("PDV item length invalid", pdus.ABORT_INVALID_PARAMETER)
             length -= size + 4
             if context_id not in self.contexts:
                 raise ProtocolError(f"PDV on presentation context {context_id}, not accepted")
+            last = bool(control & pdus.LAST)
             if control & pdus.COMMAND:
-                await self._command_fragment(context_id, size - 2, last=bool(control & pdus.LAST))
+                if len(self.command) + size - 2 > dimse.MAX_COMMAND_BYTES:  # before reading
+                    raise ProtocolError("command set too long", pdus.ABORT_INVALID_PARAMETER)
+                await self._command_fragment(context_id, await self._read(size - 2), last=last)
             else:
-                await self._dataset_fragment(context_id, size - 2, last=bool(control & pdus.LAST))
+                await self._dataset_fragment(context_id, size - 2, last=last)
 
-    async def _command_fragment(self, context_id: int, size: int, *, last: bool) -> None:
+    async def _pdata_whole(self, body: memoryview) -> None:
+        """Every PDV item of one P-DATA-TF read whole: fragments are slices of it, no read
+        (nor copy) per item."""
+        view = body
+        at, end = 0, len(body)
+        while at < end:
+            if end - at < pdus.ITEM.size:
+                raise ProtocolError("truncated PDV item", pdus.ABORT_INVALID_PARAMETER)
+            size, context_id, control = pdus.ITEM.unpack_from(body, at)
+            if size < 2 or size + 4 > end - at:
+                raise ProtocolError("PDV item length invalid", pdus.ABORT_INVALID_PARAMETER)
+            if context_id not in self.contexts:
+                raise ProtocolError(f"PDV on presentation context {context_id}, not accepted")
+            fragment = view[at + pdus.ITEM.size : at + 4 + size]
+            at += 4 + size
+            last = bool(control & pdus.LAST)
+            if control & pdus.COMMAND:
+                await self._command_fragment(context_id, fragment, last=last)
+            else:
+                await self._dataset_fragment(context_id, len(fragment), last=last, data=fragment)
+
+    async def _command_fragment(self, context_id: int, fragment: memoryview, *, last: bool) -> None:
         if self.pending is not None:
             raise ProtocolError("command fragment while a data set is arriving")
-        if len(self.command) + size > dimse.MAX_COMMAND_BYTES:
+        if len(self.command) + len(fragment) > dimse.MAX_COMMAND_BYTES:
             raise ProtocolError("command set too long", pdus.ABORT_INVALID_PARAMETER)
-        self.command += await self._read(size, self.limits.network_timeout)
+        self.command += fragment
         if last:
             raw, self.command = bytes(self.command), bytearray()
             try:
@@ -253,12 +317,15 @@ class Association:
             self._log("cannot open staging file", error=repr(exc))
             return Pending(cmd, context_id, None, dimse.OUT_OF_RESOURCES)
 
-    async def _dataset_fragment(self, context_id: int, size: int, *, last: bool) -> None:
+    async def _dataset_fragment(
+        self, context_id: int, size: int, *, last: bool, data: memoryview | None = None
+    ) -> None:
+        """`size` bytes of a data set: `data` when the PDU was read whole, else read here."""
         pending = self.pending
         if pending is None or pending.context_id != context_id:
             raise ProtocolError("data set fragment without its command")
         while size:
-            chunk = await self._read(min(size, CHUNK), self.limits.network_timeout)
+            chunk = data if data is not None else await self._read(min(size, CHUNK))
             size -= len(chunk)
             if pending.buffer is not None:
                 pending.buffer += chunk
@@ -320,15 +387,21 @@ class Association:
 
     # -- bytes -----------------------------------------------------------------------------
 
-    async def _header(self, within: float) -> tuple[int, int]:
-        kind, length = pdus.HEADER.unpack(await self._read(pdus.HEADER.size, within))
+    async def _header(self) -> tuple[int, int]:
+        kind, length = pdus.HEADER.unpack(await self._read(pdus.HEADER.size))
         if self.limits.max_pdu and kind == pdus.P_DATA_TF and length > self.limits.max_pdu:
             raise ProtocolError("P-DATA-TF larger than the maximum we accepted", 0x06)
         return int(kind), int(length)
 
-    async def _read(self, n: int, within: float) -> bytes:
-        async with asyncio.timeout(within):
+    async def _read(self, n: int) -> memoryview:
+        """`n` bytes from the peer, valid until the next read; the watchdog of
+        `_transfer_watched` bounds the wait."""
+        loop = asyncio.get_running_loop()
+        self._progress, self._reading = loop.time(), True
+        try:
             return await self.reader.readexactly(n)
+        finally:
+            self._progress, self._reading = loop.time(), False
 
     def _log(self, message: str, **fields: object) -> None:
         log.warning(message, correlation_id=self.peer.assoc_id, origin=self.peer.origin, **fields)

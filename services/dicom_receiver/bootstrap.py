@@ -15,6 +15,7 @@ from services.dicom_receiver.commitment import CommitmentSCP, parse_peers
 from services.dicom_receiver.committer import Committer
 from services.dicom_receiver.config import ReceiverSettings, is_loopback
 from services.dicom_receiver.handlers import free_mb, sync_folders
+from services.dicom_receiver.processes import OtherProcesses, die_with_parent
 from services.dicom_receiver.scp import ReceiverMetrics, StoreSCP
 
 log = get_logger(__name__)
@@ -23,6 +24,9 @@ log = get_logger(__name__)
 async def wire(rt: Runtime) -> None:
     settings = rt.settings
     assert isinstance(settings, ReceiverSettings)
+    first = settings.process_index == 0  # the one started by `dicomflow up` (ADR 0026)
+    if not first:
+        die_with_parent()
     if not settings.allowed_callers and not is_loopback(settings.host):
         # Only with RECEIVER_ALLOW_ANY_CALLER=true (the settings refuse it otherwise).
         log.warning("any calling AE may store (RECEIVER_ALLOW_ANY_CALLER)", host=settings.host)
@@ -79,19 +83,44 @@ async def wire(rt: Runtime) -> None:
 
     rt.readiness.add("dicom_port", dicom_port)
 
+    others = None
+    if first and settings.processes > 1:
+        others = OtherProcesses(settings.processes, settings.port, settings.ops_port)
+
+        async def processes() -> bool:
+            return others.alive()
+
+        rt.readiness.add("processes", processes)
+
     async def serve_dicom() -> None:
         host, port = await scp.start()
-        log.info("dicom port open", host=host, port=port, ae_title=settings.ae_title)
+        log.info(
+            "dicom port open",
+            host=host,
+            port=port,
+            ae_title=settings.ae_title,
+            process=settings.process_index,
+        )
         drained = asyncio.Event()
         commits = asyncio.create_task(committer.run(drained))
         try:
-            await rt.stopping.wait()
+            if others is not None:
+                others.port = port  # RECEIVER_PORT=0: the port this one got
+                await others.start()
+                await others.watch(rt.stopping)  # raises when one dies: the service ends
+            else:
+                await rt.stopping.wait()
         finally:
+            if others is not None:
+                others.terminate()  # each stops as this one does, in parallel
             # No new associations; open ones are aborted (what they had not been answered
             # for stays with the sender); what was queued is still committed.
             await scp.stop()
             drained.set()
             await commits
+            if others is not None:
+                await others.wait()
 
     rt.add_worker("dicom", serve_dicom)
-    rt.every("staging-cleanup", settings.cleanup_interval_seconds, cleanup.periodic)
+    if first:  # one cleanup for the staging folder the processes share
+        rt.every("staging-cleanup", settings.cleanup_interval_seconds, cleanup.periodic)

@@ -78,7 +78,18 @@ class ReceiverSettings(StagingSettings):
     max_instance_mb: int = Field(
         default=4096, ge=0, description="Largest instance accepted (0xA700 beyond); 0 = no cap."
     )
-    max_associations: Count = 16
+    max_associations: Count = Field(
+        default=16, description="Associations open at once, per receiver process."
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Receiver processes sharing the DICOM port (SO_REUSEPORT: the kernel "
+        "spreads associations); process i > 0 serves its ops port on RECEIVER_OPS_PORT + i.",
+    )
+    # Set by the first process for the others it starts (0: the first process itself).
+    process_index: int = Field(default=0, ge=0)
     max_pdu: int = Field(default=0, ge=0, description="Maximum PDU we receive; 0 = unlimited.")
     acse_timeout_seconds: float = Field(default=30.0, gt=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)

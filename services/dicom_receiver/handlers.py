@@ -51,9 +51,13 @@ class StagingFile:
 
     def __init__(self, root: Path, meta: bytes) -> None:
         self.folder = staging_folder(root)
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / f"{uuid.uuid4().hex}.dcm"
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            self._fd: int | None = os.open(self.path, flags, 0o640)
+        except FileNotFoundError:  # the hour's first instance (mkdir only then)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, flags, 0o640)
         self.size = 0
         try:
             self.write(PREAMBLE + meta)

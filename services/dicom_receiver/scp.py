@@ -31,6 +31,7 @@ from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.config import ReceiverSettings
 from services.dicom_receiver.handlers import Peer, StagingFile, free_mb, new_file
 from services.dicom_receiver.pdus import AssociateRequest
+from services.dicom_receiver.transport import PduProtocol, PduReader
 
 log = get_logger(__name__)
 P = "dicomflow_dicom_receiver"
@@ -157,7 +158,7 @@ class StoreSCP:
     def _established(self) -> int:
         return sum(1 for a in self.associations if a.established)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: PduReader, writer: asyncio.StreamWriter) -> None:
         assoc = Association(
             reader,
             writer,
@@ -222,14 +223,14 @@ class StoreSCP:
 
     async def start(self) -> tuple[str, int]:
         s = self.settings
-        self.server = await asyncio.start_server(
-            self._serve,
+        self.server = await asyncio.get_running_loop().create_server(
+            lambda: PduProtocol(self._serve, CHUNK),  # a whole P-DATA-TF up to CHUNK
             s.host,
             s.port,
             ssl=tls_context(s),
             ssl_handshake_timeout=s.acse_timeout_seconds if s.tls_cert else None,
-            limit=2 * CHUNK,
             backlog=128,
+            reuse_port=s.processes > 1,
         )
         host, port = self.server.sockets[0].getsockname()[:2]
         return str(host), int(port)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import socket
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -177,6 +180,92 @@ async def test_receiver_killed_mid_association_loses_nothing_acknowledged(
     await eventually(partial(value_is, pool, pending, 0), 120, what=pending)
     stored = [p for p in (stack.root / "storage").rglob("*") if p.is_file()]
     assert len(stored) == len(uids)
+
+
+def free_port_pair() -> int:
+    """A port p with p + 1 free too: the ops ports of two receiver processes."""
+    for _ in range(100):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise AssertionError("no two consecutive free ports")
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+async def process_metric(ops_port: int, name: str) -> float:
+    async with httpx.AsyncClient() as c:
+        body = (await c.get(f"http://127.0.0.1:{ops_port}/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(name))
+
+
+async def test_two_receiver_processes_share_the_port_and_stop_together(
+    stack: Stack, pool: asyncpg.Pool
+) -> None:
+    """RECEIVER_PROCESSES=2 (ADR 0026): both processes take associations on one DICOM port,
+    every instance is indexed; SIGTERM to the first stops both; a second that dies stops the
+    service (exit 1) rather than leave the port half served."""
+    folder = stack.root / "send"
+    await asyncio.to_thread(generate_corpus, folder, 6, rows=64, columns=64)
+    uids = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+        for p in folder.rglob("*.dcm")
+    }
+    port, ops = free_port(), free_port_pair()
+    stack.ports[RECEIVER] = ops
+    stack.env.update(RECEIVER_PROCESSES="2", RECEIVER_OPS_PORT=str(ops))
+    start_receiver(stack, port)
+    await stack.wait_ready([RECEIVER])
+    async with httpx.AsyncClient() as c:  # the second process's ops port is ops + 1
+
+        async def second_ready() -> bool:
+            try:
+                return (await c.get(f"http://127.0.0.1:{ops + 1}/ready")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(second_ready, 120, what="second receiver process ready")
+
+    # The kernel picks the process per association: send until each has stored some.
+    stored = 'dicomflow_dicom_receiver_instances_total{calling_ae="STORESCU",status="0x0000"}'
+    sends = 0
+    while sends < 40 and not all(
+        [await process_metric(ops, stored), await process_metric(ops + 1, stored)]
+    ):
+        sent = await asyncio.to_thread(storescu, "127.0.0.1", port, folder)
+        assert sent.returncode == 0, sent.output
+        sends += 1
+    per_process = [await process_metric(ops, stored), await process_metric(ops + 1, stored)]
+    assert all(per_process), per_process
+    assert sum(per_process) == sends * len(uids)
+    counts = await final_counts(pool, sends * len(uids))
+    assert counts == {"indexed": len(uids), "duplicate": (sends - 1) * len(uids)}
+
+    first = stack.procs[RECEIVER]
+    (second,) = children(first.pid)
+    assert stack.kill(RECEIVER, signal.SIGTERM) == 0
+    assert not Path(f"/proc/{second}").exists()  # reaped by the first before it exited
+
+    start_receiver(stack, port)
+    await stack.wait_ready([RECEIVER])
+    await eventually(lambda: len(children(stack.procs[RECEIVER].pid)) == 1, 60)
+    (second,) = children(stack.procs[RECEIVER].pid)
+    os.kill(second, signal.SIGKILL)
+    assert await asyncio.to_thread(stack.procs[RECEIVER].wait, 60) == 1
 
 
 async def at_least(pool: asyncpg.Pool, sql: str, n: int) -> bool:

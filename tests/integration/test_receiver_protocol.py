@@ -301,6 +301,30 @@ async def test_abort_mid_data_set_leaves_no_partial_file(receiver: Receiver) -> 
         writer.close()
 
 
+async def test_peer_silent_mid_data_set_is_aborted_after_the_network_timeout(
+    receiver: Receiver,
+) -> None:
+    """The idle watchdog (network timeout, 2 s here): a peer that stops sending in the middle
+    of a PDU gets an A-ABORT, and its partial file is removed; the next association is
+    served."""
+    reader, writer = await associated(receiver.port)
+    try:
+        writer.write(pdus.command_pdu(1, store_request("1.2.3.5")))
+        half = b"\x08\x00\x16\x00" + b"\x00" * 100
+        item = pdus.ITEM.pack(len(half) + 2, 1, 0x00)
+        pdu = pdus.HEADER.pack(pdus.P_DATA_TF, len(item) + len(half)) + item + half
+        writer.write(pdu + pdu[:20])  # a whole PDU, then the start of the next: silence
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=30)
+        assert answer[:1] == bytes([pdus.ABORT])
+        await eventually(lambda: receiver.files() == [], 10, interval=0.05)
+        assert receiver.ledger.recorded == []
+    finally:
+        writer.close()
+    ok, _, stored = await asyncio.to_thread(store_and_echo, receiver.port)
+    assert ok and stored == 0
+
+
 @pytest.mark.parametrize("receiver", [{"max_associations": 1}], indirect=True)
 async def test_associations_beyond_the_limit_are_rejected(receiver: Receiver) -> None:
     first = await asyncio.to_thread(

@@ -35,6 +35,7 @@ from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.dimse import Command
 from services.dicom_receiver.handlers import PREAMBLE, StagingFile
 from services.dicom_receiver.scp import supported_contexts
+from services.dicom_receiver.transport import MIN_ROOM, PduReader
 from tests.polling import eventually
 
 CMD = Command(dimse.C_STORE_RQ, 7, CTImageStorage, "1.2.826.0.1.3680043.8.498.1", True)
@@ -457,3 +458,59 @@ async def test_committer_records_the_next_group_while_one_awaits_its_acknowledge
     await asyncio.wait_for(first, timeout=5)
     stop.set()
     await runner
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def feed(reader: PduReader, data: bytes) -> None:
+    """What the transport does: receive into get_buffer(), then buffer_updated()."""
+    buf = reader.get_buffer()
+    assert len(buf) >= len(data)
+    buf[: len(data)] = data
+    reader.buffer_updated(len(data))
+
+
+async def test_pdu_reader_hands_out_views_moves_the_rest_and_pauses_when_full() -> None:
+    reader = PduReader(capacity=1024)
+    transport = FakeTransport()
+    reader.transport = transport  # type: ignore[assignment]
+    data = bytes(range(256)) * 8
+    # Past capacity: the room left is below MIN_ROOM, so reading pauses.
+    feed(reader, data[: len(reader.get_buffer()) - MIN_ROOM + 1])
+    assert transport.paused
+    first = await reader.readexactly(1000)
+    assert bytes(first) == data[:1000]
+    # 25 bytes unread; asking for 100 moves them to the front and resumes reading.
+    waiting = asyncio.create_task(reader.readexactly(100))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    assert not transport.paused
+    feed(reader, data[1025:1100])
+    assert bytes(await waiting) == data[1000:1100]
+    with pytest.raises(ValueError):
+        await reader.readexactly(1025)
+
+
+async def test_pdu_reader_end_of_stream_and_lost_connection() -> None:
+    reader = PduReader(capacity=64)
+    feed(reader, b"abc")
+    waiting = asyncio.create_task(reader.readexactly(4))
+    await asyncio.sleep(0)
+    reader.finish(None)
+    with pytest.raises(asyncio.IncompleteReadError) as exc:
+        await waiting
+    assert exc.value.partial == b"abc"
+
+    broken = PduReader(capacity=64)
+    broken.finish(ConnectionResetError("peer reset"))
+    with pytest.raises(ConnectionResetError):
+        await broken.readexactly(1)
