@@ -20,7 +20,8 @@ what this module adds:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from pydicom.charset import default_encoding
@@ -47,13 +48,90 @@ def header_json(ds: Dataset, pixel: tuple[int, str] | None = None) -> str | None
     (parsed with `stop_before_pixels`). None when it cannot be made or is too large."""
     try:
         model = dataset_model(ds, "")
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except BaseException:  # RecursionError, a converter's error: no JSON, not a lost file
+        return None
+    return _text(model, pixel)
+
+
+class NeedsPydicom(Exception):
+    """An element `elements_json` does not render exactly as pydicom would."""
+
+
+def elements_json(
+    elements: Mapping[int, DataElement | RawDataElement],
+    charset: str | Sequence[str],
+    pixel: tuple[int, str] | None = None,
+) -> str | None:
+    """`header_json` of a dataset given as its top-level elements, as read (ascending tags,
+    no sequence, values not deferred; `libs.dicom.quickread`), without a pydicom Dataset:
+    every element is rendered by `fast_element`, or NeedsPydicom is raised. `charset` is
+    the dataset's Python encoding(s), as pydicom's `Dataset.original_character_set`.
+
+    The text is joined from each element's JSON text, which is what `json.dumps` of the
+    whole model writes; a short value's text is remembered (`_fragment`), since most of
+    an instance's values are its series' and study's, repeated in every instance."""
+    codecs = charset if isinstance(charset, str) else tuple(charset)
+    parts = []
+    for tag, elem in elements.items():
+        if tag >> 16 == 0x0002:
+            continue
+        key = f"{tag:08X}"
+        vr = elem.VR
+        if vr not in FAST_VRS:
+            raise NeedsPydicom(key)
+        value = elem.value
+        try:
+            if not isinstance(elem, RawDataElement):  # Specific Character Set: pydicom read it
+                text = _dumps(elem.to_json_dict(_bulk_uri, BULK_THRESHOLD))
+            elif value is None:  # empty number or binary value (deferred ones: declined)
+                text = _dumps({"vr": vr})
+            elif len(value) <= _REMEMBERED:
+                text = _fragment(vr, value, elem.is_little_endian, codecs)
+            else:
+                text = _dumps(fast_element(vr, value, elem.is_little_endian, codecs, key))
+        except (MemoryError, RecursionError):
+            raise
+        except Exception:
+            raise NeedsPydicom(key) from None  # pydicom's path leaves the element out
+        parts.append(f'"{key}":{text}')
+    if pixel is not None:
+        key = f"{pixel[0]:08X}"  # never read: past where the header stops
+        parts.append(f'"{key}":{_dumps({"vr": pixel[1], "BulkDataURI": BULK_PREFIX + key})}')
+    text = "{" + ",".join(parts) + "}"
+    return text if len(text) <= MAX_JSON_CHARS else None
+
+
+# Values up to this many bytes have their JSON text remembered: never a BulkDataURI (whose
+# path would differ by element), and at most `maxsize` of them.
+_REMEMBERED = 256
+
+
+@lru_cache(maxsize=4096)
+def _fragment(vr: str, value: bytes, little: bool, charset: str | tuple[str, ...]) -> str:
+    return _dumps(fast_element(vr, value, little, charset, ""))
+
+
+def _dumps(element: dict[str, Any] | None) -> str:
+    if element is None:
+        raise NeedsPydicom
+    return json.dumps(element, separators=(",", ":"), ensure_ascii=False)
+
+
+def _bulk_uri(elem: DataElement) -> str:
+    return f"{BULK_PREFIX}{elem.tag:08X}"  # a top-level element's path is its tag
+
+
+def _text(model: dict[str, Any], pixel: tuple[int, str] | None) -> str | None:
+    try:
         if pixel is not None and f"{pixel[0]:08X}" not in model:
             tag, vr = pixel
             model[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{BULK_PREFIX}{tag:08X}"}
         text = json.dumps(model, separators=(",", ":"), ensure_ascii=False)
     except (MemoryError, KeyboardInterrupt):
         raise
-    except BaseException:  # RecursionError, a converter's error: no JSON, not a lost file
+    except BaseException:
         return None
     return text if len(text) <= MAX_JSON_CHARS else None
 
@@ -88,7 +166,8 @@ def _element(
     if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
         vr = raw.VR or _plain_vr(tag)
         if vr in FAST_VRS:
-            fast = fast_element(vr, raw.value, raw.is_little_endian, ds, path)
+            charset = ds.original_character_set or ds._character_set
+            fast = fast_element(vr, raw.value, raw.is_little_endian, charset, path)
             if fast is not None:
                 return fast
     elem = _converted(ds, tag, raw)

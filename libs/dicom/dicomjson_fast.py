@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from pydicom.charset import default_encoding
-from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.values import convert_PN, convert_single_string, convert_text
 
@@ -65,9 +65,10 @@ def _decimal(vr: str, value: bytes) -> list[Any] | None:
 
 
 def fast_element(
-    vr: str, value: bytes, little: bool, ds: Dataset, path: str
+    vr: str, value: bytes, little: bool, charset: str | Sequence[str], path: str
 ) -> dict[str, Any] | None:
-    """The JSON of one raw element, or None to let pydicom do it."""
+    """The JSON of one raw element, or None to let pydicom do it; `charset` is the
+    dataset's Python encoding(s), as pydicom's `Dataset.original_character_set`."""
     out: dict[str, Any] = {"vr": vr}
     items: list[Any] | None
     if vr in _BINARY:
@@ -92,7 +93,6 @@ def fast_element(
     elif vr == "UI":
         items = _values(value.decode(default_encoding).rstrip("\x00 ").split("\\"))
     else:
-        charset = ds.original_character_set or ds._character_set
         encodings = [charset] if isinstance(charset, str) else list(charset)
         if vr in _TEXT:
             text = convert_text(value, encodings)

@@ -21,10 +21,10 @@ message size limit whatever the file holds.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.values import convert_PN, convert_text
@@ -36,12 +36,25 @@ from libs.dicom.uids import require_uid
 MAX_TEXT_LENGTH = 1024
 _INT = re.compile(rb"[+-]?[0-9]{1,12}")
 _INT_RANGE = range(-(2**31), 2**31)  # IS is a signed 32-bit integer (PS3.5 §6.2)
+# A dataset's elements by tag as read: raw, or converted where pydicom converted them.
+Elements = Mapping[int, DataElement | RawDataElement]
 
 
 def build_header(ds: Dataset) -> DicomHeader:
     """The header contract for `ds`; DicomParseError when a required UID is bad."""
-    r = _Reader(ds)
-    meta = _Reader(getattr(ds, "file_meta", None) or Dataset())
+    # `items()` gives the stored elements as read: no conversion, no deferred read.
+    meta = getattr(ds, "file_meta", None)
+    return header_from_elements(
+        {int(tag): elem for tag, elem in ds.items()},
+        {int(tag): elem for tag, elem in meta.items()} if meta is not None else {},
+    )
+
+
+def header_from_elements(elements: Elements, meta_elements: Elements) -> DicomHeader:
+    """`build_header` of the dataset whose top-level elements (as read, by tag) are
+    `elements` and whose file meta group is `meta_elements`."""
+    r = _Reader(elements)
+    meta = _Reader(meta_elements)
     return DicomHeader(
         patient=PatientAttrs(
             patient_id=r.text(0x00100020),
@@ -96,9 +109,8 @@ def _joined(value: object) -> str:
 class _Reader:
     """Reads optional values from the raw elements of one dataset."""
 
-    def __init__(self, ds: Dataset) -> None:
-        # `items()` gives the stored elements as read: no conversion, no deferred read.
-        self._elems = {int(tag): elem for tag, elem in ds.items()}
+    def __init__(self, elements: Elements) -> None:
+        self._elems = elements
         values = self.ascii(0x00080005).split("\\")
         self.charset = "\\".join(v.strip() for v in values)
         try:
