@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import AMBIGUOUS_VR
 
 from libs.dicom.dicomjson_fast import FAST_VRS, fast_element
+from libs.dicom.quickread import Items
 
 BULK_THRESHOLD = 1024  # bytes of a binary value above which it is a BulkDataURI
 MAX_JSON_CHARS = 256 * 1024
@@ -63,22 +64,50 @@ def elements_json(
     elements: Mapping[int, DataElement | RawDataElement],
     charset: str | Sequence[str],
     pixel: tuple[int, str] | None = None,
+    sequences: Mapping[int, Items] | None = None,
 ) -> str | None:
-    """`header_json` of a dataset given as its top-level elements, as read (ascending tags,
-    no sequence, values not deferred; `libs.dicom.quickread`), without a pydicom Dataset:
-    every element is rendered by `fast_element`, or NeedsPydicom is raised. `charset` is
-    the dataset's Python encoding(s), as pydicom's `Dataset.original_character_set`.
+    """`header_json` of a dataset given as its top-level elements as read (ascending tags,
+    values not deferred) and the items of its sequences (`libs.dicom.quickread`), without
+    a pydicom Dataset: every element is rendered by `fast_element`, or NeedsPydicom is
+    raised. `charset` is the dataset's Python encoding(s), as pydicom's
+    `Dataset.original_character_set` (its items have no character set of their own).
 
     The text is joined from each element's JSON text, which is what `json.dumps` of the
     whole model writes; a short value's text is remembered (`_fragment`), since most of
     an instance's values are its series' and study's, repeated in every instance."""
     codecs = charset if isinstance(charset, str) else tuple(charset)
+    parts = _parts(elements, sequences or {}, codecs, "")
+    if pixel is not None:
+        key = f"{pixel[0]:08X}"  # never read: past where the header stops
+        parts.append(f'"{key}":{_dumps({"vr": pixel[1], "BulkDataURI": BULK_PREFIX + key})}')
+    text = "{" + ",".join(parts) + "}"
+    return text if len(text) <= MAX_JSON_CHARS else None
+
+
+def _parts(
+    elements: Mapping[int, DataElement | RawDataElement],
+    sequences: Mapping[int, Items],
+    codecs: str | tuple[str, ...],
+    path: str,
+) -> list[str]:
+    """'"GGGGEEEE":{...}' for each element of one dataset, as `dataset_model` renders it."""
     parts = []
     for tag, elem in elements.items():
         if tag >> 16 == 0x0002:
             continue
         key = f"{tag:08X}"
         vr = elem.VR
+        if vr == "SQ":
+            items = sequences.get(tag)
+            if items is None:
+                raise NeedsPydicom(key)
+            texts = [
+                "{" + ",".join(_parts(item, nested, codecs, f"{path}{key}/{n}/")) + "}"
+                for n, (item, nested) in enumerate(items, 1)
+            ]
+            text = '{"vr":"SQ","Value":[' + ",".join(texts) + "]}" if texts else '{"vr":"SQ"}'
+            parts.append(f'"{key}":{text}')
+            continue
         if vr not in FAST_VRS:
             raise NeedsPydicom(key)
         value = elem.value
@@ -90,17 +119,15 @@ def elements_json(
             elif len(value) <= _REMEMBERED:
                 text = _fragment(vr, value, elem.is_little_endian, codecs)
             else:
-                text = _dumps(fast_element(vr, value, elem.is_little_endian, codecs, key))
+                text = _dumps(
+                    fast_element(vr, value, elem.is_little_endian, codecs, f"{path}{key}")
+                )
         except (MemoryError, RecursionError):
             raise
         except Exception:
             raise NeedsPydicom(key) from None  # pydicom's path leaves the element out
         parts.append(f'"{key}":{text}')
-    if pixel is not None:
-        key = f"{pixel[0]:08X}"  # never read: past where the header stops
-        parts.append(f'"{key}":{_dumps({"vr": pixel[1], "BulkDataURI": BULK_PREFIX + key})}')
-    text = "{" + ",".join(parts) + "}"
-    return text if len(text) <= MAX_JSON_CHARS else None
+    return parts
 
 
 # Values up to this many bytes have their JSON text remembered: never a BulkDataURI (whose

@@ -28,7 +28,7 @@ _SINGLE = frozenset({"LT", "ST", "UT"})
 _NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 _BINARY = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 FAST_VRS = frozenset(
-    _STRINGS | _TEXT | _SINGLE | _BINARY | set(_NUMBERS) | {"AE", "UI", "PN", "IS", "DS"}
+    _STRINGS | _TEXT | _SINGLE | _BINARY | set(_NUMBERS) | {"AE", "UI", "PN", "IS", "DS", "AT"}
 )
 
 
@@ -78,7 +78,12 @@ def fast_element(
             else:
                 out["InlineBinary"] = base64.b64encode(value).decode()
         return out
-    if vr in _NUMBERS:
+    if vr == "AT":  # tags as "GGGGEEEE", each a (group, element) pair of 16-bit numbers
+        if len(value) % 4:
+            return None
+        pairs = struct.unpack(f"{'<' if little else '>'}{len(value) // 2}H", value)
+        items = [f"{pairs[i]:04X}{pairs[i + 1]:04X}" for i in range(0, len(pairs), 2)]
+    elif vr in _NUMBERS:
         items = _numbers(vr, value, little)
         if items is None:
             return None

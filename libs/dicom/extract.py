@@ -223,7 +223,7 @@ def _quick(data: bytes) -> tuple[DicomHeader, _Layout] | None:
             charset = convert_encodings(converted.value)
         header = header_from_elements(elements, read.meta)
         layout = _layout(BytesIO(data), len(data), read.end, implicit=False, little=True)
-        text = elements_json(elements, charset, layout.pixel)
+        text = elements_json(elements, charset, layout.pixel, read.sequences)
     except (MemoryError, RecursionError):
         raise
     except Exception:  # a bad UID, a malformed pixel data element, an unusual value...

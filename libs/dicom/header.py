@@ -94,13 +94,16 @@ def header_from_elements(elements: Elements, meta_elements: Elements) -> DicomHe
 
 def _clean(text: str) -> str:
     text = text.replace("\0", "").strip()
-    # Lone surrogates cannot be stored in PostgreSQL or encoded as UTF-8 JSON.
-    text = text.encode("utf-8", "replace").decode("utf-8")
+    if not text.isascii():
+        # Lone surrogates cannot be stored in PostgreSQL or encoded as UTF-8 JSON.
+        text = text.encode("utf-8", "replace").decode("utf-8")
     return text[:MAX_TEXT_LENGTH]
 
 
 def _joined(value: object) -> str:
     """A decoded value as DICOM writes it: several values separated by backslashes."""
+    if type(value) is str:  # the usual single value; `isinstance(MultiValue)` is costly
+        return value
     if isinstance(value, (MultiValue, list, tuple)):
         return "\\".join(str(v) for v in value)
     return str(value)

@@ -3,19 +3,21 @@
 `dcmread` costs the extractor more than its two SHA-256 passes: file meta objects, a
 Dataset, a Tag and an attribute write per element. Nearly every file an archive sees is
 plain: Explicit VR Little Endian (natively or as the frame of an encapsulated syntax),
-defined lengths, known VRs, tags in order. For such a file `quick_read` walks the
-elements itself (a bounds-checked `unpack_from` per element) and gives the same
-`RawDataElement`s `dcmread(stop_before_pixels=True)` would, so the header and the
-DICOM JSON are built by the same code from the same values.
+known VRs, tags in order, well-formed sequence items. For such a file `quick_read` walks
+the elements itself (a bounds-checked `unpack_from` per element) and gives the same
+top-level `RawDataElement`s `dcmread(stop_before_pixels=True)` would, plus the items of
+its sequences, so the header and the DICOM JSON are built from the same values.
 
 Anything else returns None and the file takes pydicom's path (`extract.py`), which
 judges it: this module never refuses a file, it only declines to read it. Declined:
 another transfer syntax (implicit VR, big endian, deflate, none), a command group, a
-sequence or any value of undefined length, an unknown VR, an item or delimiter tag, a
-tag out of order or repeated, a value or element header past EOF, a value over the
-deferral size, a Specific Character Set pydicom would need to correct. tests/unit/
-test_quickread.py checks that both paths give the same result for every file of pydicom's
-test data, the fuzz corpus and the synthetic corpus.
+value other than a sequence's or an item's of undefined length, an unknown VR, a stray
+item or delimiter tag, a tag out of order or repeated, an element or item past EOF or
+past its parent's end, a top-level value over the deferral size, an item with its own
+Specific Character Set, sequences nested deeper than `_MAX_DEPTH`.
+tests/unit/test_quickread.py and tests/integration/test_fuzz_corpus.py check that both
+paths give the same result for every file of pydicom's test data, the fuzz corpus and
+synthetic files.
 """
 
 from __future__ import annotations
@@ -51,13 +53,32 @@ _CHARSET = 0x00080005
 _TRANSFER_SYNTAX = 0x00020010
 
 Elements = dict[int, RawDataElement]
+# A sequence's items: each item's elements and the items of its own sequences, by tag.
+Items = list[tuple[Elements, "Sequences"]]
+Sequences = dict[int, Items]
+
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_ITEM_HEAD = Struct("<HHL")
+_MAX_DEPTH = 8  # deeper nesting is pydicom's to read (and to refuse, when it is hostile)
+# How a walk ends: the file meta group, the top-level dataset (at the pixel data or the
+# end of the file), an item of defined length (at its end), or one of undefined length
+# (at its delimitation item).
+_META, _TOP, _ITEM_DEFINED, _ITEM_UNDEFINED = range(4)
 
 
 @dataclass(frozen=True)
 class QuickRead:
     meta: Elements  # the file meta group, as read
-    elements: Elements  # the dataset's top-level elements up to the pixel data, in order
+    # The dataset's top-level elements up to the pixel data, in order, as dcmread stores
+    # them; a sequence of undefined length (which pydicom reads into a Sequence) has no value.
+    elements: Elements
+    sequences: Sequences  # the items of the top-level sequences
     end: int  # where the walk stopped: the pixel data element's tag, or the end of the file
+
+
+class _Declined(Exception):
+    """Not a plain file: pydicom's path reads it."""
 
 
 def quick_read(data: bytes) -> QuickRead | None:
@@ -66,54 +87,103 @@ def quick_read(data: bytes) -> QuickRead | None:
     size = len(data)
     if size < 140 or data[128:132] != b"DICM":
         return None
-    meta, pos = _walk(data, 132, meta=True)
-    if meta is None or not meta or next(iter(meta)) == _TRANSFER_SYNTAX:
-        return None  # pydicom converts the first meta element in place
-    syntax = meta.get(_TRANSFER_SYNTAX)
-    if syntax is None or not isinstance(syntax.value, bytes):
+    try:
+        meta, _, pos = _walk(data, 132, _META, size, 0)
+        if not meta or next(iter(meta)) == _TRANSFER_SYNTAX:
+            return None  # pydicom converts the first meta element in place
+        syntax = meta.get(_TRANSFER_SYNTAX)
+        if syntax is None or not isinstance(syntax.value, bytes):
+            return None
+        if syntax.value.decode(default_encoding).rstrip("\0 ") not in _EXPLICIT_LE:
+            return None
+        if pos + 8 > size or data[pos : pos + 2] == b"\0\0":  # no dataset, or a command group
+            return None
+        elements, sequences, end = _walk(data, pos, _TOP, size, 0)
+    except _Declined:
         return None
-    if syntax.value.decode(default_encoding).rstrip("\0 ") not in _EXPLICIT_LE:
-        return None
-    if pos + 8 > size or data[pos : pos + 2] == b"\0\0":  # no dataset, or a command group
-        return None
-    elements, end = _walk(data, pos, meta=False)
     if not elements:
         return None
-    return QuickRead(meta, elements, end)
+    return QuickRead(meta, elements, sequences, end)
 
 
-def _walk(data: bytes, pos: int, *, meta: bool) -> tuple[Elements | None, int]:
-    """Explicit VR little endian elements from `pos`: the file meta group (stops at the
-    first other group) or the dataset (stops at the pixel data or at the end)."""
-    size = len(data)
+def _walk(
+    data: bytes, pos: int, mode: int, limit: int, depth: int
+) -> tuple[Elements, Sequences, int]:
+    """Explicit VR little endian elements from `pos` up to `limit`; see `_META` for where
+    each kind of walk ends. Returns the elements, the items of their sequences and the
+    position after the last element (after the delimitation item of an item)."""
     out: Elements = {}
+    sequences: Sequences = {}
     last = -1
     head, length32 = _HEAD.unpack_from, _LENGTH.unpack_from
-    while pos < size:
-        if pos + 8 > size:
-            return None, pos  # an element header cut by EOF: pydicom's path says so
+    while pos < limit:
+        if pos + 8 > limit:
+            raise _Declined  # an element header cut by EOF (or by the item's end)
         group, elem, raw_vr, length = head(data, pos)
         tag = group << 16 | elem
-        if meta and group != 0x0002:
+        if mode == _META and group != 0x0002:
             break
-        if not meta and tag in PIXEL_TAGS:
+        if mode == _TOP and tag in PIXEL_TAGS:
             break
+        if mode == _ITEM_UNDEFINED and tag == _ITEM_END and raw_vr == b"\0\0" and not length:
+            return out, sequences, pos + 8
         vr = _VRS.get(raw_vr)
         if vr is None or tag <= last or group == 0xFFFE:
-            return None, pos
+            raise _Declined
         if vr in _LONG:
-            if pos + 12 > size:
-                return None, pos
+            if pos + 12 > limit:
+                raise _Declined
             (length,) = length32(data, pos + 8)
             start = pos + 12
         else:
             start = pos + 8
+        if length > _DEFER_SIZE and length != _UNDEFINED and (mode != _TOP or tag != _CHARSET):
+            raise _Declined  # pydicom defers a long top-level value: its path reads those
+        if vr == "SQ" and mode != _META and depth < _MAX_DEPTH:
+            items, end = _sequence(data, start, length, limit, depth + 1)
+            sequences[tag] = items
+            value = None if length == _UNDEFINED else data[start:end]
+            out[tag] = RawDataElement(BaseTag(tag), vr, length, value, start, False, True)
+            last, pos = tag, end
+            continue
         end = start + length
-        if length == 0xFFFFFFFF or end > size or vr == "SQ":
-            return None, pos
-        if length > _DEFER_SIZE and tag != _CHARSET:
-            return None, pos
+        if length == _UNDEFINED or end > limit or vr == "SQ":
+            raise _Declined
+        if tag == _CHARSET and mode != _TOP:
+            raise _Declined  # an item's own character set: pydicom's path
         value = data[start:end] if length else _EMPTY[vr]
         out[tag] = RawDataElement(BaseTag(tag), vr, length, value, start, False, True)
         last, pos = tag, end
-    return out, pos
+    if mode == _ITEM_UNDEFINED:
+        raise _Declined  # no delimitation item before the end
+    return out, sequences, pos
+
+
+def _sequence(data: bytes, pos: int, length: int, limit: int, depth: int) -> tuple[Items, int]:
+    """The items of a sequence whose value starts at `pos`, and the position after it."""
+    items: Items = []
+    end = limit if length == _UNDEFINED else pos + length
+    if end > limit:
+        raise _Declined
+    while True:
+        if length != _UNDEFINED and pos == end:
+            return items, pos
+        if pos + 8 > end:
+            raise _Declined
+        group, elem, item_length = _ITEM_HEAD.unpack_from(data, pos)
+        tag = group << 16 | elem
+        if tag == _SEQUENCE_END and length == _UNDEFINED and not item_length:
+            return items, pos + 8
+        if tag != _ITEM:
+            raise _Declined
+        pos += 8
+        if item_length == _UNDEFINED:
+            elements, sequences, pos = _walk(data, pos, _ITEM_UNDEFINED, end, depth)
+        else:
+            item_end = pos + item_length
+            if item_end > end:
+                raise _Declined
+            elements, sequences, pos = _walk(data, pos, _ITEM_DEFINED, item_end, depth)
+            if pos != item_end:
+                raise _Declined
+        items.append((elements, sequences))
