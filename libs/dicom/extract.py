@@ -221,14 +221,14 @@ def _quick(data: bytes) -> tuple[DicomHeader, _Layout] | None:
             converted = convert_raw_data_element(raw, encoding=default_encoding)
             elements[_CHARSET] = converted
             charset = convert_encodings(converted.value)
-        header = header_from_elements(elements, read.meta)
         layout = _layout(BytesIO(data), len(data), read.end, implicit=False, little=True)
         text = elements_json(elements, charset, layout.pixel, read.sequences)
+        header = header_from_elements(elements, read.meta, text)
     except (MemoryError, RecursionError):
         raise
     except Exception:  # a bad UID, a malformed pixel data element, an unusual value...
         return None
-    return header.model_copy(update={"dicom_json": text}), layout
+    return header, layout
 
 
 _PIXEL_VRS = frozenset({b"OB", b"OW", b"OF", b"OD"})

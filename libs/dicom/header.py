@@ -50,9 +50,11 @@ def build_header(ds: Dataset) -> DicomHeader:
     )
 
 
-def header_from_elements(elements: Elements, meta_elements: Elements) -> DicomHeader:
+def header_from_elements(
+    elements: Elements, meta_elements: Elements, dicom_json: str | None = None
+) -> DicomHeader:
     """`build_header` of the dataset whose top-level elements (as read, by tag) are
-    `elements` and whose file meta group is `meta_elements`."""
+    `elements` and whose file meta group is `meta_elements`, with its DICOM JSON."""
     r = _Reader(elements)
     meta = _Reader(meta_elements)
     return DicomHeader(
@@ -89,6 +91,7 @@ def header_from_elements(elements: Elements, meta_elements: Elements) -> DicomHe
             columns=r.ushort(0x00280011),
             number_of_frames=r.integer(0x00280008),
         ),
+        dicom_json=dicom_json,
     )
 
 
