@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import AMBIGUOUS_VR
 
 from libs.dicom.dicomjson_fast import FAST_VRS, fast_element
-from libs.dicom.quickread import Items
+from libs.dicom.quickread import Items, plain_vr
 
 BULK_THRESHOLD = 1024  # bytes of a binary value above which it is a BulkDataURI
 MAX_JSON_CHARS = 256 * 1024
@@ -96,7 +96,7 @@ def _parts(
         if tag >> 16 == 0x0002:
             continue
         key = f"{tag:08X}"
-        vr = elem.VR
+        vr = elem.VR or plain_vr(tag)  # read with implicit VR: the dictionary's
         if vr == "SQ":
             items = sequences.get(tag)
             if items is None:
@@ -191,7 +191,7 @@ def _element(
             return None  # a deferred value no BulkDataURI may stand for: left out
         return {"vr": vr, "BulkDataURI": BULK_PREFIX + path}
     if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
-        vr = raw.VR or _plain_vr(tag)
+        vr = raw.VR or plain_vr(tag)
         if vr in FAST_VRS:
             charset = ds.original_character_set or ds._character_set
             fast = fast_element(vr, raw.value, raw.is_little_endian, charset, path)
@@ -214,18 +214,6 @@ def _converted(ds: Dataset, tag: int, raw: DataElement | RawDataElement) -> Data
         if elem.VR not in AMBIGUOUS_VR and elem.VR != "SQ":
             return elem
     return ds[tag]
-
-
-def _plain_vr(tag: int) -> str:
-    """The dictionary's VR of a public tag read with implicit VR; "" when it is ambiguous
-    (US or SS...), private or unknown: pydicom decides those."""
-    if tag & 0x10000:
-        return ""
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return ""
-    return "" if " or " in vr else vr
 
 
 def _dictionary_vr(tag: int) -> str:

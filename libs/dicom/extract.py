@@ -221,7 +221,7 @@ def _quick(data: bytes) -> tuple[DicomHeader, _Layout] | None:
             converted = convert_raw_data_element(raw, encoding=default_encoding)
             elements[_CHARSET] = converted
             charset = convert_encodings(converted.value)
-        layout = _layout(BytesIO(data), len(data), read.end, implicit=False, little=True)
+        layout = _layout(BytesIO(data), len(data), read.end, implicit=read.implicit, little=True)
         text = elements_json(elements, charset, layout.pixel, read.sequences)
         header = header_from_elements(elements, read.meta, text)
     except (MemoryError, RecursionError):

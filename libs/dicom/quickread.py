@@ -2,15 +2,18 @@
 
 `dcmread` costs the extractor more than its two SHA-256 passes: file meta objects, a
 Dataset, a Tag and an attribute write per element. Nearly every file an archive sees is
-plain: Explicit VR Little Endian (natively or as the frame of an encapsulated syntax),
-known VRs, tags in order, well-formed sequence items. For such a file `quick_read` walks
-the elements itself (a bounds-checked `unpack_from` per element) and gives the same
-top-level `RawDataElement`s `dcmread(stop_before_pixels=True)` would, plus the items of
-its sequences, so the header and the DICOM JSON are built from the same values.
+plain: Explicit VR Little Endian (natively or as the frame of an encapsulated syntax) or
+Implicit VR Little Endian, known VRs, tags in order, well-formed sequence items. For
+such a file `quick_read` walks the elements itself (a bounds-checked `unpack_from` per
+element) and gives the same top-level `RawDataElement`s `dcmread(stop_before_pixels=True)`
+would, plus the items of its sequences, so the header and the DICOM JSON are built from
+the same values.
 
 Anything else returns None and the file takes pydicom's path (`extract.py`), which
 judges it: this module never refuses a file, it only declines to read it. Declined:
-another transfer syntax (implicit VR, big endian, deflate, none), a command group, a
+another transfer syntax (big endian, deflate, private, none), with implicit VR an
+element whose VR the dictionary does not settle (private, ambiguous such as US or SS,
+unknown) or a dataset starting like explicit VR (pydicom switches), a command group, a
 value other than a sequence's or an item's of undefined length, an unknown VR, a stray
 item or delimiter tag, a tag out of order or repeated, an element or item past EOF or
 past its parent's end, a top-level value over the deferral size, an item with its own
@@ -26,12 +29,14 @@ from dataclasses import dataclass
 from struct import Struct
 
 from pydicom.charset import default_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement, empty_value_for_VR
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
 
 from libs.dicom.content import PIXEL_TAGS
 
+_IMPLICIT_LE = "1.2.840.10008.1.2"
 # Transfer syntaxes whose dataset is Explicit VR Little Endian: the native one and the
 # encapsulated ones (JPEG, JPEG-LS, JPEG 2000, HTJ2K, RLE, MPEG/HEVC video).
 _EXPLICIT_LE = frozenset(
@@ -75,6 +80,7 @@ class QuickRead:
     elements: Elements
     sequences: Sequences  # the items of the top-level sequences
     end: int  # where the walk stopped: the pixel data element's tag, or the end of the file
+    implicit: bool  # Implicit VR Little Endian (else Explicit)
 
 
 class _Declined(Exception):
@@ -88,38 +94,46 @@ def quick_read(data: bytes) -> QuickRead | None:
     if size < 140 or data[128:132] != b"DICM":
         return None
     try:
-        meta, _, pos = _walk(data, 132, _META, size, 0)
+        meta, _, pos = _walk(data, 132, _META, size, 0, False)
         if not meta or next(iter(meta)) == _TRANSFER_SYNTAX:
             return None  # pydicom converts the first meta element in place
         syntax = meta.get(_TRANSFER_SYNTAX)
         if syntax is None or not isinstance(syntax.value, bytes):
             return None
-        if syntax.value.decode(default_encoding).rstrip("\0 ") not in _EXPLICIT_LE:
+        uid = syntax.value.decode(default_encoding).rstrip("\0 ")
+        if uid != _IMPLICIT_LE and uid not in _EXPLICIT_LE:
             return None
         if pos + 8 > size or data[pos : pos + 2] == b"\0\0":  # no dataset, or a command group
             return None
-        elements, sequences, end = _walk(data, pos, _TOP, size, 0)
+        implicit = uid == _IMPLICIT_LE
+        if implicit and 0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B:
+            return None  # looks explicit: pydicom would switch (and warn)
+        elements, sequences, end = _walk(data, pos, _TOP, size, 0, implicit)
     except _Declined:
         return None
     if not elements:
         return None
-    return QuickRead(meta, elements, sequences, end)
+    return QuickRead(meta, elements, sequences, end, implicit)
 
 
 def _walk(
-    data: bytes, pos: int, mode: int, limit: int, depth: int
+    data: bytes, pos: int, mode: int, limit: int, depth: int, implicit: bool
 ) -> tuple[Elements, Sequences, int]:
-    """Explicit VR little endian elements from `pos` up to `limit`; see `_META` for where
-    each kind of walk ends. Returns the elements, the items of their sequences and the
-    position after the last element (after the delimitation item of an item)."""
+    """Little endian elements from `pos` up to `limit`; see `_META` for where each kind of
+    walk ends. Returns the elements, the items of their sequences and the position after
+    the last element (after the delimitation item of an item)."""
     out: Elements = {}
     sequences: Sequences = {}
     last = -1
-    head, length32 = _HEAD.unpack_from, _LENGTH.unpack_from
+    head, length32, plain = _HEAD.unpack_from, _LENGTH.unpack_from, _ITEM_HEAD.unpack_from
     while pos < limit:
         if pos + 8 > limit:
             raise _Declined  # an element header cut by EOF (or by the item's end)
-        group, elem, raw_vr, length = head(data, pos)
+        if implicit:
+            group, elem, length = plain(data, pos)
+            raw_vr = b"\0\0"
+        else:
+            group, elem, raw_vr, length = head(data, pos)
         tag = group << 16 | elem
         if mode == _META and group != 0x0002:
             break
@@ -127,23 +141,30 @@ def _walk(
             break
         if mode == _ITEM_UNDEFINED and tag == _ITEM_END and raw_vr == b"\0\0" and not length:
             return out, sequences, pos + 8
-        vr = _VRS.get(raw_vr)
-        if vr is None or tag <= last or group == 0xFFFE:
+        if tag <= last or group == 0xFFFE:
             raise _Declined
-        if vr in _LONG:
-            if pos + 12 > limit:
-                raise _Declined
-            (length,) = length32(data, pos + 8)
-            start = pos + 12
+        start = pos + 8
+        if implicit:
+            file_vr = None  # as pydicom stores it; the dictionary's VR renders it
+            vr = plain_vr(tag)
+            if not vr:
+                raise _Declined  # private, ambiguous or unknown: pydicom decides its VR
         else:
-            start = pos + 8
+            file_vr = vr = _VRS.get(raw_vr, "")
+            if not vr:
+                raise _Declined
+            if vr in _LONG:
+                if pos + 12 > limit:
+                    raise _Declined
+                (length,) = length32(data, pos + 8)
+                start = pos + 12
         if length > _DEFER_SIZE and length != _UNDEFINED and (mode != _TOP or tag != _CHARSET):
             raise _Declined  # pydicom defers a long top-level value: its path reads those
         if vr == "SQ" and mode != _META and depth < _MAX_DEPTH:
-            items, end = _sequence(data, start, length, limit, depth + 1)
+            items, end = _sequence(data, start, length, limit, depth + 1, implicit)
             sequences[tag] = items
             value = None if length == _UNDEFINED else data[start:end]
-            out[tag] = RawDataElement(BaseTag(tag), vr, length, value, start, False, True)
+            out[tag] = RawDataElement(BaseTag(tag), file_vr, length, value, start, implicit, True)
             last, pos = tag, end
             continue
         end = start + length
@@ -151,15 +172,17 @@ def _walk(
             raise _Declined
         if tag == _CHARSET and mode != _TOP:
             raise _Declined  # an item's own character set: pydicom's path
-        value = data[start:end] if length else _EMPTY[vr]
-        out[tag] = RawDataElement(BaseTag(tag), vr, length, value, start, False, True)
+        value = data[start:end] if length else None if implicit else _EMPTY[vr]
+        out[tag] = RawDataElement(BaseTag(tag), file_vr, length, value, start, implicit, True)
         last, pos = tag, end
     if mode == _ITEM_UNDEFINED:
         raise _Declined  # no delimitation item before the end
     return out, sequences, pos
 
 
-def _sequence(data: bytes, pos: int, length: int, limit: int, depth: int) -> tuple[Items, int]:
+def _sequence(
+    data: bytes, pos: int, length: int, limit: int, depth: int, implicit: bool
+) -> tuple[Items, int]:
     """The items of a sequence whose value starts at `pos`, and the position after it."""
     items: Items = []
     end = limit if length == _UNDEFINED else pos + length
@@ -178,12 +201,24 @@ def _sequence(data: bytes, pos: int, length: int, limit: int, depth: int) -> tup
             raise _Declined
         pos += 8
         if item_length == _UNDEFINED:
-            elements, sequences, pos = _walk(data, pos, _ITEM_UNDEFINED, end, depth)
+            elements, sequences, pos = _walk(data, pos, _ITEM_UNDEFINED, end, depth, implicit)
         else:
             item_end = pos + item_length
             if item_end > end:
                 raise _Declined
-            elements, sequences, pos = _walk(data, pos, _ITEM_DEFINED, item_end, depth)
+            elements, sequences, pos = _walk(data, pos, _ITEM_DEFINED, item_end, depth, implicit)
             if pos != item_end:
                 raise _Declined
         items.append((elements, sequences))
+
+
+def plain_vr(tag: int) -> str:
+    """The dictionary's VR of a public tag read with implicit VR; "" when it is ambiguous
+    (US or SS...), private or unknown: pydicom decides those."""
+    if tag & 0x10000:
+        return ""
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return ""
+    return "" if " or " in vr else vr

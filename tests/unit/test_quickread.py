@@ -96,29 +96,35 @@ def instance(tmp_path: Path, name: str, **overrides: object) -> Dataset:
         ("", "Smith^John"),
     ],
 )
+@pytest.mark.parametrize("implicit", [False, True])
 def test_each_character_set_gives_the_same_outcome(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, charset: str, name: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, charset: str, name: str, implicit: bool
 ) -> None:
     ds = instance(tmp_path, "c.dcm", charset=charset, patient_name=name)
     if not charset:
         del ds.SpecificCharacterSet
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     write_instance(tmp_path / "c.dcm", ds)
     fast, slow, quick = both_paths(tmp_path / "c.dcm", monkeypatch)
     assert quick
     assert fast == slow
 
 
+@pytest.mark.parametrize("implicit", [False, True])
 @pytest.mark.parametrize("undefined_lengths", [False, True])
 def test_nested_sequences_are_read_quickly_with_the_same_outcome(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undefined_lengths: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undefined_lengths: bool, implicit: bool
 ) -> None:
     ds = instance(tmp_path, "s.dcm")
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     inner = Dataset()
     inner.CodeValue = "T-D3000"
     inner.CodeMeaning = "Brustkorb"
     item = Dataset()
     item.ReferencedSOPInstanceUID = synthetic_uid("q:other")
-    item.add_new(0x00091010, "OB", b"\x01" * 2000)  # bulk data inside an item: a nested path
+    item.add_new(0x00420011, "OB", b"\x01" * 2000)  # bulk data inside an item: a nested path
     item.AnatomicRegionSequence = [inner]
     ds.ReferencedImageSequence = [item, Dataset()]
     if undefined_lengths:
@@ -131,19 +137,26 @@ def test_nested_sequences_are_read_quickly_with_the_same_outcome(
     assert quick
     assert fast == slow
     assert isinstance(fast, tuple) and isinstance(fast[0], dict)
-    assert '"BulkDataURI":"bulkdata/00081140/1/00091010"' in fast[0]["dicom_json"]
+    assert '"BulkDataURI":"bulkdata/00081140/1/00420011"' in fast[0]["dicom_json"]
 
 
 @pytest.mark.parametrize(
     "case",
-    ["implicit VR", "an item's character set", "truncated pixel data", "a cut element header"],
+    [
+        "a private element read with implicit VR",
+        "an item's character set",
+        "truncated pixel data",
+        "a cut element header",
+    ],
 )
 def test_files_that_are_not_plain_take_pydicoms_path_with_the_same_outcome(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     ds = instance(tmp_path, "x.dcm")
-    if case == "implicit VR":
+    if case == "a private element read with implicit VR":
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.add_new(0x00090010, "LO", "ACME 1.0")
+        ds.add_new(0x00091001, "DS", "1.5")
     if case == "an item's character set":
         item = Dataset()
         item.SpecificCharacterSet = "ISO_IR 144"
