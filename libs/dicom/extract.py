@@ -5,16 +5,21 @@ can run in an isolated worker process (see `libs/runtime/sandbox.py`). It is wri
 hostile input: every way pydicom can fail becomes a `NotDicomError` or a
 `DicomParseError` whose message says what is wrong, in words.
 
+A file up to `_WHOLE_READ` bytes is read whole, once. A plain one (`libs.dicom.quickread`:
+nearly every file) is parsed from those bytes without pydicom, giving what pydicom's path
+would; both hashes are taken from the same bytes. Any other file takes pydicom's path,
+which judges it (the quick reader only declines, never refuses).
+
 How the two hashes are made (the contract is in `libs.contracts.events.Hashes`):
-- The header is parsed by `dcmread(stop_before_pixels=True)`, which leaves the file
-  positioned at the Pixel Data element's tag. That position is verified (the tag
-  is read back), then the element header is decoded here, honouring the encoding
-  pydicom actually used (explicit/implicit VR, little/big endian).
-- One streaming pass over the file in 1 MiB chunks feeds `file_sha256` with every
-  byte and `content_sha256` with the bytes inside the "content ranges": the Pixel
-  Data value as stored (native), or each fragment's value (encapsulated: the items
-  up to the sequence delimiter, the Basic Offset Table item included), or, with no
-  pixel data, the dataset after the file meta group to EOF.
+- The header is parsed (quickly, or by `dcmread(stop_before_pixels=True)`, which leaves
+  the file positioned there) up to the Pixel Data element's tag. That position is
+  verified (the tag is read back), then the element header is decoded here, honouring
+  the encoding the parse used (explicit/implicit VR, little/big endian).
+- One pass over the file (the bytes read, or a stream in 1 MiB chunks) feeds
+  `file_sha256` with every byte and `content_sha256` with the bytes inside the
+  "content ranges": the Pixel Data value as stored (native), or each fragment's value
+  (encapsulated: the items up to the sequence delimiter, the Basic Offset Table item
+  included), or, with no pixel data, the dataset after the file meta group to EOF.
 - Deflated Explicit VR Little Endian compresses the whole dataset, so no element
   has a file offset: its content hash covers the deflated bytes after the file meta.
 """
