@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
@@ -112,6 +113,26 @@ def _joined(value: object) -> str:
     return str(value)
 
 
+# Decoded texts and names are remembered: a series' instances repeat most of them.
+_REMEMBERED = 256  # bytes; longer values are decoded each time
+
+
+@lru_cache(maxsize=2048)
+def _text_of(raw: bytes, codecs: tuple[str, ...]) -> str:
+    return _clean(_joined(convert_text(raw, list(codecs))))
+
+
+@lru_cache(maxsize=2048)
+def _name_of(raw: bytes, codecs: tuple[str, ...]) -> str:
+    return _clean(_joined(convert_PN(raw, list(codecs))))
+
+
+@lru_cache(maxsize=64)
+def _codecs_of(terms: tuple[str, ...]) -> tuple[str, ...]:
+    """Python codecs of Specific Character Set's defined terms (pydicom's mapping)."""
+    return tuple(convert_encodings(list(terms)))
+
+
 class _Reader:
     """Reads optional values from the raw elements of one dataset."""
 
@@ -120,9 +141,10 @@ class _Reader:
         values = self.ascii(0x00080005).split("\\")
         self.charset = "\\".join(v.strip() for v in values)
         try:
-            self._encodings = convert_encodings([v.strip() for v in values])
+            self._codecs = _codecs_of(tuple(v.strip() for v in values))
         except Exception:  # unknown or malformed: decode as pydicom's default
-            self._encodings = [default_encoding]
+            self._codecs = (default_encoding,)
+        self._encodings = list(self._codecs)
 
     def _raw(self, tag: int) -> bytes | None:
         """The value bytes of `tag`; None if absent, already converted, or deferred."""
@@ -131,15 +153,23 @@ class _Reader:
             return elem.value
         return None
 
-    def _decoded(self, tag: int, decode: Callable[[bytes], object]) -> str:
+    def _decoded(
+        self,
+        tag: int,
+        decode: Callable[[bytes], object],
+        remembered: Callable[[bytes, tuple[str, ...]], str] | None = None,
+    ) -> str:
         elem = self._elems.get(tag)
         if elem is None:
             return ""
         try:
             if isinstance(elem, RawDataElement):
-                if not isinstance(elem.value, bytes) or not elem.value:
+                value = elem.value
+                if not isinstance(value, bytes) or not value:
                     return ""  # empty, or deferred: far longer than any valid value
-                return _clean(_joined(decode(elem.value)))
+                if remembered is not None and len(value) <= _REMEMBERED:
+                    return remembered(value, self._codecs)
+                return _clean(_joined(decode(value)))
             # Already converted by pydicom (it reads Specific Character Set itself).
             if elem.VR == "SQ" or elem.value is None:
                 return ""
@@ -155,11 +185,11 @@ class _Reader:
 
     def text(self, tag: int) -> str:
         """SH, LO: decoded with the Specific Character Set."""
-        return self._decoded(tag, lambda raw: convert_text(raw, self._encodings))
+        return self._decoded(tag, lambda raw: convert_text(raw, self._encodings), _text_of)
 
     def name(self, tag: int) -> str:
         """PN: all groups (alphabetic=ideographic=phonetic), decoded."""
-        return self._decoded(tag, lambda raw: convert_PN(raw, self._encodings))
+        return self._decoded(tag, lambda raw: convert_PN(raw, self._encodings), _name_of)
 
     def uid(self, tag: int, keyword: str) -> str:
         elem = self._elems.get(tag)
