@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from io import BufferedReader
 from struct import unpack
+from typing import BinaryIO
 
 from libs.contracts.errors import DicomParseError
 
@@ -33,7 +34,7 @@ _LONG_VRS = frozenset(
 Ranges = list[tuple[int, int]]
 
 
-def meta_end(f: BufferedReader, size: int) -> int:
+def meta_end(f: BinaryIO, size: int) -> int:
     """Offset of the first byte after the file meta group (0002,xxxx).
 
     Walks the group as Part 10 encodes it (explicit VR little endian, from offset
@@ -54,7 +55,7 @@ def meta_end(f: BufferedReader, size: int) -> int:
     return min(pos, size)
 
 
-def pixel_ranges(f: BufferedReader, pos: int, size: int, *, implicit: bool, little: bool) -> Ranges:
+def pixel_ranges(f: BinaryIO, pos: int, size: int, *, implicit: bool, little: bool) -> Ranges:
     """Content ranges of the pixel data element whose tag starts at `pos`."""
     e = "<" if little else ">"
     f.seek(pos)
@@ -88,7 +89,7 @@ def pixel_ranges(f: BufferedReader, pos: int, size: int, *, implicit: bool, litt
     return [(start, start + length)] if length else []
 
 
-def _fragment_ranges(f: BufferedReader, pos: int, size: int, e: str) -> Ranges:
+def _fragment_ranges(f: BinaryIO, pos: int, size: int, e: str) -> Ranges:
     """Walk encapsulated Pixel Data items (FFFE,E000) up to the delimiter (FFFE,E0DD)."""
     ranges: Ranges = []
     while True:
@@ -151,4 +152,16 @@ def hash_file(
                 break
             i += 1
         pos = end
+    return whole.hexdigest(), content.hexdigest()
+
+
+def hash_bytes(data: bytes, ranges: Ranges, *, zero_head: int = 0) -> tuple[str, str]:
+    """`hash_file` of a file already read whole into `data`."""
+    view = memoryview(data)
+    whole, content = hashlib.sha256(), hashlib.sha256()
+    if zero_head:
+        whole.update(bytes(min(zero_head, len(data))))
+    whole.update(view[zero_head:])
+    for a, b in ranges:
+        content.update(view[a:b])
     return whole.hexdigest(), content.hexdigest()

@@ -20,7 +20,8 @@ what this module adds:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from pydicom.charset import default_encoding
@@ -30,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import AMBIGUOUS_VR
 
 from libs.dicom.dicomjson_fast import FAST_VRS, fast_element
+from libs.dicom.quickread import Items, plain_vr
 
 BULK_THRESHOLD = 1024  # bytes of a binary value above which it is a BulkDataURI
 MAX_JSON_CHARS = 256 * 1024
@@ -47,13 +49,116 @@ def header_json(ds: Dataset, pixel: tuple[int, str] | None = None) -> str | None
     (parsed with `stop_before_pixels`). None when it cannot be made or is too large."""
     try:
         model = dataset_model(ds, "")
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except BaseException:  # RecursionError, a converter's error: no JSON, not a lost file
+        return None
+    return _text(model, pixel)
+
+
+class NeedsPydicom(Exception):
+    """An element `elements_json` does not render exactly as pydicom would."""
+
+
+def elements_json(
+    elements: Mapping[int, DataElement | RawDataElement],
+    charset: str | Sequence[str],
+    pixel: tuple[int, str] | None = None,
+    sequences: Mapping[int, Items] | None = None,
+) -> str | None:
+    """`header_json` of a dataset given as its top-level elements as read (ascending tags,
+    values not deferred) and the items of its sequences (`libs.dicom.quickread`), without
+    a pydicom Dataset: every element is rendered by `fast_element`, or NeedsPydicom is
+    raised. `charset` is the dataset's Python encoding(s), as pydicom's
+    `Dataset.original_character_set` (its items have no character set of their own).
+
+    The text is joined from each element's JSON text, which is what `json.dumps` of the
+    whole model writes; a short value's text is remembered (`_fragment`), since most of
+    an instance's values are its series' and study's, repeated in every instance."""
+    codecs = charset if isinstance(charset, str) else tuple(charset)
+    parts = _parts(elements, sequences or {}, codecs, "")
+    if pixel is not None:
+        key = f"{pixel[0]:08X}"  # never read: past where the header stops
+        parts.append(f'"{key}":{_dumps({"vr": pixel[1], "BulkDataURI": BULK_PREFIX + key})}')
+    text = "{" + ",".join(parts) + "}"
+    return text if len(text) <= MAX_JSON_CHARS else None
+
+
+def _parts(
+    elements: Mapping[int, DataElement | RawDataElement],
+    sequences: Mapping[int, Items],
+    codecs: str | tuple[str, ...],
+    path: str,
+) -> list[str]:
+    """'"GGGGEEEE":{...}' for each element of one dataset, as `dataset_model` renders it."""
+    parts = []
+    for tag, elem in elements.items():
+        if tag >> 16 == 0x0002:
+            continue
+        key = f"{tag:08X}"
+        vr = elem.VR or plain_vr(tag)  # read with implicit VR: the dictionary's
+        if vr == "SQ":
+            items = sequences.get(tag)
+            if items is None:
+                raise NeedsPydicom(key)
+            texts = [
+                "{" + ",".join(_parts(item, nested, codecs, f"{path}{key}/{n}/")) + "}"
+                for n, (item, nested) in enumerate(items, 1)
+            ]
+            text = '{"vr":"SQ","Value":[' + ",".join(texts) + "]}" if texts else '{"vr":"SQ"}'
+            parts.append(f'"{key}":{text}')
+            continue
+        if vr not in FAST_VRS:
+            raise NeedsPydicom(key)
+        value = elem.value
+        try:
+            if not isinstance(elem, RawDataElement):  # Specific Character Set: pydicom read it
+                text = _dumps(elem.to_json_dict(_bulk_uri, BULK_THRESHOLD))
+            elif value is None:  # empty number or binary value (deferred ones: declined)
+                text = _dumps({"vr": vr})
+            elif len(value) <= _REMEMBERED:
+                text = _fragment(vr, value, elem.is_little_endian, codecs)
+            else:
+                text = _dumps(
+                    fast_element(vr, value, elem.is_little_endian, codecs, f"{path}{key}")
+                )
+        except (MemoryError, RecursionError):
+            raise
+        except Exception:
+            raise NeedsPydicom(key) from None  # pydicom's path leaves the element out
+        parts.append(f'"{key}":{text}')
+    return parts
+
+
+# Values up to this many bytes have their JSON text remembered: never a BulkDataURI (whose
+# path would differ by element), and at most `maxsize` of them.
+_REMEMBERED = 256
+
+
+@lru_cache(maxsize=4096)
+def _fragment(vr: str, value: bytes, little: bool, charset: str | tuple[str, ...]) -> str:
+    return _dumps(fast_element(vr, value, little, charset, ""))
+
+
+def _dumps(element: dict[str, Any] | None) -> str:
+    if element is None:
+        raise NeedsPydicom
+    return json.dumps(element, separators=(",", ":"), ensure_ascii=False)
+
+
+def _bulk_uri(elem: DataElement) -> str:
+    return f"{BULK_PREFIX}{elem.tag:08X}"  # a top-level element's path is its tag
+
+
+def _text(model: dict[str, Any], pixel: tuple[int, str] | None) -> str | None:
+    try:
         if pixel is not None and f"{pixel[0]:08X}" not in model:
             tag, vr = pixel
             model[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{BULK_PREFIX}{tag:08X}"}
         text = json.dumps(model, separators=(",", ":"), ensure_ascii=False)
     except (MemoryError, KeyboardInterrupt):
         raise
-    except BaseException:  # RecursionError, a converter's error: no JSON, not a lost file
+    except BaseException:
         return None
     return text if len(text) <= MAX_JSON_CHARS else None
 
@@ -86,9 +191,10 @@ def _element(
             return None  # a deferred value no BulkDataURI may stand for: left out
         return {"vr": vr, "BulkDataURI": BULK_PREFIX + path}
     if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
-        vr = raw.VR or _plain_vr(tag)
+        vr = raw.VR or plain_vr(tag)
         if vr in FAST_VRS:
-            fast = fast_element(vr, raw.value, raw.is_little_endian, ds, path)
+            charset = ds.original_character_set or ds._character_set
+            fast = fast_element(vr, raw.value, raw.is_little_endian, charset, path)
             if fast is not None:
                 return fast
     elem = _converted(ds, tag, raw)
@@ -108,18 +214,6 @@ def _converted(ds: Dataset, tag: int, raw: DataElement | RawDataElement) -> Data
         if elem.VR not in AMBIGUOUS_VR and elem.VR != "SQ":
             return elem
     return ds[tag]
-
-
-def _plain_vr(tag: int) -> str:
-    """The dictionary's VR of a public tag read with implicit VR; "" when it is ambiguous
-    (US or SS...), private or unknown: pydicom decides those."""
-    if tag & 0x10000:
-        return ""
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return ""
-    return "" if " or " in vr else vr
 
 
 def _dictionary_vr(tag: int) -> str:

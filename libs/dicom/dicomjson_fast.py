@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from pydicom.charset import default_encoding
-from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.values import convert_PN, convert_single_string, convert_text
 
@@ -28,7 +28,7 @@ _SINGLE = frozenset({"LT", "ST", "UT"})
 _NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 _BINARY = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 FAST_VRS = frozenset(
-    _STRINGS | _TEXT | _SINGLE | _BINARY | set(_NUMBERS) | {"AE", "UI", "PN", "IS", "DS"}
+    _STRINGS | _TEXT | _SINGLE | _BINARY | set(_NUMBERS) | {"AE", "UI", "PN", "IS", "DS", "AT"}
 )
 
 
@@ -65,9 +65,10 @@ def _decimal(vr: str, value: bytes) -> list[Any] | None:
 
 
 def fast_element(
-    vr: str, value: bytes, little: bool, ds: Dataset, path: str
+    vr: str, value: bytes, little: bool, charset: str | Sequence[str], path: str
 ) -> dict[str, Any] | None:
-    """The JSON of one raw element, or None to let pydicom do it."""
+    """The JSON of one raw element, or None to let pydicom do it; `charset` is the
+    dataset's Python encoding(s), as pydicom's `Dataset.original_character_set`."""
     out: dict[str, Any] = {"vr": vr}
     items: list[Any] | None
     if vr in _BINARY:
@@ -77,7 +78,12 @@ def fast_element(
             else:
                 out["InlineBinary"] = base64.b64encode(value).decode()
         return out
-    if vr in _NUMBERS:
+    if vr == "AT":  # tags as "GGGGEEEE", each a (group, element) pair of 16-bit numbers
+        if len(value) % 4:
+            return None
+        pairs = struct.unpack(f"{'<' if little else '>'}{len(value) // 2}H", value)
+        items = [f"{pairs[i]:04X}{pairs[i + 1]:04X}" for i in range(0, len(pairs), 2)]
+    elif vr in _NUMBERS:
         items = _numbers(vr, value, little)
         if items is None:
             return None
@@ -92,7 +98,6 @@ def fast_element(
     elif vr == "UI":
         items = _values(value.decode(default_encoding).rstrip("\x00 ").split("\\"))
     else:
-        charset = ds.original_character_set or ds._character_set
         encodings = [charset] if isinstance(charset, str) else list(charset)
         if vr in _TEXT:
             text = convert_text(value, encodings)

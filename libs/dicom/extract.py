@@ -5,16 +5,21 @@ can run in an isolated worker process (see `libs/runtime/sandbox.py`). It is wri
 hostile input: every way pydicom can fail becomes a `NotDicomError` or a
 `DicomParseError` whose message says what is wrong, in words.
 
+A file up to `_WHOLE_READ` bytes is read whole, once. A plain one (`libs.dicom.quickread`:
+nearly every file) is parsed from those bytes without pydicom, giving what pydicom's path
+would; both hashes are taken from the same bytes. Any other file takes pydicom's path,
+which judges it (the quick reader only declines, never refuses).
+
 How the two hashes are made (the contract is in `libs.contracts.events.Hashes`):
-- The header is parsed by `dcmread(stop_before_pixels=True)`, which leaves the file
-  positioned at the Pixel Data element's tag. That position is verified (the tag
-  is read back), then the element header is decoded here, honouring the encoding
-  pydicom actually used (explicit/implicit VR, little/big endian).
-- One streaming pass over the file in 1 MiB chunks feeds `file_sha256` with every
-  byte and `content_sha256` with the bytes inside the "content ranges": the Pixel
-  Data value as stored (native), or each fragment's value (encapsulated: the items
-  up to the sequence delimiter, the Basic Offset Table item included), or, with no
-  pixel data, the dataset after the file meta group to EOF.
+- The header is parsed (quickly, or by `dcmread(stop_before_pixels=True)`, which leaves
+  the file positioned there) up to the Pixel Data element's tag. That position is
+  verified (the tag is read back), then the element header is decoded here, honouring
+  the encoding the parse used (explicit/implicit VR, little/big endian).
+- One pass over the file (the bytes read, or a stream in 1 MiB chunks) feeds
+  `file_sha256` with every byte and `content_sha256` with the bytes inside the
+  "content ranges": the Pixel Data value as stored (native), or each fragment's value
+  (encapsulated: the items up to the sequence delimiter, the Basic Offset Table item
+  included), or, with no pixel data, the dataset after the file meta group to EOF.
 - Deflated Explicit VR Little Endian compresses the whole dataset, so no element
   has a file offset: its content hash covers the deflated bytes after the file meta.
 """
@@ -27,21 +32,31 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from io import BufferedReader
+from io import BufferedReader, BytesIO
 from struct import unpack
 from typing import BinaryIO
 
 import pydicom
-from pydicom.dataelem import RawDataElement
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from libs.contracts.errors import DicomParseError, NotDicomError, PermanentError
 from libs.contracts.events import DicomHeader, Hashes
-from libs.dicom.content import PIXEL_TAGS, UNDEFINED, Ranges, hash_file, meta_end, pixel_ranges
-from libs.dicom.dicomjson import header_json
-from libs.dicom.header import build_header
+from libs.dicom.content import (
+    PIXEL_TAGS,
+    UNDEFINED,
+    Ranges,
+    hash_bytes,
+    hash_file,
+    meta_end,
+    pixel_ranges,
+)
+from libs.dicom.dicomjson import elements_json, header_json
+from libs.dicom.header import build_header, header_from_elements
 from libs.dicom.preamble import PREAMBLE, preamble_problem
+from libs.dicom.quickread import quick_read
 from libs.storage.stamp import source_stamp
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -49,6 +64,10 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 # skips them); nothing `build_header` reads is legitimately that long.
 _DEFER_SIZE = 1 << 20
 _GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR})
+# Files up to this size are read whole, once, for the header and both hashes; larger ones
+# (multi-frame) are parsed from the file and hashed in a streaming pass.
+_WHOLE_READ = 64 << 20
+_CHARSET = 0x00080005
 
 
 @dataclass(frozen=True)
@@ -105,15 +124,22 @@ def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomH
             size = opened.st_size
             if size == 0:
                 raise NotDicomError("empty file")
-            problem = preamble_problem(f.read(PREAMBLE + 4))
+            # One read of the whole file: the header is parsed from it and it is hashed.
+            data = f.read(size) if size <= _WHOLE_READ else f.read(PREAMBLE + 4)
+            problem = preamble_problem(data[: PREAMBLE + 4])
             if problem and not zero_hostile_preamble:
                 raise DicomParseError(problem)
-            f.seek(0)
-            ds, layout = _parse(f, size)
-            header = build_header(ds)
-            header = header.model_copy(update={"dicom_json": header_json(ds, layout.pixel)})
             zeroed = PREAMBLE if problem else 0
-            file_hash, content_hash = hash_file(f, size, layout.ranges, zero_head=zeroed)
+            quick = _quick(data) if len(data) == size else None
+            if quick is not None:
+                header, layout = quick
+                file_hash, content_hash = hash_bytes(data, layout.ranges, zero_head=zeroed)
+            else:  # anything but a plain file, or a large one: pydicom reads it
+                f.seek(0)
+                ds, layout = _parse(f, size)
+                header = build_header(ds)
+                header = header.model_copy(update={"dicom_json": header_json(ds, layout.pixel)})
+                file_hash, content_hash = hash_file(f, size, layout.ranges, zero_head=zeroed)
             stamp = None if problem else source_stamp(opened, os.fstat(f.fileno()), now_ns=started)
     except (PermanentError, MemoryError):
         raise
@@ -169,22 +195,52 @@ def _parse(f: BufferedReader, size: int) -> tuple[Dataset, _Layout]:
     syntax = _transfer_syntax(ds)
     # Deflate: pydicom parsed an inflated copy, so offsets are not file offsets.
     implicit, little = _check_elements(ds, None if syntax == DEFLATED else size, syntax)
-    dataset = [(meta_end(f, size), size)]
     if syntax == DEFLATED:
-        return ds, _Layout(dataset, has_pixels=_deflated_has_pixels(ds))
+        return ds, _Layout([(meta_end(f, size), size)], has_pixels=_deflated_has_pixels(ds))
+    return ds, _layout(f, size, pos, implicit=implicit, little=little)
+
+
+def _layout(f: BinaryIO, size: int, pos: int, *, implicit: bool, little: bool) -> _Layout:
+    """The content ranges of a file whose dataset was read up to `pos`: the pixel data's
+    tag there, or the end of the file."""
+    dataset = [(meta_end(f, size), size)]
     if pos >= size:
-        return ds, _Layout(dataset, has_pixels=False)
+        return _Layout(dataset, has_pixels=False)
     ranges = pixel_ranges(f, pos, size, implicit=implicit, little=little)
     if not ranges:  # zero-length Pixel Data: nothing to identify the image by
-        return ds, _Layout(dataset, has_pixels=False)
-    return ds, _Layout(ranges, has_pixels=True, pixel=_pixel_element(f, pos, implicit, little))
+        return _Layout(dataset, has_pixels=False)
+    return _Layout(ranges, has_pixels=True, pixel=_pixel_element(f, pos, implicit, little))
+
+
+def _quick(data: bytes) -> tuple[DicomHeader, _Layout] | None:
+    """Header and layout of a plain file read whole (`libs.dicom.quickread`), the same as
+    pydicom's path gives; None for any other file, which that path then reads and judges."""
+    read = quick_read(data)
+    if read is None:
+        return None
+    elements: dict[int, DataElement | RawDataElement] = dict(read.elements)
+    charset: str | list[str] = default_encoding
+    try:
+        raw = read.elements.get(_CHARSET)
+        if raw is not None:  # converted while reading, as `dcmread` does
+            converted = convert_raw_data_element(raw, encoding=default_encoding)
+            elements[_CHARSET] = converted
+            charset = convert_encodings(converted.value)
+        layout = _layout(BytesIO(data), len(data), read.end, implicit=read.implicit, little=True)
+        text = elements_json(elements, charset, layout.pixel, read.sequences)
+        header = header_from_elements(elements, read.meta, text)
+    except (MemoryError, RecursionError):
+        raise
+    except Exception:  # a bad UID, a malformed pixel data element, an unusual value...
+        return None
+    return header, layout
 
 
 _PIXEL_VRS = frozenset({b"OB", b"OW", b"OF", b"OD"})
 _IMPLICIT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
 
 
-def _pixel_element(f: BufferedReader, pos: int, implicit: bool, little: bool) -> tuple[int, str]:
+def _pixel_element(f: BinaryIO, pos: int, implicit: bool, little: bool) -> tuple[int, str]:
     """(tag, VR) of the pixel data element at `pos` (`pixel_ranges` checked its header)."""
     f.seek(pos)
     head = f.read(6)

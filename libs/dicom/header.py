@@ -21,10 +21,11 @@ message size limit whatever the file holds.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import lru_cache
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.values import convert_PN, convert_text
@@ -36,12 +37,27 @@ from libs.dicom.uids import require_uid
 MAX_TEXT_LENGTH = 1024
 _INT = re.compile(rb"[+-]?[0-9]{1,12}")
 _INT_RANGE = range(-(2**31), 2**31)  # IS is a signed 32-bit integer (PS3.5 §6.2)
+# A dataset's elements by tag as read: raw, or converted where pydicom converted them.
+Elements = Mapping[int, DataElement | RawDataElement]
 
 
 def build_header(ds: Dataset) -> DicomHeader:
     """The header contract for `ds`; DicomParseError when a required UID is bad."""
-    r = _Reader(ds)
-    meta = _Reader(getattr(ds, "file_meta", None) or Dataset())
+    # `items()` gives the stored elements as read: no conversion, no deferred read.
+    meta = getattr(ds, "file_meta", None)
+    return header_from_elements(
+        {int(tag): elem for tag, elem in ds.items()},
+        {int(tag): elem for tag, elem in meta.items()} if meta is not None else {},
+    )
+
+
+def header_from_elements(
+    elements: Elements, meta_elements: Elements, dicom_json: str | None = None
+) -> DicomHeader:
+    """`build_header` of the dataset whose top-level elements (as read, by tag) are
+    `elements` and whose file meta group is `meta_elements`, with its DICOM JSON."""
+    r = _Reader(elements)
+    meta = _Reader(meta_elements)
     return DicomHeader(
         patient=PatientAttrs(
             patient_id=r.text(0x00100020),
@@ -76,35 +92,59 @@ def build_header(ds: Dataset) -> DicomHeader:
             columns=r.ushort(0x00280011),
             number_of_frames=r.integer(0x00280008),
         ),
+        dicom_json=dicom_json,
     )
 
 
 def _clean(text: str) -> str:
     text = text.replace("\0", "").strip()
-    # Lone surrogates cannot be stored in PostgreSQL or encoded as UTF-8 JSON.
-    text = text.encode("utf-8", "replace").decode("utf-8")
+    if not text.isascii():
+        # Lone surrogates cannot be stored in PostgreSQL or encoded as UTF-8 JSON.
+        text = text.encode("utf-8", "replace").decode("utf-8")
     return text[:MAX_TEXT_LENGTH]
 
 
 def _joined(value: object) -> str:
     """A decoded value as DICOM writes it: several values separated by backslashes."""
+    if type(value) is str:  # the usual single value; `isinstance(MultiValue)` is costly
+        return value
     if isinstance(value, (MultiValue, list, tuple)):
         return "\\".join(str(v) for v in value)
     return str(value)
 
 
+# Decoded texts and names are remembered: a series' instances repeat most of them.
+_REMEMBERED = 256  # bytes; longer values are decoded each time
+
+
+@lru_cache(maxsize=2048)
+def _text_of(raw: bytes, codecs: tuple[str, ...]) -> str:
+    return _clean(_joined(convert_text(raw, list(codecs))))
+
+
+@lru_cache(maxsize=2048)
+def _name_of(raw: bytes, codecs: tuple[str, ...]) -> str:
+    return _clean(_joined(convert_PN(raw, list(codecs))))
+
+
+@lru_cache(maxsize=64)
+def _codecs_of(terms: tuple[str, ...]) -> tuple[str, ...]:
+    """Python codecs of Specific Character Set's defined terms (pydicom's mapping)."""
+    return tuple(convert_encodings(list(terms)))
+
+
 class _Reader:
     """Reads optional values from the raw elements of one dataset."""
 
-    def __init__(self, ds: Dataset) -> None:
-        # `items()` gives the stored elements as read: no conversion, no deferred read.
-        self._elems = {int(tag): elem for tag, elem in ds.items()}
+    def __init__(self, elements: Elements) -> None:
+        self._elems = elements
         values = self.ascii(0x00080005).split("\\")
         self.charset = "\\".join(v.strip() for v in values)
         try:
-            self._encodings = convert_encodings([v.strip() for v in values])
+            self._codecs = _codecs_of(tuple(v.strip() for v in values))
         except Exception:  # unknown or malformed: decode as pydicom's default
-            self._encodings = [default_encoding]
+            self._codecs = (default_encoding,)
+        self._encodings = list(self._codecs)
 
     def _raw(self, tag: int) -> bytes | None:
         """The value bytes of `tag`; None if absent, already converted, or deferred."""
@@ -113,15 +153,23 @@ class _Reader:
             return elem.value
         return None
 
-    def _decoded(self, tag: int, decode: Callable[[bytes], object]) -> str:
+    def _decoded(
+        self,
+        tag: int,
+        decode: Callable[[bytes], object],
+        remembered: Callable[[bytes, tuple[str, ...]], str] | None = None,
+    ) -> str:
         elem = self._elems.get(tag)
         if elem is None:
             return ""
         try:
             if isinstance(elem, RawDataElement):
-                if not isinstance(elem.value, bytes) or not elem.value:
+                value = elem.value
+                if not isinstance(value, bytes) or not value:
                     return ""  # empty, or deferred: far longer than any valid value
-                return _clean(_joined(decode(elem.value)))
+                if remembered is not None and len(value) <= _REMEMBERED:
+                    return remembered(value, self._codecs)
+                return _clean(_joined(decode(value)))
             # Already converted by pydicom (it reads Specific Character Set itself).
             if elem.VR == "SQ" or elem.value is None:
                 return ""
@@ -137,11 +185,11 @@ class _Reader:
 
     def text(self, tag: int) -> str:
         """SH, LO: decoded with the Specific Character Set."""
-        return self._decoded(tag, lambda raw: convert_text(raw, self._encodings))
+        return self._decoded(tag, lambda raw: convert_text(raw, self._encodings), _text_of)
 
     def name(self, tag: int) -> str:
         """PN: all groups (alphabetic=ideographic=phonetic), decoded."""
-        return self._decoded(tag, lambda raw: convert_PN(raw, self._encodings))
+        return self._decoded(tag, lambda raw: convert_PN(raw, self._encodings), _name_of)
 
     def uid(self, tag: int, keyword: str) -> str:
         elem = self._elems.get(tag)
