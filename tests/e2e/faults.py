@@ -235,6 +235,8 @@ async def verify_storage(
     dicom = [k for k in keys if not k.endswith(".jpg")]
     stray = [k for k in dicom if not k.startswith(("studies/", "conflicts/"))]
     assert not stray, f"objects outside the layout: {stray[:5]}"
+    partial = [k for k in dicom if k.rpartition("/")[2].startswith(".") and k.endswith(".tmp")]
+    assert not partial, f"temporary files of interrupted writes left in storage: {partial[:5]}"
     assert {k for k in dicom if k.startswith("studies/")} == expected_keys
     assert len([k for k in dicom if k.startswith("conflicts/")]) == conflicts
     return StoredCheck(len(rows), len(dicom), verified)
