@@ -20,6 +20,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[
 
 from libs.dicom.synthetic import make_dataset, write_instance
 from libs.storage import open_store
+from libs.storage.local import PARTIAL, path_from_file_url
 from load_test.process_stack import Stack
 
 RECEIVER = "dicom-receiver"
@@ -194,6 +195,15 @@ def dataset_bytes(data: bytes) -> bytes:
     return data[144 + int.from_bytes(data[140:144], "little") :]
 
 
+def partial_writes(stack: Stack) -> list[str]:
+    """Temp files in local storage (`.partial/`): a write in progress, or one cut short by a
+    kill that the storage-writer's sweep has not removed yet. None on GCS (uploads are
+    atomic)."""
+    url = stack.env["STORAGE_URL"]
+    folder = path_from_file_url(url) / PARTIAL if url.startswith("file:") else None
+    return sorted(p.name for p in folder.iterdir()) if folder and folder.is_dir() else []
+
+
 @dataclass
 class StoredCheck:
     instances: int
@@ -235,8 +245,8 @@ async def verify_storage(
     dicom = [k for k in keys if not k.endswith(".jpg")]
     stray = [k for k in dicom if not k.startswith(("studies/", "conflicts/"))]
     assert not stray, f"objects outside the layout: {stray[:5]}"
-    partial = [k for k in dicom if k.rpartition("/")[2].startswith(".") and k.endswith(".tmp")]
-    assert not partial, f"temporary files of interrupted writes left in storage: {partial[:5]}"
+    left = partial_writes(stack)
+    assert not left, f"temp files of interrupted writes left in storage: {left[:5]}"
     assert {k for k in dicom if k.startswith("studies/")} == expected_keys
     assert len([k for k in dicom if k.startswith("conflicts/")]) == conflicts
     return StoredCheck(len(rows), len(dicom), verified)
