@@ -127,8 +127,8 @@ class PacsFeed(Feed):
 
 
 class ArchiveFeed(Feed):
-    """A study written to the archive's filesystem and database as dcm4chee does, its
-    update time moved on once all its instances are in (the watcher may have seen it half)."""
+    """A study written to the archive's filesystem and database as dcm4chee stores it: its
+    rows in one transaction, so the watcher never sees an instance without its file."""
 
     service, ledger = "dcm4chee-watcher", "dcm4chee"
     T0 = datetime(2024, 3, 1, 8, 0, 0)
@@ -143,19 +143,25 @@ class ArchiveFeed(Feed):
         study = write_study(self.root / rel, patient="Archive^Fed", series=2, per_series=6)
         first = pydicom.dcmread(next(iter(study.values())), stop_before_pixels=True)
         when = self.T0 + timedelta(minutes=self.batches)
-        writer = self.archive.writer
-        pk = await writer.add_study(
-            patient_id=str(first.PatientID),
-            patient_name=str(first.PatientName),
-            study_uid=str(first.StudyInstanceUID),
-            description="fed while killed",
-            when=when,
-        )
-        for sop, path in study.items():
-            series = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
-            inst = Instance(series, sop, ARCHIVE_ROOT, f"{rel}/{path.name}", path.stat().st_size)
-            await writer.add_instance(pk, inst, when)
-        await writer.touch_study(pk, when + timedelta(seconds=1), "fed while killed")
+        writer, sql = self.archive.writer, self.archive.sql
+        await sql.execute("START TRANSACTION")
+        try:
+            pk = await writer.add_study(
+                patient_id=str(first.PatientID),
+                patient_name=str(first.PatientName),
+                study_uid=str(first.StudyInstanceUID),
+                description="fed while killed",
+                when=when,
+            )
+            for sop, path in study.items():
+                series = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+                size = path.stat().st_size
+                inst = Instance(series, sop, ARCHIVE_ROOT, f"{rel}/{path.name}", size)
+                await writer.add_instance(pk, inst, when)
+        except BaseException:
+            await sql.execute("ROLLBACK")
+            raise
+        await sql.execute("COMMIT")
         return study
 
 
