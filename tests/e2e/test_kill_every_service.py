@@ -107,16 +107,18 @@ async def peers(tmp_path: Path) -> AsyncIterator[Peers]:
     """Orthanc, a PACS, a dcm4chee archive on MariaDB and a central index over HTTPS."""
     tls = make_tls(tmp_path / "tls")
     archive = await open_archive("arc5-mariadb")
-    with serve_central(tls) as central:
-        made = Peers.create(tmp_path / "peers", archive, central, tls["ca"])
-        try:
-            made.orthanc.start()
-            made.pacs.start()
-            yield made
-        finally:
-            made.orthanc.stop()
-            made.pacs.stop()
-            await close_archive(archive)
+    try:
+        with serve_central(tls) as central:
+            made = Peers.create(tmp_path / "peers", archive, central, tls["ca"])
+            try:
+                made.orthanc.start()
+                made.pacs.start()
+                yield made
+            finally:
+                made.orthanc.stop()
+                made.pacs.stop()
+    finally:
+        await close_archive(archive)
 
 
 @pytest.fixture
