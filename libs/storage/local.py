@@ -1,4 +1,9 @@
-"""Local-disk storage: temp file, fsync, rename; the copy's SHA-256 is verified before rename."""
+"""Local-disk storage: temp file, fsync, rename; the copy's SHA-256 is verified before rename.
+
+Temp files live in one folder, `<root>/.partial/` (on the same filesystem, so the rename is
+atomic), never beside the objects: a writer killed mid-write leaves its temp file there, out
+of every listing, and `sweep_partial()` removes such leftovers once they are older than any
+write in progress can be, without walking the store."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import errno
 import hashlib
 import itertools
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -19,6 +25,7 @@ from libs.storage.base import PutRequest, StoredObject, check_key, register_back
 from libs.storage.stamp import shows_stamp
 
 CHUNK = 1 << 20
+PARTIAL = ".partial"  # temp files of writes in progress (or of writers that died mid-write)
 
 
 def path_from_file_url(url: str) -> Path:
@@ -48,6 +55,7 @@ class LocalStore:
     def __init__(self, url: str) -> None:
         self.root = path_from_file_url(url).resolve()
         self.url = file_url(self.root)
+        self._partial_made = False
 
     def path_for(self, key: str) -> Path:
         # check_key admits plain names only (no '..', no '/' at the start), so the joined
@@ -56,6 +64,31 @@ class LocalStore:
 
     def url_for(self, key: str) -> str:
         return file_url(self.path_for(key))
+
+    def _temp_for(self, target: Path) -> Path:
+        folder = self.root / PARTIAL
+        if not self._partial_made:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._partial_made = True
+        return folder / f".{target.name}.{uuid.uuid4().hex}.tmp"
+
+    def sweep_partial(self, older_than_seconds: float) -> int:
+        """Remove temp files not written to for `older_than_seconds` (left by a writer that
+        died mid-write); returns how many. Blocking: call it in a thread."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        try:
+            entries = list(os.scandir(self.root / PARTIAL))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:  # finished (renamed) or swept by another writer
+                continue
+        return removed
 
     async def put_file(self, key: str, source: Path, *, expected_sha256: str) -> StoredObject:
         return await asyncio.to_thread(self._put_file, key, source, expected_sha256)
@@ -70,7 +103,7 @@ class LocalStore:
                 )
             return StoredObject(self.url_for(key), target.stat().st_size, existing, created=False)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        tmp = self._temp_for(target)
         digest = hashlib.sha256()
         size = 0
         try:
@@ -143,7 +176,7 @@ class LocalStore:
         hashing while the source shows the stamp it had when it was hashed (before and
         after the copy), else copying and hashing in one pass."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        tmp = self._temp_for(target)
         digest = hashlib.sha256()
         size = 0
         try:
@@ -198,6 +231,8 @@ def _walk_sorted(root: Path, base: str, prefix: str, start_after: str) -> Iterat
     for name, entry in sorted(entries, key=lambda pair: pair[0]):
         key = base + name
         if name.endswith("/"):
+            if key == PARTIAL + "/":  # temp files, not objects
+                continue
             if not (key.startswith(prefix) or prefix.startswith(key)):
                 continue
             if key < start_after and not start_after.startswith(key):

@@ -12,9 +12,13 @@ from libs.contracts.errors import PermanentError
 from libs.contracts.events import Event, InstanceStored, InstanceUnique
 from libs.dicom.preamble import zeroed_copy
 from libs.kafka.consumer import Outcome
+from libs.runtime.logging import get_logger
 from libs.storage import ObjectStore, conflict_key, instance_key
 from libs.storage.base import PutRequest, StoredObject, put_files, revision_key
 from libs.storage.file_uri import local_source
+from libs.storage.local import LocalStore
+
+log = get_logger(__name__)
 
 
 def storage_key(event: InstanceUnique) -> str:
@@ -93,3 +97,10 @@ def _unreadable(event: InstanceUnique, exc: Exception) -> Exception:
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return PermanentError(f"cannot read source {event.file.uri}: {exc.strerror}")
     return exc
+
+
+async def sweep_partial(store: LocalStore, older_than_seconds: float) -> None:
+    """A periodic round: temp files of writes cut short (a writer killed mid-write) go."""
+    removed = await asyncio.to_thread(store.sweep_partial, older_than_seconds)
+    if removed:
+        log.info("temp files of interrupted writes removed", count=removed)

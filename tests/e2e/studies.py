@@ -13,7 +13,12 @@ def uid() -> str:
 
 
 def write_study(
-    folder: Path, *, patient: str = "Test^Patient", series: int = 1, per_series: int = 3
+    folder: Path,
+    *,
+    patient: str = "Test^Patient",
+    series: int = 1,
+    per_series: int = 3,
+    study_date: str = "20240115",
 ) -> dict[str, Path]:
     """One patient's study; returns {SOPInstanceUID: file}. Pixels differ per instance."""
     pid = f"PID{uuid.uuid4().hex[:8]}"
@@ -35,6 +40,7 @@ def write_study(
                 series_number=s + 1,
                 instance_number=i + 1,
                 pixel_seed=seed + s * 1000 + i,
+                study_date=study_date,
             )
             path = folder / f"S{s}I{i}.dcm"
             write_instance(path, ds)

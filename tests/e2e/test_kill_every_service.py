@@ -1,5 +1,7 @@
 """kill -9 of every service mid-import: nothing lost, nothing stored twice, every stored byte
-what its source holds."""
+what its source holds. Each watcher is killed while its source is delivering a study: an
+Orthanc, a PACS (C-GET), a dcm4chee archive and the index-publisher's central index are real
+peers beside the import (tests/e2e/kill_sources.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import asyncio
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -19,29 +21,34 @@ from discs import dicomdir, disc_tree, iso
 from faults import (
     RECEIVER,
     Sender,
+    partial_writes,
     receiver_env,
     sources_under,
     task_finished,
     verify_storage,
 )
+from kill_sources import Feed, Peers, all_indexed, ledger_exact, publications_behind, resends
 from test_resilience import counts, handled, handled_more, scanned_at_least
 from trees import Expected, build_tree
 
 from libs.tools.dev_broker import free_port
+from load_test.dcm4chee_archive import close_archive, open_archive
 from load_test.process_stack import Stack
+from tests.integration.index_publisher.conftest import make_tls, serve_central
 from tests.polling import eventually
 
-# Every service that `dicomflow up` runs here, killed in pairs (a pipeline stage with a
-# service beside it) so one round of kills is 6 restarts long, not 11. The services that
-# boot a worker pool (extractor, jpg-converter, iso-watcher) are never paired together.
+# Every service that `dicomflow up` runs here, killed in groups (a pipeline stage with a
+# service or two beside it) so one round of kills is 6 restarts long, not 15. The services
+# that boot a worker pool (extractor, jpg-converter, iso-watcher) are never grouped together.
 KILL_STEPS = [
-    ("nas-watcher", "jpg-converter"),
-    ("extractor", "api"),
-    ("dedup", "packager"),
-    ("storage-writer", RECEIVER),
+    ("nas-watcher", "jpg-converter", "orthanc-watcher"),
+    ("extractor", "api", "index-publisher"),
+    ("dedup", "packager", "pacs-watcher"),
+    ("storage-writer", RECEIVER, "dcm4chee-watcher"),
     ("indexer", "iso-watcher"),
     ("reconciler",),
 ]
+PEER_SERVICES = ("index-publisher", "pacs-watcher", "dcm4chee-watcher")  # not started alone
 KILL_ROUNDS = 2
 
 
@@ -51,12 +58,19 @@ def kill_env(tmp_path: Path) -> dict[str, str]:
         "ISO_INBOX": str(tmp_path / "inbox"),
         "PACKAGER_PREBUILD": "true",  # the packager builds each study's archive once stable
         "EXTRACTOR_WORKERS": "1",  # each restart boots one parser process, not two
+        # A storage-writer killed mid-write leaves a temp file; swept once this old.
+        "STORAGE_WRITER_PARTIAL_MAX_AGE_SECONDS": "30",
+        "STORAGE_WRITER_PARTIAL_SWEEP_SECONDS": "2",
     }
 
 
-async def kill_every_service(stack: Stack, task_id: str, discs: list[Path]) -> dict[str, int]:
+async def kill_every_service(
+    stack: Stack, pool: asyncpg.Pool, task_id: str, discs: list[Path], peers: Peers
+) -> dict[str, int]:
     """KILL_ROUNDS rounds of kill -9 + restart of every service; a disc is put in the ISO
-    inbox as each round begins. Returns how many kills of each landed mid-import."""
+    inbox as each round begins, and a watcher of a peer is killed once it has begun taking a
+    new study from it. Returns how many kills of each landed mid-import (for a watcher of a
+    peer: mid-delivery of its study)."""
     mid_import: dict[str, int] = {}
     inbox = Path(stack.env["ISO_INBOX"])
     for round_ in range(KILL_ROUNDS):
@@ -64,11 +78,15 @@ async def kill_every_service(stack: Stack, task_id: str, discs: list[Path]) -> d
         for step in KILL_STEPS:
             running = await task_finished(stack, task_id) is None
             for name in step:
-                mid_import[name] = mid_import.get(name, 0) + running
+                feed = peers.feeds.get(name)
+                mid = await feed.in_flight(pool) if feed else running
+                mid_import[name] = mid_import.get(name, 0) + mid
+            for name in step:
                 stack.kill(name, signal.SIGKILL)
             for name in step:
                 stack.start(name)
             await stack.wait_ready(list(step), timeout=300)
+            print(f"round {round_ + 1}: {'+'.join(step)} restarted, import running: {running}")
     return mid_import
 
 
@@ -85,8 +103,31 @@ async def pending_rows(stack: Stack, pool: asyncpg.Pool) -> str:
 
 
 @pytest.fixture
-def extra_env(tmp_path: Path) -> dict[str, str]:
-    return kill_env(tmp_path)
+async def peers(tmp_path: Path) -> AsyncIterator[Peers]:
+    """Orthanc, a PACS, a dcm4chee archive on MariaDB and a central index over HTTPS."""
+    tls = make_tls(tmp_path / "tls")
+    archive = await open_archive("arc5-mariadb")
+    try:
+        with serve_central(tls) as central:
+            made = Peers.create(tmp_path / "peers", archive, central, tls["ca"])
+            try:
+                made.orthanc.start()
+                made.pacs.start()
+                yield made
+            finally:
+                made.orthanc.stop()
+                made.pacs.stop()
+    finally:
+        await close_archive(archive)
+
+
+@pytest.fixture
+def extra_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """With `peers` (asked for by the test), their four services are configured too."""
+    env = kill_env(tmp_path)
+    if "peers" in request.fixturenames:
+        env.update(request.getfixturevalue("peers").env())
+    return env
 
 
 @dataclass
@@ -112,13 +153,14 @@ def inputs(tmp_path: Path) -> Iterator[Future[Inputs]]:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.stack_also("jpg-converter", "packager", RECEIVER)
+@pytest.mark.stack_also("jpg-converter", "packager", RECEIVER, *PEER_SERVICES)
 async def test_kill_9_of_every_service_twice_during_a_2000_file_import(
-    inputs: Future[Inputs], stack: Stack, pool: asyncpg.Pool, tmp_path: Path
+    inputs: Future[Inputs], peers: Peers, stack: Stack, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     """kill -9 of every service, each twice, while a 2,000-file folder import, a C-STORE
-    stream and two ISO discs are under way; then exact counts, each instance stored once,
-    and every stored object read back and compared with its source.
+    stream, two ISO discs and studies from Orthanc, a PACS and a dcm4chee archive are under
+    way; then exact counts, each instance stored once, every stored object read back and
+    compared with its source, and the central index holding every study's final state.
 
     On local storage only: the gs variant below covers what the backend changes (the
     storage-writer's and the readers' calls to GCS); the other kills do not depend on it."""
@@ -132,7 +174,7 @@ async def test_kill_9_of_every_service_twice_during_a_2000_file_import(
     started = time.monotonic()
     task_id = await stack.start_import(tree)
     try:
-        mid_import = await kill_every_service(stack, task_id, discs)
+        mid_import = await kill_every_service(stack, pool, task_id, discs, peers)
     finally:
         acked = sender.stop()
     killed_for = time.monotonic() - started
@@ -144,19 +186,36 @@ async def test_kill_9_of_every_service_twice_during_a_2000_file_import(
         lambda: all((inbox / "processed" / d.name).exists() for d in discs), 120,
         what=lambda: stack.tail("iso-watcher"), interval=0.5,
     )  # fmt: skip
+    await peers.delivered()
+    fed = peers.sources()
+    await eventually(
+        partial(all_indexed, pool, set(fed)), 120, what=partial(peers_tail, stack), interval=0.5
+    )
     await eventually(partial(settled, pool), 180, what=partial(pending_rows, stack, pool))
-    sources = {**sources_under(tree), **acked}
+    sources = {**sources_under(tree), **acked, **disc_sops, **fed}
     instances, counted, conflicts = await counts(pool)
-    assert instances == counted == expected.new + len(acked) + len(disc_sops)
+    assert instances == counted == expected.new + len(acked) + len(disc_sops) + len(fed)
     assert conflicts == expected.conflicts
     indexed = {
         r["sop_instance_uid"] for r in await pool.fetch("SELECT sop_instance_uid FROM instances")
     }
-    assert set(acked) <= indexed and set(disc_sops) <= indexed
-    failed = await pool.fetchval("SELECT count(*) FROM ingest_files WHERE status = 'failed'")
-    assert failed == expected.failed, "only the tree's not-DICOM files fail"
-    sources.update(disc_sops)
-    check = await verify_storage(stack, pool, sources, sent=set(acked))
+    assert set(acked) <= indexed and set(disc_sops) <= indexed and set(fed) <= indexed
+    failed = await pool.fetch(
+        """SELECT f.source, f.uri, f.stage, f.reason, f.emitted, f.discovered_at, f.updated_at,
+                  (SELECT count(*) FROM ingest_files g WHERE g.uri = f.uri) AS same_uri
+             FROM ingest_files f WHERE status = 'failed'"""
+    )
+    assert len(failed) == expected.failed, "only the tree's not-DICOM files fail:\n" + "\n".join(
+        f"{r['source']} {r['uri']} {r['stage']}: {r['reason']} (emitted {r['emitted']}, "
+        f"{r['same_uri']} rows, {r['discovered_at']:%T.%f}..{r['updated_at']:%T.%f})"
+        for r in failed
+        if "/bad/" not in r["uri"]
+    )
+    await check_peers(stack, pool, peers)
+    await eventually(
+        lambda: not partial_writes(stack), 120, what=lambda: str(partial_writes(stack)[:5])
+    )
+    check = await verify_storage(stack, pool, sources, sent=set(acked) | peers.sent())
     assert check.instances == instances
     # The packager, killed while building, still serves a whole archive.
     async with stack.client() as c:
@@ -165,12 +224,55 @@ async def test_kill_9_of_every_service_twice_during_a_2000_file_import(
     for name in [n for step in KILL_STEPS for n in step]:
         assert stack.procs[name].poll() is None, f"{name} died:\n{stack.tail(name)}"
     assert all(mid_import[n] >= 1 for n in mid_import), mid_import
+    assert all(mid_import[n] == KILL_ROUNDS for n in peers.feeds), mid_import
     print(
         f"\nkill -9 x{KILL_ROUNDS} of {len(mid_import)} services ({sum(mid_import.values())}"
         f" of {KILL_ROUNDS * len(mid_import)} mid-import) in {killed_for:.0f}s; "
         f"{instances} instances ({len(acked)} by C-STORE, {sender.retries} resends; "
-        f"{len(disc_sops)} from discs), {check.bytes_verified} bytes verified"
+        f"{len(disc_sops)} from discs, {len(fed)} from Orthanc, the PACS and the archive), "
+        f"{check.bytes_verified} bytes verified; central index: {resends(peers.central)[0]} "
+        "idempotent re-sends"
     )
+
+
+def peers_tail(stack: Stack) -> str:
+    return "\n".join(f"--- {n}\n{stack.tail(n, 10)}" for n in ("orthanc-watcher", *PEER_SERVICES))
+
+
+async def check_peers(stack: Stack, pool: asyncpg.Pool, peers: Peers) -> None:
+    """Each peer's study came in once: one ledger row per instance fed, indexed; each
+    archive task complete and exact; the central index got every study's final state, each
+    revision applied once and in order (a repeat only as a re-send under the same key)."""
+    for name in ("orthanc-watcher", "pacs-watcher", "dcm4chee-watcher"):
+        feed = peers.feeds[name]
+        assert isinstance(feed, Feed)
+        ledger = await ledger_exact(pool, feed)
+        assert ledger["indexed"] and set(ledger["others"]) <= {"duplicate"}, (name, ledger)
+        print(f"\n{name}: {len(feed.sources)} instances, {ledger['extra']} taken again")
+    archive_tasks = await pool.fetch("SELECT id::text FROM import_tasks WHERE kind = 'dcm4chee'")
+    new = 0
+    for row in archive_tasks:
+        task = await eventually(partial(task_finished, stack, row["id"]), 60, interval=0.5)
+        assert task["status"] == "completed" and task["counters"]["failed"] == 0, task
+        assert task["counters"]["pending"] == 0, task
+        new += task["counters"]["new_instances"]
+    assert new == len(peers.feeds["dcm4chee-watcher"].sources)
+    central = peers.central
+    behind: list[str] = []
+
+    async def caught_up() -> bool:
+        behind[:] = await publications_behind(pool, central)
+        return not behind
+
+    await eventually(
+        caught_up, 120, interval=0.5, what=lambda: f"{behind[:5]}\n{stack.tail('index-publisher')}"
+    )
+    assert resends(central)[1] == [], "a study's revisions applied out of order"
+    delivered = await pool.fetch("SELECT study_uid, delivered_revision FROM index_publications")
+    revisions = await pool.fetch("SELECT study_uid, revision FROM studies")
+    assert {r["study_uid"]: r["delivered_revision"] for r in delivered} == {
+        r["study_uid"]: r["revision"] for r in revisions
+    }
 
 
 def build_kill_discs(work: Path, count: int) -> tuple[list[Path], dict[str, Path]]:

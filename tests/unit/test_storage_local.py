@@ -155,3 +155,26 @@ async def test_a_stamped_source_is_copied_unhashed_and_a_changed_one_hashed(
     assert isinstance(results[2], StoredObject) and results[2].created
     assert store.path_for(keys[2]).read_bytes() == sources[2].read_bytes()
     assert not list((tmp_path / "store").rglob("*.tmp"))
+
+
+async def test_a_write_cut_short_leaves_its_temp_file_out_of_the_store_until_swept(
+    tmp_path: Path,
+) -> None:
+    """A writer killed mid-write leaves its temp file in `.partial/`, never beside the
+    objects: not listed as a key, and swept once older than any write in progress."""
+    store = LocalStore((tmp_path / "s").as_uri())
+    src = tmp_path / "a"
+    key = "studies/1/2/3.dcm"
+    await store.put_file(key, src, expected_sha256=write(src, b"one"))
+    target = store.path_for("studies/1/2/4.dcm")
+    old, young = store._temp_for(target), store._temp_for(target)  # as a killed write left it
+    old.write_bytes(b"half")
+    young.write_bytes(b"half")
+    os.utime(old, (0, 0))
+    assert old.parent == tmp_path / "s" / ".partial" and old.name.endswith(".tmp")
+    assert [k async for k in store.keys()] == [key]  # noqa: SIM118  # an async listing
+    assert store.sweep_partial(older_than_seconds=600) == 1
+    assert not old.exists() and young.exists()
+    assert store.sweep_partial(older_than_seconds=0) == 1
+    assert not list((tmp_path / "s").rglob("*.tmp"))
+    assert LocalStore((tmp_path / "empty").as_uri()).sweep_partial(0) == 0

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,12 @@ def _openssl(*args: str) -> None:
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+def make_tls(d: Path) -> dict[str, Path]:
     """A CA and a certificate for 127.0.0.1 signed by it (the publisher trusts only the CA)."""
-    d = tmp_path_factory.mktemp("tls")
+    d.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _openssl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"),
              "-days", "1", "-subj", "/CN=dicomflow test CA")  # fmt: skip
@@ -149,6 +154,13 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def central(tls: dict[str, Path]) -> Iterator[Central]:
+    with serve_central(tls) as state:
+        yield state
+
+
+@contextmanager
+def serve_central(tls: dict[str, Path]) -> Iterator[Central]:
+    """The central index served over HTTPS on a free loopback port while in the block."""
     state = Central()
     port = free_port()
     config = uvicorn.Config(
