@@ -11,6 +11,12 @@ class PermanentError(Exception):
     """The message will never succeed on retry: it goes to the DLQ at once, `str(e)` as reason."""
 
 
+class SourceGone(PermanentError):
+    """The file an event points at is no longer there. Bad input for a new file; for an
+    event delivered again after its file reached an outcome (and its staged copy was
+    cleaned up) it is not an error at all: stages skip those (`libs.kafka.redelivered`)."""
+
+
 class NotDicomError(PermanentError):
     """The file is not DICOM at all (empty, text, another format)."""
 

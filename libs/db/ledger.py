@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import asyncpg
+
 from libs.db import Conn, tasks
 
 FINAL = ("indexed", "duplicate", "conflict", "failed", "cancelled")
@@ -213,6 +215,16 @@ async def finish_task_scan(conn: Conn, task_id: str) -> bool:
         await conn.execute("SELECT 1 FROM import_tasks WHERE id = $1 FOR UPDATE", task_id)
         await tasks.finish_scan(conn, task_id)
         return await complete_task_if_done(conn, task_id)
+
+
+async def settled_files(pool: asyncpg.Pool, file_ids: Sequence[int]) -> set[int]:
+    """Of these ledger rows, the ones whose file already reached an outcome."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id FROM ingest_files WHERE id = ANY($1::bigint[]) AND status <> 'pending'",
+            list(file_ids),
+        )
+    return {r["id"] for r in rows}
 
 
 async def stale_pending(conn: Conn, *, older_than_seconds: float, limit: int) -> list[LedgerRow]:

@@ -42,7 +42,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from libs.contracts.errors import DicomParseError, NotDicomError, PermanentError
+from libs.contracts.errors import DicomParseError, NotDicomError, PermanentError, SourceGone
 from libs.contracts.events import DicomHeader, Hashes
 from libs.dicom.content import (
     PIXEL_TAGS,
@@ -147,7 +147,7 @@ def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomH
         raise DicomParseError("malformed: sequences nested too deeply to parse") from None
     except OSError as exc:
         if exc.errno in _GONE:
-            raise PermanentError(f"source file is gone or not a regular file: {path}") from None
+            raise SourceGone(f"source file is gone or not a regular file: {path}") from None
         if exc.errno is not None:
             raise  # a real I/O error: worth a retry
         # pydicom raises errno-less OSErrors for structural problems.

@@ -135,6 +135,15 @@ def end_to_end_histogram(stage: str, registry: CollectorRegistry) -> Histogram:
     return histogram
 
 
+def redelivered_counter(stage: str, registry: CollectorRegistry) -> Counter:
+    return Counter(
+        f"{metric_prefix(stage)}_redelivered_skipped_total",
+        "Events delivered again after their file reached an outcome and its staged copy was "
+        "removed: skipped, not dead-lettered.",
+        registry=registry,
+    )
+
+
 TASK_STATES = ("pending", "running", "paused", "cancelling", "cancelled", "completed", "failed")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from libs.contracts.errors import PermanentError
+from libs.contracts.errors import PermanentError, SourceGone
 from libs.storage.local import path_from_file_url
 
 
@@ -14,5 +14,5 @@ def local_source(uri: str) -> Path:
         raise PermanentError(f"unsupported source URI scheme: {uri[:40]!r}")
     path = path_from_file_url(uri)
     if not path.is_file():
-        raise PermanentError(f"source file is gone or not a regular file: {path}")
+        raise SourceGone(f"source file is gone or not a regular file: {path}")
     return path

@@ -5,8 +5,11 @@ from functools import partial
 
 from libs.contracts.events import FileDiscovered
 from libs.db import task_control
+from libs.db.ledger import settled_files
 from libs.dicom.extract import extract_many
 from libs.kafka.consumer import BatchRoute
+from libs.kafka.redelivered import skip_settled
+from libs.runtime.metrics import redelivered_counter
 from libs.runtime.sandbox import IsolatedExecutor
 from libs.runtime.service import Runtime
 from services.extractor.config import ExtractorSettings
@@ -53,5 +56,9 @@ async def wire(rt: Runtime) -> None:
             gated = await task_control.gate(conn, files)
         return gated.held | gated.cancelled
 
-    handler = partial(handle_discovered_batch, parse_many=parse_many, gate=gate)
+    handler = skip_settled(
+        partial(handle_discovered_batch, parse_many=parse_many, gate=gate),
+        partial(settled_files, pool),
+        redelivered_counter(rt.name, rt.registry),
+    )
     await rt.consumer({FileDiscovered.TOPIC: BatchRoute(FileDiscovered, handler)})

@@ -4,8 +4,10 @@ from functools import partial
 from urllib.parse import urlsplit
 
 from libs.contracts.events import InstanceUnique
+from libs.db.ledger import settled_files
 from libs.kafka.consumer import BatchRoute
-from libs.runtime.metrics import StorageMetrics
+from libs.kafka.redelivered import skip_settled
+from libs.runtime.metrics import StorageMetrics, redelivered_counter
 from libs.runtime.service import Runtime
 from libs.storage import open_store
 from libs.storage.local import LocalStore, path_from_file_url
@@ -25,5 +27,10 @@ async def wire(rt: Runtime) -> None:
     if isinstance(store, LocalStore):  # a writer killed mid-write leaves its temp file
         sweep = partial(sweep_partial, store, settings.partial_max_age_seconds)
         rt.every("partial-sweep", settings.partial_sweep_seconds, sweep)
-    handler = partial(handle_unique_batch, storage=storage)
+    pool = await rt.pool()
+    handler = skip_settled(
+        partial(handle_unique_batch, storage=storage),
+        partial(settled_files, pool),
+        redelivered_counter(rt.name, rt.registry),
+    )
     await rt.consumer({InstanceUnique.TOPIC: BatchRoute(InstanceUnique, handler)})

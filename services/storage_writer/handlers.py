@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from libs.contracts.errors import PermanentError
+from libs.contracts.errors import PermanentError, SourceGone
 from libs.contracts.events import Event, InstanceStored, InstanceUnique
 from libs.dicom.preamble import zeroed_copy
 from libs.kafka.consumer import Outcome
@@ -41,7 +41,9 @@ async def handle_unique(event: InstanceUnique, *, storage: ObjectStore) -> list[
             if event.hashes.preamble_zeroed:  # a polyglot the operator allows: zeroed copy
                 source = await asyncio.to_thread(stack.enter_context, zeroed_copy(source))
             stored = await storage.put_file(key, source, expected_sha256=event.hashes.file_sha256)
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except FileNotFoundError as exc:
+        raise SourceGone(f"cannot read source {event.file.uri}: {exc.strerror}") from exc
+    except (PermissionError, IsADirectoryError) as exc:
         raise PermanentError(f"cannot read source {event.file.uri}: {exc.strerror}") from exc
     return stored_event(event, stored.url)
 
@@ -94,7 +96,9 @@ async def handle_unique_batch(
 
 
 def _unreadable(event: InstanceUnique, exc: Exception) -> Exception:
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+    if isinstance(exc, FileNotFoundError):
+        return SourceGone(f"cannot read source {event.file.uri}: {exc.strerror}")
+    if isinstance(exc, (PermissionError, IsADirectoryError)):
         return PermanentError(f"cannot read source {event.file.uri}: {exc.strerror}")
     return exc
 
