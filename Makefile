@@ -43,8 +43,10 @@ typecheck: deps
 	$(BIN)/mypy libs services
 	$(BIN)/mypy -p dicomflow_client -p dicomflow_desktop
 
+# Two pytest-xdist workers, whole modules each (module-scoped stacks and peers start once):
+# most of a test's time is waiting on processes, so the two cores overlap it.
 test: deps postgres lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider --durations=15 tests
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15 -n 2 --dist loadfile tests
 
 test-unit: deps
 	$(BIN)/pytest -q tests/unit
