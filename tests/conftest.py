@@ -29,10 +29,19 @@ from libs.db.pool import create_pool
 from libs.kafka.admin import ensure_topics
 from libs.kafka.producer import Producer
 from libs.runtime.metrics import ProducerMetrics
-from libs.tools.dev_broker import broker_argv, free_port, wait_for_port
+from libs.tools.dev_broker import broker_argv, free_port, share_ports, wait_for_port
 from load_test.gcs import GcsEmulator
 
 PG_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs `-n`), each worker picks free ports from its own
+    slice of the range: a port one worker handed out but whose server has not bound it yet
+    cannot be handed out by another."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+    if worker:
+        share_ports(int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
 
 
 @pytest.fixture

@@ -42,6 +42,16 @@ _GIVEN: set[int] = set()
 _RANGE = (20000, 32767)
 
 
+def share_ports(index: int, count: int) -> None:
+    """Hand out ports only from share `index` of `count` equal slices of the range: parallel
+    test processes (pytest-xdist workers) then never give the same port to two servers, even
+    while one is handed out and not yet bound."""
+    global _RANGE
+    low, high = 20000, 32767
+    size = (high - low + 1) // count
+    _RANGE = (low + index * size, low + (index + 1) * size - 1)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on, for a server this process is about to start."""
     for _ in range(200):

@@ -285,7 +285,9 @@ class Publisher:
             r = await client.get(f"{self.ops}/ready", timeout=3)
         return r.status_code == 200, r.json()
 
-    async def wait_ready(self, timeout: float = 30) -> None:
+    async def wait_ready(self, timeout: float = 120) -> None:
+        # A deadline, not a speed target: on a loaded machine (two xdist workers each
+        # starting processes) a start has taken over 30 s (the e2e stack waits 180 s).
         await eventually(self._ready_or_dead, timeout, what=self.tail)
 
     async def _ready_or_dead(self) -> bool:
