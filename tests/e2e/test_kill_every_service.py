@@ -69,14 +69,18 @@ async def kill_every_service(
 ) -> dict[str, int]:
     """KILL_ROUNDS rounds of kill -9 + restart of every service; a disc is put in the ISO
     inbox as each round begins, and a watcher of a peer is killed once it has begun taking a
-    new study from it. Returns how many kills of each landed mid-import (for a watcher of a
-    peer: mid-delivery of its study)."""
+    new study from it. The groups of a round are killed one after another without waiting
+    for the previous group to be ready again (the import is faster than six restarts in a
+    row); the round ends when every service is ready. The first round begins once the import
+    has outcomes, so its kills find work in flight. Returns how many kills of each landed
+    mid-import (for a watcher of a peer: mid-delivery of its study)."""
     mid_import: dict[str, int] = {}
     inbox = Path(stack.env["ISO_INBOX"])
+    await eventually(partial(import_outcomes, pool, task_id), 120, interval=0.05)
     for round_ in range(KILL_ROUNDS):
         shutil.move(discs[round_], inbox / discs[round_].name)
         for step in KILL_STEPS:
-            running = await task_finished(stack, task_id) is None
+            running = await import_running(pool, task_id)
             for name in step:
                 feed = peers.feeds.get(name)
                 mid = await feed.in_flight(pool) if feed else running
@@ -85,9 +89,24 @@ async def kill_every_service(
                 stack.kill(name, signal.SIGKILL)
             for name in step:
                 stack.start(name)
-            await stack.wait_ready(list(step), timeout=300)
-            print(f"round {round_ + 1}: {'+'.join(step)} restarted, import running: {running}")
+            print(f"round {round_ + 1}: {'+'.join(step)} killed, import running: {running}")
+        await stack.wait_ready([n for step in KILL_STEPS for n in step], timeout=300)
     return mid_import
+
+
+async def import_outcomes(pool: asyncpg.Pool, task_id: str) -> bool:
+    return bool(
+        await pool.fetchval(
+            "SELECT count(*) FROM ingest_files WHERE task_id = $1 AND status <> 'pending'",
+            task_id,
+        )
+    )
+
+
+async def import_running(pool: asyncpg.Pool, task_id: str) -> bool:
+    """From the database: the API may be one of the services being restarted."""
+    status = await pool.fetchval("SELECT status FROM import_tasks WHERE id = $1", task_id)
+    return status not in ("completed", "failed")
 
 
 async def settled(pool: asyncpg.Pool) -> bool:
