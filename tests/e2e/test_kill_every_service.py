@@ -38,8 +38,9 @@ from tests.integration.index_publisher.conftest import make_tls, serve_central
 from tests.polling import eventually
 
 # Every service that `dicomflow up` runs here, killed in groups (a pipeline stage with a
-# service or two beside it) so one round of kills is 6 restarts long, not 15. The services
-# that boot a worker pool (extractor, jpg-converter, iso-watcher) are never grouped together.
+# service or two beside it), the groups of a round one after another; each group's running
+# check and peer feed are taken just before its kill. The services that boot a worker pool
+# (extractor, jpg-converter, iso-watcher) are never in one group.
 KILL_STEPS = [
     ("nas-watcher", "jpg-converter", "orthanc-watcher"),
     ("extractor", "api", "index-publisher"),
