@@ -67,7 +67,8 @@ class Seen:
 class Proxy:
     """`cut_after`: the first `cuts` connections are closed after that many response bytes.
     `rate`: response bytes per second (None: full speed). `flip_at`: the first `flips`
-    responses get one body byte inverted at that body offset. `deny`: answer 403."""
+    responses get one body byte inverted at that body offset. `deny`: answer 403. `delay`:
+    seconds before a request is forwarded (a slow server)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream = upstream_port
@@ -77,6 +78,7 @@ class Proxy:
         self.flip_at: int | None = None
         self.flips = 1
         self.deny = False
+        self.delay = 0.0
         self.seen: list[Seen] = []
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
@@ -129,6 +131,8 @@ class Proxy:
             )
             client.close()
             return
+        if self.delay:
+            time.sleep(self.delay)
         upstream = socket.create_connection(("127.0.0.1", self.upstream))
         # One request per connection keeps the accounting simple.
         upstream.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))

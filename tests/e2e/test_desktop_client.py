@@ -210,6 +210,23 @@ async def test_desktop_resumes_after_cancel_and_restart_and_explains_errors(
         assert f"range: bytes={kept}-" in proxy.seen[-1].head.lower()
         assert clinic.files_of(again.folders[muller]) == clinic.originals[muller]
 
+        # A slow search (the proxy holds it 3 s) replaced by a new one: the newest answer is
+        # shown, and the old one arriving later does not overwrite it.
+        proxy.delay = 3.0
+        again.settings.server_url = proxy.url
+        again.name.setText("Müller")
+        qtbot.mouseClick(again.search_button, Qt.MouseButton.LeftButton)  # type: ignore[attr-defined]
+        slow = again.search_worker
+        again.settings.server_url = clinic.api
+        search(qtbot, again, "Иванов")
+        assert slow is not None and slow.isRunning()  # still arriving
+        assert [cells(again, r)[0] for r in range(again.table.rowCount())] == ["Иванов Иван"]
+        qtbot.waitUntil(lambda: not slow.isRunning() and not again._replaced, timeout=WAIT)  # type: ignore[attr-defined]
+        qtbot.wait(200)  # type: ignore[attr-defined]  # its queued signals are delivered
+        assert [cells(again, r)[0] for r in range(again.table.rowCount())] == ["Иванов Иван"]
+        assert not again.error_label.text(), again.error_label.text()
+        proxy.delay = 0.0
+
         again.settings.api_key = "dfk_" + "x" * 43
         again.name.setText("Müller")
         qtbot.mouseClick(again.search_button, Qt.MouseButton.LeftButton)  # type: ignore[attr-defined]

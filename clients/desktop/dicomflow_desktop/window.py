@@ -72,7 +72,9 @@ class MainWindow(QMainWindow):
         self.settings = settings or self.store.load()
         self.studies: list[Study] = []
         self.folders: dict[str, Path] = {}
-        self.search_worker: SearchWorker | None = None
+        self.search_worker: SearchWorker | None = None  # the newest search
+        self.searches = 0
+        self._replaced: set[SearchWorker] = set()  # older searches still running, kept alive
         self.download_worker: DownloadWorker | None = None
         # True from the click until the worker's last signal has reached this window (the
         # thread may stop before its queued study_done/failed signals are delivered).
@@ -173,15 +175,12 @@ class MainWindow(QMainWindow):
         self._sync_buttons()
 
     # ---- state
-    def _busy(self) -> bool:
-        return any(
-            w is not None and w.isRunning() for w in (self.search_worker, self.download_worker)
-        )
-
     def _sync_buttons(self) -> None:
         downloading = self.download_worker is not None and self.download_worker.isRunning()
         selected = bool(self.selected())
-        self.search_button.setEnabled(not self._busy())
+        # A search may replace a running one (the newest answer wins); the results table is
+        # not replaced while a download works through the selected rows.
+        self.search_button.setEnabled(not downloading)
         self.download_button.setEnabled(selected and not downloading)
         self.cancel_button.setEnabled(downloading)
         has_folder = self._target_folder() is not None
@@ -224,7 +223,7 @@ class MainWindow(QMainWindow):
         )
 
     def search(self) -> None:
-        if self._busy() and self.search_worker is not None and self.search_worker.isRunning():
+        if self.download_worker is not None and self.download_worker.isRunning():
             return
         self.show_error("")
         try:
@@ -234,16 +233,25 @@ class MainWindow(QMainWindow):
             self.show_error(str(exc))
             return
         self.count_label.setText("Searching…")
-        worker = SearchWorker(client, criteria)
+        self.searches += 1
+        worker = SearchWorker(client, criteria, self.searches)
         worker.found.connect(self._found)
         worker.failed.connect(self._search_failed)
         worker.finished.connect(client.close)
-        worker.finished.connect(self._sync_buttons)
+        worker.finished.connect(self._search_finished)
+        if self.search_worker is not None and self.search_worker.isRunning():
+            self._replaced.add(self.search_worker)
         self.search_worker = worker
         worker.start()
         self._sync_buttons()
 
-    def _found(self, total: int, studies: list[Study]) -> None:
+    def _search_finished(self) -> None:
+        self._replaced = {w for w in self._replaced if w.isRunning()}
+        self._sync_buttons()
+
+    def _found(self, number: int, total: int, studies: list[Study]) -> None:
+        if number != self.searches:
+            return  # a newer search replaced this one
         self.studies = studies
         self.table.setRowCount(len(studies))
         for row, s in enumerate(studies):
@@ -273,7 +281,9 @@ class MainWindow(QMainWindow):
             else f"{total} {'study' if total == 1 else 'studies'} found{shown}"
         )
 
-    def _search_failed(self, message: str) -> None:
+    def _search_failed(self, number: int, message: str) -> None:
+        if number != self.searches:
+            return
         self.count_label.setText("")
         self.show_error(message)
 
@@ -404,8 +414,9 @@ class MainWindow(QMainWindow):
         if self.download_worker is not None and self.download_worker.isRunning():
             self.download_worker.cancel()
             self.download_worker.wait(10_000)
-        if self.search_worker is not None:
-            self.search_worker.wait(10_000)
+        for worker in (self.search_worker, *self._replaced):
+            if worker is not None:
+                worker.wait(10_000)
         super().closeEvent(event)  # type: ignore[arg-type]
 
 

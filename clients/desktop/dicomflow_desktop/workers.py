@@ -25,22 +25,26 @@ def unexpected(exc: BaseException) -> str:
 
 
 class SearchWorker(QThread):
-    found = Signal(int, list)  # total, [Study]
-    failed = Signal(str)
+    """One search. Its signals carry the search's number so the window can drop the answer
+    of a search a newer one has replaced (a clinician who corrects the name and presses
+    Enter again sees the new answer, never the old one arriving late)."""
 
-    def __init__(self, client: Client, criteria: SearchFilter) -> None:
+    found = Signal(int, int, list)  # number, total, [Study]
+    failed = Signal(int, str)  # number, message
+
+    def __init__(self, client: Client, criteria: SearchFilter, number: int = 0) -> None:
         super().__init__()
-        self.client, self.criteria = client, criteria
+        self.client, self.criteria, self.number = client, criteria, number
 
     def run(self) -> None:
         try:
             total, studies = self.client.search(self.criteria, limit=500)
         except ClientError as exc:
-            self.failed.emit(str(exc))
+            self.failed.emit(self.number, str(exc))
         except Exception as exc:
-            self.failed.emit(unexpected(exc))
+            self.failed.emit(self.number, unexpected(exc))
         else:
-            self.found.emit(total, studies)
+            self.found.emit(self.number, total, studies)
 
 
 class DownloadWorker(QThread):
