@@ -118,7 +118,9 @@ async def test_pause_resume_and_cancel_an_import(
         await expect(page.locator("#patients tbody tr")).to_have_count(2)
         await expect(page.locator("#modalities tbody tr")).to_have_count(2)
         # Nothing failed: the page says so in words instead of an empty table.
-        await expect(page.locator("#failures-none")).to_be_visible()
+        await expect(page.locator("#failures-none")).to_have_text(
+            "None: every file that was read was imported."
+        )
         await expect(page.locator("#failures")).to_be_hidden()
         progress = await page.eval_on_selector("#progress", "p => [p.value, p.max]")
         assert progress == [paused_tree.files, paused_tree.files]

@@ -71,7 +71,7 @@ async def test_postgres_restarted_twice_mid_import(
     assert task["status"] == "completed", task
     assert task["counters"]["failed"] == 0, task["counters"]["failures"]
     assert {k: task["counters"][k] for k in expected.counters()} == expected.counters()
-    pool.expire_connections()  # its sessions were terminated by the restarts
+    await pool.expire_connections()  # its sessions were terminated by the restarts
     instances, counted, _ = await counts(pool)
     assert instances == counted == expected.new
     assert not await pool.fetchval("SELECT count(*) FROM ingest_files WHERE status <> 'indexed'")

@@ -50,6 +50,9 @@ function show(task) {
   buttons.pause.hidden = !["pending", "running"].includes(task.status);
   buttons.resume.hidden = task.status !== "paused";
   buttons.cancel.hidden = !["pending", "running", "paused"].includes(task.status);
+  // While files are still being read a failure may yet come; once the task ended, none will.
+  document.getElementById("failures-none").textContent = ENDED.has(task.status)
+    ? "None: every file that was read was imported." : "None so far.";
 }
 
 function row(...cells) {
