@@ -61,9 +61,9 @@ async def seed(conn: asyncpg.Connection, study: str, series: list) -> None:  # t
 
 
 async def thumbnail(conn: asyncpg.Connection, study: str) -> tuple[str | None, str | None]:
-    _, rows = await search_studies(conn, StudyFilter(accession_number=study), limit=5, offset=0)
-    assert len(rows) == 1
-    return rows[0].thumbnail_series_uid, rows[0].thumbnail_sop_uid
+    found = await search_studies(conn, StudyFilter(accession_number=study), limit=5, offset=0)
+    [row] = found.rows
+    return row.thumbnail_series_uid, row.thumbnail_sop_uid
 
 
 async def test_the_first_image_of_the_first_series_with_an_image(pool: asyncpg.Pool) -> None:

@@ -31,8 +31,14 @@ def studies_router(auth: Authenticator, limits: ApiLimits) -> APIRouter:
         """Studies matching every filter given, newest first."""
         limit = page_limit(query.limit, limits)
         criteria = search.StudyFilter(**query.model_dump(exclude={"limit", "offset"}))
-        conn = await caller.connection()
-        total, rows = await search.search_studies(conn, criteria, limit=limit, offset=query.offset)
+        found = await search.search_studies(
+            await caller.connection(),
+            criteria,
+            limit=limit,
+            offset=query.offset,
+            count_limit=limits.search_count_limit,
+        )
+        rows = found.rows
         caller.saw(len(rows))
         # Shallow dicts: dataclasses.asdict deep-copies every value and was half the
         # request's CPU for a page of 50 studies.
@@ -47,7 +53,13 @@ def studies_router(auth: Authenticator, limits: ApiLimits) -> APIRouter:
             for r in rows
         ]
         return StudyPage.model_validate(
-            {"total": total, "limit": limit, "offset": query.offset, "items": items}
+            {
+                "total": found.total,
+                "total_exact": found.exact,
+                "limit": limit,
+                "offset": query.offset,
+                "items": items,
+            }
         )
 
     @router.get("/{study_uid}", response_model=StudyDetailOut)
