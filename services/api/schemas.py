@@ -130,9 +130,7 @@ class StudyPage(BaseModel):
         "server stops counting at API_SEARCH_COUNT_LIMIT, or at the end of this page if "
         "further): show it as “1,000+”."
     )
-    total_exact: bool = Field(
-        default=True, description="False: more than `total` studies match (see `total`)."
-    )
+    total_exact: bool = Field(description="False: more than `total` studies match (see `total`).")
     limit: int
     offset: int
     items: list[StudyHit]
