@@ -170,7 +170,11 @@ class AuditMiddleware:
 
 
 async def _release(scope: Scope) -> None:
-    """Give the request's shared connection back to the pool (once; later calls do nothing)."""
+    """Give the request's shared connection back to the pool (once; later calls do nothing).
+    A connection the pool fails to reset is closed by the pool; the request goes on."""
     shared = scope.get("state", {}).get(CONNECTION_STATE)
     if isinstance(shared, RequestConnection):
-        await shared.release()
+        try:
+            await shared.release()
+        except Exception:
+            log.warning("request connection not reset; closed", exc_info=True)

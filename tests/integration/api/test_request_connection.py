@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from libs.db import search
+from libs.http.auth import RequestConnection
 
 
 @pytest.fixture
@@ -79,4 +80,21 @@ async def test_a_lost_connection_still_gets_its_audit_row(
     assert response.status_code == 500
     [*_, row] = await audit_rows("study.search")
     assert row["status_code"] == 500
+    assert all_idle(pool)
+
+
+async def test_a_connection_the_pool_cannot_reset_does_not_fail_the_answer(
+    client, keys, audit_rows, pool, monkeypatch
+):
+    real = RequestConnection.release
+
+    async def reset_fails(self: RequestConnection) -> None:
+        await real(self)
+        raise asyncpg.InterfaceError("reset failed")
+
+    monkeypatch.setattr(RequestConnection, "release", reset_fails)
+    before = len(await audit_rows("study.search"))
+    response = await client.get("/v1/studies", headers=keys.headers("clinician"))
+    assert response.status_code == 200
+    assert len(await audit_rows("study.search")) == before + 1
     assert all_idle(pool)
