@@ -132,18 +132,17 @@ class _Where:
 Where = _Where  # shared with the DICOMweb queries (libs/db/dicomweb.py)
 
 
-# Beyond this many matching studies a page walks the date index and keeps the studies of
-# the matching patients (a hashed semi-join) rather than looking up every one of them by
-# patient and sorting: 10,000 studies of 5,000 patients took 31 ms that way, 2.4 this way;
-# for 1,000 studies the lookup is faster (3 ms against 23). With the count stopping at
-# COUNT_LIMIT, a page walks once that is passed: on the 1M bench index, 2,000 studies of
-# 1,000 patients took 3.0-4.4 ms walking against 5.6-8.5 looked up; 1,000 studies 6.1-6.3
-# walking against 3.9-4.3 (pgbench).
-WALK_DATES_BEYOND = 3000
 # A search counts its matches up to this many (or to the end of the page asked for, if
 # further); beyond, its total is a lower bound. Counting every match was most of a broad
 # search's time on the 1M-instance bench index: 4.7 ms of PostgreSQL for 10,000 studies of
 # one modality, 6.9 for the 10,000 of a one-syllable name, 5-10 for all 100,000.
+#
+# Up to this many, the page is sorted out of the matches the count read (one statement);
+# beyond, a page walks the date index and keeps the studies of the matching patients (a
+# hashed semi-join) rather than looking up every one of them by patient and sorting:
+# 10,000 studies of 5,000 patients took 31 ms that way, 2.4 this way. The crossover is near
+# this limit: 2,000 studies of 1,000 patients took 3.0-4.4 ms walking against 5.6-8.5
+# looked up, 1,000 studies 6.1-6.3 walking against 3.9-4.3 (pgbench, bench index).
 COUNT_LIMIT = 1000
 
 
@@ -229,18 +228,37 @@ async def search_studies(
 ) -> StudyMatches:
     """The matches counted up to `count_limit` (or to the end of this page, if further), and
     one page, ordered by study date, newest first, then study UID. The page is chosen on
-    studies alone; only its rows are joined to their patient and thumbnail."""
+    studies alone; only its rows are joined to their patient and thumbnail.
+
+    One statement first: the matching studies' keys up to the limit and one more, their
+    count, and, when that is all of them, the page sorted out of those. Only when more match
+    does a second statement walk the dates for the page."""
     w = _where(f)
     cap = max(count_limit, offset + limit)
     n = len(w.args)
-    counted = await conn.fetchval(
-        f"SELECT count(*) FROM (SELECT 1 FROM studies s {w.sql()} LIMIT ${n + 1}) m",
+    rows = await conn.fetch(
+        f"""WITH m AS MATERIALIZED (
+                SELECT s.study_uid, s.study_date FROM studies s {w.sql()} LIMIT ${n + 1})
+            SELECT page.*, c.counted
+              FROM (SELECT count(*) AS counted FROM m) c
+              LEFT JOIN LATERAL (
+                SELECT {_STUDY_COLUMNS}, t.thumbnail_series_uid, t.thumbnail_sop_uid
+                  FROM (SELECT m.study_uid FROM m
+                         WHERE c.counted < ${n + 1}
+                         ORDER BY m.study_date DESC NULLS LAST, m.study_uid
+                         LIMIT ${n + 2} OFFSET ${n + 3}) k
+                  JOIN studies s ON s.study_uid = k.study_uid
+                  JOIN patients p ON p.id = s.patient_pk {_THUMBNAIL}) page ON true
+             ORDER BY page.study_date DESC NULLS LAST, page.study_uid""",
         *w.args,
         cap + 1,
+        limit,
+        offset,
     )
-    exact = counted <= cap
-    if not exact or counted > WALK_DATES_BEYOND:
-        w = _where(f, many=True)
+    counted = rows[0]["counted"]
+    if counted <= cap:
+        return StudyMatches(counted, True, [_study(r) for r in rows if r[0] is not None])
+    w = _where(f, many=True)
     rows = await conn.fetch(
         f"""SELECT {_STUDY_COLUMNS}, t.thumbnail_series_uid, t.thumbnail_sop_uid
               FROM (SELECT * FROM studies s {w.sql()}
@@ -252,7 +270,7 @@ async def search_studies(
         limit,
         offset,
     )
-    return StudyMatches(int(min(counted, cap)), exact, [_study(r) for r in rows])
+    return StudyMatches(cap, False, [_study(r) for r in rows])
 
 
 async def get_study(conn: Conn, study_uid: str) -> StudyDetail | None:
