@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from fastapi import Depends, HTTPException, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +37,7 @@ GRANTS: dict[str, frozenset[Permission]] = {
     "admin": frozenset({"read", "imports", "keys"}),
 }
 AUDIT_STATE = "audit"  # request.state attribute the audit middleware reads
+CONNECTION_STATE = "connection"  # the request's shared connection (RequestConnection), if any
 SESSION_COOKIE = "dicomflow_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -56,12 +58,49 @@ class AuditContext:
     details: dict[str, Any] = field(default_factory=dict)  # beside the query in audit_log
 
 
+class RequestConnection:
+    """One pooled connection for a whole request: the key lookup, the route's queries and the
+    audit row, instead of a connection (and the pool's reset round trip on its release) for
+    each. The audit middleware releases it once the audit row is written; nothing may use it
+    after the response has started."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: PoolConnectionProxy | None = None
+
+    async def get(self) -> PoolConnectionProxy:
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        return self._conn
+
+    def live(self) -> PoolConnectionProxy | None:
+        """The connection, if one is held and still open."""
+        conn = self._conn
+        try:
+            return conn if conn is not None and not conn.is_closed() else None
+        except asyncpg.InterfaceError:  # closed under us: the pool has detached it
+            return None
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.release(conn)
+
+
 @dataclass(frozen=True)
 class Caller:
     """The authenticated, authorised caller of a route."""
 
     key: ApiKey
     audit: AuditContext
+    shared: RequestConnection | None = None
+
+    async def connection(self) -> PoolConnectionProxy:
+        """The request's one connection (a guard built with `one_connection=True`); the
+        route must be done with it before its response starts."""
+        if self.shared is None:
+            raise RuntimeError("this route's guard holds no connection for the request")
+        return await self.shared.get()
 
     @property
     def created_by(self) -> str:
@@ -103,16 +142,21 @@ class Authenticator:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def _key(self, token: str) -> ApiKey | None:
+    async def _key(self, token: str, shared: RequestConnection | None) -> ApiKey | None:
+        if shared is not None:
+            return await apikeys.verify_key(await shared.get(), token)
         async with self._pool.acquire() as conn:
             return await apikeys.verify_key(conn, token)
 
-    async def _session(self, request: Request) -> ApiKey | None:
+    async def _session(self, request: Request, shared: RequestConnection | None) -> ApiKey | None:
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
             return None
-        async with self._pool.acquire() as conn:
-            found = await sessions.session_key(conn, token)
+        if shared is not None:
+            found = await sessions.session_key(await shared.get(), token)
+        else:
+            async with self._pool.acquire() as conn:
+                found = await sessions.session_key(conn, token)
         if found is None:
             return None
         if request.method not in SAFE_METHODS and not same_origin(request):
@@ -121,20 +165,33 @@ class Authenticator:
             )
         return found[0]
 
-    async def identify(self, request: Request, bearer: str | None) -> ApiKey | None:
+    async def identify(
+        self, request: Request, bearer: str | None, shared: RequestConnection | None = None
+    ) -> ApiKey | None:
         """The key of a request: its bearer token, else its session cookie."""
         if bearer is not None:
-            return await self._key(bearer)
-        return await self._session(request)
+            return await self._key(bearer, shared)
+        return await self._session(request, shared)
 
-    def require(self, permission: Permission, action: str) -> Guard:
+    def require(
+        self, permission: Permission, action: str, *, one_connection: bool = False
+    ) -> Guard:
+        """`one_connection`: the key lookup, the route (`Caller.connection()`) and the audit
+        row share one pooled connection. Only for a route that takes no other connection
+        (a request would otherwise hold two) and is done with it before its response starts
+        (no streamed body that reads the database)."""
+
         async def guard(
             request: Request,
             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         ) -> Caller:
             audit = AuditContext(action)
             setattr(request.state, AUDIT_STATE, audit)
-            key = await self.identify(request, credentials.credentials if credentials else None)
+            shared = RequestConnection(self._pool) if one_connection else None
+            if shared is not None:  # released by the audit middleware, whatever happens
+                setattr(request.state, CONNECTION_STATE, shared)
+            bearer = credentials.credentials if credentials else None
+            key = await self.identify(request, bearer, shared)
             if key is None:
                 raise unauthorized()
             audit.key = key
@@ -142,7 +199,7 @@ class Authenticator:
                 raise HTTPException(
                     status_code=403, detail=f"role '{key.role}' may not use this endpoint"
                 )
-            return Caller(key=key, audit=audit)
+            return Caller(key=key, audit=audit, shared=shared)
 
         return guard
 
@@ -154,9 +211,10 @@ class Authenticator:
         audit = AuditContext("request.rejected")
         setattr(request.state, AUDIT_STATE, audit)
         credentials = await _bearer(request)
+        shared = getattr(request.state, CONNECTION_STATE, None)  # the guard's, if it ran
         try:  # a bearer key, or a signed-in browser's session cookie
             audit.key = await self.identify(
-                request, credentials.credentials if credentials else None
+                request, credentials.credentials if credentials else None, shared
             )
         except HTTPException:  # a cookie request from another site: not a known caller here
             audit.key = None

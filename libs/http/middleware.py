@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.db.audit import AuditEntry, write_audit
-from libs.http.auth import AUDIT_STATE, AuditContext
+from libs.http.auth import AUDIT_STATE, CONNECTION_STATE, AuditContext, RequestConnection
 from libs.runtime.logging import get_logger
 from libs.runtime.metrics import LATENCY_BUCKETS, metric_prefix
 
@@ -108,22 +108,36 @@ def _entry(scope: Scope, audit: AuditContext, status: int) -> AuditEntry:
 
 
 class AuditMiddleware:
-    """Writes the audit row before the response starts; no audit row, no response (503)."""
+    """Writes the audit row before the response starts; no audit row, no response (503).
+    A request whose route shares one connection (`RequestConnection`) writes its row on
+    that connection, which is then released; if it has been lost, on one from the pool."""
 
     def __init__(self, app: ASGIApp, pool: asyncpg.Pool) -> None:
         self.app = app
         self.pool = pool
 
     async def _write(self, scope: Scope, status: int) -> bool:
-        audit = scope.get("state", {}).get(AUDIT_STATE)
-        if not isinstance(audit, AuditContext):
-            return True  # not an audited route (ops routes, docs, unknown paths)
+        state = scope.get("state", {})
+        audit = state.get(AUDIT_STATE)
+        shared = state.get(CONNECTION_STATE)
         try:
-            async with self.pool.acquire() as conn:
-                await write_audit(conn, _entry(scope, audit, status))
+            if not isinstance(audit, AuditContext):
+                return True  # not an audited route (ops routes, docs, unknown paths)
+            entry = _entry(scope, audit, status)
+            conn = shared.live() if isinstance(shared, RequestConnection) else None
+            if conn is not None:
+                try:
+                    await write_audit(conn, entry)
+                    return True
+                except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+                    log.warning("request connection lost; audit row on another", exc_info=True)
+            async with self.pool.acquire() as fresh:
+                await write_audit(fresh, entry)
         except Exception:
             log.exception("audit write failed", action=audit.action, status=status)
             return False
+        finally:
+            await _release(scope)
         return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,3 +165,16 @@ class AuditMiddleware:
             if not started:
                 await self._write(scope, 500)
             raise
+        finally:
+            await _release(scope)
+
+
+async def _release(scope: Scope) -> None:
+    """Give the request's shared connection back to the pool (once; later calls do nothing).
+    A connection the pool fails to reset is closed by the pool; the request goes on."""
+    shared = scope.get("state", {}).get(CONNECTION_STATE)
+    if isinstance(shared, RequestConnection):
+        try:
+            await shared.release()
+        except Exception:
+            log.warning("request connection not reset; closed", exc_info=True)

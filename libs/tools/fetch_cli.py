@@ -139,7 +139,7 @@ def _studies(client: Client, args: argparse.Namespace, criteria: object) -> list
     total, found = client.search(criteria, limit=args.limit + 1)
     if total == 0:
         raise NotFound("no study matches the search.")
-    if total > args.limit:
+    if total > args.limit:  # "1,000+ studies match" when the server stopped counting
         raise ClientError(
             f"{total} studies match; narrow the search or raise --limit (now {args.limit})."
         )

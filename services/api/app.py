@@ -66,7 +66,7 @@ def create_app(
     )
     app.add_exception_handler(RequestValidationError, auth.invalid_request)  # 401 before 422
     add_local_docs(app)
-    app.include_router(studies_router(pool, auth, limits))
+    app.include_router(studies_router(auth, limits))
     if packager is not None:
         app.include_router(archives_router(packager))
     if previews is not None:

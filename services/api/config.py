@@ -28,13 +28,15 @@ class ApiLimits:
     session_hours: float = 8.0
     rate_per_key: str = "600/minute"
     rate_per_address: str = "1200/minute"
+    search_count_limit: int = 1000
     import_events_interval_seconds: float = 1.0
     import_events_heartbeat_seconds: float = 15.0
 
 
 class ApiSettings(ServiceSettings):
     """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
-    API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS, API_RENDER_*, API_STOW_*, API_PACKAGER_URL,
+    API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS, API_SEARCH_COUNT_LIMIT, API_RENDER_*,
+    API_STOW_*, API_PACKAGER_URL,
     API_PACKAGER_TIMEOUT_SECONDS, API_PACKAGER_CA_BUNDLE, API_VIEWER_DIR, API_EXPORT_*,
     API_IMPORT_EVENTS_INTERVAL_SECONDS, API_IMPORT_EVENTS_HEARTBEAT_SECONDS,
     API_HTTPS_CERTFILE, API_HTTPS_KEYFILE (HTTPS)."""
@@ -58,6 +60,12 @@ class ApiSettings(ServiceSettings):
     )
     rate_per_address: str = Field(
         default="1200/minute", description="The same for one client address (any key or none)."
+    )
+    search_count_limit: int = Field(
+        default=1000,
+        ge=1,
+        description="A study search counts its matches up to this many (or to the end of the "
+        "page asked for); beyond, its total is a lower bound (`total_exact` false).",
     )
     viewer_dir: Path | None = Field(
         default=None, description="The OHIF Viewer build served at /viewer (deploy/dev/ohif.sh)"
@@ -141,6 +149,7 @@ class ApiSettings(ServiceSettings):
             session_hours=self.session_hours,
             rate_per_key=self.rate_per_key,
             rate_per_address=self.rate_per_address,
+            search_count_limit=self.search_count_limit,
             import_events_interval_seconds=self.import_events_interval_seconds,
             import_events_heartbeat_seconds=self.import_events_heartbeat_seconds,
         )

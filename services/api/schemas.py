@@ -125,7 +125,12 @@ class StudyHit(StudyOut):
 
 
 class StudyPage(BaseModel):
-    total: int
+    total: int = Field(
+        description="Studies matching: exact when `total_exact`, else a lower bound (the "
+        "server stops counting at API_SEARCH_COUNT_LIMIT, or at the end of this page if "
+        "further): show it as “1,000+”."
+    )
+    total_exact: bool = Field(description="False: more than `total` studies match (see `total`).")
     limit: int
     offset: int
     items: list[StudyHit]

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from libs.db.search import WALK_DATES_BEYOND, StudyFilter, get_study, search_studies
+from libs.db.search import COUNT_LIMIT, StudyFilter, get_study, search_studies
 
 BIG = {"patients", "studies", "series", "instances"}
 LATIN = ["ka", "mo", "ri", "ta", "sen", "lu", "ber", "vo", "ni", "gra"]
@@ -116,6 +116,7 @@ SEARCHES = {
     "modality": StudyFilter(modality="NM"),
     "patient id": StudyFilter(patient_id="P1234"),
     "accession number": StudyFilter(accession_number="A777"),
+    "no filter (every study)": StudyFilter(),
 }
 
 
@@ -140,8 +141,11 @@ async def test_each_search_and_the_study_detail_use_indexes(pool: asyncpg.Pool) 
         failures = []
         for name, search in SEARCHES.items():
             recording = Recording(conn)
-            total, rows = await search_studies(recording, search, limit=50, offset=0)  # type: ignore[arg-type]
-            assert len(recording.statements) == 2, name
+            found = await search_studies(recording, search, limit=50, offset=0)  # type: ignore[arg-type]
+            total, rows = found.total, found.rows
+            # One statement (matches, count and page) unless more than the count limit
+            # match; then a second one for the page.
+            assert len(recording.statements) == (1 if found.exact else 2), name
             if name in (
                 "patient id",
                 "accession number",
@@ -156,6 +160,17 @@ async def test_each_search_and_the_study_detail_use_indexes(pool: asyncpg.Pool) 
         assert detail is not None and len(detail.series) == 2
         failures += [f"detail: {bad}" for bad in await plans_with_seq_scans(conn, recording)]
     assert not failures, "\n\n".join(failures)
+
+
+def matches(plan: dict[str, Any]) -> dict[str, Any]:
+    """The node of the first statement's CTE `m`: the matching studies, up to the limit."""
+    nodes = [plan]
+    while nodes:
+        node = nodes.pop()
+        if node.get("Subplan Name") == "CTE m":
+            return node
+        nodes += node.get("Plans", [])
+    raise AssertionError(f"no CTE m in {json.dumps(plan)[:2000]}")
 
 
 def tables_read(node: dict[str, Any]) -> set[str]:
@@ -177,7 +192,9 @@ async def test_patients_are_read_once_per_search_not_once_per_study(pool: asyncp
             await search_studies(recording, SEARCHES[name], limit=50, offset=0)  # type: ignore[arg-type]
             sql, args = recording.statements[0]
             plan = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args))
-            assert "patients" not in tables_read(plan[0]["Plan"]), (name, sql)
+            # The matches (CTE m) are found and counted on studies alone; only the page's
+            # rows are joined to their patients.
+            assert "patients" not in tables_read(matches(plan[0]["Plan"])), (name, sql)
         for name in ("name prefix, Latin", "patient id", "birth date"):
             recording = Recording(conn)
             await search_studies(recording, SEARCHES[name], limit=50, offset=0)  # type: ignore[arg-type]
@@ -187,6 +204,36 @@ async def test_patients_are_read_once_per_search_not_once_per_study(pool: asyncp
         # the dates (a semi-join) instead of looking each of them up and sorting them all.
         recording = Recording(conn)
         search = SEARCHES["a later word of the name, alone (every study)"]
-        total, _ = await search_studies(recording, search, limit=50, offset=0)  # type: ignore[arg-type]
-        assert total > WALK_DATES_BEYOND
+        found = await search_studies(recording, search, limit=50, offset=0)  # type: ignore[arg-type]
+        assert (found.total, found.exact) == (COUNT_LIMIT, False)  # more than that match
         assert "s.patient_pk IN (SELECT p.id FROM patients p" in recording.statements[1][0]
+
+
+async def test_counting_stops_at_the_limit_or_at_the_end_of_the_page(pool: asyncpg.Pool) -> None:
+    """A broad search reads at most `count_limit` + 1 matches to count them (or as many as
+    the page asked for ends at, and one more): 20,000 studies, 2,000 of them one modality."""
+    async with pool.acquire() as conn:
+        await generate(conn)
+        for search, limit, offset, count_limit, expected in [
+            (StudyFilter(), 50, 0, COUNT_LIMIT, (COUNT_LIMIT, False)),
+            (StudyFilter(), 50, 0, 30_000, (20_000, True)),
+            (StudyFilter(modality="NM"), 50, 0, COUNT_LIMIT, (COUNT_LIMIT, False)),
+            (StudyFilter(modality="NM"), 50, 0, 2000, (2000, True)),
+            (StudyFilter(modality="NM"), 50, 0, 1999, (1999, False)),
+            (StudyFilter(modality="NM"), 50, 1990, 10, (2000, True)),  # the page's end: all
+            (StudyFilter(), 50, 2000, 10, (2050, False)),  # counted to the end of the page
+            (StudyFilter(patient_name="ivan"), 10, 0, 100, (100, False)),
+        ]:
+            recording = Recording(conn)
+            found = await search_studies(
+                recording,  # type: ignore[arg-type]
+                search,
+                limit=limit,
+                offset=offset,
+                count_limit=count_limit,
+            )
+            assert (found.total, found.exact) == expected, search
+            sql, args = recording.statements[0]
+            plan = json.loads(await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args))
+            read = matches(plan[0]["Plan"])["Actual Rows"]  # the matching studies read
+            assert read <= max(count_limit, offset + limit) + 1, (search, read)

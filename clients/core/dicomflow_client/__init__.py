@@ -11,7 +11,7 @@
 - `viewer`: the configured viewer command (`{folder}`) or the system's file manager.
 """
 
-from dicomflow_client.api import Client, Patient, SearchFilter, Study
+from dicomflow_client.api import Client, Patient, SearchFilter, Study, Total
 from dicomflow_client.errors import (
     Cancelled,
     ClientError,
@@ -40,6 +40,7 @@ __all__ = [
     "SearchFilter",
     "ServerError",
     "Study",
+    "Total",
     "Unauthorized",
     "Unreachable",
     "UnsafeArchive",

@@ -31,6 +31,24 @@ FORMATS: tuple[ArchiveFormat, ...] = ("tar.zst", "zip", "tar")
 PAGE = 200
 
 
+class Total(int):
+    """How many studies a search matched. `exact` False: at least this many (the server
+    stops counting at its API_SEARCH_COUNT_LIMIT); `str()` then reads "1,000+"."""
+
+    exact: bool
+
+    def __new__(cls, count: int, exact: bool = True) -> Total:
+        total = super().__new__(cls, count)
+        total.exact = exact
+        return total
+
+    def __str__(self) -> str:
+        return f"{int(self):,}" if self.exact else f"{int(self):,}+"
+
+    def __format__(self, spec: str) -> str:  # f"{total}" reads as str(total)
+        return str(self) if not spec else int.__format__(self, spec)
+
+
 @dataclass(frozen=True)
 class SearchFilter:
     """Every field optional; empty strings count as not given."""
@@ -149,23 +167,26 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def search(self, criteria: SearchFilter, *, limit: int = 1000) -> tuple[int, list[Study]]:
-        """(total matches, up to `limit` studies), newest first, paging as needed."""
+    def search(self, criteria: SearchFilter, *, limit: int = 1000) -> tuple[Total, list[Study]]:
+        """(total matches, up to `limit` studies), newest first, paging as needed. The total
+        may be a lower bound (`Total.exact` False, shown as "1,000+")."""
         found: list[Study] = []
-        total = 0
+        total = Total(0)
         for page_total, page in self._pages(criteria.params(), limit):
-            total = page_total
+            total = page_total  # the last page's: counted furthest
             found.extend(page)
         return total, found[:limit]
 
-    def _pages(self, params: dict[str, str], limit: int) -> Iterator[tuple[int, list[Study]]]:
+    def _pages(self, params: dict[str, str], limit: int) -> Iterator[tuple[Total, list[Study]]]:
         offset = 0
         while True:
             body = self._json("/v1/studies", {**params, "limit": str(PAGE), "offset": str(offset)})
             items = [Study.from_json(i) for i in body["items"]]
-            yield int(body["total"]), items
+            # An older server sends no `total_exact`: its totals are exact.
+            total = Total(int(body["total"]), bool(body.get("total_exact", True)))
+            yield total, items
             offset += len(items)
-            if not items or offset >= int(body["total"]) or offset >= limit:
+            if not items or (total.exact and offset >= total) or offset >= limit:
                 return
 
     def study(self, study_uid: str) -> Study:

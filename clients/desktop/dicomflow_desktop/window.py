@@ -10,7 +10,7 @@ import re
 from datetime import date
 from pathlib import Path
 
-from dicomflow_client import Client, ClientError, Progress, SearchFilter, Study
+from dicomflow_client import Client, ClientError, Progress, SearchFilter, Study, Total
 from dicomflow_client.api import FORMATS, ArchiveFormat
 from dicomflow_client.progress import human_eta, human_size
 from dicomflow_client.viewer import launch_viewer, open_folder
@@ -249,7 +249,7 @@ class MainWindow(QMainWindow):
         self._replaced = {w for w in self._replaced if w.isRunning()}
         self._sync_buttons()
 
-    def _found(self, number: int, total: int, studies: list[Study]) -> None:
+    def _found(self, number: int, total: Total, studies: list[Study]) -> None:
         if number != self.searches:
             return  # a newer search replaced this one
         self.studies = studies
@@ -274,11 +274,12 @@ class MainWindow(QMainWindow):
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
                     )
                 self.table.setItem(row, col, item)
-        shown = f" (showing {len(studies)})" if total > len(studies) else ""
-        self.count_label.setText(
+        more = total > len(studies) or not total.exact
+        shown = f" (showing {len(studies):,})" if more else ""
+        self.count_label.setText(  # "1,000+ studies found": the server stopped counting
             "No study matches."
             if total == 0
-            else f"{total} {'study' if total == 1 else 'studies'} found{shown}"
+            else f"{total} {'study' if total == 1 and total.exact else 'studies'} found{shown}"
         )
 
     def _search_failed(self, number: int, message: str) -> None:

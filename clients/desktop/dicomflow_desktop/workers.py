@@ -29,7 +29,7 @@ class SearchWorker(QThread):
     of a search a newer one has replaced (a clinician who corrects the name and presses
     Enter again sees the new answer, never the old one arriving late)."""
 
-    found = Signal(int, int, list)  # number, total, [Study]
+    found = Signal(int, object, list)  # number, Total (an int that may be a lower bound), [Study]
     failed = Signal(int, str)  # number, message
 
     def __init__(self, client: Client, criteria: SearchFilter, number: int = 0) -> None:

@@ -2,7 +2,6 @@
 
 from typing import Annotated
 
-import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from libs.db import search
@@ -18,10 +17,12 @@ StudyUid = Annotated[
 ]
 
 
-def studies_router(pool: asyncpg.Pool, auth: Authenticator, limits: ApiLimits) -> APIRouter:
+def studies_router(auth: Authenticator, limits: ApiLimits) -> APIRouter:
+    """The routes take their connection from the guard (`Caller.connection()`)."""
     router = APIRouter(prefix="/v1/studies", tags=["studies"])
-    searcher = Depends(auth.require("read", "study.search"))
-    reader = Depends(auth.require("read", "study.read"))
+    # One connection a request: the key lookup, the queries and the audit row.
+    searcher = Depends(auth.require("read", "study.search", one_connection=True))
+    reader = Depends(auth.require("read", "study.read", one_connection=True))
 
     @router.get("", response_model=StudyPage)
     async def search_studies(
@@ -30,10 +31,14 @@ def studies_router(pool: asyncpg.Pool, auth: Authenticator, limits: ApiLimits) -
         """Studies matching every filter given, newest first."""
         limit = page_limit(query.limit, limits)
         criteria = search.StudyFilter(**query.model_dump(exclude={"limit", "offset"}))
-        async with pool.acquire() as conn:
-            total, rows = await search.search_studies(
-                conn, criteria, limit=limit, offset=query.offset
-            )
+        found = await search.search_studies(
+            await caller.connection(),
+            criteria,
+            limit=limit,
+            offset=query.offset,
+            count_limit=limits.search_count_limit,
+        )
+        rows = found.rows
         caller.saw(len(rows))
         # Shallow dicts: dataclasses.asdict deep-copies every value and was half the
         # request's CPU for a page of 50 studies.
@@ -48,14 +53,19 @@ def studies_router(pool: asyncpg.Pool, auth: Authenticator, limits: ApiLimits) -
             for r in rows
         ]
         return StudyPage.model_validate(
-            {"total": total, "limit": limit, "offset": query.offset, "items": items}
+            {
+                "total": found.total,
+                "total_exact": found.exact,
+                "limit": limit,
+                "offset": query.offset,
+                "items": items,
+            }
         )
 
     @router.get("/{study_uid}", response_model=StudyDetailOut)
     async def read_study(study_uid: StudyUid, caller: Annotated[Caller, reader]) -> StudyDetailOut:
         """One study with its series."""
-        async with pool.acquire() as conn:
-            detail = await search.get_study(conn, study_uid)
+        detail = await search.get_study(await caller.connection(), study_uid)
         caller.saw(1 if detail else 0)
         if detail is None:
             raise HTTPException(status_code=404, detail="study not found")

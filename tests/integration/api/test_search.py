@@ -8,8 +8,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from libs.dicom.names import search_key
+from libs.runtime.probes import Readiness
+from services.api.app import create_app
+from services.api.config import ApiLimits
 
 # (patient_key, patient_id, name, birth date, sex)
 PATIENTS = [
@@ -180,6 +184,26 @@ async def test_paging_keeps_total_and_order(client, keys):
     assert pages[3]["items"] == []
     default = await _search(client, keys)
     assert (default["limit"], default["offset"]) == (50, 0)
+    assert all(p["total_exact"] for p in [*pages, default])
+
+
+async def test_beyond_the_count_limit_the_total_is_a_lower_bound(pool, publisher, keys):
+    """API_SEARCH_COUNT_LIMIT=3 on 6 studies: `total` 3 and `total_exact` false, until a
+    page reaches further (the count then goes to the end of that page, and one more)."""
+    app = create_app(
+        pool, publisher.publish, CollectorRegistry(), Readiness(),
+        limits=ApiLimits(search_count_limit=3),
+    )  # fmt: skip
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        pages = [await _search(client, keys, limit=2, offset=offset) for offset in (0, 2, 4)]
+        totals = [(p["total"], p["total_exact"]) for p in pages]
+        assert totals == [(3, False), (4, False), (6, True)]
+        assert [s["study_uid"] for p in pages for s in p["items"]] == ALL
+        few = await _search(client, keys, modality="CT")
+        assert (few["total"], few["total_exact"]) == (2, True)
+        big = await _search(client, keys, limit=10)
+        assert (big["total"], big["total_exact"]) == (6, True)
 
 
 async def test_result_fields_counts_and_sizes(client, keys):

@@ -95,24 +95,25 @@ async function search() {
     const page = await getJson(`/v1/studies?${query}`);
     body.replaceChildren(...page.items.map(row));
     table.hidden = page.items.length === 0;
+    // Beyond the server's count limit the total is a lower bound: "1,000+".
+    const exact = page.total_exact !== false;
+    const total = `${formatCount(page.total)}${exact ? "" : "+"}`;
     if (page.total === 0) {
       status.textContent = filtered ? "No studies match this search." : "There are no studies yet.";
     } else {
-      const what = page.total === 1 ? "study" : "studies";
-      status.textContent = filtered
-        ? `${formatCount(page.total)} ${what} found.`
-        : `${formatCount(page.total)} ${what}, newest first.`;
+      const what = page.total === 1 && exact ? "study" : "studies";
+      status.textContent = filtered ? `${total} ${what} found.` : `${total} ${what}, newest first.`;
     }
     const last = Math.min(offset + page.items.length, page.total);
-    pages.hidden = page.total <= PAGE_SIZE;
+    pages.hidden = exact && page.total <= PAGE_SIZE;
     document.getElementById("range").textContent = page.items.length
-      ? `${formatCount(offset + 1)}–${formatCount(last)} of ${formatCount(page.total)}`
+      ? `${formatCount(offset + 1)}–${formatCount(last)} of ${total}`
       : "";
     const prev = document.getElementById("prev");
     const next = document.getElementById("next");
     prev.toggleAttribute("hidden", offset === 0);
     prev.href = pageLink(Math.max(0, offset - PAGE_SIZE));
-    next.toggleAttribute("hidden", last >= page.total);
+    next.toggleAttribute("hidden", exact && last >= page.total);
     next.href = pageLink(offset + PAGE_SIZE);
   } catch (err) {
     status.textContent = "";
