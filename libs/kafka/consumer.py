@@ -265,8 +265,10 @@ class StageConsumer:
             for item in inflight:
                 for tp, records in item.batch.items():
                     firsts.setdefault(tp, records[0].offset)
+            owned = self._consumer.assignment()
             for tp, offset in firsts.items():
-                self._consumer.seek(tp, offset)
+                if tp in owned:  # a partition moved away meanwhile: its new owner redelivers
+                    self._consumer.seek(tp, offset)
             inflight.clear()
             await self._sleep(1.0)
 
