@@ -13,6 +13,15 @@ poison message is retried and dead-lettered alone while the rest reach their
 outcome; an outcome that is an exception is treated the same way for its message.
 One INFO line per batch; per message at DEBUG.
 
+With `overlap=2` two batches are in flight: the next batch's handler (its effects: the
+storage-writer's copies) runs while the one before it is still handled (its flush), sends
+its events, waits for their acknowledgements and commits; its handler must bear being
+called while the previous call runs. Order is kept where it is observable: a batch sends
+its events only after the batch before it sent all of its own, and commits only after that
+batch committed; a batch that fails takes every later one in flight with it (none of them
+commits: all are replayed). Only batch handlers overlap (a `Route`'s messages are handled
+after the previous batch sent its events).
+
 Failures are sorted three ways:
 - `PermanentError` (bad input): to `<topic>.dlq` at once, with the reason.
 - an outage (`is_outage`: database or broker unreachable or restarting, a full
@@ -119,6 +128,30 @@ class _Tally:
     dead_lettered: int = 0
 
 
+class _Abandoned(Exception):
+    """The batch before this one failed: this one is replayed with it, never committed."""
+
+
+@dataclass
+class _InFlight:
+    """A batch being handled, and when its events were all sent (`sent`)."""
+
+    batch: dict[TopicPartition, list[ConsumerRecord]]
+    sent: asyncio.Future[None]
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Prepared:
+    """A topic's records of a batch after its batch handler ran (before anything is sent)."""
+
+    route: BatchRoute[Any]
+    invalid: list[tuple[ConsumerRecord, str]]
+    valid: list[tuple[ConsumerRecord, Any]]
+    outcomes: Sequence[Outcome] | None  # None: the handler failed, one message at a time
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_retries: int = 3
@@ -144,6 +177,7 @@ class StageConsumer:
         concurrency: int = 1,
         dead_letters: bool = True,
         session_timeout_ms: int = 30_000,
+        overlap: int = 1,
     ) -> None:
         self.stage = stage
         self._routes = dict(routes)
@@ -154,6 +188,7 @@ class StageConsumer:
         self._batch_size = batch_size
         self._dead_letters = dead_letters  # False for consumers of DLQs: log and skip instead
         self._slots = asyncio.Semaphore(concurrency)
+        self._overlap = max(1, overlap)  # batches in flight (see the module docstring)
         self.healthy = False
         for topic in self._routes:
             metrics.init_topic(topic)
@@ -181,45 +216,103 @@ class StageConsumer:
         await self._consumer.stop()
 
     async def run(self) -> None:
-        """Consume until `stopping` is set; the batch in flight is finished and committed."""
+        """Consume until `stopping` is set; the batches in flight are finished and committed."""
+        inflight: list[_InFlight] = []
+        structlog.contextvars.bind_contextvars(service=self.stage)
         try:
             while not self._stopping.is_set():
-                batch = await self._consumer.getmany(timeout_ms=500, max_records=self._batch_size)
-                if not batch:
-                    self._record_idle_lag()
+                if len(inflight) >= self._overlap:
+                    await self._finish_oldest(inflight)
                     continue
-                try:
-                    await self._process(batch)
-                except (KafkaError, *UNREACHABLE) as exc:
-                    # Sends not acknowledged or a commit lost: replay the batch (effects are
-                    # idempotent, so doing them again is safe).
-                    self.healthy = False
-                    log.warning("batch not completed, replaying", error=repr(exc))
-                    for tp, records in batch.items():
-                        self._consumer.seek(tp, records[0].offset)
-                    await self._sleep(1.0)
+                batch = await self._consumer.getmany(
+                    timeout_ms=0 if inflight else 500, max_records=self._batch_size
+                )
+                if not batch:
+                    if inflight:
+                        await self._finish_oldest(inflight)
+                    else:
+                        self._record_idle_lag()
+                    continue
+                previous = inflight[-1] if inflight else None
+                current = _InFlight(batch, asyncio.get_running_loop().create_future())
+                current.task = asyncio.create_task(self._process(current, previous))
+                inflight.append(current)
+            while inflight:
+                await self._finish_oldest(inflight)
         except StopRequested:
             log.info("stopped during a retry; the batch will be redelivered")
+        finally:
+            for item in inflight:
+                assert item.task is not None
+                item.task.cancel()
+            await asyncio.gather(*(i.task for i in inflight if i.task), return_exceptions=True)
 
-    async def _process(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    async def _finish_oldest(self, inflight: list[_InFlight]) -> None:
+        """Wait for the oldest batch in flight; if it failed, every later one fails with it
+        and all of them are replayed from their first offsets."""
+        oldest = inflight[0]
+        assert oldest.task is not None
+        try:
+            await oldest.task
+            inflight.pop(0)
+        except (KafkaError, *UNREACHABLE) as exc:
+            # Sends not acknowledged or a commit lost: replay (effects are idempotent, so
+            # doing them again is safe).
+            self.healthy = False
+            log.warning("batch not completed, replaying", error=repr(exc))
+            await asyncio.gather(*(i.task for i in inflight[1:] if i.task), return_exceptions=True)
+            firsts: dict[TopicPartition, int] = {}
+            for item in inflight:
+                for tp, records in item.batch.items():
+                    firsts.setdefault(tp, records[0].offset)
+            owned = self._consumer.assignment()
+            for tp, offset in firsts.items():
+                if tp in owned:  # a partition moved away meanwhile: its new owner redelivers
+                    self._consumer.seek(tp, offset)
+            inflight.clear()
+            await self._sleep(1.0)
+
+    async def _process(self, current: _InFlight, previous: _InFlight | None) -> None:
+        try:
+            await self._process_batch(current, previous)
+        finally:
+            if not current.sent.done():
+                current.sent.set_exception(_Abandoned())
+            current.sent.exception()  # retrieved here: awaited by the next batch, if any
+
+    async def _process_batch(self, current: _InFlight, previous: _InFlight | None) -> None:
+        batch = current.batch
         started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(service=self.stage)
-        self._tally = _Tally()
-        acks: list[asyncio.Future[object]] = []
-        singles: dict[TopicPartition, list[ConsumerRecord]] = {}
+        prepared: list[_Prepared] = []
         for topic, records in _by_topic(batch).items():
             route = self._routes[topic]
             if isinstance(route, BatchRoute):
-                acks += await self._handle_batch(route, records)
+                prepared.append(await self._run_batch_handler(route, records))
+        if previous is not None:  # its events go first (order per partition is kept)
+            await previous.sent
+        self._tally = _Tally()
+        acks: list[asyncio.Future[object]] = []
+        for p in prepared:
+            acks += await self._emit(p)
+        singles: dict[TopicPartition, list[ConsumerRecord]] = {}
         for tp, records in batch.items():
             if not isinstance(self._routes[tp.topic], BatchRoute):
                 singles[tp] = records
         if singles:
             pending = await asyncio.gather(*(self._in_order(rs) for rs in _by_key(singles)))
             acks += [f for futures in pending for f in futures]
+        tally = self._tally
+        current.sent.set_result(None)  # the next batch may send now
         if acks:
             await asyncio.gather(*acks)
+        if previous is not None:  # commits in order: never past a batch still in flight
+            assert previous.task is not None
+            try:
+                await previous.task
+            except Exception as exc:
+                raise _Abandoned() from exc
         offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
         try:
             await self._consumer.commit(offsets)
@@ -231,30 +324,33 @@ class StageConsumer:
             lag = (self._consumer.highwater(tp) or 0) - (rs[-1].offset + 1)
             self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
         self._forget_lost_partitions()
-        t = self._tally
         log.info(
             "batch handled",
             messages=sum(len(rs) for rs in batch.values()),
-            ok=t.handled,
-            emitted=t.emitted,
-            dead_lettered=t.dead_lettered,
+            ok=tally.handled,
+            emitted=tally.emitted,
+            dead_lettered=tally.dead_lettered,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def _handle_batch(
+    async def _run_batch_handler(
         self, route: BatchRoute[Any], records: list[ConsumerRecord]
-    ) -> list[asyncio.Future[object]]:
-        """One topic's records of the batch through its batch handler (see BatchRoute)."""
-        futures: list[asyncio.Future[object]] = []
+    ) -> _Prepared:
+        """One topic's records of the batch through its batch handler (see BatchRoute): the
+        effects, nothing sent yet (`_emit` sends)."""
+        invalid: list[tuple[ConsumerRecord, str]] = []
         valid: list[tuple[ConsumerRecord, Any]] = []
         for record in records:
             try:
                 valid.append((record, route.model.model_validate_json(record.value or b"")))
             except ValidationError as exc:
-                reason = f"invalid {route.model.__name__} event: {_first_errors(exc)}"
-                futures += await self._dead_letter(record, reason, "ValidationError", 1, None)
+                invalid.append(
+                    (record, f"invalid {route.model.__name__} event: {_first_errors(exc)}")
+                )
+        prepared = _Prepared(route, invalid, valid, None)
         if not valid:
-            return futures
+            prepared.outcomes = []
+            return prepared
         topic = records[0].topic
         started = time.perf_counter()
         outages = 0
@@ -279,17 +375,30 @@ class StageConsumer:
                     error=repr(exc),
                     messages=len(valid),
                 )
-                for record, event in valid:
-                    futures += await self._handle(record, route, event)
-                return futures
-        elapsed = (time.perf_counter() - started) / len(valid)
+                return prepared
+        prepared.outcomes = outcomes
+        prepared.seconds = (time.perf_counter() - started) / len(valid)
+        return prepared
+
+    async def _emit(self, p: _Prepared) -> list[asyncio.Future[object]]:
+        """Send what a batch handler's outcomes say: their events, or dead letters."""
+        futures: list[asyncio.Future[object]] = []
+        for record, reason in p.invalid:
+            futures += await self._dead_letter(record, reason, "ValidationError", 1, None)
+        if p.outcomes is None:
+            for record, event in p.valid:
+                futures += await self._handle(record, p.route, event)
+            return futures
+        if not p.valid:
+            return futures
+        topic = p.valid[0][0].topic
         ok = 0
-        for (record, event), outcome in zip(valid, outcomes, strict=True):
+        for (record, event), outcome in zip(p.valid, p.outcomes, strict=True):
             if isinstance(outcome, Exception):
-                futures += await self._handle(record, route, event, first_error=outcome)
+                futures += await self._handle(record, p.route, event, first_error=outcome)
                 continue
             futures += [await self._producer.send(e) for e in outcome]
-            self._metrics.handler_seconds.labels(topic).observe(elapsed)
+            self._metrics.handler_seconds.labels(topic).observe(p.seconds)
             self._tally.emitted += len(outcome)
             ok += 1
             log.debug(

@@ -90,6 +90,7 @@ class Runtime:
         group_id: str | None = None,
         metrics: ConsumerMetrics | None = None,
         dead_letters: bool = True,
+        overlap: int = 1,
     ) -> StageConsumer:
         s = self.settings
         consumer = StageConsumer(
@@ -105,6 +106,7 @@ class Runtime:
             concurrency=s.concurrency,
             dead_letters=dead_letters,
             session_timeout_ms=s.kafka_session_timeout_ms,
+            overlap=overlap,
         )
         await consumer.start()
         self.resources.push_async_callback(consumer.stop)

@@ -135,6 +135,8 @@ class LocalStore:
     def _put_files(self, items: Sequence[PutRequest]) -> list[StoredObject | Exception]:
         out: list[StoredObject | Exception | None] = [None] * len(items)
         staged: list[tuple[int, Path, Path, int]] = []
+        folders: set[Path] = set()  # made in this batch: one mkdir per series, not per file
+        named = 0  # staged copies renamed into place (their temp files are gone)
         try:
             for n, item in enumerate(items):
                 try:
@@ -142,6 +144,9 @@ class LocalStore:
                     if target.exists():
                         out[n] = self._existing(item.key, target, item.expected_sha256)
                         continue
+                    if target.parent not in folders:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        folders.add(target.parent)
                     tmp, size = self._copy(
                         target, item.source, item.expected_sha256, item.source_stamp
                     )
@@ -152,12 +157,13 @@ class LocalStore:
                 sync_folder(self.root)  # the copies' bytes, before any is named
                 for n, tmp, target, size in staged:
                     os.replace(tmp, target)
+                    named += 1
                     out[n] = StoredObject(
                         self.url_for(items[n].key), size, items[n].expected_sha256, created=True
                     )
                 sync_folder(self.root)  # the names
         finally:
-            for _, tmp, _, _ in staged:
+            for _, tmp, _, _ in staged[named:]:
                 tmp.unlink(missing_ok=True)
         return [o if o is not None else RuntimeError("not stored") for o in out]
 
@@ -174,8 +180,7 @@ class LocalStore:
     ) -> tuple[Path, int]:
         """Copy to a temporary file beside `target` (not yet durable): in the kernel without
         hashing while the source shows the stamp it had when it was hashed (before and
-        after the copy), else copying and hashing in one pass."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        after the copy), else copying and hashing in one pass. The target's folder exists."""
         tmp = self._temp_for(target)
         digest = hashlib.sha256()
         size = 0

@@ -61,4 +61,7 @@ async def wire(rt: Runtime) -> None:
         partial(settled_files, pool),
         redelivered_counter(rt.name, rt.registry),
     )
-    await rt.consumer({FileDiscovered.TOPIC: BatchRoute(FileDiscovered, handler)})
+    await rt.consumer(
+        {FileDiscovered.TOPIC: BatchRoute(FileDiscovered, handler)},
+        overlap=settings.overlap_batches,
+    )

@@ -20,6 +20,13 @@ class ExtractorSettings(ServiceSettings):
     concurrency: Count = 8
     memory_limit_mb: int = Field(default=1024, ge=64, description="Address-space cap per parser")
     parse_timeout_seconds: float = Field(default=30.0, gt=0)
+    overlap_batches: int = Field(
+        default=2,
+        ge=1,
+        le=4,
+        description="Batches in flight: the next batch's files are parsed while the one before "
+        "is announced and committed, so the parser processes never wait for a round trip.",
+    )
     zero_hostile_preamble: bool = Field(
         default=False,
         description="Store files whose preamble is neither zeros nor a TIFF header with the "

@@ -18,6 +18,7 @@ from libs.db.tasks import Task
 from libs.runtime.logging import get_logger
 from services.nas_watcher.scanner import (
     FileStat,
+    LocalClocks,
     Look,
     ScanProblems,
     SecondLook,
@@ -97,7 +98,7 @@ async def scan_root(
     (the same on two looks `settle_seconds` apart; one still changing waits for the next
     round); symbolic links are followed only inside `roots` (default: `root`)."""
     report = ScanReport()
-    looks = SecondLook(settle_seconds)
+    looks = SecondLook(settle_seconds, LocalClocks(settle_seconds))
 
     async def emit(due: list[Look]) -> None:
         if not due:
@@ -156,7 +157,7 @@ async def scan_task(
         pending.clear()
 
     problems = ScanProblems()
-    looks = SecondLook(settle_seconds)
+    looks = SecondLook(settle_seconds, LocalClocks(settle_seconds))
 
     async def take(due: list[Look]) -> None:
         if not due:

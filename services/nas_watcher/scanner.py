@@ -14,7 +14,7 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,14 @@ SKIPPED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 # with every write and no copy tool can set it back, so nothing is writing to it. The margin
 # is wide because a NAS's clock may be minutes off this host's.
 QUIET_NS = 600 * 10**9
+# On a local filesystem the times come from this host's clock: no skew to allow for, only
+# the coarseness of file timestamps (a kernel tick; a second is far more than enough).
+TIMESTAMP_SLACK_NS = 10**9
+# Filesystems whose timestamps this host's kernel writes. Network and FUSE filesystems (NFS,
+# SMB, sshfs...) take their times from a server, and FAT's "ctime" is a creation time.
+LOCAL_FILESYSTEMS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "overlay", "bcachefs"}
+)
 
 
 @dataclass(frozen=True)
@@ -40,9 +48,9 @@ class FileStat:
     mtime_ns: int
     ctime_ns: int = 0  # 0: unknown (never settled on the first look)
 
-    def quiet(self, wall_ns: int) -> bool:
-        """Unchanged for `QUIET_NS` by both its times (see `SecondLook`)."""
-        return self.ctime_ns > 0 and wall_ns - max(self.mtime_ns, self.ctime_ns) >= QUIET_NS
+    def quiet(self, wall_ns: int, quiet_ns: int = QUIET_NS) -> bool:
+        """Unchanged for `quiet_ns` by both its times (see `SecondLook`)."""
+        return self.ctime_ns > 0 and wall_ns - max(self.mtime_ns, self.ctime_ns) >= quiet_ns
 
 
 @dataclass
@@ -154,10 +162,14 @@ class SecondLook:
     Its ctime does: every write moves it, and no tool can set it back. A file whose mtime
     and ctime are both older than `QUIET_NS` (an import of files at rest, the usual case)
     takes its second look at once instead of `settle_seconds` later: an import's first
-    files reach the extractor without waiting."""
+    files reach the extractor without waiting. `quiet_ns_of(directory)` may shorten that age
+    where the clock that stamped the times is this host's (`LocalClocks`)."""
 
-    def __init__(self, settle_seconds: float) -> None:
+    def __init__(
+        self, settle_seconds: float, quiet_ns_of: Callable[[str], int] | None = None
+    ) -> None:
         self.settle_seconds = settle_seconds
+        self._quiet_ns_of = quiet_ns_of
         self._queue: deque[Look] = deque()
         self._quiet: list[Look] = []  # due now, whatever the clock
 
@@ -168,9 +180,10 @@ class SecondLook:
         self, directory: str, files: Iterable[FileStat], now: float, *, wall_ns: int | None = None
     ) -> None:
         wall = time.time_ns() if wall_ns is None else wall_ns
+        quiet_ns = QUIET_NS if self._quiet_ns_of is None else self._quiet_ns_of(directory)
         for f in files:
             look = Look(directory, f, now, now)
-            (self._quiet if f.quiet(wall) else self._queue).append(look)
+            (self._quiet if f.quiet(wall, quiet_ns) else self._queue).append(look)
 
     def again_later(self, look: Look) -> None:
         self._queue.append(look)
@@ -186,6 +199,46 @@ class SecondLook:
         while self._queue and self._queue[0].at + self.settle_seconds <= now:
             out.append(self._queue.popleft())
         return out
+
+
+class LocalClocks:
+    """How long a file must have been unchanged, by its mtime and ctime, to be settled on
+    the first look, per directory: on a local filesystem (`LOCAL_FILESYSTEMS`, the kernel of
+    this host stamps the times) `settle_seconds` plus the timestamps' coarseness, the very
+    wait two looks would make; elsewhere (a NAS's clock may be minutes off) `QUIET_NS`.
+    Decided per device, so a network share mounted below a local root keeps the long age.
+    One instance per scan: a device number may later name another mount."""
+
+    def __init__(self, settle_seconds: float, mountinfo: str = "/proc/self/mountinfo") -> None:
+        self._local_ns = min(QUIET_NS, int(settle_seconds * 1e9) + TIMESTAMP_SLACK_NS)
+        self._mountinfo = mountinfo
+        self._types: dict[str, str] | None = None  # "major:minor" -> filesystem type
+        self._by_dev: dict[int, int] = {}
+
+    def __call__(self, directory: str) -> int:
+        try:
+            dev = os.stat(directory).st_dev
+        except OSError:
+            return QUIET_NS
+        if dev not in self._by_dev:
+            local = self._filesystem(dev) in LOCAL_FILESYSTEMS
+            self._by_dev[dev] = self._local_ns if local else QUIET_NS
+        return self._by_dev[dev]
+
+    def _filesystem(self, dev: int) -> str | None:
+        if self._types is None:
+            self._types = {}
+            try:
+                lines = Path(self._mountinfo).read_text().splitlines()
+            except OSError:  # not Linux: every filesystem is taken as remote
+                lines = []
+            for line in lines:
+                # ID parent major:minor root mountpoint options [optional...] - type source
+                fields = line.split()
+                if len(fields) > 3 and "-" in fields[3:]:
+                    kind = fields[fields.index("-", 3) + 1 :][:1]
+                    self._types.setdefault(fields[2], kind[0] if kind else "")
+        return self._types.get(f"{os.major(dev)}:{os.minor(dev)}")
 
 
 def look_again(looks: Iterable[Look], now: float) -> tuple[list[Look], list[Look]]:

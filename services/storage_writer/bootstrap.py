@@ -33,4 +33,7 @@ async def wire(rt: Runtime) -> None:
         partial(settled_files, pool),
         redelivered_counter(rt.name, rt.registry),
     )
-    await rt.consumer({InstanceUnique.TOPIC: BatchRoute(InstanceUnique, handler)})
+    await rt.consumer(
+        {InstanceUnique.TOPIC: BatchRoute(InstanceUnique, handler)},
+        overlap=settings.overlap_batches,
+    )

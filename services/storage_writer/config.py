@@ -11,6 +11,13 @@ class StorageWriterSettings(ServiceSettings):
 
     ops_port: Port = 8104
     concurrency: Count = 16
+    overlap_batches: int = Field(
+        default=2,
+        ge=1,
+        le=4,
+        description="Batches in flight: the next batch's copies are made while the one before "
+        "is flushed, named, announced and committed (commits stay in order).",
+    )
     partial_max_age_seconds: float = Field(
         default=3600.0,
         gt=0,

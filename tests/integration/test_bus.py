@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from libs.contracts.errors import PermanentError
@@ -52,6 +52,8 @@ async def run_stage(
     group: str = "g",
     until: asyncio.Event,
     batch: bool = False,
+    batch_size: int = 200,
+    overlap: int = 1,
 ) -> tuple[StageConsumer, Producer, asyncio.Task[None]]:
     registry = CollectorRegistry()
     producer = Producer(
@@ -70,6 +72,8 @@ async def run_stage(
         stopping=until,
         retry=RetryPolicy(max_retries=2, backoff_seconds=0.01),
         session_timeout_ms=3000,
+        batch_size=batch_size,
+        overlap=overlap,
     )
     await consumer.start()
     return consumer, producer, asyncio.create_task(consumer.run())
@@ -211,3 +215,59 @@ async def test_a_poison_message_in_a_batch_is_dead_lettered_alone(broker: object
     assert sorted(committed) == outcomes
     assert any("t3" in b and len(b) > 1 for b in batches), f"t3 failed a batch: {batches}"
     assert batches.count(["t3"]) == 3, "then retried alone"
+
+
+async def test_overlapping_batches_keep_the_order_of_their_events_and_commits(
+    broker: object,
+) -> None:
+    """With overlap=2 the next batch's handler runs while the one before it is still in its
+    handler (the storage-writer copies batch N+1 while batch N is flushed): here the first
+    batch's handler finishes only once the second one's started, which one batch at a time
+    could never do. The events still come out in input order, and every offset is
+    committed: a consumer of the same group afterwards gets nothing."""
+    bootstrap = broker.bootstrap  # type: ignore[attr-defined]
+    await ensure_topics(bootstrap, partitions=1, replication_factor=1)
+    second_started = asyncio.Event()
+    calls: list[list[str]] = []
+
+    async def handler(events: Sequence[ImportRequested]) -> list[Outcome]:
+        ids = [e.task_id for e in events if e.source != "done"]
+        if ids:
+            calls.append(ids)
+            if len(calls) == 1:
+                await asyncio.wait_for(second_started.wait(), 15)  # batch 1 waits for 2
+            else:
+                second_started.set()
+        return [[done(e)] if e.source != "done" else [] for e in events]
+
+    def done(e: ImportRequested) -> ImportRequested:
+        return ImportRequested(
+            correlation_id=e.correlation_id, source="done", task_id=e.task_id, source_path="/y"
+        )
+
+    stop = asyncio.Event()
+    registry_producer = Producer(
+        bootstrap,
+        idempotence=False,
+        metrics=ProducerMetrics.create("p", CollectorRegistry()),
+        client_id="p",
+    )
+    await registry_producer.start()
+    await registry_producer.publish(*(request(n) for n in range(4)))
+    consumer, producer, task = await run_stage(
+        bootstrap, handler, group="overlap", until=stop, batch=True, batch_size=2, overlap=2
+    )
+    produced = [ImportRequested.model_validate_json(v) for v in await drain(bootstrap, TOPIC, 8)]
+    assert [e.task_id for e in produced if e.source == "done"] == ["t0", "t1", "t2", "t3"]
+    assert calls[:2] == [["t0", "t1"], ["t2", "t3"]]
+
+    async def committed() -> bool:
+        offsets = await consumer._consumer.committed(TopicPartition(TOPIC, 0))
+        return offsets == 8  # the four requests and the four outcomes, all handled
+
+    await eventually(committed, 20, what="every offset committed")
+    stop.set()
+    await task
+    await consumer.stop()
+    await producer.stop()
+    await registry_producer.stop()

@@ -104,6 +104,53 @@ def test_a_file_at_rest_by_its_ctime_takes_its_second_look_at_once(tmp_path: Pat
     assert sorted(s.file.name for s in settled) == ["copied.dcm", "rest.dcm"]
 
 
+def _mountinfo(tmp_path: Path, folder: Path, kind: str) -> str:
+    dev = os.stat(folder).st_dev
+    info = tmp_path / f"mountinfo-{kind}"
+    info.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        f"97 22 {os.major(dev)}:{os.minor(dev)} / {folder} rw - {kind} server:/export rw\n"
+    )
+    return str(info)
+
+
+@pytest.mark.parametrize(
+    ("kind", "at_once"), [("ext4", True), ("xfs", True), ("nfs4", False), ("cifs", False)]
+)
+def test_on_a_local_filesystem_a_file_quiet_for_settle_seconds_is_settled_at_once(
+    tmp_path: Path, kind: str, at_once: bool
+) -> None:
+    """This host's kernel stamped the times of a file on a local filesystem: no clock skew to
+    allow for, so a file unchanged by its ctime for settle_seconds (and a second for the
+    timestamps' coarseness) is settled on the first look. A network share's server clock
+    may be off: the file takes its two looks, as before."""
+    from services.nas_watcher.scanner import QUIET_NS, LocalClocks
+
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "a.dcm").write_bytes(b"x" * 10)
+    f = stat_file(str(share / "a.dcm"))
+    assert f is not None
+    clocks = LocalClocks(2.0, mountinfo=_mountinfo(tmp_path, share, kind))
+    assert clocks(str(share)) == (3 * 10**9 if at_once else QUIET_NS)
+    looks = SecondLook(settle_seconds=2, quiet_ns_of=clocks)
+    looks.add(str(share), [f], now=100.0, wall_ns=f.ctime_ns + 3 * 10**9)
+    assert [look.file.name for look in looks.due(now=100.0)] == (["a.dcm"] if at_once else [])
+    looks = SecondLook(settle_seconds=2, quiet_ns_of=clocks)
+    looks.add(str(share), [f], now=100.0, wall_ns=f.ctime_ns + 3 * 10**9 - 1)
+    assert looks.due(now=100.0) == [], "written within settle_seconds + 1 s: two looks"
+
+
+def test_a_filesystem_missing_from_mountinfo_is_taken_as_remote(tmp_path: Path) -> None:
+    from services.nas_watcher.scanner import QUIET_NS, LocalClocks
+
+    empty = tmp_path / "mountinfo"
+    empty.write_text("")
+    assert LocalClocks(2.0, mountinfo=str(empty))(str(tmp_path)) == QUIET_NS
+    assert LocalClocks(2.0, mountinfo=str(tmp_path / "absent"))(str(tmp_path)) == QUIET_NS
+    assert LocalClocks(2.0)(str(tmp_path / "no-such-folder")) == QUIET_NS
+
+
 def test_links_leading_out_of_the_roots_are_not_followed(tmp_path: Path) -> None:
     root, outside = tmp_path / "nas", tmp_path / "etc"
     tree(root)

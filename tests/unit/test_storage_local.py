@@ -106,6 +106,51 @@ async def test_a_batch_is_stored_with_one_flush_and_per_item_verdicts(tmp_path: 
     assert not list((tmp_path / "store").rglob("*.tmp"))
 
 
+async def test_a_batch_makes_each_folder_once_and_removes_only_temp_files_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per batch one mkdir per series folder (not one per file), and no unlink of a temp
+    file already renamed into place: only one left by a failed item is removed."""
+    from libs.storage.base import PutRequest, StoredObject
+
+    store = LocalStore((tmp_path / "store").as_uri())
+    sources = [tmp_path / f"{n}.dcm" for n in range(5)]
+    digests = [write(p, f"DICM{n}".encode() * 500) for n, p in enumerate(sources)]
+    series = [("1.2.3", "1.2.3.4"), ("1.2.3", "1.2.3.5")]
+    batch = [
+        PutRequest(instance_key(*series[n % 2], f"1.2.3.9.{n}"), p, d)
+        for n, (p, d) in enumerate(zip(sources, digests, strict=True))
+    ]
+    batch[4] = PutRequest(batch[4].key, sources[4], "0" * 64)  # fails after its copy
+    made: list[Path] = []
+    removed: list[Path] = []
+    real_mkdir, real_unlink = Path.mkdir, Path.unlink
+
+    depth = [0]
+
+    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if depth[0] == 0:  # the store's own calls, not pathlib's recursion for parents
+            made.append(self)
+        depth[0] += 1
+        try:
+            real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            depth[0] -= 1
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        removed.append(self)
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    results = await store.put_files(batch)
+    assert [isinstance(r, StoredObject) for r in results] == [True] * 4 + [False]
+    folders = [p for p in made if p.name.startswith("1.2.3.")]
+    assert sorted(p.name for p in folders) == ["1.2.3.4", "1.2.3.5"], made
+    assert len(removed) == 1 and removed[0].name.endswith(".tmp"), removed
+    assert not list((tmp_path / "store").rglob("*.tmp"))
+
+
 def _aged(path: Path, seconds: float = 60.0) -> os.stat_result:
     """`path` with mtime moved into the past (ctime stays now: it is aged by the clock)."""
     st = path.stat()
