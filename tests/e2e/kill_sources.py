@@ -96,7 +96,7 @@ class OrthancFeed(Feed):
         self.orthanc = orthanc
 
     async def add(self, folder: Path) -> dict[str, Path]:
-        study = write_study(folder, patient="Orthanc^Fed", series=2, per_series=10)
+        study = write_study(folder, patient="Orthanc^Fed", series=2, per_series=30)
         self.uploads.append(asyncio.create_task(upload(self.orthanc, list(study.values()))))
         return study
 
@@ -121,7 +121,7 @@ class PacsFeed(Feed):
 
     async def add(self, folder: Path) -> dict[str, Path]:
         today = date.today().strftime("%Y%m%d")
-        study = write_study(folder, patient="Pacs^Fed", per_series=12, study_date=today)
+        study = write_study(folder, patient="Pacs^Fed", per_series=40, study_date=today)
         self.uploads.append(asyncio.create_task(upload(self.pacs, list(study.values()))))
         return study
 
@@ -140,7 +140,7 @@ class ArchiveFeed(Feed):
 
     async def add(self, folder: Path) -> dict[str, Path]:
         rel = folder.name
-        study = write_study(self.root / rel, patient="Archive^Fed", series=2, per_series=6)
+        study = write_study(self.root / rel, patient="Archive^Fed", series=2, per_series=30)
         first = pydicom.dcmread(next(iter(study.values())), stop_before_pixels=True)
         when = self.T0 + timedelta(minutes=self.batches)
         writer, sql = self.archive.writer, self.archive.sql
