@@ -23,7 +23,7 @@ from pynetdicom.presentation import PresentationContext
 from libs.runtime.logging import get_logger
 from services.dicom_receiver import dimse, pdus
 from services.dicom_receiver.dimse import Command
-from services.dicom_receiver.handlers import Peer, StagingFile
+from services.dicom_receiver.handlers import FilePool, Peer, StagingFile
 from services.dicom_receiver.pdus import AssociateRequest, ProtocolError
 from services.dicom_receiver.transport import PduReader
 
@@ -75,6 +75,7 @@ class Association:
         admit: Admit,
         store: Store,
         on_action: OnAction | None = None,
+        files: FilePool | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -84,6 +85,7 @@ class Association:
         self.admit = admit
         self.store = store
         self.on_action = on_action
+        self.files = files  # staging files created ahead (None: each created when needed)
         self.peer_max_pdu = 0  # the largest PDU the peer accepts from us (0 = unlimited)
         self.message_id = 0
         host, port = writer.get_extra_info("peername")[:2]
@@ -312,7 +314,7 @@ class Association:
             return Pending(cmd, context_id, None, dimse.OUT_OF_RESOURCES)
         meta = dimse.file_meta(cmd, str(cx.transfer_syntax[0]), self.peer.calling_ae)
         try:
-            return Pending(cmd, context_id, StagingFile(self.root, meta))
+            return Pending(cmd, context_id, StagingFile(self.root, meta, self.files))
         except OSError as exc:
             self._log("cannot open staging file", error=repr(exc))
             return Pending(cmd, context_id, None, dimse.OUT_OF_RESOURCES)

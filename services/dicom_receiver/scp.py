@@ -29,7 +29,14 @@ from services.dicom_receiver.association import CHUNK, Association, Limits, Refu
 from services.dicom_receiver.commitment import STORAGE_COMMITMENT, CommitmentSCP
 from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.config import ReceiverSettings
-from services.dicom_receiver.handlers import Peer, Staged, StagingFile, free_mb, new_file
+from services.dicom_receiver.handlers import (
+    FilePool,
+    Peer,
+    Staged,
+    StagingFile,
+    free_mb,
+    new_file,
+)
 from services.dicom_receiver.pdus import AssociateRequest
 from services.dicom_receiver.transport import PduProtocol, PduReader
 
@@ -118,6 +125,7 @@ class StoreSCP:
             min_free_bytes=settings.min_free_mb << 20,
         )
         self.server: asyncio.Server | None = None
+        self.files = FilePool(self.root)
         self.associations: dict[Association, asyncio.Task[None]] = {}
         self._ae_labels: set[str] = set()
 
@@ -168,6 +176,7 @@ class StoreSCP:
             admit=self.admit,
             store=self.store,
             on_action=self.commitment.on_action if self.commitment else None,
+            files=self.files,
         )
         if len(self.associations) >= self.settings.max_associations + SPARE_CONNECTIONS:
             # Connections that have not associated yet count too, or idle sockets could
@@ -217,6 +226,7 @@ class StoreSCP:
 
     async def start(self) -> tuple[str, int]:
         s = self.settings
+        self.files.refill_soon()
         self.server = await asyncio.get_running_loop().create_server(
             lambda: PduProtocol(self._serve, CHUNK),  # a whole P-DATA-TF up to CHUNK
             s.host,
@@ -241,6 +251,7 @@ class StoreSCP:
             task.cancel()
         await asyncio.gather(*self.associations.values(), return_exceptions=True)
         await server.wait_closed()
+        await self.files.close()
         if self.commitment is not None:  # unreported: the modality asks again
             await self.commitment.stop()
 

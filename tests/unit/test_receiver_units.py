@@ -34,7 +34,7 @@ from services.dicom_receiver.commitment import (
 )
 from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.dimse import Command
-from services.dicom_receiver.handlers import PREAMBLE, StagingFile, make_durable
+from services.dicom_receiver.handlers import PREAMBLE, FilePool, StagingFile, make_durable
 from services.dicom_receiver.scp import supported_contexts
 from services.dicom_receiver.transport import MIN_ROOM, PduReader
 from tests.polling import eventually
@@ -57,6 +57,29 @@ def test_discarded_staging_file_leaves_nothing(tmp_path: Path) -> None:
     f.write(b"half a data set")
     f.discard()
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+async def test_file_pool_hands_out_files_created_ahead_and_removes_the_unused(
+    tmp_path: Path,
+) -> None:
+    """Staging files are created ahead in a worker thread; a StagingFile takes one (no file
+    created on the event loop), the pool is topped up once half is used, and closing it
+    removes the empty files no instance took."""
+    pool = FilePool(tmp_path, size=4)
+    pool.refill_soon()
+    await eventually(lambda: len(list(tmp_path.rglob("*.dcm"))) == 4)
+    ahead = set(tmp_path.rglob("*.dcm"))
+    taken = [StagingFile(tmp_path, b"META", pool) for _ in range(3)]
+    assert {f.path for f in taken} <= ahead  # the files created ahead, not new ones
+    # Topped up once half was used: more than half of the pool is ready again.
+    await eventually(lambda: len(list(tmp_path.rglob("*.dcm"))) >= 3 + 3)
+    for f in taken:
+        f.write(b"DATA")
+        f.finish(fsync=False)
+    await pool.close()
+    assert sorted(tmp_path.rglob("*.dcm")) == sorted(f.path for f in taken)
+    assert all(f.path.read_bytes() == PREAMBLE + b"METADATA" for f in taken)
+    assert StagingFile(tmp_path, b"META", pool).path not in ahead  # empty pool: made anew
 
 
 async def test_committer_batches_and_fails_every_waiter() -> None:
