@@ -76,7 +76,8 @@ class Committer:
     ) -> None:
         while not (stopping.is_set() and self._queue.empty()):
             try:
-                first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
+                async with asyncio.timeout(0.5):  # wait_for would make a task per group
+                    first = await self._queue.get()
             except TimeoutError:
                 continue
             batch = [first, *drain(self._queue, self._batch_size - 1)]
