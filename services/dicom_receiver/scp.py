@@ -226,7 +226,6 @@ class StoreSCP:
 
     async def start(self) -> tuple[str, int]:
         s = self.settings
-        self.files.refill_soon()
         self.server = await asyncio.get_running_loop().create_server(
             lambda: PduProtocol(self._serve, CHUNK),  # a whole P-DATA-TF up to CHUNK
             s.host,
@@ -236,6 +235,7 @@ class StoreSCP:
             backlog=128,
             reuse_port=s.processes > 1,
         )
+        self.files.refill_soon()  # once the port is ours (else nothing would remove them)
         host, port = self.server.sockets[0].getsockname()[:2]
         return str(host), int(port)
 

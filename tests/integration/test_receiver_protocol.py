@@ -149,6 +149,9 @@ async def test_store_and_echo_from_pynetdicom(receiver: Receiver) -> None:
     [new] = receiver.ledger.recorded
     assert new.uri == path.as_uri() and new.source == "dicom:SENDER"
     assert len(receiver.ledger.published) == 1
+    # The empty files created ahead (FilePool) go when the receiver stops; the stored stays.
+    await receiver.scp.stop()
+    assert [p for p in receiver.staging.rglob("*") if p.is_file()] == [path]
 
 
 async def test_wrong_called_ae_is_rejected(receiver: Receiver) -> None:
