@@ -341,14 +341,12 @@ class Association:
                     pending.file.discard()
                     pending.file, pending.status = None, dimse.OUT_OF_RESOURCES
                     continue
-                try:
-                    pending.file.write(chunk)
-                except OSError as exc:  # disk full and the like: answer, keep the association
-                    self._log("cannot write instance", error=repr(exc))
-                    pending.file.discard()
-                    pending.file, pending.status = None, dimse.OUT_OF_RESOURCES
+                # Written with the next flush: before a read that moves the buffer (`_read`)
+                # or once the data set is complete.
+                self._write(pending, chunk)
         if last:
             self.pending = None
+            self._flush(pending)
             status = pending.status
             if pending.buffer is not None and self.on_action is not None:
                 syntax = str(self.contexts[context_id].transfer_syntax[0])
@@ -362,6 +360,26 @@ class Association:
                 status = await self.store(self.peer, pending.file)
             if pending.answer:
                 await self._respond(context_id, pending.command, status)
+
+    def _write(self, pending: Pending, chunk: memoryview) -> None:
+        assert pending.file is not None
+        try:
+            pending.file.queue(chunk)
+        except OSError as exc:  # disk full and the like: answer, keep the association
+            self._write_failed(pending, exc)
+
+    def _flush(self, pending: Pending) -> None:
+        if pending.file is not None:
+            try:
+                pending.file.flush()
+            except OSError as exc:
+                self._write_failed(pending, exc)
+
+    def _write_failed(self, pending: Pending, exc: OSError) -> None:
+        self._log("cannot write instance", error=repr(exc))
+        assert pending.file is not None
+        pending.file.discard()
+        pending.file, pending.status = None, dimse.OUT_OF_RESOURCES
 
     async def _respond(self, context_id: int, cmd: Command, status: int) -> None:
         self.writer.write(pdus.command_pdu(context_id, dimse.response(cmd, status)))
@@ -398,6 +416,10 @@ class Association:
     async def _read(self, n: int) -> memoryview:
         """`n` bytes from the peer, valid until the next read; the watchdog of
         `_transfer_watched` bounds the wait."""
+        if self.pending is not None and self.reader.buffered() < n:
+            # This read moves the buffer's unread bytes to its front: the fragments queued
+            # for the staging file are views of that buffer, so they are written first.
+            self._flush(self.pending)
         loop = asyncio.get_running_loop()
         self._progress, self._reading = loop.time(), True
         try:

@@ -22,6 +22,7 @@ from libs.runtime.logging import get_logger
 log = get_logger(__name__)
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
+MAX_QUEUED = 64  # fragments queued for one writev at most (IOV_MAX is 1024)
 SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, no wait
 
 
@@ -127,30 +128,51 @@ class FilePool:
 class StagingFile:
     """One instance being received: preamble, file meta, then the data set fragments exactly
     as the sender encoded them, written as they arrive (a 2 GB multi-frame never sits in
-    memory). `finish` makes it durable, `discard` removes it (abort, failure). The name is
-    ours, never a UID from the wire. Written under its final name (a rename cost 0.2-0.3 ms
-    more per instance): a file left by a crash mid-receive has no ledger row, so nothing
-    reads it, and the sender, never answered, sends it again."""
+    memory; the fragments of the PDUs at hand go in one writev: `queue`, `flush`, which the
+    caller runs before `finish`). `finish` makes it durable, `discard` removes it (abort,
+    failure). The name is ours, never a UID from the wire. Written under its final name (a
+    rename cost 0.2-0.3 ms more per instance): a file left by a crash mid-receive has no
+    ledger row, so nothing reads it, and the sender, never answered, sends it again."""
 
     def __init__(self, root: Path, meta: bytes, pool: FilePool | None = None) -> None:
         made = pool.take() if pool is not None else None
         self.path, self._fd = made or create_file(root)
         self.folder = self.path.parent
         self.size = 0
-        try:
-            self.write(PREAMBLE + meta)
-        except BaseException:  # disk full on the first bytes: leave nothing behind
-            self.discard()
-            raise
+        self._queued = []
+        self.queue(memoryview(PREAMBLE + meta))  # written with the first fragments
 
     _fd: int | None
+    _queued: list[memoryview]
 
     def write(self, data: bytes | memoryview) -> None:
         assert self._fd is not None
+        self.flush()  # what was queued comes first
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
         self.size += len(data)
+
+    def queue(self, view: memoryview) -> None:
+        """Write `view` with the next `flush` (one writev for the fragments of several
+        PDUs: a write system call costs ~10 us beyond its bytes, 7 per instance before).
+        The caller keeps `view` valid until then."""
+        self._queued.append(view)
+        self.size += len(view)
+        if len(self._queued) >= MAX_QUEUED:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what `queue` holds (OSError: the disk is full, or the like)."""
+        queued, self._queued = self._queued, []
+        assert self._fd is not None or not queued
+        while queued:
+            done = os.writev(self._fd, queued)  # type: ignore[arg-type]
+            while queued and done >= len(queued[0]):
+                done -= len(queued[0])
+                queued.pop(0)
+            if done:
+                queued[0] = queued[0][done:]
 
     def start_writeback(self) -> None:
         """Ask the kernel to start writing the file's pages, without waiting (Linux
@@ -167,7 +189,7 @@ class StagingFile:
         """fdatasync (when `fsync`) and close the file. Its folder is fsynced once per group
         of instances (`make_durable`), before any of them is recorded or answered. Blocking:
         run it off the event loop."""
-        assert self._fd is not None
+        assert self._fd is not None and not self._queued, "flush() before finish()"
         fd, self._fd = self._fd, None
         try:
             if fsync:
@@ -177,6 +199,7 @@ class StagingFile:
         return Staged(self.path, self.size)
 
     def discard(self) -> None:
+        self._queued = []
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)

@@ -52,6 +52,18 @@ def test_staging_file_streams_preamble_meta_and_fragments(tmp_path: Path) -> Non
     assert staged.path.is_relative_to(tmp_path) and staged.path.suffix == ".dcm"
 
 
+def test_queued_fragments_are_written_in_order_by_flush(tmp_path: Path) -> None:
+    f = StagingFile(tmp_path, b"META")
+    buffer = bytearray(b"ABCDEFGH" * 40)
+    for at in range(0, len(buffer), 4):
+        f.queue(memoryview(buffer)[at : at + 4])  # flushed on its own every MAX_QUEUED
+    assert f.size == len(PREAMBLE) + 4 + len(buffer)
+    f.flush()
+    buffer[:] = b"x" * len(buffer)  # the views are written: the buffer may be reused
+    f.finish(fsync=False)
+    assert f.path.read_bytes() == PREAMBLE + b"META" + b"ABCDEFGH" * 40
+
+
 def test_discarded_staging_file_leaves_nothing(tmp_path: Path) -> None:
     f = StagingFile(tmp_path, b"META")
     f.write(b"half a data set")
@@ -414,6 +426,13 @@ async def test_commitment_requests_beyond_the_bound_are_refused_for_now() -> Non
     await scp.stop()
 
 
+def received(root: Path, meta: bytes) -> StagingFile:
+    """A staging file as the association hands it to the committer: everything flushed."""
+    f = StagingFile(root, meta)
+    f.flush()
+    return f
+
+
 async def test_committer_makes_a_group_durable_in_one_call_before_recording(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -458,7 +477,7 @@ async def test_committer_makes_a_group_durable_in_one_call_before_recording(
 
     committer = Committer(record=record, publish=publish, batch_size=100, sync=sync)
     new = NewFile("dicom:A", "file:///x.dcm", "A@127.0.0.1:1", 1, "assoc")
-    files = [StagingFile(tmp_path, b"META") for _ in range(3)]
+    files = [received(tmp_path, b"META") for _ in range(3)]
     waiters = [asyncio.create_task(committer.commit(new, f)) for f in files]
     await asyncio.sleep(0)
     stop = asyncio.Event()
@@ -468,7 +487,7 @@ async def test_committer_makes_a_group_durable_in_one_call_before_recording(
     assert len(synced) == 3 and all(f.path.read_bytes() == PREAMBLE + b"META" for f in files)
 
     # One file that cannot be made durable (its fdatasync fails): it fails alone.
-    bad, good = StagingFile(tmp_path, b"BAD"), StagingFile(tmp_path, b"GOOD")
+    bad, good = received(tmp_path, b"BAD"), received(tmp_path, b"GOOD")
     assert bad._fd is not None
     broken.add(bad._fd)
     results = await asyncio.gather(
@@ -479,20 +498,20 @@ async def test_committer_makes_a_group_durable_in_one_call_before_recording(
 
     folder_fails = True
     with pytest.raises(NotRecorded):
-        await committer.commit(new, StagingFile(tmp_path, b"META"))
+        await committer.commit(new, received(tmp_path, b"META"))
     assert order[-2:] == ["publish 1", "sync 1"]  # nothing recorded after the failed fsync
     folder_fails = False
 
     # A waiter that gave up before its group was synced: its file is removed, not recorded.
     stop.set()
     await runner
-    gave_up_file = StagingFile(tmp_path, b"LATE")
+    gave_up_file = received(tmp_path, b"LATE")
     gave_up = asyncio.create_task(committer.commit(new, gave_up_file))
     await asyncio.sleep(0)  # queued
     gave_up.cancel()
     stop = asyncio.Event()
     runner = asyncio.create_task(committer.run(stop))
-    await committer.commit(new, StagingFile(tmp_path, b"META"))
+    await committer.commit(new, received(tmp_path, b"META"))
     assert not gave_up_file.path.exists() and order[-4:] == [
         "sync 1",
         f"folders {gave_up_file.folder.name}",
