@@ -23,7 +23,7 @@ from pynetdicom.presentation import PresentationContext
 from libs.runtime.logging import get_logger
 from services.dicom_receiver import dimse, pdus
 from services.dicom_receiver.dimse import Command
-from services.dicom_receiver.handlers import Peer, StagingFile
+from services.dicom_receiver.handlers import FilePool, Peer, StagingFile
 from services.dicom_receiver.pdus import AssociateRequest, ProtocolError
 from services.dicom_receiver.transport import PduReader
 
@@ -75,6 +75,7 @@ class Association:
         admit: Admit,
         store: Store,
         on_action: OnAction | None = None,
+        files: FilePool | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -84,6 +85,7 @@ class Association:
         self.admit = admit
         self.store = store
         self.on_action = on_action
+        self.files = files  # staging files created ahead (None: each created when needed)
         self.peer_max_pdu = 0  # the largest PDU the peer accepts from us (0 = unlimited)
         self.message_id = 0
         host, port = writer.get_extra_info("peername")[:2]
@@ -312,7 +314,7 @@ class Association:
             return Pending(cmd, context_id, None, dimse.OUT_OF_RESOURCES)
         meta = dimse.file_meta(cmd, str(cx.transfer_syntax[0]), self.peer.calling_ae)
         try:
-            return Pending(cmd, context_id, StagingFile(self.root, meta))
+            return Pending(cmd, context_id, StagingFile(self.root, meta, self.files))
         except OSError as exc:
             self._log("cannot open staging file", error=repr(exc))
             return Pending(cmd, context_id, None, dimse.OUT_OF_RESOURCES)
@@ -339,14 +341,12 @@ class Association:
                     pending.file.discard()
                     pending.file, pending.status = None, dimse.OUT_OF_RESOURCES
                     continue
-                try:
-                    pending.file.write(chunk)
-                except OSError as exc:  # disk full and the like: answer, keep the association
-                    self._log("cannot write instance", error=repr(exc))
-                    pending.file.discard()
-                    pending.file, pending.status = None, dimse.OUT_OF_RESOURCES
+                # Written with the next flush: before a read that moves the buffer (`_read`)
+                # or once the data set is complete.
+                self._write(pending, chunk)
         if last:
             self.pending = None
+            self._flush(pending)
             status = pending.status
             if pending.buffer is not None and self.on_action is not None:
                 syntax = str(self.contexts[context_id].transfer_syntax[0])
@@ -360,6 +360,26 @@ class Association:
                 status = await self.store(self.peer, pending.file)
             if pending.answer:
                 await self._respond(context_id, pending.command, status)
+
+    def _write(self, pending: Pending, chunk: memoryview) -> None:
+        assert pending.file is not None
+        try:
+            pending.file.queue(chunk)
+        except OSError as exc:  # disk full and the like: answer, keep the association
+            self._write_failed(pending, exc)
+
+    def _flush(self, pending: Pending) -> None:
+        if pending.file is not None:
+            try:
+                pending.file.flush()
+            except OSError as exc:
+                self._write_failed(pending, exc)
+
+    def _write_failed(self, pending: Pending, exc: OSError) -> None:
+        self._log("cannot write instance", error=repr(exc))
+        assert pending.file is not None
+        pending.file.discard()
+        pending.file, pending.status = None, dimse.OUT_OF_RESOURCES
 
     async def _respond(self, context_id: int, cmd: Command, status: int) -> None:
         self.writer.write(pdus.command_pdu(context_id, dimse.response(cmd, status)))
@@ -396,6 +416,10 @@ class Association:
     async def _read(self, n: int) -> memoryview:
         """`n` bytes from the peer, valid until the next read; the watchdog of
         `_transfer_watched` bounds the wait."""
+        if self.pending is not None and self.reader.buffered() < n:
+            # This read moves the buffer's unread bytes to its front: the fragments queued
+            # for the staging file are views of that buffer, so they are written first.
+            self._flush(self.pending)
         loop = asyncio.get_running_loop()
         self._progress, self._reading = loop.time(), True
         try:

@@ -14,7 +14,7 @@ from libs.staging.cleanup import Retention, StagingCleanup
 from services.dicom_receiver.commitment import CommitmentSCP, parse_peers
 from services.dicom_receiver.committer import Committer
 from services.dicom_receiver.config import ReceiverSettings, is_loopback
-from services.dicom_receiver.handlers import free_mb, sync_folders
+from services.dicom_receiver.handlers import free_mb, make_durable
 from services.dicom_receiver.processes import OtherProcesses, die_with_parent
 from services.dicom_receiver.scp import ReceiverMetrics, StoreSCP
 
@@ -43,7 +43,7 @@ async def wire(rt: Runtime) -> None:
         record=record,
         publish=producer.publish_all,
         batch_size=settings.commit_batch_size,
-        sync_folders=sync_folders,
+        sync=partial(make_durable, fsync=settings.fsync),
     )
     metrics = ReceiverMetrics.create(rt.registry)
 

@@ -1,35 +1,38 @@
 """Group commit: what concurrent associations received is made durable, recorded and
 published together.
 
-An association awaits `commit` for each instance whose bytes it has fdatasynced. The waiter
-is resolved only after the instance's staging folder is fsynced (its name survives a crash),
-its ledger row exists and the broker acknowledged its `dicom.discovered.v1` event. Those
-three steps are a pipeline of stages, each taking everything that reached it while it was
-busy (so instances of concurrent associations share one folder fsync, one ledger INSERT and
-one Kafka round trip), and each working on the next group while the later stages work on
-the previous one: the folder fsync of one group overlaps the INSERT of the one before, and
-up to MAX_IN_FLIGHT groups await their acknowledgement at once. INSERTs stay one at a time
-(one pinned connection). No group is answered before its own acknowledgement.
+An association awaits `commit` for each instance whose bytes it has written to its staging
+file. The waiter is resolved only after the file is fdatasynced and its staging folder
+fsynced (its name survives a crash), its ledger row exists and the broker acknowledged its
+`dicom.discovered.v1` event. Those steps are a pipeline of stages, each taking everything
+that reached it while it was busy (so instances of concurrent associations share one worker
+thread call for their fdatasyncs and folder fsync, one ledger INSERT and one Kafka round
+trip), and each working on the next group while the later stages work on the previous one:
+the syncs of one group overlap the INSERT of the one before, and up to MAX_IN_FLIGHT groups
+await their acknowledgement at once. INSERTs stay one at a time (one pinned connection). No
+group is answered before its own acknowledgement.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from libs.contracts.events import Event, discovered_event
 from libs.db.ledger import LedgerRow, NewFile
 from libs.runtime.logging import get_logger
+from services.dicom_receiver.handlers import StagingFile, make_durable
 
 log = get_logger(__name__)
 
 Record = Callable[[Sequence[NewFile]], Awaitable[list[LedgerRow]]]
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
-# Blocking (run in a worker thread): fsync each folder, so the names created in it survive.
-SyncFolders = Callable[[Collection[Path]], None]
-Item = tuple[NewFile, Path | None, "asyncio.Future[None]"]
+# Blocking (run in a worker thread, one call per group): make the files durable (fdatasync,
+# close, their folders' fsync); per file the error that kept it from being durable, or None;
+# raises when none of them is (a folder fsync failed). `handlers.make_durable`.
+SyncFiles = Callable[[Sequence[StagingFile]], list[OSError | None]]
+Item = tuple[NewFile, StagingFile | None, "asyncio.Future[None]"]
 T = TypeVar("T")
 MAX_IN_FLIGHT = 4  # groups whose Kafka acknowledgement is awaited at once
 
@@ -41,19 +44,21 @@ class Committer:
         record: Record,
         publish: Publish,
         batch_size: int,
-        sync_folders: SyncFolders | None = None,
+        sync: SyncFiles | None = None,
     ) -> None:
         self._record = record
         self._publish = publish
         self._batch_size = batch_size
-        self._sync_folders = sync_folders
+        self._sync = sync if sync is not None else make_durable
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
 
-    async def commit(self, new: NewFile, folder: Path | None = None) -> None:
-        """Returns once `folder` (the staged file's, when given) is synced and the instance
-        recorded and published; raises what stopped it."""
+    async def commit(self, new: NewFile, file: StagingFile | None = None) -> None:
+        """Returns once `file` (the instance's open staging file, when given) is durable and
+        the instance recorded and published; raises what stopped it (NotRecorded: nothing
+        names the file, it may go). A waiter that gives up (cancelled, timed out) before its
+        file was synced has the file discarded by the committer."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((new, folder, fut))
+        self._queue.put_nowait((new, file, fut))
         await fut
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -71,17 +76,27 @@ class Committer:
     ) -> None:
         while not (stopping.is_set() and self._queue.empty()):
             try:
-                first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
+                async with asyncio.timeout(0.5):  # wait_for would make a task per group
+                    first = await self._queue.get()
             except TimeoutError:
                 continue
-            batch = live([first, *drain(self._queue, self._batch_size - 1)])
-            folders = {folder for _, folder, _ in batch if folder is not None}
-            if folders and self._sync_folders is not None:
+            batch = [first, *drain(self._queue, self._batch_size - 1)]
+            for _, file, fut in batch:
+                if file is not None and fut.done():  # its sender was answered 0xA700
+                    file.discard()
+            batch = live(batch)
+            files = [file for _, file, _ in batch if file is not None]
+            if files:
                 try:
-                    await asyncio.to_thread(self._sync_folders, folders)
+                    errors = iter(await asyncio.to_thread(self._sync, files))
                 except Exception as exc:  # nothing names the files yet: they may go
                     self._fail(batch, NotRecorded(repr(exc)))
                     continue
+                for item in batch:
+                    error = next(errors) if item[1] is not None else None
+                    if error is not None:
+                        self._fail([item], NotRecorded(repr(error)))
+                batch = live(batch)
             if batch:
                 synced.put_nowait(batch)
 

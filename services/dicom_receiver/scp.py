@@ -29,7 +29,14 @@ from services.dicom_receiver.association import CHUNK, Association, Limits, Refu
 from services.dicom_receiver.commitment import STORAGE_COMMITMENT, CommitmentSCP
 from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.config import ReceiverSettings
-from services.dicom_receiver.handlers import Peer, StagingFile, free_mb, new_file
+from services.dicom_receiver.handlers import (
+    FilePool,
+    Peer,
+    Staged,
+    StagingFile,
+    free_mb,
+    new_file,
+)
 from services.dicom_receiver.pdus import AssociateRequest
 from services.dicom_receiver.transport import PduProtocol, PduReader
 
@@ -118,6 +125,7 @@ class StoreSCP:
             min_free_bytes=settings.min_free_mb << 20,
         )
         self.server: asyncio.Server | None = None
+        self.files = FilePool(self.root)
         self.associations: dict[Association, asyncio.Task[None]] = {}
         self._ae_labels: set[str] = set()
 
@@ -168,6 +176,7 @@ class StoreSCP:
             admit=self.admit,
             store=self.store,
             on_action=self.commitment.on_action if self.commitment else None,
+            files=self.files,
         )
         if len(self.associations) >= self.settings.max_associations + SPARE_CONNECTIONS:
             # Connections that have not associated yet count too, or idle sockets could
@@ -193,25 +202,19 @@ class StoreSCP:
     # -- C-STORE ---------------------------------------------------------------------------
 
     async def store(self, peer: Peer, file: StagingFile) -> int:
-        """Durable, recorded, published: then Success; otherwise 0xA700."""
+        """Durable, recorded, published: then Success; otherwise 0xA700. The committer
+        fdatasyncs and closes the file with the others of its group (one worker thread call
+        per group, ADR 0012)."""
         started = time.perf_counter()
         status = dimse.SUCCESS
         try:
-            staged = await asyncio.to_thread(file.finish, fsync=self.settings.fsync)
-        except OSError as exc:
-            log.error("cannot write instance", correlation_id=peer.assoc_id, error=repr(exc))
-            file.discard()
+            async with asyncio.timeout(self.settings.commit_timeout_seconds):  # no extra task
+                await self.committer.commit(new_file(Staged(file.path, file.size), peer), file)
+        except Exception as exc:  # disk, ledger or Kafka away: the sender keeps it, retries
+            log.error("cannot store instance", correlation_id=peer.assoc_id, error=repr(exc))
             status = dimse.OUT_OF_RESOURCES
-        else:
-            try:
-                async with asyncio.timeout(self.settings.commit_timeout_seconds):  # no extra task
-                    folder = staged.path.parent if self.settings.fsync else None
-                    await self.committer.commit(new_file(staged, peer), folder)
-            except Exception as exc:  # ledger or Kafka away: the sender keeps it and retries
-                log.error("cannot record instance", correlation_id=peer.assoc_id, error=repr(exc))
-                status = dimse.OUT_OF_RESOURCES
-                if isinstance(exc, NotRecorded):  # else a ledger row may name it: it stays
-                    file.discard()
+            if isinstance(exc, NotRecorded):  # else a ledger row may name it: it stays
+                file.discard()
         ae = self.ae_label(peer.calling_ae, peer.address, accepted=True)
         self.metrics.instances.labels(ae, f"0x{status:04X}").inc()
         if status == dimse.SUCCESS:
@@ -232,6 +235,7 @@ class StoreSCP:
             backlog=128,
             reuse_port=s.processes > 1,
         )
+        self.files.refill_soon()  # once the port is ours (else nothing would remove them)
         host, port = self.server.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
@@ -247,6 +251,7 @@ class StoreSCP:
             task.cancel()
         await asyncio.gather(*self.associations.values(), return_exceptions=True)
         await server.wait_closed()
+        await self.files.close()
         if self.commitment is not None:  # unreported: the modality asks again
             await self.commitment.stop()
 

@@ -7,9 +7,10 @@ callgrind counted those copies as 47% of the receiver's instructions per instanc
 kernel writes into our buffer (`recv_into`), `readexactly` returns a memoryview of it, and
 the association writes that view to the staging file: no copy in Python at all.
 
-A view is valid until the next `readexactly` on the same reader: incoming bytes only ever
-land after the last byte handed out, and the unread rest moves to the front only when the
-next read begins.
+A view is valid until a `readexactly` on the same reader that finds fewer bytes buffered
+than it asks for (`buffered()`): incoming bytes only ever land after the last byte handed
+out, and the unread rest moves to the front only when such a read begins. The association
+relies on it to write the data set fragments of several PDUs with one writev.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class PduReader:
         self._error: BaseException | None = None
         self.transport: asyncio.Transport | None = None
         self._paused = False
+
+    def buffered(self) -> int:
+        """Bytes received and not yet read: a `readexactly` of at most this many returns at
+        once and moves nothing, so the views handed out before stay valid."""
+        return self._end - self._start
 
     async def readexactly(self, n: int) -> memoryview:
         """`n` bytes, as a view valid until the next call; IncompleteReadError at the end of

@@ -62,7 +62,9 @@ class Receiver:
     staging: Path
 
     def files(self) -> list[Path]:
-        return sorted(p for p in self.staging.rglob("*") if p.is_file())
+        """Staged files with content (the receiver keeps a few empty ones created ahead,
+        `handlers.FilePool`)."""
+        return sorted(p for p in self.staging.rglob("*") if p.is_file() and p.stat().st_size)
 
 
 @pytest.fixture
@@ -147,6 +149,9 @@ async def test_store_and_echo_from_pynetdicom(receiver: Receiver) -> None:
     [new] = receiver.ledger.recorded
     assert new.uri == path.as_uri() and new.source == "dicom:SENDER"
     assert len(receiver.ledger.published) == 1
+    # The empty files created ahead (FilePool) go when the receiver stops; the stored stays.
+    await receiver.scp.stop()
+    assert [p for p in receiver.staging.rglob("*") if p.is_file()] == [path]
 
 
 async def test_wrong_called_ae_is_rejected(receiver: Receiver) -> None:
@@ -411,21 +416,21 @@ async def test_an_instance_over_the_size_cap_is_refused_and_nothing_kept(
 
 
 @pytest.fixture
-def small_staging(receiver: Receiver) -> Iterator[Path]:
-    """An 8 MiB tmpfs over the receiver's staging folder (root is available in CI)."""
-    receiver.staging.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(receiver.staging)], check=True
-    )
+def small_staging(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs as the receiver's staging folder (root is available in CI), mounted
+    before the receiver starts (it creates staging files ahead)."""
+    staging = tmp_path / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(staging)], check=True)
     try:
-        yield receiver.staging
+        yield staging
     finally:
-        subprocess.run(["umount", "-l", str(receiver.staging)], check=True)
+        subprocess.run(["umount", "-l", str(staging)], check=True)
 
 
 @pytest.mark.parametrize("receiver", [{"min_free_mb": 4}], indirect=True)
 async def test_free_disk_is_checked_for_every_instance(
-    receiver: Receiver, small_staging: Path
+    small_staging: Path, receiver: Receiver
 ) -> None:
     """The disk fills after the association was accepted: the next C-STORE is answered
     0xA700 before anything is written (the sender keeps it), and once space is freed the

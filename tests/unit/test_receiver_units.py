@@ -4,6 +4,7 @@ checked against pydicom's and pynetdicom's own encoders."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 from io import BytesIO
@@ -20,7 +21,7 @@ from libs.contracts.events import Event, FileDiscovered
 from libs.db.commitment import State
 from libs.db.ledger import LedgerRow, NewFile
 from load_test.dimse import associate_rq, command_set
-from services.dicom_receiver import dimse, pdus
+from services.dicom_receiver import dimse, handlers, pdus
 from services.dicom_receiver.commitment import (
     MAX_REPORTS,
     STORAGE_COMMITMENT,
@@ -33,7 +34,7 @@ from services.dicom_receiver.commitment import (
 )
 from services.dicom_receiver.committer import Committer, NotRecorded
 from services.dicom_receiver.dimse import Command
-from services.dicom_receiver.handlers import PREAMBLE, StagingFile
+from services.dicom_receiver.handlers import PREAMBLE, FilePool, StagingFile, make_durable
 from services.dicom_receiver.scp import supported_contexts
 from services.dicom_receiver.transport import MIN_ROOM, PduReader
 from tests.polling import eventually
@@ -51,11 +52,46 @@ def test_staging_file_streams_preamble_meta_and_fragments(tmp_path: Path) -> Non
     assert staged.path.is_relative_to(tmp_path) and staged.path.suffix == ".dcm"
 
 
+def test_queued_fragments_are_written_in_order_by_flush(tmp_path: Path) -> None:
+    f = StagingFile(tmp_path, b"META")
+    buffer = bytearray(b"ABCDEFGH" * 40)
+    for at in range(0, len(buffer), 4):
+        f.queue(memoryview(buffer)[at : at + 4])  # flushed on its own every MAX_QUEUED
+    assert f.size == len(PREAMBLE) + 4 + len(buffer)
+    f.flush()
+    buffer[:] = b"x" * len(buffer)  # the views are written: the buffer may be reused
+    f.finish(fsync=False)
+    assert f.path.read_bytes() == PREAMBLE + b"META" + b"ABCDEFGH" * 40
+
+
 def test_discarded_staging_file_leaves_nothing(tmp_path: Path) -> None:
     f = StagingFile(tmp_path, b"META")
     f.write(b"half a data set")
     f.discard()
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+async def test_file_pool_hands_out_files_created_ahead_and_removes_the_unused(
+    tmp_path: Path,
+) -> None:
+    """Staging files are created ahead in a worker thread; a StagingFile takes one (no file
+    created on the event loop), the pool is topped up once half is used, and closing it
+    removes the empty files no instance took."""
+    pool = FilePool(tmp_path, size=4)
+    pool.refill_soon()
+    await eventually(lambda: len(list(tmp_path.rglob("*.dcm"))) == 4)
+    ahead = set(tmp_path.rglob("*.dcm"))
+    taken = [StagingFile(tmp_path, b"META", pool) for _ in range(3)]
+    assert {f.path for f in taken} <= ahead  # the files created ahead, not new ones
+    # Topped up once half was used: more than half of the pool is ready again.
+    await eventually(lambda: len(list(tmp_path.rglob("*.dcm"))) >= 3 + 3)
+    for f in taken:
+        f.write(b"DATA")
+        f.finish(fsync=False)
+    await pool.close()
+    assert sorted(tmp_path.rglob("*.dcm")) == sorted(f.path for f in taken)
+    assert all(f.path.read_bytes() == PREAMBLE + b"METADATA" for f in taken)
+    assert StagingFile(tmp_path, b"META", pool).path not in ahead  # empty pool: made anew
 
 
 async def test_committer_batches_and_fails_every_waiter() -> None:
@@ -390,16 +426,44 @@ async def test_commitment_requests_beyond_the_bound_are_refused_for_now() -> Non
     await scp.stop()
 
 
-async def test_committer_syncs_a_groups_folders_once_before_recording() -> None:
-    """One fsync per staging folder per group, before the ledger INSERT; a failed fsync
-    records nothing (NotRecorded: the files may go, the senders resend)."""
-    order: list[str] = []
-    sync_fails = False
+def received(root: Path, meta: bytes) -> StagingFile:
+    """A staging file as the association hands it to the committer: everything flushed."""
+    f = StagingFile(root, meta)
+    f.flush()
+    return f
 
-    def sync(folders: Collection[Path]) -> None:
-        if sync_fails:
+
+async def test_committer_makes_a_group_durable_in_one_call_before_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files of a group are fdatasynced and their folder fsynced (once) in one sync call,
+    before the ledger INSERT; a file that cannot be synced fails alone, a failed folder fsync
+    fails the group (NotRecorded: the files may go, the senders resend), and the file of a
+    waiter that gave up before its sync is removed, not recorded."""
+    order: list[str] = []
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+    broken: set[int] = set()
+
+    def fdatasync(fd: int) -> None:
+        if fd in broken:
+            raise OSError(5, "EIO")
+        synced.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    folder_fails = False
+
+    def folders(paths: Collection[Path]) -> None:
+        if folder_fails:
             raise OSError("EIO")
-        order.append("sync " + ",".join(sorted(f.name for f in folders)))
+        order.append("folders " + ",".join(sorted(p.name for p in paths)))
+
+    monkeypatch.setattr(handlers, "sync_folders", folders)
+
+    def sync(files: Sequence[StagingFile]) -> list[OSError | None]:
+        order.append(f"sync {len(files)}")
+        return make_durable(files)
 
     async def record(files: Sequence[NewFile]) -> list[LedgerRow]:
         order.append(f"record {len(files)}")
@@ -411,20 +475,49 @@ async def test_committer_syncs_a_groups_folders_once_before_recording() -> None:
     async def publish(events: Sequence[Event]) -> None:
         order.append(f"publish {len(events)}")
 
-    committer = Committer(record=record, publish=publish, batch_size=100, sync_folders=sync)
+    committer = Committer(record=record, publish=publish, batch_size=100, sync=sync)
     new = NewFile("dicom:A", "file:///x.dcm", "A@127.0.0.1:1", 1, "assoc")
-    folders = [Path("/staging/2026120601"), Path("/staging/2026120601"), Path("/staging/b")]
-    waiters = [asyncio.create_task(committer.commit(new, f)) for f in folders]
+    files = [received(tmp_path, b"META") for _ in range(3)]
+    waiters = [asyncio.create_task(committer.commit(new, f)) for f in files]
     await asyncio.sleep(0)
     stop = asyncio.Event()
     runner = asyncio.create_task(committer.run(stop))
     await asyncio.gather(*waiters)
-    assert order == ["sync 2026120601,b", "record 3", "publish 3"]
+    assert order == ["sync 3", f"folders {files[0].folder.name}", "record 3", "publish 3"]
+    assert len(synced) == 3 and all(f.path.read_bytes() == PREAMBLE + b"META" for f in files)
 
-    sync_fails = True
+    # One file that cannot be made durable (its fdatasync fails): it fails alone.
+    bad, good = received(tmp_path, b"BAD"), received(tmp_path, b"GOOD")
+    assert bad._fd is not None
+    broken.add(bad._fd)
+    results = await asyncio.gather(
+        committer.commit(new, bad), committer.commit(new, good), return_exceptions=True
+    )
+    assert isinstance(results[0], NotRecorded) and results[1] is None
+    assert order[-1] == "publish 1"
+
+    folder_fails = True
     with pytest.raises(NotRecorded):
-        await committer.commit(new, folders[0])
-    assert order[-1] == "publish 3"  # nothing recorded after the failed fsync
+        await committer.commit(new, received(tmp_path, b"META"))
+    assert order[-2:] == ["publish 1", "sync 1"]  # nothing recorded after the failed fsync
+    folder_fails = False
+
+    # A waiter that gave up before its group was synced: its file is removed, not recorded.
+    stop.set()
+    await runner
+    gave_up_file = received(tmp_path, b"LATE")
+    gave_up = asyncio.create_task(committer.commit(new, gave_up_file))
+    await asyncio.sleep(0)  # queued
+    gave_up.cancel()
+    stop = asyncio.Event()
+    runner = asyncio.create_task(committer.run(stop))
+    await committer.commit(new, received(tmp_path, b"META"))
+    assert not gave_up_file.path.exists() and order[-4:] == [
+        "sync 1",
+        f"folders {gave_up_file.folder.name}",
+        "record 1",
+        "publish 1",
+    ]
     stop.set()
     await runner
 
