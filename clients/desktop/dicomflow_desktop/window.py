@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dicomflow_client import Client, ClientError, Progress, SearchFilter, Study, Total
 from dicomflow_client.api import FORMATS, ArchiveFormat
-from dicomflow_client.progress import human_eta, human_size
+from dicomflow_client.progress import human_eta, human_size, human_total
 from dicomflow_client.viewer import launch_viewer, open_folder
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -341,11 +341,13 @@ class MainWindow(QMainWindow):
             self.progress.setRange(0, 0)  # size not known yet: busy indicator
         if p.stage == "unpack":
             text = f"checking and unpacking… {human_size(p.done)} of {human_size(p.total or 0)}"
-        else:
-            total = human_size(p.total) if p.total else "?"
+        elif not p.total:
+            text = f"{human_size(p.done)} so far · {human_size(p.speed)}/s"
+        else:  # "of about 1.1 GB" while the server builds the archive (its size not known yet)
+            about = "about " if p.estimated else ""
             text = (
-                f"{human_size(p.done)} of {total} · {human_size(p.speed)}/s · "
-                f"{human_eta(p.eta)} left"
+                f"{human_size(p.done)} of {human_total(p)} · {human_size(p.speed)}/s · "
+                f"{about}{human_eta(p.eta)} left"
             )
         self.progress_label.setText(f"{self._current}: {text}{self._resumed_note}")
 
