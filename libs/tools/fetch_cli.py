@@ -15,10 +15,10 @@ import sys
 import threading
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dicomflow_client import Client, Study
+    from dicomflow_client import Client, Progress, Study
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_LIMIT = 20
@@ -148,7 +148,7 @@ def _studies(client: Client, args: argparse.Namespace, criteria: object) -> list
 
 
 def _fetch_one(client: Client, study: Study, args: argparse.Namespace, label: str) -> Path:
-    from dicomflow_client import Progress, fetch_study
+    from dicomflow_client import fetch_study
     from dicomflow_client.progress import human_size
 
     title = (
@@ -191,7 +191,7 @@ def _fetch_one(client: Client, study: Study, args: argparse.Namespace, label: st
                 started.append(p.done)
                 if p.done and p.stage == "download":
                     bar.console.print(f"resuming at {human_size(p.done)}")
-            bar.update(task, completed=p.done, total=p.total, description=p.stage)
+            bar.update(task, **bar_fields(p))
 
         return fetch_study(
             client,
@@ -202,6 +202,13 @@ def _fetch_one(client: Client, study: Study, args: argparse.Namespace, label: st
             cancel=cancel,
             keep_archive=args.keep_archive,
         )
+
+
+def bar_fields(p: Progress) -> dict[str, Any]:
+    """The bar's scale: the archive's size, or while the server still builds it the study's
+    size before packing, said to be an estimate ("download (about)")."""
+    about = " (about)" if p.estimated and p.total else ""
+    return {"completed": p.done, "total": p.total, "description": f"{p.stage}{about}"}
 
 
 def _open(folder: Path, viewer: str) -> None:

@@ -106,8 +106,9 @@ async def clinic(
 ) -> AsyncIterator[Clinic]:
     """Two patients (one Cyrillic), one study each (2 series x 12 images), imported through
     the pipeline of a stack shared by the module's tests (they only read from it: search and
-    download); each archive format the server offers built once (HEAD waits for it), so
-    responses carry a Content-Length. Archives are downloaded from the API's own origin,
+    download); the tar.zst and ZIP archives built once (HEAD waits for it), so their
+    responses carry a Content-Length (a TAR is built on its first request: streamed without
+    one). Archives are downloaded from the API's own origin,
     which relays `/v1/studies/{uid}/archive` to the packager (started here)."""
     import httpx
     from clientkit import Clinic, originals_by_study

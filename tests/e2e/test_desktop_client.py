@@ -1,13 +1,15 @@
 """The desktop client as a clinician uses it (pytest-qt, offscreen) against a running stack:
 a Cyrillic search fills the table with dates, modalities, counts and sizes; a download
 survives a dropped connection by resuming with Range; several studies download at once in
-another format; the viewer command receives the study folder; a cancelled download resumes
-after the client restarts; the API key lands in a 0600 file without a keyring; a bad key or
-an unreachable server is a sentence, not a traceback. One run under Xvfb saves a
-screenshot (tests/artifacts/desktop-client.png)."""
+another format; a plain TAR streamed while it is built shows an estimated size and unpacks
+with a DICOMDIR that finds every instance; the viewer command receives the study folder; a
+cancelled download resumes after the client restarts; the API key lands in a 0600 file
+without a keyring; a bad key or an unreachable server is a sentence, not a traceback. One
+run under Xvfb saves a screenshot (tests/artifacts/desktop-client.png)."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -15,7 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from clientkit import Clinic, Proxy
+from clientkit import Clinic, Proxy, sha
+from dicomflow_client import Progress
+from pydicom.fileset import FileSet
 
 from libs.tools.dev_broker import free_port
 
@@ -163,6 +167,31 @@ async def test_desktop_search_download_resume_unpack_and_viewer(
         assert set(w.folders) == set(clinic.originals)
         for uid, got in w.folders.items():
             assert clinic.files_of(got) == clinic.originals[uid]
+
+        # One study as plain TAR, not built yet (the clinic fixture builds tar.zst and ZIP):
+        # streamed without a length, so the bar's scale is the study's size, "of about".
+        w.settings.archive_format = "tar"
+        w.table.clearSelection()
+        w.table.selectRow(next(r for r, st in enumerate(w.studies) if st.study_uid == ivanov))
+        proxy.seen.clear()
+        shown: list[tuple[Progress, str]] = []
+        show = w._progress
+
+        def record(p: Progress) -> None:
+            show(p)
+            shown.append((p, w.progress_label.text()))
+
+        w._progress = record  # type: ignore[method-assign]
+        download(qtbot, w)
+        assert not w.error_label.text(), w.error_label.text()
+        assert len(proxy.seen) == 1 and "archive?format=tar HTTP/1.1" in proxy.seen[0].head
+        assert shown[0][0].estimated and " of about " in shown[0][1], shown[0]
+        assert w.folders[ivanov] == folder  # the same study: its folder replaced
+        marker = json.loads((folder / ".dicomflow-study.json").read_text(encoding="utf-8"))
+        assert (marker["study_uid"], marker["format"]) == (ivanov, "tar")
+        assert clinic.files_of(folder) == clinic.originals[ivanov]
+        dicomdir = [sha(Path(i.path).read_bytes()) for i in FileSet(folder / "DICOMDIR")]
+        assert sorted(dicomdir) == sorted(clinic.originals[ivanov])  # every instance, once
         w.close()
 
 

@@ -7,6 +7,7 @@ folder to the viewer command."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -137,23 +138,24 @@ async def test_fetch_by_cyrillic_name_resumes_after_a_drop_and_a_kill_and_opens_
 
 async def test_fetch_each_format_and_a_tampered_archive(clinic: Clinic, tmp_path: Path) -> None:
     muller = uid_of(clinic, "Müller^José")
+    formats = ("tar.zst", "zip", "tar")
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {clinic.key}"}) as c:
-        offered = [
-            fmt
-            for fmt in ("tar.zst", "zip", "tar")
-            if (
-                await c.head(f"{clinic.archives}/v1/studies/{muller}/archive?format={fmt}")
-            ).status_code
-            == 200
-        ]
-    assert offered[:2] == ["tar.zst", "zip"]
-    for fmt in offered:
+        heads = {
+            fmt: await c.head(f"{clinic.archives}/v1/studies/{muller}/archive?format={fmt}")
+            for fmt in formats
+        }
+    # Every format is offered (a 404 or 422 for one would silently drop it from the loop).
+    assert {f: h.status_code for f, h in heads.items()} == dict.fromkeys(formats, 200)
+    assert heads["tar"].headers["content-type"] == "application/x-tar"
+    for fmt in formats:  # each one downloaded, verified and unpacked
         out = tmp_path / fmt
         done = fetch(muller, "--format", fmt, "--out", str(out), "--quiet", clinic=clinic)
         assert done.returncode == 0, done.stderr
         folder = Path(done.stdout.strip())
         assert folder.parent == out / "Müller José"
         assert clinic.files_of(folder) == clinic.originals[muller]
+        marker = json.loads((folder / ".dicomflow-study.json").read_text(encoding="utf-8"))
+        assert (marker["study_uid"], marker["format"]) == (muller, fmt)
         if fmt != "tar.zst":  # the unpacked DICOMDIR still finds every instance
             fs = FileSet(folder / "DICOMDIR")
             got = sorted(sha(Path(i.path).read_bytes()) for i in fs)

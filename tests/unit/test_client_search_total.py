@@ -99,3 +99,62 @@ def test_the_desktop_window_shows_a_lower_bound(qtbot: Any, tmp_path: Any) -> No
     w._client = lambda: client(server(matches=1))  # type: ignore[method-assign]
     w.search()
     qtbot.waitUntil(lambda: w.count_label.text() == "1 study found", timeout=20_000)
+
+
+def test_the_client_core_pages_from_an_offset() -> None:
+    with client(server()) as c:
+        total, found = c.search(SearchFilter(modality="CT"), limit=500, offset=500)
+        assert [s.study_uid for s in found] == [f"1.2.3.{n}" for n in range(500, 1000)]
+        assert (total, total.exact) == (1100, False)  # counted to the end of the last page
+        total, found = c.search(SearchFilter(modality="CT"), limit=500, offset=1000)
+        assert [s.study_uid for s in found] == [f"1.2.3.{n}" for n in range(1000, MATCHES)]
+        assert (total, total.exact) == (MATCHES, True)
+
+
+def test_the_desktop_window_loads_more_studies_page_by_page(qtbot: Any, tmp_path: Any) -> None:
+    """500 rows a search; "Load 500 more" adds the next page under them (the selection stays)
+    until the server has no more; a new search starts from the first page again."""
+    from dicomflow_desktop.settings import Settings, Store
+    from dicomflow_desktop.window import MainWindow
+    from PySide6.QtCore import Qt
+
+    asked: list[tuple[str, str]] = []
+    fake = server()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append((request.url.params["offset"], request.url.params.get("modality", "")))
+        return fake.handle_request(request)
+
+    w = MainWindow(Store(tmp_path / "config"), Settings(server_url="http://api.test", api_key="k"))
+    qtbot.addWidget(w)
+    w.show()
+    w._client = lambda: client(httpx.MockTransport(answer))  # type: ignore[method-assign]
+    w.modality.setCurrentText("CT")
+    w.search()
+    qtbot.waitUntil(lambda: w.more_button.isEnabled(), timeout=20_000)
+    assert (w.table.rowCount(), w.count_label.text()) == (500, "1,000+ studies found (showing 500)")
+    assert w.more_button.isVisible() and w.more_button.text() == "Load 500 more"
+    w.table.selectRow(3)
+    w.modality.setCurrentText("MR")  # edited, not searched: "Load more" goes on with CT
+
+    asked.clear()
+    qtbot.mouseClick(w.more_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(
+        lambda: w.table.rowCount() == 1000 and w.more_button.isEnabled(), timeout=20_000
+    )
+    assert asked == [("500", "CT"), ("700", "CT"), ("900", "CT")]
+    assert w.count_label.text() == "1,100+ studies found (showing 1,000)"
+    assert [s.study_uid for s in w.selected()] == ["1.2.3.3"]  # the selection stays
+
+    qtbot.mouseClick(w.more_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w.table.rowCount() == MATCHES, timeout=20_000)
+    qtbot.waitUntil(lambda: w.count_label.text() == "1,200 studies found", timeout=20_000)
+    assert not w.more_button.isVisible()
+    assert [s.study_uid for s in w.studies] == [f"1.2.3.{n}" for n in range(MATCHES)]
+    last = w.table.item(MATCHES - 1, 0)
+    assert last is not None and last.text() == "DOE JANE"
+
+    w._client = lambda: client(server(matches=30))  # type: ignore[method-assign]
+    w.search()
+    qtbot.waitUntil(lambda: w.count_label.text() == "30 studies found", timeout=20_000)
+    assert w.table.rowCount() == 30 and not w.more_button.isVisible()

@@ -22,7 +22,7 @@ from dicomflow_client.errors import IntegrityError, UnsafeArchive
 from dicomflow_client.names import entry_parts, safe_name, study_folder_parts
 from dicomflow_client.unpack import MARKER, unpack
 
-from services.packager.writers import TarZstWriter, ZipWriter
+from services.packager.writers import TarWriter, TarZstWriter, ZipWriter
 
 FILES = {
     "Иванов_Иван_20240315/1_CT/1.dcm": os.urandom(300_000),
@@ -40,14 +40,18 @@ def manifest(files: dict[str, bytes]) -> bytes:
     return json.dumps({"files": entries}, ensure_ascii=False).encode()
 
 
-def packager_archive(path: Path, fmt: str, files: dict[str, bytes] = FILES) -> Path:
+def packager_archive(
+    path: Path, fmt: str, files: dict[str, bytes] = FILES, *, with_manifest: bool = True
+) -> Path:
     """With the packager's writers, manifest first, as the service writes it."""
-    members = {f"{ROOT}/manifest.json": manifest(files), **files}
+    members = {f"{ROOT}/manifest.json": manifest(files), **files} if with_manifest else files
     with path.open("wb") as out:
         when = datetime(2024, 3, 15, tzinfo=UTC)
         writer = (
             ZipWriter(out, mtime=when)
             if fmt == "zip"
+            else TarWriter(out, mtime=when)
+            if fmt == "tar"
             else TarZstWriter(out, mtime=when, level=3, threads=0)
         )
         for name, data in members.items():
@@ -58,7 +62,18 @@ def packager_archive(path: Path, fmt: str, files: dict[str, bytes] = FILES) -> P
     return path
 
 
-def plain_tar(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes]) -> Path:
+def plain_tar(
+    path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes], *, listed: bool = True
+) -> Path:
+    """`listed`: with a manifest.json first naming the regular files in `data`, as every
+    archive the packager writes has (in the archive's top folder when all share one)."""
+    if listed:
+        names = [m.name for m in members if m.isfile() and m.name in data]
+        tops = {n.split("/", 1)[0] if "/" in n else "" for n in names}
+        where = f"{tops.pop()}/manifest.json" if len(tops) == 1 and "" not in tops else ""
+        where = where or "manifest.json"
+        members = [tarfile.TarInfo(where), *members]
+        data = {where: manifest({n: data[n] for n in names}), **data}
     with tarfile.open(path, "w") as tar:
         for info in members:
             body = data.get(info.name)
@@ -80,7 +95,7 @@ def leftovers(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if ".dicomflow" not in p.parts and p != out / "p"]
 
 
-@pytest.mark.parametrize("fmt", ["tar.zst", "zip"])
+@pytest.mark.parametrize("fmt", ["tar.zst", "zip", "tar"])
 def test_packager_archives_unpack_whole_under_the_study_folder(tmp_path: Path, fmt: str) -> None:
     archive = packager_archive(tmp_path / f"a.{fmt}", fmt)
     target = tmp_path / "out" / "Иванов Иван" / "2024-03-15_CT"
@@ -97,10 +112,42 @@ def test_plain_tar_unpacks(tmp_path: Path) -> None:
     data = {"DICOMDIR": b"dir", "DICOM/S1/I1": b"one", "DICOM/S1/I2": b"two"}
     target = tmp_path / "out" / "p" / "s"
     unpack(plain_tar(tmp_path / "a.tar", members, data), "tar", target, marker={})
-    assert tree(target) == data  # a DICOMDIR's relative references stay valid
+    got = tree(target)
+    assert got.pop("manifest.json")
+    assert got == data  # a DICOMDIR's relative references stay valid
 
 
-@pytest.mark.parametrize("fmt", ["tar.zst", "zip"])
+@pytest.mark.parametrize("fmt", ["tar.zst", "zip", "tar"])
+def test_an_archive_without_a_manifest_is_refused_by_name(tmp_path: Path, fmt: str) -> None:
+    """Without manifest.json no file's hash could be checked: refused, nothing unpacked."""
+    path = packager_archive(tmp_path / f"1.2.3.{fmt}.part", fmt, with_manifest=False)
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError) as refused:
+        unpack(path, fmt, out / "p" / "s", marker={})
+    assert str(refused.value) == (
+        f"The archive 1.2.3.{fmt} has no list of its files (manifest.json), so its content "
+        "cannot be checked; nothing was unpacked."
+    )
+    assert not (out / "p").exists()
+    assert not list((out / ".dicomflow" / "unpacking").iterdir())
+
+
+def test_a_file_the_manifest_does_not_list_is_refused(tmp_path: Path) -> None:
+    members = [tarfile.TarInfo(n) for n in ("DICOM/S1/I1", "DICOM/S1/I2")]
+    data = {"DICOM/S1/I1": b"one", "DICOM/S1/I2": b"two"}
+    listed = plain_tar(tmp_path / "a.tar", members, data)
+    extra = tarfile.TarInfo("DICOM/S1/EXTRA")
+    with tarfile.open(tmp_path / "b.tar", "w") as tar, tarfile.open(listed) as src:
+        for info in src.getmembers():
+            tar.addfile(info, src.extractfile(info))
+        extra.size = 4
+        tar.addfile(extra, io.BytesIO(b"evil"))
+    with pytest.raises(IntegrityError, match="'DICOM/S1/EXTRA', which its list of files"):
+        unpack(tmp_path / "b.tar", "tar", tmp_path / "out" / "p" / "s", marker={})
+    assert not (tmp_path / "out" / "p").exists()
+
+
+@pytest.mark.parametrize("fmt", ["tar.zst", "zip", "tar"])
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_truncated_or_tampered_archive_is_refused_and_leaves_nothing(
     tmp_path: Path, fmt: str, damage: str
@@ -196,7 +243,9 @@ def test_names_are_safe_on_windows_and_clashes_get_suffixes(tmp_path: Path) -> N
     data = {"s/AUX.dcm": b"1", "s/a.dcm": b"2", "s/A.dcm": b"3"}
     target = tmp_path / "out" / "p" / "s"
     unpack(plain_tar(tmp_path / "a.tar", members, data), "tar", target, marker={})
-    assert tree(target) == {"_AUX.dcm": b"1", "a.dcm": b"2", "A_2.dcm": b"3"}
+    got = tree(target)
+    assert got.pop("manifest.json")
+    assert got == {"_AUX.dcm": b"1", "a.dcm": b"2", "A_2.dcm": b"3"}
 
 
 def test_full_disk_leaves_no_half_written_study_folder(tmp_path: Path) -> None:
@@ -251,13 +300,16 @@ def test_the_dicomdir_is_checked_against_the_manifest_too(tmp_path: Path) -> Non
     members = [tarfile.TarInfo(n) for n in ("manifest.json", "DICOMDIR", "DICOM/IM0")]
     good = {"manifest.json": json.dumps(body).encode(), "DICOMDIR": b"dir", **listed}
     unpack(
-        plain_tar(tmp_path / "a.tar", members, good), "tar", tmp_path / "o" / "p" / "s", marker={}
+        plain_tar(tmp_path / "a.tar", members, good, listed=False),
+        "tar",
+        tmp_path / "o" / "p" / "s",
+        marker={},
     )
     bad = {**good, "DICOMDIR": b"DIR"}
     members = [tarfile.TarInfo(n) for n in ("manifest.json", "DICOMDIR", "DICOM/IM0")]
     with pytest.raises(IntegrityError, match="DICOMDIR"):
         unpack(
-            plain_tar(tmp_path / "b.tar", members, bad),
+            plain_tar(tmp_path / "b.tar", members, bad, listed=False),
             "tar",
             tmp_path / "o" / "p" / "t",
             marker={},

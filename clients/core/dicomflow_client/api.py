@@ -167,18 +167,22 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def search(self, criteria: SearchFilter, *, limit: int = 1000) -> tuple[Total, list[Study]]:
-        """(total matches, up to `limit` studies), newest first, paging as needed. The total
-        may be a lower bound (`Total.exact` False, shown as "1,000+")."""
+    def search(
+        self, criteria: SearchFilter, *, limit: int = 1000, offset: int = 0
+    ) -> tuple[Total, list[Study]]:
+        """(total matches, up to `limit` studies from the `offset`-th), newest first, paging
+        as needed. The total may be a lower bound (`Total.exact` False, shown as "1,000+")."""
         found: list[Study] = []
         total = Total(0)
-        for page_total, page in self._pages(criteria.params(), limit):
+        for page_total, page in self._pages(criteria.params(), limit, offset):
             total = page_total  # the last page's: counted furthest
             found.extend(page)
         return total, found[:limit]
 
-    def _pages(self, params: dict[str, str], limit: int) -> Iterator[tuple[Total, list[Study]]]:
-        offset = 0
+    def _pages(
+        self, params: dict[str, str], limit: int, start: int
+    ) -> Iterator[tuple[Total, list[Study]]]:
+        offset = start
         while True:
             body = self._json("/v1/studies", {**params, "limit": str(PAGE), "offset": str(offset)})
             items = [Study.from_json(i) for i in body["items"]]
@@ -186,7 +190,7 @@ class Client:
             total = Total(int(body["total"]), bool(body.get("total_exact", True)))
             yield total, items
             offset += len(items)
-            if not items or (total.exact and offset >= total) or offset >= limit:
+            if not items or (total.exact and offset >= total) or offset - start >= limit:
                 return
 
     def study(self, study_uid: str) -> Study:

@@ -138,7 +138,12 @@ def _attempt(
             total = int(length) if length else None
             have, mode = 0, "wb"
             part.save_meta(url, new_etag, total)
-        meter.update(have, total, force=True)
+        # No size (a tar or tar.zst streamed while it is built): the study's size before
+        # packing is the progress scale, marked as an estimate.
+        scale, estimated = total, False
+        if total is None and (expected := _instance_bytes(r)):
+            scale, estimated = expected, True
+        meter.update(have, scale, force=True, estimated=estimated)
         try:
             with part.path.open(mode) as out:
                 # As received: with a chunk size httpx would hold (and lose on a drop) a part.
@@ -147,7 +152,7 @@ def _attempt(
                         raise Cancelled
                     out.write(chunk)
                     have += len(chunk)
-                    meter.update(have, total)
+                    meter.update(have, scale, estimated=estimated)
         except OSError as exc:
             raise from_os_error(exc, "the download folder") or _write_failed(exc) from exc
     if total is not None and have < total:
@@ -155,6 +160,12 @@ def _attempt(
     if total is None:  # streamed while the server built it: its size is now known
         part.save_meta(url, new_etag, have)
     return Downloaded(part.path, new_etag, have, 0)
+
+
+def _instance_bytes(r: httpx.Response) -> int | None:
+    """`X-Archive-Instance-Bytes`: the total size of the study's files before packing."""
+    value = r.headers.get("x-archive-instance-bytes", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _complete_or_restart(

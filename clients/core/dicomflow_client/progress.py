@@ -11,9 +11,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Progress:
     done: int  # bytes of the archive on disk (a resumed download starts above 0)
-    total: int | None  # None while the server streams an archive it is still building
+    # The archive's size; None when neither it nor an estimate is known. While the server
+    # streams an archive it is still building (no Content-Length), the study's size before
+    # packing (X-Archive-Instance-Bytes) with `estimated` True: a tar is a little larger (a
+    # header per file), a tar.zst smaller (compressed).
+    total: int | None
     speed: float  # bytes per second over the last few seconds
     stage: str = "download"  # "download", "verify" or "unpack"
+    estimated: bool = False  # `total` is an estimate, not the archive's exact size
 
     @property
     def eta(self) -> float | None:
@@ -38,7 +43,9 @@ class Meter:
         self._samples: deque[tuple[float, int]] = deque()
         self._last = 0.0
 
-    def update(self, done: int, total: int | None, *, force: bool = False) -> None:
+    def update(
+        self, done: int, total: int | None, *, force: bool = False, estimated: bool = False
+    ) -> None:
         if self._report is None:
             return
         now = time.monotonic()
@@ -50,7 +57,9 @@ class Meter:
         self._last = now
         t0, d0 = self._samples[0]
         speed = (done - d0) / (now - t0) if now > t0 else 0.0
-        self._report(Progress(done, total, max(0.0, speed)))
+        if estimated and total is not None:
+            total = max(total, done)  # an estimate passed (tar headers): never "120 of 100"
+        self._report(Progress(done, total, max(0.0, speed), estimated=estimated))
 
 
 def human_size(n: float) -> str:
@@ -59,6 +68,13 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+def human_total(p: Progress) -> str:
+    """The archive's size as a front end writes it: "?" unknown, "about 1.1 GB" estimated."""
+    if not p.total:
+        return "?"
+    return f"about {human_size(p.total)}" if p.estimated else human_size(p.total)
 
 
 def human_eta(seconds: float | None) -> str:

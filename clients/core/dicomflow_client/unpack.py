@@ -1,8 +1,9 @@
 """Verify and unpack an archive into a temporary folder, then rename it into place.
 
 Verification: the zstd frame (its checksum when the frame carries one; a truncated frame is
-an error), ZIP CRC-32s, every file's size and SHA-256 against `manifest.json` when the
-archive has one, and the TAR structure (a member cut short is an error). Any failure, or a
+an error), ZIP CRC-32s, every file's size and SHA-256 against `manifest.json` (an archive
+without one, or holding a file it does not list, is refused), and the TAR structure (a
+member cut short is an error). Any failure, or a
 full disk, removes the temporary folder: a study folder is either complete or absent.
 
 Safety: only regular files are written; a link, device, FIFO, absolute path or `..` entry
@@ -77,7 +78,7 @@ def unpack(
     try:
         work.mkdir(parents=True)
         written = _extract(archive, fmt, work, report)
-        _check_manifest(work, written)
+        _check_manifest(work, written, archive.name.removesuffix(".part"))
         root = _single_root(work)
         (root / MARKER).write_text(json.dumps(marker, ensure_ascii=False, indent=1))
         _move_into_place(root, target)
@@ -181,10 +182,17 @@ def _check_zstd_end(source: IO[bytes], counted: IO[bytes]) -> None:
         raise IntegrityError("The downloaded archive has trailing bytes that are not zstd data.")
 
 
-def _check_manifest(work: Path, written: Written) -> None:
+def _check_manifest(work: Path, written: Written, archive: str) -> None:
+    """Every file the archive holds is listed in its manifest.json with the size and SHA-256
+    it has, and every listed file is there. The packager writes a manifest into every archive
+    (its first member): one without cannot be verified and is refused, as is a file the
+    manifest does not list."""
     manifests = [n for n in written.files if n.rsplit("/", 1)[-1] == "manifest.json"]
     if not manifests:
-        return
+        raise IntegrityError(
+            f"The archive {archive} has no list of its files (manifest.json), so its content "
+            "cannot be checked; nothing was unpacked."
+        )
     name = manifests[0]
     path = work.joinpath(*entry_parts(name))
     try:
@@ -201,6 +209,12 @@ def _check_manifest(work: Path, written: Written) -> None:
             raise IntegrityError(
                 f"{entry_path!r} in the archive differs from the server's checksum (SHA-256)."
             )
+    unlisted = set(written.files) - {name} - {entry_path for entry_path, _, _ in listed}
+    if unlisted:
+        raise IntegrityError(
+            f"The archive {archive} holds {min(unlisted)!r}, which its list of files "
+            "(manifest.json) does not name; nothing was unpacked."
+        )
 
 
 def _single_root(work: Path) -> Path:

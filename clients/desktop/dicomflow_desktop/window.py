@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dicomflow_client import Client, ClientError, Progress, SearchFilter, Study, Total
 from dicomflow_client.api import FORMATS, ArchiveFormat
-from dicomflow_client.progress import human_eta, human_size
+from dicomflow_client.progress import human_eta, human_size, human_total
 from dicomflow_client.viewer import launch_viewer, open_folder
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 
 from dicomflow_desktop.settings import Settings, Store
 from dicomflow_desktop.settings_dialog import SettingsDialog
-from dicomflow_desktop.workers import DownloadWorker, SearchWorker
+from dicomflow_desktop.workers import PAGE, DownloadWorker, SearchWorker
 
 COLUMNS = [
     "Patient", "Date of birth", "Sex", "Study date", "Description", "Modalities",
@@ -74,6 +74,9 @@ class MainWindow(QMainWindow):
         self.folders: dict[str, Path] = {}
         self.search_worker: SearchWorker | None = None  # the newest search
         self.searches = 0
+        self.shown_search: SearchFilter | None = None  # the search whose studies are listed
+        self.total = Total(0)
+        self.more = False  # the server has studies past those listed
         self._replaced: set[SearchWorker] = set()  # older searches still running, kept alive
         self.download_worker: DownloadWorker | None = None
         # True from the click until the worker's last signal has reached this window (the
@@ -138,6 +141,8 @@ class MainWindow(QMainWindow):
         self.table.doubleClicked.connect(lambda _: self.download())
 
         self.count_label = QLabel("")
+        self.more_button = QPushButton(f"Load {PAGE} more")
+        self.more_button.clicked.connect(self.load_more)
         self.download_button = QPushButton("Download selected")
         self.download_button.clicked.connect(self.download)
         self.cancel_button = QPushButton("Cancel")
@@ -147,7 +152,9 @@ class MainWindow(QMainWindow):
         self.folder_button = QPushButton("Open folder")
         self.folder_button.clicked.connect(self.open_study_folder)
         actions = QHBoxLayout()
-        actions.addWidget(self.count_label, 1)
+        actions.addWidget(self.count_label)
+        actions.addWidget(self.more_button)
+        actions.addStretch(1)
         for b in (self.download_button, self.cancel_button, self.viewer_button, self.folder_button):
             actions.addWidget(b)
 
@@ -181,6 +188,9 @@ class MainWindow(QMainWindow):
         # A search may replace a running one (the newest answer wins); the results table is
         # not replaced while a download works through the selected rows.
         self.search_button.setEnabled(not downloading)
+        searching = self.search_worker is not None and self.search_worker.isRunning()
+        self.more_button.setVisible(self.more)
+        self.more_button.setEnabled(self.more and not searching)
         self.download_button.setEnabled(selected and not downloading)
         self.cancel_button.setEnabled(downloading)
         has_folder = self._target_folder() is not None
@@ -233,8 +243,25 @@ class MainWindow(QMainWindow):
             self.show_error(str(exc))
             return
         self.count_label.setText("Searching…")
+        self._start_search(client, criteria, 0)
+
+    def load_more(self) -> None:
+        """The next page of the listed search, added under its rows (the form may have been
+        edited since: the listed search goes on, not the form's)."""
+        if not self.more or self.shown_search is None:
+            return
+        self.show_error("")
+        try:
+            client = self._client()
+        except ClientError as exc:
+            self.show_error(str(exc))
+            return
+        self.count_label.setText(f"{self._counted()} — loading {PAGE} more…")
+        self._start_search(client, self.shown_search, len(self.studies))
+
+    def _start_search(self, client: Client, criteria: SearchFilter, offset: int) -> None:
         self.searches += 1
-        worker = SearchWorker(client, criteria, self.searches)
+        worker = SearchWorker(client, criteria, self.searches, offset)
         worker.found.connect(self._found)
         worker.failed.connect(self._search_failed)
         worker.finished.connect(client.close)
@@ -249,43 +276,60 @@ class MainWindow(QMainWindow):
         self._replaced = {w for w in self._replaced if w.isRunning()}
         self._sync_buttons()
 
-    def _found(self, number: int, total: Total, studies: list[Study]) -> None:
+    def _found(self, number: int, offset: int, total: Total, studies: list[Study]) -> None:
         if number != self.searches:
             return  # a newer search replaced this one
-        self.studies = studies
-        self.table.setRowCount(len(studies))
-        for row, s in enumerate(studies):
-            p = s.patient
-            cells = [
-                p.display_name,
-                _day(p.birth_date),
-                p.sex,
-                _day(s.study_date),
-                s.study_description,
-                ", ".join(s.modalities),
-                str(s.series_count),
-                str(s.instance_count),
-                human_size(s.size_bytes),
-            ]
-            for col, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                if col >= 6:
-                    item.setTextAlignment(
-                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
-                    )
-                self.table.setItem(row, col, item)
-        more = total > len(studies) or not total.exact
-        shown = f" (showing {len(studies):,})" if more else ""
-        self.count_label.setText(  # "1,000+ studies found": the server stopped counting
-            "No study matches."
-            if total == 0
-            else f"{total} {'study' if total == 1 and total.exact else 'studies'} found{shown}"
-        )
+        if offset == 0:
+            self.studies = []
+            self.table.setRowCount(0)
+            self.shown_search = self.search_worker.criteria if self.search_worker else None
+        # A study indexed between two pages shifts the next one: never list one twice.
+        listed = {s.study_uid for s in self.studies}
+        new = [s for s in studies if s.study_uid not in listed]
+        first = len(self.studies)
+        self.studies.extend(new)
+        self.table.setRowCount(len(self.studies))
+        for row, s in enumerate(new, first):
+            self._fill_row(row, s)
+        self.total = total
+        end = offset + len(studies)
+        self.more = bool(studies) and (end < total if total.exact else len(studies) >= PAGE)
+        self.count_label.setText(self._counted())
+        self._sync_buttons()
+
+    def _counted(self) -> str:
+        """ "1,000+ studies found (showing 500)": the server stopped counting at 1,000."""
+        total, shown = self.total, len(self.studies)
+        if total == 0 and not shown:
+            return "No study matches."
+        more = self.more or total > shown or not total.exact
+        note = f" (showing {shown:,})" if more else ""
+        return f"{total} {'study' if total == 1 and total.exact else 'studies'} found{note}"
+
+    def _fill_row(self, row: int, s: Study) -> None:
+        p = s.patient
+        cells = [
+            p.display_name,
+            _day(p.birth_date),
+            p.sex,
+            _day(s.study_date),
+            s.study_description,
+            ", ".join(s.modalities),
+            str(s.series_count),
+            str(s.instance_count),
+            human_size(s.size_bytes),
+        ]
+        for col, text in enumerate(cells):
+            item = QTableWidgetItem(text)
+            if col >= 6:
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self.table.setItem(row, col, item)
 
     def _search_failed(self, number: int, message: str) -> None:
         if number != self.searches:
             return
-        self.count_label.setText("")
+        paging = self.search_worker is not None and self.search_worker.offset > 0
+        self.count_label.setText(self._counted() if paging else "")  # the rows listed stay
         self.show_error(message)
 
     # ---- download
@@ -341,11 +385,13 @@ class MainWindow(QMainWindow):
             self.progress.setRange(0, 0)  # size not known yet: busy indicator
         if p.stage == "unpack":
             text = f"checking and unpacking… {human_size(p.done)} of {human_size(p.total or 0)}"
-        else:
-            total = human_size(p.total) if p.total else "?"
+        elif not p.total:
+            text = f"{human_size(p.done)} so far · {human_size(p.speed)}/s"
+        else:  # "of about 1.1 GB" while the server builds the archive (its size not known yet)
+            about = "about " if p.estimated else ""
             text = (
-                f"{human_size(p.done)} of {total} · {human_size(p.speed)}/s · "
-                f"{human_eta(p.eta)} left"
+                f"{human_size(p.done)} of {human_total(p)} · {human_size(p.speed)}/s · "
+                f"{about}{human_eta(p.eta)} left"
             )
         self.progress_label.setText(f"{self._current}: {text}{self._resumed_note}")
 

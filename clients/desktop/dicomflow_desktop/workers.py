@@ -14,6 +14,7 @@ from dicomflow_client.api import ArchiveFormat
 from PySide6.QtCore import QThread, Signal
 
 log = logging.getLogger(__name__)
+PAGE = 500  # studies a search (or "Load more") adds to the table
 
 
 def unexpected(exc: BaseException) -> str:
@@ -25,26 +26,30 @@ def unexpected(exc: BaseException) -> str:
 
 
 class SearchWorker(QThread):
-    """One search. Its signals carry the search's number so the window can drop the answer
-    of a search a newer one has replaced (a clinician who corrects the name and presses
-    Enter again sees the new answer, never the old one arriving late)."""
+    """One search, or its next page from `offset` ("Load more"). Its signals carry the
+    search's number so the window can drop the answer of a search a newer one has replaced
+    (a clinician who corrects the name and presses Enter again sees the new answer, never the
+    old one arriving late)."""
 
-    found = Signal(int, object, list)  # number, Total (an int that may be a lower bound), [Study]
+    # number, offset, Total (an int that may be a lower bound), [Study]
+    found = Signal(int, int, object, list)
     failed = Signal(int, str)  # number, message
 
-    def __init__(self, client: Client, criteria: SearchFilter, number: int = 0) -> None:
+    def __init__(
+        self, client: Client, criteria: SearchFilter, number: int = 0, offset: int = 0
+    ) -> None:
         super().__init__()
-        self.client, self.criteria, self.number = client, criteria, number
+        self.client, self.criteria, self.number, self.offset = client, criteria, number, offset
 
     def run(self) -> None:
         try:
-            total, studies = self.client.search(self.criteria, limit=500)
+            total, studies = self.client.search(self.criteria, limit=PAGE, offset=self.offset)
         except ClientError as exc:
             self.failed.emit(self.number, str(exc))
         except Exception as exc:
             self.failed.emit(self.number, unexpected(exc))
         else:
-            self.found.emit(self.number, total, studies)
+            self.found.emit(self.number, self.offset, total, studies)
 
 
 class DownloadWorker(QThread):

@@ -234,13 +234,21 @@ function seconds(s) {
   return `about ${Math.round(s / 60)} min left`;
 }
 
-function progress(received, total, started) {
+// `estimated`: `total` is the study's size before packing (X-Archive-Instance-Bytes), sent
+// while the server still builds a tar or tar.zst (no Content-Length): a tar is a little
+// larger (a header per file), a tar.zst smaller. Shown as "of about", never passed.
+function progress(received, total, started, estimated = false) {
   const elapsed = (performance.now() - started) / 1000;
   const speed = elapsed > 0 ? received / elapsed : 0;
-  const parts = [total ? `${formatSize(received)} of ${formatSize(total)}` : formatSize(received)];
+  const scale = estimated ? Math.max(total, received) : total;
+  const of = estimated ? "of about" : "of";
+  const parts = [scale ? `${formatSize(received)} ${of} ${formatSize(scale)}` : formatSize(received)];
   if (elapsed > 0.5) parts.push(`${formatSize(speed)}/s`);
-  if (total && speed > 0 && elapsed > 0.5) parts.push(seconds((total - received) / speed));
-  if (total) bar.value = received;
+  if (scale && speed > 0 && elapsed > 0.5) parts.push(seconds((scale - received) / speed));
+  if (scale) {
+    bar.max = scale;
+    bar.value = received;
+  }
   text.textContent = parts.join(" · ");
 }
 
@@ -268,9 +276,12 @@ async function download(format) {
     const url = `/v1/studies/${encodeURIComponent(uid)}/archive?format=${encodeURIComponent(format)}`;
     const response = await call(url, { signal: controller.signal });
     const total = Number(response.headers.get("content-length")) || 0;
+    // Streamed while it is built (no Content-Length): the study's size as the scale.
+    const expected = total ? 0 : Number(response.headers.get("x-archive-instance-bytes")) || 0;
+    const estimated = !total && expected > 0;
     const name = suggestedName(response.headers.get("content-disposition"), `study.${format}`);
     label.textContent = `Downloading ${name}`;
-    if (total) bar.max = total;
+    if (total || expected) bar.max = total || expected;
     const reader = response.body.getReader();
     const parts = []; // Blobs of up to 32 MB: the browser may keep them on disk, not in memory
     let chunks = [];
@@ -290,11 +301,11 @@ async function download(format) {
       }
       if (performance.now() - shown > 200) {
         shown = performance.now();
-        progress(received, total, started);
+        progress(received, total || expected, started, estimated);
       }
     }
     if (total && received !== total) throw new Error("short");
-    progress(received, total, started);
+    progress(received, total || received, started);
     parts.push(new Blob(chunks));
     save(new Blob(parts, { type: MEDIA[format] || "application/octet-stream" }), name);
     label.textContent = `Saved ${name}`;
