@@ -132,21 +132,8 @@ async def ingest_disc(
 ) -> None:
     """Read the disc's files into staging and emit them; resumable (recorded files are
     skipped). An unreadable disc fails its task with the reason; unreadable files are
-    reported. A paused or cancelled task stops it before the survey or the next batch."""
-    try:
-        await _ingest(disc, store, publish, staging, batch_size, survey)
-    except Stopped as stop:
-        log.info("disc reading stopped", task_id=disc.task_id, why=stop.why)
-
-
-async def _ingest(
-    disc: OpenDisc,
-    store: DiscStore,
-    publish: Publish,
-    staging: Path,
-    batch_size: int,
-    survey: Survey,
-) -> None:
+    reported. Raises `Stopped` when the task is paused or cancelled: before the survey or
+    the next batch."""
     source = Path(disc.source_path)
     await store.go_on(disc.task_id)  # before the survey, the first long step
     try:
@@ -285,14 +272,17 @@ async def run_round(
             log.info("disc found", task_id=task_id, source=str(entry.path), kind=entry.kind)
     for disc in await store.open_discs():
         if not disc.scan_completed and disc.task_status in EMITTING:
-            await ingest_disc(
-                disc,
-                store=store,
-                publish=publish,
-                staging=staging,
-                batch_size=batch_size,
-                survey=survey,
-            )
+            try:
+                await ingest_disc(
+                    disc,
+                    store=store,
+                    publish=publish,
+                    staging=staging,
+                    batch_size=batch_size,
+                    survey=survey,
+                )
+            except Stopped as stop:  # resumed: read again from where it stopped
+                log.info("disc reading stopped", task_id=disc.task_id, why=stop.why)
     for disc in await store.open_discs():
         if disc.task_status in DONE:
             await finalize_disc(
