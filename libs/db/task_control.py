@@ -7,13 +7,16 @@ A task's status is the switch; everything that acts on a task reads it:
 - the extractor, the first stage of every discovered file, asks `gate()` about the tasks
   of its batch: a file of a paused task is set aside (`held_at`, still pending), one of a
   cancelled task ends `cancelled`; files already past the extractor reach their outcome;
-- resuming emits the set-aside files again; cancelling a paused task ends them `cancelled`.
+- resuming emits the set-aside files again; cancelling a paused task ends them `cancelled`;
+- the other sources (ISO discs, PACS retrieves, dcm4chee C-MOVEs) ask `stopped()` before each
+  batch they emit and before each long step, and stop there; what they left is done when the
+  task is resumed (a cancelled task stops for good).
 Each change takes the task row `FOR UPDATE`, like the gate, so none is lost between them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from libs.db import Conn, ledger, tasks
@@ -23,8 +26,60 @@ CANCELLED_REASON = "import cancelled before the file was read"
 GATE_STAGE = "extractor"
 
 
+# A source may emit files of a task in these statuses only.
+EMITTING = ("pending", "running")
+LEASE_LOST = "lease lost"
+
+
 class NotAllowed(Exception):
     """The task's status does not allow this change (e.g. resuming a completed task)."""
+
+
+class Stopped(Exception):
+    """The task was paused, cancelled or ended (or its lease lost): its source stops here;
+    a resumed task is taken up again where it stopped."""
+
+    def __init__(self, task_id: str, why: str) -> None:
+        super().__init__(f"import {task_id} {why}")
+        self.task_id = task_id
+        self.why = why
+
+
+async def stopped(
+    conn: Conn, task_ids: Collection[str], *, owner: str | None = None, lock: bool = False
+) -> dict[str, str]:
+    """Of `task_ids`, the tasks whose source must stop emitting now, with why: their status
+    (paused, cancelling, cancelled, completed, failed), `lease lost` when `owner` is given
+    and no longer holds the lease, `gone` when there is no such task. Empty: go on. One
+    indexed read. With `lock` (inside a transaction) the rows are share-locked until it
+    ends: a pause or cancel, which locks them `FOR UPDATE`, commits after what is recorded
+    with them, never in between."""
+    ids = sorted(set(task_ids))
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        f"""SELECT id::text AS id, status, lease_owner FROM import_tasks
+             WHERE id = ANY($1::uuid[]) ORDER BY id{" FOR SHARE" if lock else ""}""",
+        ids,
+    )
+    found = {r["id"]: r for r in rows}
+    why: dict[str, str] = {}
+    for task_id in ids:
+        row = found.get(task_id)
+        if row is None:
+            why[task_id] = "gone"
+        elif row["status"] not in EMITTING:
+            why[task_id] = str(row["status"])
+        elif owner is not None and row["lease_owner"] != owner:
+            why[task_id] = LEASE_LOST
+    return why
+
+
+async def go_on(conn: Conn, task_id: str, *, owner: str | None = None, lock: bool = False) -> None:
+    """Raises `Stopped` unless the task's source may emit now (see `stopped`)."""
+    why = await stopped(conn, [task_id], owner=owner, lock=lock)
+    if why:
+        raise Stopped(task_id, why[task_id])
 
 
 async def _locked_status(conn: Conn, task_id: str) -> str | None:

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 from collections import Counter as CounterOf
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import asyncpg
 from prometheus_client import Counter
 
-from libs.db import dcm4chee
+from libs.db import dcm4chee, task_control
 from libs.db import dcm4chee_moves as moves_db
 from libs.db.dcm4chee import FoundFile, Watermark
 from libs.db.dcm4chee_moves import Awaiting
@@ -89,6 +89,10 @@ class PgMoves:
     async def cancel_stopped(self) -> int:
         async with self.pool.acquire() as conn:
             return await moves_db.cancel_stopped(conn, self.source)
+
+    async def stopped_tasks(self, task_ids: Collection[str]) -> set[str]:
+        async with self.pool.acquire() as conn:
+            return set(await task_control.stopped(conn, task_ids))
 
     async def link(self, timeout_seconds: float) -> CounterOf[str]:
         async with self.pool.acquire() as conn:
@@ -269,13 +273,14 @@ async def move_round(mover: Mover, lock: Exclusive, metrics: MoveMetrics) -> Aft
     metrics.outcomes.labels("cancelled").inc(report.cancelled)
     for status, n in report.linked.items():
         metrics.outcomes.labels(status).inc(n)
-    if report.studies or report.linked or report.cancelled:
+    if report.studies or report.linked or report.cancelled or report.held:
         log.info(
             "fetch round",
             studies=report.studies,
             moved=report.moved,
             not_fetched=report.failed,
             cancelled=report.cancelled,
+            held=report.held,
             linked=dict(report.linked),
             archive_away=report.away,
         )

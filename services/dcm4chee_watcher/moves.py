@@ -10,6 +10,11 @@ A round, by one replica per archive:
    for a whole series, else IMAGE level keyed by the SOP Instance UIDs (a list, so only the
    missing ones are sent). Sub-operations the archive reports failed fail their instance.
 
+Before each study and each C-MOVE, the instances' tasks are asked again: those of a task
+paused or cancelled meanwhile are left as they are (what is left of the study is planned
+again without them); a paused task's wait until it is resumed (`due` takes running tasks'
+only), a cancelled task's end `cancelled` at the next round (step 1).
+
 An archive whose DICOM side is away (refused connection, timeout, aborted association, out
 of resources) is waited for: nothing is counted against its instances, and rounds back off
 up to `max_backoff`. A refusal it would repeat (unknown move destination, our AE not
@@ -19,7 +24,7 @@ allowed) counts an attempt; after `max_attempts` the instances fail with the rea
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Protocol
@@ -41,6 +46,9 @@ class ArchiveScu(Protocol):
 
 class MoveState(Protocol):
     async def cancel_stopped(self) -> int: ...
+    async def stopped_tasks(self, task_ids: Collection[str]) -> set[str]:
+        """Of these tasks, the ones paused, cancelled or ended (nothing more is fetched)."""
+
     async def link(self, timeout_seconds: float) -> Counter[str]: ...
     async def due(self, studies: int) -> list[Awaiting]: ...
     async def start(self, sop_uids: Sequence[str]) -> None: ...
@@ -69,6 +77,7 @@ class MoveReport:
     moved: int = 0  # instances the archive said it sent
     failed: int = 0  # instances failed here (not on the archive, not sent, refused)
     cancelled: int = 0
+    held: int = 0  # instances left for a task paused or cancelled during the round
     linked: Counter[str] = field(default_factory=Counter)  # outcomes written, by status
     away: str | None = None  # the archive's DICOM side is away: why
 
@@ -89,7 +98,9 @@ class Mover:
         report.linked = await self.state.link(p.link_timeout)
         due = await self.state.due(p.studies)
         for study_uid, group in groupby(due, key=lambda a: a.study_uid):
-            items = list(group)
+            items = await self._going_on(list(group), report)
+            if not items:
+                continue
             report.studies += 1
             handled: set[str] = set()  # failed or moved already, when a later call fails
             try:
@@ -130,7 +141,16 @@ class Mover:
         if not todo:
             return
         await self.state.start([a.sop_instance_uid for a in todo])
-        for query, batch in plan(study_uid, todo):
+        requests = list(plan(study_uid, todo))
+        while requests:
+            left = [a for _, b in requests for a in b]
+            going = await self._going_on(left, report)
+            if len(going) < len(left):  # a task stopped: the rest planned again without it
+                kept = {a.sop_instance_uid for a in going}
+                handled.update(a.sop_instance_uid for a in left if a.sop_instance_uid not in kept)
+                requests = list(plan(study_uid, going)) if going else []
+                continue
+            query, batch = requests.pop(0)
             result = await self.scu.move(query, p.destination)
             refused = set(result.failed_sop_instance_uids)
             failed = [a for a in batch if a.sop_instance_uid in refused]
@@ -150,6 +170,15 @@ class Mover:
                 failed=result.failed,
                 task_ids=sorted({a.task_id for a in batch}),
             )
+
+    async def _going_on(self, items: list[Awaiting], report: MoveReport) -> list[Awaiting]:
+        """The instances whose task may still fetch (running): not paused or cancelled."""
+        stopped = await self.state.stopped_tasks({a.task_id for a in items})
+        going = [a for a in items if a.task_id not in stopped]
+        if stopped:
+            report.held += len(items) - len(going)
+            log.info("fetches held: task paused or cancelled", task_ids=sorted(stopped))
+        return going
 
     async def _refused(
         self,

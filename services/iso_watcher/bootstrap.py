@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter
 
-from libs.db import discs, ledger, tasks
+from libs.db import discs, ledger, task_control, tasks
 from libs.db.discs import DISC_KINDS, OpenDisc
 from libs.db.ledger import LedgerRow, NewFile
 from libs.db.locks import LockSpace, SingleReader
@@ -42,8 +42,14 @@ class PgDiscStore:
             rows = await conn.fetch("SELECT uri FROM ingest_files WHERE task_id = $1", task_id)
         return {r["uri"] for r in rows}
 
-    async def record(self, files: Sequence[NewFile]) -> list[LedgerRow]:
+    async def go_on(self, task_id: str) -> None:
         async with self.pool.acquire() as conn:
+            await task_control.go_on(conn, task_id)
+
+    async def record(self, task_id: str, files: Sequence[NewFile]) -> list[LedgerRow]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Locked with the rows: a pause or cancel commits before or after, never between.
+            await task_control.go_on(conn, task_id, lock=True)
             return await ledger.record_discovered(conn, files)
 
     async def finish(self, task_id: str, scan: dict[str, Any]) -> None:

@@ -3,7 +3,12 @@ folder) becomes an import task; its files are read off the disc into staging, re
 the ledger and emitted; once the task is done the disc moves to processed/ or failed/ with a
 JSON report beside it. The disc's structure is parsed by `survey` in an isolated worker
 (memory and time limits): a disc that crashes, hangs or blows up its parser fails alone,
-with the reason, and moves to failed/; the discs after it are read as usual."""
+with the reason, and moves to failed/; the discs after it are read as usual.
+
+A paused task's disc is not read: the reading stops before the survey or before the next
+batch (nothing more copied, recorded or emitted) and resumes there once the task is resumed
+(recorded files are skipped). A cancelled one stops for good and moves to failed/ once its
+task has ended."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from libs.contracts.errors import PermanentError
 from libs.contracts.events import Event, discovered_event
 from libs.db.discs import OpenDisc
 from libs.db.ledger import LedgerRow, NewFile
+from libs.db.task_control import EMITTING, Stopped
 from libs.db.tasks import TaskCounters
 from libs.runtime.logging import get_logger
 from libs.staging.files import sync_folder, write_chunks
@@ -32,7 +38,7 @@ from services.iso_watcher.disc import DamagedDisc, Disc, UnreadableFile, copy_ou
 
 log = get_logger(__name__)
 SOURCE = "iso"
-DONE = ("completed", "failed")
+DONE = ("completed", "failed", "cancelled")
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 Signature = tuple[int, int, int]  # files, bytes, newest mtime
 # `dicomdir.survey` in the isolated worker pool: (files, plan) of the disc at a path.
@@ -43,7 +49,12 @@ class DiscStore(Protocol):
     async def open_discs(self) -> list[OpenDisc]: ...
     async def create(self, source_path: str, kind: str) -> str | None: ...
     async def recorded(self, task_id: str) -> set[str]: ...
-    async def record(self, files: Sequence[NewFile]) -> list[LedgerRow]: ...
+    async def go_on(self, task_id: str) -> None:
+        """Raises `Stopped` when the task is paused, cancelled or ended."""
+
+    async def record(self, task_id: str, files: Sequence[NewFile]) -> list[LedgerRow]:
+        """Raises `Stopped` (recording nothing) when the task is paused, cancelled or ended."""
+
     async def finish(self, task_id: str, scan: dict[str, Any]) -> None: ...
     async def fail(self, task_id: str, error: str, scan: dict[str, Any]) -> None: ...
     async def counters(self, task_id: str) -> TaskCounters: ...
@@ -121,8 +132,10 @@ async def ingest_disc(
 ) -> None:
     """Read the disc's files into staging and emit them; resumable (recorded files are
     skipped). An unreadable disc fails its task with the reason; unreadable files are
-    reported."""
+    reported. Raises `Stopped` when the task is paused or cancelled: before the survey or
+    the next batch."""
     source = Path(disc.source_path)
+    await store.go_on(disc.task_id)  # before the survey, the first long step
     try:
         _, plan = await survey(str(source))  # isolated: the untrusted structure, first
         reader = await asyncio.to_thread(open_disc, source)  # then, known safe, to copy out
@@ -162,7 +175,7 @@ async def _emit(
     async def flush() -> None:
         if batch:  # the staged copies are durable before the ledger says they exist
             await asyncio.to_thread(sync_folder, staging)
-        rows = await store.record(batch)
+        rows = await store.record(disc.task_id, batch)
         await publish([discovered_event(r) for r in rows])
         batch.clear()
 
@@ -171,6 +184,8 @@ async def _emit(
         uri = file_url(target)
         if uri in done:
             continue
+        if not batch:  # a batch starts: not for a paused or cancelled task
+            await store.go_on(disc.task_id)
         try:
             size = await asyncio.to_thread(copy_out, reader, path, files[path], target)
         except UnreadableFile as exc:
@@ -256,15 +271,18 @@ async def run_round(
             task_id = await store.create(str(entry.path), entry.kind)
             log.info("disc found", task_id=task_id, source=str(entry.path), kind=entry.kind)
     for disc in await store.open_discs():
-        if not disc.scan_completed:
-            await ingest_disc(
-                disc,
-                store=store,
-                publish=publish,
-                staging=staging,
-                batch_size=batch_size,
-                survey=survey,
-            )
+        if not disc.scan_completed and disc.task_status in EMITTING:
+            try:
+                await ingest_disc(
+                    disc,
+                    store=store,
+                    publish=publish,
+                    staging=staging,
+                    batch_size=batch_size,
+                    survey=survey,
+                )
+            except Stopped as stop:  # resumed: read again from where it stopped
+                log.info("disc reading stopped", task_id=disc.task_id, why=stop.why)
     for disc in await store.open_discs():
         if disc.task_status in DONE:
             await finalize_disc(

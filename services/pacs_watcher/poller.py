@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from pathlib import Path
 
@@ -119,11 +120,15 @@ class PacsWatch:
         expected: int | None = None,
         task_id: str | None = None,
         progress: OnProgress | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> RetrieveResult:
         """One study, under this PACS's semaphore (the poller's and on-demand retrieves share
-        it); C-GET files enter the ledger with `task_id`."""
+        it); C-GET files enter the ledger with `task_id`. `ready` is awaited once the slot is
+        held, right before the C-MOVE/C-GET: it raises to stop there (a paused task)."""
         query = Query(level=Level.STUDY, study_uid=study_uid)
         async with self.slots:
+            if ready is not None:
+                await ready()
             if self.pacs.retrieve == "move":
                 result = await self.client.move(
                     query, self.settings.move_destination, progress=progress

@@ -13,6 +13,11 @@ puts the task back with a delay (`WATCHER_RETRIEVE_BACKOFF_SECONDS`, doubling up
 `WATCHER_MAX_BACKOFF_SECONDS`) until `WATCHER_RETRIEVE_MAX_ATTEMPTS` attempts have failed;
 then, or at once for a refusal it would repeat, the task fails with the reason. Studies
 already retrieved are not asked again when a task resumes.
+
+A paused or cancelled task (either clears the lease) stops before its next study's C-MOVE or
+C-GET, asked once this PACS's slot is held; the studies in flight finish. A paused task is
+not leased again until resumed; then its studies not retrieved yet are. A cancelled one
+stops for good.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from functools import partial
 
 import asyncpg
 
-from libs.db import ledger, tasks
+from libs.db import ledger, task_control, tasks
 from libs.db import pacs as pacs_db
 from libs.db import retrieves as db
 from libs.db.retrieves import StudyRow
@@ -108,8 +113,11 @@ class OnDemand:
                 s for s in await db.studies(conn, task_id) if s.status in ("pending", "retrieving")
             ]
         async with asyncio.TaskGroup() as group:
-            for study in todo:
-                group.create_task(self._study(task_id, study))
+            runs = [group.create_task(self._study(task_id, study)) for study in todo]
+        left = sum(not run.result() for run in runs)
+        if left:  # paused or cancelled: the studies left wait for a resume (or never run)
+            log.info("retrieve stopped", task_id=task_id, studies_left=left)
+            return
         async with self.pool.acquire() as conn:
             completed = await ledger.finish_task_scan(conn, task_id)
         log.info("retrieve finished", task_id=task_id, studies=len(todo), completed=completed)
@@ -131,15 +139,27 @@ class OnDemand:
             await db.set_studies(conn, task_id, self.watch.pacs.retrieve, rows)
         log.info("retrieve matched", task_id=task_id, retrieve=len(todo), skipped=len(skipped))
 
-    async def _study(self, task_id: str, study: StudyRow) -> None:
+    async def _study(self, task_id: str, study: StudyRow) -> bool:
+        """Retrieves one study; False when the task stopped before it was asked for."""
         latest: dict[str, Progress] = {}  # set from the DICOM client's thread; read here
-        async with self._reporting(task_id, study, latest):
-            result = await self.watch.retrieve_study(
-                study.study_uid,
-                expected=study.expected,
-                task_id=task_id,
-                progress=partial(latest.__setitem__, "last"),
-            )
+        try:
+            async with self._reporting(task_id, study, latest):
+                result = await self.watch.retrieve_study(
+                    study.study_uid,
+                    expected=study.expected,
+                    task_id=task_id,
+                    progress=partial(latest.__setitem__, "last"),
+                    ready=partial(self._go_on, task_id),
+                )
+        except task_control.Stopped as stop:
+            log.info("retrieve study held", task_id=task_id, study=study.study_uid, why=stop.why)
+            if stop.why == task_control.LEASE_LOST:  # another watcher's now
+                return False
+            async with self.pool.acquire() as conn:  # not asked for: pending again
+                await db.update_study(
+                    conn, task_id, StudyRow(study.study_uid, study.expected, "pending")
+                )
+            return False
         done = StudyRow(
             study.study_uid,
             study.expected,
@@ -151,6 +171,12 @@ class OnDemand:
         )
         async with self.pool.acquire() as conn:
             await db.update_study(conn, task_id, done)
+        return True
+
+    async def _go_on(self, task_id: str) -> None:
+        """Raises `Stopped` when the task was paused or cancelled (or its lease taken over)."""
+        async with self.pool.acquire() as conn:
+            await task_control.go_on(conn, task_id, owner=self.owner)
 
     @contextlib.asynccontextmanager
     async def _reporting(

@@ -1,12 +1,12 @@
 """The dcm4chee watcher's C-MOVE rounds over fakes: which level each request uses, what is
 waited for (an archive away), what counts an attempt (a refusal) and fails after the last,
-and sub-operations the archive reports failed."""
+sub-operations the archive reports failed, and tasks paused or cancelled mid-round."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -18,10 +18,16 @@ from services.dcm4chee_watcher.moves import UIDS_PER_MOVE, MovePolicy, Mover, pl
 
 
 def awaiting(
-    sop: str, series: str = "1.2.1", *, series_size: int = 9, study_size: int = 9, attempts: int = 0
+    sop: str,
+    series: str = "1.2.1",
+    *,
+    series_size: int = 9,
+    study_size: int = 9,
+    attempts: int = 0,
+    task: str = "task",
 ) -> Awaiting:
     return Awaiting(
-        sop, "1.2", series, series_size, study_size, 1, "task", "corr", attempts, "file not found"
+        sop, "1.2", series, series_size, study_size, 1, task, "corr", attempts, "file not found"
     )
 
 
@@ -32,15 +38,28 @@ class FakeState:
     moved_uids: list[str] = field(default_factory=list)
     deferred: list[tuple[list[str], bool]] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    stopped: set[str] = field(default_factory=set)  # tasks paused or cancelled
+    stop_on_due: set[str] = field(default_factory=set)  # paused once `due` has answered
 
     async def cancel_stopped(self) -> int:
         return 0
+
+    async def stopped_tasks(self, task_ids: Collection[str]) -> set[str]:
+        return self.stopped & set(task_ids)
 
     async def link(self, timeout_seconds: float) -> Counter[str]:
         return Counter()
 
     async def due(self, studies: int) -> list[Awaiting]:
-        return self.due_now
+        """Like the real one: still to fetch, of running tasks only."""
+        done = {*self.moved_uids, *self.failed}
+        due = [
+            a
+            for a in self.due_now
+            if a.sop_instance_uid not in done and a.task_id not in self.stopped
+        ]
+        self.stopped |= self.stop_on_due
+        return due
 
     async def start(self, sop_uids: Sequence[str]) -> None:
         self.started += sop_uids
@@ -64,14 +83,19 @@ class FakeScu:
     error: Exception | None = None
     refused: list[str] = field(default_factory=list)
     moves: list[Query] = field(default_factory=list)
+    finds: int = 0
+    after_move: Callable[[], None] | None = None  # e.g. a person pausing the task
 
     async def find(self, query: Query) -> list[Match]:
+        self.finds += 1
         if self.error is not None:
             raise self.error
         return [Match(level=Level.IMAGE, sop_instance_uid=s) for s in sorted(self.has)]
 
     async def move(self, query: Query, destination: str) -> RetrieveResult:
         self.moves.append(query)
+        if self.after_move is not None:
+            self.after_move()
         return RetrieveResult(
             status=0xB000 if self.refused else 0, failed_sop_instance_uids=self.refused
         )
@@ -131,6 +155,62 @@ async def test_a_refusal_counts_an_attempt_and_fails_the_instances_after_the_las
     state = FakeState([awaiting("1.3.1", attempts=2)])
     await Mover(state, FakeScu(has=set(), error=unknown_destination), POLICY).round()
     assert "0xA801" in state.failed["1.3.1"] and "(3 attempts)" in state.failed["1.3.1"]
+
+
+def two_series(task: str = "task") -> list[Awaiting]:
+    """A study of two whole series to fetch (study_size 5: one instance is readable here):
+    two SERIES-level C-MOVEs."""
+    return [
+        awaiting(f"1.3.{s}{n}", f"1.2.{s}", series_size=2, study_size=5, task=task)
+        for s in (1, 2)
+        for n in (0, 1)
+    ]
+
+
+@pytest.mark.parametrize("how", ["pause", "cancel"])
+async def test_a_task_stopped_mid_round_is_asked_nothing_more(how: str) -> None:
+    items = two_series()
+    state = FakeState(items)
+    scu = FakeScu(has={a.sop_instance_uid for a in items})
+    scu.after_move = lambda: state.stopped.add("task")  # paused or cancelled meanwhile
+    report = await Mover(state, scu, POLICY).round()
+    assert [q.series_uid for q in scu.moves] == ["1.2.1"]
+    assert state.moved_uids == ["1.3.10", "1.3.11"]
+    assert (report.moved, report.held) == (2, 2)
+    assert state.deferred == [] and state.failed == {}  # not an attempt, not a failure
+    again = await Mover(state, scu, POLICY).round()  # paused or cancelled: nothing asked
+    assert len(scu.moves) == 1 and again.studies == 0
+    if how == "pause":  # resumed: the rest is fetched, each instance once
+        state.stopped.clear()
+        scu.after_move = None
+        await Mover(state, scu, POLICY).round()
+        assert [q.series_uid for q in scu.moves] == ["1.2.1", "1.2.2"]
+        assert sorted(state.moved_uids) == sorted(a.sop_instance_uid for a in items)
+        assert len(state.moved_uids) == len(set(state.moved_uids))
+
+
+async def test_the_next_study_of_a_task_stopped_meanwhile_is_not_even_looked_up() -> None:
+    first = awaiting("1.3.1", series_size=1, study_size=1, task="t1")
+    second = replace(awaiting("1.3.2", series_size=1, study_size=1, task="t2"), study_uid="1.4")
+    state = FakeState([first, second])
+    scu = FakeScu(has={"1.3.1", "1.3.2"})
+    scu.after_move = lambda: state.stopped.add("t2")
+    report = await Mover(state, scu, POLICY).round()
+    assert (scu.finds, len(scu.moves), report.studies, report.held) == (1, 1, 1, 1)
+    assert state.started == ["1.3.1"] and state.moved_uids == ["1.3.1"]
+
+
+async def test_instances_of_a_paused_task_are_left_out_of_a_shared_study() -> None:
+    """One study, two tasks' instances (two rounds of the watcher); one task paused as the
+    round begins: the other's are fetched alone (IMAGE level), not the whole study."""
+    items = [awaiting(f"1.3.{n}", series_size=4, study_size=4, task=f"t{n % 2}") for n in range(4)]
+    assert [q.level for q, _ in plan("1.2", items)] == [Level.STUDY]
+    state = FakeState(items, stop_on_due={"t0"})
+    scu = FakeScu(has={a.sop_instance_uid for a in items})
+    report = await Mover(state, scu, POLICY).round()
+    (query,) = scu.moves
+    assert query.level == Level.IMAGE and query.sop_instance_uid == "1.3.1\\1.3.3"
+    assert state.moved_uids == ["1.3.1", "1.3.3"] and report.held == 2
 
 
 def test_settings_fetch_only_in_full_mode(monkeypatch: pytest.MonkeyPatch) -> None:
