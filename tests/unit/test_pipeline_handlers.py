@@ -424,18 +424,19 @@ async def test_storage_writer_batch_a_source_gone_during_the_copy_is_source_gone
 
 
 class FakeIndex:
-    def __init__(self, snapshot: StudySnapshot | None) -> None:
-        self.snapshot = snapshot
+    """Returns a snapshot of every study the batch touched that it holds one of, conflicts
+    included: keeping a conflict out of the announcements is the handler's own job."""
+
+    def __init__(self, *snapshots: StudySnapshot) -> None:
+        self.snapshots = {s.study_uid: s for s in snapshots}
         self.indexed: list[InstanceStored] = []
         self.duplicates: list[InstanceDuplicated] = []
         self.failures: list[tuple[int, str, str]] = []
 
     async def index_many(self, events: Sequence[InstanceStored]) -> dict[str, StudySnapshot]:
         self.indexed += events
-        if self.snapshot is None:
-            return {}
-        touched = {e.header.study.study_uid for e in events if e.disposition != "conflict"}
-        return {uid: self.snapshot for uid in touched if uid == self.snapshot.study_uid}
+        touched = {e.header.study.study_uid for e in events}
+        return {uid: self.snapshots[uid] for uid in touched if uid in self.snapshots}
 
     async def duplicates_many(self, events: Sequence[InstanceDuplicated]) -> None:
         self.duplicates += events
@@ -482,7 +483,37 @@ async def test_indexer_announces_the_study_with_the_instances_correlation_id(
 
 
 async def test_indexer_emits_nothing_when_the_index_did_not_change(tmp_path: Path) -> None:
-    assert await handle_stored(await stored(tmp_path), index=FakeIndex(None)) == []
+    assert await handle_stored(await stored(tmp_path), index=FakeIndex()) == []
+
+
+async def test_indexer_a_conflict_is_indexed_but_never_announced(tmp_path: Path) -> None:
+    """A conflict kept aside changes no study: in a batch with a stored instance, only that
+    instance's study is announced, with its correlation id alone, on its own event."""
+    event = await stored(tmp_path)
+    other_study = synthetic_uid("other-study")
+    other = SNAPSHOT.model_copy(update={"study_uid": other_study})
+
+    def conflict(study_uid: str, correlation_id: str) -> InstanceStored:
+        header = event.header.model_copy(
+            update={"study": event.header.study.model_copy(update={"study_uid": study_uid})}
+        )
+        return event.model_copy(
+            update={
+                "header": header,
+                "disposition": "conflict",
+                "correlation_id": correlation_id,
+                "related_sop_instance_uid": SOP,
+            }
+        )
+
+    batch = [event, conflict(STUDY, "corr-2"), conflict(other_study, "corr-3")]
+    index = FakeIndex(SNAPSHOT, other)
+    announced, *rest = await handle_stored_batch(batch, index=index)
+    assert index.indexed == batch
+    assert rest == [[], []]
+    (out,) = announced
+    assert isinstance(out, StudyMetadata)
+    assert (out.study_uid, out.correlation_ids) == (STUDY, ["corr-1"])
 
 
 async def test_indexer_records_a_duplicate_and_emits_nothing(tmp_path: Path) -> None:
@@ -506,13 +537,13 @@ def letter(stage: str, file_id: int | None = 3) -> DeadLetter:
 
 
 async def test_indexer_a_dead_letter_is_the_files_final_failure() -> None:
-    index = FakeIndex(None)
+    index = FakeIndex()
     assert await handle_dead_letter(letter("storage-writer"), index=index) == []
     assert index.failures == [(3, "storage-writer", "PermanentError: cannot read")]
 
 
 async def test_indexer_ignores_the_converters_and_the_routers_dead_letters() -> None:
-    index = FakeIndex(None)
+    index = FakeIndex()
     await handle_dead_letter(letter("jpg-converter"), index=index)
     await handle_dead_letter(letter("router"), index=index)
     await handle_dead_letter(letter("indexer"), index=index)
@@ -520,6 +551,6 @@ async def test_indexer_ignores_the_converters_and_the_routers_dead_letters() -> 
 
 
 async def test_indexer_a_dead_letter_without_a_file_records_nothing() -> None:
-    index = FakeIndex(None)
+    index = FakeIndex()
     await handle_dead_letter(letter("extractor", file_id=None), index=index)
     assert index.failures == []
