@@ -185,6 +185,7 @@ async def test_extractor_a_file_that_is_not_dicom_is_a_permanent_error(
         ("new", None, InstanceUnique),
         ("same_content_other_uid", "1.2.3", InstanceUnique),
         ("conflict", SOP, InstanceUnique),
+        ("revision", SOP, InstanceUnique),
         ("duplicate", None, InstanceDuplicated),
     ],
 )
