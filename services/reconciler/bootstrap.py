@@ -13,7 +13,7 @@ from libs.kafka.admin import ensure_topics
 from libs.runtime.logging import get_logger
 from libs.runtime.service import Runtime
 from services.reconciler.config import ReconcilerSettings
-from services.reconciler.handlers import LedgerPort, reconcile_once
+from services.reconciler.rounds import LedgerPort, reconcile_once
 
 log = get_logger(__name__)
 
