@@ -1,4 +1,4 @@
-"""The watcher's handlers with an in-memory store: incremental scans and import tasks."""
+"""The NAS watcher's rounds with an in-memory store: incremental scans and import tasks."""
 
 from __future__ import annotations
 
