@@ -248,6 +248,28 @@ class InstanceStored(InstanceEvent):
     storage_url: str = Field(description="Where the canonical (or conflict) copy lives.")
 
 
+def stored_object_event(
+    row: RecordedFile,
+    *,
+    header: DicomHeader,
+    hashes: Hashes,
+    disposition: Disposition,
+    related_sop_instance_uid: str | None = None,
+) -> InstanceStored:
+    """An object found in storage and recorded in the ledger as a file (`dicomflow
+    rebuild-index`): the file it was read from is the stored copy itself."""
+    return InstanceStored(
+        correlation_id=row.correlation_id,
+        source=row.source,
+        file=FileRef(file_id=row.id, uri=row.uri, size=row.size, task_id=row.task_id),
+        header=header,
+        hashes=hashes,
+        disposition=disposition,
+        related_sop_instance_uid=related_sop_instance_uid,
+        storage_url=row.uri,
+    )
+
+
 class StudySnapshot(BaseModel):
     """A study as the index holds it now: `dicom.metadata.v1` without the envelope."""
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from libs.contracts.events import DicomHeader, FileRef, Hashes, InstanceStored
+from libs.contracts.events import DicomHeader, Hashes, stored_object_event
 from libs.db import Conn, dedup, index, index_batch, ledger
 
 SOURCE = "rebuild"
@@ -123,15 +123,12 @@ async def index_object(
             else:  # new, or claimed before by another ledger row (a second rebuild)
                 disposition = "new"
         known = await conn.fetchval("SELECT 1 FROM instances WHERE sop_instance_uid = $1", sop)
-        event = InstanceStored(
-            correlation_id=row.correlation_id,
-            source=SOURCE,
-            file=FileRef(file_id=row.id, uri=url, size=size),
+        event = stored_object_event(
+            row,
             header=header,
             hashes=hashes,
             disposition=disposition,
             related_sop_instance_uid=related,
-            storage_url=url,
         )
         await index.index_instance(conn, event)
     if conflict:
@@ -169,15 +166,7 @@ async def index_revision(
         )
         if known or claim.verdict != "revision":  # rebuilt before, or the original's header
             return "already_indexed"
-        event = InstanceStored(
-            correlation_id=row.correlation_id,
-            source=SOURCE,
-            file=FileRef(file_id=row.id, uri=url, size=size),
-            header=header,
-            hashes=hashes,
-            disposition="revision",
-            storage_url=url,
-        )
+        event = stored_object_event(row, header=header, hashes=hashes, disposition="revision")
         if await index_batch.apply_revisions(conn, [event]):
             raise IndexConflict("the corrected instance's original is not indexed")
     return "indexed"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 
 import asyncpg
@@ -8,7 +9,6 @@ from prometheus_client import Histogram
 
 from libs.contracts.events import (
     DeadLetter,
-    Event,
     InstanceDuplicated,
     InstanceStored,
     StudySnapshot,
@@ -17,7 +17,6 @@ from libs.contracts.topics import dlq_topic
 from libs.db import index as repo
 from libs.db import index_batch, ledger
 from libs.kafka.consumer import BatchRoute, Route
-from libs.runtime.logging import get_logger
 from libs.runtime.metrics import end_to_end_histogram
 from libs.runtime.service import Runtime
 from services.indexer.config import IndexerSettings
@@ -25,11 +24,8 @@ from services.indexer.handlers import (
     handle_dead_letter,
     handle_duplicate_batch,
     handle_stored_batch,
-    metadata_event,
 )
-
-log = get_logger(__name__)
-Publish = Callable[[Sequence[Event]], Awaitable[None]]
+from services.indexer.rounds import announce_stable
 
 # Every topic whose dead letters mean "this file failed" (the ledger's final outcome).
 OUTCOME_DLQS = (
@@ -66,6 +62,14 @@ class PgIndex:
         async with self.pool.acquire() as conn:
             await ledger.mark_outcome(conn, file_id, "failed", stage=stage, reason=reason)
 
+    @asynccontextmanager
+    async def mark_stable(
+        self, quiet_seconds: float, limit: int
+    ) -> AsyncIterator[list[StudySnapshot]]:
+        """One transaction: committed when the block (the announcement) succeeds."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield await repo.mark_stable(conn, quiet_seconds=quiet_seconds, limit=limit)
+
 
 async def wire(rt: Runtime) -> None:
     settings = rt.settings
@@ -94,18 +98,6 @@ async def wire(rt: Runtime) -> None:
     rt.every(
         "stable",
         settings.stable_check_seconds,
-        partial(announce_stable, pool, producer.publish_all, settings.study_stable_seconds),
+        partial(announce_stable, index, producer.publish_all, settings.study_stable_seconds),
         wait_first=True,
     )
-
-
-async def announce_stable(pool: asyncpg.Pool, publish: Publish, quiet_seconds: float) -> None:
-    """Studies quiet for `quiet_seconds` become stable and are announced. Survives restarts:
-    stability is derived from `last_instance_at` in PostgreSQL."""
-    async with pool.acquire() as conn, conn.transaction():
-        snapshots = await repo.mark_stable(conn, quiet_seconds=quiet_seconds, limit=200)
-        # Commit only once the events are acknowledged: none goes unannounced (a failure
-        # rolls back; the same studies are tried next round).
-        await publish([metadata_event(s, []) for s in snapshots])
-    if snapshots:
-        log.info("studies stable", count=len(snapshots))

@@ -1,21 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import asyncpg
 from prometheus_client import Counter
 
-from libs.contracts.events import Event
 from libs.db import ledger, tasks
 from libs.db.ledger import LedgerRow
 from libs.kafka.admin import ensure_topics
-from libs.runtime.logging import get_logger
 from libs.runtime.service import Runtime
 from services.reconciler.config import ReconcilerSettings
-from services.reconciler.handlers import LedgerPort, reconcile_once
-
-log = get_logger(__name__)
+from services.reconciler.rounds import reconcile_round
 
 
 class PgLedger:
@@ -80,39 +75,26 @@ async def wire(rt: Runtime) -> None:
     for status in ("ok", "failed"):
         rounds.labels(status)
 
+    # A restarted in-memory broker has no topics: each round declares them again first.
+    declare_topics = partial(
+        ensure_topics,
+        settings.kafka,
+        partitions=settings.kafka_topic_partitions,
+        replication_factor=settings.kafka_replication_factor,
+    )
     rt.every(
         "reconcile",
         settings.interval_seconds,
-        partial(reconcile_round, settings, port, producer.publish_all, rounds, reemitted),
-        wait_first=True,
-    )
-
-
-async def reconcile_round(
-    settings: ReconcilerSettings,
-    port: LedgerPort,
-    publish: Callable[[Sequence[Event]], Awaitable[None]],
-    rounds: Counter,
-    reemitted: Counter,
-) -> None:
-    try:
-        # A restarted in-memory broker has no topics: declare them again.
-        await ensure_topics(
-            settings.kafka,
-            partitions=settings.kafka_topic_partitions,
-            replication_factor=settings.kafka_replication_factor,
-        )
-        report = await reconcile_once(
+        partial(
+            reconcile_round,
             ledger=port,
-            publish=publish,
+            publish=producer.publish_all,
+            declare_topics=declare_topics,
             idle_seconds=settings.idle_seconds,
             stale_seconds=settings.stale_seconds,
             batch_size=settings.reemit_batch_size,
-        )
-    except Exception:  # keep reconciling through outages; the next round retries
-        rounds.labels("failed").inc()
-        raise
-    rounds.labels("ok").inc()
-    reemitted.inc(report.reemitted)
-    if report.reemitted or report.tasks_completed:
-        log.info("reconciled", reemitted=report.reemitted, tasks_completed=report.tasks_completed)
+            rounds=rounds,
+            reemitted=reemitted,
+        ),
+        wait_first=True,
+    )

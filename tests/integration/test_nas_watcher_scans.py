@@ -47,9 +47,10 @@ async def test_import_task_does_not_follow_links_out_of_the_roots(
     root, outside = hostile_tree(tmp_path)
     async with pool.acquire() as conn:
         await tasks.create_task(conn, source_path=str(root / "batch"))
-        task = await tasks.lease_next_scan(conn, owner="test", lease_seconds=60)
-    assert task is not None
     store, published = PgScanStore(pool, "test", 60), Published()
+    task = await store.lease_next()
+    assert task is not None and task.source_path == str(root / "batch")
+    assert await store.renew(task.id)
     await scan_task(task, store=store, publish=published, allowed_roots=[root], settle_seconds=0)
     uris = {e.file.uri for e in published if isinstance(e, FileDiscovered)}
     assert uris == {
@@ -123,9 +124,10 @@ async def test_import_of_a_file_copied_with_its_old_mtime_waits_until_complete(
     copy = SlowCopy(root / "batch" / "big.dcm", chunks=40, chunk_size=1 << 20, pause=0.1)
     async with pool.acquire() as conn:
         await tasks.create_task(conn, source_path=str(root / "batch"))
-        task = await tasks.lease_next_scan(conn, owner="test", lease_seconds=60)
-    assert task is not None
     store, published = PgScanStore(pool, "test", 60), Published()
+    task = await store.lease_next()
+    assert task is not None and task.source_path == str(root / "batch")
+    assert await store.renew(task.id)
     copy.start()
     await eventually(  # the copy has begun: the scan meets a file still growing
         lambda: copy.target.exists() and copy.target.stat().st_size > 0, 10, interval=0.01

@@ -14,7 +14,7 @@ from libs.contracts.events import Event, FileDiscovered
 from libs.db import ledger
 from libs.db.ledger import NewFile
 from services.reconciler.bootstrap import PgLedger
-from services.reconciler.handlers import reconcile_once
+from services.reconciler.rounds import reconcile_once
 from tests.polling import eventually
 
 

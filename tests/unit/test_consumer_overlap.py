@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from libs.contracts.events import Event, ImportRequested
 from libs.kafka.consumer import BatchRoute, Outcome, RetryPolicy, StageConsumer
 from libs.runtime.metrics import ConsumerMetrics
+from tests.polling import eventually
 
 TOPIC = ImportRequested.TOPIC
 TP = TopicPartition(TOPIC, 0)
@@ -106,12 +107,11 @@ async def test_a_failed_batch_takes_the_batch_in_flight_after_it_along() -> None
     consumer._consumer = broker
     consumer._sleep = lambda seconds: asyncio.sleep(0)  # type: ignore[method-assign]
 
-    async def until_done() -> None:
-        while not broker.commits or broker.commits[-1] != 4:
-            await asyncio.sleep(0.01)
-        stop.set()
-
-    await asyncio.wait_for(asyncio.gather(consumer.run(), until_done()), 10)
+    run = asyncio.create_task(consumer.run())
+    # Done, or ended early (its error is raised below).
+    await eventually(lambda: run.done() or broker.commits[-1:] == [4], 10, interval=0.01)
+    stop.set()
+    await asyncio.wait_for(run, 10)
     assert handled[:2] == [["t0", "t1"], ["t2", "t3"]], "batch 2 handled while 1 in flight"
     assert broker.seeks == [0], "both replayed from the first batch's first offset"
     assert broker.commits == [2, 4], "nothing committed before the replay, then in order"

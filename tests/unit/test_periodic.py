@@ -18,6 +18,7 @@ from services.dcm4chee_watcher.bootstrap import WatchMetrics, watch_round
 from services.dcm4chee_watcher.rounds import RoundReport
 from services.pacs_watcher.config import Pacs, WatcherSettings
 from services.pacs_watcher.poller import PacsWatch
+from tests.polling import eventually
 
 
 class Lock:
@@ -31,15 +32,6 @@ class Lock:
         yield self.free
 
 
-async def run_until(stopping: asyncio.Event, task: asyncio.Task[None], rounds: list[float]) -> None:
-    """Let the loop run until it has done three rounds, then stop it and wait for its end."""
-    async with asyncio.timeout(10):
-        while len(rounds) < 3:
-            await asyncio.sleep(0.005)
-        stopping.set()
-        await task
-
-
 async def test_rounds_run_at_once_then_every_interval_and_stop_with_the_service() -> None:
     stopping, started, rounds = asyncio.Event(), time.monotonic(), []
 
@@ -47,7 +39,9 @@ async def test_rounds_run_at_once_then_every_interval_and_stop_with_the_service(
         rounds.append(time.monotonic() - started)
 
     task = asyncio.create_task(periodically(stopping, "r", 0.2, fn))
-    await run_until(stopping, task, rounds)
+    await eventually(lambda: len(rounds) >= 3, 10, interval=0.005)
+    stopping.set()
+    await asyncio.wait_for(task, 10)
     assert rounds[0] < 0.15  # the first round does not wait
     assert all(b - a >= 0.19 for a, b in itertools.pairwise(rounds))
 
@@ -59,7 +53,9 @@ async def test_wait_first_waits_one_interval_before_the_first_round() -> None:
         rounds.append(time.monotonic() - started)
 
     task = asyncio.create_task(periodically(stopping, "r", 0.05, fn, wait_first=True))
-    await run_until(stopping, task, rounds)
+    await eventually(lambda: len(rounds) >= 3, 10, interval=0.005)
+    stopping.set()
+    await asyncio.wait_for(task, 10)
     assert rounds[0] >= 0.045
 
 
@@ -71,7 +67,9 @@ async def test_a_failed_round_is_logged_and_the_next_one_runs() -> None:
         raise RuntimeError("database away")
 
     task = asyncio.create_task(periodically(stopping, "r", 0.01, fn))
-    await run_until(stopping, task, rounds)
+    await eventually(lambda: len(rounds) >= 3, 10, interval=0.005)
+    stopping.set()
+    await asyncio.wait_for(task, 10)
     assert task.exception() is None
 
 
@@ -83,7 +81,10 @@ async def test_a_round_chooses_its_next_wait() -> None:
         return AT_ONCE if len(rounds) < 3 else After(60)
 
     task = asyncio.create_task(periodically(stopping, "r", 60, fn))
-    await run_until(stopping, task, rounds)  # an interval of 60 s: only AT_ONCE gets here
+    # An interval of 60 s: only AT_ONCE gets to three rounds within the timeout.
+    await eventually(lambda: len(rounds) >= 3, 10, interval=0.005)
+    stopping.set()
+    await asyncio.wait_for(task, 10)
     assert len(rounds) == 3
 
 
@@ -95,11 +96,9 @@ async def test_a_single_reader_round_runs_only_while_it_holds_the_lock(free: boo
         ran.append(1)
 
     task = asyncio.create_task(periodically(stopping, "r", 0.01, fn, single_reader=lock))
-    async with asyncio.timeout(10):
-        while lock.attempts < 3:
-            await asyncio.sleep(0.005)
+    await eventually(lambda: lock.attempts >= 3, 10, interval=0.005)
     stopping.set()
-    await task
+    await asyncio.wait_for(task, 10)
     assert len(ran) == (lock.attempts if free else 0)
 
 
@@ -110,9 +109,7 @@ async def test_meanwhile_runs_a_round_during_the_block_and_stops_after() -> None
         renewals.append(time.monotonic())
 
     async with meanwhile("lease", 0.02, renew):
-        async with asyncio.timeout(10):
-            while len(renewals) < 2:
-                await asyncio.sleep(0.005)
+        await eventually(lambda: len(renewals) >= 2, 10, interval=0.005)
     after = len(renewals)
     await asyncio.sleep(0.06)
     assert len(renewals) == after

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.contracts.errors import DicomParseError, NotDicomError, PermanentError
+from libs.contracts.errors import DicomParseError, NotDicomError, PermanentError, SourceGone
 from libs.contracts.events import (
     DeadLetter,
     DicomHeader,
@@ -28,7 +28,9 @@ from libs.contracts.events import (
 from libs.db.dedup import Claim, Verdict
 from libs.dicom.extract import extract_file
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
-from libs.storage import conflict_key, instance_key
+from libs.storage import ObjectStore, conflict_key, instance_key
+from libs.storage.base import PutRequest, StoredObject
+from libs.storage.local import LocalStore, file_url
 from libs.storage.memory import MemoryStore
 from services.dedup.handlers import handle_extracted
 from services.extractor.handlers import Parsed, handle_discovered_batch
@@ -38,7 +40,7 @@ from services.indexer.handlers import (
     handle_duplicate_batch,
     handle_stored_batch,
 )
-from services.storage_writer.handlers import handle_unique
+from services.storage_writer.handlers import handle_unique, handle_unique_batch
 
 STUDY, SERIES, SOP = synthetic_uid("study"), synthetic_uid("series"), synthetic_uid("sop")
 
@@ -183,6 +185,7 @@ async def test_extractor_a_file_that_is_not_dicom_is_a_permanent_error(
         ("new", None, InstanceUnique),
         ("same_content_other_uid", "1.2.3", InstanceUnique),
         ("conflict", SOP, InstanceUnique),
+        ("revision", SOP, InstanceUnique),
         ("duplicate", None, InstanceDuplicated),
     ],
 )
@@ -299,22 +302,142 @@ async def test_storage_writer_a_uid_that_cannot_be_a_key_is_permanent(tmp_path: 
         await handle_unique(event.model_copy(update={"header": bad}), storage=MemoryStore())
 
 
+class BatchingStore(MemoryStore):
+    """A store with the batch method (`put_files`), as the production stores have (the
+    metered store around local disk or GCS): each call's keys are recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    async def put_files(self, items: Sequence[PutRequest]) -> list[StoredObject | Exception]:
+        self.batches.append([i.key for i in items])
+        out: list[StoredObject | Exception] = []
+        for i in items:
+            try:
+                out.append(await self.put_file(i.key, i.source, expected_sha256=i.expected_sha256))
+            except Exception as exc:  # that item's outcome
+                out.append(exc)
+        return out
+
+
+def make_store(kind: str, tmp_path: Path) -> ObjectStore:
+    if kind == "memory":  # no batch method: `put_files` falls back to one put per item
+        return MemoryStore()
+    if kind == "batching":
+        return BatchingStore()
+    return LocalStore(file_url(tmp_path / "storage"))  # the real batch: group durability
+
+
+async def contents(store: ObjectStore) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    async for key in store.keys():
+        out[key] = b"".join([chunk async for chunk in store.read(key)])
+    return out
+
+
+@pytest.mark.parametrize("kind", ["memory", "batching", "local"])
+async def test_storage_writer_batch_gives_each_item_its_own_outcome(
+    tmp_path: Path, kind: str
+) -> None:
+    """The production path: one batch of a good copy, a vanished source, a source changed
+    since extraction, a conflict kept aside and a canonical key holding other content."""
+    sops = [synthetic_uid(f"sop{n}") for n in range(4)]
+    good, gone, changed, taken = (instance(tmp_path, f"{n}.dcm", sop) for n, sop in enumerate(sops))
+    clash = tmp_path / "clash.dcm"
+    write_instance(  # the good copy's SOPInstanceUID with other pixels
+        clash,
+        make_dataset(
+            patient_id="P1", patient_name="Test^Patient", study_uid=STUDY, series_uid=SERIES,
+            sop_uid=sops[0], rows=16, columns=16,
+        ),
+    )  # fmt: skip
+    events = [
+        unique(await extracted(good, 1), "new"),
+        unique(await extracted(gone, 2), "new"),
+        unique(await extracted(changed, 3), "new"),
+        unique(await extracted(clash, 4), "conflict", sops[0]),
+        unique(await extracted(taken, 5), "new"),
+    ]
+    gone.unlink()
+    changed.write_bytes(changed.read_bytes() + b"\0\0")
+    store = make_store(kind, tmp_path)
+    other = tmp_path / "other"
+    other.write_bytes(b"other content")
+    taken_key = instance_key(STUDY, SERIES, sops[3])
+    await store.put_file(
+        taken_key, other, expected_sha256=hashlib.sha256(b"other content").hexdigest()
+    )
+
+    outcomes = await handle_unique_batch(events, storage=store)
+
+    assert len(outcomes) == len(events)
+    good_key = instance_key(STUDY, SERIES, sops[0])
+    clash_key = conflict_key(sops[0], events[3].hashes.content_sha256)
+    assert await contents(store) == {
+        good_key: good.read_bytes(),
+        clash_key: clash.read_bytes(),
+        taken_key: b"other content",
+    }
+    stored_ok, lost, refused, kept_aside, clashed = outcomes
+    assert isinstance(stored_ok, list) and isinstance(kept_aside, list)
+    for (out,), event, key in (
+        (stored_ok, events[0], good_key),
+        (kept_aside, events[3], clash_key),
+    ):
+        assert isinstance(out, InstanceStored)
+        assert (out.file, out.hashes, out.disposition) == (
+            event.file,
+            event.hashes,
+            event.disposition,
+        )
+        assert out.storage_url == store.url_for(key)
+    assert isinstance(lost, SourceGone)
+    assert isinstance(refused, PermanentError) and "changed since it was extracted" in str(refused)
+    assert isinstance(clashed, PermanentError) and "refusing to overwrite" in str(clashed)
+    if isinstance(
+        store, BatchingStore
+    ):  # one call for the batch; the vanished file never reached it
+        assert store.batches == [
+            [good_key, instance_key(STUDY, SERIES, sops[2]), clash_key, taken_key]
+        ]
+
+
+class VanishingStore(BatchingStore):
+    """The source goes between the writer's check and the copy (an operator's cleanup)."""
+
+    async def put_file(self, key: str, source: Path, *, expected_sha256: str) -> StoredObject:
+        source.unlink()
+        return await super().put_file(key, source, expected_sha256=expected_sha256)
+
+
+async def test_storage_writer_batch_a_source_gone_during_the_copy_is_source_gone(
+    tmp_path: Path,
+) -> None:
+    event = unique(await extracted(instance(tmp_path)), "new")
+    store = VanishingStore()
+    (outcome,) = await handle_unique_batch([event], storage=store)
+    assert isinstance(outcome, SourceGone) and "cannot read source" in str(outcome)
+    assert store.objects == {}
+
+
 # --- indexer -------------------------------------------------------------------------------
 
 
 class FakeIndex:
-    def __init__(self, snapshot: StudySnapshot | None) -> None:
-        self.snapshot = snapshot
+    """Returns a snapshot of every study the batch touched that it holds one of, conflicts
+    included: keeping a conflict out of the announcements is the handler's own job."""
+
+    def __init__(self, *snapshots: StudySnapshot) -> None:
+        self.snapshots = {s.study_uid: s for s in snapshots}
         self.indexed: list[InstanceStored] = []
         self.duplicates: list[InstanceDuplicated] = []
         self.failures: list[tuple[int, str, str]] = []
 
     async def index_many(self, events: Sequence[InstanceStored]) -> dict[str, StudySnapshot]:
         self.indexed += events
-        if self.snapshot is None:
-            return {}
-        touched = {e.header.study.study_uid for e in events if e.disposition != "conflict"}
-        return {uid: self.snapshot for uid in touched if uid == self.snapshot.study_uid}
+        touched = {e.header.study.study_uid for e in events}
+        return {uid: self.snapshots[uid] for uid in touched if uid in self.snapshots}
 
     async def duplicates_many(self, events: Sequence[InstanceDuplicated]) -> None:
         self.duplicates += events
@@ -361,7 +484,37 @@ async def test_indexer_announces_the_study_with_the_instances_correlation_id(
 
 
 async def test_indexer_emits_nothing_when_the_index_did_not_change(tmp_path: Path) -> None:
-    assert await handle_stored(await stored(tmp_path), index=FakeIndex(None)) == []
+    assert await handle_stored(await stored(tmp_path), index=FakeIndex()) == []
+
+
+async def test_indexer_a_conflict_is_indexed_but_never_announced(tmp_path: Path) -> None:
+    """A conflict kept aside changes no study: in a batch with a stored instance, only that
+    instance's study is announced, with its correlation id alone, on its own event."""
+    event = await stored(tmp_path)
+    other_study = synthetic_uid("other-study")
+    other = SNAPSHOT.model_copy(update={"study_uid": other_study})
+
+    def conflict(study_uid: str, correlation_id: str) -> InstanceStored:
+        header = event.header.model_copy(
+            update={"study": event.header.study.model_copy(update={"study_uid": study_uid})}
+        )
+        return event.model_copy(
+            update={
+                "header": header,
+                "disposition": "conflict",
+                "correlation_id": correlation_id,
+                "related_sop_instance_uid": SOP,
+            }
+        )
+
+    batch = [event, conflict(STUDY, "corr-2"), conflict(other_study, "corr-3")]
+    index = FakeIndex(SNAPSHOT, other)
+    announced, *rest = await handle_stored_batch(batch, index=index)
+    assert index.indexed == batch
+    assert rest == [[], []]
+    (out,) = announced
+    assert isinstance(out, StudyMetadata)
+    assert (out.study_uid, out.correlation_ids) == (STUDY, ["corr-1"])
 
 
 async def test_indexer_records_a_duplicate_and_emits_nothing(tmp_path: Path) -> None:
@@ -385,13 +538,13 @@ def letter(stage: str, file_id: int | None = 3) -> DeadLetter:
 
 
 async def test_indexer_a_dead_letter_is_the_files_final_failure() -> None:
-    index = FakeIndex(None)
+    index = FakeIndex()
     assert await handle_dead_letter(letter("storage-writer"), index=index) == []
     assert index.failures == [(3, "storage-writer", "PermanentError: cannot read")]
 
 
 async def test_indexer_ignores_the_converters_and_the_routers_dead_letters() -> None:
-    index = FakeIndex(None)
+    index = FakeIndex()
     await handle_dead_letter(letter("jpg-converter"), index=index)
     await handle_dead_letter(letter("router"), index=index)
     await handle_dead_letter(letter("indexer"), index=index)
@@ -399,6 +552,6 @@ async def test_indexer_ignores_the_converters_and_the_routers_dead_letters() -> 
 
 
 async def test_indexer_a_dead_letter_without_a_file_records_nothing() -> None:
-    index = FakeIndex(None)
+    index = FakeIndex()
     await handle_dead_letter(letter("extractor", file_id=None), index=index)
     assert index.failures == []

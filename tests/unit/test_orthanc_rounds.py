@@ -1,4 +1,4 @@
-"""The Orthanc watcher's handlers with in-memory ports: the cursor moves with the ledger rows,
+"""The Orthanc watcher's rounds with in-memory ports: the cursor moves with the ledger rows,
 an instance is taken in once however often it is announced, and stored instances are deleted
 from Orthanc only when asked (never a conflict's)."""
 

@@ -16,9 +16,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from prometheus_client import Counter
+
 from libs.contracts.events import Event, discovered_event
 from libs.db.ledger import LedgerRow
+from libs.runtime.logging import get_logger
 
+log = get_logger(__name__)
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 
 
@@ -58,3 +62,35 @@ async def reconcile_once(
             await publish([discovered_event(r) for r in rows])
             reemitted += len(rows)
     return ReconcileReport(reemitted, completed, idle)
+
+
+async def reconcile_round(
+    *,
+    ledger: LedgerPort,
+    publish: Publish,
+    declare_topics: Callable[[], Awaitable[object]],
+    idle_seconds: float,
+    stale_seconds: float,
+    batch_size: int,
+    rounds: Counter,
+    reemitted: Counter,
+) -> None:
+    """The periodic round: declare the topics (a restarted in-memory broker has none), then
+    `reconcile_once`, counted by outcome. A failure is counted and raised: the runtime logs
+    it and the next round retries (keep reconciling through outages)."""
+    try:
+        await declare_topics()
+        report = await reconcile_once(
+            ledger=ledger,
+            publish=publish,
+            idle_seconds=idle_seconds,
+            stale_seconds=stale_seconds,
+            batch_size=batch_size,
+        )
+    except Exception:
+        rounds.labels("failed").inc()
+        raise
+    rounds.labels("ok").inc()
+    reemitted.inc(report.reemitted)
+    if report.reemitted or report.tasks_completed:
+        log.info("reconciled", reemitted=report.reemitted, tasks_completed=report.tasks_completed)
