@@ -5,7 +5,7 @@ The round's ledger row of an instance whose file cannot be read stays pending (U
 `dcm4chee://...`, never emitted) while the instance is `retrieving`. The copy the archive
 sends arrives through our receiver with a ledger row of its own, outside any task; once that
 copy has an outcome (the instance is in the index, or its copy failed or conflicted), the same
-outcome is written on the round's row, once (`mark_outcomes` only moves pending rows), so the
+outcome is written on the round's row, once (`mark_outcomes(..., pending_only=True)`), so the
 round's task counts each instance exactly once.
 """
 
@@ -135,7 +135,7 @@ async def fail(conn: Conn, source: str, failures: Sequence[tuple[str, str]]) -> 
             for r in rows
         ]
         if outcomes:
-            await mark_outcomes(conn, outcomes, stage=STAGE)
+            await mark_outcomes(conn, outcomes, stage=STAGE, pending_only=True)
     return len(outcomes)
 
 
@@ -158,7 +158,7 @@ async def cancel_stopped(conn: Conn, source: str) -> int:
             for r in rows
         ]
         if outcomes:
-            await mark_outcomes(conn, outcomes, stage=STAGE)
+            await mark_outcomes(conn, outcomes, stage=STAGE, pending_only=True)
     return len(outcomes)
 
 
@@ -207,7 +207,7 @@ async def link(conn: Conn, source: str, *, timeout_seconds: float) -> Counter[st
             )
             states.append((sop, state))
         if outcomes:
-            await mark_outcomes(conn, outcomes, stage=STAGE)
+            await mark_outcomes(conn, outcomes, stage=STAGE, pending_only=True)
             await conn.execute(
                 """UPDATE dcm4chee_instances d SET status = u.status,
                           reason = CASE WHEN u.status = 'unreachable' THEN $4 ELSE d.reason END

@@ -130,10 +130,15 @@ class Outcome:
     task_id: str | None
 
 
-async def mark_outcomes(conn: Conn, outcomes: Sequence[Outcome], *, stage: str) -> dict[int, float]:
-    """`mark_outcome` for many files in one statement (a file twice: its first outcome);
-    completes each task whose last pending file this was. Returns, per file whose outcome
-    this call recorded, the seconds since its discovery. Call inside a transaction."""
+async def mark_outcomes(
+    conn: Conn, outcomes: Sequence[Outcome], *, stage: str, pending_only: bool = False
+) -> dict[int, float]:
+    """`mark_outcome` for many files in one statement (a file twice: its first outcome),
+    with the same rule: a `failed` file may still reach another outcome (a replayed dead
+    letter). `pending_only`: only pending files move (a source that writes an outcome on a
+    row of its own once, as the dcm4chee watcher's C-MOVE links). Completes each task whose
+    last pending file this was. Returns, per file whose outcome this call recorded, the
+    seconds since its discovery. Call inside a transaction."""
     assert conn.is_in_transaction()
     first: dict[int, Outcome] = {}
     for o in outcomes:
@@ -153,7 +158,9 @@ async def mark_outcomes(conn: Conn, outcomes: Sequence[Outcome], *, stage: str) 
                study_uid = u.study, updated_at = now(), finished_at = now()
           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
                AS u(id, status, reason, sop, study)
-         WHERE ingest_files.id = u.id AND ingest_files.status = 'pending'
+         WHERE ingest_files.id = u.id
+           AND (ingest_files.status = 'pending'
+                OR (NOT $7 AND ingest_files.status = 'failed' AND u.status <> 'failed'))
         RETURNING ingest_files.id,
                   extract(epoch FROM ingest_files.finished_at - ingest_files.discovered_at)::float8
                   AS seconds
@@ -164,6 +171,7 @@ async def mark_outcomes(conn: Conn, outcomes: Sequence[Outcome], *, stage: str) 
         [first[i].sop_instance_uid for i in ids],
         [first[i].study_uid for i in ids],
         stage,
+        pending_only,
     )
     for task_id in tasks_:
         await complete_task_if_done(conn, task_id)

@@ -57,6 +57,7 @@ from libs.dicom.dicomjson import elements_json, header_json
 from libs.dicom.header import build_header, header_from_elements
 from libs.dicom.preamble import PREAMBLE, preamble_problem
 from libs.dicom.quickread import quick_read
+from libs.dicom.source_file import RootGroups, open_source
 from libs.storage.stamp import source_stamp
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -104,12 +105,15 @@ class _TrackedReader:
         return data
 
 
-def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomHeader, Hashes]:
+def extract_file(
+    path: str, zero_hostile_preamble: bool = False, roots: RootGroups | None = None
+) -> tuple[DicomHeader, Hashes]:
     """Header and hashes of the DICOM file at `path`.
 
     Raises `NotDicomError` (empty, no 'DICM' prefix), `DicomParseError` (truncated,
     malformed, missing or invalid UIDs, a preamble that is not zeros or a TIFF header) or
-    `PermanentError` (file gone). With `zero_hostile_preamble` such a preamble is accepted:
+    `PermanentError` (file gone; with `roots`, a file leading outside them or a link: see
+    `libs.dicom.source_file`). With `zero_hostile_preamble` such a preamble is accepted:
     `file_sha256` is then of the file with its preamble zeroed, as it is to be stored. A genuine
     I/O error (EIO, ESTALE, EACCES...) is re-raised as is, so the bus retries it.
     MemoryError and KeyboardInterrupt pass through; nothing else escapes.
@@ -118,7 +122,7 @@ def extract_file(path: str, zero_hostile_preamble: bool = False) -> tuple[DicomH
     try:
         # pydicom warns (and logs) about every oddity of a hostile file; the outcome
         # here is the verdict, so the warnings are not surfaced.
-        with warnings.catch_warnings(), open(path, "rb") as f:
+        with warnings.catch_warnings(), open_source(path, roots) as f:
             warnings.simplefilter("ignore")
             opened = os.fstat(f.fileno())
             size = opened.st_size
@@ -307,7 +311,7 @@ def _deflated_has_pixels(ds: Dataset) -> bool:
 
 
 def extract_many(
-    paths: list[str], zero_hostile_preamble: bool = False
+    paths: list[str], zero_hostile_preamble: bool = False, roots: RootGroups | None = None
 ) -> list[tuple[DicomHeader, Hashes] | Exception]:
     """`extract_file` for several files in one call (one round trip to a parser process):
     per file its result, or the `PermanentError` or I/O error it failed with. Anything else
@@ -315,7 +319,7 @@ def extract_many(
     out: list[tuple[DicomHeader, Hashes] | Exception] = []
     for path in paths:
         try:
-            out.append(extract_file(path, zero_hostile_preamble))
+            out.append(extract_file(path, zero_hostile_preamble, roots))
         except (PermanentError, OSError) as exc:
             out.append(exc)
     return out

@@ -31,6 +31,7 @@ async def wire(rt: Runtime) -> None:
     )
     rt.resources.callback(executor.close)
     await executor.warm_up()
+    roots = settings.source_roots()
 
     async def parse_many(paths: list[str]) -> list[Parsed]:
         """The batch spread over the parser processes, one call per chunk. A chunk whose
@@ -39,7 +40,7 @@ async def wire(rt: Runtime) -> None:
         size = min(CHUNK, max(1, -(-len(paths) // settings.workers)))
         chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
         results = await asyncio.gather(
-            *(executor.run(extract_many, c, settings.zero_hostile_preamble) for c in chunks),
+            *(executor.run(extract_many, c, settings.zero_hostile_preamble, roots) for c in chunks),
             return_exceptions=True,
         )
         out: list[Parsed] = []

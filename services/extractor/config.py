@@ -1,9 +1,14 @@
 import os
+from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from libs.contracts.settings import Count, Port, ServiceSettings
+from libs.dicom.source_file import RootGroups
+
+PathList = Annotated[list[Path], NoDecode]
 
 
 class ExtractorSettings(ServiceSettings):
@@ -32,3 +37,29 @@ class ExtractorSettings(ServiceSettings):
         description="Store files whose preamble is neither zeros nor a TIFF header with the "
         "preamble zeroed (recorded in instances.modifications) instead of refusing them.",
     )
+    # The NAS watcher's own variables, read under their names: a file named under its roots is
+    # read only if it really is inside them when it is opened (`libs.dicom.source_file`).
+    nas_roots: PathList = Field(
+        default_factory=lambda: [Path("./var/nas")],
+        validation_alias="NAS_ROOTS",
+        description="The NAS watcher's watched roots (NAS_ROOTS): files under them are read "
+        "only if they really are inside them.",
+    )
+    nas_import_roots: PathList = Field(
+        default_factory=list,
+        validation_alias="NAS_IMPORT_ROOTS",
+        description="The NAS watcher's import roots (NAS_IMPORT_ROOTS; default: NAS_ROOTS).",
+    )
+
+    @field_validator("nas_roots", "nas_import_roots", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(p.strip()) for p in value.split(",") if p.strip()]
+        return value
+
+    def source_roots(self) -> RootGroups:
+        """The groups a file must stay inside: the watched roots, the import roots."""
+        watched = tuple(str(p.absolute()) for p in self.nas_roots)
+        imports = tuple(str(p.absolute()) for p in self.nas_import_roots) or watched
+        return (watched, imports)

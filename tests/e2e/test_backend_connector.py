@@ -1,7 +1,11 @@
 """The backend connector in the stack, against a real HTTP backend (tests/e2e/his_backend.py)
 that enforces uniqueness and fails one request in three at random, half of those after
 applying it. Two patients' studies, then a second study of one of them while the connector
-is killed and restarted: each patient is created once, each image uploaded once, as JPEG."""
+is killed and restarted: each patient is created once, each image uploaded once, as JPEG.
+
+The backend's uniqueness would hide a duplicate (a second create is answered 409 and stored
+nowhere), so it counts the requests per key: every re-send must be explained by an answer
+lost after the request was applied, or by the kill (the request in flight then)."""
 
 from __future__ import annotations
 
@@ -101,12 +105,14 @@ async def test_patients_created_once_and_images_uploaded_once_through_failures_a
 
     # A second study of the first patient; the connector killed once it has begun.
     patient = await pool.fetchrow("SELECT patient_id, patient_name FROM patients LIMIT 1")
+    assert patient is not None
     second = stack.root / "imports" / "second"
     second.mkdir(parents=True)
     write_study(second, patient["patient_id"], patient["patient_name"], 12)
     assert (await stack.wait_task(await stack.start_import(second)))["status"] == "completed"
     await eventually(lambda: len(state(backend)["images"]) > 12, 120, what=log)
     stack.kill(CONNECTOR, signal.SIGKILL)
+    kills = 1
     stack.start(CONNECTOR)
     await stack.wait_ready([CONNECTOR])
     await eventually(lambda: len(state(backend)["images"]) == 24, 120, what=log)
@@ -132,3 +138,18 @@ async def test_patients_created_once_and_images_uploaded_once_through_failures_a
         "SELECT count(*) FROM connector_images WHERE outcome = 'uploaded'"
     )
     assert recorded == 24
+
+    # Requests per key: one applied, every other one a 409. A key is sent again only after its
+    # answer was lost (each loss: one re-send, the retry that follows it) or because the kill
+    # came between the backend's success and the connector's record of it, which can be true
+    # of the requests in flight only (CONNECTOR_CONCURRENCY studies at once, one request each).
+    attempts, conflicts, lost = held["attempts"], held["conflicts"], held["lost"]
+    keys = {f"patient:{p}" for p in pids} | {f"image:{sop}" for sop in indexed}
+    assert set(attempts) == keys, "a request for something the index does not hold"
+    for key in keys:
+        assert attempts[key] == 1 + conflicts.get(key, 0), (key, attempts[key])
+        assert conflicts.get(key, 0) <= lost.get(key, 0) + 1, (key, conflicts[key], lost)
+    in_flight = int(stack.env.get("CONNECTOR_CONCURRENCY", "1"))
+    unexplained = {k: n - lost.get(k, 0) for k, n in conflicts.items() if n > lost.get(k, 0)}
+    assert sum(unexplained.values()) <= kills * in_flight, (unexplained, lost)
+    assert sum(conflicts.values()) <= counts["failed_after"] + kills * in_flight, counts

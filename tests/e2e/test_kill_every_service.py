@@ -199,6 +199,7 @@ async def test_kill_9_of_every_service_twice_during_a_2000_file_import(
         acked = sender.stop()
     killed_for = time.monotonic() - started
     task = await eventually(partial(task_finished, stack, task_id), 240, interval=0.5)
+    margin = time.monotonic() - started - killed_for  # after the last round was ready again
     assert task["status"] == "completed", task
     assert {k: task["counters"][k] for k in expected.counters()} == expected.counters()
     inbox = Path(stack.env["ISO_INBOX"])
@@ -243,11 +244,15 @@ async def test_kill_9_of_every_service_twice_during_a_2000_file_import(
     assert r.status_code == 200 and int(r.headers["content-length"]) > 0
     for name in [n for step in KILL_STEPS for n in step]:
         assert stack.procs[name].poll() is None, f"{name} died:\n{stack.tail(name)}"
-    assert all(mid_import[n] >= 1 for n in mid_import), mid_import
-    assert all(mid_import[n] == KILL_ROUNDS for n in peers.feeds), mid_import
+    # Every kill lands mid-import (a watcher of a peer: mid-delivery): one after the import
+    # ended would test only a restart. Two runs (load 5-12): 30 of 30 each, the import done
+    # within a second of the last round being ready again (the restarts hold it up). The
+    # thinnest margin is at a round's start, after the previous round's readiness wait.
+    assert all(mid_import[n] == KILL_ROUNDS for n in mid_import), mid_import
     print(
         f"\nkill -9 x{KILL_ROUNDS} of {len(mid_import)} services ({sum(mid_import.values())}"
-        f" of {KILL_ROUNDS * len(mid_import)} mid-import) in {killed_for:.0f}s; "
+        f" of {KILL_ROUNDS * len(mid_import)} mid-import) in {killed_for:.0f}s, the import"
+        f" completed {margin:.1f}s after the last round was ready; "
         f"{instances} instances ({len(acked)} by C-STORE, {sender.retries} resends; "
         f"{len(disc_sops)} from discs, {len(fed)} from Orthanc, the PACS and the archive), "
         f"{check.bytes_verified} bytes verified; central index: {resends(peers.central)[0]} "

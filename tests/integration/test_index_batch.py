@@ -8,8 +8,8 @@ import asyncio
 
 import asyncpg
 
-from libs.contracts.events import FileRef, Hashes, InstanceDuplicated
-from libs.db import dedup, index, index_batch, tasks
+from libs.contracts.events import FileRef, Hashes, InstanceDuplicated, InstanceStored
+from libs.db import dedup, index, index_batch, ledger, tasks
 from libs.db.dedup import ClaimRequest
 from tests.integration.test_repositories import files, header, stored
 
@@ -90,6 +90,67 @@ async def test_a_batch_indexes_as_one_event_at_a_time(pool: asyncpg.Pool) -> Non
         assert finished is not None and finished.status == "completed"
 
 
+async def test_replayed_dead_letters_bring_their_failed_rows_to_their_true_outcome(
+    pool: asyncpg.Pool,
+) -> None:
+    """The batch path (the indexer's): a dead letter replayed once its cause is fixed ends
+    as what really happened to its file, and the task's counters move with it."""
+    async with pool.acquire() as conn:
+        task = await tasks.create_task(conn, source_path="/imports/x")
+        assert await tasks.lease_next_scan(conn, owner="me", lease_seconds=60) is not None
+    [stored_id, dup_id, still_id] = await files(pool, 3, task.id)
+    async with pool.acquire() as conn:
+        await tasks.finish_scan(conn, task.id)
+        for file_id in (stored_id, dup_id, still_id):  # dead-lettered: the indexer records it
+            await ledger.mark_outcome(conn, file_id, "failed", stage="storage-writer", reason="x")
+        before = await tasks.task_counters(conn, task.id)
+        assert (before.failed, before.new_instances, before.patients_new) == (3, 0, 0)
+        ended = await tasks.get_task(conn, task.id)
+        assert ended is not None and ended.status == "completed"
+
+        replayed = stored(stored_id, "1.2.9.1").model_copy(
+            update={"file": FileRef(file_id=stored_id, uri="file:///nas/f0", size=1,
+                                    task_id=task.id)}
+        )  # fmt: skip
+        done = await index_batch.index_stored_many(conn, [replayed])
+        assert done.latencies[0] is not None, "the replay recorded the file's outcome"
+        dup = InstanceDuplicated(
+            correlation_id="d",
+            source="nas",
+            file=FileRef(file_id=dup_id, uri="file:///nas/f1", size=1, task_id=task.id),
+            header=header("1.2.9.1"),
+            hashes=Hashes(file_sha256="f" * 64, content_sha256="c" * 64, has_pixels=True),
+        )
+        [seconds] = await index_batch.record_duplicates_many(conn, [dup])
+        assert seconds is not None
+        async with conn.transaction():  # a second failure does not rewrite the first
+            again = ledger.Outcome(still_id, "failed", "again", None, None, task.id)
+            assert await ledger.mark_outcomes(conn, [again], stage="extractor") == {}
+        rows = await conn.fetch("SELECT status, stage, reason FROM ingest_files ORDER BY id")
+        after = await tasks.task_counters(conn, task.id)
+        assert await conn.fetchval("SELECT count(*) FROM instances") == 1
+    assert [tuple(r) for r in rows] == [
+        ("indexed", "indexer", None),
+        ("duplicate", "indexer", None),
+        ("failed", "storage-writer", "x"),
+    ]
+    assert (after.failed, after.new_instances, after.duplicates, after.pending) == (1, 1, 1, 0)
+    assert after.patients_new == 1 and after.patients_found == 1
+    assert [f["uri"] for f in after.failures] == ["file:///nas/f2"]
+
+
+async def test_pending_only_outcomes_leave_a_failed_row_as_it_is(pool: asyncpg.Pool) -> None:
+    """The dcm4chee watcher's C-MOVE links write a round's row once: `pending_only`."""
+    [file_id] = await files(pool, 1)
+    async with pool.acquire() as conn:
+        await ledger.mark_outcome(conn, file_id, "failed", stage="dcm4chee-watcher", reason="x")
+        async with conn.transaction():
+            late = ledger.Outcome(file_id, "indexed", None, "1.2.9.1", "1.2.9", None)
+            got = await ledger.mark_outcomes(conn, [late], stage="t", pending_only=True)
+        assert got == {}
+        assert await conn.fetchval("SELECT status FROM ingest_files") == "failed"
+
+
 async def test_two_writers_with_overlapping_batches(pool: asyncpg.Pool) -> None:
     ids = await files(pool, 40)
     events = [
@@ -97,9 +158,9 @@ async def test_two_writers_with_overlapping_batches(pool: asyncpg.Pool) -> None:
         for n in range(40)
     ]
 
-    async def write(batch: list[object]) -> None:
+    async def write(batch: list[InstanceStored]) -> None:
         async with pool.acquire() as conn:
-            await index_batch.index_stored_many(conn, batch)  # type: ignore[arg-type]
+            await index_batch.index_stored_many(conn, batch)
 
     # Each half in a different order, every study in both: as two replicas after a rebalance.
     await asyncio.gather(write(events[:30]), write(list(reversed(events[10:]))))

@@ -19,6 +19,7 @@ from libs.contracts.events import Event
 from libs.contracts.settings import ServiceSettings
 from libs.contracts.topics import all_topic_names
 from libs.tools.devstack import SERVICES
+from services.iso_watcher.config import IsoWatcherSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_FILE = ROOT / "docker-compose.yml"
@@ -414,6 +415,49 @@ def test_every_volume_mount_point_is_created_and_owned_by_the_service_user() -> 
                 assert target in owned, f"{key}: {target} not owned by uid {SERVICE_UID}"
                 checked.add(source)
     assert {"storage", "archives", "staging"} <= checked
+
+
+# The host folders a service writes into (bind mounts keep the host's owner): service -> target.
+READ_WRITE_BINDS = {"iso-watcher": "/inbox"}  # discs move to processed/ and failed/ inside it
+
+
+def test_read_write_bind_mounts_are_the_folders_the_services_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bind mount is the host's folder with the host's owner (a missing one is created
+    root-owned): each read-write one is the folder its service's settings write into, and
+    the compose header tells the operator it must be writable by uid 10001. Every other
+    bind mount is read-only."""
+    header = BASE_FILE.read_text(encoding="utf-8").split("\nservices:")[0]
+    found: dict[str, str] = {}
+    for service, spec in run_services(BASE):
+        for volume in spec.get("volumes", []):
+            source, target, *mode = resolve(volume).split(":")
+            if source in BASE["volumes"]:
+                continue  # named: test_every_volume_mount_point_is_created_and_owned_...
+            if mode == ["ro"]:
+                continue
+            assert service not in found, f"{service}: one folder it writes"
+            found[service] = target
+            variable = INTERPOLATION.search(volume)
+            assert variable is not None, f"{service}: the host folder is the operator's choice"
+            name, default = variable.group(1), variable.group(3)
+            assert default and (ROOT / default).resolve().is_relative_to(ROOT / "var"), name
+            # Its line in the header and the indented lines continuing it.
+            entry = re.search(rf"^#   {name} .*(?:\n# {{6,}}\S.*)*", header, re.M)
+            words = " ".join(entry.group(0).replace("#", " ").split()) if entry else ""
+            assert f"writable by uid {SERVICE_UID}" in words, (
+                f"the compose header must say {name} is writable by uid {SERVICE_UID}"
+            )
+    assert found == READ_WRITE_BINDS
+    spec = BASE["services"]["iso-watcher"]
+    iso = build_settings("iso-watcher", environment(spec), monkeypatch)
+    assert isinstance(iso, IsoWatcherSettings)
+    inbox = Path(READ_WRITE_BINDS["iso-watcher"])
+    assert iso.inbox == inbox
+    for moved_to in (iso.processed, iso.failed):
+        assert moved_to.is_relative_to(inbox), "it writes inside the read-write mount only"
+    assert not iso.staging_dir.is_relative_to(inbox)
 
 
 def test_the_api_is_published_only_through_the_tls_proxy() -> None:
