@@ -1,7 +1,7 @@
-"""WADO-URI (PS3.18 §9): `/dicom-web/wado?requestType=WADO&studyUID=…&seriesUID=…&objectUID=…`
-for older viewers (permission `read`). `contentType=application/dicom` gives the stored
-file as is; `image/jpeg` (the default) a rendered frame (`frameNumber`, `windowCenter` and
-`windowWidth`)."""
+"""WADO-URI (PS3.18 §9): `/wado?requestType=WADO&studyUID=…&seriesUID=…&objectUID=…` (the
+same at `/dicom-web/wado`) for older viewers (permission `read`).
+`contentType=application/dicom` gives the stored file as is; `image/jpeg` (the default) a
+rendered frame (`frameNumber`, `windowCenter` and `windowWidth`)."""
 
 from typing import Annotated
 

@@ -206,26 +206,27 @@ async def test_retrieval_is_audited_and_needs_a_key(client, keys, seeded, audit_
     assert json.dumps(rows[-1]["query"]) == "{}"
 
 
-async def test_wado_uri_gives_the_file_or_a_jpeg(client, keys, seeded) -> None:
+@pytest.mark.parametrize("path", ["/wado", "/dicom-web/wado"])
+async def test_wado_uri_gives_the_file_or_a_jpeg(client, keys, seeded, audit_rows, path) -> None:
     f = by_name(seeded, "MR_small_jp2klossless.dcm")
     params = {"requestType": "WADO", "studyUID": f.study, "seriesUID": f.series, "objectUID": f.sop}
     headers = keys.headers("clinician")
     dicom = await client.get(
-        "/dicom-web/wado", params={**params, "contentType": "application/dicom"}, headers=headers
+        path, params={**params, "contentType": "application/dicom"}, headers=headers
     )
     assert dicom.status_code == 200 and dicom.content == f.path.read_bytes()
     assert dicom.headers["content-type"] == "application/dicom"
+    rows = await audit_rows("dicomweb.wado-uri")
+    assert (rows[-1]["status_code"], rows[-1]["result_count"]) == (200, 1)
     jpeg = await client.get(
-        "/dicom-web/wado",
+        path,
         params={**params, "windowCenter": "600", "windowWidth": "1200"},
         headers=headers,
     )
     assert jpeg.status_code == 200 and Image.open(io.BytesIO(jpeg.content)).size == (64, 64)
-    bad = await client.get(
-        "/dicom-web/wado", params={**params, "requestType": "X"}, headers=headers
-    )
+    bad = await client.get(path, params={**params, "requestType": "X"}, headers=headers)
     assert bad.status_code == 400
     assert (
-        await client.get("/dicom-web/wado", params={**params, "objectUID": "1.x"}, headers=headers)
+        await client.get(path, params={**params, "objectUID": "1.x"}, headers=headers)
     ).status_code == 400
-    assert (await client.get("/dicom-web/wado", params=params)).status_code == 401
+    assert (await client.get(path, params=params)).status_code == 401
