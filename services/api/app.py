@@ -15,7 +15,7 @@ from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
 from libs.http.ratelimit import RateLimitMiddleware
 from libs.runtime.probes import Readiness, ops_router
 from services.api.config import ApiLimits
-from services.api.dicomweb import DicomWebPorts, dicomweb_router
+from services.api.dicomweb import DICOMWEB_PATHS, DicomWebPorts, dicomweb_router
 from services.api.docs import add_local_docs
 from services.api.previews import PreviewSource
 from services.api.routes.apikeys import apikeys_router
@@ -56,7 +56,7 @@ def create_app(
     """`packager`: a client of the packager's HTTP address; its archive routes are relayed.
     `exports_dir`: where the export round writes de-identified archives (served from there)."""
     limits = limits or ApiLimits()
-    auth = Authenticator(pool)
+    auth = Authenticator(pool, bad_request_paths=DICOMWEB_PATHS)
     app = FastAPI(
         title="dicomflow API",
         version="1",

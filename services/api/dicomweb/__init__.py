@@ -12,13 +12,15 @@ from fastapi import APIRouter
 from libs.http.auth import Authenticator
 from libs.runtime.sandbox import IsolatedExecutor
 from libs.storage import ObjectStore
-from services.api.dicomweb.common import PREFIX
+from services.api.dicomweb.common import PREFIX, WADO_URI_ROOT
 from services.api.dicomweb.pixels import pixels_router
 from services.api.dicomweb.qido import qido_router
 from services.api.dicomweb.stow import Publish, StowLimits, stow_router
 from services.api.dicomweb.wado import wado_router
 from services.api.dicomweb.wado_uri import wado_uri_router
 from services.api.previews import PreviewSource
+
+DICOMWEB_PATHS = (PREFIX, WADO_URI_ROOT)  # answered as PS3.18 says (400, not 422), rate limited
 
 
 @dataclass(frozen=True)
@@ -52,4 +54,4 @@ def dicomweb_router(pool: asyncpg.Pool, auth: Authenticator, ports: DicomWebPort
     return root
 
 
-__all__ = ["DicomWebPorts", "StowLimits", "dicomweb_router"]
+__all__ = ["DICOMWEB_PATHS", "DicomWebPorts", "StowLimits", "dicomweb_router"]

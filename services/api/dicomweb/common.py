@@ -11,6 +11,7 @@ from libs.dicom.uids import UID_MAX_LENGTH, UID_RE
 from services.api.dicomweb.multipart import MediaRange, parse_accept
 
 PREFIX = "/dicom-web"
+WADO_URI_ROOT = "/wado"  # WADO-URI at the origin's root too (older viewers look for it there)
 DICOM_JSON = "application/dicom+json"
 DICOM = "application/dicom"
 OCTETS = "application/octet-stream"

@@ -230,3 +230,34 @@ async def test_wado_uri_gives_the_file_or_a_jpeg(client, keys, seeded, audit_row
         await client.get(path, params={**params, "objectUID": "1.x"}, headers=headers)
     ).status_code == 400
     assert (await client.get(path, params=params)).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/wado", "/dicom-web/wado"])
+@pytest.mark.parametrize(
+    ("drop", "extra", "reason"),
+    [
+        ("studyUID", {}, "studyUID: Field required"),
+        (None, {"frameNumber": "0"}, "frameNumber: Input should be greater than or equal to 1"),
+        (None, {"windowCenter": "wide"}, "windowCenter: Input should be a valid number"),
+    ],
+)
+async def test_wado_uri_bad_requests_are_400_with_a_reason(
+    client, keys, seeded, audit_rows, path, drop, extra, reason
+) -> None:
+    """PS3.18 answers a malformed request 400 with the reason, not FastAPI's 422; an unknown
+    caller still gets 401, and the refusal is audited."""
+    f = by_name(seeded, "MR_small.dcm")
+    params = {"requestType": "WADO", "studyUID": f.study, "seriesUID": f.series, "objectUID": f.sop}
+    params = {k: v for k, v in params.items() if k != drop} | extra
+    response = await client.get(path, params=params, headers=keys.headers("clinician"))
+    assert response.status_code == 400, response.text
+    assert reason in response.json()["detail"]
+    assert (await audit_rows("request.rejected"))[-1]["status_code"] == 400
+    assert (await client.get(path, params=params)).status_code == 401
+
+
+async def test_outside_dicomweb_validation_errors_stay_422(client, keys) -> None:
+    response = await client.get(
+        "/v1/studies", params={"limit": "many"}, headers=keys.headers("clinician")
+    )
+    assert response.status_code == 422, response.text
