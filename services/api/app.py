@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -10,9 +11,10 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 
-from libs.http.auth import Authenticator
+from libs.db.sessions import session_key_digest
+from libs.http.auth import SESSION_COOKIE, Authenticator
 from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
-from libs.http.ratelimit import RateLimitMiddleware
+from libs.http.ratelimit import RateLimitMiddleware, SessionKeys
 from libs.runtime.probes import Readiness, ops_router
 from services.api.config import ApiLimits
 from services.api.dicomweb import DICOMWEB_PATHS, DicomWebPorts, dicomweb_router
@@ -38,6 +40,11 @@ Every `/v1` endpoint needs `Authorization: Bearer <API key>`, or the session coo
 browser gets from `POST /v1/session` (sign in once with the key). Roles: `clinician` reads
 studies; `ops` reads studies, manages imports, retrieves from a PACS and de-identified
 exports; `admin` may do everything. Every call to `/v1` is written to the audit log."""
+
+
+async def _session_key_digest(pool: asyncpg.Pool, token: str) -> str | None:
+    async with pool.acquire() as conn:
+        return await session_key_digest(conn, token)
 
 
 def create_app(
@@ -85,8 +92,18 @@ def create_app(
         app.include_router(viewer_router(auth, viewer))
     # Added last = outermost: metrics see every request, the audit sees the final status.
     app.add_middleware(AuditMiddleware, pool=pool)
-    app.add_middleware(  # before the audit: a flood is refused without a database write
-        RateLimitMiddleware, per_key=limits.rate_per_key, per_address=limits.rate_per_address
-    )
+    sessions = SessionKeys(partial(_session_key_digest, pool))  # both limits' session lookups
+    for prefixes, per_key, per_address in (
+        (("/v1",), limits.rate_per_key, limits.rate_per_address),
+        (DICOMWEB_PATHS, limits.dicomweb_rate_per_key, limits.dicomweb_rate_per_address),
+    ):
+        app.add_middleware(  # before the audit: a flood is refused without a database write
+            RateLimitMiddleware,
+            per_key=per_key,
+            per_address=per_address,
+            prefixes=prefixes,
+            sessions=sessions,
+            cookie=SESSION_COOKIE,
+        )
     app.add_middleware(MetricsMiddleware, metrics=ApiMetrics.create(registry))
     return app
