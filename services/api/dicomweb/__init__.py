@@ -43,7 +43,7 @@ def dicomweb_router(pool: asyncpg.Pool, auth: Authenticator, ports: DicomWebPort
     router = APIRouter(prefix=PREFIX)
     router.include_router(qido_router(pool, auth, ports.max_results))
     router.include_router(pixels_router(pool, auth, ports.storage, ports.previews, ports.executor))
-    router.include_router(wado_router(pool, auth, ports.storage))
+    router.include_router(wado_router(pool, auth, ports.storage, ports.previews))
     wado_uri = wado_uri_router(pool, auth, ports.storage, ports.previews)
     router.include_router(wado_uri)
     if ports.publish is not None and ports.stow is not None:

@@ -4,9 +4,13 @@ endian, JPEG baseline), rendered JPEGs, bulk data, Accept negotiation."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
+import tempfile
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -16,6 +20,11 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.encaps import get_frame
 
+from libs.runtime.probes import Readiness
+from services.api.app import create_app
+from services.api.config import ApiLimits
+from services.api.dicomweb import DicomWebPorts
+from services.api.previews import PreviewSource
 from tests.integration.api.dicomweb_app import *  # noqa: F403 - the DICOMweb fixtures
 from tests.integration.api.dicomweb_seed import Seeded
 
@@ -261,3 +270,72 @@ async def test_outside_dicomweb_validation_errors_stay_422(client, keys) -> None
         "/v1/studies", params={"limit": "many"}, headers=keys.headers("clinician")
     )
     assert response.status_code == 422, response.text
+
+
+class RemoteStore:
+    """The test's local storage seen as remote (not a LocalStore): WADO has to copy an
+    instance out of it before a worker can read it, as on gs://."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_copies_from_remote_storage_wait_for_a_render_slot(
+    pool, registry, store, renderer, keys, seeded, tmp_path, monkeypatch
+) -> None:
+    """Frames and bulk data on remote storage copy the instance to the temporary folder only
+    once one of the previews' slots is free (one at a time here, one waiting); a burst
+    beyond the queue is answered 503 with Retry-After, instead of every request copying
+    its instance to /tmp at once."""
+    remote = RemoteStore(store)
+    previews = PreviewSource(remote, renderer, concurrency=1, queue=1)  # type: ignore[arg-type]
+    ports = DicomWebPorts(remote, previews, renderer.executor)  # type: ignore[arg-type]
+
+    async def publish(event: object) -> None:
+        raise AssertionError("WADO publishes nothing")
+
+    app = create_app(pool, publish, registry, Readiness(), limits=ApiLimits(), dicomweb=ports)
+    transport = httpx.ASGITransport(app, client=("10.1.2.3", 4567))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's copies only
+    copies, running = 0, True
+
+    def sample() -> None:
+        nonlocal copies
+        while running:
+            copies = max(copies, len(list(tmp_path.glob("dicomweb-*"))))
+            time.sleep(0.002)
+
+    f = by_name(seeded, "MR_small_jp2klossless.dcm")
+    headers = keys.headers("clinician")
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
+            responses = await asyncio.gather(
+                *(
+                    c.get(url(f, "/frames/1"), headers={**headers, "Accept": FRAMES_RAW})
+                    for _ in range(8)
+                ),
+                *(
+                    c.get(url(f, "/bulkdata/7fe00010"), headers={**headers, "Accept": "*/*"})
+                    for _ in range(4)
+                ),
+            )
+    finally:
+        running = False
+        sampler.join()
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    busy = [r for r in responses if r.status_code == 503]
+    assert all(int(r.headers["retry-after"]) >= 1 for r in busy)
+    assert all("busy" in r.json()["detail"] for r in busy)
+    assert copies == 1, f"{copies} instances copied out at once"
+    assert not list(tmp_path.glob("dicomweb-*"))  # every copy removed
+    # One at a time, the same requests all succeed, byte for byte.
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
+        frame = await c.get(url(f, "/frames/1"), headers={**headers, "Accept": FRAMES_RAW})
+        [(_, pixels)] = split_multipart(frame)
+        assert pixels == dcmread(f.path).pixel_array.astype("<u2").tobytes()
