@@ -197,6 +197,8 @@ def stack_env(
         # person: the production rate limits would answer 429.
         "API_RATE_PER_KEY": "1000000/minute",
         "API_RATE_PER_ADDRESS": "1000000/minute",
+        "API_DICOMWEB_RATE_PER_KEY": "1000000/minute",
+        "API_DICOMWEB_RATE_PER_ADDRESS": "1000000/minute",
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
     }

@@ -63,6 +63,19 @@ async def session_key(conn: Conn, token: str) -> tuple[ApiKey, datetime] | None:
     return ApiKey(**values), expires
 
 
+async def session_key_digest(conn: Conn, token: str) -> str | None:
+    """The stored digest of the active key behind a live session (what a bearer request with
+    that key is rate limited under); None otherwise."""
+    if not looks_like_token(token):
+        return None
+    found = await conn.fetchval(
+        """SELECT k.key_hash FROM api_sessions s JOIN api_keys k ON k.id = s.api_key_id
+            WHERE s.token_hash = $1 AND s.expires_at > now() AND k.revoked_at IS NULL""",
+        _hash(token),
+    )
+    return str(found) if found is not None else None
+
+
 async def end_session(conn: Conn, token: str) -> bool:
     """Sign out: the session stops working at once. False when there was no such session."""
     if not looks_like_token(token):

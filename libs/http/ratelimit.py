@@ -1,9 +1,13 @@
 """Rate limits per API key and per client address (ADR 0015, ADR 0028): a moving window in
 memory, checked before anything else of a request is done (no key lookup, no body read).
 
-A key is identified by a digest of the bearer token as sent, so the check costs no database
-round trip; an unknown token gets its own window, and guessing tokens is bounded by the
-address's. Limits are per process: with N API replicas a client gets up to N times as much.
+A key is identified by a digest of the bearer token as sent (the SHA-256 the key is stored
+under), so the check costs no database round trip; an unknown token gets its own window, and
+guessing tokens is bounded by the address's. A browser signed in with a session cookie is
+counted against its session's key (the same window as that key's bearer requests): the
+session's key digest is looked up once and remembered for `SessionKeys.ttl_seconds`; the
+address is checked first, so a flood of made-up cookies costs no lookups beyond its limit.
+Limits are per process: with N API replicas a client gets up to N times as much.
 The notation (`10/second;600/minute`) is read by `limits`; the window is ours (ADR 0028).
 """
 
@@ -13,12 +17,15 @@ import hashlib
 import json
 import math
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from limits import parse_many
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+SessionLookup = Callable[[str], Awaitable[str | None]]  # session token -> its key's digest
 
 
 @dataclass(frozen=True)
@@ -75,8 +82,43 @@ class MovingWindow:
         return len(self._hits)
 
 
+class SessionKeys:
+    """Session token -> the digest of its key, looked up once and remembered `ttl_seconds`
+    (at most `max_entries`, the oldest forgotten first). A token that names no live session
+    is remembered as such too, so it is not looked up again on every request."""
+
+    def __init__(
+        self,
+        lookup: SessionLookup,
+        *,
+        ttl_seconds: float = 60.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lookup = lookup
+        self.ttl_seconds = ttl_seconds
+        self._max = max_entries
+        self._clock = clock
+        self._known: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+
+    async def digest(self, token: str) -> str | None:
+        now = self._clock()
+        hit = self._known.get(token)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = await self._lookup(token)
+        self._known[token] = (now + self.ttl_seconds, found)
+        self._known.move_to_end(token)
+        while len(self._known) > self._max:
+            self._known.popitem(last=False)
+        return found
+
+
 class RateLimitMiddleware:
-    """429 with `Retry-After` once a key or an address exceeds its limit on `prefix` paths."""
+    """429 with `Retry-After` once a key or an address exceeds its limit on paths under one
+    of `prefixes`. `sessions` (with `cookie`, the session cookie's name) counts a signed-in
+    browser against its session's key; without it, such a browser is limited per address
+    only."""
 
     def __init__(
         self,
@@ -84,40 +126,58 @@ class RateLimitMiddleware:
         *,
         per_key: str,
         per_address: str,
-        prefix: str = "/v1",
+        prefixes: tuple[str, ...] = ("/v1",),
+        sessions: SessionKeys | None = None,
+        cookie: str = "",
         window: MovingWindow | None = None,
     ) -> None:
         self.app = app
-        self.prefix = prefix
+        self.prefixes = prefixes
         self.per_key = parse_limits(per_key)
         self.per_address = parse_limits(per_address)
+        self.sessions = sessions
+        self.cookie = cookie
         self.window = window or MovingWindow()
 
+    def _limited(self, path: str) -> bool:
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.prefixes)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        if scope["type"] != "http" or not self._limited(scope["path"]):
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
         address = client[0] if client else "?"
-        checks = [(limit, "address", address) for limit in self.per_address]
-        token = _bearer(scope)
-        if token:
-            digest = hashlib.sha256(token).hexdigest()
-            checks += [(limit, "key", digest) for limit in self.per_key]
-        for limit, kind, identity in checks:
+        if await self._refused(send, self.per_address, "address", address):
+            return
+        key = await self._key(scope)
+        if key is not None and await self._refused(send, self.per_key, "key", key):
+            return
+        await self.app(scope, receive, send)
+
+    async def _refused(self, send: Send, limits: list[Limit], kind: str, identity: str) -> bool:
+        for limit in limits:
             wait = self.window.hit(limit, kind, identity)
             if wait > 0:
                 retry = max(1, math.ceil(wait))
                 await _too_many(send, f"too many requests: {limit.text} per {kind}", retry)
-                return
-        await self.app(scope, receive, send)
+                return True
+        return False
 
-
-def _bearer(scope: Scope) -> bytes:
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization" and value[:7].lower() == b"bearer ":
-            return bytes(value[7:].strip())
-    return b""
+    async def _key(self, scope: Scope) -> str | None:
+        """The caller's key identity: the digest of its bearer token, else of its session's
+        key (an unknown session: the digest of the cookie itself, a window of its own)."""
+        headers = dict(scope.get("headers", ()))
+        authorization = headers.get(b"authorization", b"")
+        if authorization[:7].lower() == b"bearer " and authorization[7:].strip():
+            return hashlib.sha256(authorization[7:].strip()).hexdigest()
+        if self.sessions is None or b"cookie" not in headers:
+            return None
+        token = cookie_parser(headers[b"cookie"].decode("latin-1")).get(self.cookie)
+        if not token:
+            return None
+        found = await self.sessions.digest(token)
+        return found or "session:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 async def _too_many(send: Send, detail: str, retry_after: int) -> None:

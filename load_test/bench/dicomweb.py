@@ -51,6 +51,7 @@ from load_test.bench.archive import line
 from load_test.bench.pipeline import PG
 from load_test.peers import Orthanc
 from services.api.app import create_app
+from services.api.config import ApiLimits
 from services.api.dicomweb import DicomWebPorts
 from services.api.previews import PreviewSource
 
@@ -260,7 +261,11 @@ async def bench(work: Path, files: list[Path], studies: int, repeat: int, orthan
         async def publish(*_: object) -> None:
             return None
 
-        app = create_app(pool, publish, CollectorRegistry(), Readiness(), dicomweb=ports)
+        unlimited = "1000000/minute"  # one key from one address, far faster than a person
+        limits = ApiLimits(dicomweb_rate_per_key=unlimited, dicomweb_rate_per_address=unlimited)
+        app = create_app(
+            pool, publish, CollectorRegistry(), Readiness(), limits=limits, dicomweb=ports
+        )
         port = free_port()
         server = http_server(app, "127.0.0.1", port)
         task = asyncio.create_task(server.serve())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -10,12 +11,13 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 
-from libs.http.auth import Authenticator
+from libs.db.sessions import session_key_digest
+from libs.http.auth import SESSION_COOKIE, Authenticator
 from libs.http.middleware import ApiMetrics, AuditMiddleware, MetricsMiddleware
-from libs.http.ratelimit import RateLimitMiddleware
+from libs.http.ratelimit import RateLimitMiddleware, SessionKeys
 from libs.runtime.probes import Readiness, ops_router
 from services.api.config import ApiLimits
-from services.api.dicomweb import DicomWebPorts, dicomweb_router
+from services.api.dicomweb import DICOMWEB_PATHS, DicomWebPorts, dicomweb_router
 from services.api.docs import add_local_docs
 from services.api.previews import PreviewSource
 from services.api.routes.apikeys import apikeys_router
@@ -40,6 +42,11 @@ studies; `ops` reads studies, manages imports, retrieves from a PACS and de-iden
 exports; `admin` may do everything. Every call to `/v1` is written to the audit log."""
 
 
+async def _session_key_digest(pool: asyncpg.Pool, token: str) -> str | None:
+    async with pool.acquire() as conn:
+        return await session_key_digest(conn, token)
+
+
 def create_app(
     pool: asyncpg.Pool,
     publish: Publish,
@@ -56,7 +63,7 @@ def create_app(
     """`packager`: a client of the packager's HTTP address; its archive routes are relayed.
     `exports_dir`: where the export round writes de-identified archives (served from there)."""
     limits = limits or ApiLimits()
-    auth = Authenticator(pool)
+    auth = Authenticator(pool, bad_request_paths=DICOMWEB_PATHS)
     app = FastAPI(
         title="dicomflow API",
         version="1",
@@ -85,8 +92,18 @@ def create_app(
         app.include_router(viewer_router(auth, viewer))
     # Added last = outermost: metrics see every request, the audit sees the final status.
     app.add_middleware(AuditMiddleware, pool=pool)
-    app.add_middleware(  # before the audit: a flood is refused without a database write
-        RateLimitMiddleware, per_key=limits.rate_per_key, per_address=limits.rate_per_address
-    )
+    sessions = SessionKeys(partial(_session_key_digest, pool))  # both limits' session lookups
+    for prefixes, per_key, per_address in (
+        (("/v1",), limits.rate_per_key, limits.rate_per_address),
+        (DICOMWEB_PATHS, limits.dicomweb_rate_per_key, limits.dicomweb_rate_per_address),
+    ):
+        app.add_middleware(  # before the audit: a flood is refused without a database write
+            RateLimitMiddleware,
+            per_key=per_key,
+            per_address=per_address,
+            prefixes=prefixes,
+            sessions=sessions,
+            cookie=SESSION_COOKIE,
+        )
     app.add_middleware(MetricsMiddleware, metrics=ApiMetrics.create(registry))
     return app

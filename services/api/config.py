@@ -28,6 +28,8 @@ class ApiLimits:
     session_hours: float = 8.0
     rate_per_key: str = "600/minute"
     rate_per_address: str = "1200/minute"
+    dicomweb_rate_per_key: str = "6000/minute"
+    dicomweb_rate_per_address: str = "12000/minute"
     search_count_limit: int = 1000
     import_events_interval_seconds: float = 1.0
     import_events_heartbeat_seconds: float = 15.0
@@ -35,8 +37,8 @@ class ApiLimits:
 
 class ApiSettings(ServiceSettings):
     """Env prefix `API_`: API_HOST, API_PORT, API_DEFAULT_PAGE_SIZE, API_MAX_PAGE_SIZE,
-    API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS, API_SEARCH_COUNT_LIMIT, API_RENDER_*,
-    API_STOW_*, API_PACKAGER_URL,
+    API_PUBLISH_TIMEOUT_SECONDS, API_SESSION_HOURS, API_RATE_PER_*, API_DICOMWEB_RATE_PER_*,
+    API_SEARCH_COUNT_LIMIT, API_RENDER_*, API_STOW_*, API_PACKAGER_URL,
     API_PACKAGER_TIMEOUT_SECONDS, API_PACKAGER_CA_BUNDLE, API_VIEWER_DIR, API_EXPORT_*,
     API_IMPORT_EVENTS_INTERVAL_SECONDS, API_IMPORT_EVENTS_HEARTBEAT_SECONDS,
     API_HTTPS_CERTFILE, API_HTTPS_KEYFILE (HTTPS)."""
@@ -60,6 +62,14 @@ class ApiSettings(ServiceSettings):
     )
     rate_per_address: str = Field(
         default="1200/minute", description="The same for one client address (any key or none)."
+    )
+    dicomweb_rate_per_key: str = Field(
+        default="6000/minute",
+        description="Requests to /dicom-web and /wado one API key may make (its own window: "
+        "a viewer opening a 600-slice CT asks for each of its frames).",
+    )
+    dicomweb_rate_per_address: str = Field(
+        default="12000/minute", description="The same for one client address (any key or none)."
     )
     search_count_limit: int = Field(
         default=1000,
@@ -129,7 +139,9 @@ class ApiSettings(ServiceSettings):
             }
         return data
 
-    @field_validator("rate_per_key", "rate_per_address")
+    @field_validator(
+        "rate_per_key", "rate_per_address", "dicomweb_rate_per_key", "dicomweb_rate_per_address"
+    )
     @classmethod
     def _rate(cls, value: str) -> str:
         parse_many(value)  # raises ValueError naming what it cannot read
@@ -149,6 +161,8 @@ class ApiSettings(ServiceSettings):
             session_hours=self.session_hours,
             rate_per_key=self.rate_per_key,
             rate_per_address=self.rate_per_address,
+            dicomweb_rate_per_key=self.dicomweb_rate_per_key,
+            dicomweb_rate_per_address=self.dicomweb_rate_per_address,
             search_count_limit=self.search_count_limit,
             import_events_interval_seconds=self.import_events_interval_seconds,
             import_events_heartbeat_seconds=self.import_events_heartbeat_seconds,

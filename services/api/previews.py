@@ -3,7 +3,8 @@ from the canonical copy in an isolated worker (custom window, other frames, or a
 the converter did not render ahead: it renders one image per series). A render with the
 file's own window is kept next to the copy, so each is rendered once. Renders are capped:
 `concurrency` at once, `queue` waiting, and the instance is copied out of storage only once
-its render may start; beyond the queue the caller is told to retry (`RenderBusy`)."""
+its render may start; beyond the queue the caller is told to retry (`RenderBusy`). DICOMweb
+frames and bulk data on remote storage take the same slots (`slot()`) for their copies."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import asyncio
 import hashlib
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,14 +74,7 @@ class PreviewSource:
         request = RenderRequest(
             frames=(frame,), kinds=(kind,), window=window, thumbnail_size=THUMBNAIL_SIZE
         )
-        if self._slots.locked() and self._waiting >= self._queue:
-            raise RenderBusy(f"{self._waiting} renders are waiting already")
-        self._waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
-        try:  # only now is the instance copied out of storage
+        async with self.slot():  # only now is the instance copied out of storage
             with tempfile.TemporaryDirectory(prefix="api-preview-") as tmp:
                 path = Path(tmp) / "instance.dcm"
                 try:
@@ -91,9 +86,24 @@ class PreviewSource:
                 data = result.images[0].jpeg
                 if window is None:
                     await self._keep(preview_key(*uids, kind, frame), data, Path(tmp) / "keep.jpg")
+        return Jpeg(data=data, rendered=True)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the `concurrency` slots, after at most `queue` others waiting; `RenderBusy`
+        beyond. Whatever copies an instance out of storage for the workers (a render, DICOMweb
+        frames and bulk data on remote storage) holds one while the copy exists."""
+        if self._slots.locked() and self._waiting >= self._queue:
+            raise RenderBusy(f"{self._waiting} renders are waiting already")
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
         finally:
             self._slots.release()
-        return Jpeg(data=data, rendered=True)
 
     async def _keep(self, key: str, data: bytes, tmp: Path) -> None:
         """Store a render with the file's own window where the converter would have put it.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from libs.http.ratelimit import MovingWindow, parse_limits
+from libs.http.ratelimit import MovingWindow, SessionKeys, parse_limits
 
 
 class Clock:
@@ -75,3 +75,25 @@ def test_idle_identities_are_forgotten() -> None:
     clock.now += 31.0  # a sweep is due; only 10.0.0.1 hit within the last minute
     window.hit(limit, "address", "10.0.0.200")
     assert len(window) == 2
+
+
+async def test_a_session_is_looked_up_once_per_ttl_and_the_cache_is_bounded() -> None:
+    clock = Clock()
+    looked: list[str] = []
+
+    async def lookup(token: str) -> str | None:
+        looked.append(token)
+        return {"s1": "digest-a"}.get(token)
+
+    sessions = SessionKeys(lookup, ttl_seconds=60, max_entries=2, clock=clock)
+    assert await sessions.digest("s1") == "digest-a"
+    assert await sessions.digest("s1") == "digest-a"
+    assert await sessions.digest("nope") is None
+    assert await sessions.digest("nope") is None  # a miss is remembered too
+    assert looked == ["s1", "nope"]
+    clock.now += 61  # expired: looked up again
+    assert await sessions.digest("s1") == "digest-a"
+    assert looked == ["s1", "nope", "s1"]
+    await sessions.digest("s3")  # a third token: the oldest ("nope") is forgotten
+    await sessions.digest("nope")
+    assert looked[-1] == "nope" and len(looked) == 5

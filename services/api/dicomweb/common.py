@@ -9,8 +9,10 @@ from pydantic import AfterValidator
 
 from libs.dicom.uids import UID_MAX_LENGTH, UID_RE
 from services.api.dicomweb.multipart import MediaRange, parse_accept
+from services.api.previews import RETRY_AFTER_SECONDS
 
 PREFIX = "/dicom-web"
+WADO_URI_ROOT = "/wado"  # WADO-URI at the origin's root too (older viewers look for it there)
 DICOM_JSON = "application/dicom+json"
 DICOM = "application/dicom"
 OCTETS = "application/octet-stream"
@@ -48,6 +50,15 @@ def base_url(request: Request) -> str:
     ):
         url = url.replace(port=server[1])
     return str(url).rstrip("/") + PREFIX
+
+
+def busy(reason: object) -> HTTPException:
+    """Every render slot taken and the queue full (`RenderBusy`): 503 with Retry-After."""
+    return HTTPException(
+        status_code=503,
+        detail=f"images are busy ({reason}): try again shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def not_acceptable(offered: str) -> HTTPException:

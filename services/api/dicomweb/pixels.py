@@ -1,5 +1,7 @@
 """WADO-RS pixels (PS3.18 §10.4): frames, rendered images, thumbnails and bulk data of one
-instance (permission `read`). Decoding runs in the API's isolated workers (ADR 0007/0008).
+instance (permission `read`). Decoding runs in the API's isolated workers (ADR 0007/0008);
+on remote storage the instance is copied out only once a render slot is free (the previews'
+`API_RENDER_WORKERS` and `API_RENDER_QUEUE`; beyond, 503 with Retry-After).
 
 Frames: `multipart/related; type="application/octet-stream"` with `transfer-syntax=*` or the
 stored syntax (or the image media type of a compressed one, e.g. `image/jls`) gives the
@@ -31,12 +33,13 @@ from services.api.dicomweb.common import (
     OCTETS,
     Uid,
     accepts,
+    busy,
     not_acceptable,
 )
 from services.api.dicomweb.multipart import Part
 from services.api.dicomweb.stored import find, local_path
 from services.api.dicomweb.wado import MULTIPART, multipart_response
-from services.api.previews import InstanceRef, PreviewSource, PreviewUnavailable
+from services.api.previews import InstanceRef, PreviewSource, PreviewUnavailable, RenderBusy
 
 # Media types of compressed frames (PS3.18 Table 8.7.3-2) by transfer syntax.
 IMAGE_TYPES = {
@@ -145,13 +148,15 @@ def pixels_router(
         numbers = frame_list(frames)
         [i] = await find(pool, caller, study, series, sop)
         decode, part_type = frame_syntax(request, i.transfer_syntax_uid)
-        async with local_path(storage, i) as path:
-            try:
+        try:
+            async with local_path(storage, i, previews.slot) as path:
                 data = await executor.run(read_frames, str(path), numbers, decode)
-            except FrameMissing as exc:
-                raise HTTPException(status_code=404, detail=str(exc)) from None
-            except PermanentError as exc:  # not an image, undecodable, worker died
-                raise HTTPException(status_code=406, detail=f"no frames: {exc}") from None
+        except RenderBusy as exc:
+            raise busy(exc) from None
+        except FrameMissing as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        except PermanentError as exc:  # not an image, undecodable, worker died, not stored
+            raise HTTPException(status_code=406, detail=f"no frames: {exc}") from None
         return multipart_response(_parts(data, part_type), part_type.split(";")[0])
 
     async def jpeg(ref: InstanceRef, kind: Kind, frame: int, request: Request) -> Response:
@@ -162,6 +167,8 @@ def pixels_router(
             image = await previews.jpeg(ref, kind, frame - 1, window)
         except PreviewUnavailable as exc:
             raise HTTPException(status_code=406, detail=f"no image: {exc}") from None
+        except RenderBusy as exc:
+            raise busy(exc) from None
         if image.stream is not None:
             return Response(b"".join([c async for c in image.stream]), media_type=JPEG)
         return Response(image.data, media_type=JPEG)
@@ -202,11 +209,13 @@ def pixels_router(
         if not any(r.matches(MULTIPART) or r.matches(OCTETS) for r in accepts(request)):
             raise not_acceptable(f'{MULTIPART}; type="{OCTETS}"')
         [i] = await find(pool, caller, study, series, sop)
-        async with local_path(storage, i) as path:
-            try:
+        try:
+            async with local_path(storage, i, previews.slot) as path:
                 value = await asyncio.to_thread(_bulk_value, path, steps)
-            except (KeyError, IndexError):
-                raise HTTPException(status_code=404, detail="no such bulk data") from None
+        except RenderBusy as exc:
+            raise busy(exc) from None
+        except (KeyError, IndexError):
+            raise HTTPException(status_code=404, detail="no such bulk data") from None
         return multipart_response(_parts([value], OCTETS), OCTETS)
 
     return router

@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 from fastapi import HTTPException
 from pydicom import dcmread
 
+from libs.contracts.errors import PermanentError
 from libs.db.dicomweb import StoredInstance, stored_instances
 from libs.dicom.dicomjson import absolute_bulk_uris, header_json
 from libs.http.auth import Caller
@@ -50,19 +51,30 @@ async def find(
     return found
 
 
+Slot = Callable[[], AbstractAsyncContextManager[None]]  # PreviewSource.slot: RenderBusy when full
+
+
 @asynccontextmanager
-async def local_path(storage: ObjectStore, i: StoredInstance) -> AsyncIterator[Path]:
-    """The stored file as a local path: itself on local storage, else a temporary copy."""
+async def local_path(storage: ObjectStore, i: StoredInstance, slot: Slot) -> AsyncIterator[Path]:
+    """The stored file as a local path: itself on local storage, else a temporary copy made
+    only once one of the render `slot`s is ours (held until the copy is gone), so a burst of
+    requests cannot fill the temporary folder with whole instances (issue 17, item 5)."""
     if isinstance(storage, LocalStore):
         path = storage.path_for(key_of(i))
         if not path.is_file():
             raise HTTPException(status_code=404, detail="the instance's file is not in storage")
         yield path
         return
-    with tempfile.TemporaryDirectory(prefix="dicomweb-") as tmp:
-        path = Path(tmp) / "instance.dcm"
-        await download(storage, key_of(i), path)
-        yield path
+    async with slot():
+        with tempfile.TemporaryDirectory(prefix="dicomweb-") as tmp:
+            path = Path(tmp) / "instance.dcm"
+            try:
+                await download(storage, key_of(i), path)
+            except PermanentError:
+                raise HTTPException(
+                    status_code=404, detail="the instance's file is not in storage"
+                ) from None
+            yield path
 
 
 def _file_json(path: Path) -> str:
@@ -72,13 +84,15 @@ def _file_json(path: Path) -> str:
     return header_json(ds) or "{}"
 
 
-async def metadata_json(storage: ObjectStore, found: list[StoredInstance], base: str) -> bytes:
+async def metadata_json(
+    storage: ObjectStore, found: list[StoredInstance], base: str, slot: Slot
+) -> bytes:
     """The DICOM JSON array of `found`, BulkDataURIs made absolute under `base`."""
     parts = []
     for i in found:
         text = i.dicom_json
         if text is None:  # indexed before headers were kept: read the file once
-            async with local_path(storage, i) as path:
+            async with local_path(storage, i, slot) as path:
                 text = await asyncio.to_thread(_file_json, path)
         parts.append(absolute_bulk_uris(text, instance_url(base, i)))
     return ("[" + ",".join(parts) + "]").encode()

@@ -40,11 +40,14 @@ from services.api.dicomweb.multipart import (
 
 log = get_logger(__name__)
 Publish = Callable[..., Awaitable[None]]
-# FailureReason (0008,1197) values (PS3.4 Annex B / PS3.18 §10.5.3).
+# FailureReason (0008,1197) values (PS3.18 Table I.2-2).
 OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
+# Not the study of the URL: no standard code (A9xx means the instance does not conform to
+# its SOP Class); Table I.2-2 lets an implementation add codes. 0xC409, in "Cannot
+# understand", is the one dcm4chee-arc answers (StoreServiceImpl.DIFF_STUDY_INSTANCE_UID).
+STUDY_MISMATCH = 0xC409
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def stow_router(
             outcome.header = header
             study = header.study.study_uid
             if req.study is not None and study != req.study:
-                outcome.fail(DOES_NOT_MATCH, f"its StudyInstanceUID {study} is not the URL's")
+                outcome.fail(STUDY_MISMATCH, f"its StudyInstanceUID {study} is not the URL's")
         if not outcome.stored:  # nothing will name it: it goes now
             path.unlink(missing_ok=True)
 
@@ -237,9 +240,13 @@ def _reference(o: Outcome, base: str) -> dict[str, Any]:
 def _answer(req: Received, base: str) -> Response:
     stored = [_reference(o, base) for o in req.outcomes if o.stored]
     failed = [_reference(o, base) for o in req.outcomes if not o.stored]
-    body: dict[str, Any] = {}
-    if req.study is not None:
-        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{req.study}"]}
+    # RetrieveURL is Type 2 (PS3.18 Table I.1-1): the study's URL when the request named one
+    # study or everything stored belongs to one, else present and empty.
+    studies = {o.header.study.study_uid for o in req.outcomes if o.stored and o.header}
+    study = req.study or (studies.pop() if len(studies) == 1 else None)
+    body: dict[str, Any] = {
+        "00081190": {"vr": "UR", "Value": [f"{base}/studies/{study}"]} if study else {"vr": "UR"}
+    }
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if stored:

@@ -25,11 +25,13 @@ from services.api.dicomweb.common import (
     Uid,
     accepts,
     base_url,
+    busy,
     negotiate_json,
     not_acceptable,
 )
 from services.api.dicomweb.multipart import Part, new_boundary, write_parts
 from services.api.dicomweb.stored import find, instance_url, key_of, metadata_json
+from services.api.previews import PreviewSource, RenderBusy
 
 MULTIPART = "multipart/related"
 CHUNK = 4 << 20  # fewer thread hops per object than 1 MiB; memory stays bounded
@@ -59,7 +61,9 @@ def multipart_response(parts: AsyncIterator[Part], part_type: str) -> StreamingR
     )
 
 
-def wado_router(pool: asyncpg.Pool, auth: Authenticator, storage: ObjectStore) -> APIRouter:
+def wado_router(
+    pool: asyncpg.Pool, auth: Authenticator, storage: ObjectStore, previews: PreviewSource
+) -> APIRouter:
     router = APIRouter(tags=["DICOMweb"])
     retriever = Depends(auth.require("read", "dicomweb.retrieve"))
     reader = Depends(auth.require("read", "dicomweb.metadata"))
@@ -99,7 +103,10 @@ def wado_router(pool: asyncpg.Pool, auth: Authenticator, storage: ObjectStore) -
     ) -> Response:
         negotiate_json(request)
         found = await find(pool, caller, study, series, sop, with_json=True)
-        body = await metadata_json(storage, found, base_url(request))
+        try:  # instances indexed before headers were kept are read from their files
+            body = await metadata_json(storage, found, base_url(request), previews.slot)
+        except RenderBusy as exc:
+            raise busy(exc) from None
         return Response(body, media_type=DICOM_JSON)
 
     @router.get("/studies/{study}/metadata", summary="A study's metadata")

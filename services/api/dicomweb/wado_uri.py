@@ -1,7 +1,7 @@
-"""WADO-URI (PS3.18 §9): `/dicom-web/wado?requestType=WADO&studyUID=…&seriesUID=…&objectUID=…`
-for older viewers (permission `read`). `contentType=application/dicom` gives the stored
-file as is; `image/jpeg` (the default) a rendered frame (`frameNumber`, `windowCenter` and
-`windowWidth`)."""
+"""WADO-URI (PS3.18 §9): `/wado?requestType=WADO&studyUID=…&seriesUID=…&objectUID=…` (the
+same at `/dicom-web/wado`) for older viewers (permission `read`).
+`contentType=application/dicom` gives the stored file as is; `image/jpeg` (the default) a
+rendered frame (`frameNumber`, `windowCenter` and `windowWidth`)."""
 
 from typing import Annotated
 
@@ -12,9 +12,9 @@ from fastapi.responses import Response, StreamingResponse
 from libs.http.auth import Authenticator, Caller
 from libs.imaging.window import Window
 from libs.storage import ObjectStore
-from services.api.dicomweb.common import DICOM, JPEG, check_uid
+from services.api.dicomweb.common import DICOM, JPEG, busy, check_uid
 from services.api.dicomweb.stored import find, key_of
-from services.api.previews import InstanceRef, PreviewSource, PreviewUnavailable
+from services.api.previews import InstanceRef, PreviewSource, PreviewUnavailable, RenderBusy
 
 
 def _window(center: float | None, width: float | None) -> Window | None:
@@ -62,6 +62,8 @@ def wado_uri_router(
             image = await previews.jpeg(ref, "preview", frame_number - 1, window)
         except PreviewUnavailable as exc:
             raise HTTPException(status_code=406, detail=f"no image: {exc}") from None
+        except RenderBusy as exc:
+            raise busy(exc) from None
         if image.stream is not None:
             return StreamingResponse(image.stream, media_type=JPEG)
         return Response(image.data, media_type=JPEG)

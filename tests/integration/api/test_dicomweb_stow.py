@@ -73,6 +73,11 @@ async def test_stored_instances_are_staged_recorded_and_published(
         synthetic_uid(f"{study}-2"),
     ]
     assert refs[0]["00081190"]["Value"][0].startswith(f"http://api.test/dicom-web/studies/{study}/")
+    # The top-level RetrieveURL (Type 2): the one study stored, though the URL named none.
+    assert answer["00081190"] == {
+        "vr": "UR",
+        "Value": [f"http://api.test/dicom-web/studies/{study}"],
+    }
     assert "00081198" not in answer
     events = [e for e in bus.events if isinstance(e, FileDiscovered)]
     assert len(events) == 2 and {e.source for e in events} == {"stow"}
@@ -114,7 +119,7 @@ async def test_all_failed_is_409_and_wrong_study_is_refused(client, keys, bus, t
     response = await stow(client, keys, [("application/dicom", data)], path="/studies/1.2.3")
     assert response.status_code == 409
     [failed] = sequence(response.json(), "00081198")
-    assert failed["00081197"]["Value"] == [0xA900]
+    assert failed["00081197"]["Value"] == [0xC409]  # not A9xx: that is "not its SOP Class"
     assert failed["00081155"]["Value"] == [synthetic_uid(f"{study}-1")]
     ok = await stow(client, keys, [("application/dicom", data)], path=f"/studies/{study}")
     assert ok.status_code == 200 and ok.json()["00081190"]["Value"][0].endswith(study)
@@ -180,3 +185,19 @@ async def test_a_part_without_the_preamble_is_stored_as_a_dicom_file(
         Path(event.file.uri.removeprefix("file://")).read_bytes()
         == b"\0" * 128 + b"DICM" + data[132:]
     )
+
+
+async def test_the_study_retrieve_url_is_present_even_when_it_has_no_value(
+    client, keys, tmp_path
+) -> None:
+    """RetrieveURL (0008,1190) is Type 2 in the store response (PS3.18 Table I.1-1): two
+    studies in one request, or nothing stored, give it without a value, never leave it out."""
+    one, other = (synthetic_uid(f"stow-{uuid.uuid4()}") for _ in range(2))
+    parts = [("application/dicom", instance(tmp_path, s, n)) for n, s in enumerate((one, other))]
+    two = await stow(client, keys, parts)
+    assert two.status_code == 200, two.text
+    assert two.json()["00081190"] == {"vr": "UR"}
+    assert len(sequence(two.json(), "00081199")) == 2
+    garbage = await stow(client, keys, [("application/dicom", b"not DICOM")])
+    assert garbage.status_code == 409
+    assert garbage.json()["00081190"] == {"vr": "UR"}

@@ -4,9 +4,13 @@ endian, JPEG baseline), rendered JPEGs, bulk data, Accept negotiation."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
+import tempfile
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -16,6 +20,11 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.encaps import get_frame
 
+from libs.runtime.probes import Readiness
+from services.api.app import create_app
+from services.api.config import ApiLimits
+from services.api.dicomweb import DicomWebPorts
+from services.api.previews import PreviewSource
 from tests.integration.api.dicomweb_app import *  # noqa: F403 - the DICOMweb fixtures
 from tests.integration.api.dicomweb_seed import Seeded
 
@@ -79,6 +88,12 @@ async def test_series_and_instance_retrieval_and_accept(client, keys, seeded) ->
     assert (await get(client, keys, url(f), stored)).status_code == 200
     other = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
     assert (await get(client, keys, url(f), other)).status_code == 406
+    # dicomweb-client's default Accept names no syntax: the stored bytes, in the stored
+    # syntax, which the part names (the deviation of ADR 0033; PS3.18 would say EVRLE).
+    default = 'multipart/related; type="application/dicom"'
+    [(headers, body)] = split_multipart(await get(client, keys, url(f), default))
+    assert body == f.path.read_bytes()
+    assert headers["Content-Type"] == 'application/dicom; transfer-syntax="1.2.840.10008.1.2.4.80"'
     assert (await get(client, keys, url(f), "application/zip")).status_code == 406
     missing = url(f).replace(f.sop, "1.2.3.4")
     assert (await get(client, keys, missing, DICOM_ALL)).status_code == 404
@@ -206,26 +221,127 @@ async def test_retrieval_is_audited_and_needs_a_key(client, keys, seeded, audit_
     assert json.dumps(rows[-1]["query"]) == "{}"
 
 
-async def test_wado_uri_gives_the_file_or_a_jpeg(client, keys, seeded) -> None:
+@pytest.mark.parametrize("path", ["/wado", "/dicom-web/wado"])
+async def test_wado_uri_gives_the_file_or_a_jpeg(client, keys, seeded, audit_rows, path) -> None:
     f = by_name(seeded, "MR_small_jp2klossless.dcm")
     params = {"requestType": "WADO", "studyUID": f.study, "seriesUID": f.series, "objectUID": f.sop}
     headers = keys.headers("clinician")
     dicom = await client.get(
-        "/dicom-web/wado", params={**params, "contentType": "application/dicom"}, headers=headers
+        path, params={**params, "contentType": "application/dicom"}, headers=headers
     )
     assert dicom.status_code == 200 and dicom.content == f.path.read_bytes()
     assert dicom.headers["content-type"] == "application/dicom"
+    rows = await audit_rows("dicomweb.wado-uri")
+    assert (rows[-1]["status_code"], rows[-1]["result_count"]) == (200, 1)
     jpeg = await client.get(
-        "/dicom-web/wado",
+        path,
         params={**params, "windowCenter": "600", "windowWidth": "1200"},
         headers=headers,
     )
     assert jpeg.status_code == 200 and Image.open(io.BytesIO(jpeg.content)).size == (64, 64)
-    bad = await client.get(
-        "/dicom-web/wado", params={**params, "requestType": "X"}, headers=headers
-    )
+    bad = await client.get(path, params={**params, "requestType": "X"}, headers=headers)
     assert bad.status_code == 400
     assert (
-        await client.get("/dicom-web/wado", params={**params, "objectUID": "1.x"}, headers=headers)
+        await client.get(path, params={**params, "objectUID": "1.x"}, headers=headers)
     ).status_code == 400
-    assert (await client.get("/dicom-web/wado", params=params)).status_code == 401
+    assert (await client.get(path, params=params)).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/wado", "/dicom-web/wado"])
+@pytest.mark.parametrize(
+    ("drop", "extra", "reason"),
+    [
+        ("studyUID", {}, "studyUID: Field required"),
+        (None, {"frameNumber": "0"}, "frameNumber: Input should be greater than or equal to 1"),
+        (None, {"windowCenter": "wide"}, "windowCenter: Input should be a valid number"),
+    ],
+)
+async def test_wado_uri_bad_requests_are_400_with_a_reason(
+    client, keys, seeded, audit_rows, path, drop, extra, reason
+) -> None:
+    """PS3.18 answers a malformed request 400 with the reason, not FastAPI's 422; an unknown
+    caller still gets 401, and the refusal is audited."""
+    f = by_name(seeded, "MR_small.dcm")
+    params = {"requestType": "WADO", "studyUID": f.study, "seriesUID": f.series, "objectUID": f.sop}
+    params = {k: v for k, v in params.items() if k != drop} | extra
+    response = await client.get(path, params=params, headers=keys.headers("clinician"))
+    assert response.status_code == 400, response.text
+    assert reason in response.json()["detail"]
+    assert (await audit_rows("request.rejected"))[-1]["status_code"] == 400
+    assert (await client.get(path, params=params)).status_code == 401
+
+
+async def test_outside_dicomweb_validation_errors_stay_422(client, keys) -> None:
+    response = await client.get(
+        "/v1/studies", params={"limit": "many"}, headers=keys.headers("clinician")
+    )
+    assert response.status_code == 422, response.text
+
+
+class RemoteStore:
+    """The test's local storage seen as remote (not a LocalStore): WADO has to copy an
+    instance out of it before a worker can read it, as on gs://."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_copies_from_remote_storage_wait_for_a_render_slot(
+    pool, registry, store, renderer, keys, seeded, tmp_path, monkeypatch
+) -> None:
+    """Frames and bulk data on remote storage copy the instance to the temporary folder only
+    once one of the previews' slots is free (one at a time here, one waiting); a burst
+    beyond the queue is answered 503 with Retry-After, instead of every request copying
+    its instance to /tmp at once."""
+    remote = RemoteStore(store)
+    previews = PreviewSource(remote, renderer, concurrency=1, queue=1)  # type: ignore[arg-type]
+    ports = DicomWebPorts(remote, previews, renderer.executor)  # type: ignore[arg-type]
+
+    async def publish(event: object) -> None:
+        raise AssertionError("WADO publishes nothing")
+
+    app = create_app(pool, publish, registry, Readiness(), limits=ApiLimits(), dicomweb=ports)
+    transport = httpx.ASGITransport(app, client=("10.1.2.3", 4567))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's copies only
+    copies, running = 0, True
+
+    def sample() -> None:
+        nonlocal copies
+        while running:
+            copies = max(copies, len(list(tmp_path.glob("dicomweb-*"))))
+            time.sleep(0.002)
+
+    f = by_name(seeded, "MR_small_jp2klossless.dcm")
+    headers = keys.headers("clinician")
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
+            responses = await asyncio.gather(
+                *(
+                    c.get(url(f, "/frames/1"), headers={**headers, "Accept": FRAMES_RAW})
+                    for _ in range(8)
+                ),
+                *(
+                    c.get(url(f, "/bulkdata/7fe00010"), headers={**headers, "Accept": "*/*"})
+                    for _ in range(4)
+                ),
+            )
+    finally:
+        running = False
+        sampler.join()
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    busy = [r for r in responses if r.status_code == 503]
+    assert all(int(r.headers["retry-after"]) >= 1 for r in busy)
+    assert all("busy" in r.json()["detail"] for r in busy)
+    assert copies == 1, f"{copies} instances copied out at once"
+    assert not list(tmp_path.glob("dicomweb-*"))  # every copy removed
+    # One at a time, the same requests all succeed, byte for byte.
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
+        frame = await c.get(url(f, "/frames/1"), headers={**headers, "Accept": FRAMES_RAW})
+        [(_, pixels)] = split_multipart(frame)
+        assert pixels == dcmread(f.path).pixel_array.astype("<u2").tobytes()
