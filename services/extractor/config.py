@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -31,4 +32,11 @@ class ExtractorSettings(ServiceSettings):
         default=False,
         description="Store files whose preamble is neither zeros nor a TIFF header with the "
         "preamble zeroed (recorded in instances.modifications) instead of refusing them.",
+    )
+    receiver_staging_dir: Path | None = Field(
+        default=None,
+        validation_alias="RECEIVER_STAGING_DIR",
+        description="The DICOM receiver's staging folder (the receiver's own setting, read "
+        "here too): its files are closed before they are announced, so their stamp needs no "
+        "2 s of rest and the storage-writer copies them without hashing again (ADR 0031).",
     )
