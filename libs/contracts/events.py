@@ -190,7 +190,8 @@ class Hashes(BaseModel):
         default=None,
         description="The source file as it was when hashed: `inode:size:mtime_ns:ctime_ns`, "
         "recorded only when unchanged over the hashing and at least "
-        "2 s old (older than any timestamp granularity). A copy made while the source "
+        "2 s old (older than any timestamp granularity; 20 ms for a file the DICOM receiver "
+        "closed before announcing it, ADR 0031). A copy made while the source "
         "still shows this stamp is of the hashed bytes, so the storage-writer does not hash "
         "it again; absent, it does.",
     )

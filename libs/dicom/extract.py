@@ -58,7 +58,7 @@ from libs.dicom.header import build_header, header_from_elements
 from libs.dicom.preamble import PREAMBLE, preamble_problem
 from libs.dicom.quickread import quick_read
 from libs.dicom.source_file import RootGroups, open_source
-from libs.storage.stamp import source_stamp
+from libs.storage.stamp import is_own, source_stamp
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # Elements this large are not read into memory while parsing the header (pydicom
@@ -106,9 +106,14 @@ class _TrackedReader:
 
 
 def extract_file(
-    path: str, zero_hostile_preamble: bool = False, roots: RootGroups | None = None
+    path: str,
+    zero_hostile_preamble: bool = False,
+    roots: RootGroups | None = None,
+    *,
+    own: bool = False,
 ) -> tuple[DicomHeader, Hashes]:
-    """Header and hashes of the DICOM file at `path`.
+    """Header and hashes of the DICOM file at `path` (`own`: a file our own source closed
+    before announcing it, whose stamp needs no 2 s of rest: `libs.storage.stamp`).
 
     Raises `NotDicomError` (empty, no 'DICM' prefix), `DicomParseError` (truncated,
     malformed, missing or invalid UIDs, a preamble that is not zeros or a TIFF header) or
@@ -144,7 +149,11 @@ def extract_file(
                 header = build_header(ds)
                 header = header.model_copy(update={"dicom_json": header_json(ds, layout.pixel)})
                 file_hash, content_hash = hash_file(f, size, layout.ranges, zero_head=zeroed)
-            stamp = None if problem else source_stamp(opened, os.fstat(f.fileno()), now_ns=started)
+            stamp = (
+                None
+                if problem
+                else source_stamp(opened, os.fstat(f.fileno()), now_ns=started, own=own)
+            )
     except (PermanentError, MemoryError):
         raise
     except RecursionError:
@@ -311,15 +320,21 @@ def _deflated_has_pixels(ds: Dataset) -> bool:
 
 
 def extract_many(
-    paths: list[str], zero_hostile_preamble: bool = False, roots: RootGroups | None = None
+    paths: list[str],
+    zero_hostile_preamble: bool = False,
+    roots: RootGroups | None = None,
+    own_roots: tuple[str, ...] = (),
 ) -> list[tuple[DicomHeader, Hashes] | Exception]:
     """`extract_file` for several files in one call (one round trip to a parser process):
     per file its result, or the `PermanentError` or I/O error it failed with. Anything else
-    (MemoryError) fails the call, and the caller tries the files one by one."""
+    (MemoryError) fails the call, and the caller tries the files one by one. A file inside
+    one of `own_roots` (`libs.storage.stamp.own_roots`) is one of our own staged files."""
     out: list[tuple[DicomHeader, Hashes] | Exception] = []
     for path in paths:
         try:
-            out.append(extract_file(path, zero_hostile_preamble, roots))
+            out.append(
+                extract_file(path, zero_hostile_preamble, roots, own=is_own(path, own_roots))
+            )
         except (PermanentError, OSError) as exc:
             out.append(exc)
     return out

@@ -12,6 +12,7 @@ from libs.kafka.redelivered import skip_settled
 from libs.runtime.metrics import redelivered_counter
 from libs.runtime.sandbox import IsolatedExecutor
 from libs.runtime.service import Runtime
+from libs.storage.stamp import own_roots
 from services.extractor.config import ExtractorSettings
 from services.extractor.handlers import Parsed, handle_discovered_batch
 
@@ -32,6 +33,8 @@ async def wire(rt: Runtime) -> None:
     rt.resources.callback(executor.close)
     await executor.warm_up()
     roots = settings.source_roots()
+    staged = settings.receiver_staging_dir
+    own = own_roots([staged] if staged is not None else [])
 
     async def parse_many(paths: list[str]) -> list[Parsed]:
         """The batch spread over the parser processes, one call per chunk. A chunk whose
@@ -40,7 +43,10 @@ async def wire(rt: Runtime) -> None:
         size = min(CHUNK, max(1, -(-len(paths) // settings.workers)))
         chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
         results = await asyncio.gather(
-            *(executor.run(extract_many, c, settings.zero_hostile_preamble, roots) for c in chunks),
+            *(
+                executor.run(extract_many, c, settings.zero_hostile_preamble, roots, own)
+                for c in chunks
+            ),
             return_exceptions=True,
         )
         out: list[Parsed] = []

@@ -51,6 +51,14 @@ class ExtractorSettings(ServiceSettings):
         description="The NAS watcher's import roots (NAS_IMPORT_ROOTS; default: NAS_ROOTS).",
     )
 
+    receiver_staging_dir: Path | None = Field(
+        default=None,
+        validation_alias="RECEIVER_STAGING_DIR",
+        description="The DICOM receiver's staging folder (the receiver's own setting, read "
+        "here too): its files are closed before they are announced, so their stamp needs no "
+        "2 s of rest and the storage-writer copies them without hashing again (ADR 0031).",
+    )
+
     @field_validator("nas_roots", "nas_import_roots", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
