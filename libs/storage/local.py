@@ -1,7 +1,7 @@
 """Local-disk storage: temp file, fsync, rename; the copy's SHA-256 is verified before rename
-(or the source shown unchanged since it was hashed, ADR 0019). Copies are written past the
-page cache where the filesystem allows (O_DIRECT, `libs.storage.direct`, ADR 0032), a batch's
-copies `COPIES_IN_FLIGHT` at a time.
+(or the source shown unchanged since it was hashed, ADR 0019). With `enable_direct_io()`
+copies are written past the page cache where the filesystem allows (O_DIRECT,
+`libs.storage.direct`), a batch's copies `COPIES_IN_FLIGHT` at a time (ADR 0032).
 
 Temp files live in one folder, `<root>/.partial/` (on the same filesystem, so the rename is
 atomic), never beside the objects: a writer killed mid-write leaves its temp file there, out
@@ -62,10 +62,14 @@ class LocalStore:
         self.root = path_from_file_url(url).resolve()
         self.url = file_url(self.root)
         self._partial_made = False
-        self._direct = True  # until the filesystem refuses O_DIRECT
+        self._direct = False  # enable_direct_io(); off again if the filesystem refuses it
         self._buffers = Buffers()  # one per copy in flight, reused
         # Threads start on the first batch (a store that only reads never starts any).
         self._copies = ThreadPoolExecutor(COPIES_IN_FLIGHT, thread_name_prefix="copy")
+
+    def enable_direct_io(self) -> None:
+        """Write copies with O_DIRECT from now on, `COPIES_IN_FLIGHT` at a time (ADR 0032)."""
+        self._direct = True
 
     def path_for(self, key: str) -> Path:
         # check_key admits plain names only (no '..', no '/' at the start), so the joined
@@ -120,8 +124,8 @@ class LocalStore:
         """`put_file` for a batch with group durability: every copy is written and checked,
         then one syncfs makes their bytes durable, then they are renamed into place and a
         second syncfs makes the names durable; two flushes per batch instead of two fsyncs
-        per file. The copies run `COPIES_IN_FLIGHT` at a time (a direct write waits for the
-        device). Per item its object, or the error it failed with."""
+        per file. Direct copies run `COPIES_IN_FLIGHT` at a time (a direct write waits for
+        the device). Per item its object, or the error it failed with."""
         return await asyncio.to_thread(self._put_files, items)
 
     def _put_files(self, items: Sequence[PutRequest]) -> list[StoredObject | Exception]:
@@ -143,7 +147,16 @@ class LocalStore:
         staged: list[tuple[int, Path, Path, int]] = []
         named = 0  # staged copies renamed into place (their temp files are gone)
         try:
-            copies = self._copies.map(self._stage, todo)  # COPIES_IN_FLIGHT at a time
+            # Direct: COPIES_IN_FLIGHT threads, each copying every COPIES_IN_FLIGHT-th item in
+            # turn (one hand-off per thread and batch); else one after the other, here.
+            width = COPIES_IN_FLIGHT if self._direct else 1
+            lanes = [todo[k::width] for k in range(width)]
+            done = (
+                list(self._copies.map(self._stage_all, lanes))
+                if width > 1
+                else [self._stage_all(todo)]
+            )
+            copies = [done[k % width][k // width] for k in range(len(todo))]
             for (n, target, _), copied in zip(todo, copies, strict=True):
                 if isinstance(copied, Exception):
                     out[n] = copied
@@ -163,13 +176,17 @@ class LocalStore:
                 tmp.unlink(missing_ok=True)
         return [o if o is not None else RuntimeError("not stored") for o in out]
 
-    def _stage(self, job: tuple[int, Path, PutRequest]) -> tuple[Path, int] | Exception:
-        """One item's copy (its temp file and size), or the error it failed with."""
-        _, target, item = job
-        try:
-            return self._copy(target, item.source, item.expected_sha256, item.source_stamp)
-        except Exception as exc:
-            return exc
+    def _stage_all(
+        self, jobs: Sequence[tuple[int, Path, PutRequest]]
+    ) -> list[tuple[Path, int] | Exception]:
+        """Each item's copy (its temp file and size), or the error it failed with."""
+        out: list[tuple[Path, int] | Exception] = []
+        for _, target, item in jobs:
+            try:
+                out.append(self._copy(target, item.source, item.expected_sha256, item.source_stamp))
+            except Exception as exc:  # this item only
+                out.append(exc)
+        return out
 
     def _existing(self, key: str, target: Path, expected: str) -> StoredObject:
         existing = sha256_file(target)

@@ -23,6 +23,12 @@ def disk() -> Iterator[Path]:
         yield folder
 
 
+def direct_store(root: Path) -> LocalStore:
+    store = LocalStore(root.as_uri())
+    store.enable_direct_io()
+    return store
+
+
 def requests(folder: Path, count: int, size: int, stamped: bool) -> list[PutRequest]:
     out = []
     for n in range(count):
@@ -53,7 +59,7 @@ def cached(path: Path, length: int) -> bool:
 
 @pytest.mark.parametrize("stamped", [True, False], ids=["stamped", "hashed"])
 async def test_copies_bypass_the_page_cache(disk: Path, tmp_path: Path, stamped: bool) -> None:
-    store = LocalStore((disk / "storage").as_uri())
+    store = direct_store(disk / "storage")
     batch = requests(tmp_path, 3, 300_000 + 77, stamped)
     results = await store.put_files(batch)
     for request, result in zip(batch, results, strict=True):
@@ -67,7 +73,7 @@ async def test_copies_bypass_the_page_cache(disk: Path, tmp_path: Path, stamped:
 async def test_a_full_disk_fails_what_does_not_fit_and_leaves_no_partial_file(
     disk: Path, tmp_path: Path
 ) -> None:
-    store = LocalStore((disk / "storage").as_uri())
+    store = direct_store(disk / "storage")
     batch = requests(tmp_path, 8, 1_500_000 + 5, stamped=True)  # 12 MB
     filler = disk / "filler"
     with filler.open("wb") as f:  # leave about 4 MB
@@ -84,3 +90,12 @@ async def test_a_full_disk_fails_what_does_not_fit_and_leaves_no_partial_file(
     for request in batch:
         assert store.path_for(request.key).read_bytes() == request.source.read_bytes()
     assert not list((disk / "storage" / ".partial").iterdir())
+
+
+async def test_without_direct_io_copies_stay_in_the_page_cache(disk: Path, tmp_path: Path) -> None:
+    """The default (STORAGE_WRITER_DIRECT_IO off): copy_file_range through the page cache."""
+    store = LocalStore((disk / "storage").as_uri())
+    [request] = requests(tmp_path, 1, 300_000 + 77, stamped=True)
+    [result] = await store.put_files([request])
+    assert isinstance(result, StoredObject) and result.created, result
+    assert cached(store.path_for(request.key), 300_000 // ALIGN * ALIGN)

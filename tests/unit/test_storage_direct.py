@@ -17,6 +17,12 @@ from libs.storage.local import COPIES_IN_FLIGHT, LocalStore
 SIZES = [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 123]
 
 
+def direct_store(root: Path) -> LocalStore:
+    store = LocalStore(root.as_uri())
+    store.enable_direct_io()
+    return store
+
+
 def sources(folder: Path) -> list[tuple[Path, str, str]]:
     """A file per size (bytes that differ at every offset), its SHA-256 and its stamp."""
     out = []
@@ -37,9 +43,14 @@ def batch(files: list[tuple[Path, str, str]], stamped: bool) -> list[PutRequest]
     ]
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
 @pytest.mark.parametrize("stamped", [True, False], ids=["stamped", "hashed"])
-async def test_every_size_is_copied_byte_for_byte(tmp_path: Path, stamped: bool) -> None:
-    store = LocalStore((tmp_path / "store").as_uri())
+async def test_every_size_is_copied_byte_for_byte(
+    tmp_path: Path, stamped: bool, direct: bool
+) -> None:
+    store = (
+        direct_store(tmp_path / "store") if direct else LocalStore((tmp_path / "store").as_uri())
+    )
     files = sources(tmp_path)
     results = await store.put_files(batch(files, stamped))
     for (path, _, _), result in zip(files, results, strict=True):
@@ -51,7 +62,7 @@ async def test_every_size_is_copied_byte_for_byte(tmp_path: Path, stamped: bool)
 
 
 async def test_a_changed_source_is_still_refused_on_the_direct_path(tmp_path: Path) -> None:
-    store = LocalStore((tmp_path / "store").as_uri())
+    store = direct_store(tmp_path / "store")
     (path, digest, _), *_ = sources(tmp_path)[-1:]
     path.write_bytes(path.read_bytes()[:-1] + b"!")  # after it was hashed
     [result] = await store.put_files(
@@ -78,7 +89,7 @@ async def test_o_direct_refused_at_open_copies_through_the_page_cache(
         return real_open(path, flags, mode)
 
     monkeypatch.setattr(os, "open", open_)
-    store = LocalStore((tmp_path / "store").as_uri())
+    store = direct_store(tmp_path / "store")
     files = sources(tmp_path)
     results = await store.put_files(batch(files, stamped))
     for (path, _, _), result in zip(files, results, strict=True):
@@ -110,7 +121,7 @@ async def test_a_direct_write_refused_goes_on_through_the_page_cache(
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", pwrite)
-    store = LocalStore((tmp_path / "store").as_uri())
+    store = direct_store(tmp_path / "store")
     files = sources(tmp_path)
     results = await store.put_files(batch(files, True))
     for (path, _, _), result in zip(files, results, strict=True):
