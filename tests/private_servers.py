@@ -73,6 +73,24 @@ def private_cluster() -> Iterator[Cluster]:
 
 
 @contextlib.contextmanager
+def small_ext4(size_mb: int) -> Iterator[Path]:
+    """An ext4 filesystem of `size_mb` in an image file, loop-mounted for the caller alone
+    (a block device: O_DIRECT and its alignment rules apply, as on a real disk)."""
+    folder = Path(tempfile.mkdtemp(prefix="dicomflow-ext4-"))
+    image = folder.with_suffix(".img")
+    with image.open("wb") as f:
+        f.truncate(size_mb << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+        folder.rmdir()
+        image.unlink()
+
+
+@contextlib.contextmanager
 def small_filesystem(size: str) -> Iterator[Path]:
     """A tmpfs of `size` (e.g. "64m") mounted for the caller alone, unmounted afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="dicomflow-full-"))

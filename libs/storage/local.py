@@ -1,4 +1,7 @@
-"""Local-disk storage: temp file, fsync, rename; the copy's SHA-256 is verified before rename.
+"""Local-disk storage: temp file, fsync, rename; the copy's SHA-256 is verified before rename
+(or the source shown unchanged since it was hashed, ADR 0019). With `enable_direct_io()`
+copies are written past the page cache where the filesystem allows (O_DIRECT,
+`libs.storage.direct`), a batch's copies `COPIES_IN_FLIGHT` at a time (ADR 0032).
 
 Temp files live in one folder, `<root>/.partial/` (on the same filesystem, so the rename is
 atomic), never beside the objects: a writer killed mid-write leaves its temp file there, out
@@ -11,20 +14,23 @@ import asyncio
 import errno
 import hashlib
 import itertools
+import mmap
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from libs.contracts.errors import PermanentError
 from libs.staging.files import sync_folder
 from libs.storage.base import PutRequest, StoredObject, check_key, register_backend
+from libs.storage.direct import Buffers, copy_through, is_direct, open_new
 from libs.storage.stamp import shows_stamp
 
 CHUNK = 1 << 20
+COPIES_IN_FLIGHT = 4  # direct writes wait for the device: several at once keep it busy
 PARTIAL = ".partial"  # temp files of writes in progress (or of writers that died mid-write)
 
 
@@ -56,6 +62,14 @@ class LocalStore:
         self.root = path_from_file_url(url).resolve()
         self.url = file_url(self.root)
         self._partial_made = False
+        self._direct = False  # enable_direct_io(); off again if the filesystem refuses it
+        self._buffers = Buffers()  # one per copy in flight, reused
+        # Threads start on the first batch (a store that only reads never starts any).
+        self._copies = ThreadPoolExecutor(COPIES_IN_FLIGHT, thread_name_prefix="copy")
+
+    def enable_direct_io(self) -> None:
+        """Write copies with O_DIRECT from now on, `COPIES_IN_FLIGHT` at a time (ADR 0032)."""
+        self._direct = True
 
     def path_for(self, key: str) -> Path:
         # check_key admits plain names only (no '..', no '/' at the start), so the joined
@@ -96,29 +110,10 @@ class LocalStore:
     def _put_file(self, key: str, source: Path, expected: str) -> StoredObject:
         target = self.path_for(key)
         if target.exists():
-            existing = sha256_file(target)
-            if existing != expected:
-                raise PermanentError(
-                    f"refusing to overwrite {key}: it holds different content ({existing[:12]}…)"
-                )
-            return StoredObject(self.url_for(key), target.stat().st_size, existing, created=False)
+            return self._existing(key, target, expected)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._temp_for(target)
-        digest = hashlib.sha256()
-        size = 0
+        tmp, size = self._copy(target, source, expected, durable=True)
         try:
-            with source.open("rb") as src, tmp.open("xb") as dst:
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    dst.write(chunk)
-                    size += len(chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
-            if digest.hexdigest() != expected:
-                raise PermanentError(
-                    f"source changed since it was extracted: SHA-256 {digest.hexdigest()[:12]}… "
-                    f"!= {expected[:12]}…"
-                )
             os.replace(tmp, target)
             _fsync_dir(target.parent)
         finally:
@@ -129,30 +124,44 @@ class LocalStore:
         """`put_file` for a batch with group durability: every copy is written and checked,
         then one syncfs makes their bytes durable, then they are renamed into place and a
         second syncfs makes the names durable; two flushes per batch instead of two fsyncs
-        per file. Per item its object, or the error it failed with."""
+        per file. Direct copies run `COPIES_IN_FLIGHT` at a time (a direct write waits for
+        the device). Per item its object, or the error it failed with."""
         return await asyncio.to_thread(self._put_files, items)
 
     def _put_files(self, items: Sequence[PutRequest]) -> list[StoredObject | Exception]:
         out: list[StoredObject | Exception | None] = [None] * len(items)
-        staged: list[tuple[int, Path, Path, int]] = []
+        todo: list[tuple[int, Path, PutRequest]] = []
         folders: set[Path] = set()  # made in this batch: one mkdir per series, not per file
+        for n, item in enumerate(items):
+            try:
+                target = self.path_for(item.key)
+                if target.exists():
+                    out[n] = self._existing(item.key, target, item.expected_sha256)
+                    continue
+                if target.parent not in folders:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    folders.add(target.parent)
+                todo.append((n, target, item))
+            except Exception as exc:  # this item only
+                out[n] = exc
+        staged: list[tuple[int, Path, Path, int]] = []
         named = 0  # staged copies renamed into place (their temp files are gone)
         try:
-            for n, item in enumerate(items):
-                try:
-                    target = self.path_for(item.key)
-                    if target.exists():
-                        out[n] = self._existing(item.key, target, item.expected_sha256)
-                        continue
-                    if target.parent not in folders:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        folders.add(target.parent)
-                    tmp, size = self._copy(
-                        target, item.source, item.expected_sha256, item.source_stamp
-                    )
-                    staged.append((n, tmp, target, size))
-                except Exception as exc:  # this item only
-                    out[n] = exc
+            # Direct: COPIES_IN_FLIGHT threads, each copying every COPIES_IN_FLIGHT-th item in
+            # turn (one hand-off per thread and batch); else one after the other, here.
+            width = COPIES_IN_FLIGHT if self._direct else 1
+            lanes = [todo[k::width] for k in range(width)]
+            done = (
+                list(self._copies.map(self._stage_all, lanes))
+                if width > 1
+                else [self._stage_all(todo)]
+            )
+            copies = [done[k % width][k // width] for k in range(len(todo))]
+            for (n, target, _), copied in zip(todo, copies, strict=True):
+                if isinstance(copied, Exception):
+                    out[n] = copied
+                else:
+                    staged.append((n, copied[0], target, copied[1]))
             if staged:
                 sync_folder(self.root)  # the copies' bytes, before any is named
                 for n, tmp, target, size in staged:
@@ -167,6 +176,18 @@ class LocalStore:
                 tmp.unlink(missing_ok=True)
         return [o if o is not None else RuntimeError("not stored") for o in out]
 
+    def _stage_all(
+        self, jobs: Sequence[tuple[int, Path, PutRequest]]
+    ) -> list[tuple[Path, int] | Exception]:
+        """Each item's copy (its temp file and size), or the error it failed with."""
+        out: list[tuple[Path, int] | Exception] = []
+        for _, target, item in jobs:
+            try:
+                out.append(self._copy(target, item.source, item.expected_sha256, item.source_stamp))
+            except Exception as exc:  # this item only
+                out.append(exc)
+        return out
+
     def _existing(self, key: str, target: Path, expected: str) -> StoredObject:
         existing = sha256_file(target)
         if existing != expected:
@@ -176,32 +197,47 @@ class LocalStore:
         return StoredObject(self.url_for(key), target.stat().st_size, existing, created=False)
 
     def _copy(
-        self, target: Path, source: Path, expected: str, stamp: str | None = None
+        self,
+        target: Path,
+        source: Path,
+        expected: str,
+        stamp: str | None = None,
+        *,
+        durable: bool = False,
     ) -> tuple[Path, int]:
-        """Copy to a temporary file beside `target` (not yet durable): in the kernel without
-        hashing while the source shows the stamp it had when it was hashed (before and
-        after the copy), else copying and hashing in one pass. The target's folder exists."""
+        """Copy to a temporary file in `.partial/` (fsynced if `durable`, else the caller's
+        syncfs makes it durable), past the page cache where the filesystem allows
+        (`libs.storage.direct`): without hashing while the source shows the stamp it had
+        when it was hashed (before and after the copy), else hashing in the same pass. The
+        target's folder exists."""
         tmp = self._temp_for(target)
-        digest = hashlib.sha256()
-        size = 0
         try:
-            with source.open("rb") as src, tmp.open("xb") as dst:
-                if stamp is not None and (size := _stamped_copy(src, dst, stamp)) >= 0:
-                    return tmp, size
-                size = 0
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    dst.write(chunk)
-                    size += len(chunk)
-            if digest.hexdigest() != expected:
-                raise PermanentError(
-                    f"source changed since it was extracted: SHA-256 {digest.hexdigest()[:12]}… "
-                    f"!= {expected[:12]}…"
-                )
+            with source.open("rb", buffering=0) as src:
+                fd, direct = open_new(tmp, direct=self._direct)
+                self._direct = direct  # refused at open: not tried again on this store
+                try:
+                    size = self._copy_fd(src.fileno(), fd, expected, stamp)
+                    if durable:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return tmp, size
+
+    def _copy_fd(self, fd_in: int, fd_out: int, expected: str, stamp: str | None) -> int:
+        with self._buffers.take() as buffer:
+            if stamp is not None and (size := _stamped_copy(fd_in, fd_out, stamp, buffer)) >= 0:
+                return size
+            digest = hashlib.sha256()
+            size = copy_through(fd_in, fd_out, buffer, digest)
+        if digest.hexdigest() != expected:
+            raise PermanentError(
+                f"source changed since it was extracted: SHA-256 {digest.hexdigest()[:12]}… "
+                f"!= {expected[:12]}…"
+            )
+        return size
 
     async def size(self, key: str) -> int | None:
         try:
@@ -247,30 +283,31 @@ def _walk_sorted(root: Path, base: str, prefix: str, start_after: str) -> Iterat
             yield key
 
 
-def _stamped_copy(src: BinaryIO, dst: BinaryIO, stamp: str) -> int:
-    """Copy `src` to `dst` in the kernel (copy_file_range: no pass through this process)
-    if `src` shows `stamp` before and after; its size, or -1 with both rewound (and `dst`
-    emptied) when it does not, or the kernel cannot copy between them: hash instead."""
-    fd_in, fd_out = src.fileno(), dst.fileno()
+def _stamped_copy(fd_in: int, fd_out: int, stamp: str, buffer: mmap.mmap) -> int:
+    """Copy `fd_in` to `fd_out` without hashing if `fd_in` shows `stamp` before and after:
+    direct from `buffer` when `fd_out` is direct, else in the kernel (copy_file_range: no
+    pass through this process). Its size, or -1 with `fd_out` emptied when the source does
+    not show the stamp or the kernel cannot copy between them: hash instead."""
     if not shows_stamp(os.fstat(fd_in), stamp):
         return -1
     size = os.fstat(fd_in).st_size
-    done = 0
-    try:
-        while done < size:
-            n = os.copy_file_range(fd_in, fd_out, size - done, done, done)
-            if n == 0:
-                break
-            done += n
-    except OSError as exc:
-        if exc.errno not in _NO_KERNEL_COPY:
-            raise
-        done = -1
+    if is_direct(fd_out):
+        done = copy_through(fd_in, fd_out, buffer)
+    else:
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(fd_in, fd_out, size - done, done, done)
+                if n == 0:
+                    break
+                done += n
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            done = -1
     if done == size and shows_stamp(os.fstat(fd_in), stamp):
         return size
     os.ftruncate(fd_out, 0)
-    src.seek(0)
-    dst.seek(0)
     return -1
 
 

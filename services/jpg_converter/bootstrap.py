@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from functools import partial
 
@@ -43,10 +44,11 @@ async def wire(rt: Runtime) -> None:
 
     async def batch(events: Sequence[InstanceStored]) -> list[Outcome]:
         out = await handle_stored_batch(events, convert=convert, representatives=representatives)
+        tally: collections.Counter[str] = collections.Counter()  # one metric update per status
         for result in out:
             for e in result if not isinstance(result, Exception) else ():
                 if isinstance(e, InstancePreviewed):
-                    outcomes.labels(e.status).inc()
+                    tally[e.status] += 1
                     if e.status == "unrenderable":  # a failure: always logged, with its id
                         log.warning(
                             "no preview",
@@ -54,6 +56,8 @@ async def wire(rt: Runtime) -> None:
                             sop_instance_uid=e.sop_instance_uid,
                             reason=e.reason,
                         )
+        for status, count in tally.items():
+            outcomes.labels(status).inc(count)
         return out
 
     await rt.consumer({InstanceStored.TOPIC: BatchRoute(InstanceStored, batch)})

@@ -23,7 +23,7 @@ from libs.imaging.jobs import RenderedImage, RenderRequest, RenderResult
 from libs.imaging.keys import preview_key
 from libs.kafka.consumer import Outcome
 from libs.storage import ObjectStore, instance_key
-from libs.storage.download import download
+from libs.storage.download import local_file
 
 
 def outcome(
@@ -97,11 +97,13 @@ async def handle_stored(
         return [outcome(event, "unrenderable", reason=str(exc))]
     with tempfile.TemporaryDirectory(prefix="jpg-converter-") as tmp:
         work = Path(tmp)
-        await download(storage, key, work / "instance.dcm")
-        try:
-            result = await renderer.render(work / "instance.dcm", request)
-        except PermanentError as exc:  # Unrenderable, or the render process died / timed out
-            return [outcome(event, "unrenderable", reason=f"{type(exc).__name__}: {exc}")]
+        # Rendered from the stored file itself on local storage: no copy of it. A missing
+        # object raises (dead-lettered), as a download of it did.
+        async with local_file(storage, key, work) as path:
+            try:
+                result = await renderer.render(path, request)
+            except PermanentError as exc:  # Unrenderable, or the render process died / timed out
+                return [outcome(event, "unrenderable", reason=f"{type(exc).__name__}: {exc}")]
         images = [await store(storage, event, image, work) for image in result.images]
     return [outcome(event, "rendered", result=result, images=images)]
 

@@ -24,6 +24,8 @@ async def wire(rt: Runtime) -> None:
     storage = MeteredStore(store, StorageMetrics.create(rt.name, rt.registry))
     if urlsplit(url).scheme == "file":
         rt.watch_disk("storage", path_from_file_url(url))
+    if isinstance(store, LocalStore) and settings.direct_io:
+        store.enable_direct_io()
     if isinstance(store, LocalStore):  # a writer killed mid-write leaves its temp file
         sweep = partial(sweep_partial, store, settings.partial_max_age_seconds)
         rt.every("partial-sweep", settings.partial_sweep_seconds, sweep)

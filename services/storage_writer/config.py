@@ -18,6 +18,11 @@ class StorageWriterSettings(ServiceSettings):
         description="Batches in flight: the next batch's copies are made while the one before "
         "is flushed, named, announced and committed (commits stay in order).",
     )
+    direct_io: bool = Field(
+        default=False,
+        description="Local storage: write copies with O_DIRECT (past the page cache), four at a "
+        "time, instead of copy_file_range through the page cache (ADR 0032).",
+    )
     partial_max_age_seconds: float = Field(
         default=3600.0,
         gt=0,

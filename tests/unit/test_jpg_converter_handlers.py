@@ -16,6 +16,7 @@ from libs.dicom.extract import extract_file
 from libs.imaging.jobs import RenderRequest, RenderResult, render_file
 from libs.imaging.keys import preview_key
 from libs.storage import instance_key
+from libs.storage.local import LocalStore
 from libs.storage.memory import MemoryStore
 from services.jpg_converter.handlers import handle_stored
 
@@ -133,3 +134,30 @@ async def test_missing_canonical_copy_is_a_permanent_error() -> None:
     store.objects.clear()
     with pytest.raises(PermanentError, match="is not in storage"):
         await convert(event, store)
+
+
+async def test_on_local_storage_the_stored_file_itself_is_rendered(tmp_path: Path) -> None:
+    """No copy of the instance is made to render it: the renderer reads the stored file."""
+    memory = MemoryStore()
+    event = stored_event("CT_small.dcm", memory)
+    store = LocalStore((tmp_path / "storage").as_uri())
+    h = event.header
+    key = instance_key(h.study.study_uid, h.series.series_uid, h.instance.sop_instance_uid)
+    source = tmp_path / "source.dcm"
+    source.write_bytes(memory.objects[key])
+    await store.put_file(key, source, expected_sha256=event.hashes.file_sha256)
+    read: list[Path] = []
+
+    class Recording(InProcess):
+        async def render(self, path: Path, request: RenderRequest) -> RenderResult:
+            read.append(path)
+            return await super().render(path, request)
+
+    [out] = await handle_stored(event, storage=store, renderer=Recording(), request=RenderRequest())
+    assert isinstance(out, InstancePreviewed) and out.status == "rendered"
+    assert read == [store.path_for(key)]
+    uids = (h.study.study_uid, h.series.series_uid, h.instance.sop_instance_uid)
+    assert store.path_for(preview_key(*uids, "thumbnail")).is_file()
+    store.path_for(key).unlink()
+    with pytest.raises(PermanentError, match="is not in storage"):
+        await handle_stored(event, storage=store, renderer=Recording(), request=RenderRequest())
