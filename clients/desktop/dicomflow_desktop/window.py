@@ -216,6 +216,16 @@ class MainWindow(QMainWindow):
             ca_bundle=s.ca_bundle or None,
         )
 
+    def _client_or_error(self) -> Client | None:
+        """The client for the current settings, the error line cleared; or None, the reason
+        shown on the error line (a setting the client refuses)."""
+        self.show_error("")
+        try:
+            return self._client()
+        except ClientError as exc:
+            self.show_error(str(exc))
+            return None
+
     # ---- search
     def criteria(self) -> SearchFilter:
         year_text = self.year.text().strip()
@@ -250,11 +260,8 @@ class MainWindow(QMainWindow):
         edited since: the listed search goes on, not the form's)."""
         if not self.more or self.shown_search is None:
             return
-        self.show_error("")
-        try:
-            client = self._client()
-        except ClientError as exc:
-            self.show_error(str(exc))
+        client = self._client_or_error()
+        if client is None:
             return
         self.count_label.setText(f"{self._counted()} — loading {PAGE} more…")
         self._start_search(client, self.shown_search, len(self.studies))
@@ -337,11 +344,8 @@ class MainWindow(QMainWindow):
         studies = self.selected()
         if not studies or (self.download_worker is not None and self.download_worker.isRunning()):
             return
-        self.show_error("")
-        try:
-            client = self._client()
-        except ClientError as exc:
-            self.show_error(str(exc))
+        client = self._client_or_error()
+        if client is None:
             return
         fmt: ArchiveFormat = next(
             (f for f in FORMATS if f == self.settings.archive_format), "tar.zst"
