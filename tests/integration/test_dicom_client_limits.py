@@ -4,6 +4,7 @@ with an A-ABORT before it is read, so a fake PACS claiming a 1 GiB PDU costs no 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
 import threading
@@ -73,8 +74,17 @@ class HostilePacs(threading.Thread):
                 if w:
                     try:
                         self.sent += conn.send(chunk)
-                    except OSError:
+                    except OSError:  # reset by the client: what it sent first is still queued
+                        self._drain(conn)
                         return
+
+    def _drain(self, conn: socket.socket) -> None:
+        """Read what the client sent before it reset the connection (an A-ABORT the select
+        above had not reported yet): Linux keeps it readable after the reset."""
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            while data := conn.recv(65536):
+                self.answer += data
 
 
 def rss() -> int:
