@@ -46,6 +46,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 from libs.contracts.errors import PermanentError
+from libs.runtime import gc_tuning
 
 R = TypeVar("R")
 PR_SET_PDEATHSIG = 1
@@ -78,6 +79,7 @@ def _init_worker(limit_bytes: int, preload: tuple[str, ...]) -> None:
     # Importing the parser is part of booting, not of the first file's time limit.
     for module in preload:
         importlib.import_module(module)
+    gc_tuning.tune()
 
 
 def _ready() -> int:

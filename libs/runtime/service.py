@@ -27,6 +27,7 @@ from libs.db.pool import DatabaseUnavailable, create_pool
 from libs.kafka.admin import ensure_topics
 from libs.kafka.consumer import AnyRoute, RetryPolicy, StageConsumer
 from libs.kafka.producer import Producer
+from libs.runtime import gc_tuning
 from libs.runtime.logging import configure_logging, get_logger
 from libs.runtime.metrics import ConsumerMetrics, DiskCollector, ProducerMetrics
 from libs.runtime.periodic import Exclusive, Round, pause, periodically
@@ -190,6 +191,7 @@ async def _serve(
         except (DatabaseUnavailable, ValueError) as exc:  # configuration or environment
             log.error("cannot start", error=str(exc))
             return 2
+        gc_tuning.tune()  # what wiring built lives as long as the process
         app = rt.app or ops_app(name, rt.readiness, rt.registry)
         server = http_server(app, settings.ops_host, settings.ops_port, settings.http_tls)
         server_task = asyncio.create_task(server.serve(), name="http")
