@@ -185,6 +185,9 @@ def stack_env(
         "EXTRACTOR_WORKERS": "2",
         "PACKAGER_CACHE_DIR": str(root / "archives"),
         "ORTHANC_STAGING_DIR": str(root / "staging" / "orthanc"),
+        # Every service reads it, as under `dicomflow up`: the extractor stamps received files
+        # at once, the storage-writer links them instead of copying (ADRs 0031, 0034).
+        "RECEIVER_STAGING_DIR": str(root / "staging" / "receiver"),
         "ORTHANC_POLL_INTERVAL_SECONDS": "0.5",
         "ORTHANC_CLEANUP_INTERVAL_SECONDS": "1",
         "ISO_STAGING_DIR": str(root / "staging" / "iso"),

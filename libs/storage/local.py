@@ -1,7 +1,10 @@
 """Local-disk storage: temp file, fsync, rename; the copy's SHA-256 is verified before rename
 (or the source shown unchanged since it was hashed, ADR 0019). With `enable_direct_io()`
 copies are written past the page cache where the filesystem allows (O_DIRECT,
-`libs.storage.direct`), a batch's copies `COPIES_IN_FLIGHT` at a time (ADR 0032).
+`libs.storage.direct`), a batch's copies `COPIES_IN_FLIGHT` at a time (ADR 0032). A file one
+of our own sources staged (`link_own()`: the DICOM receiver's staging folder) is not copied at
+all when it is on the same filesystem: the stored object is a second name for its inode
+(ADR 0034).
 
 Temp files live in one folder, `<root>/.partial/` (on the same filesystem, so the rename is
 atomic), never beside the objects: a writer killed mid-write leaves its temp file there, out
@@ -16,6 +19,7 @@ import hashlib
 import itertools
 import mmap
 import os
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -27,7 +31,7 @@ from libs.contracts.errors import PermanentError
 from libs.staging.files import sync_folder
 from libs.storage.base import PutRequest, StoredObject, check_key, register_backend
 from libs.storage.direct import Buffers, copy_through, is_direct, open_new
-from libs.storage.stamp import shows_stamp
+from libs.storage.stamp import is_own, own_roots, shows_stamp
 
 CHUNK = 1 << 20
 COPIES_IN_FLIGHT = 4  # direct writes wait for the device: several at once keep it busy
@@ -63,6 +67,7 @@ class LocalStore:
         self.url = file_url(self.root)
         self._partial_made = False
         self._direct = False  # enable_direct_io(); off again if the filesystem refuses it
+        self._own: tuple[str, ...] = ()  # link_own()
         self._buffers = Buffers()  # one per copy in flight, reused
         # Threads start on the first batch (a store that only reads never starts any).
         self._copies = ThreadPoolExecutor(COPIES_IN_FLIGHT, thread_name_prefix="copy")
@@ -70,6 +75,13 @@ class LocalStore:
     def enable_direct_io(self) -> None:
         """Write copies with O_DIRECT from now on, `COPIES_IN_FLIGHT` at a time (ADR 0032)."""
         self._direct = True
+
+    def link_own(self, folders: Sequence[os.PathLike[str] | str]) -> None:
+        """Files inside `folders` (our own sources' staging: written, closed and recorded
+        before they are announced, never written again) are stored as a hard link to the
+        staged file instead of a copy, when it still shows the stamp it was hashed with and
+        the kernel can link it (same filesystem); otherwise copied as any file (ADR 0034)."""
+        self._own = own_roots(folders)
 
     def path_for(self, key: str) -> Path:
         # check_key admits plain names only (no '..', no '/' at the start), so the joined
@@ -213,6 +225,12 @@ class LocalStore:
         tmp = self._temp_for(target)
         try:
             with source.open("rb", buffering=0) as src:
+                if stamp is not None and is_own(str(source), self._own):
+                    size = _link(src.fileno(), tmp, stamp)
+                    if size >= 0:
+                        if durable:  # the receiver fdatasynced it; its metadata too, here
+                            os.fsync(src.fileno())
+                        return tmp, size
                 fd, direct = open_new(tmp, direct=self._direct)
                 self._direct = direct  # refused at open: not tried again on this store
                 try:
@@ -309,6 +327,48 @@ def _stamped_copy(fd_in: int, fd_out: int, stamp: str, buffer: mmap.mmap) -> int
         return size
     os.ftruncate(fd_out, 0)
     return -1
+
+
+def _link(fd_in: int, tmp: Path, stamp: str) -> int:
+    """Give the open file `fd_in` the new name `tmp` (a hard link: no byte is copied) if it
+    is a regular file still showing `stamp`; its size, or -1 (nothing made) when it does not
+    show the stamp or the kernel will not link it here (another filesystem or mount,
+    protected hard links, too many links): copy instead. The link is made to the inode
+    behind the descriptor (linkat through /proc/self/fd), so a name swapped meanwhile cannot
+    put another file in its place; the new name is checked to be that inode, unchanged."""
+    before = os.fstat(fd_in)
+    if not stat.S_ISREG(before.st_mode) or not shows_stamp(before, stamp):
+        return -1
+    try:
+        # linkat(fds, "<fd_in>", AT_FDCWD, tmp, AT_SYMLINK_FOLLOW), fds being /proc/self/fd
+        # (with no directory descriptor os.link calls link(), which does not follow it).
+        fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.link(str(fd_in), tmp, src_dir_fd=fds, follow_symlinks=True)
+        finally:
+            os.close(fds)
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        return -1
+    after = os.lstat(tmp)
+    same = (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_dev,
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    if not same:  # written to between the check and the link (nothing should): copy it
+        tmp.unlink(missing_ok=True)
+        return -1
+    return after.st_size
+
+
+# link refused: another filesystem or mount, protected_hardlinks, a filesystem without hard
+# links, the inode's link limit, no /proc.
+_NO_LINK = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOENT}
+)
 
 
 # copy_file_range refused: not supported here, across filesystems (before Linux 5.19), etc.
