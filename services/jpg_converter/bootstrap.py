@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Sequence
 from functools import partial
 
@@ -26,6 +27,8 @@ log = get_logger(__name__)
 async def wire(rt: Runtime) -> None:
     settings = rt.settings
     assert isinstance(settings, JpgConverterSettings)
+    # Before the render processes start: they inherit it.
+    os.setpriority(os.PRIO_PROCESS, 0, max(settings.nice, os.getpriority(os.PRIO_PROCESS, 0)))
     storage = open_store(settings.storage_url)
     renderer = IsolatedRenderer(
         settings.workers, settings.memory_limit_mb, settings.render_timeout_seconds

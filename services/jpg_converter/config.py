@@ -18,6 +18,13 @@ class JpgConverterSettings(ServiceSettings):
     render_timeout_seconds: float = Field(default=60.0, gt=0)
     thumbnail_size: int = Field(default=256, ge=16, le=2048, description="Longest side, pixels")
     jpeg_quality: int = Field(default=90, ge=1, le=95)
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Scheduling niceness of the converter and its render processes: previews "
+        "yield the CPU to ingest while an import runs and take it when it is idle.",
+    )
     eager: Literal["series", "all"] = Field(
         default="series",
         description="Render ahead the first image of each series (others on first request, "

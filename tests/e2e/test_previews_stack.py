@@ -5,6 +5,7 @@ kept next to the canonical copy; the API serves them through the search's link."
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
 
@@ -15,11 +16,33 @@ from load_test.process_stack import Stack
 from tests.polling import eventually
 
 
+def children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    found: list[int] = []
+    for task in tasks.iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def niceness(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19, after pid and comm
+
+
 async def test_imported_images_get_previews_served_by_the_api(
     stack: Stack, pool: asyncpg.Pool
 ) -> None:
     stack.start("jpg-converter")
     await stack.wait_ready(["jpg-converter"])
+    # Previews yield the CPU to ingest: the converter and its render process run niced.
+    converter = stack.procs["jpg-converter"].pid
+    renderers = [p for p in children(converter) if "multiprocessing" in cmdline(p)]
+    assert renderers, children(converter)
+    assert [niceness(p) for p in (converter, *renderers)] == [10] * (1 + len(renderers))
     tree = stack.root / "imports" / "previews"
     study, series = synthetic_uid("e2e-previews"), synthetic_uid("e2e-previews-series")
     sops = [synthetic_uid(f"e2e-previews-{n}") for n in range(3)]
