@@ -27,6 +27,14 @@ def extracted(path: Path, root: Path) -> Hashes:
     return hashes
 
 
+async def put(store: LocalStore, key: str, path: Path, hashes: Hashes) -> object:
+    """The storage-writer's batch path for one staged file, with the extractor's stamp."""
+    (result,) = await store.put_files(
+        [PutRequest(key, path, hashes.file_sha256, hashes.source_stamp)]
+    )
+    return result
+
+
 def store_linking(tmp_path: Path, root: Path) -> LocalStore:
     store = LocalStore((tmp_path / "store").as_uri())
     store.link_own([root])
@@ -40,9 +48,7 @@ async def test_a_received_file_is_stored_as_a_second_name_of_its_inode(tmp_path:
     data = path.read_bytes()
     store = store_linking(tmp_path, root)
     key = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.5")
-    (result,) = await store.put_files(
-        [PutRequest(key, path, hashes.file_sha256, hashes.source_stamp)]
-    )
+    result = await put(store, key, path, hashes)
     assert isinstance(result, StoredObject) and result.created and result.size == len(data)
     stored = store.path_for(key)
     assert stored.stat().st_ino == path.stat().st_ino and stored.stat().st_nlink == 2
@@ -62,31 +68,10 @@ async def test_files_outside_the_staging_folder_are_copied(tmp_path: Path) -> No
     store = LocalStore((tmp_path / "store").as_uri())
     store.link_own([tmp_path / "elsewhere"])  # not the folder the file is in
     key = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.8")
-    (result,) = await store.put_files(
-        [PutRequest(key, path, hashes.file_sha256, hashes.source_stamp)]
-    )
+    result = await put(store, key, path, hashes)
     assert isinstance(result, StoredObject) and result.created
     assert store.path_for(key).stat().st_ino != path.stat().st_ino
     assert store.path_for(key).read_bytes() == path.read_bytes()
-
-
-async def test_a_file_written_after_extraction_is_not_linked_but_hashed_and_refused(
-    tmp_path: Path,
-) -> None:
-    root = tmp_path / "receiver"
-    path = received(root)
-    hashes = extracted(path, root)
-    with path.open("r+b") as f:  # someone writes into it in place, same size
-        f.seek(200)
-        f.write(b"\xff")
-    store = store_linking(tmp_path, root)
-    key = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.9")
-    (result,) = await store.put_files(
-        [PutRequest(key, path, hashes.file_sha256, hashes.source_stamp)]
-    )
-    assert isinstance(result, PermanentError) and "source changed" in str(result)
-    assert not store.path_for(key).exists()
-    assert path.stat().st_nlink == 1, "no second name was made"
 
 
 async def test_a_name_swapped_for_another_file_is_not_linked(tmp_path: Path) -> None:
@@ -100,9 +85,7 @@ async def test_a_name_swapped_for_another_file_is_not_linked(tmp_path: Path) -> 
     os.replace(other, path)
     store = store_linking(tmp_path, root)
     key = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.10")
-    (result,) = await store.put_files(
-        [PutRequest(key, path, hashes.file_sha256, hashes.source_stamp)]
-    )
+    result = await put(store, key, path, hashes)
     assert isinstance(result, PermanentError)
     assert path.stat().st_nlink == 1
 
@@ -123,9 +106,7 @@ async def test_a_link_the_kernel_refuses_falls_back_to_a_copy(
 
     monkeypatch.setattr(os, "link", refuse)
     key = instance_key("1.2.3", "1.2.3.4", f"1.2.3.4.{code}")
-    (result,) = await store.put_files(
-        [PutRequest(key, path, hashes.file_sha256, hashes.source_stamp)]
-    )
+    result = await put(store, key, path, hashes)
     assert isinstance(result, StoredObject) and result.created
     assert store.path_for(key).stat().st_ino != path.stat().st_ino
     assert store.path_for(key).read_bytes() == path.read_bytes()
@@ -144,21 +125,5 @@ async def test_a_full_disk_while_linking_is_an_error_not_a_copy(
 
     monkeypatch.setattr(os, "link", full)
     key = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.11")
-    (result,) = await store.put_files(
-        [PutRequest(key, path, hashes.file_sha256, hashes.source_stamp)]
-    )
+    result = await put(store, key, path, hashes)
     assert isinstance(result, OSError) and result.errno == errno.ENOSPC
-
-
-@pytest.mark.parametrize("own", [True, False])
-def test_the_storage_writer_reads_the_receivers_folder_from_its_setting(
-    own: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from services.storage_writer.config import StorageWriterSettings
-
-    if own:
-        monkeypatch.setenv("RECEIVER_STAGING_DIR", "/staging/receiver")
-    else:
-        monkeypatch.delenv("RECEIVER_STAGING_DIR", raising=False)
-    folder = StorageWriterSettings().receiver_staging_dir
-    assert (folder == Path("/staging/receiver")) if own else folder is None

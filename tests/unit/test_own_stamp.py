@@ -118,22 +118,28 @@ async def test_a_received_file_written_after_extraction_is_hashed_and_refused(
         f.seek(200)
         f.write(b"\xff")
     store = LocalStore((tmp_path / "store").as_uri())
+    store.link_own([root])  # as the storage-writer runs: not linked either (ADR 0034)
     key = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.6")
     (result,) = await store.put_files(
         [PutRequest(key, path, hashes.file_sha256, hashes.source_stamp)]
     )
     assert isinstance(result, PermanentError) and "source changed" in str(result)
+    assert not store.path_for(key).exists() and path.stat().st_nlink == 1
 
 
 @pytest.mark.parametrize("own", [True, False])
-def test_the_extractor_reads_the_receivers_folder_from_its_setting(
+def test_the_extractor_and_the_storage_writer_read_the_receivers_folder(
     own: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The receiver's own setting, read by both: the extractor stamps its files at once
+    (this ADR), the storage-writer links them (ADR 0034)."""
     from services.extractor.config import ExtractorSettings
+    from services.storage_writer.config import StorageWriterSettings
 
     if own:
         monkeypatch.setenv("RECEIVER_STAGING_DIR", "/staging/receiver")
     else:
         monkeypatch.delenv("RECEIVER_STAGING_DIR", raising=False)
-    settings = ExtractorSettings()
-    assert settings.receiver_staging_dir == (Path("/staging/receiver") if own else None)
+    expected = Path("/staging/receiver") if own else None
+    assert ExtractorSettings().receiver_staging_dir == expected
+    assert StorageWriterSettings().receiver_staging_dir == expected
