@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -251,10 +250,10 @@ def report_cpu(title: str, before: dict[str, float], after: dict[str, float], n:
     return 1000 * total / n
 
 
-async def bench_dicomflow(work: Path, files: list[Path]) -> dict[str, Any]:
+async def bench_dicomflow(work: Path, files: list[Path], var: Path) -> dict[str, Any]:
+    """One import into a fresh stack whose state lives in `var` (left for the caller to
+    remove: see `main`)."""
     db = f"dicomflow_bench_{uuid.uuid4().hex[:8]}"
-    var = work / "state"
-    shutil.rmtree(var, ignore_errors=True)
     up = Up(var=var, db=db, corpus=work / "corpus")
     up.start()
     assert up.process is not None
@@ -313,7 +312,6 @@ async def bench_dicomflow(work: Path, files: list[Path]) -> dict[str, Any]:
             await conn.close()
         with contextlib.suppress(OSError):  # the stack's log, for a look at batch sizes
             shutil.copyfile(var / "up.log", work / "up-last.log")
-        shutil.rmtree(var, ignore_errors=True)
 
 
 async def wait_previews(up: Up, n: int, t0: float, done_at: float) -> float | None:
@@ -331,8 +329,11 @@ async def wait_previews(up: Up, n: int, t0: float, done_at: float) -> float | No
     return None
 
 
-async def bench_orthanc(work: Path, files: list[Path], clients: int = 4) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="bench-orthanc-", dir=work))
+async def bench_orthanc(
+    work: Path, files: list[Path], root: Path, clients: int = 4
+) -> dict[str, Any]:
+    """Orthanc's REST ingest of `files` with its storage in `root` (left for the caller)."""
+    root.mkdir(parents=True)
     orthanc = Orthanc(root=root)
     orthanc.start()
     assert orthanc.process is not None
@@ -363,7 +364,6 @@ async def bench_orthanc(work: Path, files: list[Path], clients: int = 4) -> dict
         return {"inst_s": n / seconds, "seconds": seconds, "cpu_ms": 1000 * cpu / n}
     finally:
         orthanc.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
@@ -385,18 +385,28 @@ def main() -> None:
         f"\ncorpus: {len(files)} instances, {size / 1e6:.0f} MB, {os.cpu_count()} cores, {load()}"
     )
     rounds: list[dict[str, Any]] = []
-    for n in range(1, max(1, args.rounds) + 1):
-        print(f"\nround {n} of {args.rounds}: dicomflow up (default stack):")
-        ours = asyncio.run(bench_dicomflow(work, files))
-        ref = None
-        if not args.no_orthanc:
-            print("\nreference, same files:")
-            ref = asyncio.run(bench_orthanc(work, files))
-            print(
-                f"\nratio dicomflow / Orthanc: {ours['inst_s'] / ref['inst_s']:.2f}x "
-                f"instances/s, {ours['cpu_ms'] / ref['cpu_ms']:.2f}x CPU per instance"
-            )
-        rounds.append({"dicomflow": ours, "orthanc": ref})
+    # Every round's stored files (ours and Orthanc's) are removed only after the last round:
+    # on ext4 without a journal (this VM's root) a file created within a minute or more of
+    # many deletions scans past each freed inode (`recently_deleted`), which made each round
+    # pay for the one before it; no import a user runs follows such a mass delete.
+    runs = work / "runs"
+    shutil.rmtree(runs, ignore_errors=True)  # left by an interrupted bench
+    shutil.rmtree(work / "state", ignore_errors=True)  # the layout before rounds
+    try:
+        for n in range(1, max(1, args.rounds) + 1):
+            print(f"\nround {n} of {args.rounds}: dicomflow up (default stack):")
+            ours = asyncio.run(bench_dicomflow(work, files, runs / f"dicomflow-{n}"))
+            ref = None
+            if not args.no_orthanc:
+                print("\nreference, same files:")
+                ref = asyncio.run(bench_orthanc(work, files, runs / f"orthanc-{n}"))
+                print(
+                    f"\nratio dicomflow / Orthanc: {ours['inst_s'] / ref['inst_s']:.2f}x "
+                    f"instances/s, {ours['cpu_ms'] / ref['cpu_ms']:.2f}x CPU per instance"
+                )
+            rounds.append({"dicomflow": ours, "orthanc": ref})
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
     print(summary(rounds))
     RESULTS.mkdir(exist_ok=True)
     middle = sorted(rounds, key=lambda r: float(r["dicomflow"]["inst_s"]))[len(rounds) // 2]
