@@ -223,7 +223,8 @@ async def _count_instance(conn: Conn, h: DicomHeader, size: int) -> None:
               SET instance_count = instance_count + 1, size_bytes = size_bytes + $2,
                   series_count = (SELECT count(*) FROM series WHERE study_uid = $1),
                   modalities = CASE WHEN $3 = '' OR $3 = ANY (modalities) THEN modalities
-                                    ELSE array_append(modalities, $3) END,
+                                    ELSE ARRAY(SELECT m FROM unnest(array_append(modalities, $3))
+                                                      AS x(m) ORDER BY m COLLATE "C") END,
                   revision = revision + 1, stable = false, last_instance_at = now(),
                   updated_at = now()
             WHERE study_uid = $1""",

@@ -369,9 +369,10 @@ async def _count(conn: Conn, inserted: Sequence[InstanceStored]) -> None:
               SET instance_count = studies.instance_count + u.n,
                   size_bytes = studies.size_bytes + u.size,
                   series_count = (SELECT count(*) FROM series WHERE series.study_uid = u.uid),
-                  modalities = studies.modalities || ARRAY(
-                      SELECT m FROM unnest(string_to_array(u.mods, $5)) WITH ORDINALITY AS x(m, i)
-                       WHERE m <> '' AND NOT m = ANY (studies.modalities) ORDER BY i),
+                  modalities = ARRAY(  -- in code order whatever order series arrive in
+                      SELECT m
+                        FROM unnest(studies.modalities || string_to_array(u.mods, $5)) AS x(m)
+                       WHERE m <> '' GROUP BY m ORDER BY m COLLATE "C"),
                   revision = studies.revision + 1, stable = false, last_instance_at = now(),
                   updated_at = now()
              FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[]) AS u(uid, n, size, mods)

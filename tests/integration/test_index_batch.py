@@ -168,3 +168,26 @@ async def test_two_writers_with_overlapping_batches(pool: asyncpg.Pool) -> None:
         rows = await conn.fetch("SELECT instance_count FROM studies ORDER BY study_uid")
         assert [r[0] for r in rows] == [10, 10, 10, 10]
         assert await conn.fetchval("SELECT count(*) FROM instances") == 40
+
+
+async def test_a_studys_modalities_are_in_code_order_whatever_order_series_arrive(
+    pool: asyncpg.Pool,
+) -> None:
+    """What a study list shows ("CT, MR") must not depend on which series the pipeline
+    happened to index first; `rebuild-index` sorts them too."""
+    ids = await files(pool, 6)
+    mr = stored(ids[0], "5.1.1", study="5.1", series="5.1.2", modality="MR")
+    sr = stored(ids[1], "5.1.3", study="5.1", series="5.1.3", modality="SR")
+    ct = stored(ids[2], "5.1.4", study="5.1", series="5.1.4", modality="CT")
+    async with pool.acquire() as conn:
+        await index_batch.index_stored_many(conn, [mr])
+        done = await index_batch.index_stored_many(conn, [sr, ct])  # batch path
+        assert done.snapshots["5.1"].modalities == ["CT", "MR", "SR"]
+        for event in [  # one event at a time
+            stored(ids[3], "5.2.1", study="5.2", series="5.2.1", modality="MR"),
+            stored(ids[4], "5.2.2", study="5.2", series="5.2.2", modality="CT"),
+            stored(ids[5], "5.2.3", study="5.2", series="5.2.1", modality="MR"),
+        ]:
+            await index.index_instance(conn, event)
+        snap = await index.study_snapshot(conn, "5.2")
+        assert snap is not None and snap.modalities == ["CT", "MR"]
