@@ -15,7 +15,8 @@ Prints each rate and its ratio to storescp, the CPU ms/instance of each receivin
 (from /proc/<pid>/stat: utime+stime, storescp's forked children included; for dicomflow the
 receiver, the broker and the database's PostgreSQL backends, and with the pipeline every
 stage), the peak RSS of the receiving processes, and the load average beside each figure;
-writes them to load_test/results/receiver-latest.json.
+writes them to load_test/results/receiver-latest.json. Three rounds by default (`--rounds`,
+`BENCH_DIMSE_ROUNDS`), storescp measured beside ours in each, then medians and ranges.
 
     python -m load_test.bench.receiver --count 600 --parallel 4
 """
@@ -27,6 +28,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import time
 import uuid
@@ -334,6 +336,13 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=int(os.environ.get("BENCH_DIMSE_COUNT", 600)))
     parser.add_argument("--parallel", default="4", help="associations, comma-separated: 1,4")
     parser.add_argument("--work", type=Path, default=Path("var/bench"))
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=int(os.environ.get("BENCH_DIMSE_ROUNDS", 3)),
+        help="each measurement repeated this many times, storescp beside ours in every round; "
+        "medians are the result",
+    )
     args = parser.parse_args()
     work = args.work.absolute()
     files = corpus(work / "dimse-corpus", args.count)
@@ -341,54 +350,90 @@ def main() -> None:
     print(f"\nC-STORE: {len(files)} instances, {total / 1e6:.0f} MB, on {os.cpu_count()} cores")
     results: dict[str, Any] = {"count": len(files), "mb": total / 1e6, "cpus": os.cpu_count()}
     for parallel in (int(p) for p in args.parallel.split(",")):
-        ref = storescp_rate(work, files, parallel)
-        ours = asyncio.run(receiver_rates(work, files, parallel))
-        ref_again = storescp_rate(work, files, parallel)  # the load may have changed
-        plain = pynetdicom_rate(work, files, parallel)
-        rows = {
-            "DCMTK storescp (receive + write)": ref,
-            "pynetdicom SCP (raw write, no fsync)": plain,
-            "dicomflow receiver alone (acked)": ours["alone"],
-            "  same, RECEIVER_FSYNC=false": ours["alone, no fsync"],
-            "dicomflow + pipeline (acked)": ours["with pipeline"],
-            "dicomflow + pipeline (indexed)": ours["indexed"],
-            "DCMTK storescp again, after": ref_again,
-        }
-        print(f"\n  {parallel} association(s), TCP_NODELAY on both sides; ratios to storescp:")
-        for label, f in rows.items():
-            show(label, f, ref.rate)
-        alone = ours["alone"]
-        print(
-            "    CPU ms/instance, receiver alone (acked): "
-            + ", ".join(
-                f"{k} {v:.2f}" for k, v in sorted(alone.cpu_ms.items(), key=lambda kv: -kv[1])
-            )
-        )
-        print(
-            "    mean C-STORE handling (fsync, ledger, Kafka ack): "
-            f"{alone.extra['store_ms']:.1f} ms"
-        )
-        print(
-            "    CPU ms/instance to indexed: "
-            + ", ".join(
-                f"{k} {v:.2f}"
-                for k, v in sorted(ours["indexed"].cpu_ms.items(), key=lambda kv: -kv[1])
-                if v >= 0.005
-            )
-        )
-        print(
-            "    peak RSS (MB): "
-            + ", ".join(f"{k} {v:.0f}" for k, v in {**ref.rss_mb, **ours["indexed"].rss_mb}.items())
-        )
-        slower = min(ref.rate, ref_again.rate)
-        print(
-            f"    receiver alone / storescp: {alone.rate / ref.rate:.2f}x "
-            f"({alone.rate / slower:.2f}x against the slower storescp run; target >= 0.5x); "
-            f"indexed {ours['indexed'].rate:.0f}/s (target >= 300/s)"
-        )
-        results[f"{parallel}"] = {k.strip(): asdict(v) for k, v in rows.items()}
+        rounds = []
+        for n in range(1, max(1, args.rounds) + 1):
+            print(f"\n  round {n} of {args.rounds}:")
+            rounds.append(one_round(work, files, parallel))
+        summarise(rounds)
+        results[f"{parallel}"] = {k.strip(): asdict(v) for k, v in rounds[-1].items()}
+        results[f"{parallel}"]["rounds"] = [
+            {k.strip(): asdict(v) for k, v in r.items()} for r in rounds
+        ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "receiver-latest.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+ALONE, INDEXED = "dicomflow receiver alone (acked)", "dicomflow + pipeline (indexed)"
+STORESCP, STORESCP_AGAIN = "DCMTK storescp (receive + write)", "DCMTK storescp again, after"
+
+
+def one_round(work: Path, files: list[Path], parallel: int) -> dict[str, Figures]:
+    """storescp, ours (alone, without fsync, with the pipeline), storescp again, pynetdicom;
+    printed as a table with ratios to the first storescp run."""
+    ref = storescp_rate(work, files, parallel)
+    ours = asyncio.run(receiver_rates(work, files, parallel))
+    ref_again = storescp_rate(work, files, parallel)  # the load may have changed
+    plain = pynetdicom_rate(work, files, parallel)
+    rows = {
+        STORESCP: ref,
+        "pynetdicom SCP (raw write, no fsync)": plain,
+        ALONE: ours["alone"],
+        "  same, RECEIVER_FSYNC=false": ours["alone, no fsync"],
+        "dicomflow + pipeline (acked)": ours["with pipeline"],
+        INDEXED: ours["indexed"],
+        STORESCP_AGAIN: ref_again,
+    }
+    print(f"  {parallel} association(s), TCP_NODELAY on both sides; ratios to storescp:")
+    for label, f in rows.items():
+        show(label, f, ref.rate)
+    alone = ours["alone"]
+    print(
+        "    CPU ms/instance, receiver alone (acked): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(alone.cpu_ms.items(), key=lambda kv: -kv[1]))
+    )
+    print(f"    mean C-STORE handling (fsync, ledger, Kafka ack): {alone.extra['store_ms']:.1f} ms")
+    print(
+        "    CPU ms/instance to indexed: "
+        + ", ".join(
+            f"{k} {v:.2f}"
+            for k, v in sorted(ours["indexed"].cpu_ms.items(), key=lambda kv: -kv[1])
+            if v >= 0.005
+        )
+    )
+    print(
+        "    peak RSS (MB): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in {**ref.rss_mb, **ours["indexed"].rss_mb}.items())
+    )
+    slower = min(ref.rate, ref_again.rate)
+    print(
+        f"    receiver alone / storescp: {alone.rate / ref.rate:.2f}x "
+        f"({alone.rate / slower:.2f}x against the slower storescp run; target >= 0.5x); "
+        f"indexed {ours['indexed'].rate:.0f}/s (target >= 300/s)"
+    )
+    return rows
+
+
+def summarise(rounds: list[dict[str, Figures]]) -> None:
+    """Medians and ranges over the rounds: storescp alone swings by 2x between runs here."""
+
+    def spread(values: list[float], fmt: str) -> str:
+        ordered = sorted(values)
+        return f"{statistics.median(ordered):{fmt}} ({ordered[0]:{fmt}}-{ordered[-1]:{fmt}})"
+
+    ratios = [r[ALONE].rate / r[STORESCP].rate for r in rounds]
+    slower = [r[ALONE].rate / min(r[STORESCP].rate, r[STORESCP_AGAIN].rate) for r in rounds]
+    print(f"\n  over {len(rounds)} round(s), median (range):")
+    print(f"    DCMTK storescp            {spread([r[STORESCP].rate for r in rounds], '.0f')}/s")
+    print(f"    receiver alone (acked)    {spread([r[ALONE].rate for r in rounds], '.0f')}/s")
+    print(
+        f"    receiver alone / storescp {spread(ratios, '.2f')}x (per round; against the "
+        f"slower storescp run {spread(slower, '.2f')}x; target >= 0.5x)"
+    )
+    print(
+        f"    default stack, indexed    {spread([r[INDEXED].rate for r in rounds], '.0f')}/s "
+        f"(target >= 300/s), "
+        f"{spread([sum(r[INDEXED].cpu_ms.values()) for r in rounds], '.2f')} ms CPU/inst"
+    )
 
 
 if __name__ == "__main__":
