@@ -1,12 +1,17 @@
 """Waiting in tests: poll with a deadline, never sleep and hope. The one helper for it,
-`eventually()` in async code and `eventually_sync()` in threads and sync fixtures."""
+`eventually()` in async code and `eventually_sync()` in threads and sync fixtures; and
+`most_files()`, which watches how many files exist at once while a block runs."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -59,3 +64,28 @@ def eventually_sync(
         if time.monotonic() > deadline:
             raise _timed_out(timeout, what)
         time.sleep(interval)
+
+
+@dataclass
+class Peak:
+    most: int = 0
+
+
+@contextlib.contextmanager
+def most_files(folder: Path, pattern: str) -> Iterator[Peak]:
+    """While the block runs, count the files in `folder` matching `pattern` every 2 ms from
+    a thread; `.most` is the highest count seen (e.g. temporary copies alive at once)."""
+    peak, running = Peak(), True
+
+    def sample() -> None:
+        while running:
+            peak.most = max(peak.most, len(list(folder.glob(pattern))))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        running = False
+        sampler.join()

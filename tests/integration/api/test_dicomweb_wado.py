@@ -9,8 +9,6 @@ import hashlib
 import io
 import json
 import tempfile
-import threading
-import time
 from typing import Any
 
 import httpx
@@ -27,6 +25,7 @@ from services.api.dicomweb import DicomWebPorts
 from services.api.previews import PreviewSource
 from tests.integration.api.dicomweb_app import *  # noqa: F403 - the DICOMweb fixtures
 from tests.integration.api.dicomweb_seed import Seeded
+from tests.polling import most_files
 
 pytestmark = pytest.mark.usefixtures("seeded")
 DICOM_ALL = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -306,19 +305,9 @@ async def test_copies_from_remote_storage_wait_for_a_render_slot(
     app = create_app(pool, publish, registry, Readiness(), limits=ApiLimits(), dicomweb=ports)
     transport = httpx.ASGITransport(app, client=("10.1.2.3", 4567))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's copies only
-    copies, running = 0, True
-
-    def sample() -> None:
-        nonlocal copies
-        while running:
-            copies = max(copies, len(list(tmp_path.glob("dicomweb-*"))))
-            time.sleep(0.002)
-
     f = by_name(seeded, "MR_small_jp2klossless.dcm")
     headers = keys.headers("clinician")
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with most_files(tmp_path, "dicomweb-*") as copies:
         async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
             responses = await asyncio.gather(
                 *(
@@ -330,15 +319,12 @@ async def test_copies_from_remote_storage_wait_for_a_render_slot(
                     for _ in range(4)
                 ),
             )
-    finally:
-        running = False
-        sampler.join()
     statuses = [r.status_code for r in responses]
     assert set(statuses) == {200, 503}, statuses
     busy = [r for r in responses if r.status_code == 503]
     assert all(int(r.headers["retry-after"]) >= 1 for r in busy)
     assert all("busy" in r.json()["detail"] for r in busy)
-    assert copies == 1, f"{copies} instances copied out at once"
+    assert copies.most == 1, f"{copies.most} instances copied out at once"
     assert not list(tmp_path.glob("dicomweb-*"))  # every copy removed
     # One at a time, the same requests all succeed, byte for byte.
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:

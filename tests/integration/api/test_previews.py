@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from services.api.config import ApiLimits
 from services.api.previews import PreviewSource
 from services.jpg_converter.handlers import handle_stored
 from tests.integration.test_jpg_converter_service import put_canonical
+from tests.polling import most_files
 
 CT, MULTI, CORRUPT, PLAN = "693_J2KI.dcm", "examples_ybr_color.dcm", "JPEG-lossy.dcm", "rtplan.dcm"
 
@@ -196,18 +195,7 @@ async def test_renders_are_capped_and_a_burst_beyond_the_queue_is_told_to_retry(
     app = create_app(pool, publish, registry, Readiness(), limits=ApiLimits(), previews=source)
     transport = httpx.ASGITransport(app, client=("10.1.2.3", 4567))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's copies only
-    scratch = tmp_path
-    copies, running = 0, True
-
-    def sample() -> None:
-        nonlocal copies
-        while running:
-            copies = max(copies, len(list(scratch.glob("api-preview-*"))))
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with most_files(tmp_path, "api-preview-*") as copies:
         async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
             responses = await asyncio.gather(
                 *(
@@ -219,12 +207,9 @@ async def test_renders_are_capped_and_a_burst_beyond_the_queue_is_told_to_retry(
                     for n in range(12)
                 )
             )
-    finally:
-        running = False
-        sampler.join()
     statuses = [r.status_code for r in responses]
     assert set(statuses) == {200, 503}, statuses
     busy = [r for r in responses if r.status_code == 503]
     assert all(int(r.headers["retry-after"]) >= 1 for r in busy)
     assert all(r.headers["content-type"] == "image/jpeg" for r in responses if r.status_code == 200)
-    assert copies == 1, f"{copies} instances copied out at once"
+    assert copies.most == 1, f"{copies.most} instances copied out at once"
