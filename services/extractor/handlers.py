@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from libs.contracts.errors import PermanentError
 from libs.contracts.events import DicomHeader, Event, FileDiscovered, Hashes, InstanceExtracted
 from libs.kafka.consumer import Outcome
-from libs.storage.file_uri import local_source
+from libs.storage.file_uri import local_path
 
 Parsed = tuple[DicomHeader, Hashes] | Exception
 # Parses several files (a round trip per parser process, not per file): per path its
@@ -31,7 +31,7 @@ async def handle_discovered_batch(
             outcomes[n] = []  # not read: held until resumed, or cancelled
             continue
         try:
-            todo.append((n, str(local_source(event.file.uri))))
+            todo.append((n, str(local_path(event.file.uri))))  # judged where it is opened
         except PermanentError as exc:
             outcomes[n] = exc
     parsed = await parse_many([path for _, path in todo])

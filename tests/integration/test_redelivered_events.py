@@ -14,6 +14,7 @@ from libs.contracts.errors import PermanentError, SourceGone
 from libs.contracts.events import FileDiscovered, FileRef
 from libs.db import ledger
 from libs.db.ledger import NewFile, settled_files
+from libs.dicom.extract import extract_many
 from libs.kafka.redelivered import skip_settled
 from libs.runtime.metrics import redelivered_counter
 from libs.storage.local import LocalStore
@@ -76,9 +77,11 @@ async def test_the_extractor_skips_only_settled_files(pool: asyncpg.Pool, tmp_pa
         for file_id in (done, failed, pending)
     ]
 
+    parsed: list[str] = []
+
     async def parse_many(paths: list[str]) -> list[object]:
-        assert paths == [], "every file is gone: nothing is handed to the parsers"
-        return []
+        parsed.extend(paths)  # a missing file is judged where it is opened
+        return list(extract_many(paths, False, None))
 
     counter = redelivered_counter("extractor", CollectorRegistry())
     handle = skip_settled(
@@ -89,4 +92,5 @@ async def test_the_extractor_skips_only_settled_files(pool: asyncpg.Pool, tmp_pa
     outcomes = await handle(events)
 
     assert outcomes[:2] == [[], []]
+    assert len(parsed) == 3  # all gone: the parser says so (the ledger is asked only then)
     assert isinstance(outcomes[2], SourceGone) and isinstance(outcomes[2], PermanentError)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from libs.contracts.errors import SourceGone
-from libs.contracts.events import DicomHeader, Hashes
+from libs.contracts.events import DicomHeader, FileDiscovered, FileRef, Hashes
 from libs.dicom.extract import extract_many
 from libs.dicom.source_file import A_LINK, OUTSIDE, SourceOutsideRoots
 from libs.dicom.synthetic import make_dataset, synthetic_uid, write_instance
 from services.extractor.config import ExtractorSettings
+from services.extractor.handlers import handle_discovered_batch
 from services.nas_watcher.scanner import walk
 
 
@@ -145,3 +146,32 @@ def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(tree: tuple[Path,
     found.unlink()
     os.mkfifo(found)
     assert isinstance(extract(found), SourceGone)
+
+
+async def test_the_extractor_service_gives_one_reason_for_a_link_outside_whatever_its_target(
+    tree: tuple[Path, Path],
+) -> None:
+    """Through the extractor's handler (not only `extract_many`): a link leading outside the
+    roots is refused with the same reason whether its target exists or not, so a refusal
+    (logged, dead-lettered, shown on the import task) never tells what exists outside."""
+    root, outside = tree
+    roots = ExtractorSettings().source_roots()
+
+    async def parse_many(paths: list[str]) -> list[object]:
+        return list(extract_many(paths, False, roots))
+
+    links = {"existing": root / "to-secret.dcm", "missing": root / "to-nothing.dcm"}
+    links["existing"].symlink_to(outside / "a.dcm")
+    links["missing"].symlink_to(outside / "missing.dcm")
+    events = [
+        FileDiscovered(
+            correlation_id=f"c{n}",
+            source="nas",
+            origin=str(link),
+            file=FileRef(file_id=n, uri=link.as_uri(), size=0),
+        )
+        for n, link in enumerate(links.values())
+    ]
+    outcomes = await handle_discovered_batch(events, parse_many=parse_many)  # type: ignore[arg-type]
+    assert [type(o) for o in outcomes] == [SourceOutsideRoots, SourceOutsideRoots]
+    assert [str(o) for o in outcomes] == [OUTSIDE, OUTSIDE]
