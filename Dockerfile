@@ -80,10 +80,11 @@ WORKDIR /app
 # Numeric, so orchestrators can verify runAsNonRoot.
 USER 10001:10001
 
-# `/health` of the service's ops server (the API's own port for the api). There is no curl in
-# the slim image; Python is. Compose sets OPS_PORT_FOR_HEALTHCHECK per service.
+# `/health` of the service's ops server (the API's own port for the api), over HTTP, or HTTPS
+# when the service has HTTPS_CERTFILE (libs/tools/healthcheck.py: standard library only; there
+# is no curl in the slim image). Compose sets OPS_PORT_FOR_HEALTHCHECK per service.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['OPS_PORT_FOR_HEALTHCHECK'] + '/health', timeout=4)"]
+    CMD ["python", "-m", "libs.tools.healthcheck"]
 
 ENTRYPOINT ["dicomflow"]
 CMD ["run", "api"]

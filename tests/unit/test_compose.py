@@ -5,6 +5,7 @@ service listens on, installs an extra that exists, and waits for what it needs."
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import tomllib
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ GCS_FILE = ROOT / "docker-compose.gcs.yml"
 
 JOB = "topics"  # the one-shot `dicomflow topics`
 # Read by the image's HEALTHCHECK or by a client library, not by dicomflow's settings.
+PROBE = ["python", "-m", "libs.tools.healthcheck"]
 NOT_SETTINGS = {"OPS_PORT_FOR_HEALTHCHECK", "GOOGLE_APPLICATION_CREDENTIALS", "FORWARDED_ALLOW_IPS"}
 # Accepted by the settings class but overwritten from API_HOST/API_PORT: setting them misleads.
 IGNORED = {"api": {"API_OPS_HOST", "API_OPS_PORT"}}
@@ -182,12 +184,14 @@ def test_healthcheck_probes_the_ops_port_the_service_listens_on(
         assert settings.ops_host == "0.0.0.0", f"{service}: ops server unreachable from outside"
         assert env.get("OPS_PORT_FOR_HEALTHCHECK") == str(settings.ops_port), service
         assert settings.ops_port != 0, f"{service}: a fixed port, so it can be probed"
-        probe = " ".join(spec["healthcheck"]["test"])
-        assert "OPS_PORT_FOR_HEALTHCHECK" in probe
-        assert "/health" in probe
+        # libs/tools/healthcheck.py: /health on OPS_PORT_FOR_HEALTHCHECK, HTTP or HTTPS
+        # (tests/integration/test_healthcheck_probe.py runs it against both).
+        assert spec["healthcheck"]["test"] == ["CMD", *PROBE], service
         published = {str(settings.ops_port), str(getattr(settings, "port", settings.ops_port))}
         for mapping in spec.get("ports", []):
             assert str(mapping).rsplit(":", 1)[-1] in published, service
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert f"CMD {json.dumps(PROBE)}" in dockerfile  # the image's own HEALTHCHECK
 
 
 def test_topics_job_creates_the_topics_before_the_pipeline_starts() -> None:

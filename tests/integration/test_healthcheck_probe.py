@@ -1,0 +1,61 @@
+"""The container's health probe (`python -m libs.tools.healthcheck`, the Dockerfile's and
+docker-compose's HEALTHCHECK), run as Docker runs it, against a service's real ops server:
+healthy over plain HTTP and over HTTPS (a service given HTTPS_CERTFILE serves TLS only, where
+the old `http://` probe failed every time), unhealthy with one line when nothing listens."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from libs.contracts.settings import HttpTls
+from libs.runtime.probes import Readiness, http_server, ops_app
+from libs.tools.dev_broker import free_port
+from tests.certs import Pki, make_pki
+from tests.polling import eventually
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+async def probe(port: int) -> tuple[int, str]:
+    """The HEALTHCHECK command, in a process of its own (exit code, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libs.tools.healthcheck",
+        env={"OPS_PORT_FOR_HEALTHCHECK": str(port), "PATH": "/usr/bin:/bin"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+@pytest.fixture(params=["http", "https"])
+async def ops_port(request: pytest.FixtureRequest, pki: Pki) -> AsyncIterator[int]:
+    """A service's ops server (/health /ready /metrics) as `Runtime` serves it."""
+    tls = HttpTls(pki.server_cert, pki.server_key) if request.param == "https" else None
+    port = free_port()
+    server = http_server(
+        ops_app("extractor", Readiness(), CollectorRegistry()), "127.0.0.1", port, tls
+    )
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started or task.done(), 20)
+    yield port
+    server.should_exit = True
+    await task
+
+
+async def test_the_probe_finds_the_service_healthy_over_http_and_https(ops_port: int) -> None:
+    assert await probe(ops_port) == (0, "")
+
+
+async def test_the_probe_fails_with_one_line_when_nothing_listens() -> None:
+    code, err = await probe(free_port())
+    assert code == 1
+    assert err.count("\n") == 1 and "Connection refused" in err, err
