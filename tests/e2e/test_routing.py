@@ -1,7 +1,8 @@
 """Routing in the stack: imported instances forwarded by the router to DCMTK's storescp (CT
 only) and to Orthanc (everything). Orthanc is stopped mid-way and the router restarted while
 Orthanc's queue waits: storescp is not held up, and in the end each destination holds each
-instance it was routed exactly once."""
+instance it was routed exactly once. Then kill -9 of the router mid-send: what it left in
+doubt is settled (looked up at Orthanc, sent again to storescp) and the rest sent."""
 
 from __future__ import annotations
 
@@ -177,3 +178,71 @@ async def test_each_instance_reaches_each_destination_once_through_an_outage_and
     }
     assert used, "no routing alert"
     assert {name for name in used if name not in body} == set()
+
+
+async def test_a_router_killed_mid_send_settles_what_was_in_doubt_and_sends_the_rest(
+    stack: Stack, pool: asyncpg.Pool, destinations: tuple[StoreSCP, Orthanc]
+) -> None:
+    """kill -9 of the router while it sends (a C-STORE under way: a `sending` row), then a
+    restart: every instance reaches each destination; what the dead sender left in doubt is
+    looked up at Orthanc (C-FIND: found, not sent again) and sent to storescp again (no
+    verification configured: at-least-once, one extra copy at most per instance in doubt)."""
+    scp, orthanc = destinations
+    log = partial(stack.tail, ROUTER, 30)
+    tree = stack.root / "imports" / "killed"
+    from trees import build_tree
+
+    build_tree(tree, patients=1, series_per_study=2, per_series=60, extras=False)
+    task_id = await stack.start_import(tree)
+
+    async def mid_send() -> bool:
+        states = await queue_states(pool)
+        return states.get("sending", 0) > 0 and states.get("sent", 0) >= 5
+
+    await eventually(mid_send, 120, interval=0.01, what=log)
+    assert stack.kill(ROUTER, signal.SIGKILL) == -signal.SIGKILL
+    at_kill = await queue_states(pool)  # frozen: nobody else sends these destinations
+    doubt = {
+        r["destination"]: r["n"]
+        for r in await pool.fetch(
+            "SELECT destination, count(*) AS n FROM route_queue WHERE state = 'sending' GROUP BY 1"
+        )
+    }
+    print(f"\nrouter killed: {at_kill}, in doubt {doubt}")
+    assert at_kill.get("sent", 0) < 180, "killed after the queues were sent: not mid-send"
+    stack.start(ROUTER)
+    await stack.wait_ready([ROUTER])
+    assert (await stack.wait_task(task_id))["status"] == "completed"
+
+    everything = await uids(pool)
+    ct = await uids(pool, "CT")
+    assert len(everything) == 120 and len(ct) == 60
+    await eventually(lambda: at_orthanc(orthanc) == everything, 90, what=log)
+    await eventually(lambda: sorted(set(received(scp.folder))) == ct, 90, what=log)
+
+    async def all_sent() -> bool:
+        return await queue_states(pool) == {"sent": 180}
+
+    await eventually(all_sent, 30, what=log)
+    # Each instance in doubt was settled once, the way its destination allows: Orthanc is
+    # asked (found if its C-STORE had been applied, else sent again), storescp is sent again.
+    settled = {
+        (dest, how): await router_metric(
+            stack,
+            f'dicomflow_router_in_doubt_total{{destination="{dest}",resolution="{how}"}}',
+        )
+        or 0
+        for dest in ("pacs", "scp")
+        for how in ("found", "resent")
+    }
+    print(f"settled after the restart: {settled}")
+    assert settled["pacs", "found"] + settled["pacs", "resent"] == doubt.get("pacs", 0), log()
+    assert settled["scp", "resent"] == doubt.get("scp", 0) and not settled["scp", "found"]
+    # storescp: one file per C-STORE; only an instance in doubt may have arrived twice.
+    copies = received(scp.folder)
+    assert len(copies) - len(set(copies)) <= doubt.get("scp", 0)
+
+
+async def queue_states(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch("SELECT state, count(*) AS n FROM route_queue GROUP BY 1")
+    return {r["state"]: r["n"] for r in rows}
