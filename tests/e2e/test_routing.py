@@ -109,12 +109,18 @@ async def uids(pool: asyncpg.Pool, modality: str | None = None) -> list[str]:
     return [r["sop_instance_uid"] for r in rows]
 
 
-async def import_tree(stack: Stack, name: str) -> None:
+async def start_import(stack: Stack, name: str, per_series: int) -> str:
+    """An import of one study: a CT and an MR series of `per_series` instances each."""
     from trees import build_tree
 
     tree = stack.root / "imports" / name
-    build_tree(tree, patients=1, series_per_study=2, per_series=4, extras=False)
-    assert (await stack.wait_task(await stack.start_import(tree)))["status"] == "completed"
+    build_tree(tree, patients=1, series_per_study=2, per_series=per_series, extras=False)
+    return await stack.start_import(tree)
+
+
+async def import_tree(stack: Stack, name: str) -> None:
+    task_id = await start_import(stack, name, per_series=4)
+    assert (await stack.wait_task(task_id))["status"] == "completed"
 
 
 async def test_each_instance_reaches_each_destination_once_through_an_outage_and_a_restart(
@@ -189,11 +195,7 @@ async def test_a_router_killed_mid_send_settles_what_was_in_doubt_and_sends_the_
     verification configured: at-least-once, one extra copy at most per instance in doubt)."""
     scp, orthanc = destinations
     log = partial(stack.tail, ROUTER, 30)
-    tree = stack.root / "imports" / "killed"
-    from trees import build_tree
-
-    build_tree(tree, patients=1, series_per_study=2, per_series=60, extras=False)
-    task_id = await stack.start_import(tree)
+    task_id = await start_import(stack, "killed", per_series=60)
 
     async def mid_send() -> bool:
         states = await queue_states(pool)
