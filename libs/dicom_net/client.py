@@ -61,6 +61,7 @@ from libs.dicom_net.transport import (
     TRANSFER_SYNTAXES,
     UNCOMPRESSED,
     bound_pdus,
+    release,
 )
 from libs.dicom_net.worklist import WorklistItem, WorklistQuery
 
@@ -403,7 +404,7 @@ class _Associated:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc is None and self.assoc.is_established:
-            self.assoc.release()
+            release(self.assoc)
         elif self.assoc.is_established:
             self.assoc.abort()
 

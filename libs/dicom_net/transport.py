@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +133,34 @@ def _recv_exactly(self: FastAssociationSocket, nr_bytes: int) -> bytearray:
             break
         got += n
     return buffer
+
+
+# Added to the peer's own ACSE timeout (which bounds the wait for its A-RELEASE-RP).
+RELEASE_GRACE = 5.0
+
+
+def release(assoc: Any, within: float | None = None) -> bool:
+    """A-RELEASE, or A-ABORT when the release has not ended within `within` seconds (the
+    association's ACSE timeout plus RELEASE_GRACE by default). Returns whether it ended in
+    a release.
+
+    pynetdicom's `Association.release()` first waits for the association's reactor thread to
+    pause, polling every 0.1 ms with no bound. A reactor thread that died (an exception in
+    it leaves the association marked established) never pauses, and the caller's thread
+    would spin there for ever, holding its executor slot. `abort()` marks the reactor
+    paused, which also ends that wait."""
+    bound = within if within is not None else float(assoc.acse_timeout or 0) + RELEASE_GRACE
+    releasing = threading.Thread(target=assoc.release, name="dicom-release", daemon=True)
+    releasing.start()
+    releasing.join(bound)
+    if not releasing.is_alive():
+        return bool(assoc.is_released)
+    log.warning(
+        "A-RELEASE did not end in %.1f s (reactor alive: %s): A-ABORT", bound, assoc.is_alive()
+    )
+    assoc.abort()
+    releasing.join(RELEASE_GRACE)
+    return False
 
 
 class FastAssociationSocket(AssociationSocket):

@@ -22,10 +22,11 @@ from typing import Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ImplicitVRLittleEndian
-from pynetdicom import AE, build_role
+from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import decode, encode
 
 from libs.db.commitment import State
+from libs.dicom_net.transport import MIN_PDU_LIMIT, NODELAY_HANDLERS, bound_pdus, release
 from libs.runtime.logging import get_logger
 from services.dicom_receiver import dimse
 from services.dicom_receiver.dimse import Command
@@ -47,6 +48,7 @@ NO_SUCH_ACTION = 0x0123
 INVALID_OBJECT_INSTANCE = 0x0117
 CLASS_INSTANCE_CONFLICT = 0x0119
 RESOURCE_LIMITATION = 0x0213
+REPORT_MAX_PDU = MIN_PDU_LIMIT  # a report's new association only reads its N-EVENT-REPORT-RSP
 MAX_REPORTS = 64  # requests being resolved at once; more are refused (the modality retries)
 REASONS: dict[State, int] = {
     "missing": NO_SUCH_OBJECT,
@@ -273,8 +275,15 @@ class CommitmentSCP:
             raise LookupError(f"no address configured for {calling_ae} (RECEIVER_COMMITMENT_PEERS)")
         ae = AE(ae_title=self.ae_title)
         ae.add_requested_context(STORAGE_COMMITMENT, [ImplicitVRLittleEndian])
+        ae.maximum_pdu_size = REPORT_MAX_PDU
         role = build_role(STORAGE_COMMITMENT, scp_role=True)
-        assoc = ae.associate(address.host, address.port, ae_title=calling_ae, ext_neg=[role])
+        assoc = ae.associate(
+            address.host,
+            address.port,
+            ae_title=calling_ae,
+            ext_neg=[role],
+            evt_handlers=[*NODELAY_HANDLERS, (evt.EVT_CONN_OPEN, bound_pdus(REPORT_MAX_PDU))],
+        )
         if not assoc.is_established:
             raise ConnectionError(f"{calling_ae} at {address.host}:{address.port} refused us")
         try:
@@ -284,7 +293,7 @@ class CommitmentSCP:
             if not status or status.Status != dimse.SUCCESS:
                 raise ConnectionError(f"N-EVENT-REPORT answered {status!r}")
         finally:
-            assoc.release()
+            release(assoc)
 
     async def stop(self) -> None:
         for task in list(self.reports):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import date
@@ -14,12 +15,13 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import build_context
+from pynetdicom.dimse import DIMSEServiceProvider
 
 from libs.dicom.synthetic import generate_corpus, synthetic_uid
 from libs.dicom_net.client import Cancelled, DicomClient
 from libs.dicom_net.errors import ConnectionFailed, DicomTimeout, FailureStatus, RetrieveTooLarge
 from libs.dicom_net.models import Level, Peer, Progress, Query, Root
-from libs.dicom_net.transport import UNCOMPRESSED
+from libs.dicom_net.transport import RELEASE_GRACE, UNCOMPRESSED
 from libs.dicom_net.worklist import WorklistItem, WorklistQuery
 from libs.tools.dev_broker import free_port, wait_for_port
 from load_test.dimse import QueryRetrieveSCP, StoreSCP, storescu
@@ -386,3 +388,35 @@ async def test_timeout_against_a_peer_that_accepts_then_says_nothing(
     await eventually(lambda: received.count(pdus.ABORT) == 2, 10, what=str(received))
     data, abort = pdus.P_DATA_TF, pdus.ABORT
     assert received == [data, abort, data, data, abort]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_session_whose_reactor_thread_died_still_ends(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's release() waits, with no bound, for the association's reactor thread to
+    pause; a reactor thread that died (here: an exception where it polls for DIMSE
+    messages) leaves the association marked established and never pauses, so the session's
+    end used to spin for ever. It now ends in an A-ABORT within the ACSE timeout plus grace."""
+    generate_corpus(tmp_path / "one", 1, rows=32, columns=32)
+    path = next((tmp_path / "one").rglob("*.dcm"))
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    armed, died = threading.Event(), threading.Event()
+    polled = DIMSEServiceProvider.get_msg
+
+    def get_msg(self: DIMSEServiceProvider, block: bool = False) -> object:
+        if armed.is_set() and not block:  # only the reactor polls without blocking
+            died.set()
+            raise RuntimeError("the reactor thread's fault")
+        return polled(self, block)
+
+    monkeypatch.setattr(DIMSEServiceProvider, "get_msg", get_msg)
+    peer = Peer(ae_title="STORESCP", host="127.0.0.1", port=upstream.scp.port)
+    client = DicomClient(peer, calling_ae="DFCLIENT", connect_timeout=2)
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    started = time.monotonic()
+    async with client.storing([(str(ds.SOPClassUID), syntax)]) as session:
+        assert await session.send(path, str(ds.SOPClassUID), syntax) == 0
+        armed.set()
+        assert await asyncio.to_thread(died.wait, 10)
+    assert time.monotonic() - started < 2 + RELEASE_GRACE + 5

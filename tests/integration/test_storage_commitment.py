@@ -32,6 +32,7 @@ from libs.dicom.synthetic import make_dataset, synthetic_uid
 from libs.dicom_net.client import DicomClient
 from libs.dicom_net.commitment import FailedReference, SopReference
 from libs.dicom_net.models import Peer
+from libs.dicom_net.transport import release
 from libs.storage.local import LocalStore, path_from_file_url
 from services.dicom_receiver.commitment import (
     NO_SUCH_OBJECT,
@@ -213,7 +214,7 @@ def store(port: int, datasets: list[Dataset]) -> list[int]:
     try:
         return [int(assoc.send_c_store(ds).Status) for ds in datasets]
     finally:
-        assoc.release()
+        assert release(assoc), "the receiver did not answer our A-RELEASE"
 
 
 def commitment_request(refs: list[tuple[str, str]]) -> tuple[str, Dataset]:
@@ -279,7 +280,7 @@ class Session:
         return int(status.Status)
 
     def release(self) -> None:
-        self.assoc.release()
+        assert release(self.assoc), "the receiver did not answer our A-RELEASE"
 
 
 def refs_of(datasets: list[Dataset]) -> list[tuple[str, str]]:
