@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 from collections import Counter as CounterOf
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
 from functools import partial
 
 import asyncpg
@@ -18,18 +17,18 @@ from libs.db.locks import LockSpace, SingleReader
 from libs.dicom_net.client import DicomClient
 from libs.dicom_net.models import Peer
 from libs.runtime.logging import get_logger
-from libs.runtime.periodic import AT_ONCE, After, Exclusive
 from libs.runtime.service import Runtime
 from services.dcm4chee_watcher.archive import Archive, ArchiveStudy
 from services.dcm4chee_watcher.config import Dcm4cheeWatcherSettings
 from services.dcm4chee_watcher.connections import connect_archive
-from services.dcm4chee_watcher.moves import MovePolicy, Mover
+from services.dcm4chee_watcher.moves import MoveMetrics, MovePolicy, Mover, move_round
 from services.dcm4chee_watcher.rounds import (
     Announce,
-    RoundReport,
-    deletion_round,
+    WatchMetrics,
+    check_deletions,
     full_round,
     metadata_round,
+    watch_round,
 )
 
 log = get_logger(__name__)
@@ -248,85 +247,3 @@ def wire_moves(rt: Runtime, settings: Dcm4cheeWatcherSettings, pool: asyncpg.Poo
         destination=s.move_destination,
     )
     rt.every("moves", s.move_interval_seconds, partial(move_round, mover, lock, metrics))
-
-
-@dataclass(frozen=True)
-class MoveMetrics:
-    rounds: Counter
-    moved: Counter
-    outcomes: Counter
-
-
-async def move_round(mover: Mover, lock: Exclusive, metrics: MoveMetrics) -> After | None:
-    """One fetch round if this replica holds the archive's fetch lock."""
-    try:
-        async with lock.held() as mine:
-            if not mine:
-                return None
-            report = await mover.round()
-    except Exception:
-        metrics.rounds.labels("failed").inc()
-        raise
-    metrics.rounds.labels("archive_away" if report.away else "ok").inc()
-    metrics.moved.inc(report.moved)
-    metrics.outcomes.labels("not_fetched").inc(report.failed)
-    metrics.outcomes.labels("cancelled").inc(report.cancelled)
-    for status, n in report.linked.items():
-        metrics.outcomes.labels(status).inc(n)
-    if report.studies or report.linked or report.cancelled or report.held:
-        log.info(
-            "fetch round",
-            studies=report.studies,
-            moved=report.moved,
-            not_fetched=report.failed,
-            cancelled=report.cancelled,
-            held=report.held,
-            linked=dict(report.linked),
-            archive_away=report.away,
-        )
-    return mover.after()
-
-
-async def check_deletions(
-    archive: Archive, state: PgState, lock: Exclusive, gone: Counter, batch_size: int
-) -> After | None:
-    """A batch of the known studies (checked longest ago first) against the archive, by one
-    replica; the next batch at the next interval."""
-    async with lock.held() as mine:
-        if not mine:
-            return None
-        newly = await deletion_round(archive, state, limit=batch_size)
-    gone.inc(len(newly))
-    return None
-
-
-@dataclass(frozen=True)
-class WatchMetrics:
-    rounds: Counter
-    studies: Counter
-    unreachable: Counter
-
-
-async def watch_round(
-    one_round: Callable[[], Awaitable[RoundReport]],
-    lock: Exclusive,
-    metrics: WatchMetrics,
-    mode: str,
-    batch_size: int,
-) -> After | None:
-    """One round if this replica holds the archive's lock; a failed round is repeated from
-    the watermark. A full batch means more is waiting: go on at once."""
-    report = RoundReport()
-    try:
-        async with lock.held() as mine:
-            if mine:
-                report = await one_round()
-    except Exception:
-        metrics.rounds.labels("failed").inc()
-        raise
-    metrics.rounds.labels("ok").inc()
-    if report.studies:
-        metrics.studies.labels(mode).inc(report.studies)
-        metrics.unreachable.inc(report.unreachable)
-        log.info("archive round", **vars(report))
-    return AT_ONCE if report.studies >= batch_size else None

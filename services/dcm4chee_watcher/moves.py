@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Protocol
 
+from prometheus_client import Counter as Metric
+
 from libs.db.dcm4chee_moves import Awaiting
 from libs.dicom_net.models import Level, Match, Query, RetrieveResult
 from libs.dicom_net.retry import retry_delay, transient
 from libs.runtime.logging import get_logger
-from libs.runtime.periodic import After
+from libs.runtime.periodic import After, Exclusive
 
 log = get_logger(__name__)
 UIDS_PER_MOVE = 100  # an IMAGE-level identifier's SOP Instance UID list (65 bytes each)
@@ -245,3 +247,40 @@ def plan(study_uid: str, todo: list[Awaiting]) -> Iterator[tuple[Query, list[Awa
                 sop_instance_uid="\\".join(a.sop_instance_uid for a in chunk),
             )
             yield query, chunk
+
+
+@dataclass(frozen=True)
+class MoveMetrics:
+    rounds: Metric
+    moved: Metric
+    outcomes: Metric
+
+
+async def move_round(mover: Mover, lock: Exclusive, metrics: MoveMetrics) -> After | None:
+    """One fetch round if this replica holds the archive's fetch lock."""
+    try:
+        async with lock.held() as mine:
+            if not mine:
+                return None
+            report = await mover.round()
+    except Exception:
+        metrics.rounds.labels("failed").inc()
+        raise
+    metrics.rounds.labels("archive_away" if report.away else "ok").inc()
+    metrics.moved.inc(report.moved)
+    metrics.outcomes.labels("not_fetched").inc(report.failed)
+    metrics.outcomes.labels("cancelled").inc(report.cancelled)
+    for status, n in report.linked.items():
+        metrics.outcomes.labels(status).inc(n)
+    if report.studies or report.linked or report.cancelled or report.held:
+        log.info(
+            "fetch round",
+            studies=report.studies,
+            moved=report.moved,
+            not_fetched=report.failed,
+            cancelled=report.cancelled,
+            held=report.held,
+            linked=dict(report.linked),
+            archive_away=report.away,
+        )
+    return mover.after()

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from prometheus_client import Counter as Metric
+
 from libs.contracts.events import Event, StudySnapshot, discovered_event, metadata_event
 from libs.db.dcm4chee import SOURCE, FoundFile, Watermark
 from libs.db.index import SeriesSummary
 from libs.db.ledger import LedgerRow
 from libs.dicom.uids import is_valid_uid
 from libs.runtime.logging import get_logger
+from libs.runtime.periodic import AT_ONCE, After, Exclusive
 from services.dcm4chee_watcher.archive import ArchiveFile, ArchiveStudy
 from services.dcm4chee_watcher.files import NO_RETRIEVE, resolve
 
@@ -217,3 +220,48 @@ def _unique_uris(files: list[FoundFile]) -> list[FoundFile]:
             seen.add(f.uri)
             out.append(f)
     return out
+
+
+async def check_deletions(
+    archive: ArchivePort, state: StatePort, lock: Exclusive, gone: Metric, batch_size: int
+) -> After | None:
+    """A batch of the known studies (checked longest ago first) against the archive, by one
+    replica; the next batch at the next interval."""
+    async with lock.held() as mine:
+        if not mine:
+            return None
+        newly = await deletion_round(archive, state, limit=batch_size)
+    gone.inc(len(newly))
+    return None
+
+
+@dataclass(frozen=True)
+class WatchMetrics:
+    rounds: Metric
+    studies: Metric
+    unreachable: Metric
+
+
+async def watch_round(
+    one_round: Callable[[], Awaitable[RoundReport]],
+    lock: Exclusive,
+    metrics: WatchMetrics,
+    mode: str,
+    batch_size: int,
+) -> After | None:
+    """One round if this replica holds the archive's lock; a failed round is repeated from
+    the watermark. A full batch means more is waiting: go on at once."""
+    report = RoundReport()
+    try:
+        async with lock.held() as mine:
+            if mine:
+                report = await one_round()
+    except Exception:
+        metrics.rounds.labels("failed").inc()
+        raise
+    metrics.rounds.labels("ok").inc()
+    if report.studies:
+        metrics.studies.labels(mode).inc(report.studies)
+        metrics.unreachable.inc(report.unreachable)
+        log.info("archive round", **vars(report))
+    return AT_ONCE if report.studies >= batch_size else None

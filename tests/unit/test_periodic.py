@@ -14,8 +14,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from libs.dicom_net.errors import DicomNetError
 from libs.runtime.periodic import AT_ONCE, After, meanwhile, periodically
-from services.dcm4chee_watcher.bootstrap import WatchMetrics, watch_round
-from services.dcm4chee_watcher.rounds import RoundReport
+from services.dcm4chee_watcher.rounds import RoundReport, WatchMetrics, watch_round
 from services.pacs_watcher.config import Pacs, WatcherSettings
 from services.pacs_watcher.poller import PacsWatch
 from tests.polling import eventually
