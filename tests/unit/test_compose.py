@@ -476,3 +476,58 @@ def test_the_api_is_published_only_through_the_tls_proxy() -> None:
     assert "\ttls {$PROXY_TLS}" in caddyfile
     assert "reverse_proxy api:" + environment(api)["API_PORT"] in caddyfile
     assert "flush_interval -1" in caddyfile  # downloads stream, never buffered
+
+
+# Read files a source staged by their file:// URI, in their own containers.
+READS_STAGING = {"extractor", "storage-writer"}
+
+
+def staging_mount(spec: dict[str, Any]) -> tuple[Path, bool] | None:
+    """Where the container mounts the shared `staging` volume, and whether read-write."""
+    for volume in spec.get("volumes", []):
+        source, target, *mode = resolve(volume).split(":")
+        if source == "staging":
+            return Path(target), mode != ["ro"]
+    return None
+
+
+def test_staged_files_are_on_the_volume_the_pipeline_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every source that stages files for the pipeline (its settings' `*staging_dir`) writes
+    them on the shared `staging` volume, which the extractor and the storage-writer mount at
+    the same path: a staged file's URI names it in every container. A folder inside the
+    source's own container would make each of its files `gone` to the pipeline."""
+    readers = {}
+    for service, spec in run_services(BASE):
+        if service in READS_STAGING:
+            readers[service] = staging_mount(spec)
+    assert set(readers) == READS_STAGING
+    assert set(readers.values()) == {(Path("/staging"), False)}, readers
+    staging_sources = set()
+    for service, spec in run_services(BASE):
+        cls = settings_class(service)
+        own = [
+            name
+            for name, field in cls.model_fields.items()
+            if name.endswith("staging_dir") and field.validation_alias is None
+        ]
+        if not own:
+            continue
+        env = environment(spec) | OPERATOR_ENV.get(service, {})
+        settings = build_settings(service, env, monkeypatch)
+        mount = staging_mount(spec)
+        for name in own:
+            folder = Path(getattr(settings, name))
+            assert mount is not None and mount[1], f"{service}: the staging volume, read-write"
+            assert folder.is_absolute() and folder.is_relative_to(mount[0]), (
+                f"{service}: {name} = {folder} is not on the staging volume ({mount[0]})"
+            )
+            staging_sources.add(service)
+    assert staging_sources == {
+        "dicom-receiver",
+        "orthanc-watcher",
+        "iso-watcher",
+        "pacs-watcher",
+        "api",
+    }
