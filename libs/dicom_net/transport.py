@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -135,32 +135,44 @@ def _recv_exactly(self: FastAssociationSocket, nr_bytes: int) -> bytearray:
     return buffer
 
 
-# Added to the peer's own ACSE timeout (which bounds the wait for its A-RELEASE-RP).
-RELEASE_GRACE = 5.0
+# How long the reactor thread may take to pause before an A-RELEASE (it polls every ms).
+PAUSE_WITHIN = 5.0
 
 
-def release(assoc: Any, within: float | None = None) -> bool:
-    """A-RELEASE, or A-ABORT when the release has not ended within `within` seconds (the
-    association's ACSE timeout plus RELEASE_GRACE by default). Returns whether it ended in
-    a release.
+def release(assoc: Any, pause_within: float = PAUSE_WITHIN) -> bool:
+    """A-RELEASE, or A-ABORT when it cannot be made; whether it ended in a release.
 
-    pynetdicom's `Association.release()` first waits for the association's reactor thread to
-    pause, polling every 0.1 ms with no bound. A reactor thread that died (an exception in
-    it leaves the association marked established) never pauses, and the caller's thread
-    would spin there for ever, holding its executor slot. `abort()` marks the reactor
-    paused, which also ends that wait."""
-    bound = within if within is not None else float(assoc.acse_timeout or 0) + RELEASE_GRACE
-    releasing = threading.Thread(target=assoc.release, name="dicom-release", daemon=True)
-    releasing.start()
-    releasing.join(bound)
-    if not releasing.is_alive():
+    pynetdicom's `Association.release()` (3.0.4, pinned), with its first step bounded: it
+    waits for the association's reactor thread to pause (so the reactor does not take the
+    A-RELEASE-RP), polling every 0.1 ms with no bound. A reactor thread that died (an
+    exception in it leaves the association marked established) never pauses, and the caller
+    would spin there for ever. Here a dead reactor, or one not paused within `pause_within`
+    seconds, gets an A-ABORT at once. The release itself is bounded by the ACSE timeout
+    (pynetdicom aborts when no A-RELEASE-RP comes); anything it raises aborts too."""
+    if not assoc.is_established:
         return bool(assoc.is_released)
-    log.warning(
-        "A-RELEASE did not end in %.1f s (reactor alive: %s): A-ABORT", bound, assoc.is_alive()
-    )
-    assoc.abort()
-    releasing.join(RELEASE_GRACE)
-    return False
+    checkpoint = assoc._reactor_checkpoint
+    checkpoint.clear()
+    deadline = time.monotonic() + pause_within
+    try:
+        while not assoc._is_paused:
+            if not assoc.is_alive() or time.monotonic() > deadline:
+                log.warning(
+                    "association's reactor %s: A-ABORT instead of A-RELEASE",
+                    "stopped" if not assoc.is_alive() else "did not pause",
+                )
+                checkpoint.set()
+                assoc.abort()
+                return False
+            time.sleep(0.0005)
+        assoc.acse.negotiate_release()
+    except BaseException:
+        checkpoint.set()
+        if assoc.is_established:
+            assoc.abort()
+        raise
+    checkpoint.set()
+    return bool(assoc.is_released)
 
 
 class FastAssociationSocket(AssociationSocket):
