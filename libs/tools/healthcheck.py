@@ -21,26 +21,33 @@ import http.client
 import os
 import ssl
 import sys
+import time
 
 NOT_HTTP = (http.client.BadStatusLine, ConnectionResetError, ssl.SSLError)
 
 
 def probe(port: int, host: str = "127.0.0.1", timeout: float = 4.0) -> tuple[bool, str]:
-    """(healthy, what was found): /health answered 200, over HTTP or else over TLS."""
+    """(healthy, what was found): /health answered 200, over HTTP or else over TLS, both
+    attempts within `timeout` seconds in all (Docker's own limit is 5 s)."""
+    deadline = time.monotonic() + timeout
+    plain = f"http://{host}:{port}/health"
     try:
         return _get(http.client.HTTPConnection(host, port, timeout=timeout), "http")
-    except NOT_HTTP:
-        pass  # a TLS server: it dropped the plain request (or answered with a TLS alert)
-    except OSError as exc:
-        return False, f"http://{host}:{port}/health: {exc}"
+    except NOT_HTTP as exc:  # a TLS server dropped the plain request (or sent a TLS alert)
+        why_not_http = f"{plain}: {exc!r}"
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"{plain}: {exc!r}"
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return False, f"{why_not_http}; no time left to ask over TLS"
     unverified = ssl.create_default_context()
     unverified.check_hostname = False
     unverified.verify_mode = ssl.CERT_NONE
     try:
-        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=unverified)
+        conn = http.client.HTTPSConnection(host, port, timeout=left, context=unverified)
         return _get(conn, "https")
-    except OSError as exc:
-        return False, f"https://{host}:{port}/health: {exc}"
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"https://{host}:{port}/health: {exc!r} (and {why_not_http})"
 
 
 def _get(conn: http.client.HTTPConnection, scheme: str) -> tuple[bool, str]:

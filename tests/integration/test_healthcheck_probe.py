@@ -59,3 +59,23 @@ async def test_the_probe_fails_with_one_line_when_nothing_listens() -> None:
     code, err = await probe(free_port())
     assert code == 1
     assert err.count("\n") == 1 and "Connection refused" in err, err
+
+
+async def test_the_probe_fails_with_one_line_on_a_reply_that_is_not_a_health_answer() -> None:
+    """Something on the port that answers in broken HTTP (a header line past http.client's
+    limit): unhealthy, said in one line, not a traceback."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        code, err = await probe(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert code == 1
+    assert err.count("\n") == 1 and "LineTooLong" in err and "Traceback" not in err, err
