@@ -253,3 +253,50 @@ class StagingSettings(ServiceSettings):
         "replay needs them); the receiver's hour folders older than this go with what is left.",
     )
     cleanup_interval_seconds: float = Field(default=600.0, gt=0)
+
+
+class OwnStagingSettings(ServiceSettings):
+    """A stage that reads what our own sources staged (the extractor, the storage-writer):
+    their staging folders, each read from its source's own setting. A file in one was
+    closed before it was announced and is never written again (streamed to a temporary name
+    and renamed into place, or created under a random name; the staging cleanup only unlinks
+    names), so the extractor stamps it without 2 s of rest (ADR 0031) and the storage-writer
+    stores it as a hard link when the storage is on the same filesystem (ADR 0034). Only
+    folders set in the environment count (`dicomflow up` sets them all)."""
+
+    receiver_staging_dir: Path | None = Field(
+        default=None,
+        validation_alias="RECEIVER_STAGING_DIR",
+        description="The DICOM receiver's staging folder (the receiver's own setting).",
+    )
+    orthanc_staging_dir: Path | None = Field(
+        default=None,
+        validation_alias="ORTHANC_STAGING_DIR",
+        description="The Orthanc watcher's staging folder (its own setting).",
+    )
+    iso_staging_dir: Path | None = Field(
+        default=None,
+        validation_alias="ISO_STAGING_DIR",
+        description="The ISO watcher's staging folder (its own setting).",
+    )
+    pacs_staging_dir: Path | None = Field(
+        default=None,
+        validation_alias="WATCHER_STAGING_DIR",
+        description="The PACS watcher's C-GET folder (its own setting).",
+    )
+    stow_staging_dir: Path | None = Field(
+        default=None,
+        validation_alias="API_STOW_STAGING_DIR",
+        description="The API's STOW-RS staging folder (its own setting).",
+    )
+
+    def own_staging(self) -> list[Path]:
+        """The staging folders of our own sources that are set."""
+        folders = (
+            self.receiver_staging_dir,
+            self.orthanc_staging_dir,
+            self.iso_staging_dir,
+            self.pacs_staging_dir,
+            self.stow_staging_dir,
+        )
+        return [f for f in folders if f is not None]

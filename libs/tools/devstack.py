@@ -121,8 +121,18 @@ async def up(var: Path, *, only: list[str] | None) -> int:
         nas = var / "nas"
         _seed_demo(nas)
         env["NAS_ROOTS"] = str(nas)
-    if not os.environ.get("RECEIVER_STAGING_DIR"):
-        env["RECEIVER_STAGING_DIR"] = str(var / "receiver")
+    # Each source's staging folder, named here so the extractor and the storage-writer
+    # know them as our own (stamped at once, stored as hard links: ADR 0031, ADR 0034).
+    staging = {
+        "RECEIVER_STAGING_DIR": var / "receiver",
+        "ORTHANC_STAGING_DIR": var / "staging" / "orthanc",
+        "ISO_STAGING_DIR": var / "staging" / "iso",
+        "WATCHER_STAGING_DIR": var / "pacs-get",
+        "API_STOW_STAGING_DIR": var / "stow",
+    }
+    for name, folder in staging.items():
+        if not os.environ.get(name):
+            env[name] = str(folder)
     if not os.environ.get("API_EXPORT_DIR"):
         env["API_EXPORT_DIR"] = str(var / "exports")
     viewer = var / "ohif" / "dist"

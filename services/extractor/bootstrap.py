@@ -33,8 +33,7 @@ async def wire(rt: Runtime) -> None:
     rt.resources.callback(executor.close)
     await executor.warm_up()
     roots = settings.source_roots()
-    staged = settings.receiver_staging_dir
-    own = own_roots([staged] if staged is not None else [])
+    own = own_roots(settings.own_staging())
 
     async def parse_many(paths: list[str]) -> list[Parsed]:
         """The batch spread over the parser processes, one call per chunk. A chunk whose

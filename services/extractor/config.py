@@ -5,13 +5,13 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from libs.contracts.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, OwnStagingSettings, Port
 from libs.dicom.source_file import RootGroups
 
 PathList = Annotated[list[Path], NoDecode]
 
 
-class ExtractorSettings(ServiceSettings):
+class ExtractorSettings(OwnStagingSettings):
     """Env prefix `EXTRACTOR_`."""
 
     model_config = SettingsConfigDict(env_prefix="EXTRACTOR_", frozen=True, extra="ignore")
@@ -49,14 +49,6 @@ class ExtractorSettings(ServiceSettings):
         default_factory=list,
         validation_alias="NAS_IMPORT_ROOTS",
         description="The NAS watcher's import roots (NAS_IMPORT_ROOTS; default: NAS_ROOTS).",
-    )
-
-    receiver_staging_dir: Path | None = Field(
-        default=None,
-        validation_alias="RECEIVER_STAGING_DIR",
-        description="The DICOM receiver's staging folder (the receiver's own setting, read "
-        "here too): its files are closed before they are announced, so their stamp needs no "
-        "2 s of rest and the storage-writer copies them without hashing again (ADR 0031).",
     )
 
     @field_validator("nas_roots", "nas_import_roots", mode="before")

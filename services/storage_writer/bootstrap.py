@@ -26,8 +26,8 @@ async def wire(rt: Runtime) -> None:
         rt.watch_disk("storage", path_from_file_url(url))
     if isinstance(store, LocalStore) and settings.direct_io:
         store.enable_direct_io()
-    if isinstance(store, LocalStore) and settings.receiver_staging_dir is not None:
-        store.link_own([settings.receiver_staging_dir])
+    if isinstance(store, LocalStore) and settings.own_staging():
+        store.link_own(settings.own_staging())
     if isinstance(store, LocalStore):  # a writer killed mid-write leaves its temp file
         sweep = partial(sweep_partial, store, settings.partial_max_age_seconds)
         rt.every("partial-sweep", settings.partial_sweep_seconds, sweep)

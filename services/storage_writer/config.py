@@ -1,12 +1,10 @@
-from pathlib import Path
-
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.contracts.settings import Count, Port, ServiceSettings
+from libs.contracts.settings import Count, OwnStagingSettings, Port
 
 
-class StorageWriterSettings(ServiceSettings):
+class StorageWriterSettings(OwnStagingSettings):
     """Env prefix `STORAGE_WRITER_`; the destination is the shared `STORAGE_URL`."""
 
     model_config = SettingsConfigDict(env_prefix="STORAGE_WRITER_", frozen=True, extra="ignore")
@@ -24,13 +22,6 @@ class StorageWriterSettings(ServiceSettings):
         default=False,
         description="Local storage: write copies with O_DIRECT (past the page cache), four at a "
         "time, instead of copy_file_range through the page cache (ADR 0032).",
-    )
-    receiver_staging_dir: Path | None = Field(
-        default=None,
-        validation_alias="RECEIVER_STAGING_DIR",
-        description="The DICOM receiver's staging folder (the receiver's own setting, read "
-        "here too): a received file on the storage's filesystem is stored as a hard link to "
-        "it, not copied (ADR 0034).",
     )
     partial_max_age_seconds: float = Field(
         default=3600.0,

@@ -17,7 +17,7 @@ import yaml
 from pydantic import AliasChoices
 
 from libs.contracts.events import Event
-from libs.contracts.settings import ServiceSettings
+from libs.contracts.settings import OwnStagingSettings, ServiceSettings
 from libs.contracts.topics import all_topic_names
 from libs.tools.devstack import SERVICES
 from services.iso_watcher.config import IsoWatcherSettings
@@ -504,7 +504,7 @@ def test_staged_files_are_on_the_volume_the_pipeline_reads(
             readers[service] = staging_mount(spec)
     assert set(readers) == READS_STAGING
     assert set(readers.values()) == {(Path("/staging"), False)}, readers
-    staging_sources = set()
+    staging_sources, folders = set(), set()
     for service, spec in run_services(BASE):
         cls = settings_class(service)
         own = [
@@ -524,6 +524,11 @@ def test_staged_files_are_on_the_volume_the_pipeline_reads(
                 f"{service}: {name} = {folder} is not on the staging volume ({mount[0]})"
             )
             staging_sources.add(service)
+            folders.add(folder)
+    # The extractor knows them all as our own (their files stamped at once: ADR 0031).
+    extractor = build_settings("extractor", environment(BASE["services"]["extractor"]), monkeypatch)
+    assert isinstance(extractor, OwnStagingSettings)
+    assert set(extractor.own_staging()) == folders
     assert staging_sources == {
         "dicom-receiver",
         "orthanc-watcher",

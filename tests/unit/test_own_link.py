@@ -13,6 +13,7 @@ import pytest
 from libs.contracts.errors import PermanentError
 from libs.contracts.events import Hashes
 from libs.dicom.extract import extract_many
+from libs.staging.files import sync_folder, write_chunks
 from libs.storage import instance_key
 from libs.storage.base import PutRequest, StoredObject
 from libs.storage.local import LocalStore
@@ -127,3 +128,35 @@ async def test_a_full_disk_while_linking_is_an_error_not_a_copy(
     key = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.11")
     result = await put(store, key, path, hashes)
     assert isinstance(result, OSError) and result.errno == errno.ENOSPC
+
+
+async def test_a_file_staged_by_another_source_is_stamped_at_once_and_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Orthanc and ISO watchers and STOW-RS stage through `libs.staging.files` (a
+    temporary name, renamed into place, never written again): a file in their folder, as
+    the extractor's and the storage-writer's settings name it, is stamped without 2 s of
+    rest and stored as a second name of its inode."""
+    from services.extractor.config import ExtractorSettings
+    from services.storage_writer.config import StorageWriterSettings
+
+    root = tmp_path / "staging" / "orthanc"
+    monkeypatch.setenv("ORTHANC_STAGING_DIR", str(root))
+    data = received(tmp_path / "receiver").read_bytes()
+    path = root / "study" / "instance.dcm"
+    write_chunks(path, [data[:1000], data[1000:]], durable=False)
+    sync_folder(root)
+    time.sleep(OWN_MIN_AGE_NS / 1e9 * 1.5)  # far below the 2 s a file not ours waits
+    own = own_roots(ExtractorSettings().own_staging())
+    ((_, hashes),) = extract_many([str(path)], own_roots=own)  # type: ignore[misc]
+    assert hashes.source_stamp is not None
+    store = LocalStore((tmp_path / "store").as_uri())
+    store.link_own(StorageWriterSettings().own_staging())
+    key = instance_key("1.2.3", "1.2.3.4", "1.2.3.4.20")
+    result = await put(store, key, path, hashes)
+    assert isinstance(result, StoredObject) and result.created
+    assert store.path_for(key).stat().st_ino == path.stat().st_ino
+    # Downloaded again (a retried round): a new inode under the name; the stored one stays.
+    write_chunks(path, [data], durable=False)
+    assert store.path_for(key).stat().st_ino != path.stat().st_ino
+    assert store.path_for(key).read_bytes() == data

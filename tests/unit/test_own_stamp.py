@@ -127,19 +127,29 @@ async def test_a_received_file_written_after_extraction_is_hashed_and_refused(
     assert not store.path_for(key).exists() and path.stat().st_nlink == 1
 
 
-@pytest.mark.parametrize("own", [True, False])
-def test_the_extractor_and_the_storage_writer_read_the_receivers_folder(
-    own: bool, monkeypatch: pytest.MonkeyPatch
+# Each source's own setting for its staging folder, and a folder for it.
+STAGING_ENV = {
+    "RECEIVER_STAGING_DIR": "/staging/receiver",
+    "ORTHANC_STAGING_DIR": "/staging/orthanc",
+    "ISO_STAGING_DIR": "/staging/iso",
+    "WATCHER_STAGING_DIR": "/staging/pacs-get",
+    "API_STOW_STAGING_DIR": "/staging/stow",
+}
+
+
+@pytest.mark.parametrize("name", sorted(STAGING_ENV))
+def test_the_extractor_and_the_storage_writer_read_each_sources_folder(
+    name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The receiver's own setting, read by both: the extractor stamps its files at once
-    (this ADR), the storage-writer links them (ADR 0034)."""
+    """Each source's own setting, read by both: the extractor stamps its files at once
+    (this ADR), the storage-writer links them (ADR 0034); a folder not set is not ours."""
     from services.extractor.config import ExtractorSettings
     from services.storage_writer.config import StorageWriterSettings
 
-    if own:
-        monkeypatch.setenv("RECEIVER_STAGING_DIR", "/staging/receiver")
-    else:
-        monkeypatch.delenv("RECEIVER_STAGING_DIR", raising=False)
-    expected = Path("/staging/receiver") if own else None
-    assert ExtractorSettings().receiver_staging_dir == expected
-    assert StorageWriterSettings().receiver_staging_dir == expected
+    for other in STAGING_ENV:
+        monkeypatch.delenv(other, raising=False)
+    assert ExtractorSettings().own_staging() == StorageWriterSettings().own_staging() == []
+    monkeypatch.setenv(name, STAGING_ENV[name])
+    expected = [Path(STAGING_ENV[name])]
+    assert ExtractorSettings().own_staging() == expected
+    assert StorageWriterSettings().own_staging() == expected
