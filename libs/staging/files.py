@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1 << 20
+WHOLE = 8 << 20  # a network stream up to this size is written in one worker-thread call
 
 
 def _tmp(target: Path) -> Path:
@@ -82,17 +83,37 @@ def copy_stream(
 
 
 async def write_async_chunks(
-    target: Path, chunks: AsyncIterator[bytes], *, durable: bool = True
+    target: Path, chunks: AsyncIterator[bytes], *, durable: bool = True, whole: int = WHOLE
 ) -> int:
-    """Like `write_chunks` for a network stream; disk writes run in a thread."""
+    """Like `write_chunks` for a network stream; disk work runs in a worker thread. A stream
+    of up to `whole` bytes is gathered in memory and written, named (and synced) in one
+    worker-thread call: a thread hop per network chunk cost the Orthanc watcher more than the
+    writes themselves. A longer stream goes to disk as it comes, in writes of at least CHUNK
+    bytes, so memory stays bounded by `whole` + CHUNK."""
+    it = aiter(chunks)
+    head: list[bytes] = []
+    size = 0
+    async for chunk in it:
+        head.append(chunk)
+        size += len(chunk)
+        if size > whole:
+            break
+    else:
+        return await asyncio.to_thread(write_chunks, target, head, durable=durable)
     await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
     tmp = _tmp(target)
-    size = 0
     f = await asyncio.to_thread(tmp.open, "wb")
     try:
-        async for chunk in chunks:
-            await asyncio.to_thread(f.write, chunk)
+        await asyncio.to_thread(f.writelines, head)
+        head, pending = [], 0
+        async for chunk in it:
+            head.append(chunk)
             size += len(chunk)
+            pending += len(chunk)
+            if pending >= CHUNK:
+                await asyncio.to_thread(f.writelines, head)
+                head, pending = [], 0
+        await asyncio.to_thread(f.writelines, head)
         await asyncio.to_thread(_commit, f, tmp, target, durable)
     except BaseException:
         f.close()
