@@ -87,6 +87,7 @@ bench: deps postgres
 	$(BIN)/python -m load_test.bench.archive
 	$(BIN)/python -m load_test.bench.client_download
 	$(BIN)/python -m load_test.bench.sources
+	$(BIN)/python -m load_test.bench.orthanc_import
 	$(BIN)/python -m load_test.bench.dcm4chee
 	$(BIN)/python -m load_test.bench.routing
 	$(BIN)/python -m load_test.bench.receiver

@@ -329,14 +329,8 @@ async def wait_previews(up: Up, n: int, t0: float, done_at: float) -> float | No
     return None
 
 
-async def bench_orthanc(
-    work: Path, files: list[Path], root: Path, clients: int = 4
-) -> dict[str, Any]:
-    """Orthanc's REST ingest of `files` with its storage in `root` (left for the caller)."""
-    root.mkdir(parents=True)
-    orthanc = Orthanc(root=root)
-    orthanc.start()
-    assert orthanc.process is not None
+async def upload(orthanc: Orthanc, files: list[Path], clients: int = 4) -> float:
+    """POST every file to Orthanc's REST API with `clients` concurrent clients; seconds."""
     queue: asyncio.Queue[Path] = asyncio.Queue()
     for f in files:
         queue.put_nowait(f)
@@ -347,13 +341,24 @@ async def bench_orthanc(
             r = await c.post("/instances", content=await asyncio.to_thread(path.read_bytes))
             r.raise_for_status()
 
+    t = time.perf_counter()
+    async with httpx.AsyncClient(base_url=orthanc.url, auth=orthanc.auth, timeout=120) as c:
+        await asyncio.gather(*(client(c) for _ in range(clients)))
+    return time.perf_counter() - t
+
+
+async def bench_orthanc(
+    work: Path, files: list[Path], root: Path, clients: int = 4
+) -> dict[str, Any]:
+    """Orthanc's REST ingest of `files` with its storage in `root` (left for the caller)."""
+    root.mkdir(parents=True)
+    orthanc = Orthanc(root=root)
+    orthanc.start()
+    assert orthanc.process is not None
     try:
         before = processes()[orthanc.process.pid].cpu
         load0 = load()
-        t = time.perf_counter()
-        async with httpx.AsyncClient(base_url=orthanc.url, auth=orthanc.auth, timeout=120) as c:
-            await asyncio.gather(*(client(c) for _ in range(clients)))
-        seconds = time.perf_counter() - t
+        seconds = await upload(orthanc, files, clients)
         cpu = processes()[orthanc.process.pid].cpu - before
         rss = peak_rss_mb(orthanc.process.pid)
         n = len(files)
