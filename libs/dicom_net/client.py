@@ -12,6 +12,7 @@ connection, transient rejection), progress callbacks for C-GET/C-MOVE, and cance
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -66,6 +67,7 @@ from libs.dicom_net.transport import (
 from libs.dicom_net.worklist import WorklistItem, WorklistQuery
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 OnProgress = Callable[[Progress], None]
 MODELS = {
     ("find", Root.PATIENT): PatientRootQueryRetrieveInformationModelFind,
@@ -392,6 +394,13 @@ class _Associated:
             # the DIMSE timeout: (None, None) is how pynetdicom says "aborted".
             self.assoc.dimse.msg_queue.put((None, None))
             return
+        # The reactor thread ended. Released or aborted: nothing to do. Still marked
+        # established: it died (an exception in it), and every DIMSE call would wait for it
+        # to pause for ever (pynetdicom polls with no bound): abort, and wake the caller.
+        if self.assoc.is_established:
+            log.warning("association's reactor stopped: A-ABORT")
+            self.assoc.abort()
+            self.assoc.dimse.msg_queue.put((None, None))
 
     def _aborted(self) -> bool:
         """Aborted by either side (a PDU over our limit, the peer's A-ABORT): the reactor is

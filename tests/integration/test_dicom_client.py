@@ -19,7 +19,13 @@ from pynetdicom.dimse import DIMSEServiceProvider
 
 from libs.dicom.synthetic import generate_corpus, synthetic_uid
 from libs.dicom_net.client import Cancelled, DicomClient
-from libs.dicom_net.errors import ConnectionFailed, DicomTimeout, FailureStatus, RetrieveTooLarge
+from libs.dicom_net.errors import (
+    AssociationAborted,
+    ConnectionFailed,
+    DicomTimeout,
+    FailureStatus,
+    RetrieveTooLarge,
+)
 from libs.dicom_net.models import Level, Peer, Progress, Query, Root
 from libs.dicom_net.transport import UNCOMPRESSED
 from libs.dicom_net.worklist import WorklistItem, WorklistQuery
@@ -390,39 +396,77 @@ async def test_timeout_against_a_peer_that_accepts_then_says_nothing(
     assert received == [data, abort, data, data, abort]
 
 
+class ReactorFault:
+    """Makes the association's reactor thread die (an exception where it polls for DIMSE
+    messages) once armed; records what any thread raised."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed, self.died = threading.Event(), threading.Event()
+        self.raised: list[str] = []
+        polled = DIMSEServiceProvider.get_msg
+
+        def get_msg(provider: DIMSEServiceProvider, block: bool = False) -> object:
+            if self.armed.is_set() and not block:  # only the reactor polls without blocking
+                self.died.set()
+                raise RuntimeError("the reactor thread's fault")
+            return polled(provider, block)
+
+        monkeypatch.setattr(DIMSEServiceProvider, "get_msg", get_msg)
+        monkeypatch.setattr(
+            threading, "excepthook", lambda a: self.raised.append(repr(a.exc_value))
+        )
+
+    async def kill(self) -> None:
+        self.armed.set()
+        assert await asyncio.to_thread(self.died.wait, 10)
+
+
+def one_file(tmp_path: Path) -> tuple[Path, str, str]:
+    generate_corpus(tmp_path / "one", 1, rows=32, columns=32)
+    path = next((tmp_path / "one").rglob("*.dcm"))
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return path, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
+
+
+def storescp_client(upstream: Upstream) -> DicomClient:
+    peer = Peer(ae_title="STORESCP", host="127.0.0.1", port=upstream.scp.port)
+    return DicomClient(peer, calling_ae="DFCLIENT", connect_timeout=2, timeout=30)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_a_session_whose_reactor_thread_died_still_ends(
     upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pynetdicom's release() waits, with no bound, for the association's reactor thread to
-    pause; a reactor thread that died (here: an exception where it polls for DIMSE
-    messages) leaves the association marked established and never pauses, so the session's
-    end used to spin for ever. It now ends at once in an A-ABORT, and no other thread of the
-    association fails on the way (an A-RELEASE queued after the A-ABORT once broke its DUL
-    thread)."""
-    generate_corpus(tmp_path / "one", 1, rows=32, columns=32)
-    path = next((tmp_path / "one").rglob("*.dcm"))
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    armed, died = threading.Event(), threading.Event()
-    polled = DIMSEServiceProvider.get_msg
-
-    def get_msg(self: DIMSEServiceProvider, block: bool = False) -> object:
-        if armed.is_set() and not block:  # only the reactor polls without blocking
-            died.set()
-            raise RuntimeError("the reactor thread's fault")
-        return polled(self, block)
-
-    monkeypatch.setattr(DIMSEServiceProvider, "get_msg", get_msg)
-    failed: list[str] = []
-    monkeypatch.setattr(threading, "excepthook", lambda a: failed.append(repr(a.exc_value)))
-    peer = Peer(ae_title="STORESCP", host="127.0.0.1", port=upstream.scp.port)
-    client = DicomClient(peer, calling_ae="DFCLIENT", connect_timeout=2)
-    syntax = str(ds.file_meta.TransferSyntaxUID)
+    pause; a reactor thread that died leaves the association marked established and never
+    pauses, so the session's end used to spin for ever. It now ends at once in an A-ABORT,
+    and no other thread of the association fails on the way (an A-RELEASE queued after the
+    A-ABORT once broke its DUL thread)."""
+    fault = ReactorFault(monkeypatch)
+    path, sop_class, syntax = one_file(tmp_path)
     started = time.monotonic()
-    async with client.storing([(str(ds.SOPClassUID), syntax)]) as session:
-        assert await session.send(path, str(ds.SOPClassUID), syntax) == 0
-        armed.set()
-        assert await asyncio.to_thread(died.wait, 10)
+    async with storescp_client(upstream).storing([(sop_class, syntax)]) as session:
+        assert await session.send(path, sop_class, syntax) == 0
+        await fault.kill()
     assert time.monotonic() - started < 5
     await asyncio.sleep(1)  # the DUL thread winds down after the A-ABORT
-    assert failed == ['RuntimeError("the reactor thread\'s fault")']
+    assert fault.raised == ['RuntimeError("the reactor thread\'s fault")']
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_c_store_after_the_reactor_thread_died_fails_at_once(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pynetdicom DIMSE call first waits for the reactor to pause, with no bound: a
+    C-STORE on an association whose reactor died used to hang its thread for ever (and the
+    session's caller with it, even past its time limit: the abort on cancel watched only a
+    live reactor). The association is aborted when its reactor stops, and the C-STORE says
+    so."""
+    fault = ReactorFault(monkeypatch)
+    path, sop_class, syntax = one_file(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(AssociationAborted):
+        async with storescp_client(upstream).storing([(sop_class, syntax)]) as session:
+            await fault.kill()
+            await session.send(path, sop_class, syntax)
+    assert time.monotonic() - started < 10
