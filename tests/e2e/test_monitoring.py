@@ -162,6 +162,14 @@ async def test_every_panel_and_alert_is_backed_by_live_metrics(
 
     await eventually(stores_seen, 60, what="the C-STOREs reach Prometheus", interval=0.5)
 
+    async def previews_seen() -> bool:
+        # The jpg-converter's labelled counters exist from its first outcome on; it follows
+        # the import at its own pace (it failed CI once: no series yet at the panel check).
+        query = "count_over_time(dicomflow_jpg_converter_previews_total[1m]) >= 2"
+        return bool(await prometheus.query(query))
+
+    await eventually(previews_seen, 90, what="the previews reach Prometheus", interval=0.5)
+
     async def dlq_alert_firing() -> list[dict[str, Any]]:
         alerts = (await prometheus.api("alerts"))["alerts"]
         return [
