@@ -15,7 +15,9 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import build_context
+from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import DULServiceProvider
 
 from libs.dicom.synthetic import generate_corpus, synthetic_uid
 from libs.dicom_net.client import Cancelled, DicomClient
@@ -420,6 +422,24 @@ class ReactorFault:
         self.armed.set()
         assert await asyncio.to_thread(self.died.wait, 10)
 
+    @staticmethod
+    def association_threads() -> set[threading.Thread]:
+        return {
+            t
+            for t in threading.enumerate()
+            if isinstance(t, (Association, DULServiceProvider)) and t.is_alive()
+        }
+
+    async def wound_down(self, before: set[threading.Thread]) -> None:
+        """Waits (bounded) until every association thread started since `before` ended, so
+        that what they raised on the way out is in `raised`."""
+        await eventually(
+            lambda: not self.association_threads() - before,
+            10,
+            what=lambda: f"still running: {self.association_threads() - before}",
+            interval=0.05,
+        )
+
 
 def one_file(tmp_path: Path) -> tuple[Path, str, str]:
     generate_corpus(tmp_path / "one", 1, rows=32, columns=32)
@@ -444,12 +464,14 @@ async def test_a_session_whose_reactor_thread_died_still_ends(
     A-ABORT once broke its DUL thread)."""
     fault = ReactorFault(monkeypatch)
     path, sop_class, syntax = one_file(tmp_path)
+    before = fault.association_threads()
     started = time.monotonic()
     async with storescp_client(upstream).storing([(sop_class, syntax)]) as session:
         assert await session.send(path, sop_class, syntax) == 0
+        assert len(fault.association_threads() - before) == 2  # reactor and DUL
         await fault.kill()
     assert time.monotonic() - started < 5
-    await asyncio.sleep(1)  # the DUL thread winds down after the A-ABORT
+    await fault.wound_down(before)  # the DUL thread winds down after the A-ABORT
     assert fault.raised == ['RuntimeError("the reactor thread\'s fault")']
 
 
