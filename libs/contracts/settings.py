@@ -103,6 +103,13 @@ class ServiceSettings(BaseSettings):
     max_retries: int = Field(default=3, ge=0, description="Retries of a failing message before DLQ")
     retry_backoff_seconds: float = Field(default=0.2, gt=0)
     batch_size: Count = Field(default=200, description="Messages fetched per poll")
+    batch_linger_ms: int = Field(
+        default=25,
+        ge=0,
+        le=1000,
+        description="How long a poll that returned less than a batch waits for more before "
+        "the batch is handled: per-batch costs shared by more messages vs. latency",
+    )
     concurrency: Count = Field(default=1, description="Messages of a batch handled at once")
     producer_linger_ms: int = Field(
         default=5,

@@ -13,6 +13,13 @@ poison message is retried and dead-lettered alone while the rest reach their
 outcome; an outcome that is an exception is treated the same way for its message.
 One INFO line per batch; per message at DEBUG.
 
+A poll that returns less than a whole batch waits up to `linger_ms` for more before the
+batch is handled (the consumer's side of the producer's linger). Under a backlog a poll
+fills the batch at once and nothing waits; when events trickle in (C-STORE from a few
+associations) each stage would otherwise handle batches of one or two and pay its fixed
+costs per batch (a transaction, a round trip to the broker, an IPC call, a commit) for
+nearly every instance.
+
 With `overlap=2` two batches are in flight: the next batch's handler (its effects: the
 storage-writer's copies) runs while the one before it is still handled (its flush), sends
 its events, waits for their acknowledgements and commits; its handler must bear being
@@ -178,6 +185,7 @@ class StageConsumer:
         dead_letters: bool = True,
         session_timeout_ms: int = 30_000,
         overlap: int = 1,
+        linger_ms: int = 0,
     ) -> None:
         self.stage = stage
         self._routes = dict(routes)
@@ -189,6 +197,7 @@ class StageConsumer:
         self._dead_letters = dead_letters  # False for consumers of DLQs: log and skip instead
         self._slots = asyncio.Semaphore(concurrency)
         self._overlap = max(1, overlap)  # batches in flight (see the module docstring)
+        self._linger = linger_ms / 1000
         self.healthy = False
         for topic in self._routes:
             metrics.init_topic(topic)
@@ -233,6 +242,8 @@ class StageConsumer:
                     else:
                         self._record_idle_lag()
                     continue
+                if self._linger:
+                    batch = await self._fill(batch)
                 previous = inflight[-1] if inflight else None
                 current = _InFlight(batch, asyncio.get_running_loop().create_future())
                 current.task = asyncio.create_task(self._process(current, previous))
@@ -246,6 +257,32 @@ class StageConsumer:
                 assert item.task is not None
                 item.task.cancel()
             await asyncio.gather(*(i.task for i in inflight if i.task), return_exceptions=True)
+
+    async def _fill(
+        self, batch: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """`batch` and what arrives within the linger, up to a whole batch. A record the
+        batch already holds (a partition revoked and assigned again meanwhile is fetched
+        again from its committed offset) is not taken twice."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._linger
+        batch = {tp: list(records) for tp, records in batch.items()}
+        count = sum(len(records) for records in batch.values())
+        while count < self._batch_size and not self._stopping.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            more = await self._consumer.getmany(  # in slices: a stop request ends the wait
+                timeout_ms=max(1, round(min(left, 0.1) * 1000)),
+                max_records=self._batch_size - count,
+            )
+            for tp, records in more.items():
+                held = batch.setdefault(tp, [])
+                last = held[-1].offset if held else -1
+                new = [r for r in records if r.offset > last]
+                held += new
+                count += len(new)
+        return batch
 
     async def _finish_oldest(self, inflight: list[_InFlight]) -> None:
         """Wait for the oldest batch in flight; if it failed, every later one fails with it

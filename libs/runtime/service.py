@@ -108,6 +108,7 @@ class Runtime:
             dead_letters=dead_letters,
             session_timeout_ms=s.kafka_session_timeout_ms,
             overlap=overlap,
+            linger_ms=s.batch_linger_ms,
         )
         await consumer.start()
         self.resources.push_async_callback(consumer.stop)
