@@ -61,8 +61,9 @@ from libs.dicom_net.transport import (
     NODELAY_HANDLERS,
     TRANSFER_SYNTAXES,
     UNCOMPRESSED,
+    Associated,
     bound_pdus,
-    release,
+    in_thread,
 )
 from libs.dicom_net.worklist import WorklistItem, WorklistQuery
 
@@ -321,7 +322,7 @@ class DicomClient:
     async def _call(self, run: Callable[[threading.Event], T], time_limit: float | None) -> T:
         """Run `run` in a thread; on timeout or cancellation abort its association."""
         cancel = threading.Event()
-        future = asyncio.get_running_loop().run_in_executor(None, run, cancel)
+        future = in_thread(run, cancel)
         try:
             return await asyncio.wait_for(asyncio.shield(future), time_limit or self.timeout)
         except TimeoutError:
@@ -338,7 +339,7 @@ class DicomClient:
         cancel: threading.Event,
         roles: list[Any] | None = None,
         handlers: list[Any] | None = None,
-    ) -> _Associated:
+    ) -> Associated:
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = self.connect_timeout
         ae.connection_timeout = self.connect_timeout
@@ -365,7 +366,7 @@ class DicomClient:
                 ],
             )
             if assoc.is_established:
-                return _Associated(assoc, cancel)
+                return Associated(assoc, cancel, self.peer.ae_title)
             error = _why_not(assoc, self.peer, connected=opened.is_set())
             retriable = isinstance(error, ConnectionFailed) or (
                 isinstance(error, AssociationRejected) and error.transient
@@ -374,48 +375,6 @@ class DicomClient:
                 raise error
             attempt += 1
             time.sleep(self.retry_backoff * 2 ** (attempt - 1))
-
-
-class _Associated:
-    """Releases the association on success; aborts it on an error or a cancellation."""
-
-    def __init__(self, assoc: Any, cancel: threading.Event) -> None:
-        self.assoc = assoc
-        self.cancel = cancel
-        self._watch = threading.Thread(target=self._abort_on_cancel, daemon=True)
-
-    def _abort_on_cancel(self) -> None:
-        while self.assoc.is_alive() and not self.assoc.is_released:
-            if self.cancel.wait(0.05):
-                self.assoc.abort()
-            elif not self._aborted():
-                continue
-            # Wake the call blocked on the next DIMSE message now, rather than after
-            # the DIMSE timeout: (None, None) is how pynetdicom says "aborted".
-            self.assoc.dimse.msg_queue.put((None, None))
-            return
-        # The reactor thread ended. Released or aborted: nothing to do. Still marked
-        # established: it died (an exception in it), and every DIMSE call would wait for it
-        # to pause for ever (pynetdicom polls with no bound): abort, and wake the caller.
-        if self.assoc.is_established:
-            log.warning("association's reactor stopped: A-ABORT")
-            self.assoc.abort()
-            self.assoc.dimse.msg_queue.put((None, None))
-
-    def _aborted(self) -> bool:
-        """Aborted by either side (a PDU over our limit, the peer's A-ABORT): the reactor is
-        paused while a DIMSE call waits, so only the DUL's queue knows yet."""
-        return bool(self.assoc.is_aborted or self.assoc.acse.is_aborted())
-
-    def __enter__(self) -> Any:
-        self._watch.start()
-        return self.assoc
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc is None and self.assoc.is_established:
-            release(self.assoc)
-        elif self.assoc.is_established:
-            self.assoc.abort()
 
 
 def _flag(event: threading.Event) -> Callable[[Any], None]:

@@ -27,6 +27,7 @@ from libs.dicom_net.errors import (
     DicomTimeout,
     FailureStatus,
 )
+from libs.dicom_net.transport import in_thread
 
 Contexts = list[tuple[Any, list[str]]]
 # The client's plumbing (`DicomClient._association`), passed in by `storing`.
@@ -74,9 +75,7 @@ class StoreSession:
         self._message_id = 0
 
     async def __aenter__(self) -> StoreSession:
-        future = asyncio.get_running_loop().run_in_executor(
-            None, self._open, self._contexts, self._cancel
-        )
+        future = in_thread(self._open, self._contexts, self._cancel)
         try:
             self._associated = await asyncio.wait_for(asyncio.shield(future), self._timeout)
         except (TimeoutError, asyncio.CancelledError) as exc:
@@ -109,18 +108,25 @@ class StoreSession:
         self._message_id = self._message_id % 0xFFFF + 1
         message_id = self._message_id
         assoc = self._assoc
+        if not assoc.is_established:  # aborted since the last one (by the peer, or a watcher)
+            raise AssociationAborted(f"C-STORE: the association with {self._peer} was aborted")
 
         def run() -> Any:
             _config.STORE_SEND_CHUNKED_DATASET = True  # the stored bytes, streamed
             try:
-                return assoc.send_c_store(path, msg_id=message_id)
-            except AttributeError:  # no file meta: read it, send in the syntax named
-                ds = dcmread(path, force=True)
-                ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
-                ds.file_meta.TransferSyntaxUID = UID(syntax)
-                return assoc.send_c_store(ds, msg_id=message_id)
+                try:
+                    return assoc.send_c_store(path, msg_id=message_id)
+                except AttributeError:  # no file meta: read it, send in the syntax named
+                    ds = dcmread(path, force=True)
+                    ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+                    ds.file_meta.TransferSyntaxUID = UID(syntax)
+                    return assoc.send_c_store(ds, msg_id=message_id)
+            except RuntimeError:  # pynetdicom's "must be established": aborted meanwhile
+                if assoc.is_established:
+                    raise
+                return None
 
-        future = asyncio.get_running_loop().run_in_executor(None, run)
+        future = in_thread(run)
         try:
             status = await asyncio.wait_for(asyncio.shield(future), self._timeout)
         except TimeoutError:

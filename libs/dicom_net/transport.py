@@ -1,5 +1,6 @@
-"""What every pynetdicom association of ours shares: TCP_NODELAY, bounded PDUs and the
-transfer syntaxes.
+"""What every pynetdicom association of ours shares: TCP_NODELAY, bounded PDUs, the
+transfer syntaxes, a bounded release, and `Associated` (the watcher that aborts an
+association on cancellation or when its reactor thread died).
 
 pynetdicom never sets TCP_NODELAY: with Nagle on, each DIMSE response waits for the peer's
 delayed ACK (~40 ms), which caps one association at ~20 instances/s. Nor does it bound what
@@ -10,12 +11,16 @@ accept; requestor: right after connect), before any PDU.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom.uid import (
     HTJ2K,
@@ -133,6 +138,73 @@ def _recv_exactly(self: FastAssociationSocket, nr_bytes: int) -> bytearray:
             break
         got += n
     return buffer
+
+
+T = TypeVar("T")
+
+
+def in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """`fn(*args)` in the event loop's default executor, in the caller's context: what
+    it logs carries the caller's bound fields (service, correlation id), as with
+    `asyncio.to_thread`, which cannot be shielded and awaited again after a timeout."""
+    run = functools.partial(contextvars.copy_context().run, fn, *args)
+    return asyncio.get_running_loop().run_in_executor(None, run)
+
+
+class Associated:
+    """An established association: released on success, aborted on an error or a
+    cancellation. While it is in use a watcher thread aborts it when `cancel` is set, wakes
+    the DIMSE call waiting on a message when either side aborted, and aborts it when its
+    reactor thread died (pynetdicom's DIMSE calls and release wait for that thread to pause,
+    with no bound)."""
+
+    def __init__(self, assoc: Any, cancel: threading.Event, peer: str) -> None:
+        self.assoc = assoc
+        self.cancel = cancel
+        self.peer = peer
+        watch = functools.partial(contextvars.copy_context().run, self._abort_on_cancel)
+        self._watch = threading.Thread(target=watch, daemon=True)
+
+    def _abort_on_cancel(self) -> None:
+        while self.assoc.is_alive() and not self.assoc.is_released:
+            if self.cancel.wait(0.05):
+                self.assoc.abort()
+            elif not self._aborted():
+                continue
+            # Wake the call blocked on the next DIMSE message now, rather than after
+            # the DIMSE timeout: (None, None) is how pynetdicom says "aborted".
+            self.assoc.dimse.msg_queue.put((None, None))
+            return
+        # The reactor thread ended. Released or aborted: nothing to do. Still marked
+        # established: it died (an exception in it), and every DIMSE call would wait for it
+        # to pause for ever (pynetdicom polls with no bound): abort, and wake the caller.
+        if self.assoc.is_established:
+            log.warning("association with %s: its reactor stopped, A-ABORT", self.peer)
+            # The abort marks the reactor paused, which frees a DIMSE call waiting for that:
+            # its request must not reach the DUL, closed by then (its thread would fail on
+            # a P-DATA in state Sta13). The call then finds the (None, None) below.
+            self.assoc.dimse.send_msg = _not_sent
+            self.assoc.abort()
+            self.assoc.dimse.msg_queue.put((None, None))
+
+    def _aborted(self) -> bool:
+        """Aborted by either side (a PDU over our limit, the peer's A-ABORT): the reactor is
+        paused while a DIMSE call waits, so only the DUL's queue knows yet."""
+        return bool(self.assoc.is_aborted or self.assoc.acse.is_aborted())
+
+    def __enter__(self) -> Any:
+        self._watch.start()
+        return self.assoc
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is None and self.assoc.is_established:
+            release(self.assoc)
+        elif self.assoc.is_established:
+            self.assoc.abort()
+
+
+def _not_sent(*_: Any, **__: Any) -> None:
+    """`DIMSEServiceProvider.send_msg` of an association aborted under a DIMSE call."""
 
 
 # How long the reactor thread may take to pause before an A-RELEASE (it polls every ms).

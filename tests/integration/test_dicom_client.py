@@ -4,6 +4,7 @@ level, C-GET, C-MOVE, and its errors."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import structlog
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.association import Association
@@ -486,9 +488,56 @@ async def test_a_c_store_after_the_reactor_thread_died_fails_at_once(
     so."""
     fault = ReactorFault(monkeypatch)
     path, sop_class, syntax = one_file(tmp_path)
+    before = fault.association_threads()
     started = time.monotonic()
     with pytest.raises(AssociationAborted):
         async with storescp_client(upstream).storing([(sop_class, syntax)]) as session:
             await fault.kill()
             await session.send(path, sop_class, syntax)
     assert time.monotonic() - started < 10
+    # The abort freed the C-STORE waiting for the reactor: its request was not sent into
+    # the closed DUL (whose thread would fail on it).
+    await fault.wound_down(before)
+    assert fault.raised == ['RuntimeError("the reactor thread\'s fault")']
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_c_store_on_an_association_aborted_since_fails_as_aborted(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two C-STOREs the association was aborted (here: its reactor died and the
+    watcher aborted it; a peer's A-ABORT is the same): the next C-STORE says
+    AssociationAborted, which a caller handles as a network failure, not pynetdicom's
+    RuntimeError. What the watcher logs carries the caller's correlation id."""
+    fault = ReactorFault(monkeypatch)
+    path, sop_class, syntax = one_file(tmp_path)
+    before = fault.association_threads()
+    seen = ContextOfRecords()
+    logging.getLogger("libs.dicom_net").addHandler(seen)
+    structlog.contextvars.bind_contextvars(correlation_id="corr-reactor")
+    try:
+        with pytest.raises(AssociationAborted):
+            async with storescp_client(upstream).storing([(sop_class, syntax)]) as session:
+                assert await session.send(path, sop_class, syntax) == 0
+                await fault.kill()
+                await fault.wound_down(before)  # aborted, its threads ended
+                await session.send(path, sop_class, syntax)
+    finally:
+        structlog.contextvars.unbind_contextvars("correlation_id")
+        logging.getLogger("libs.dicom_net").removeHandler(seen)
+    assert fault.raised == ['RuntimeError("the reactor thread\'s fault")']
+    warning = "association with STORESCP: its reactor stopped, A-ABORT"
+    assert (warning, "corr-reactor") in seen.records, seen.records
+
+
+class ContextOfRecords(logging.Handler):
+    """Each record's message and the correlation id bound where it was logged (structlog's
+    formatter merges the context of the emitting thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[tuple[str, str | None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bound = structlog.contextvars.get_contextvars().get("correlation_id")
+        self.records.append((record.getMessage(), bound))
