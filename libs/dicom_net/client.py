@@ -280,10 +280,13 @@ class DicomClient:
         request = request_dataset(uid, list(references))
 
         def run(cancel: threading.Event) -> CommitmentResult:
-            reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
+            reports: queue.Queue[tuple[int, Dataset, threading.Thread]] = queue.Queue()
 
             def on_report(event: Any) -> tuple[int, None]:
-                reports.put((int(event.request.EventTypeID), event.event_information))
+                # pynetdicom serves an N-EVENT-REPORT in a thread of its own, which sends
+                # the answer after this returns.
+                info = (int(event.request.EventTypeID), event.event_information)
+                reports.put((*info, threading.current_thread()))
                 return 0x0000, None
 
             roles = [build_role(STORAGE_COMMITMENT, scu_role=True, scp_role=True)]
@@ -294,7 +297,7 @@ class DicomClient:
                 _check("N-ACTION", assoc, status, cancel)
                 while True:
                     try:
-                        event_type, ds = reports.get(timeout=0.05)
+                        event_type, ds, serving = reports.get(timeout=0.05)
                     except queue.Empty:
                         if cancel.is_set():
                             raise Cancelled("storage commitment cancelled") from None
@@ -302,9 +305,30 @@ class DicomClient:
                             raise AssociationAborted("ended before the report") from None
                         continue
                     if str(ds.get("TransactionUID", "")) == uid:
+                        # Our answer first: a release overtaking it leaves the peer without
+                        # it (it then fails in the DUL, past Sta6).
+                        serving.join(self.timeout)
                         return CommitmentResult.from_report(event_type, ds)
 
         return await self._call(run, time_limit)
+
+    async def report_commitment(
+        self, report: Dataset, event_type: int, *, time_limit: float | None = None
+    ) -> None:
+        """Storage Commitment Push Model, SCP side: the N-EVENT-REPORT of a transaction
+        (`event_type` 1: all committed, 2: some failed) on a new association to the modality
+        that asked for it, with us in the SCP role for the class (PS3.4 J.3.3)."""
+
+        def run(cancel: threading.Event) -> None:
+            roles = [build_role(STORAGE_COMMITMENT, scp_role=True)]
+            contexts: list[tuple[Any, list[str]]] = [(STORAGE_COMMITMENT, UNCOMPRESSED[:2])]
+            with self._association(contexts, cancel, roles) as assoc:
+                status, _ = assoc.send_n_event_report(
+                    report, event_type, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
+                )
+                _check("N-EVENT-REPORT", assoc, status, cancel)
+
+        await self._call(run, time_limit)
 
     def storing(self, contexts: Sequence[tuple[str, str]]) -> StoreSession:
         """C-STORE: `async with client.storing([(sop_class, syntax), ...]) as session:` opens

@@ -7,7 +7,8 @@ same modality are still pending in the ledger we wait, up to `commitment_wait_se
 is still not there is reported failed with a reason. The N-EVENT-REPORT-RQ (Event Type 1: all
 committed, 2: some failed) goes on the same association if it is still open and the modality
 accepted to be its SCP (role selection), else on a new association to the modality's
-configured address, through pynetdicom (the SCU side is not on the hot path).
+configured address, through `libs.dicom_net`'s client (the SCU side is not on the hot
+path): bounded in time, aborted when the service stops.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from io import BytesIO
 from typing import Protocol
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ImplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pydicom.uid import UID
 from pynetdicom.dsutils import decode, encode
 
 from libs.db.commitment import State
-from libs.dicom_net.transport import MIN_PDU_LIMIT, NODELAY_HANDLERS, bound_pdus, release
+from libs.dicom_net.client import DicomClient
+from libs.dicom_net.models import Peer
+from libs.dicom_net.transport import MIN_PDU_LIMIT
 from libs.runtime.logging import get_logger
 from services.dicom_receiver import dimse
 from services.dicom_receiver.dimse import Command
@@ -49,6 +51,7 @@ INVALID_OBJECT_INSTANCE = 0x0117
 CLASS_INSTANCE_CONFLICT = 0x0119
 RESOURCE_LIMITATION = 0x0213
 REPORT_MAX_PDU = MIN_PDU_LIMIT  # a report's new association only reads its N-EVENT-REPORT-RSP
+REPORT_SECONDS = 30.0  # a report on a new association: each DIMSE step, and in all
 MAX_REPORTS = 64  # requests being resolved at once; more are refused (the modality retries)
 REASONS: dict[State, int] = {
     "missing": NO_SUCH_OBJECT,
@@ -251,7 +254,7 @@ class CommitmentSCP:
                 await channel.send_request(context_id, command, data)
             else:
                 how = "new association"
-                await asyncio.to_thread(self._send_new, channel.calling_ae, ds, outcome.event_type)
+                await self._send_new(channel.calling_ae, ds, outcome.event_type)
             log.info(
                 "storage commitment reported",
                 calling_ae=channel.calling_ae,
@@ -268,32 +271,20 @@ class CommitmentSCP:
                 error=repr(exc),
             )
 
-    def _send_new(self, calling_ae: str, ds: Dataset, event_type: int) -> None:
-        """On a new association to the modality (blocking: run in a thread)."""
+    async def _send_new(self, calling_ae: str, ds: Dataset, event_type: int) -> None:
+        """On a new association to the modality, within REPORT_SECONDS (cancelled with the
+        service's stop: the association is aborted, its thread ends)."""
         address = self.peers.get(calling_ae)
         if address is None:
             raise LookupError(f"no address configured for {calling_ae} (RECEIVER_COMMITMENT_PEERS)")
-        ae = AE(ae_title=self.ae_title)
-        ae.add_requested_context(STORAGE_COMMITMENT, [ImplicitVRLittleEndian])
-        ae.maximum_pdu_size = REPORT_MAX_PDU
-        role = build_role(STORAGE_COMMITMENT, scp_role=True)
-        assoc = ae.associate(
-            address.host,
-            address.port,
-            ae_title=calling_ae,
-            ext_neg=[role],
-            evt_handlers=[*NODELAY_HANDLERS, (evt.EVT_CONN_OPEN, bound_pdus(REPORT_MAX_PDU))],
+        client = DicomClient(
+            Peer(ae_title=calling_ae, host=address.host, port=address.port),
+            calling_ae=self.ae_title,
+            max_pdu=REPORT_MAX_PDU,
+            timeout=REPORT_SECONDS,
+            connect_timeout=REPORT_SECONDS / 3,
         )
-        if not assoc.is_established:
-            raise ConnectionError(f"{calling_ae} at {address.host}:{address.port} refused us")
-        try:
-            status, _ = assoc.send_n_event_report(
-                ds, event_type, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
-            )
-            if not status or status.Status != dimse.SUCCESS:
-                raise ConnectionError(f"N-EVENT-REPORT answered {status!r}")
-        finally:
-            release(assoc)
+        await client.report_commitment(ds, event_type)
 
     async def stop(self) -> None:
         for task in list(self.reports):

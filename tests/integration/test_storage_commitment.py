@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from prometheus_client import CollectorRegistry
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE, build_role, evt
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import N_EVENT_REPORT
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from libs.contracts.events import Event
@@ -98,30 +102,40 @@ class Receiver:
 
 
 class ModalitySCP:
-    """The modality's own listener for reports on a new association."""
+    """The modality's own listener for reports on a new association. `silent`: it takes
+    the report and never answers it (until stopped)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, silent: bool = False) -> None:
         self.reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
+        self.silent = silent
+        self.answering, self.aborted, self.stopping = (threading.Event() for _ in range(3))
         self.ae = AE(ae_title=MODALITY)
         self.ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
         self.server = self.ae.start_server(
             ("127.0.0.1", 0),
             block=False,
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)],
+            evt_handlers=[
+                (evt.EVT_N_EVENT_REPORT, self._on_report),
+                (evt.EVT_ABORTED, lambda _: self.aborted.set()),
+            ],
         )
         self.port = int(self.server.server_address[1])
 
     def _on_report(self, event: evt.Event) -> tuple[int, None]:
         self.reports.put((int(event.request.EventTypeID), event.event_information))
+        self.answering.set()
+        if self.silent:
+            self.stopping.wait(120)
         return 0x0000, None
 
     def stop(self) -> None:
+        self.stopping.set()
         self.server.shutdown()
 
 
 @pytest.fixture
-def modality_scp() -> Iterator[ModalitySCP]:
-    scp = ModalitySCP()
+def modality_scp(request: pytest.FixtureRequest) -> Iterator[ModalitySCP]:
+    scp = ModalitySCP(silent=getattr(request, "param", {}).get("silent", False))
     try:
         yield scp
     finally:
@@ -261,6 +275,7 @@ class Session:
 
     def __init__(self, port: int, *, scp_role: bool) -> None:
         self.reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
+        self.serving: list[threading.Thread] = []
         roles = [build_role(StorageCommitmentPushModel, scu_role=True, scp_role=True)]
         self.assoc = modality().associate(
             "127.0.0.1",
@@ -273,6 +288,7 @@ class Session:
 
     def _on_report(self, event: evt.Event) -> tuple[int, None]:
         self.reports.put((int(event.request.EventTypeID), event.event_information))
+        self.serving.append(threading.current_thread())  # it answers after this returns
         return 0x0000, None
 
     def request(self, ds: Dataset) -> int:
@@ -280,6 +296,8 @@ class Session:
         return int(status.Status)
 
     def release(self) -> None:
+        for thread in self.serving:  # our answers to the reports go before the A-RELEASE
+            thread.join(10)
         assert release(self.assoc), "the receiver did not answer our A-RELEASE"
 
 
@@ -326,6 +344,34 @@ async def test_an_instance_never_received_fails_with_no_such_object_on_a_new_ass
     report = await next_report(modality_scp.reports, 30)
     assert report == Report(2, tx, refs_of(sent), [(*never, NO_SUCH_OBJECT)])
     assert session.reports.empty()
+
+
+@pytest.mark.parametrize("modality_scp", [{"silent": True}], indirect=True)
+async def test_a_report_the_modality_never_answers_is_aborted_when_the_receiver_stops(
+    pool: asyncpg.Pool, tmp_path: Path, modality_scp: ModalitySCP
+) -> None:
+    """The report's new association waits (bounded) for the N-EVENT-REPORT-RSP in a worker
+    thread; stopping the receiver aborts it at once rather than leaving the thread to wait
+    out its DIMSE timeout (and the process's exit with it)."""
+    peers = [f"{MODALITY}=127.0.0.1:{modality_scp.port}"]
+    scp, committer, _, port = await start_receiver(pool, tmp_path, wait=30, peers=peers)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(committer.run(stop))
+    try:
+        session = await asyncio.to_thread(Session, port, scp_role=False)
+        try:
+            _, request = commitment_request([(CTImageStorage, synthetic_uid("commit:silent"))])
+            assert await asyncio.to_thread(session.request, request) == 0x0000
+        finally:
+            await asyncio.to_thread(session.release)
+        assert await asyncio.to_thread(modality_scp.answering.wait, 30)  # the report came
+    finally:
+        await scp.stop()
+        stopped = time.monotonic()
+        stop.set()
+        await runner
+    assert await asyncio.to_thread(modality_scp.aborted.wait, 10), "the report was not aborted"
+    assert time.monotonic() - stopped < 5
 
 
 async def test_a_request_while_the_pipeline_is_behind_is_committed_once_indexed(
@@ -402,6 +448,38 @@ async def test_dicom_client_request_commitment_against_the_receiver(receiver: Re
         committed,
         [],
     )
+
+
+async def test_dicom_client_answers_the_report_before_it_releases(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom answers an N-EVENT-REPORT in a thread of its own, after our handler has
+    the report: the client's release must wait for that answer. Here the answer is slowed;
+    a release that overtook it left the answer to a closed association (or made it fail in
+    the client's DUL thread: Evt9 in Sta7), and the receiver never got it."""
+    raised: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda a: raised.append(repr(a.exc_value)))
+    sent = instances(1)
+    assert await asyncio.to_thread(store, receiver.port, sent) == [0]
+    await receiver.pipeline.index()
+    answer = DIMSEServiceProvider.send_msg
+    answered_in: list[str] = []  # the association's state when the answer was sent
+
+    def slow_answer(provider: DIMSEServiceProvider, primitive: object, context_id: int) -> None:
+        if isinstance(primitive, N_EVENT_REPORT):  # the client sends only the answer
+            time.sleep(0.3)
+            answered_in.append(provider.assoc.dul.state_machine.current_state)
+        answer(provider, primitive, context_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DIMSEServiceProvider, "send_msg", slow_answer)
+    committed = [SopReference(sop_class_uid=c, sop_instance_uid=i) for c, i in refs_of(sent)]
+    client = DicomClient(
+        Peer(ae_title="DICOMFLOW", host="127.0.0.1", port=receiver.port), calling_ae=MODALITY
+    )
+    result = await client.request_commitment(committed, time_limit=60)
+    assert (result.event_type, result.committed) == (1, committed)
+    assert answered_in == ["Sta6"], "answered after the release began"
+    assert raised == []
 
 
 async def test_a_large_report_comes_in_pdus_the_modality_accepts(receiver: Receiver) -> None:
