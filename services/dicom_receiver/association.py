@@ -32,6 +32,7 @@ log = get_logger(__name__)
 CHUNK = 1 << 20  # data set bytes read (and written) at a time
 MAX_ASSOCIATE_RQ = 256 * 1024
 MAX_ACTION_BYTES = 4 << 20  # an N-ACTION data set naming ~40,000 instances
+ARTIM_SECONDS = 5.0  # at most (and at most the ACSE timeout): the requestor's close, awaited
 
 # Why an association is refused, and the A-ASSOCIATE-RJ (result, source, diagnostic) sent.
 Refusal = tuple[str, tuple[int, int, int]]
@@ -94,6 +95,7 @@ class Association:
         self.command = bytearray()
         self.pending: Pending | None = None
         self.established = False
+        self.released = False  # our A-RELEASE-RP sent
         # Idle watchdog (see `_read`): one timer per association, not one per read.
         self._reading = False  # awaiting the peer's bytes
         self._progress = 0.0  # loop time the last read began or ended
@@ -108,6 +110,11 @@ class Association:
             if await self._associate():
                 self.established = True
                 await self._transfer_watched()
+                self.established = False
+                if self.released:
+                    await self._until_peer_closes()
+            else:  # rejected
+                await self._until_peer_closes()
         except ProtocolError as exc:
             self._log("association aborted: protocol error", error=str(exc))
             self.writer.write(pdus.abort(exc.reason))
@@ -157,6 +164,20 @@ class Association:
             contexts=len(self.contexts),
         )
         return True
+
+    async def _until_peer_closes(self) -> None:
+        """After our A-ASSOCIATE-RJ or A-RELEASE-RP the requestor closes the connection; we
+        close it only when it has not within the ARTIM timer (PS3.8 9.2, state Sta13).
+        Closing at once raced the requestor's read of our answer: a close with bytes of its
+        still unread on our side resets the connection, and the answer can be lost."""
+        try:
+            async with asyncio.timeout(min(self.limits.acse_timeout, ARTIM_SECONDS)):
+                while True:  # anything it still sends is read and ignored
+                    await self.reader.readexactly(1)
+        except TimeoutError:
+            self._log("the peer did not close the connection in time: closed")
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass  # closed by the peer, as it should
 
     # -- data transfer ---------------------------------------------------------------------
 
@@ -208,6 +229,7 @@ class Association:
                     raise ProtocolError("A-RELEASE-RQ while a data set is arriving")
                 self.writer.write(pdus.release_reply())
                 await self.writer.drain()
+                self.released = True
                 return
             elif kind == pdus.ABORT:
                 await self._read(min(length, 64))

@@ -163,6 +163,47 @@ async def test_wrong_called_ae_is_rejected(receiver: Receiver) -> None:
     assert receiver.files() == []
 
 
+async def pdu(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    kind, length = pdus.HEADER.unpack(await reader.readexactly(pdus.HEADER.size))
+    return kind, await reader.readexactly(length)
+
+
+async def still_open(reader: asyncio.StreamReader, seconds: float = 0.5) -> bool:
+    """Nothing arrives, not even the end of the stream, for `seconds`."""
+    try:
+        await asyncio.wait_for(reader.read(1), seconds)
+    except TimeoutError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("requestor_closes", [True, False])
+async def test_after_a_rejection_or_a_release_the_requestor_closes_first(
+    receiver: Receiver, requestor_closes: bool
+) -> None:
+    """PS3.8 9.2 (Sta13): after our A-ASSOCIATE-RJ or A-RELEASE-RP the requestor closes the
+    connection; the receiver closes it only when the ARTIM timer (here the 2 s ACSE
+    timeout) expires. Closing at once raced the requestor's read of the answer."""
+    for answer_to in ("rejected", "released"):
+        if answer_to == "rejected":
+            reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
+            writer.write(associate_rq(CTImageStorage, [ExplicitVRLittleEndian], called="OTHER"))
+            assert (await pdu(reader))[0] == pdus.ASSOCIATE_RJ
+        else:
+            reader, writer = await associated(receiver.port)
+            writer.write(pdus.HEADER.pack(pdus.RELEASE_RQ, 4) + b"\x00" * 4)
+            assert (await pdu(reader))[0] == pdus.RELEASE_RP
+        assert await still_open(reader), f"{answer_to}: the receiver closed first"
+        started = asyncio.get_running_loop().time()
+        if requestor_closes:
+            writer.close()
+        else:  # the receiver closes it once its timer expires
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            assert asyncio.get_running_loop().time() - started < 5
+            writer.close()
+        await eventually(lambda: not receiver.scp.associations, 10, interval=0.05)
+
+
 async def test_cannot_record_answers_out_of_resources(receiver: Receiver) -> None:
     receiver.ledger.failing = True
     _, _, stored = await asyncio.to_thread(store_and_echo, receiver.port)
@@ -345,8 +386,8 @@ async def test_associations_beyond_the_limit_are_rejected(receiver: Receiver) ->
         # what the requestor saw instead.
         seen = {k: getattr(second, f"is_{k}") for k in ("established", "aborted", "released")}
         assert second.is_rejected, f"not rejected: {seen}"
-    finally:
-        release(first)
+    finally:  # in a thread: the receiver answers the A-RELEASE-RQ on this event loop
+        assert await asyncio.to_thread(release, first), "the receiver did not release"
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
