@@ -6,7 +6,9 @@ the old `http://` probe failed every time), unhealthy with one line when nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -24,10 +26,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-async def probe(port: int) -> tuple[int, str]:
+async def probe(port: int, *args: str) -> tuple[int, str]:
     """The HEALTHCHECK command, in a process of its own (exit code, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "libs.tools.healthcheck",
+        sys.executable, "-m", "libs.tools.healthcheck", *args,
         env={"OPS_PORT_FOR_HEALTHCHECK": str(port), "PATH": "/usr/bin:/bin"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -79,3 +81,28 @@ async def test_the_probe_fails_with_one_line_on_a_reply_that_is_not_a_health_ans
         await server.wait_closed()
     assert code == 1
     assert err.count("\n") == 1 and "LineTooLong" in err and "Traceback" not in err, err
+
+
+async def test_the_probe_answers_within_its_time_limit_whatever_the_server_does() -> None:
+    """A server that sends its reply a byte every 0.2 s keeps each socket operation within
+    the socket timeout; the probe still answers (unhealthy) at its time limit."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        started = time.monotonic()
+        code, err = await probe(server.sockets[0].getsockname()[1], "--timeout", "2")
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert code == 1
+    assert err.count("\n") == 1 and "no answer within 2 s" in err, err
+    assert took < 10, took  # the time limit and a process's start, not the 40 s reply
