@@ -2,9 +2,10 @@
 (or the source shown unchanged since it was hashed, ADR 0019). With `enable_direct_io()`
 copies are written past the page cache where the filesystem allows (O_DIRECT,
 `libs.storage.direct`), a batch's copies `COPIES_IN_FLIGHT` at a time (ADR 0032). A file one
-of our own sources staged (`link_own()`: the DICOM receiver's staging folder) is not copied at
-all when it is on the same filesystem: the stored object is a second name for its inode
-(ADR 0034).
+of our own sources staged (`link_own()`: the staging folders of the DICOM receiver, the
+Orthanc and ISO watchers, the PACS watcher's C-GET and STOW-RS, `OwnStagingSettings`) is not
+copied at all when it is on the same filesystem: the stored object is a second name for its
+inode (ADR 0034).
 
 Temp files live in one folder, `<root>/.partial/` (on the same filesystem, so the rename is
 atomic), never beside the objects: a writer killed mid-write leaves its temp file there, out
@@ -228,7 +229,7 @@ class LocalStore:
                 if stamp is not None and is_own(str(source), self._own):
                     size = _link(src.fileno(), tmp, stamp)
                     if size >= 0:
-                        if durable:  # the receiver fdatasynced it; its metadata too, here
+                        if durable:  # its data and metadata, whichever source wrote it
                             os.fsync(src.fileno())
                         return tmp, size
                 fd, direct = open_new(tmp, direct=self._direct)
