@@ -16,18 +16,8 @@ from prometheus_client import CollectorRegistry
 from libs.contracts.events import ImportRequested
 from libs.kafka.consumer import BatchRoute, Outcome, RetryPolicy, StageConsumer
 from libs.runtime.metrics import ConsumerMetrics
+from tests.fake_kafka import TOPIC, TP, record
 from tests.polling import eventually
-
-TOPIC = ImportRequested.TOPIC
-TP = TopicPartition(TOPIC, 0)
-
-
-def record(offset: int) -> ConsumerRecord[bytes, bytes]:
-    event = ImportRequested(
-        correlation_id=f"c{offset}", source="test", task_id=f"t{offset}", source_path="/x"
-    )
-    value = event.model_dump_json().encode()
-    return ConsumerRecord(TOPIC, 0, offset, 0, 0, None, value, None, 0, len(value), [])
 
 
 class TricklingBroker:
